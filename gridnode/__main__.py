@@ -1,0 +1,5 @@
+"""``python -m gridnode`` is the ``gridnode`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""The one pattern every actor uses to answer commands: a call with a one-shot reply.
+
+An actor reads ``Call`` objects from its bounded inbound channel.  The caller waits on
+the call's private reply channel (size 1, style.md 8.2), so request/response inside the
+node needs no shared state and no locks.  ``serve_calls`` runs each call in a child task
+under a concurrency limit: a slow disk or peer holds a slot, the inbound channel fills,
+and the callers block: backpressure instead of a growing queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import attrs
+import trio
+
+__all__ = ["ByteBudget", "Call", "call", "serve_calls"]
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Call(Generic[T]):
+    payload: T
+    reply: trio.MemorySendChannel[Any]
+
+
+async def call(channel: trio.MemorySendChannel[Call[Any]], payload: Any) -> Any:
+    """Send ``payload`` to an actor and wait for its answer; the actor's exception is re-raised."""
+    send, receive = trio.open_memory_channel[Any](1)
+    async with receive:
+        await channel.send(Call(payload, send))
+        result = await receive.receive()
+    if isinstance(result, _Failure):
+        raise result.error
+    return result
+
+
+@attrs.frozen
+class _Failure:
+    error: Exception
+
+
+async def serve_calls(
+    inbound: trio.MemoryReceiveChannel[Call[Any]],
+    handle: Callable[[Any], Awaitable[Any]],
+    *,
+    concurrency: int,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer calls until the channel closes (EndOfChannel) or the scope is cancelled."""
+    limiter = trio.Semaphore(concurrency)
+
+    async def one(item: Call[Any]) -> None:
+        try:
+            try:
+                result: Any = await handle(item.payload)
+            except Exception as exc:  # delivered to the caller, who decides; never lost
+                result = _Failure(exc)
+            try:
+                item.reply.send_nowait(result)
+            except (trio.BrokenResourceError, trio.WouldBlock):
+                pass  # the caller was cancelled and went away
+        finally:
+            limiter.release()
+
+    async with inbound, trio.open_nursery() as nursery:
+        task_status.started()
+        async for item in inbound:
+            await limiter.acquire()
+            nursery.start_soon(one, item)
+
+
+class ByteBudget:
+    """A node-wide cap on bytes in flight (uploads, prefetched chunks).
+
+    A semaphore counts holders; this counts bytes, so one 4 MiB packet and sixty-four
+    64 KiB packets weigh the same.  A request larger than the whole budget is clipped to
+    it, so it can still run alone instead of waiting forever.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes = max(1, total_bytes)
+        self.used_bytes = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def acquire(self, size: int) -> int:
+        size = min(max(size, 0), self.total_bytes)
+        await trio.lowlevel.checkpoint()
+        while self.used_bytes + size > self.total_bytes:
+            await self._lot.park()
+        self.used_bytes += size
+        return size
+
+    def release(self, size: int) -> None:
+        self.used_bytes -= size
+        self._lot.unpark_all()

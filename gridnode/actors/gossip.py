@@ -1,0 +1,202 @@
+"""The gossip actor (claims 14-15, 43, 45 need it; design brief: global client profile).
+
+It drives the pure SWIM state machine (``gridnode.logic.swim.Membership``) with real time
+and real sessions: one-way ``gossip_*`` messages from links arrive on its inbound channel,
+the machine's outgoing messages are handed to a few sender tasks that dial (or reuse) the
+authenticated session to each target.  What it maintains is the membership view every
+other actor reads: who is alive, where they claim to be (and whether the speed of light
+allows it), how much room they have.
+
+Backpressure: gossip is lossy by design, so the inbound channel and the outbox are
+written with ``send_nowait``; when full, messages are dropped and counted: a stalled
+gossip actor must never stall a link's reader, and SWIM tolerates loss.
+Cancellation: nothing to flush; on a clean shutdown the node announces its leave first.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from protocol import Message
+
+from ..errors import PeerError
+from ..log import get_logger
+from ..logic.placement import Member, Source
+from ..logic.swim import GossipConfig, Membership, MemberView, Outgoing, sign_record
+
+__all__ = ["GossipIn", "Gossiper", "build_membership"]
+
+_log = get_logger(actor="gossip")
+
+
+@attrs.frozen
+class GossipIn:
+    sender: bytes
+    message: Message
+
+
+def parse_labels(labels: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for label in labels:
+        name, _, value = label.partition("=")
+        if name and value:
+            pairs.append((name.strip(), value.strip()))
+    return tuple(sorted(pairs))
+
+
+def build_membership(
+    *,
+    identity: Any,
+    config: Any,
+    address: str,
+    free_bytes: int,
+    now: float,
+    certificate: bytes = b"",
+    rng: random.Random | None = None,
+) -> Membership:
+    """The node's own signed record and a fresh state machine.
+
+    Incarnation and sequence start from the wall clock, so a node restarted (or recovered
+    on a new machine with the same key) always supersedes what others remember of it.
+    """
+    from protocol import PROTOCOL_VERSION
+
+    stamp = int(time.time() * 1000)
+    record = sign_record(
+        identity.signing_key,
+        node_id=identity.node_id,
+        address=address,
+        incarnation=stamp,
+        sequence=stamp,
+        lat=config.lat,
+        lon=config.lon,
+        city=config.city,
+        allocated_bytes=config.allocated_bytes,
+        free_bytes=free_bytes,
+        bandwidth_bps=config.bandwidth_bps,
+        protocol_version=PROTOCOL_VERSION,
+        labels=tuple(config.labels),
+        leaving=False,
+        certificate=certificate,
+    )
+    gossip_config = GossipConfig(
+        probe_interval_s=config.gossip_probe_interval_s,
+        probe_timeout_s=min(0.5, config.gossip_probe_interval_s / 2),
+        sync_interval_s=config.gossip_sync_interval_s,
+        dead_reap_s=config.gossip_dead_reap_s,
+        location_check=config.location_check,
+    )
+    return Membership(
+        signing_key=identity.signing_key,
+        self_record=record,
+        config=gossip_config,
+        rng=rng or random.Random(),
+        now=now,
+    )
+
+
+@attrs.define
+class Gossiper:
+    membership: Membership
+    inbound: trio.MemoryReceiveChannel[GossipIn]
+    connect: Callable[..., Any]  # Transport.connect(address, expect=node_id)
+    seeds: tuple[str, ...]
+    senders: int = 8
+    outbox_size: int = 256
+    dropped_outgoing: int = 0
+    send_failures: int = 0
+    _outbox_send: trio.MemorySendChannel[Outgoing] | None = None
+    _wake: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        send, receive = trio.open_memory_channel[Outgoing](self.outbox_size)
+        self._outbox_send = send
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.senders):
+                nursery.start_soon(self._sender, receive.clone())
+            receive.close()
+            self._deliver(self.membership.join(trio.current_time(), list(self.seeds)))
+            task_status.started()
+            await self._loop(nursery)
+
+    async def _loop(self, nursery: trio.Nursery) -> None:
+        last_rejoin = trio.current_time()
+        async with self.inbound:
+            while True:
+                now = trio.current_time()
+                self._deliver(self.membership.tick(now))
+                # A lone node (every seed was down at start) keeps knocking on its seeds.
+                if self.seeds and not self.membership.alive_members() and now - last_rejoin > 5:
+                    last_rejoin = now
+                    self._deliver(self.membership.join(now, list(self.seeds)))
+                deadline = max(self.membership.next_deadline(), now + 0.01)
+                with trio.move_on_at(min(deadline, now + 1.0)):
+                    item = await self.inbound.receive()
+                    self._deliver(
+                        self.membership.handle(trio.current_time(), item.sender, item.message)
+                    )
+
+    def _deliver(self, outgoing: Sequence[Outgoing]) -> None:
+        assert self._outbox_send is not None
+        for out in outgoing:
+            try:
+                self._outbox_send.send_nowait(out)
+            except trio.WouldBlock:
+                self.dropped_outgoing += 1
+
+    async def _sender(self, outbox: trio.MemoryReceiveChannel[Outgoing]) -> None:
+        async with outbox:
+            async for out in outbox:
+                try:
+                    link = await self.connect(out.address, expect=out.node_id)
+                    await link.send(out.message)
+                except PeerError as exc:
+                    self.send_failures += 1
+                    if out.node_id is not None:
+                        self._deliver(self.membership.unreachable(trio.current_time(), out.node_id))
+                    _log.debug("gossip_send_failed", address=out.address, error=str(exc))
+
+    # --- views for the rest of the node ----------------------------------------------------------
+
+    def update_free_bytes(self, free_bytes: int) -> None:
+        self.membership.update_self(trio.current_time(), free_bytes=free_bytes)
+
+    def leave(self) -> None:
+        self._deliver(self.membership.leave(trio.current_time()))
+
+    def members(self) -> list[MemberView]:
+        return self.membership.members()
+
+    def placement_view(self) -> tuple[int, list[Member]]:
+        members = [
+            Member(
+                node_id=view.record.node_id,
+                lat=view.record.lat,
+                lon=view.record.lon,
+                free_bytes=view.record.free_bytes,
+                alive=True,
+                location_trusted=view.location_trusted,
+                labels=parse_labels(view.record.labels),
+            )
+            for view in self.membership.alive_members()
+        ]
+        return self.membership.version, members
+
+    def source(self) -> Source:
+        record = self.membership.self_record
+        return Source(node_id=record.node_id, lat=record.lat, lon=record.lon)
+
+    def alive(self) -> list[tuple[bytes, str]]:
+        return [(v.record.node_id, v.record.address) for v in self.membership.alive_members()]
+
+    def address_of(self, node_id: bytes) -> str | None:
+        for view in self.membership.members():
+            if view.record.node_id == node_id:
+                return view.record.address
+        return None

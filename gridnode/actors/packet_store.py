@@ -1,0 +1,322 @@
+"""The packet store actor (claims 1, 9, 13, 16, 18): both sides of keeping packets.
+
+Source side: ``UploadChunk`` sends a chunk's n packets to the n targets the sequencer
+chose, concurrently, under a per-target window (the link's in-flight window) and a
+node-wide byte budget, so memory stays flat whatever the backup size.  A target that
+fails (gone, full, timed out) is replaced: the sequencer is asked for another target
+excluding every one that failed, and the change is part of the returned placement.
+
+Target side: ``StorePacket`` from a peer is verified (the id is the BLAKE3 of the
+bytes), checked against the allocation and written atomically into the packet
+directory; the answer is a receipt signed with this node's key.  ``FetchPacket`` serves
+a packet only if it still hashes to its id.  ``DeletePacket`` needs the delete secret
+whose hash came with the packet.  Recovery roots (``PutRoot``/``GetRoot``) live here too.
+
+Backpressure: every call holds a slot of ``concurrency``; disk work runs in worker
+threads under a shared limiter.  Cancellation: an upload cancelled mid-way leaves only
+complete packets on targets (they write atomically); the caller records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from protocol import (
+    DeletePacket,
+    Error,
+    FetchPacket,
+    GetRoot,
+    Message,
+    PacketData,
+    PacketDeleted,
+    PacketStored,
+    PutRoot,
+    RootData,
+    RootStored,
+    StorePacket,
+    receipt_payload,
+    sign,
+    verify,
+)
+
+from ..errors import GridError, PeerError, RemoteError
+from ..identity import NodeIdentity
+from ..log import get_logger
+from ..storage.holdings import Holdings, StoredRoot
+from ..storage.packets import AllocationFull, PacketDirectory, PacketIdMismatch, PacketStoreError
+from ..trioutil import collapse_groups
+from .base import ByteBudget, Call, serve_calls
+
+__all__ = [
+    "ChunkUploaded",
+    "PacketStore",
+    "PlacedPacket",
+    "UploadChunk",
+    "UploadFailed",
+    "root_signature_payload",
+]
+
+_log = get_logger(actor="packet_store")
+
+
+class UploadFailed(GridError):
+    """A chunk could not get all of its packets stored; nothing about it is recorded."""
+
+
+@attrs.frozen
+class PlacedPacket:
+    share: int
+    packet_id: bytes
+    target: bytes
+    receipt: bytes
+
+
+@attrs.frozen
+class UploadChunk:
+    chunk_id: bytes
+    packets: tuple[bytes, ...]
+    packet_ids: tuple[bytes, ...]
+    targets: tuple[bytes, ...]
+    rules: Any  # PlacementRules: the same rules govern any replacement target
+    packet_bytes: int
+
+
+@attrs.frozen
+class ChunkUploaded:
+    placed: tuple[PlacedPacket, ...]
+    replaced: int
+    bytes_sent: int
+
+
+@attrs.frozen
+class TargetRequest:
+    """A request from a peer (target side), answered with a response message."""
+
+    msg: Message
+    payload_digest: bytes | None
+
+
+def root_signature_payload(locator: bytes, version: int, sealed: bytes) -> bytes:
+    import blake3
+
+    return b"gridnode recovery root v1\x00" + locator + version.to_bytes(8, "big") + (
+        blake3.blake3(sealed).digest()
+    )
+
+
+#: (job, targets kept, exclude) -> a replacement target; raises PlacementError when none is left.
+Replace = Callable[[UploadChunk, tuple[bytes, ...], frozenset[bytes]], Awaitable[bytes]]
+#: node id -> an open link to it (dials through the transport).
+LinkFor = Callable[[bytes], Awaitable[Any]]
+
+
+@attrs.define
+class PacketStore:
+    identity: NodeIdentity
+    packets: PacketDirectory
+    holdings: Holdings
+    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    link_for: LinkFor
+    replace_target: Replace
+    disk_limiter: trio.CapacityLimiter
+    upload_budget_bytes: int = 64 * 1024 * 1024
+    request_timeout_s: float = 30.0
+    max_replacements: int = 12
+    concurrency: int = 32
+    on_free_bytes_changed: Callable[[int], None] | None = None
+    _budget: ByteBudget = attrs.field(init=False)
+    stats: dict[str, int] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        self._budget = ByteBudget(self.upload_budget_bytes)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_calls(
+            self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+        )
+
+    async def _handle(self, payload: Any) -> Any:
+        if isinstance(payload, UploadChunk):
+            return await self._upload_chunk(payload)
+        if isinstance(payload, TargetRequest):
+            return await self._serve_peer(payload.msg, payload.payload_digest)
+        raise TypeError(f"packet store cannot handle {type(payload).__name__}")
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    # --- source side ------------------------------------------------------------------------
+
+    async def _upload_chunk(self, job: UploadChunk) -> ChunkUploaded:
+        placed: list[PlacedPacket | None] = [None] * len(job.packets)
+        failed: set[bytes] = set()
+        assigned: dict[int, bytes] = {}
+        replaced = 0
+        sent = 0
+        errors: list[str] = []
+
+        async def one(share: int, target: bytes) -> None:
+            nonlocal replaced, sent
+            data, packet_id = job.packets[share], job.packet_ids[share]
+            held = await self._budget.acquire(len(data))
+            try:
+                for _attempt in range(self.max_replacements + 1):
+                    try:
+                        receipt = await self._store_on(target, packet_id, data)
+                        placed[share] = PlacedPacket(share, packet_id, target, receipt)
+                        sent += len(data)
+                        return
+                    except (PeerError, UploadFailed) as exc:
+                        failed.add(target)
+                        errors.append(f"{target.hex()[:8]}: {exc}")
+                        _log.info("target_failed", chunk=job.chunk_id.hex()[:12], share=share,
+                                  target=target.hex()[:12], error=str(exc))
+                        current = dict(enumerate(job.targets)) | {
+                            p.share: p.target for p in placed if p is not None
+                        } | assigned
+                        current.pop(share, None)
+                        keep = tuple(t for t in current.values() if t not in failed)
+                        target = await self.replace_target(job, keep, frozenset(failed))
+                        assigned[share] = target
+                        replaced += 1
+                raise UploadFailed(
+                    f"packet {share} of chunk {job.chunk_id.hex()[:12]} found no target after "
+                    f"{self.max_replacements} replacements: {'; '.join(errors[-3:])}"
+                )
+            finally:
+                self._budget.release(held)
+
+        with collapse_groups():
+            async with trio.open_nursery() as nursery:
+                for share, target in enumerate(job.targets):
+                    nursery.start_soon(one, share, target)
+        result = tuple(p for p in placed if p is not None)
+        assert len(result) == len(job.packets)
+        self._count("chunks_uploaded")
+        self._count("packets_uploaded", len(result))
+        self._count("packets_replaced", replaced)
+        return ChunkUploaded(placed=result, replaced=replaced, bytes_sent=sent)
+
+    async def _store_on(self, target: bytes, packet_id: bytes, data: bytes) -> bytes:
+        link = await self.link_for(target)
+        owner_tag = self.identity.packet_owner_tag(packet_id)
+        answer = await link.request(
+            lambda rid: StorePacket(
+                request_id=rid, packet_id=packet_id, owner_tag=owner_tag, data=data
+            ),
+            timeout_s=self.request_timeout_s,
+        )
+        if not isinstance(answer, PacketStored) or answer.packet_id != packet_id:
+            raise UploadFailed(f"target answered {answer.KIND} to store_packet")
+        if not verify(target, receipt_payload(packet_id, len(data)), answer.receipt):
+            raise UploadFailed("target's receipt does not verify under its node id")
+        return answer.receipt
+
+    # --- target side --------------------------------------------------------------------------
+
+    async def _serve_peer(self, msg: Message, digest: bytes | None) -> Message:
+        if isinstance(msg, StorePacket):
+            return await self._keep(msg, digest)
+        if isinstance(msg, FetchPacket):
+            data = await trio.to_thread.run_sync(
+                self.packets.get, msg.packet_id, limiter=self.disk_limiter
+            )
+            if data is None:
+                self._count("fetch_misses")
+                raise RemoteError("not_found", "packet not held here (or failed verification)")
+            self._count("packets_served")
+            return PacketData(request_id=msg.request_id, packet_id=msg.packet_id, data=data)
+        if isinstance(msg, DeletePacket):
+            return await self._delete(msg)
+        if isinstance(msg, PutRoot):
+            return await self._put_root(msg)
+        if isinstance(msg, GetRoot):
+            root = await trio.to_thread.run_sync(
+                self.holdings.get_root, msg.locator, limiter=self.disk_limiter
+            )
+            if root is None:
+                raise RemoteError("not_found", "no root at this locator")
+            return RootData(
+                request_id=msg.request_id,
+                locator=root.locator,
+                version=root.version,
+                verify_key=root.verify_key,
+                signature=root.signature,
+                sealed=root.sealed,
+            )
+        return Error(
+            request_id=getattr(msg, "request_id", 0),
+            code="unsupported",
+            message=f"{msg.KIND} is not a request this node serves",
+        )
+
+    async def _keep(self, msg: StorePacket, digest: bytes | None) -> PacketStored:
+        if digest is not None and digest != msg.packet_id:
+            # The session already hashed the payload; a mismatch needs no second hash.
+            raise RemoteError("id_mismatch", "packet bytes do not hash to its id")
+
+        def write() -> None:
+            self.packets.put(msg.packet_id, msg.data, verified_digest=digest)
+            self.holdings.add_tag(msg.packet_id, msg.owner_tag)
+
+        try:
+            await trio.to_thread.run_sync(write, limiter=self.disk_limiter)
+        except AllocationFull as exc:
+            self._count("store_refused_full")
+            raise RemoteError("allocation_full", str(exc)) from None
+        except PacketIdMismatch as exc:
+            raise RemoteError("id_mismatch", str(exc)) from None
+        except PacketStoreError as exc:
+            raise RemoteError("storage_error", str(exc)) from None
+        self._count("packets_stored")
+        free = self.packets.free_bytes
+        if self.on_free_bytes_changed is not None:
+            self.on_free_bytes_changed(free)
+        receipt = sign(self.identity.signing_key, receipt_payload(msg.packet_id, len(msg.data)))
+        return PacketStored(
+            request_id=msg.request_id,
+            packet_id=msg.packet_id,
+            size_bytes=len(msg.data),
+            receipt=receipt,
+            free_bytes=free,
+        )
+
+    async def _delete(self, msg: DeletePacket) -> PacketDeleted:
+        import blake3
+
+        tag = blake3.blake3(msg.owner_secret).digest()
+
+        def remove() -> bool:
+            present, left = self.holdings.remove_tag(msg.packet_id, tag)
+            if not present:
+                return False
+            if left == 0:
+                self.packets.delete(msg.packet_id)
+            return True
+
+        removed = await trio.to_thread.run_sync(remove, limiter=self.disk_limiter)
+        if removed and self.on_free_bytes_changed is not None:
+            self.on_free_bytes_changed(self.packets.free_bytes)
+        return PacketDeleted(request_id=msg.request_id, packet_id=msg.packet_id, removed=removed)
+
+    async def _put_root(self, msg: PutRoot) -> RootStored:
+        payload = root_signature_payload(msg.locator, msg.version, msg.sealed)
+        if not verify(msg.verify_key, payload, msg.signature):
+            raise RemoteError("bad_signature", "root signature does not verify")
+        if len(msg.sealed) > self.packets.free_bytes:
+            raise RemoteError("allocation_full", "no room for a recovery root")
+        root = StoredRoot(msg.locator, msg.version, msg.verify_key, msg.signature, msg.sealed)
+        refusal = await trio.to_thread.run_sync(
+            self.holdings.put_root, root, limiter=self.disk_limiter
+        )
+        if refusal is not None:
+            raise RemoteError("refused", refusal)
+        return RootStored(request_id=msg.request_id, locator=msg.locator, version=msg.version)
+
+
+def describe_targets(targets: Sequence[bytes]) -> str:
+    return ", ".join(t.hex()[:8] for t in targets)

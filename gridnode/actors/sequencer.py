@@ -1,0 +1,86 @@
+"""The sequencer actor (claims 1, 7, 13, 30): the non-transparent sequence of targets.
+
+For each chunk it answers "which n targets, in which order": the pure placement function
+(``gridnode.logic.placement``) ranks the live members by weighted rendezvous hashing under
+this node's secret sequence key, under the snapshot's proximity rules.  Nobody without the
+key can compute the order; the resulting list packet -> target is kept only in this node's
+catalog and, sealed, in the data assembly record on the grid.
+
+The member view comes from the gossip actor.  A ``PlacementView`` (per-member hashes,
+distances from the source) is built once per view version and rules, and reused for every
+chunk until gossip reports a change.
+
+Backpressure: placement is a few vectorised passes (well under a millisecond per chunk
+with 10,000 members), so calls are answered inline, a handful at a time.
+Cancellation: nothing to clean up; the actor holds no per-call state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ..logic.placement import Member, PlacementError, PlacementRules, PlacementView, Source
+from .base import Call, serve_calls
+
+__all__ = ["PlaceChunk", "PlacementError", "Sequencer"]
+
+
+@attrs.frozen
+class PlaceChunk:
+    chunk_id: bytes
+    n: int
+    packet_bytes: int
+    rules: PlacementRules
+    exclude: frozenset[bytes] = frozenset()
+    #: Targets that already hold packets of this chunk: the answer keeps them and fills the
+    #: rest, so a replacement obeys the pairwise rules together with them.
+    fixed: tuple[bytes, ...] = ()
+
+
+#: () -> (view version, members); provided by the gossip actor.
+ViewSource = Callable[[], tuple[int, Sequence[Member]]]
+
+
+@attrs.define
+class Sequencer:
+    key: bytes
+    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    view: ViewSource
+    source: Callable[[], Source]
+    _cache: dict[Any, PlacementView] = attrs.field(factory=dict)
+    placements: int = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_calls(self.inbound, self._handle, concurrency=4, task_status=task_status)
+
+    async def _handle(self, cmd: Any) -> tuple[bytes, ...]:
+        if not isinstance(cmd, PlaceChunk):
+            raise TypeError(f"sequencer cannot handle {type(cmd).__name__}")
+        await trio.lowlevel.checkpoint()
+        return self.place(cmd)
+
+    def placement_view(self, rules: PlacementRules) -> PlacementView:
+        version, members = self.view()
+        source = self.source()
+        cache_key = (version, rules, source)
+        view = self._cache.get(cache_key)
+        if view is None:
+            self._cache.clear()  # only the newest view is ever used again
+            view = PlacementView(key=self.key, source=source, members=members, rules=rules)
+            self._cache[cache_key] = view
+        return view
+
+    def place(self, cmd: PlaceChunk) -> tuple[bytes, ...]:
+        """Raises PlacementError naming the rule and numbers when no valid set exists."""
+        view = self.placement_view(cmd.rules)
+        self.placements += 1
+        if cmd.fixed:
+            targets = view.place(cmd.chunk_id, cmd.n, cmd.packet_bytes, exclude=cmd.exclude,
+                                 fixed=cmd.fixed)
+        else:
+            targets = view.place(cmd.chunk_id, cmd.n, cmd.packet_bytes, exclude=cmd.exclude)
+        return tuple(targets)

@@ -1,0 +1,552 @@
+"""The ``gridnode`` command line.
+
+Every command exits 0 on success and non-zero with one line on stderr
+(``gridnode: error: ...``) otherwise.  ``--json`` prints machine output on stdout: for
+long jobs, progress events as JSON lines and then one final object with
+``"event": "result"`` (or ``"event": "error"`` with a ``message``).  Without ``--json``,
+long jobs draw a progress bar on a terminal and print a short summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from .config import (
+    CONFIG_NAME,
+    ConfigError,
+    GridFile,
+    build_config,
+    default_home,
+    load_config,
+    parse_address,
+)
+from .control import ControlError, NodeNotRunning, call_node
+from .errors import GridError
+from .identity import KeyError_, NodeIdentity, load_identity, read_key_argument
+from .log import configure_logging
+from .units import format_bytes
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """A one-line reason for a non-zero exit."""
+
+
+# --- output helpers ---------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self._last = 0.0
+        self._drawn = False
+
+    def update(self, event: dict[str, Any]) -> None:
+        if not self.enabled or event.get("event") != "progress":
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1:
+            return
+        self._last = now
+        done = event.get("bytes_read", event.get("bytes", 0)) or 0
+        total = event.get("bytes_total") or 0
+        frac = min(done / total, 1.0) if total else 0.0
+        width = 24
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        files = f"{event.get('files', 0)}/{event.get('files_total', '?')} files"
+        rate = format_bytes(event.get("rate_bps") or 0) + "/s"
+        eta = event.get("eta_s")
+        eta_text = f" ETA {eta:.0f}s" if isinstance(eta, int | float) else ""
+        line = (f"\r[{bar}] {frac * 100:5.1f}% {format_bytes(done)}/{format_bytes(total)} "
+                f"{files} {rate}{eta_text}")
+        self.stream.write(line[:160].ljust(100))
+        self.stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn:
+            self.stream.write("\r" + " " * 110 + "\r")
+            self.stream.flush()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def resolve_home(args: argparse.Namespace) -> Path:
+    home = Path(args.home).expanduser() if getattr(args, "home", None) else default_home()
+    return home.absolute()
+
+
+def call(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None,
+         *, long_job: bool = False) -> Any:
+    """Call the running node of ``--home``; stream events for long jobs."""
+    home = resolve_home(args)
+    as_json = getattr(args, "json", False)
+    progress = Progress()
+
+    def on_event(event: dict[str, Any]) -> None:
+        if as_json:
+            _print_json(event)
+        else:
+            progress.update(event)
+
+    try:
+        result = trio.run(lambda: call_node(home, method, params, on_event=on_event))
+    except ControlError as exc:
+        progress.finish()
+        if as_json and long_job:
+            _print_json({"event": "error", "code": exc.code, "message": str(exc)})
+        raise CliError(str(exc)) from None
+    except NodeNotRunning as exc:
+        if as_json and long_job:
+            _print_json({"event": "error", "code": "not_running", "message": str(exc)})
+        raise CliError(str(exc)) from None
+    progress.finish()
+    return result
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_grid_create(args: argparse.Namespace) -> None:
+    grid = GridFile(name=args.name, grid_id=os.urandom(16), seeds=tuple(args.seed or ()))
+    for seed in grid.seeds:
+        parse_address(seed, key="seed")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"{out} exists; use --force to overwrite")
+    grid.save(out)
+    if args.json:
+        _print_json({"name": grid.name, "grid_id": grid.grid_id.hex(), "file": str(out)})
+    else:
+        print(f"grid {grid.name!r} ({grid.grid_id.hex()}) written to {out}")
+
+
+def _init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
+    values: dict[str, Any] = {"grid_id": grid.grid_id.hex(), "grid_name": grid.name,
+                              "seeds": list(args.seed or grid.seeds)}
+    for key, attr in (("listen", "listen"), ("allocate", "allocate"),
+                      ("location", "location"), ("location_check", "location_check"),
+                      ("log_level", "log_level"), ("redundancy", "redundancy"),
+                      ("backup_proximity", "backup_proximity"),
+                      ("packet_proximity", "packet_proximity")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            values[key] = value
+    if getattr(args, "label", None):
+        values["labels"] = list(args.label)
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def init_home(home: Path, args: argparse.Namespace, identity: NodeIdentity) -> dict[str, Any]:
+    grid = GridFile.load(Path(args.grid))
+    values = _init_values(args, grid)
+    config = build_config(home, values)
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    identity.write_key_file(config.key_path)
+    config.save()
+    from .control import ensure_token
+
+    ensure_token(home)
+    return {"home": str(home), "node_id": identity.printable_id, "short_id": identity.short_id,
+            "grid_id": grid.grid_id.hex(), "listen": config.listen_address,
+            "city": config.city, "lat": config.lat, "lon": config.lon,
+            "allocated_bytes": config.allocated_bytes, "key_file": str(config.key_path)}
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    home = resolve_home(args)
+    if (home / CONFIG_NAME).exists() and not args.force:
+        raise CliError(f"{home} is already a node home; use --force to overwrite its config")
+    if args.key:
+        stdin = sys.stdin.read() if args.key == "-" else None
+        identity = read_key_argument(args.key, stdin)
+    elif (home / "node.key").exists():
+        identity = load_identity(home / "node.key")
+    else:
+        identity = NodeIdentity.generate()
+    info = init_home(home, args, identity)
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"node {info['short_id']} initialised in {home}")
+        print(f"  listen {info['listen']}, location {info['city'] or info['lat']}, "
+              f"allocation {format_bytes(info['allocated_bytes'])}")
+        print(f"  key file {info['key_file']}: keep a copy off this machine "
+              f"(or run `gridnode key phrase --home {home}` and write the phrase down)")
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, attr in (("listen", "listen"), ("allocate", "allocate"), ("location", "location"),
+                      ("location_check", "location_check"), ("log_level", "log_level")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            values[key] = value
+    if getattr(args, "seed", None):
+        values["seeds"] = list(args.seed)
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+async def serve_until_signalled(node_run: Callable[..., Any]) -> None:
+    """Run a node until SIGINT/SIGTERM, then shut it down gracefully (exit code 0)."""
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(node_run)
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    node.shutdown()
+                    return
+
+        nursery.start_soon(watch)
+        await node.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .node import Node
+
+    home = resolve_home(args)
+    config = load_config(home, _run_overrides(args))
+    configure_logging(config.log_level)
+    identity = load_identity(config.key_path)
+    node = Node(config, identity)
+    if not args.quiet:
+        print(f"gridnode {identity.short_id} starting on {config.listen_address} "
+              f"(home {home}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    trio.run(serve_until_signalled, node.run)
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    status = call(args, "status")
+    if args.json:
+        _print_json(status)
+        return
+    print(f"node {status['short_id']} at {status['address']} "
+          f"({status['city'] or 'no location'}), grid {status['grid_id'][:16]}")
+    st = status["storage"]
+    print(f"storage: {format_bytes(st['used_bytes'])} used of "
+          f"{format_bytes(st['allocated_bytes'])}, {st['packets']} packets")
+    if status["members"]:
+        print(_table([(m["short_id"], m["address"], m["state"], m["city"], m["distance_km"],
+                       format_bytes(m["free_bytes"]), m["rtt_ms"],
+                       "yes" if m["trusted"] else "NO") for m in status["members"]],
+                     ["member", "address", "state", "city", "km", "free", "rtt ms", "trusted"]))
+    else:
+        print("no other members known yet")
+
+
+def _finish(args: argparse.Namespace, result: Any, summary: Callable[[Any], str]) -> None:
+    if args.json:
+        _print_json(result)
+    else:
+        print(summary(result))
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    params: dict[str, Any] = {"paths": [_abs(p) for p in args.paths],
+                              "excludes": list(args.exclude or [])}
+    if args.redundancy:
+        params["redundancy"] = args.redundancy
+    if args.backup_proximity is not None:
+        params["backup_proximity"] = args.backup_proximity
+    if args.packet_proximity is not None:
+        params["packet_proximity"] = args.packet_proximity
+    if args.distinct:
+        params["distinct"] = list(args.distinct)
+    result = call(args, "backup", params, long_job=True)
+    _finish(args, result, lambda r: (
+        f"snapshot {r['snapshot_id']}: {r['files']} files, {format_bytes(r['bytes'])} "
+        f"({r['files_unchanged']} unchanged), uploaded {format_bytes(r['bytes_uploaded'])} in "
+        f"{r['packets_uploaded']} packets, {r['seconds']:.1f} s"
+        + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])))
+
+
+def cmd_snapshots(args: argparse.Namespace) -> None:
+    rows = call(args, "snapshots")
+    if args.json:
+        _print_json(rows)
+        return
+    print(_table([(r["snapshot_id"], time.strftime("%Y-%m-%d %H:%M:%S",
+                                                   time.localtime(r["created"])),
+                   r["state"], r["files"], format_bytes(r["bytes"]), " ".join(r["roots"]))
+                  for r in rows], ["snapshot", "created", "state", "files", "size", "paths"]))
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    params: dict[str, Any] = {"snapshot": args.snapshot, "to": _abs(args.to)}
+    if args.path:
+        params["path"] = args.path
+    result = call(args, "restore", params, long_job=True)
+    _finish(args, result, lambda r: (
+        f"restored {r['files']} files, {format_bytes(r['bytes'])} to {r['to']} "
+        f"in {r['seconds']:.1f} s"))
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    result = call(args, "verify", {"snapshot": args.snapshot}, long_job=True)
+    _finish(args, result, lambda r: (
+        f"snapshot {r['snapshot_id']}: {'OK' if r['ok'] else 'DAMAGED'}: "
+        f"{r['chunks_healthy']} chunks healthy, {r['chunks_degraded']} degraded, "
+        f"{r['chunks_lost']} lost (fewest spare packets: {r['min_spare_packets']})"))
+    if not result["ok"]:
+        raise CliError(f"snapshot {result['snapshot_id']} cannot be fully restored")
+
+
+def cmd_forget(args: argparse.Namespace) -> None:
+    result = call(args, "forget", {"snapshot": args.snapshot}, long_job=True)
+    _finish(args, result, lambda r: (
+        f"forgot {r['snapshot_id']}: {r['chunks_freed']} chunks freed, "
+        f"{r['packets_deleted']} packets deleted"))
+
+
+def cmd_placement(args: argparse.Namespace) -> None:
+    result = call(args, "placement", {"snapshot": args.snapshot})
+    if args.json:
+        _print_json(result)
+        return
+    src = result["source"]
+    print(f"snapshot {result['snapshot_id']} from {src['city'] or 'source'} "
+          f"({src['lat']}, {src['lon']}); rules {result['rules']}")
+    for chunk in result["chunks"]:
+        print(f"chunk {chunk['chunk_id'][:12]} ({chunk['k']}/{chunk['n']}): pairwise "
+              f"{chunk['pairwise_min_km']}-{chunk['pairwise_max_km']} km")
+        for p in chunk["packets"]:
+            print(f"  packet {p['packet_id'][:12]} -> {p['target_short']} "
+                  f"{p['city'] or ''} {p['distance_km']} km")
+
+
+def cmd_log(args: argparse.Namespace) -> None:
+    result = call(args, "log")
+    if args.json:
+        _print_json(result)
+    else:
+        for e in result["entries"]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+            print(f"{e['seq']:5d} {when} {e['event']:<18} {e['snapshot_id'] or ''} "
+                  f"{json.dumps(e['detail'])}")
+        print(f"chain: {'verified' if result['verified'] else 'BROKEN'} ({result['detail']})")
+    if not result["verified"]:
+        raise CliError(f"the backup log fails verification: {result['detail']}")
+
+
+def cmd_stop(args: argparse.Namespace) -> None:
+    call(args, "shutdown")
+    if not getattr(args, "json", False):
+        print("node stopping")
+
+
+def cmd_key(args: argparse.Namespace) -> None:
+    home = resolve_home(args)
+    identity = load_identity(home / "node.key")
+    if args.action == "phrase":
+        print(identity.recovery_phrase())
+    elif args.action == "export":
+        out = Path(args.out)
+        if out.exists():
+            raise CliError(f"{out} exists")
+        identity.write_key_file(out)
+        print(f"key written to {out} (mode 600)")
+    else:
+        print(identity.printable_id)
+
+
+def cmd_recover(args: argparse.Namespace) -> None:
+    from .recover_cli import recover
+
+    result = recover(args)
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"recovered {len(result['snapshots'])} snapshot(s) from recovery root "
+              f"version {result['root_version']} into {result['home']}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from simulations.demo import run_demo
+
+    ok = run_demo(args)
+    if not ok:
+        raise CliError("demo failed: the restored data did not match")
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", default=os.environ.get("GRIDNODE_HOME"),
+                   help="node home directory (default $GRIDNODE_HOME or ~/.local/share/gridnode)")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def _add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
+    p.add_argument("--listen", help="HOST:PORT to listen on for peers")
+    p.add_argument("--seed", action="append", help="HOST:PORT of a member to join through")
+    p.add_argument("--location", help='"CITY" or LAT,LON')
+    p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB or 1.5TiB")
+    p.add_argument("--location-check", choices=["enforce", "warn", "off"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key")
+    if init:
+        p.add_argument("--label", action="append", help="failure-domain label NAME=VALUE")
+        p.add_argument("--redundancy", help="default K/N for backups (default 4/6)")
+        p.add_argument("--backup-proximity", help="default MIN:MAX from source (km or mi)")
+        p.add_argument("--packet-proximity", help="default MIN:MAX between targets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridnode", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    grid = sub.add_parser("grid", help="grid files")
+    grid_sub = grid.add_subparsers(dest="grid_command", required=True)
+    create = grid_sub.add_parser("create", help="create a new grid file")
+    create.add_argument("name")
+    create.add_argument("--out", required=True)
+    create.add_argument("--seed", action="append")
+    create.add_argument("--force", action="store_true")
+    _add_json(create)
+    create.set_defaults(fn=cmd_grid_create)
+
+    p = sub.add_parser("init", help="create a node home")
+    _add_home(p)
+    p.add_argument("--grid", required=True, help="grid file from `gridnode grid create`")
+    p.add_argument("--key", help="reuse a key file (or - for a recovery phrase on stdin)")
+    p.add_argument("--force", action="store_true")
+    _add_node_settings(p, init=True)
+    _add_json(p)
+    p.set_defaults(fn=cmd_init)
+
+    p = sub.add_parser("run", help="run the node until SIGINT/SIGTERM")
+    _add_home(p)
+    _add_node_settings(p, init=False)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_run)
+
+    for name, fn, helptext in (("status", cmd_status, "this node and what it sees"),
+                               ("snapshots", cmd_snapshots, "list snapshots"),
+                               ("log", cmd_log, "the signed backup log"),
+                               ("stop", cmd_stop, "stop the running node")):
+        p = sub.add_parser(name, help=helptext)
+        _add_home(p)
+        _add_json(p)
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("backup", help="back up paths")
+    _add_home(p)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--redundancy", help="K/N erasure coding, e.g. 4/6")
+    p.add_argument("--exclude", action="append", help="glob to skip (name or path)")
+    p.add_argument("--backup-proximity", help="MIN:MAX distance source->targets (km or mi)")
+    p.add_argument("--packet-proximity", help="MIN:MAX distance between targets")
+    p.add_argument("--distinct", action="append", help="label whose values must all differ")
+    _add_json(p)
+    p.set_defaults(fn=cmd_backup)
+
+    p = sub.add_parser("restore", help="restore a snapshot (or one path of it)")
+    _add_home(p)
+    p.add_argument("snapshot")
+    p.add_argument("--to", required=True)
+    p.add_argument("--path")
+    _add_json(p)
+    p.set_defaults(fn=cmd_restore)
+
+    for name, fn, helptext in (("verify", cmd_verify, "fetch and check every packet"),
+                               ("forget", cmd_forget, "drop a snapshot and free its packets"),
+                               ("placement", cmd_placement, "where each packet went")):
+        p = sub.add_parser(name, help=helptext)
+        _add_home(p)
+        p.add_argument("snapshot")
+        _add_json(p)
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("key", help="show or export this node's key")
+    _add_home(p)
+    p.add_argument("action", choices=["id", "phrase", "export"])
+    p.add_argument("--out")
+    p.set_defaults(fn=cmd_key)
+
+    p = sub.add_parser("recover", help="rebuild a lost node's catalog from the grid")
+    _add_home(p)
+    p.add_argument("--key", required=True, help="key file, or - for the phrase on stdin")
+    p.add_argument("--grid", required=True)
+    p.add_argument("--seed", action="append", required=True)
+    p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--location")
+    p.add_argument("--allocate")
+    p.add_argument("--location-check", choices=["enforce", "warn", "off"])
+    p.add_argument("--timeout", type=float, default=60.0)
+    _add_json(p)
+    p.set_defaults(fn=cmd_recover)
+
+    p = sub.add_parser("demo", help="a local grid in European cities: back up, lose, restore")
+    p.add_argument("--dir", help="where to put the demo grid (default: a temp dir)")
+    p.add_argument("--nodes", type=int, default=8)
+    p.add_argument("--keep", action="store_true", help="leave the grid's files behind")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        configure_logging(os.environ.get("GRIDNODE_LOG_LEVEL", "warning"))
+    try:
+        args.fn(args)
+    except (CliError, ConfigError, KeyError_, GridError) as exc:
+        print(f"gridnode: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("gridnode: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:
+        print(f"gridnode: error: {exc.strerror or exc}"
+              f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)

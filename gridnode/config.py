@@ -1,0 +1,358 @@
+"""Node configuration: one TOML file per node home, every value overridable.
+
+``gridnode init`` writes ``HOME/gridnode.toml``; ``gridnode run`` reads it and applies
+command-line overrides on top.  Validation happens here, once, with errors that name
+the key ("config key 'allocate': not a size: '5 parsecs'"), so a typo never starts a
+node that then misbehaves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from .fsutil import atomic_write
+from .units import parse_size
+
+__all__ = [
+    "CONFIG_NAME",
+    "ConfigError",
+    "GridFile",
+    "NodeConfig",
+    "default_home",
+    "dump_toml",
+    "load_config",
+    "parse_address",
+]
+
+CONFIG_NAME: Final = "gridnode.toml"
+LOCATION_CHECKS: Final = ("enforce", "warn", "off")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def default_home() -> Path:
+    env = os.environ.get("GRIDNODE_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".local" / "share" / "gridnode"
+
+
+def parse_address(text: str, *, key: str = "address") -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"config key {key!r}: expected HOST:PORT, got {text!r}")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"config key {key!r}: port {number} out of range")
+    return host, number
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(values: Mapping[str, Any], header: str = "") -> str:
+    """A flat TOML writer (tomllib only reads); ``None`` values are left out."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+@attrs.frozen
+class GridFile:
+    """What a node needs to join a grid: its id, its name and where to find members."""
+
+    name: str
+    grid_id: bytes
+    seeds: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, path: Path) -> GridFile:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"no grid file at {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"grid file {path}: {exc}") from None
+        try:
+            grid_id = bytes.fromhex(str(data["grid_id"]))
+        except (KeyError, ValueError):
+            raise ConfigError(f"grid file {path}: key 'grid_id' missing or not hex") from None
+        if not 8 <= len(grid_id) <= 32:
+            raise ConfigError(f"grid file {path}: key 'grid_id' must be 8-32 bytes")
+        seeds = data.get("seeds", [])
+        if not isinstance(seeds, list) or not all(isinstance(s, str) for s in seeds):
+            raise ConfigError(f"grid file {path}: key 'seeds' must be a list of HOST:PORT")
+        for seed in seeds:
+            parse_address(seed, key="seeds")
+        return cls(name=str(data.get("name", "")), grid_id=grid_id, seeds=tuple(seeds))
+
+    def save(self, path: Path) -> None:
+        text = dump_toml(
+            {"name": self.name, "grid_id": self.grid_id.hex(), "seeds": list(self.seeds)},
+            header="gridnode grid file: give it to every node that should join this grid.",
+        )
+        atomic_write(path, text.encode("utf-8"))
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    """A node's validated settings; built by ``load_config``, never by hand in production."""
+
+    home: Path
+    grid_id: bytes
+    grid_name: str = ""
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 7400
+    seeds: tuple[str, ...] = ()
+    lat: float | None = None
+    lon: float | None = None
+    city: str = ""
+    allocated_bytes: int = 10 * 1000**3
+    log_level: str = "warning"
+    location_check: str = "enforce"
+    labels: tuple[str, ...] = ()
+    redundancy: str = "4/6"
+    backup_proximity: str = ""
+    packet_proximity: str = ""
+    seal_payloads: bool = False
+    bandwidth_bps: int = 100_000_000
+    control_port: int = 0
+    grace_period_s: float = 3.0
+    request_timeout_s: float = 30.0
+    max_frame_bytes: int = 16 * 1024 * 1024
+    gossip_probe_interval_s: float = 1.0
+    gossip_sync_interval_s: float = 30.0
+    gossip_dead_reap_s: float = 120.0
+
+    @property
+    def listen_address(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / "node.key"
+
+    def to_toml(self) -> str:
+        values: dict[str, Any] = {
+            "grid_id": self.grid_id.hex(),
+            "grid_name": self.grid_name,
+            "listen": self.listen_address,
+            "seeds": list(self.seeds),
+            "city": self.city,
+            "latitude": self.lat,
+            "longitude": self.lon,
+            "allocate": str(self.allocated_bytes),
+            "log_level": self.log_level,
+            "location_check": self.location_check,
+            "labels": list(self.labels),
+            "redundancy": self.redundancy,
+            "backup_proximity": self.backup_proximity,
+            "packet_proximity": self.packet_proximity,
+            "seal_payloads": self.seal_payloads,
+            "bandwidth_bps": self.bandwidth_bps,
+            "control_port": self.control_port,
+            "grace_period_s": self.grace_period_s,
+            "request_timeout_s": self.request_timeout_s,
+            "gossip_probe_interval_s": self.gossip_probe_interval_s,
+            "gossip_sync_interval_s": self.gossip_sync_interval_s,
+            "gossip_dead_reap_s": self.gossip_dead_reap_s,
+        }
+        return dump_toml(values, header="gridnode node configuration (written by gridnode init)")
+
+    def save(self) -> None:
+        atomic_write(self.config_path, self.to_toml().encode("utf-8"))
+
+
+def _float(key: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"config key {key!r}: expected a number, got {value!r}") from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise ConfigError(f"config key {key!r}: {number} is outside {lo}..{hi}")
+    return number
+
+
+def _int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise ConfigError(f"config key {key!r}: {number} is outside {lo}..{hi}")
+    return number
+
+
+def _str_list(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v for v in (s.strip() for s in value.split(",")) if v]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key {key!r}: expected a list of strings")
+    return tuple(value)
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return value.lower() in ("true", "yes", "1", "on")
+    raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+
+
+def resolve_location(text: str) -> tuple[float, float, str]:
+    """``"CITY"`` or ``"LAT,LON"`` -> (lat, lon, display name)."""
+    from .logic.cities import parse_location
+
+    try:
+        lat, lon, city = parse_location(text)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'location': {exc}") from None
+    return lat, lon, city or ""
+
+
+def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
+    """Validate a merged mapping (file values with overrides applied) into a NodeConfig."""
+    known = {f.name for f in attrs.fields(NodeConfig)} | {
+        "listen",
+        "latitude",
+        "longitude",
+        "allocate",
+        "location",
+    }
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    if "grid_id" not in raw:
+        raise ConfigError("config key 'grid_id' is missing (run gridnode init --grid FILE)")
+    try:
+        grid_id = bytes.fromhex(str(raw["grid_id"]))
+    except ValueError:
+        raise ConfigError("config key 'grid_id': not hex") from None
+    kwargs: dict[str, Any] = {"home": home, "grid_id": grid_id}
+    if "grid_name" in raw:
+        kwargs["grid_name"] = str(raw["grid_name"])
+    if "listen" in raw:
+        kwargs["listen_host"], kwargs["listen_port"] = parse_address(str(raw["listen"]), key="listen")
+    if "seeds" in raw:
+        seeds = _str_list("seeds", raw["seeds"])
+        for seed in seeds:
+            parse_address(seed, key="seeds")
+        kwargs["seeds"] = seeds
+    lat, lon, city = raw.get("latitude"), raw.get("longitude"), str(raw.get("city", ""))
+    if raw.get("location"):
+        lat, lon, city = resolve_location(str(raw["location"]))
+    if (lat is None) != (lon is None):
+        raise ConfigError("config keys 'latitude' and 'longitude' must be set together")
+    if lat is not None:
+        kwargs["lat"] = _float("latitude", lat, -90.0, 90.0)
+        kwargs["lon"] = _float("longitude", lon, -180.0, 180.0)
+    kwargs["city"] = city
+    if "allocate" in raw:
+        try:
+            kwargs["allocated_bytes"] = parse_size(raw["allocate"])
+        except ValueError as exc:
+            raise ConfigError(f"config key 'allocate': {exc}") from None
+    if "log_level" in raw:
+        kwargs["log_level"] = _check_choice("log_level", str(raw["log_level"]).lower(), LOG_LEVELS)
+    if "location_check" in raw:
+        kwargs["location_check"] = _check_choice(
+            "location_check", str(raw["location_check"]), LOCATION_CHECKS
+        )
+    if "labels" in raw:
+        labels = _str_list("labels", raw["labels"])
+        for label in labels:
+            if "=" not in label:
+                raise ConfigError(f"config key 'labels': {label!r} is not NAME=VALUE")
+        kwargs["labels"] = labels
+    if "redundancy" in raw:
+        from .logic.packing import ErasureParams
+
+        try:
+            kwargs["redundancy"] = str(ErasureParams.parse(str(raw["redundancy"])))
+        except ValueError as exc:
+            raise ConfigError(f"config key 'redundancy': {exc}") from None
+    for key in ("backup_proximity", "packet_proximity"):
+        if key in raw:
+            from .logic.distance import parse_band
+
+            text = str(raw[key])
+            if text:
+                try:
+                    parse_band(text)
+                except ValueError as exc:
+                    raise ConfigError(f"config key {key!r}: {exc}") from None
+            kwargs[key] = text
+    if "seal_payloads" in raw:
+        kwargs["seal_payloads"] = _bool("seal_payloads", raw["seal_payloads"])
+    if "bandwidth_bps" in raw:
+        kwargs["bandwidth_bps"] = _int("bandwidth_bps", raw["bandwidth_bps"], 0, 10**13)
+    if "control_port" in raw:
+        kwargs["control_port"] = _int("control_port", raw["control_port"], 0, 65535)
+    if "max_frame_bytes" in raw:
+        kwargs["max_frame_bytes"] = _int("max_frame_bytes", raw["max_frame_bytes"], 4096, 64 << 20)
+    for key, lo, hi in (
+        ("grace_period_s", 0.0, 60.0),
+        ("request_timeout_s", 0.1, 3600.0),
+        ("gossip_probe_interval_s", 0.05, 60.0),
+        ("gossip_sync_interval_s", 0.5, 3600.0),
+        ("gossip_dead_reap_s", 1.0, 86400.0 * 7),
+    ):
+        if key in raw:
+            kwargs[key] = _float(key, raw[key], lo, hi)
+    return NodeConfig(**kwargs)
+
+
+def read_config_file(home: Path) -> dict[str, Any]:
+    path = home / CONFIG_NAME
+    try:
+        return dict(tomllib.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ConfigError(f"no node configuration at {path} (run gridnode init first)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_config(home: Path, overrides: Mapping[str, Any] | None = None) -> NodeConfig:
+    raw = read_config_file(home)
+    if overrides:
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+    return build_config(home, raw)

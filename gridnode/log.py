@@ -1,0 +1,58 @@
+"""structlog configuration: quiet by default, human on a terminal, JSON lines otherwise.
+
+Configured once per process (style.md 5.6/5.7).  Every actor binds ``node``,
+``actor`` and, per connection, ``peer`` so one grep follows one request across
+actors; bindings flow down to child tasks through contextvars, never up.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def level_number(name: str) -> int:
+    try:
+        return _LEVELS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown log level {name!r} (use {', '.join(_LEVELS)})") from None
+
+
+def configure_logging(
+    level: str = "warning", *, json: bool | None = None, stream: TextIO | None = None
+) -> None:
+    """Set up structlog for this process.  ``json=None`` picks by whether stderr is a TTY."""
+    out = stream if stream is not None else sys.stderr
+    use_json = (not out.isatty()) if json is None else json
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if use_json:
+        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    else:
+        processors += [structlog.dev.ConsoleRenderer(colors=False)]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bindings: Any) -> Any:
+    return structlog.get_logger().bind(**bindings)

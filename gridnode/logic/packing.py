@@ -1,0 +1,498 @@
+"""One chunk to ``n`` packets and back: id, compress, encrypt, erasure-code.
+
+Encoding a chunk, in order:
+
+1. **Unique data identifier.** ``chunk_id = BLAKE3-keyed(dedup_secret, plaintext)``.
+   Only holders of the dedup secret can compute it, so the id says nothing to
+   anybody else about the content, while every node of the dedup domain gets
+   the same id for the same chunk and stores it once.
+2. **Compression.** zstandard at the given level, kept only when the frame is
+   strictly shorter than the plaintext; otherwise the plaintext is stored raw
+   (already-compressed media would only grow).
+3. **Convergent encryption.** XChaCha20-Poly1305 (IETF) under
+   ``key = BLAKE3-derive_key("gridnode 2026 chunk key v1", dedup_secret || chunk_id)``.
+   The 24-byte nonce is derived from the same inputs under a second context
+   (``"gridnode 2026 chunk nonce v1"``) and, for a compressed chunk, also from
+   the exact compressed bytes (a synthetic nonce, as in SIV). The reason: the
+   compressed bytes of one plaintext are not a function of the chunk id alone
+   (another zstd level or library version gives another frame), and two
+   different messages under one key and one nonce would leak their XOR and
+   break Poly1305. A raw chunk's message *is* a function of its id, so it
+   costs no extra hash. The nonce travels in front of the AEAD output, so the
+   decoder never needs to know how it was made. Associated data binds the
+   chunk id, the compressed flag and the plaintext size, so a share set of
+   another chunk (or wrong catalog metadata) cannot be decoded as this one.
+4. **Redundancy.** The sealed bytes ``nonce || ciphertext || tag``
+   (``cipher_size`` bytes) are zero-padded to a multiple of ``k``, split into
+   ``k`` equal data packets, and zfec adds ``n - k`` redundant packets; any
+   ``k`` of the ``n`` rebuild the chunk. A packet's id is the unkeyed BLAKE3
+   of its bytes, so any holder can check what it keeps without learning
+   anything.
+
+Same chunk, same dedup secret, same zstd level and library: same packets,
+bit for bit (so dedup works across snapshots and nodes of a domain). Another
+secret gives unrelated ids, keys and packets.
+
+Threading: everything here is synchronous and safe to call from several
+threads at once. zstd and zfec codec objects are cached per thread (zstd
+contexts must not be shared); the heavy calls (BLAKE3, zstd, libsodium, zfec)
+release the GIL, so two worker threads encode about twice as fast as one.
+Copies are kept to what the libraries force: pynacl wants ``bytes`` in and
+returns ``bytes``, and each data packet is one copy out of the ciphertext.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import attrs
+import zfec
+import zstandard
+from blake3 import blake3
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_ABYTES,
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
+)
+from nacl.exceptions import CryptoError
+
+__all__ = [
+    "CIPHER_OVERHEAD",
+    "DEDUP_SECRET_SIZE",
+    "DEFAULT_ERASURE",
+    "ID_SIZE",
+    "ChunkIntegrityError",
+    "EncodedChunk",
+    "ErasureParams",
+    "chunk_id_for",
+    "decode_chunk",
+    "encode_chunk",
+    "packet_id_for",
+]
+
+Buffer = bytes | bytearray | memoryview
+
+ID_SIZE: Final = 32
+DEDUP_SECRET_SIZE: Final = 32
+NONCE_SIZE: Final[int] = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+TAG_SIZE: Final[int] = crypto_aead_xchacha20poly1305_ietf_ABYTES
+CIPHER_OVERHEAD: Final = NONCE_SIZE + TAG_SIZE
+"""Bytes that sealing adds to the (possibly compressed) message."""
+
+MAX_SHARES: Final = 256
+"""zfec's limit on ``n`` (share numbers are one byte)."""
+
+_KEY_CONTEXT: Final = "gridnode 2026 chunk key v1"
+_NONCE_CONTEXT: Final = "gridnode 2026 chunk nonce v1"
+_AAD_PREFIX: Final = b"gridnode chunk aad v1\x00"
+_NONCE_RAW: Final = b"\x00"
+_NONCE_COMPRESSED: Final = b"\x01"
+
+_ERASURE_RE: Final = re.compile(r"\s*([0-9]{1,3})\s*/\s*([0-9]{1,3})\s*", re.ASCII)
+
+
+class ChunkIntegrityError(Exception):
+    """The supplied shares do not rebuild the chunk they claim to be.
+
+    Raised for a share of the wrong size or index, a share whose id does not
+    match, too few shares, failed authentication, a bad compressed frame, or a
+    plaintext whose id differs from the expected one. The retriever's cue to
+    fetch other shares; never a reason to return data.
+    """
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not 1 <= value <= MAX_SHARES:
+        raise ValueError(f"{name} must be within [1, {MAX_SHARES}], got {value}")
+
+
+@attrs.frozen
+class ErasureParams:
+    """``k``-of-``n`` redundancy: any ``k`` of the ``n`` packets rebuild a chunk."""
+
+    k: int
+    n: int
+
+    def __attrs_post_init__(self) -> None:
+        _check_count("k", self.k)
+        _check_count("n", self.n)
+        if self.k > self.n:
+            raise ValueError(f"erasure parameters need k <= n, got {self.k}/{self.n}")
+
+    @classmethod
+    def parse(cls, text: str) -> ErasureParams:
+        """Parse the CLI and config form ``"K/N"``, e.g. ``"4/6"``.
+
+        Raises:
+            ValueError: naming the offending text.
+        """
+        match = _ERASURE_RE.fullmatch(text)
+        if match is None:
+            raise ValueError(f"invalid erasure parameters {text!r}: expected K/N, e.g. 4/6")
+        k, n = int(match.group(1)), int(match.group(2))
+        try:
+            return cls(k, n)
+        except ValueError as exc:
+            raise ValueError(f"invalid erasure parameters {text!r}: {exc}") from None
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+
+DEFAULT_ERASURE: Final = ErasureParams(4, 6)
+
+
+@attrs.frozen
+class EncodedChunk:
+    """A chunk ready for placement, with what the catalog must keep to rebuild it.
+
+    ``chunk_id``, ``plain_size``, ``compressed``, ``cipher_size`` and ``params``
+    go in the source's records; ``packets[i]`` is zfec share ``i`` (``0..k-1``
+    data, ``k..n-1`` redundant) and ``packet_ids[i]`` its BLAKE3-256.
+    """
+
+    chunk_id: bytes
+    plain_size: int
+    compressed: bool
+    cipher_size: int
+    params: ErasureParams
+    packets: tuple[bytes, ...] = attrs.field(repr=False)
+    packet_ids: tuple[bytes, ...] = attrs.field(repr=False)
+
+    @property
+    def packet_size(self) -> int:
+        """Every packet of a chunk has this length (``ceil(cipher_size / k)``)."""
+        return _block_size(self.cipher_size, self.params.k)
+
+
+class _ThreadCodecs(threading.local):
+    """Per-thread codec objects: zstd contexts are not thread-safe, and
+    building a zfec matrix per call would waste time for large ``n``."""
+
+    def __init__(self) -> None:
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.decompressor = zstandard.ZstdDecompressor()
+        self.encoders: dict[tuple[int, int], zfec.Encoder] = {}
+        self.decoders: dict[tuple[int, int], zfec.Decoder] = {}
+
+    def compressor(self, level: int) -> zstandard.ZstdCompressor:
+        compressor = self.compressors.get(level)
+        if compressor is None:
+            # No zstd checksum: the AEAD tag and the chunk id already cover it.
+            compressor = zstandard.ZstdCompressor(
+                level=level, write_checksum=False, write_content_size=True, write_dict_id=False
+            )
+            self.compressors[level] = compressor
+        return compressor
+
+    def encoder(self, params: ErasureParams) -> zfec.Encoder:
+        key = (params.k, params.n)
+        encoder = self.encoders.get(key)
+        if encoder is None:
+            encoder = self.encoders[key] = zfec.Encoder(params.k, params.n)
+        return encoder
+
+    def decoder(self, params: ErasureParams) -> zfec.Decoder:
+        key = (params.k, params.n)
+        decoder = self.decoders.get(key)
+        if decoder is None:
+            decoder = self.decoders[key] = zfec.Decoder(params.k, params.n)
+        return decoder
+
+
+_codecs = _ThreadCodecs()
+
+
+def _check_secret(dedup_secret: bytes) -> None:
+    if len(dedup_secret) != DEDUP_SECRET_SIZE:
+        raise ValueError(f"dedup secret must be {DEDUP_SECRET_SIZE} bytes, got {len(dedup_secret)}")
+
+
+def chunk_id_for(plaintext: Buffer, dedup_secret: bytes) -> bytes:
+    """The chunk's unique data identifier inside the dedup domain of ``dedup_secret``."""
+    _check_secret(dedup_secret)
+    return blake3(plaintext, key=dedup_secret).digest()
+
+
+def packet_id_for(data: Buffer) -> bytes:
+    """A packet's id: unkeyed, so any holder can verify the bytes it keeps."""
+    return blake3(data).digest()
+
+
+def _block_size(cipher_size: int, k: int) -> int:
+    return -(-cipher_size // k)
+
+
+def _chunk_key(dedup_secret: bytes, chunk_id: bytes) -> bytes:
+    hasher = blake3(derive_key_context=_KEY_CONTEXT)
+    hasher.update(dedup_secret)
+    hasher.update(chunk_id)
+    return hasher.digest()
+
+
+def _nonce_key(dedup_secret: bytes, chunk_id: bytes) -> bytes:
+    hasher = blake3(derive_key_context=_NONCE_CONTEXT)
+    hasher.update(dedup_secret)
+    hasher.update(chunk_id)
+    return hasher.digest()
+
+
+def _nonce(dedup_secret: bytes, chunk_id: bytes, message: bytes, compressed: bool) -> bytes:
+    hasher = blake3(key=_nonce_key(dedup_secret, chunk_id))
+    if compressed:
+        hasher.update(_NONCE_COMPRESSED)
+        hasher.update(message)
+    else:
+        hasher.update(_NONCE_RAW)
+    return hasher.digest(NONCE_SIZE)
+
+
+def _aad(chunk_id: bytes, compressed: bool, plain_size: int) -> bytes:
+    return b"".join(
+        (_AAD_PREFIX, chunk_id, b"\x01" if compressed else b"\x00", plain_size.to_bytes(8, "big"))
+    )
+
+
+def _compress(plaintext: Buffer, level: int) -> tuple[Buffer, bool]:
+    """zstd frame if it is strictly shorter, else the plaintext itself."""
+    if len(plaintext) == 0:
+        return plaintext, False
+    frame = _codecs.compressor(level).compress(plaintext)
+    if len(frame) < len(plaintext):
+        return frame, True
+    return plaintext, False
+
+
+def _seal(
+    message: bytes, *, chunk_id: bytes, dedup_secret: bytes, compressed: bool, plain_size: int
+) -> tuple[bytes, bytes]:
+    """Return ``(nonce, ciphertext_with_tag)``; their concatenation is the sealed chunk."""
+    nonce = _nonce(dedup_secret, chunk_id, message, compressed)
+    sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(
+        message, _aad(chunk_id, compressed, plain_size), nonce, _chunk_key(dedup_secret, chunk_id)
+    )
+    return nonce, sealed
+
+
+def _split_blocks(prefix: bytes, body: bytes, k: int) -> list[bytes]:
+    """Cut ``prefix || body || zero padding`` into ``k`` equal blocks, copying each byte once."""
+    prefix_len, body_len = len(prefix), len(body)
+    total = prefix_len + body_len
+    size = _block_size(total, k)
+    prefix_view, body_view = memoryview(prefix), memoryview(body)
+    blocks: list[bytes] = []
+    for index in range(k):
+        start, stop = index * size, (index + 1) * size
+        pieces: list[Buffer] = []
+        if start < prefix_len:
+            pieces.append(prefix_view[start : min(stop, prefix_len)])
+        body_start, body_stop = max(start, prefix_len) - prefix_len, min(stop, total) - prefix_len
+        if body_stop > body_start:
+            pieces.append(body_view[body_start:body_stop])
+        padding = stop - max(start, total)
+        if padding > 0:
+            pieces.append(bytes(padding))
+        blocks.append(b"".join(pieces))
+    return blocks
+
+
+def _erasure_encode(prefix: bytes, body: bytes, params: ErasureParams) -> list[bytes]:
+    blocks = _split_blocks(prefix, body, params.k)
+    if params.n > params.k:
+        redundant: list[bytes] = _codecs.encoder(params).encode(
+            blocks, tuple(range(params.k, params.n))
+        )
+        blocks.extend(redundant)
+    return blocks
+
+
+def encode_chunk(
+    plaintext: Buffer,
+    *,
+    dedup_secret: bytes,
+    params: ErasureParams,
+    zstd_level: int = 3,
+) -> EncodedChunk:
+    """Turn one chunk's plaintext into ``n`` packets (see the module docstring).
+
+    Args:
+        plaintext: the chunk; a ``memoryview`` from the chunker is not copied
+            unless it is stored raw (pynacl needs ``bytes``).
+        dedup_secret: the 32-byte secret of the dedup domain.
+        params: ``k``-of-``n`` redundancy.
+        zstd_level: 1 to 22; part of the convergence contract, since another
+            level gives other packets for the same chunk.
+
+    Raises:
+        ValueError: a secret of the wrong size or a bad level.
+    """
+    if isinstance(zstd_level, bool) or not 1 <= zstd_level <= zstandard.MAX_COMPRESSION_LEVEL:
+        raise ValueError(
+            f"zstd_level must be within [1, {zstandard.MAX_COMPRESSION_LEVEL}], got {zstd_level}"
+        )
+    if isinstance(plaintext, memoryview) and (plaintext.ndim != 1 or plaintext.itemsize != 1):
+        plaintext = plaintext.cast("B")  # so len() counts bytes, not items
+    chunk_id = chunk_id_for(plaintext, dedup_secret)
+    plain_size = len(plaintext)
+    compressible, compressed = _compress(plaintext, zstd_level)
+    message = compressible if isinstance(compressible, bytes) else bytes(compressible)
+    nonce, sealed = _seal(
+        message,
+        chunk_id=chunk_id,
+        dedup_secret=dedup_secret,
+        compressed=compressed,
+        plain_size=plain_size,
+    )
+    del message, compressible
+    packets = _erasure_encode(nonce, sealed, params)
+    return EncodedChunk(
+        chunk_id=chunk_id,
+        plain_size=plain_size,
+        compressed=compressed,
+        cipher_size=len(nonce) + len(sealed),
+        params=params,
+        packets=tuple(packets),
+        packet_ids=tuple(packet_id_for(packet) for packet in packets),
+    )
+
+
+def _gather(blocks: Sequence[Buffer], block_size: int, start: int, stop: int) -> bytes:
+    """Bytes ``[start, stop)`` of the concatenated blocks, copied once."""
+    pieces: list[Buffer] = []
+    for index in range(start // block_size, len(blocks)):
+        block_start = index * block_size
+        if block_start >= stop:
+            break
+        view = memoryview(blocks[index])
+        pieces.append(view[max(start - block_start, 0) : min(stop - block_start, block_size)])
+    return b"".join(pieces)
+
+
+def _select_shares(
+    shares: Mapping[int, Buffer], params: ErasureParams, chunk_hex: str
+) -> tuple[list[int], list[Buffer]]:
+    """Pick ``k`` shares, data shares first: with all ``k`` of them zfec has
+    nothing to compute."""
+    if len(shares) < params.k:
+        raise ChunkIntegrityError(
+            f"chunk {chunk_hex}: need {params.k} shares to decode {params}, got {len(shares)}"
+        )
+    chosen = sorted(shares, key=lambda index: (index >= params.k, index))[: params.k]
+    return chosen, [shares[index] for index in chosen]
+
+
+def decode_chunk(
+    shares: Mapping[int, Buffer],
+    *,
+    chunk_id: bytes,
+    dedup_secret: bytes,
+    params: ErasureParams,
+    cipher_size: int,
+    compressed: bool,
+    plain_size: int,
+    packet_ids: Sequence[bytes] | None = None,
+) -> bytes:
+    """Rebuild and verify a chunk's plaintext from any ``k`` of its shares.
+
+    Args:
+        shares: share number -> packet bytes; at least ``k`` of them.
+        chunk_id, dedup_secret, params, cipher_size, compressed, plain_size:
+            as recorded from :class:`EncodedChunk` at backup time.
+        packet_ids: the chunk's ``n`` packet ids; when given, every supplied
+            share is checked against its id first, so a bad holder is named.
+
+    Returns:
+        The plaintext, whose keyed id has been checked against ``chunk_id``.
+
+    Raises:
+        ChunkIntegrityError: bad, foreign or too few shares, or a failed check.
+        ValueError: arguments that cannot describe any chunk.
+    """
+    if len(chunk_id) != ID_SIZE:
+        raise ValueError(f"chunk id must be {ID_SIZE} bytes, got {len(chunk_id)}")
+    _check_secret(dedup_secret)
+    if cipher_size < CIPHER_OVERHEAD:
+        raise ValueError(f"cipher_size must be at least {CIPHER_OVERHEAD}, got {cipher_size}")
+    if plain_size < 0:
+        raise ValueError(f"plain_size must be >= 0, got {plain_size}")
+    if packet_ids is not None and len(packet_ids) != params.n:
+        raise ValueError(f"expected {params.n} packet ids for {params}, got {len(packet_ids)}")
+    chunk_hex = chunk_id.hex()
+    block_size = _block_size(cipher_size, params.k)
+    for index, share in shares.items():
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < params.n:
+            raise ChunkIntegrityError(
+                f"chunk {chunk_hex}: share index {index!r} is out of range for {params}"
+            )
+        if len(share) != block_size:
+            raise ChunkIntegrityError(
+                f"chunk {chunk_hex}: share {index} is {len(share)} bytes, expected {block_size}"
+            )
+        if packet_ids is not None and packet_id_for(share) != packet_ids[index]:
+            raise ChunkIntegrityError(
+                f"chunk {chunk_hex}: share {index} does not match its packet id "
+                f"{packet_ids[index].hex()}"
+            )
+
+    chosen, chosen_blocks = _select_shares(shares, params, chunk_hex)
+    if chosen == list(range(params.k)):
+        blocks: Sequence[Buffer] = chosen_blocks
+    else:
+        # zfec reorders the lists it is given in place; hand it fresh ones.
+        blocks = _codecs.decoder(params).decode(chosen_blocks, chosen)
+
+    padding = _gather(blocks, block_size, cipher_size, block_size * params.k)
+    if padding.count(0) != len(padding):
+        raise ChunkIntegrityError(f"chunk {chunk_hex}: non-zero padding after the ciphertext")
+    nonce = _gather(blocks, block_size, 0, NONCE_SIZE)
+    sealed = _gather(blocks, block_size, NONCE_SIZE, cipher_size)
+    del blocks, chosen_blocks
+    try:
+        message = crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed,
+            _aad(chunk_id, compressed, plain_size),
+            nonce,
+            _chunk_key(dedup_secret, chunk_id),
+        )
+    except CryptoError:
+        raise ChunkIntegrityError(
+            f"chunk {chunk_hex}: authentication failed (corrupt or foreign shares, "
+            "or wrong dedup secret or metadata)"
+        ) from None
+    del sealed
+
+    plaintext = _decompress(message, plain_size, chunk_hex) if compressed else message
+    if len(plaintext) != plain_size:
+        raise ChunkIntegrityError(
+            f"chunk {chunk_hex}: rebuilt {len(plaintext)} bytes, expected {plain_size}"
+        )
+    if chunk_id_for(plaintext, dedup_secret) != chunk_id:
+        raise ChunkIntegrityError(f"chunk {chunk_hex}: rebuilt plaintext has another chunk id")
+    return plaintext
+
+
+def _decompress(frame: bytes, plain_size: int, chunk_hex: str) -> bytes:
+    """Decompress with the output bounded by ``plain_size``.
+
+    python-zstandard trusts a frame's declared content size over
+    ``max_output_size``, so the declared size is checked first: a frame must
+    never make us allocate more than the chunk we expect.
+    """
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise ChunkIntegrityError(f"chunk {chunk_hex}: bad zstd frame: {exc}") from None
+    if plain_size == 0 or declared not in (plain_size, -1):
+        raise ChunkIntegrityError(
+            f"chunk {chunk_hex}: zstd frame declares {declared} bytes, expected {plain_size}"
+        )
+    try:
+        return _codecs.decompressor.decompress(frame, max_output_size=plain_size)
+    except zstandard.ZstdError as exc:
+        raise ChunkIntegrityError(f"chunk {chunk_hex}: zstd decompression failed: {exc}") from None

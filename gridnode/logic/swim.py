@@ -1,0 +1,1591 @@
+"""SWIM membership with Lifeguard's refinements, as a pure state machine.
+
+Nothing here does I/O or reads a clock: the driver (the gossip actor, a test harness or
+the scale simulation) passes ``now`` in, delivers every ``Outgoing`` it gets back, and
+calls ``tick`` no later than ``next_deadline()``.  The same code therefore runs under
+trio's MockClock, in a discrete-event simulation of 10,000 members and in production.
+
+Rules (after HashiCorp memberlist; "Lifeguard" is Dadgar et al., 2018):
+
+Rule 1. Every probe interval (scaled by the local health score, Lifeguard's "local
+        health awareness") a member probes the next member of a round-robin cycle in
+        random order.  No ack within the probe timeout: k other members are asked to
+        probe it (ping-req); no ack, direct or relayed, by the end of the interval:
+        the member is suspected.  Relays that cannot reach the target either answer
+        with a nack, which tells the prober its own network is fine.
+Rule 2. A suspicion refers to the subject's incarnation.  It expires into ``dead``
+        after a timeout that starts at ``suspicion_max_timeout_mult`` times the minimum
+        and shrinks towards the minimum (``suspicion_mult * log10(N) * probe_interval``)
+        with each independent confirmation (Lifeguard's dynamic suspicion).
+Rule 3. A member that hears itself suspected or declared dead at its current
+        incarnation (or newer, a leftover of a previous life) refutes: it signs its
+        record again with a higher incarnation and gossips it.  Only a higher
+        incarnation clears suspect or dead; a higher sequence only refreshes content.
+Rule 4. Records are owner-signed.  A record newer than the one held is verified before
+        it is used (a shared cache remembers verdicts: validity is a property of the
+        bytes); a bad signature is dropped and counted, an older record ignored.
+        ``left`` needs the owner's own record with ``leaving`` set.
+Rule 5. Every change is queued for dissemination and piggybacked on probes, acks and
+        gossip rounds (``gossip_fanout`` random members every ``gossip_interval_s``)
+        at most ``retransmit_mult * ceil(log10(N + 1))`` times, fewest-sent first.
+Rule 6. Anti-entropy: every ``sync_interval_s`` (scaled up above 32 members like
+        memberlist's push/pull) a member exchanges its full state with one random
+        member, in pages of at most ``max_records_per_message``.  A "dead" heard in a
+        full state exchange only counts as "suspect", so the subject gets a chance to
+        refute.  To heal partitions, a member also syncs with a dead member or a seed
+        that is not alive, with probability (those) / (alive members + 1), like
+        serf's reconnect; a member alone re-joins through its seeds.
+Rule 7. Dead and left members are forgotten ``dead_reap_s`` after the transition.
+Rule 8. Probe round trips are recorded; a member whose claimed distance could not be
+        covered by light in fibre within its best recent round trip has an implausible
+        location: untrusted under ``enforce``, flagged under ``warn``, ignored under
+        ``off``.
+
+Memory: ``shared_view`` lets thousands of instances in one process share the initial
+records; each instance keeps only what differs (an overlay), so a 10,000-member
+simulation does not hold 100 million entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import random
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, Final
+
+import attrs
+import nacl.signing
+
+from gridnode.logic.distance import haversine_km
+from protocol import (
+    GossipIndirectAck,
+    GossipLeave,
+    GossipProbe,
+    GossipProbeAck,
+    GossipProbeRequest,
+    GossipSync,
+    GossipSyncReply,
+    GossipUpdates,
+    MemberRecord,
+    MemberUpdate,
+    Message,
+    encoded_size,
+    record_is_valid,
+    record_signing_payload,
+    sign_record,
+    verify,
+)
+
+__all__ = [
+    "LOCATION_CHECKS",
+    "STATES",
+    "GossipConfig",
+    "MemberView",
+    "Membership",
+    "MembershipStatistics",
+    "Outgoing",
+    "SharedView",
+]
+
+STATES: Final = ("alive", "suspect", "dead", "left")
+LOCATION_CHECKS: Final = ("enforce", "warn", "off")
+
+_ALIVE: Final = "alive"
+_SUSPECT: Final = "suspect"
+_DEAD: Final = "dead"
+_LEFT: Final = "left"
+_GONE: Final = (_DEAD, _LEFT)
+#: memberlist's pushPullScaleThreshold: full syncs slow down above this many members.
+_OWN_VERIFY_CACHE_MAX: Final = 1 << 16
+_PROBE_ID_WRAP: Final = 1 << 62
+_UNSETTABLE: Final = frozenset({"node_id", "signature", "sequence", "incarnation", "leaving"})
+_RECORD_FIELDS: Final = tuple(f.name for f in attrs.fields(MemberRecord) if f.name != "signature")
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number, not {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+
+
+@attrs.frozen
+class GossipConfig:
+    """Intervals, fan-outs and timeouts; the defaults are memberlist's LAN profile."""
+
+    probe_interval_s: float = attrs.field(default=1.0, validator=_positive)
+    probe_timeout_s: float = attrs.field(default=0.5, validator=_positive)
+    indirect_probes: int = attrs.field(default=3, validator=_non_negative)
+    gossip_interval_s: float = attrs.field(default=0.2, validator=_positive)
+    gossip_fanout: int = attrs.field(default=3, validator=_positive)
+    #: Retransmit limit = retransmit_mult * ceil(log10(N + 1)).
+    retransmit_mult: int = attrs.field(default=4, validator=_positive)
+    #: Lifeguard: the suspicion timeout shrinks with independent confirmations from
+    #: ``suspicion_max_timeout_mult`` times the minimum down to the minimum.
+    suspicion_mult: int = attrs.field(default=4, validator=_positive)
+    suspicion_max_timeout_mult: int = attrs.field(default=6, validator=_positive)
+    #: Forget dead and left members after this.
+    dead_reap_s: float = attrs.field(default=30.0, validator=_positive)
+    #: Anti-entropy: full state exchange with one random member.
+    sync_interval_s: float = attrs.field(default=30.0, validator=_positive)
+    location_check: str = attrs.field(
+        default="enforce", validator=attrs.validators.in_(LOCATION_CHECKS)
+    )
+    fibre_km_per_ms_rtt: float = attrs.field(default=100.0, validator=_positive)
+    #: Keep gossiping to the recently dead so a wrongly declared member hears it and
+    #: refutes (memberlist's GossipToTheDeadTime).
+    gossip_to_dead_s: float = attrs.field(default=30.0, validator=_non_negative)
+    #: Lifeguard local health: probe interval and timeout scale up to this factor.
+    awareness_max_multiplier: int = attrs.field(default=8, validator=_positive)
+    #: Updates piggybacked on one probe, ack or gossip message.
+    max_piggyback: int = attrs.field(default=8, validator=_positive)
+    #: One page of a full state exchange.
+    max_records_per_message: int = attrs.field(default=4096, validator=_positive)
+    #: Above this many members the sync interval grows like memberlist's push/pull.
+    sync_scale_threshold: int = attrs.field(default=32, validator=_positive)
+    #: A member that knows nobody retries its seeds this often.
+    rejoin_interval_s: float = attrs.field(default=5.0, validator=_positive)
+    #: Round trips kept per member; the minimum of them is the "best recent" one.
+    rtt_samples: int = attrs.field(default=8, validator=_positive)
+    #: Own record changes are disseminated at most this often (latest value wins).
+    self_update_min_interval_s: float = attrs.field(default=1.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_piggyback > 64:
+            raise ValueError("max_piggyback must be at most 64 (the wire limit)")
+        if self.max_records_per_message > 4096:
+            raise ValueError("max_records_per_message must be at most 4096 (the wire limit)")
+
+
+@attrs.frozen
+class Outgoing:
+    """A message for the driver to deliver; ``node_id`` is None for a bare seed address.
+
+    ``address`` is empty when the receiver's address is unknown (an answer to a member
+    we have no record of): deliver it on the session the request came in on.
+    """
+
+    node_id: bytes | None
+    address: str
+    message: Message
+
+
+@attrs.frozen
+class MemberView:
+    """One member as status output and placement see it."""
+
+    record: MemberRecord
+    state: str
+    #: Best recent direct probe round trip, in ms.
+    rtt_ms: float | None
+    #: Great-circle distance from this node, when both locations are known.
+    distance_km: float | None
+    #: False only under ``location_check="enforce"`` for an implausible location.
+    location_trusted: bool
+    #: False when the best round trip is too short for the claimed distance.
+    location_plausible: bool
+    state_since: float
+
+    @property
+    def node_id(self) -> bytes:
+        return self.record.node_id
+
+
+@attrs.frozen
+class MembershipStatistics:
+    """Counters since construction (trio's ``statistics()`` convention)."""
+
+    members_alive: int
+    members_suspect: int
+    members_dead: int
+    members_left: int
+    messages_sent: dict[str, int]
+    bytes_sent: dict[str, int]
+    messages_received: dict[str, int]
+    bytes_received: dict[str, int]
+    forged_records_dropped: int
+    stale_updates_ignored: int
+    invalid_messages_dropped: int
+    probes_sent: int
+    probes_failed: int
+    indirect_probes_sent: int
+    relays_served: int
+    suspicions_started: int
+    suspicions_refuted: int
+    refutations: int
+    deaths_declared: int
+    members_reaped: int
+    syncs_sent: int
+    syncs_answered: int
+    broadcasts_pending: int
+    health_score: int
+
+
+class SharedView(Mapping[bytes, MemberRecord]):
+    """Initial records shared read-only by many ``Membership`` instances.
+
+    Signatures are checked once here, invalid and leaving records are left out, and the
+    gossip form of every record is built once, so a thousand instances built on one
+    ``SharedView`` pay for none of it again.
+    """
+
+    __slots__ = ("_records", "ids", "updates")
+
+    def __init__(
+        self,
+        records: Iterable[MemberRecord],
+        *,
+        verify_cache: MutableMapping[bytes, bool] | None = None,
+    ) -> None:
+        cache = verify_cache if verify_cache is not None else {}
+        valid: dict[bytes, MemberRecord] = {}
+        for rec in records:
+            if rec.leaving or not _verified(rec, cache):
+                continue
+            old = valid.get(rec.node_id)
+            if old is None or (rec.incarnation, rec.sequence) > (old.incarnation, old.sequence):
+                valid[rec.node_id] = rec
+        self._records = valid
+        self.ids: tuple[bytes, ...] = tuple(valid)
+        self.updates: dict[bytes, MemberUpdate] = {
+            nid: MemberUpdate(record=rec, state=_ALIVE) for nid, rec in valid.items()
+        }
+
+    def __getitem__(self, key: bytes) -> MemberRecord:
+        return self._records[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+
+def _verified(rec: MemberRecord, cache: MutableMapping[bytes, bool]) -> bool:
+    payload = record_signing_payload(rec)
+    # The digest covers payload and signature: a changed field or a swapped signature
+    # is a different key, so one cache can serve every instance of a simulation.
+    key = _digest(payload, rec.signature)
+    ok = cache.get(key)
+    if ok is None:
+        ok = verify(rec.node_id, payload, rec.signature)
+        cache[key] = ok
+    return ok
+
+
+def _digest(payload: bytes, signature: bytes) -> bytes:
+    return hashlib.blake2b(payload + signature, digest_size=20).digest()
+
+
+@attrs.define(slots=True)
+class _Member:
+    record: MemberRecord
+    state: str
+    state_since: float
+    #: The gossip form of (record, state, reporter), reused so identical updates are
+    #: recognised by identity and not rebuilt per message.
+    update: MemberUpdate | None = None
+    #: Who made the suspect or dead claim currently held.
+    reporter: bytes = b""
+    rtts_ms: list[float] | None = None
+    plausible: bool = True
+
+
+@attrs.define(slots=True)
+class _Suspicion:
+    start: float
+    min_s: float
+    max_s: float
+    #: Independent confirmations wanted to reach the minimum timeout.
+    wanted: int
+    reporters: set[bytes]
+    confirmations: int
+    deadline: float
+
+    def confirm(self, reporter: bytes) -> bool:
+        """Count a new independent suspector; True when it shortened the timeout."""
+        if self.confirmations >= self.wanted or reporter in self.reporters:
+            return False
+        self.reporters.add(reporter)
+        self.confirmations += 1
+        fraction = math.log(self.confirmations + 1.0) / math.log(self.wanted + 1.0)
+        timeout = max(self.min_s, self.max_s - fraction * (self.max_s - self.min_s))
+        self.deadline = self.start + timeout
+        return True
+
+
+@attrs.define(slots=True)
+class _Probe:
+    target: bytes
+    address: str
+    sent_at: float
+    timeout_at: float
+    deadline: float
+    #: False for a probe begun because the transport could not reach the target:
+    #: no direct ping was sent, so there is no round trip and no health signal.
+    direct: bool
+    indirect: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@attrs.define(slots=True)
+class _Relay:
+    origin: bytes
+    origin_probe_id: int
+    target: bytes
+    sent_at: float
+    deadline: float
+
+
+class _BroadcastQueue:
+    """Pending updates, one per member (newer replaces older), fewest transmits first."""
+
+    __slots__ = ("_buckets", "_entries")
+
+    def __init__(self) -> None:
+        #: node id -> (times sent, reporter)
+        self._entries: dict[bytes, tuple[int, bytes]] = {}
+        #: transmits -> node ids in insertion order (newest last)
+        self._buckets: list[dict[bytes, None]] = [{}]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, node_id: bytes, reporter: bytes) -> None:
+        old = self._entries.get(node_id)
+        if old is not None:
+            del self._buckets[old[0]][node_id]
+        self._entries[node_id] = (0, reporter)
+        self._buckets[0][node_id] = None
+
+    def take(self, count: int, limit: int, skip: bytes | None = None) -> list[tuple[bytes, bytes]]:
+        """Up to ``count`` (node id, reporter) pairs, each counted as sent once more.
+
+        ``skip`` is left in place: news about the receiver itself that it already has.
+        """
+        chosen: list[tuple[bytes, int, bytes]] = []
+        for sent, bucket in enumerate(self._buckets):
+            if not bucket:
+                continue
+            if sent >= limit:
+                # The limit shrinks when the view does; what is over it is done.
+                for node_id in bucket:
+                    del self._entries[node_id]
+                bucket.clear()
+                continue
+            if len(chosen) >= count:
+                continue
+            for node_id in reversed(bucket):
+                if node_id == skip:
+                    continue
+                chosen.append((node_id, sent, self._entries[node_id][1]))
+                if len(chosen) >= count:
+                    break
+        for node_id, sent, reporter in chosen:
+            del self._buckets[sent][node_id]
+            if sent + 1 >= limit:
+                del self._entries[node_id]
+                continue
+            if sent + 1 == len(self._buckets):
+                self._buckets.append({})
+            self._entries[node_id] = (sent + 1, reporter)
+            self._buckets[sent + 1][node_id] = None
+        return [(node_id, reporter) for node_id, _, reporter in chosen]
+
+
+def _record_fields(rec: MemberRecord) -> dict[str, Any]:
+    return {name: getattr(rec, name) for name in _RECORD_FIELDS}
+
+
+class Membership:
+    """One member's view of the grid and the SWIM protocol that keeps it current.
+
+    All methods are synchronous and never block; every method that may send returns
+    the messages to deliver.  ``now`` must not go backwards between calls.
+
+    Args:
+        signing_key: this node's Ed25519 key; it signs our own record.
+        self_record: our record, signed with ``signing_key``.
+        config: intervals, fan-outs, timeouts, location check.
+        rng: every random choice comes from here (deterministic tests and simulations).
+        now: current time in seconds (any monotonic origin).
+        shared_view: initial records of other members, shared read-only (a plain
+            mapping is wrapped and verified; pass a ``SharedView`` to share the work).
+        verify_cache: signature verdicts keyed by record digest, may be shared.
+
+    Raises:
+        ValueError: when ``self_record`` is not ours or its signature does not verify.
+    """
+
+    def __init__(
+        self,
+        *,
+        signing_key: nacl.signing.SigningKey,
+        self_record: MemberRecord,
+        config: GossipConfig,
+        rng: random.Random,
+        now: float,
+        shared_view: Mapping[bytes, MemberRecord] | None = None,
+        verify_cache: MutableMapping[bytes, bool] | None = None,
+    ) -> None:
+        if self_record.node_id != bytes(signing_key.verify_key):
+            raise ValueError("self_record.node_id is not the public half of signing_key")
+        if not record_is_valid(self_record):
+            raise ValueError("self_record's signature does not verify")
+        self._key = signing_key
+        self._cfg = config
+        self._rng = rng
+        self._id = self_record.node_id
+        self._now = now
+        self._t0 = now
+        self._own_cache = verify_cache is None
+        self._verify_cache: MutableMapping[bytes, bool] = (
+            verify_cache if verify_cache is not None else {}
+        )
+        if isinstance(shared_view, SharedView):
+            self._shared = shared_view
+        else:
+            self._shared = SharedView(
+                () if shared_view is None else shared_view.values(),
+                verify_cache=self._verify_cache,
+            )
+        self._overlay: dict[bytes, _Member] = {}
+        #: Shared members that were reaped (and ourselves): hidden from the shared view.
+        self._forgotten: set[bytes] = {self._id}
+        #: Members outside the shared view, in arrival order (index space for choices).
+        self._extra_ids: list[bytes] = []
+        self._extra_set: set[bytes] = set()
+        shared_others = len(self._shared) - (1 if self._id in self._shared else 0)
+        self._counts: dict[str, int] = {_ALIVE: shared_others, _SUSPECT: 0, _DEAD: 0, _LEFT: 0}
+        self._suspicions: dict[bytes, _Suspicion] = {}
+        self._reap_at: dict[bytes, float] = {}
+        self._probes: dict[int, _Probe] = {}
+        self._probing: dict[bytes, int] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._queue = _BroadcastQueue()
+        self._next_id = rng.randrange(1 << 31)
+        self._awareness = 0
+        self._leaving = False
+        self._version = 0
+        self._seeds: tuple[str, ...] = ()
+        self._seed_ids: dict[str, bytes] = {}
+        self._rejoin_at = math.inf
+        self._self_dirty = False
+        self._self_sent_at = -math.inf
+        #: What the broadcast queue carries for us: a snapshot taken when queued, so
+        #: peers see at most one new version per self_update_min_interval_s.
+        self._self_broadcast: MemberUpdate | None = None
+        # Round-robin probe order: an affine permutation of the index space, so no
+        # instance stores a shuffled list of every member.
+        self._rr_n = 0
+        self._rr_pos = 0
+        self._rr_stride = 1
+        self._rr_offset = 0
+        # Random phases keep thousands of members from probing in lockstep.
+        self._probe_next_at = now + rng.uniform(0.0, config.probe_interval_s)
+        self._gossip_next_at = now + rng.uniform(0.0, config.gossip_interval_s)
+        self._sync_next_at = now + rng.uniform(0.0, self._sync_interval())
+        self._n: dict[str, int] = dict.fromkeys(
+            (
+                "forged",
+                "stale",
+                "invalid",
+                "probes_sent",
+                "probes_failed",
+                "indirect_sent",
+                "relays",
+                "suspicions",
+                "suspicions_refuted",
+                "refutations",
+                "deaths",
+                "reaped",
+                "syncs_sent",
+                "syncs_answered",
+            ),
+            0,
+        )
+        self._sent_msgs: dict[str, int] = {}
+        self._sent_bytes: dict[str, int] = {}
+        self._recv_msgs: dict[str, int] = {}
+        self._recv_bytes: dict[str, int] = {}
+        self.self_record = self_record
+        self._self_update = MemberUpdate(
+            record=self_record, state=_LEFT if self_record.leaving else _ALIVE
+        )
+
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> bytes:
+        return self._id
+
+    @property
+    def version(self) -> int:
+        """Increments on any change of membership, state, record content or trust.
+
+        A new round-trip sample alone does not count, so placement caches survive the
+        steady stream of probes.
+        """
+        return self._version
+
+    def join(self, now: float, seed_addresses: Sequence[str]) -> list[Outgoing]:
+        """Send our state to each seed and ask for theirs; retried while we know nobody."""
+        self._now = now
+        own = self.self_record.address
+        self._seeds = tuple(dict.fromkeys(a for a in seed_addresses if a and a != own))
+        # Announce ourselves too, not only through the seed (memberlist does the same):
+        # members the seed's news misses may still hear it from us.
+        self._disseminate_self(now)
+        out: list[Outgoing] = []
+        for address in self._seeds:
+            self._sync_to(out, self._seed_ids.get(address), address, join=True)
+        self._rejoin_at = now + self._cfg.rejoin_interval_s
+        return out
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Run whatever is due: timeouts, probes, gossip rounds, anti-entropy, reaping."""
+        self._now = now
+        cfg = self._cfg
+        out: list[Outgoing] = []
+        for node_id, suspicion in list(self._suspicions.items()):
+            if now >= suspicion.deadline:
+                self._suspicion_expired(now, node_id)
+        for probe_id, probe in list(self._probes.items()):
+            if not probe.indirect and now >= probe.timeout_at:
+                self._escalate(now, probe_id, probe, out)
+            if now >= probe.deadline:
+                del self._probes[probe_id]
+                self._probing.pop(probe.target, None)
+                self._probe_failed(now, probe)
+        for relay_id, relay in list(self._relays.items()):
+            if now >= relay.deadline:
+                del self._relays[relay_id]
+                self._send_to_member(
+                    out,
+                    relay.origin,
+                    GossipIndirectAck(
+                        probe_id=relay.origin_probe_id,
+                        target=relay.target,
+                        reached=False,
+                        updates=self._piggyback(relay.origin),
+                    ),
+                )
+        if self._reap_at:
+            for node_id, when in list(self._reap_at.items()):
+                if now >= when:
+                    self._forget(node_id)
+        if self._self_dirty and now >= self._self_sent_at + cfg.self_update_min_interval_s:
+            self._disseminate_self(now)
+        if now >= self._probe_next_at:
+            scaled = cfg.probe_interval_s * (self._awareness + 1)
+            self._probe_next_at += scaled
+            if self._probe_next_at <= now:
+                self._probe_next_at = now + scaled
+            if not self._leaving:
+                self._start_probe(now, out)
+        if now >= self._gossip_next_at:
+            if len(self._queue):
+                self._gossip_round(now, out)
+            self._gossip_next_at = self._grid_after(now)
+        if now >= self._sync_next_at:
+            self._sync_next_at = now + self._sync_interval()
+            if not self._leaving:
+                self._sync_round(out)
+        if (
+            self._seeds
+            and not self._leaving
+            and now >= self._rejoin_at
+            and self._counts[_ALIVE] + self._counts[_SUSPECT] == 0
+        ):
+            for address in self._seeds:
+                self._sync_to(out, None, address, join=True)
+            self._rejoin_at = now + cfg.rejoin_interval_s
+        return out
+
+    def next_deadline(self) -> float:
+        """Earliest time at which ``tick`` has work; drivers may sleep until then."""
+        deadline = math.inf
+        if not self._leaving:
+            deadline = min(self._probe_next_at, self._sync_next_at)
+        if len(self._queue):
+            deadline = min(deadline, self._gossip_next_at)
+        if self._self_dirty:
+            deadline = min(deadline, self._self_sent_at + self._cfg.self_update_min_interval_s)
+        for probe in self._probes.values():
+            deadline = min(deadline, probe.deadline if probe.indirect else probe.timeout_at)
+        for relay in self._relays.values():
+            deadline = min(deadline, relay.deadline)
+        for suspicion in self._suspicions.values():
+            deadline = min(deadline, suspicion.deadline)
+        if self._reap_at:
+            deadline = min(deadline, min(self._reap_at.values()))
+        if self._seeds and not self._leaving and self._counts[_ALIVE] + self._counts[_SUSPECT] == 0:
+            deadline = min(deadline, self._rejoin_at)
+        return deadline
+
+    def handle(self, now: float, sender: bytes | None, message: Message) -> list[Outgoing]:
+        """Process a gossip message from the authenticated node ``sender``.
+
+        ``sender`` None (no authenticated peer) is for tests; answers then go to the
+        record the message itself carries, when it carries one.
+        """
+        self._now = now
+        kind = message.KIND
+        self._recv_msgs[kind] = self._recv_msgs.get(kind, 0) + 1
+        self._recv_bytes[kind] = self._recv_bytes.get(kind, 0) + encoded_size(message)
+        out: list[Outgoing] = []
+        if isinstance(message, GossipProbe):
+            self._apply_all(now, message.updates, from_sync=False)
+            if message.target != self._id:
+                self._n["invalid"] += 1  # a probe for someone else: stay silent
+            elif sender is not None:
+                self._send_to_member(
+                    out,
+                    sender,
+                    GossipProbeAck(probe_id=message.probe_id, updates=self._piggyback(sender)),
+                )
+        elif isinstance(message, GossipProbeAck):
+            self._apply_all(now, message.updates, from_sync=False)
+            self._on_ack(now, sender, message.probe_id, out)
+        elif isinstance(message, GossipProbeRequest):
+            self._apply_all(now, message.updates, from_sync=False)
+            if sender is not None:
+                self._relay(now, sender, message, out)
+        elif isinstance(message, GossipIndirectAck):
+            self._apply_all(now, message.updates, from_sync=False)
+            self._on_indirect_ack(now, message)
+        elif isinstance(message, GossipUpdates):
+            self._apply_all(now, message.updates, from_sync=False)
+        elif isinstance(message, GossipSync):
+            self._apply_all(now, message.updates, from_sync=True)
+            if message.page == 0:
+                self._answer_sync(sender, message, out)
+        elif isinstance(message, GossipSyncReply):
+            self._apply_all(now, message.updates, from_sync=True)
+        elif isinstance(message, GossipLeave):
+            if message.record.leaving:
+                self._apply(now, MemberUpdate(record=message.record, state=_LEFT), False)
+            else:
+                self._n["invalid"] += 1
+        else:
+            self._n["invalid"] += 1
+        return out
+
+    def unreachable(self, now: float, node_id: bytes) -> list[Outgoing]:
+        """The transport could not deliver to ``node_id``: count it as a failed probe.
+
+        A pending direct probe skips straight to the indirect phase; otherwise an
+        alive member gets an indirect probe now.  Relayed probes to it are nacked.
+        """
+        self._now = now
+        out: list[Outgoing] = []
+        for relay_id, relay in list(self._relays.items()):
+            if relay.target == node_id:
+                del self._relays[relay_id]
+                self._send_to_member(
+                    out,
+                    relay.origin,
+                    GossipIndirectAck(
+                        probe_id=relay.origin_probe_id,
+                        target=relay.target,
+                        reached=False,
+                        updates=self._piggyback(relay.origin),
+                    ),
+                )
+        probe_id = self._probing.get(node_id)
+        if probe_id is not None:
+            probe = self._probes[probe_id]
+            if not probe.indirect:
+                self._escalate(now, probe_id, probe, out)
+            return out
+        if self._state_of(node_id) != _ALIVE or self._leaving:
+            return out
+        record = self._record_of(node_id)
+        assert record is not None
+        scale = self._awareness + 1
+        probe_id = self._new_id()
+        probe = _Probe(
+            target=node_id,
+            address=record.address,
+            sent_at=now,
+            timeout_at=now,
+            deadline=now + (self._cfg.probe_interval_s - self._cfg.probe_timeout_s) * scale,
+            direct=False,
+        )
+        self._probes[probe_id] = probe
+        self._probing[node_id] = probe_id
+        self._escalate(now, probe_id, probe, out)
+        return out
+
+    def update_self(self, now: float, **changes: Any) -> None:
+        """Change our own record (``free_bytes=...``); re-signed with ``sequence + 1``.
+
+        Dissemination is rate-limited to once per ``self_update_min_interval_s``; the
+        latest value wins.
+
+        Raises:
+            ValueError: for identity, ordering or leave fields, which are not ours to set
+                here, or unknown fields.
+        """
+        self._now = now
+        bad = sorted(set(changes) & _UNSETTABLE)
+        if bad:
+            raise ValueError(f"update_self cannot change {', '.join(bad)}")
+        unknown = sorted(set(changes) - set(_RECORD_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown member record field(s) {', '.join(unknown)}")
+        current = _record_fields(self.self_record)
+        fields = {**current, **changes}
+        if fields == current:
+            return
+        fields["sequence"] = current["sequence"] + 1
+        moved = (fields["lat"], fields["lon"]) != (current["lat"], current["lon"])
+        self._set_self_record(sign_record(self._key, **fields))
+        if moved:
+            self._recheck_locations()
+        if now >= self._self_sent_at + self._cfg.self_update_min_interval_s:
+            self._disseminate_self(now)
+        else:
+            self._self_dirty = True
+
+    def leave(self, now: float) -> list[Outgoing]:
+        """Announce a graceful leave: sign ``leaving=True`` and push it to some members.
+
+        Probing and anti-entropy stop; gossip rounds go on so the news spreads while
+        the driver lets the node linger.
+        """
+        self._now = now
+        out: list[Outgoing] = []
+        if self._leaving:
+            return out
+        self._leaving = True
+        fields = _record_fields(self.self_record)
+        fields["sequence"] += 1
+        fields["leaving"] = True
+        self._set_self_record(sign_record(self._key, **fields))
+        self._disseminate_self(now)
+        message = GossipLeave(record=self.self_record)
+        for node_id in self._random_members(self._retransmit_limit(), (_ALIVE, _SUSPECT)):
+            self._send_to_member(out, node_id, message)
+        return out
+
+    def members(self) -> list[MemberView]:
+        """Every known member except ourselves, dead and left ones until reaped."""
+        views: list[MemberView] = []
+        overlay = self._overlay
+        forgotten = self._forgotten
+        for node_id in self._shared.ids:
+            if node_id not in overlay and node_id not in forgotten:
+                views.append(self._view_of_shared(self._shared[node_id]))
+        views.extend(self._view(m) for m in overlay.values())
+        return views
+
+    def alive_members(self) -> list[MemberView]:
+        return [view for view in self.members() if view.state == _ALIVE]
+
+    def member(self, node_id: bytes) -> MemberView | None:
+        member = self._overlay.get(node_id)
+        if member is not None:
+            return self._view(member)
+        if node_id in self._forgotten or node_id not in self._shared:
+            return None
+        return self._view_of_shared(self._shared[node_id])
+
+    def state_of(self, node_id: bytes) -> str | None:
+        """The state we hold for ``node_id``, or None when we do not know it."""
+        return self._state_of(node_id)
+
+    def statistics(self) -> MembershipStatistics:
+        n = self._n
+        return MembershipStatistics(
+            members_alive=self._counts[_ALIVE],
+            members_suspect=self._counts[_SUSPECT],
+            members_dead=self._counts[_DEAD],
+            members_left=self._counts[_LEFT],
+            messages_sent=dict(self._sent_msgs),
+            bytes_sent=dict(self._sent_bytes),
+            messages_received=dict(self._recv_msgs),
+            bytes_received=dict(self._recv_bytes),
+            forged_records_dropped=n["forged"],
+            stale_updates_ignored=n["stale"],
+            invalid_messages_dropped=n["invalid"],
+            probes_sent=n["probes_sent"],
+            probes_failed=n["probes_failed"],
+            indirect_probes_sent=n["indirect_sent"],
+            relays_served=n["relays"],
+            suspicions_started=n["suspicions"],
+            suspicions_refuted=n["suspicions_refuted"],
+            refutations=n["refutations"],
+            deaths_declared=n["deaths"],
+            members_reaped=n["reaped"],
+            syncs_sent=n["syncs_sent"],
+            syncs_answered=n["syncs_answered"],
+            broadcasts_pending=len(self._queue),
+            health_score=self._awareness,
+        )
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def _state_of(self, node_id: bytes) -> str | None:
+        member = self._overlay.get(node_id)
+        if member is not None:
+            return member.state
+        if node_id in self._forgotten or node_id not in self._shared:
+            return None
+        return _ALIVE
+
+    def _state_of_or_none(self, node_id: bytes | None) -> str | None:
+        return None if node_id is None else self._state_of(node_id)
+
+    def _record_of(self, node_id: bytes) -> MemberRecord | None:
+        member = self._overlay.get(node_id)
+        if member is not None:
+            return member.record
+        if node_id in self._forgotten or node_id not in self._shared:
+            return None
+        return self._shared[node_id]
+
+    def _materialize(self, node_id: bytes) -> _Member | None:
+        member = self._overlay.get(node_id)
+        if member is None and node_id not in self._forgotten and node_id in self._shared:
+            member = _Member(
+                record=self._shared[node_id],
+                state=_ALIVE,
+                state_since=self._t0,
+                update=self._shared.updates[node_id],
+            )
+            self._overlay[node_id] = member
+        return member
+
+    def _index_size(self) -> int:
+        return len(self._shared.ids) + len(self._extra_ids)
+
+    def _id_at(self, index: int) -> bytes:
+        shared = self._shared.ids
+        return shared[index] if index < len(shared) else self._extra_ids[index - len(shared)]
+
+    def _random_members(
+        self,
+        count: int,
+        states: tuple[str, ...],
+        exclude: bytes | None = None,
+        recently_dead: bool = False,
+    ) -> list[bytes]:
+        """Up to ``count`` distinct members in ``states``, uniformly at random.
+
+        Random draws over the index space are cheap when most members qualify (the
+        common case); after a bounded number of misses it falls back to a scan.
+        """
+        size = self._index_size()
+        if count <= 0 or size == 0:
+            return []
+        chosen: list[bytes] = []
+        seen: set[bytes] = set()
+        rand = self._rng.randrange
+        for _ in range(4 * count + 8):
+            node_id = self._id_at(rand(size))
+            if node_id in seen or node_id == exclude:
+                continue
+            seen.add(node_id)
+            if self._eligible(node_id, states, recently_dead):
+                chosen.append(node_id)
+                if len(chosen) == count:
+                    return chosen
+        pool = [
+            node_id
+            for node_id in itertools.chain(self._shared.ids, self._extra_ids)
+            if node_id not in seen
+            and node_id != exclude
+            and self._eligible(node_id, states, recently_dead)
+        ]
+        pool = list(dict.fromkeys(pool))
+        missing = count - len(chosen)
+        if len(pool) > missing:
+            pool = self._rng.sample(pool, missing)
+        return chosen + pool
+
+    def _eligible(self, node_id: bytes, states: tuple[str, ...], recently_dead: bool) -> bool:
+        member = self._overlay.get(node_id)
+        if member is None:
+            return _ALIVE in states and node_id not in self._forgotten and node_id in self._shared
+        if member.state in states:
+            return True
+        # A gossip target may also be recently dead, so a wrongly declared member
+        # hears of it and refutes (memberlist's gossip to the dead).
+        return (
+            recently_dead
+            and member.state == _DEAD
+            and self._now - member.state_since < self._cfg.gossip_to_dead_s
+        )
+
+    def _member_count(self) -> int:
+        """N for the log-scaled limits: members not dead or left, ourselves included."""
+        return self._counts[_ALIVE] + self._counts[_SUSPECT] + 1
+
+    def _retransmit_limit(self) -> int:
+        return self._cfg.retransmit_mult * max(1, math.ceil(math.log10(self._member_count() + 1)))
+
+    def _sync_interval(self) -> float:
+        n = self._member_count()
+        base = self._cfg.sync_interval_s
+        threshold = self._cfg.sync_scale_threshold
+        if n <= threshold:
+            return base
+        return base * (math.ceil(math.log2(n) - math.log2(threshold)) + 1)
+
+    def _grid_after(self, now: float) -> float:
+        interval = self._cfg.gossip_interval_s
+        next_at = self._gossip_next_at
+        if next_at > now:
+            return next_at
+        return next_at + (math.floor((now - next_at) / interval) + 1) * interval
+
+    def _new_id(self) -> int:
+        self._next_id = (self._next_id + 1) % _PROBE_ID_WRAP
+        return self._next_id
+
+    # --- sending --------------------------------------------------------------------------
+
+    def _send(self, out: list[Outgoing], node_id: bytes | None, address: str, msg: Message) -> None:
+        kind = msg.KIND
+        self._sent_msgs[kind] = self._sent_msgs.get(kind, 0) + 1
+        self._sent_bytes[kind] = self._sent_bytes.get(kind, 0) + encoded_size(msg)
+        out.append(Outgoing(node_id=node_id, address=address, message=msg))
+
+    def _send_to_member(self, out: list[Outgoing], node_id: bytes, msg: Message) -> None:
+        record = self._record_of(node_id)
+        self._send(out, node_id, "" if record is None else record.address, msg)
+
+    def _queue_update(self, node_id: bytes, reporter: bytes) -> None:
+        if not len(self._queue):
+            # New news waits for the next tick of the gossip clock, as with a ticker.
+            self._gossip_next_at = self._grid_after(self._now)
+        self._queue.put(node_id, reporter)
+
+    def _update_for(self, node_id: bytes, reporter: bytes | None = None) -> MemberUpdate | None:
+        if node_id == self._id:
+            return self._self_broadcast
+        member = self._overlay.get(node_id)
+        if member is None:
+            if node_id in self._forgotten:
+                return None
+            return self._shared.updates.get(node_id)
+        if member.state in (_SUSPECT, _DEAD):
+            claimant = member.reporter if reporter is None else reporter
+        else:
+            claimant = b""
+        cached = member.update
+        if (
+            cached is not None
+            and cached.record is member.record
+            and cached.state == member.state
+            and cached.reporter == claimant
+        ):
+            return cached
+        cached = MemberUpdate(record=member.record, state=member.state, reporter=claimant)
+        member.update = cached
+        return cached
+
+    def _piggyback(
+        self, recipient: bytes | None, first: MemberUpdate | None = None
+    ) -> tuple[MemberUpdate, ...]:
+        """Pending updates for a message to ``recipient``, fewest-sent first.
+
+        An "alive" about the recipient itself would teach it nothing and use up one of
+        the update's few transmissions, so it waits for another message.
+        """
+        updates: list[MemberUpdate] = [] if first is None else [first]
+        room = self._cfg.max_piggyback - len(updates)
+        if room > 0 and len(self._queue):
+            skip = recipient if self._state_of_or_none(recipient) == _ALIVE else None
+            for node_id, reporter in self._queue.take(room, self._retransmit_limit(), skip):
+                update = self._update_for(node_id, reporter)
+                if update is not None and update is not first:
+                    updates.append(update)
+        return tuple(updates)
+
+    # --- merging updates -------------------------------------------------------------------
+
+    def _verified(self, record: MemberRecord) -> bool:
+        if self._own_cache and len(self._verify_cache) >= _OWN_VERIFY_CACHE_MAX:
+            self._verify_cache.clear()
+        ok = _verified(record, self._verify_cache)
+        if not ok:
+            self._n["forged"] += 1
+        return ok
+
+    def _apply_all(self, now: float, updates: Iterable[MemberUpdate], from_sync: bool) -> None:
+        for update in updates:
+            self._apply(now, update, from_sync)
+
+    def _apply(self, now: float, update: MemberUpdate, from_sync: bool) -> None:
+        record = update.record
+        node_id = record.node_id
+        if node_id == self._id:
+            self._apply_about_self(update)
+            return
+        member = self._overlay.get(node_id)
+        if member is None:
+            if node_id not in self._forgotten:
+                shared = self._shared.updates.get(node_id)
+                if shared is not None:
+                    if update is shared or update == shared:
+                        return
+                    member = self._materialize(node_id)
+        elif update is member.update:
+            return
+        state = update.state
+        if record.leaving:
+            state = _LEFT  # the owner's own word outranks anyone's claim
+        elif state == _LEFT:
+            self._n["invalid"] += 1  # "left" without the owner's signed leaving record
+            return
+        if state == _DEAD and from_sync:
+            state = _SUSPECT  # Rule 6: give the subject a chance to refute
+        if member is None:
+            self._learn(now, update, state)
+            return
+        known = member.record
+        record_version = (record.incarnation, record.sequence)
+        known_version = (known.incarnation, known.sequence)
+        newer = False
+        if record_version > known_version:
+            if not self._verified(record):
+                return
+            newer = True
+        elif record_version == known_version:
+            if record is not known and record != known:
+                # Same version, other content: a forgery, or an owner signing twice.
+                if self._verified(record):
+                    self._n["stale"] += 1
+                return
+        elif not (state in (_SUSPECT, _DEAD) and record.incarnation == known.incarnation):
+            self._n["stale"] += 1
+            return
+        self._merge(now, node_id, member, update, state, newer)
+
+    def _learn(self, now: float, update: MemberUpdate, state: str) -> None:
+        """A member we do not know: only its owner's "alive" is worth keeping.
+
+        Claims about unknown members are ignored (as memberlist does): otherwise a
+        member reaped here but not yet elsewhere would come back as a suspect and
+        bounce between the views for as long as the reapers are out of step.
+        """
+        if state != _ALIVE:
+            return
+        record = update.record
+        if not self._verified(record):
+            return
+        node_id = record.node_id
+        member = _Member(record=record, state=_ALIVE, state_since=now)
+        self._overlay[node_id] = member
+        if node_id in self._forgotten:
+            self._forgotten.discard(node_id)
+        elif node_id not in self._shared and node_id not in self._extra_set:
+            self._extra_set.add(node_id)
+            self._extra_ids.append(node_id)
+        self._counts[_ALIVE] += 1
+        self._version += 1
+        self._note_seed(record)
+        member.update = update if update.state == _ALIVE and not update.reporter else None
+        self._queue_update(node_id, b"")
+
+    def _merge(
+        self,
+        now: float,
+        node_id: bytes,
+        member: _Member,
+        update: MemberUpdate,
+        state: str,
+        newer: bool,
+    ) -> None:
+        record = update.record
+        current = member.state
+        refutes = newer and (record.incarnation > member.record.incarnation or current == _LEFT)
+        if newer:
+            self._set_record(member, record)
+        if state == _ALIVE:
+            if not newer:
+                return
+            if current != _ALIVE and refutes:
+                if current == _SUSPECT:
+                    self._n["suspicions_refuted"] += 1
+                self._set_state(now, node_id, member, _ALIVE, b"")
+            self._queue_update(node_id, member.reporter)
+        elif state == _SUSPECT:
+            if current in _GONE:
+                return
+            if current == _ALIVE:
+                self._suspect(now, node_id, member, update.reporter)
+            else:
+                suspicion = self._suspicions.get(node_id)
+                if suspicion is not None and suspicion.confirm(update.reporter):
+                    self._queue_update(node_id, update.reporter)
+                elif newer:
+                    self._queue_update(node_id, member.reporter)
+        elif state == _DEAD:
+            if current in _GONE:
+                return
+            self._set_state(now, node_id, member, _DEAD, update.reporter)
+            self._queue_update(node_id, update.reporter)
+        else:  # left
+            if current == _LEFT and not newer:
+                return
+            self._set_state(now, node_id, member, _LEFT, b"")
+            self._queue_update(node_id, b"")
+        if update.record is member.record and update.state == member.state:
+            member.update = update
+
+    def _apply_about_self(self, update: MemberUpdate) -> None:
+        """Rule 3: refute suspicion, death, a stale leave or a record of a past life."""
+        if self._leaving:
+            return
+        record = update.record
+        mine = self.self_record
+        version = (record.incarnation, record.sequence)
+        mine_version = (mine.incarnation, mine.sequence)
+        # Newer than ours, or the same version with other content: a record signed in
+        # a previous life of this node (a restart that lost its counters).
+        if version > mine_version or (
+            version == mine_version and record is not mine and record != mine
+        ):
+            if self._verified(record):
+                self._refute(record.incarnation)
+            return
+        claim = update.state in (_SUSPECT, _DEAD) or record.leaving
+        if claim and record.incarnation >= mine.incarnation:
+            self._refute(record.incarnation)
+
+    def _set_record(self, member: _Member, record: MemberRecord) -> None:
+        old = member.record
+        member.record = record
+        self._version += 1
+        self._note_seed(record)
+        if member.rtts_ms and (old.lat, old.lon) != (record.lat, record.lon):
+            self._recheck(member)
+
+    def _note_seed(self, record: MemberRecord) -> None:
+        if self._seeds and record.address in self._seeds:
+            self._seed_ids[record.address] = record.node_id
+
+    def _set_state(
+        self, now: float, node_id: bytes, member: _Member, state: str, reporter: bytes
+    ) -> None:
+        old = member.state
+        member.reporter = reporter
+        if old == state:
+            return
+        self._counts[old] -= 1
+        self._counts[state] += 1
+        member.state = state
+        member.state_since = now
+        self._version += 1
+        if old == _SUSPECT:
+            self._suspicions.pop(node_id, None)
+        if state in _GONE:
+            self._reap_at[node_id] = now + self._cfg.dead_reap_s
+        elif old in _GONE:
+            self._reap_at.pop(node_id, None)
+
+    def _suspect(self, now: float, node_id: bytes, member: _Member, reporter: bytes) -> None:
+        """Rule 2: start a Lifeguard suspicion timer."""
+        cfg = self._cfg
+        n = self._member_count()
+        min_s = cfg.suspicion_mult * max(1.0, math.log10(max(1, n))) * cfg.probe_interval_s
+        max_s = cfg.suspicion_max_timeout_mult * min_s
+        wanted = cfg.suspicion_mult - 2
+        if n - 2 < wanted:
+            wanted = 0
+        timeout = min_s if wanted < 1 else max_s
+        self._set_state(now, node_id, member, _SUSPECT, reporter)
+        self._suspicions[node_id] = _Suspicion(
+            start=now,
+            min_s=min_s,
+            max_s=max_s,
+            wanted=wanted,
+            reporters={reporter},
+            confirmations=0,
+            deadline=now + timeout,
+        )
+        self._n["suspicions"] += 1
+        self._queue_update(node_id, reporter)
+
+    def _suspicion_expired(self, now: float, node_id: bytes) -> None:
+        member = self._overlay.get(node_id)
+        self._suspicions.pop(node_id, None)
+        if member is None or member.state != _SUSPECT:
+            return
+        self._n["deaths"] += 1
+        self._set_state(now, node_id, member, _DEAD, self._id)
+        self._queue_update(node_id, self._id)
+
+    def _forget(self, node_id: bytes) -> None:
+        """Rule 7."""
+        del self._reap_at[node_id]
+        member = self._overlay.pop(node_id, None)
+        if member is None:
+            return
+        self._counts[member.state] -= 1
+        if node_id in self._shared:
+            self._forgotten.add(node_id)
+        else:
+            self._extra_set.discard(node_id)
+            if len(self._extra_ids) > 2 * len(self._extra_set) + 64:
+                self._extra_ids = [i for i in self._extra_ids if i in self._extra_set]
+        self._n["reaped"] += 1
+        self._version += 1
+
+    # --- our own record ---------------------------------------------------------------------
+
+    def _set_self_record(self, record: MemberRecord) -> None:
+        self.self_record = record
+        self._self_update = MemberUpdate(record=record, state=_LEFT if record.leaving else _ALIVE)
+
+    def _disseminate_self(self, now: float) -> None:
+        self._self_dirty = False
+        self._self_sent_at = now
+        self._self_broadcast = self._self_update
+        self._queue_update(self._id, b"")
+
+    def _refute(self, incarnation: int) -> None:
+        fields = _record_fields(self.self_record)
+        fields["incarnation"] = max(fields["incarnation"], incarnation) + 1
+        fields["sequence"] += 1
+        self._set_self_record(sign_record(self._key, **fields))
+        self._n["refutations"] += 1
+        # Being suspected hints that our own network or CPU is struggling (Lifeguard).
+        self._awareness = min(self._awareness + 1, self._cfg.awareness_max_multiplier - 1)
+        self._disseminate_self(self._now)
+
+    # --- location ---------------------------------------------------------------------------
+
+    def _plausible(self, record: MemberRecord, rtts_ms: list[float] | None) -> bool:
+        """Rule 8: can light in fibre cover the claimed distance in the best round trip?"""
+        if self._cfg.location_check == "off" or not rtts_ms:
+            return True
+        distance = self._distance(record)
+        if distance is None:
+            return True
+        return min(rtts_ms) * self._cfg.fibre_km_per_ms_rtt >= distance
+
+    def _distance(self, record: MemberRecord) -> float | None:
+        mine = self.self_record
+        if mine.lat is None or mine.lon is None or record.lat is None or record.lon is None:
+            return None
+        return haversine_km(mine.lat, mine.lon, record.lat, record.lon)
+
+    def _recheck(self, member: _Member) -> None:
+        plausible = self._plausible(member.record, member.rtts_ms)
+        if plausible != member.plausible:
+            member.plausible = plausible
+            self._version += 1
+
+    def _recheck_locations(self) -> None:
+        self._version += 1  # every distance from us changed
+        for member in self._overlay.values():
+            if member.rtts_ms:
+                self._recheck(member)
+
+    def _record_rtt(self, node_id: bytes, rtt_s: float) -> None:
+        member = self._materialize(node_id)
+        if member is None:
+            return
+        if member.rtts_ms is None:
+            member.rtts_ms = []
+        member.rtts_ms.append(rtt_s * 1000.0)
+        if len(member.rtts_ms) > self._cfg.rtt_samples:
+            del member.rtts_ms[0]
+        self._recheck(member)
+
+    def _view(self, member: _Member) -> MemberView:
+        rtt = min(member.rtts_ms) if member.rtts_ms else None
+        return MemberView(
+            record=member.record,
+            state=member.state,
+            rtt_ms=rtt,
+            distance_km=self._distance(member.record),
+            location_trusted=member.plausible or self._cfg.location_check != "enforce",
+            location_plausible=member.plausible,
+            state_since=member.state_since,
+        )
+
+    def _view_of_shared(self, record: MemberRecord) -> MemberView:
+        return MemberView(
+            record=record,
+            state=_ALIVE,
+            rtt_ms=None,
+            distance_km=self._distance(record),
+            location_trusted=True,
+            location_plausible=True,
+            state_since=self._t0,
+        )
+
+    # --- probing ----------------------------------------------------------------------------
+
+    def _next_probe_target(self) -> bytes | None:
+        """Rule 1: the next member of this cycle's permutation that can be probed."""
+        size = self._index_size()
+        for _ in range(size + 1):
+            if self._rr_pos >= self._rr_n:
+                self._rr_n = size
+                if size == 0:
+                    return None
+                self._rr_pos = 0
+                self._rr_offset = self._rng.randrange(size)
+                stride = 1
+                for _ in range(8):
+                    stride = self._rng.randrange(1, size) if size > 1 else 1
+                    if math.gcd(stride, size) == 1:
+                        break
+                else:
+                    stride = 1
+                self._rr_stride = stride
+            index = (self._rr_offset + self._rr_pos * self._rr_stride) % self._rr_n
+            self._rr_pos += 1
+            if index >= size:
+                continue
+            node_id = self._id_at(index)
+            state = self._state_of(node_id)
+            if state in (_ALIVE, _SUSPECT) and node_id not in self._probing:
+                return node_id
+        return None
+
+    def _start_probe(self, now: float, out: list[Outgoing]) -> None:
+        node_id = self._next_probe_target()
+        if node_id is None:
+            return
+        record = self._record_of(node_id)
+        assert record is not None
+        scale = self._awareness + 1
+        probe_id = self._new_id()
+        self._probes[probe_id] = _Probe(
+            target=node_id,
+            address=record.address,
+            sent_at=now,
+            timeout_at=now + self._cfg.probe_timeout_s * scale,
+            deadline=now + self._cfg.probe_interval_s * scale,
+            direct=True,
+        )
+        self._probing[node_id] = probe_id
+        # Lifeguard's buddy system: tell a suspect directly, so it can refute at once.
+        first = self._update_for(node_id) if self._state_of(node_id) == _SUSPECT else None
+        self._n["probes_sent"] += 1
+        self._send(
+            out,
+            node_id,
+            record.address,
+            GossipProbe(probe_id=probe_id, target=node_id, updates=self._piggyback(node_id, first)),
+        )
+
+    def _escalate(self, now: float, probe_id: int, probe: _Probe, out: list[Outgoing]) -> None:
+        probe.indirect = True
+        relays = self._random_members(self._cfg.indirect_probes, (_ALIVE,), exclude=probe.target)
+        probe.expected_nacks = len(relays)
+        for relay in relays:
+            self._n["indirect_sent"] += 1
+            self._send_to_member(
+                out,
+                relay,
+                GossipProbeRequest(
+                    probe_id=probe_id,
+                    target=probe.target,
+                    target_address=probe.address,
+                    updates=self._piggyback(relay),
+                ),
+            )
+
+    def _probe_failed(self, now: float, probe: _Probe) -> None:
+        self._n["probes_failed"] += 1
+        if probe.direct:
+            # Missing nacks hint that the problem is on our side (Lifeguard).
+            expected = probe.expected_nacks
+            delta = max(0, expected - probe.nacks) if expected > 0 else 1
+            self._awareness = min(self._awareness + delta, self._cfg.awareness_max_multiplier - 1)
+        state = self._state_of(probe.target)
+        if state == _ALIVE:
+            member = self._materialize(probe.target)
+            assert member is not None
+            self._suspect(now, probe.target, member, self._id)
+        elif state == _SUSPECT:
+            # Our own failed probe is an independent confirmation (Lifeguard).
+            suspicion = self._suspicions.get(probe.target)
+            if suspicion is not None and suspicion.confirm(self._id):
+                self._queue_update(probe.target, self._id)
+
+    def _probe_succeeded(self, probe: _Probe) -> None:
+        if probe.direct and self._awareness > 0:
+            self._awareness -= 1
+
+    def _on_ack(self, now: float, sender: bytes | None, probe_id: int, out: list[Outgoing]) -> None:
+        probe = self._probes.get(probe_id)
+        if probe is not None:
+            if sender is not None and sender != probe.target:
+                self._n["invalid"] += 1
+                return
+            del self._probes[probe_id]
+            self._probing.pop(probe.target, None)
+            if probe.direct:
+                self._record_rtt(probe.target, now - probe.sent_at)
+            self._probe_succeeded(probe)
+            return
+        relay = self._relays.get(probe_id)
+        if relay is not None:
+            if sender is not None and sender != relay.target:
+                self._n["invalid"] += 1
+                return
+            del self._relays[probe_id]
+            self._record_rtt(relay.target, now - relay.sent_at)
+            self._send_to_member(
+                out,
+                relay.origin,
+                GossipIndirectAck(
+                    probe_id=relay.origin_probe_id,
+                    target=relay.target,
+                    reached=True,
+                    updates=self._piggyback(relay.origin),
+                ),
+            )
+
+    def _on_indirect_ack(self, now: float, message: GossipIndirectAck) -> None:
+        probe = self._probes.get(message.probe_id)
+        if probe is None or probe.target != message.target:
+            return
+        if message.reached:
+            del self._probes[message.probe_id]
+            self._probing.pop(probe.target, None)
+            self._probe_succeeded(probe)
+        else:
+            probe.nacks += 1
+
+    def _relay(
+        self, now: float, sender: bytes, message: GossipProbeRequest, out: list[Outgoing]
+    ) -> None:
+        if message.target == self._id:
+            self._send_to_member(
+                out,
+                sender,
+                GossipIndirectAck(
+                    probe_id=message.probe_id, target=self._id, reached=True, updates=()
+                ),
+            )
+            return
+        self._n["relays"] += 1
+        relay_id = self._new_id()
+        self._relays[relay_id] = _Relay(
+            origin=sender,
+            origin_probe_id=message.probe_id,
+            target=message.target,
+            sent_at=now,
+            deadline=now + self._cfg.probe_timeout_s,
+        )
+        # Prefer the address we hold (signed by the target) over the one we were told.
+        known = self._record_of(message.target)
+        address = message.target_address if known is None else known.address
+        first = self._update_for(message.target) if known is not None else None
+        if first is not None and first.state != _SUSPECT:
+            first = None
+        self._send(
+            out,
+            message.target,
+            address,
+            GossipProbe(
+                probe_id=relay_id,
+                target=message.target,
+                updates=self._piggyback(message.target, first),
+            ),
+        )
+
+    # --- gossip rounds and anti-entropy -------------------------------------------------------
+
+    def _gossip_round(self, now: float, out: list[Outgoing]) -> None:
+        targets = self._random_members(
+            self._cfg.gossip_fanout, (_ALIVE, _SUSPECT), recently_dead=True
+        )
+        for node_id in targets:
+            updates = self._piggyback(node_id)
+            if not updates:
+                break
+            self._send_to_member(out, node_id, GossipUpdates(updates=updates))
+
+    def _full_state(self) -> list[MemberUpdate]:
+        updates = [self._self_update]
+        overlay = self._overlay
+        forgotten = self._forgotten
+        shared_updates = self._shared.updates
+        for node_id in self._shared.ids:
+            if node_id not in overlay and node_id not in forgotten:
+                updates.append(shared_updates[node_id])
+        for node_id in overlay:
+            update = self._update_for(node_id)
+            if update is not None:
+                updates.append(update)
+        return updates
+
+    def _pages(self) -> list[tuple[MemberUpdate, ...]]:
+        updates = self._full_state()
+        size = self._cfg.max_records_per_message
+        return [tuple(updates[i : i + size]) for i in range(0, len(updates), size)]
+
+    def _sync_to(
+        self, out: list[Outgoing], node_id: bytes | None, address: str, join: bool
+    ) -> None:
+        sync_id = self._new_id()
+        pages = self._pages()
+        self._n["syncs_sent"] += 1
+        for page, updates in enumerate(pages):
+            self._send(
+                out,
+                node_id,
+                address,
+                GossipSync(
+                    sync_id=sync_id, join=join, page=page, pages=len(pages), updates=updates
+                ),
+            )
+
+    def _answer_sync(self, sender: bytes | None, message: GossipSync, out: list[Outgoing]) -> None:
+        if sender is None:
+            # Unauthenticated (tests only): answer the record the request carried.
+            if not message.updates:
+                return
+            sender = message.updates[0].record.node_id
+        known = self._record_of(sender)
+        address = "" if known is None else known.address
+        self._n["syncs_answered"] += 1
+        pages = self._pages()
+        for page, updates in enumerate(pages):
+            self._send(
+                out,
+                sender,
+                address,
+                GossipSyncReply(
+                    sync_id=message.sync_id, page=page, pages=len(pages), updates=updates
+                ),
+            )
+
+    def _sync_round(self, out: list[Outgoing]) -> None:
+        """Rule 6: one random alive member, plus maybe one lost member or seed."""
+        for node_id in self._random_members(1, (_ALIVE,)):
+            record = self._record_of(node_id)
+            assert record is not None
+            self._sync_to(out, node_id, record.address, join=False)
+        lost: list[tuple[bytes | None, str]] = []
+        for node_id in self._reap_at:
+            member = self._overlay[node_id]
+            if member.state == _DEAD:
+                lost.append((node_id, member.record.address))
+        for address in self._seeds:
+            seed_id = self._seed_ids.get(address)
+            if seed_id is None or self._state_of(seed_id) not in (_ALIVE, _SUSPECT):
+                lost.append((seed_id, address))
+        if lost and self._rng.random() < len(lost) / (self._counts[_ALIVE] + 1):
+            lost_id, lost_address = lost[self._rng.randrange(len(lost))]
+            self._sync_to(out, lost_id, lost_address, join=False)

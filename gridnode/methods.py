@@ -1,0 +1,240 @@
+"""The control methods the request actor serves, with their parameter checks.
+
+Each method takes the JSON ``params`` the CLI sent and returns a JSON-ready result; the
+CLI prints that result verbatim with ``--json``, so the keys here are the stable
+interface documented in the README ("The interface scripts rely on").
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from protocol import format_node_id, short_node_id
+
+from .backup import BackupJob, BackupRequest
+from .control import ControlError, Emit
+from .errors import PeerError
+from .logic.distance import haversine_km, parse_band
+from .logic.packing import ErasureParams
+from .logic.placement import PlacementRules
+from .restore import forget_snapshot, resolve, restore_snapshot, verify_snapshot
+from .storage.catalog import ChunkRecord
+
+if TYPE_CHECKING:
+    from .actors.request import Method
+    from .node import Node
+
+__all__ = ["build_methods"]
+
+
+def _str(params: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = params.get(key, default)
+    if not isinstance(value, str):
+        raise ControlError("bad_params", f"parameter {key!r} must be a string")
+    return value
+
+
+def _str_list(params: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = params.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ControlError("bad_params", f"parameter {key!r} must be a list of strings")
+    return tuple(value)
+
+
+def rules_from(params: dict[str, Any], node: Node) -> PlacementRules:
+    """Rules from the command, with the node's configured defaults."""
+    try:
+        backup = parse_band(params.get("backup_proximity") or node.config.backup_proximity or ":")
+        packet = parse_band(params.get("packet_proximity") or node.config.packet_proximity or ":")
+    except ValueError as exc:
+        raise ControlError("bad_params", str(exc)) from None
+    distinct = _str_list(params, "distinct")
+    return PlacementRules(backup_proximity=backup, packet_proximity=packet, distinct=distinct)
+
+
+def build_methods(node: Node) -> dict[str, Method]:
+    services = node.services
+
+    async def status(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        config = node.config
+        peers: list[dict[str, Any]] = []
+
+        async def ping(link: Any) -> None:
+            rtt: float | None
+            try:
+                rtt = await link.ping(timeout_s=2.0)
+            except PeerError:
+                rtt = None
+            peers.append({"node_id": format_node_id(link.peer_id),
+                          "short_id": short_node_id(link.peer_id),
+                          "address": link.peer_address,
+                          "rtt_ms": round(rtt, 3) if rtt is not None else None})
+
+        async with trio.open_nursery() as nursery:
+            for link in node.transport.links():
+                nursery.start_soon(ping, link)
+        peers.sort(key=lambda p: p["address"])
+        members = []
+        assert node.gossiper is not None
+        for view in node.gossiper.members():
+            rec = view.record
+            members.append({
+                "node_id": format_node_id(rec.node_id),
+                "short_id": short_node_id(rec.node_id),
+                "address": rec.address,
+                "state": view.state,
+                "city": rec.city,
+                "lat": rec.lat,
+                "lon": rec.lon,
+                "distance_km": round(view.distance_km, 1) if view.distance_km is not None
+                else None,
+                "free_bytes": rec.free_bytes,
+                "allocated_bytes": rec.allocated_bytes,
+                "rtt_ms": round(view.rtt_ms, 3) if view.rtt_ms is not None else None,
+                "trusted": view.location_trusted,
+                "location_plausible": view.location_plausible,
+                "labels": list(rec.labels),
+                "incarnation": rec.incarnation,
+            })
+        members.sort(key=lambda m: m["address"])
+        stats = node.packets.statistics()
+        return {
+            "node_id": format_node_id(node.identity.node_id),
+            "short_id": node.identity.short_id,
+            "grid_id": config.grid_id.hex(),
+            "grid_name": config.grid_name,
+            "address": node.transport.address,
+            "city": config.city,
+            "lat": config.lat,
+            "lon": config.lon,
+            "location_check": config.location_check,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - node.started_at, 1),
+            "storage": {
+                "allocated_bytes": stats.allocation_bytes,
+                "used_bytes": stats.used_bytes,
+                "free_bytes": stats.free_bytes,
+                "packets": stats.packet_count,
+                "quarantined": stats.quarantined_count,
+            },
+            "peers": peers,
+            "members": members,
+            "membership_version": node.gossiper.membership.version,
+            "jobs_running": node.request.running,
+            "counters": {**node.packet_store.stats, **node.retriever.stats,
+                         "refused_handshakes": node.transport.refused_handshakes,
+                         "gossip_dropped": node.gossip_dropped},
+        }
+
+    async def snapshots(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
+        rows = await services.db(services.catalog.snapshots)
+        return [s.to_json() for s in rows]
+
+    async def backup(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        paths = _str_list(params, "paths")
+        if not paths:
+            raise ControlError("bad_params", "nothing to back up: give at least one path")
+        for path in paths:
+            if not os.path.isabs(path):
+                raise ControlError("bad_params", f"path {path!r} must be absolute")
+        try:
+            erasure = ErasureParams.parse(_str(params, "redundancy", node.config.redundancy))
+        except ValueError as exc:
+            raise ControlError("bad_params", str(exc)) from None
+        request = BackupRequest(paths=paths, excludes=_str_list(params, "excludes"),
+                                params=erasure, rules=rules_from(params, node))
+        return await BackupJob(services, request, emit).run()
+
+    async def restore(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        dest = _str(params, "to")
+        if not os.path.isabs(dest):
+            raise ControlError("bad_params", "the destination must be an absolute path")
+        path = params.get("path")
+        if path is not None and not isinstance(path, str):
+            raise ControlError("bad_params", "parameter 'path' must be a string")
+        return await restore_snapshot(services, _str(params, "snapshot"), dest, path, emit)
+
+    async def verify(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        return await verify_snapshot(services, _str(params, "snapshot"), emit)
+
+    async def forget(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        return await forget_snapshot(services, _str(params, "snapshot"))
+
+    async def placement(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        snap = await resolve(services, _str(params, "snapshot"))
+        chunks: list[ChunkRecord] = await services.db(services.catalog.chunks_of,
+                                                      snap.snapshot_id)
+        if snap.record:
+            chunks += [ChunkRecord.from_wire(r) for r in msgpack.unpackb(snap.record, raw=False)]
+        assert node.gossiper is not None
+        where = {v.record.node_id: v.record for v in node.gossiper.members()}
+        src = node.gossiper.source()
+
+        def locate(node_id: bytes) -> tuple[float | None, float | None]:
+            rec = where.get(node_id)
+            return (rec.lat, rec.lon) if rec is not None else (None, None)
+
+        out_chunks = []
+        for chunk in sorted(chunks, key=lambda c: c.chunk_id):
+            packets = []
+            for p in chunk.packets:
+                lat, lon = locate(p.target)
+                dist = (haversine_km(src.lat, src.lon, lat, lon)
+                        if None not in (src.lat, src.lon, lat, lon) else None)
+                rec = where.get(p.target)
+                packets.append({"share": p.share, "packet_id": p.packet_id.hex(),
+                                "target": format_node_id(p.target),
+                                "target_short": short_node_id(p.target),
+                                "city": rec.city if rec else None, "lat": lat, "lon": lon,
+                                "distance_km": round(dist, 1) if dist is not None else None})
+            pairwise = [
+                haversine_km(a["lat"], a["lon"], b["lat"], b["lon"])
+                for a, b in itertools.combinations(packets, 2)
+                if None not in (a["lat"], a["lon"], b["lat"], b["lon"])
+            ]
+            out_chunks.append({
+                "chunk_id": chunk.chunk_id.hex(), "k": chunk.k, "n": chunk.n,
+                "packets": packets,
+                "pairwise_min_km": round(min(pairwise), 1) if pairwise else None,
+                "pairwise_max_km": round(max(pairwise), 1) if pairwise else None,
+            })
+        return {
+            "snapshot_id": snap.snapshot_id,
+            "rules": snap.rules,
+            "source": {"node_id": format_node_id(node.identity.node_id), "lat": src.lat,
+                       "lon": src.lon, "city": node.config.city},
+            "chunks": out_chunks,
+        }
+
+    async def backup_log(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        entries = await services.db(services.catalog.log_entries)
+        ok, detail = await services.db(services.catalog.verify_log)
+        return {"verified": ok, "detail": detail, "entries": [e.to_json() for e in entries]}
+
+    async def recover_catalog(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        from .recovery import recover_catalog as recover
+
+        return await recover(services)
+
+    async def shutdown(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        node.shutdown()
+        return {"stopping": True}
+
+    return {
+        "status": status,
+        "snapshots": snapshots,
+        "backup": backup,
+        "restore": restore,
+        "verify": verify,
+        "forget": forget,
+        "placement": placement,
+        "log": backup_log,
+        "recover_catalog": recover_catalog,
+        "shutdown": shutdown,
+    }

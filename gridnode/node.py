@@ -1,0 +1,248 @@
+"""run_node: one root nursery, every channel, every actor of a node (style.md 8.2).
+
+Who talks to whom, in one place:
+
+    control (CLI) ──ControlJob──> request ──PlaceChunk────> sequencer <── gossip (member view)
+                                     │   ──UploadChunk──> packet_store ──ws──> targets
+                                     │   ──FetchChunk───> retriever ────ws──> holders
+                                     └── ──AssembleTree─> assembler ──> retriever
+    transport links ──requests──> packet_store (target side)      links ──gossip_*──> gossip
+
+Every channel is bounded; every actor is started with ``nursery.start`` in dependency
+order, so ``run_node`` reports ready only when the whole node is.
+
+Shutdown (SIGINT/SIGTERM, or ``Node.shutdown()``): stop accepting connections and
+control calls, announce the leave to gossip, give running jobs ``grace_period_s`` to
+finish, close every session with a goodbye, then cancel what is left.  The catalog is
+transactional, so a cut at any point loses nothing that was reported done.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from protocol import Message, format_node_id, short_node_id
+
+from .actors.assembler import Assembler
+from .actors.base import call
+from .actors.gossip import GossipIn, Gossiper, build_membership
+from .actors.packet_store import PacketStore, TargetRequest
+from .actors.request import ControlJob, RequestActor
+from .actors.retriever import FetchChunk, Retriever
+from .actors.sequencer import Sequencer
+from .config import NodeConfig
+from .control import ControlServer, Emit
+from .errors import PeerGone
+from .identity import NodeIdentity
+from .log import get_logger
+from .services import Services
+from .storage.catalog import Catalog
+from .storage.holdings import Holdings
+from .storage.packets import PacketDirectory
+from .transport import PeerLink, Transport, TransportSettings
+
+__all__ = ["Node", "open_node_storage", "run_node"]
+
+_log = get_logger()
+
+#: Sizes of the actors' inbound channels (style.md: small and bounded).
+CHANNEL_SIZE = 16
+GOSSIP_INBOX = 256
+
+
+def open_node_storage(config: NodeConfig, identity: NodeIdentity) -> tuple[
+        Catalog, PacketDirectory, Holdings]:
+    home = config.home
+    catalog = Catalog(home / "catalog.sqlite", signing_key=identity.signing_key)
+    packets = PacketDirectory(home / "storage", config.allocated_bytes)
+    holdings = Holdings(home / "storage" / "holdings.sqlite")
+    return catalog, packets, holdings
+
+
+class Node:
+    """A running node.  Built and started by ``run_node``; hand it to tests and the CLI."""
+
+    def __init__(self, config: NodeConfig, identity: NodeIdentity) -> None:
+        self.config = config
+        self.identity = identity
+        self.started_at = time.time()
+        self.log = _log.bind(node=identity.short_id)
+        self.catalog, self.packets, self.holdings = open_node_storage(config, identity)
+        interrupted = self.catalog.mark_interrupted()
+        if interrupted:
+            self.log.warning("interrupted_snapshots", snapshots=interrupted)
+            for sid in interrupted:
+                self.catalog.log("backup_interrupted", sid)
+        if not self.catalog.profile():
+            self.catalog.set_profile({"node_id": identity.printable_id, "created": time.time(),
+                                      "grid_id": config.grid_id.hex()})
+        self.cpu_limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.disk_limiter = trio.CapacityLimiter(8)
+        self.transport = Transport(
+            identity=identity,
+            settings=TransportSettings(
+                grid_id=config.grid_id,
+                listen_host=config.listen_host,
+                listen_port=config.listen_port,
+                max_frame_bytes=config.max_frame_bytes,
+                seal_payloads=config.seal_payloads,
+                request_timeout_s=config.request_timeout_s,
+            ),
+            handler=self,
+        )
+        self._shutdown = trio.Event()
+        self.gossiper: Gossiper | None = None
+        self.stopped = trio.Event()
+
+    # --- peer requests (RequestHandler for the transport) -------------------------------------
+
+    async def handle_request(self, link: PeerLink, msg: Message,
+                             payload_digest: bytes | None) -> Message:
+        answer: Message = await call(self._store_send, TargetRequest(msg, payload_digest))
+        return answer
+
+    def handle_oneway(self, link: PeerLink, msg: Message) -> None:
+        if msg.KIND.startswith("gossip_"):
+            try:
+                self._gossip_send.send_nowait(GossipIn(link.peer_id, msg))
+            except trio.WouldBlock:
+                self.gossip_dropped += 1
+        else:
+            self.log.info("unexpected_oneway", kind=msg.KIND, peer=link.short_id)
+
+    gossip_dropped = 0
+
+    # --- helpers the actors get ------------------------------------------------------------------
+
+    async def link_for(self, node_id: bytes) -> PeerLink:
+        link = self.transport.link(node_id)
+        if link is not None:
+            return link
+        address = self.gossiper.address_of(node_id) if self.gossiper else None
+        if address is None:
+            raise PeerGone(f"no known address for node {short_node_id(node_id)}",
+                           peer=short_node_id(node_id))
+        return await self.transport.connect(address, expect=node_id)  # type: ignore[no-any-return]
+
+    # --- lifetime ----------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._start(nursery)
+                self.log.info("node_started", address=self.transport.address,
+                              control_port=self.control.port)
+                task_status.started(self)
+                await self._shutdown.wait()
+                self.log.info("node_stopping")
+                self.transport.stop_accepting()
+                self.control.stop()
+                if self.gossiper is not None:
+                    self.gossiper.leave()
+                with trio.move_on_after(config.grace_period_s):
+                    await self.request.wait_idle()
+                    await trio.sleep(0.05)  # let the leave announcement go out
+                with trio.move_on_after(2):
+                    await self.transport.close_all("node shutting down")
+                nursery.cancel_scope.cancel()
+        finally:
+            self.catalog.close()
+            self.stopped.set()
+            self.log.info("node_stopped")
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        config, identity = self.config, self.identity
+        self._seq_send, seq_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._store_send, store_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._retr_send, retr_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._asm_send, asm_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._req_send, req_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._gossip_send, gossip_recv = trio.open_memory_channel[GossipIn](GOSSIP_INBOX)
+
+        # The transport first: gossip needs our real (possibly ephemeral) address.
+        await nursery.start(self.transport.run)
+        membership = build_membership(identity=identity, config=config,
+                                      address=self.transport.address,
+                                      free_bytes=self.packets.free_bytes,
+                                      now=trio.current_time())
+        self.gossiper = Gossiper(membership=membership, inbound=gossip_recv,
+                                 connect=self.transport.connect, seeds=config.seeds)
+
+        self.packet_store = PacketStore(
+            identity=identity, packets=self.packets, holdings=self.holdings,
+            inbound=store_recv, link_for=self.link_for, replace_target=self._replace,
+            disk_limiter=self.disk_limiter, request_timeout_s=config.request_timeout_s,
+            on_free_bytes_changed=self._free_bytes_changed,
+        )
+        await nursery.start(self.packet_store.run)
+        self.sequencer = Sequencer(key=identity.sequence_key, inbound=seq_recv,
+                                   view=self.gossiper.placement_view, source=self.gossiper.source)
+        await nursery.start(self.sequencer.run)
+        self.retriever = Retriever(inbound=retr_recv, link_for=self.link_for,
+                                   is_connected=lambda n: self.transport.link(n) is not None,
+                                   request_timeout_s=config.request_timeout_s)
+        await nursery.start(self.retriever.run)
+
+        async def fetch(chunk: Any) -> dict[int, bytes]:
+            fetched = await call(self._retr_send, FetchChunk(chunk))
+            return fetched.shares  # type: ignore[no-any-return]
+
+        self.assembler = Assembler(inbound=asm_recv, dedup_secret=identity.dedup_secret,
+                                   record_key=identity.record_key,
+                                   cpu_limiter=self.cpu_limiter, disk_limiter=self.disk_limiter,
+                                   fetch=fetch)
+        await nursery.start(self.assembler.run)
+        self.services = Services(
+            identity=identity, config=config, catalog=self.catalog,
+            sequencer=self._seq_send, packet_store=self._store_send, retriever=self._retr_send,
+            assembler=self._asm_send, cpu_limiter=self.cpu_limiter,
+            disk_limiter=self.disk_limiter, alive_members=self.gossiper.alive,
+            link_for=self.link_for,
+        )
+        from .methods import build_methods
+
+        self.request = RequestActor(inbound=req_recv, methods=build_methods(self))
+        await nursery.start(self.request.run)
+        await nursery.start(self.gossiper.run)
+        self.control = ControlServer(home=config.home, port=config.control_port,
+                                     handler=self._control_job,
+                                     node_id=format_node_id(identity.node_id))
+        await nursery.start(self.control.run)
+
+    async def _control_job(self, method: str, params: dict[str, Any], emit: Emit) -> Any:
+        return await call(self._req_send, ControlJob(method, params, emit))
+
+    async def _replace(self, job: Any, keep: tuple[bytes, ...],
+                       exclude: frozenset[bytes]) -> bytes:
+        """Packet store -> sequencer: a new target for a packet whose target failed, chosen
+        under the chunk's rules together with the targets that already hold its packets."""
+        from .actors.sequencer import PlaceChunk
+
+        targets = await call(self._seq_send, PlaceChunk(
+            chunk_id=job.chunk_id, n=len(keep) + 1, packet_bytes=job.packet_bytes,
+            rules=job.rules, exclude=exclude, fixed=keep))
+        fresh = [t for t in targets if t not in keep]
+        return fresh[0]
+
+    def _free_bytes_changed(self, free: int) -> None:
+        if self.gossiper is not None:
+            self.gossiper.update_free_bytes(free)
+
+
+async def run_node(config: NodeConfig, identity: NodeIdentity, *,
+                   task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+    node = Node(config, identity)
+    await node.run(task_status=task_status)
+
+
+def node_home_ok(home: Path) -> bool:
+    return (home / "gridnode.toml").exists()

@@ -1,0 +1,170 @@
+"""Disaster recovery: the node's catalog, rebuilt from the grid with the node's key alone.
+
+After each backup the node publishes a *recovery root*: the list of its complete
+snapshots and, for each, where the sealed data assembly record lives on the grid (its
+chunk records, i.e. the record's own packet sequence).  The root is sealed with the
+record key and stored at a *locator* derived from the node's seed, on the members that
+rank first for that locator; it is signed with a root key also derived from the seed, so
+a holder can refuse to let anyone else overwrite it, yet learns neither the node id nor
+anything inside.
+
+``gridnode recover`` derives the same locator and keys from the key file or recovery
+phrase, asks every member it can reach for the root, keeps the newest validly signed
+version, then fetches and unseals each snapshot's record and imports it into a fresh
+catalog.  Restores then work as before the loss.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import blake3
+import msgpack
+import trio
+
+from protocol import GetRoot, PutRoot, RootData, RootStored, sign, verify
+
+from .actors.packet_store import root_signature_payload
+from .errors import GridError, PeerError
+from .log import get_logger
+from .services import Services
+from .storage.catalog import ChunkRecord, EntryRecord, SnapshotRecord
+
+__all__ = ["RecoveryFailed", "fetch_root", "publish_root", "recover_catalog"]
+
+_log = get_logger(actor="request", job="recovery")
+
+#: How many members keep a copy of the root (any one suffices to recover).
+ROOT_COPIES: Final = 6
+ROOT_TIMEOUT_S: Final = 10.0
+
+
+class RecoveryFailed(GridError):
+    pass
+
+
+def _holders(services: Services) -> list[tuple[bytes, str]]:
+    locator = services.identity.root_locator
+    members = services.alive_members()
+    ranked = sorted(members, key=lambda m: blake3.blake3(m[0], key=locator).digest())
+    return ranked[:ROOT_COPIES]
+
+
+async def publish_root(services: Services) -> dict[str, Any]:
+    """Seal the current list of snapshots and store it on ``ROOT_COPIES`` members."""
+    from .backup import seal
+
+    catalog = services.catalog
+    identity = services.identity
+
+    def build() -> tuple[int, bytes]:
+        snapshots = [s for s in catalog.snapshots() if s.complete and s.record]
+        root = {
+            "v": 1,
+            "node_id": identity.node_id,
+            "published": time.time(),
+            "snapshots": [{"snapshot": s.to_json(), "record": s.record} for s in snapshots],
+        }
+        return catalog.next_root_version(), seal(identity.record_key, root)
+
+    version, sealed = await services.db(build)
+    signature = sign(identity.root_signing_key,
+                     root_signature_payload(identity.root_locator, version, sealed))
+    verify_key = bytes(identity.root_signing_key.verify_key)
+    stored: list[str] = []
+    failed: list[str] = []
+
+    async def put(node_id: bytes) -> None:
+        try:
+            link = await services.link_for(node_id)
+            answer = await link.request(
+                lambda rid: PutRoot(request_id=rid, locator=identity.root_locator,
+                                    version=version, verify_key=verify_key,
+                                    signature=signature, sealed=sealed),
+                timeout_s=ROOT_TIMEOUT_S,
+            )
+            if isinstance(answer, RootStored) and answer.version == version:
+                stored.append(node_id.hex()[:12])
+            else:
+                failed.append(node_id.hex()[:12])
+        except PeerError as exc:
+            failed.append(node_id.hex()[:12])
+            _log.info("root_copy_failed", target=node_id.hex()[:12], error=str(exc))
+
+    async with trio.open_nursery() as nursery:
+        for node_id, _ in _holders(services):
+            nursery.start_soon(put, node_id)
+    if stored:
+        await services.db(catalog.set_root_version, version)
+    return {"version": version, "copies": len(stored), "size_bytes": len(sealed)}
+
+
+async def fetch_root(services: Services) -> tuple[int, dict[str, Any]] | None:
+    """Ask every reachable member for our root; the newest valid version wins."""
+    from .backup import unseal
+
+    identity = services.identity
+    verify_key = bytes(identity.root_signing_key.verify_key)
+    found: list[RootData] = []
+
+    async def get(node_id: bytes) -> None:
+        try:
+            link = await services.link_for(node_id)
+            answer = await link.request(
+                lambda rid: GetRoot(request_id=rid, locator=identity.root_locator),
+                timeout_s=ROOT_TIMEOUT_S,
+            )
+        except PeerError:
+            return
+        if (isinstance(answer, RootData) and answer.verify_key == verify_key
+                and verify(verify_key,
+                           root_signature_payload(answer.locator, answer.version, answer.sealed),
+                           answer.signature)):
+            found.append(answer)
+
+    async with trio.open_nursery() as nursery:
+        for node_id, _ in services.alive_members():
+            nursery.start_soon(get, node_id)
+    if not found:
+        return None
+    best = max(found, key=lambda r: r.version)
+    return best.version, unseal(identity.record_key, best.sealed)
+
+
+async def recover_catalog(services: Services) -> dict[str, Any]:
+    """Rebuild the catalog from the grid.  Snapshots already in the catalog are skipped."""
+    from .backup import load_blob
+
+    fetched = await fetch_root(services)
+    if fetched is None:
+        raise RecoveryFailed(
+            "no member holds a recovery root for this key (wrong key, wrong grid, "
+            "or this node never completed a backup)"
+        )
+    version, root = fetched
+    catalog = services.catalog
+    imported: list[str] = []
+    skipped: list[str] = []
+    for item in root["snapshots"]:
+        snap = item["snapshot"]
+        if await services.db(catalog.snapshot, snap["snapshot_id"]) is not None:
+            skipped.append(snap["snapshot_id"])
+            continue
+        refs = [ChunkRecord.from_wire(r) for r in msgpack.unpackb(item["record"], raw=False)]
+        record = msgpack.unpackb(await load_blob(services, refs), raw=False)
+        snapshot = SnapshotRecord(
+            snapshot_id=snap["snapshot_id"], created=snap["created"], finished=snap["finished"],
+            state="complete", parent=snap["parent"], roots=tuple(snap["roots"]),
+            files=snap["files"], bytes=snap["bytes"], params=snap["redundancy"],
+            rules=snap["rules"], record=item["record"],
+        )
+        entries = [EntryRecord.from_wire(e) for e in record["entries"]]
+        chunks = [ChunkRecord.from_wire(c) for c in record["chunks"]]
+        await services.db(catalog.import_snapshot, snapshot, entries, chunks + refs)
+        imported.append(snapshot.snapshot_id)
+    await services.db(catalog.set_root_version, version)
+    await services.db(lambda: catalog.log("recover", None, root_version=version,
+                                          imported=imported))
+    return {"root_version": version, "snapshots": imported, "already_present": skipped}
+

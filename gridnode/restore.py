@@ -1,0 +1,222 @@
+"""Restore, verify and forget jobs: reading a snapshot back by its sequence.
+
+Restore (claims 6-8, 40-41): the snapshot's entries and chunk records come from the
+catalog; the assembler fetches each chunk's packets through the retriever (by the
+non-transparent sequence, fastest k of n), decodes them and writes the files.
+
+Verify fetches *every* packet of every chunk and decodes each chunk, writing nothing:
+it answers "could I restore this today, and how much redundancy is left?".
+
+Forget drops a snapshot from the catalog and deletes, on their targets, the packets of
+chunks no other snapshot uses (with the per-packet delete secret; see holdings.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+
+from protocol import DeletePacket, PacketDeleted
+
+from .actors.assembler import AssembleTree, DecodeChunk, RestoreFailed
+from .actors.retriever import ChunkUnavailable, FetchChunk
+from .control import Emit
+from .errors import GridError, PeerError
+from .log import get_logger
+from .services import Services
+from .storage.catalog import ChunkRecord, EntryRecord, SnapshotRecord
+from .trioutil import collapse_groups
+
+__all__ = ["forget_snapshot", "restore_snapshot", "verify_snapshot"]
+
+_log = get_logger(actor="request")
+
+
+class SnapshotNotFound(GridError):
+    pass
+
+
+async def resolve(services: Services, snapshot: str, *, complete: bool = True) -> SnapshotRecord:
+    try:
+        record: SnapshotRecord = await services.db(services.catalog.resolve_snapshot, snapshot)
+    except LookupError as exc:
+        raise SnapshotNotFound(str(exc)) from None
+    if complete and not record.complete:
+        raise SnapshotNotFound(
+            f"snapshot {record.snapshot_id} is {record.state}, not complete; nothing to restore"
+        )
+    return record
+
+
+def _select(entries: list[EntryRecord], path: str | None) -> list[EntryRecord]:
+    """A whole snapshot, or one file or sub-tree plus the directories above it."""
+    if not path:
+        return entries
+    path = path.strip("/")
+    chosen = [e for e in entries if e.path == path or e.path.startswith(path + "/")]
+    if not chosen:
+        raise SnapshotNotFound(f"no path {path!r} in this snapshot")
+    parents = set()
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        parents.add("/".join(parts[:i]))
+    return [e for e in entries if e.path in parents and e.kind == "dir"] + chosen
+
+
+async def restore_snapshot(services: Services, snapshot: str, dest: str, path: str | None,
+                           emit: Emit) -> dict[str, Any]:
+    started = time.monotonic()
+    snap = await resolve(services, snapshot)
+    catalog = services.catalog
+    entries = _select(await services.db(lambda: list(catalog.entries(snap.snapshot_id))), path)
+    needed = {c for e in entries for c, _, _ in e.extents}
+    chunks: dict[bytes, ChunkRecord] = await services.db(
+        lambda: {c: r for c in needed if (r := catalog.chunk(c)) is not None}
+    )
+    total_bytes = sum(e.size for e in entries if e.kind == "file")
+    total_files = sum(1 for e in entries if e.kind == "file")
+    await emit({"event": "started", "snapshot_id": snap.snapshot_id, "files_total": total_files,
+                "bytes_total": total_bytes})
+    last = [0.0]
+    pending: list[dict[str, Any]] = []
+
+    def progress(files: int, written: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.5:
+            last[0] = now
+            elapsed = max(now - started, 1e-6)
+            rate = written / elapsed
+            pending.append({"event": "progress", "files": files, "files_total": total_files,
+                            "bytes": written, "bytes_total": total_bytes,
+                            "rate_bps": round(rate),
+                            "eta_s": round((total_bytes - written) / rate, 1) if rate else None})
+
+    async def pump() -> None:
+        while True:
+            await trio.sleep(0.25)
+            while pending:
+                await emit(pending.pop(0))
+
+    dest_path = Path(dest).expanduser().resolve()
+    try:
+        with collapse_groups():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                stats = await services.ask(
+                    services.assembler,
+                    AssembleTree(entries=entries, chunks=chunks, dest=dest_path,
+                                 progress=progress),
+                )
+                nursery.cancel_scope.cancel()
+    except (RestoreFailed, ChunkUnavailable, OSError, GridError) as exc:
+        await services.db(lambda: catalog.log("restore_failed", snap.snapshot_id,
+                                              reason=str(exc)[:500], dest=str(dest_path)))
+        raise RestoreFailed(f"restore of {snap.snapshot_id} failed: {exc}") from None
+    seconds = time.monotonic() - started
+    await services.db(lambda: catalog.log("restore", snap.snapshot_id, dest=str(dest_path),
+                                          path=path, files=stats["files"],
+                                          bytes=stats["bytes"], seconds=round(seconds, 3)))
+    return {"event": "result", "snapshot_id": snap.snapshot_id, "to": str(dest_path),
+            "path": path, "files": stats["files"], "bytes": stats["bytes"],
+            "dirs": stats["dirs"], "symlinks": stats["symlinks"], "chunks": stats["chunks"],
+            "seconds": round(seconds, 3)}
+
+
+async def verify_snapshot(services: Services, snapshot: str, emit: Emit) -> dict[str, Any]:
+    """Fetch every packet, decode every chunk; report redundancy left per chunk."""
+    started = time.monotonic()
+    snap = await resolve(services, snapshot)
+    catalog = services.catalog
+    chunks: list[ChunkRecord] = await services.db(catalog.chunks_of, snap.snapshot_id)
+    if snap.record:
+        chunks += [ChunkRecord.from_wire(r) for r in msgpack.unpackb(snap.record, raw=False)]
+    healthy = degraded = lost = 0
+    problems: list[dict[str, Any]] = []
+    min_spare: int | None = None
+    checked_bytes = 0
+    limiter = trio.Semaphore(8)
+
+    async def check(chunk: ChunkRecord) -> None:
+        nonlocal healthy, degraded, lost, min_spare, checked_bytes
+        async with limiter:
+            fetched = await services.ask(services.retriever, FetchChunk(chunk, all_packets=True))
+            await emit({"event": "progress", "chunks_checked": healthy + degraded + lost + 1,
+                        "chunks_total": len(chunks)})
+            good = len(fetched.shares)
+            for share, target, why in fetched.missing:
+                problems.append({"chunk_id": chunk.chunk_id.hex(), "share": share,
+                                 "target": target.hex(), "problem": why})
+            if good < chunk.k:
+                lost += 1
+                return
+            try:
+                await services.ask(services.assembler, DecodeChunk(chunk, fetched.shares))
+            except RestoreFailed as exc:
+                lost += 1
+                problems.append({"chunk_id": chunk.chunk_id.hex(), "problem": str(exc)})
+                return
+            spare = good - chunk.k
+            min_spare = spare if min_spare is None else min(min_spare, spare)
+            checked_bytes += chunk.plain_size
+            if good == chunk.n:
+                healthy += 1
+            else:
+                degraded += 1
+
+    with collapse_groups():
+        async with trio.open_nursery() as nursery:
+            for chunk in chunks:
+                nursery.start_soon(check, chunk)
+    ok = lost == 0
+    seconds = time.monotonic() - started
+    await services.db(lambda: catalog.log("verify", snap.snapshot_id, ok=ok, healthy=healthy,
+                                          degraded=degraded, lost=lost))
+    return {"event": "result", "snapshot_id": snap.snapshot_id, "ok": ok,
+            "chunks": len(chunks), "chunks_healthy": healthy, "chunks_degraded": degraded,
+            "chunks_lost": lost, "min_spare_packets": min_spare, "bytes_checked": checked_bytes,
+            "problems": problems[:200], "seconds": round(seconds, 3)}
+
+
+async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
+    snap = await resolve(services, snapshot, complete=False)
+    catalog = services.catalog
+    record_chunks = ([ChunkRecord.from_wire(r) for r in msgpack.unpackb(snap.record, raw=False)]
+                     if snap.record else [])
+
+    def drop() -> list[ChunkRecord]:
+        orphans = catalog.forget_snapshot(snap.snapshot_id)
+        records = [r for c in orphans if (r := catalog.chunk(c)) is not None]
+        return records + record_chunks
+
+    doomed: list[ChunkRecord] = await services.db(drop)
+    deleted = failed = 0
+
+    async def delete(chunk: ChunkRecord) -> None:
+        nonlocal deleted, failed
+        for packet in chunk.packets:
+            secret = services.identity.packet_delete_secret(packet.packet_id)
+            try:
+                link = await services.link_for(packet.target)
+                answer = await link.request(lambda rid, p=packet.packet_id: DeletePacket(
+                    request_id=rid, packet_id=p, owner_secret=secret), timeout_s=10)
+                if isinstance(answer, PacketDeleted):
+                    deleted += 1
+            except PeerError:
+                failed += 1
+
+    with collapse_groups():
+        async with trio.open_nursery() as nursery:
+            for chunk in doomed:
+                nursery.start_soon(delete, chunk)
+    await services.db(catalog.delete_chunks, [c.chunk_id for c in doomed])
+    await services.db(lambda: catalog.log("forget", snap.snapshot_id, chunks=len(doomed),
+                                          packets_deleted=deleted, packets_unreachable=failed))
+    from .recovery import publish_root
+
+    root = await publish_root(services)
+    return {"event": "result", "snapshot_id": snap.snapshot_id, "chunks_freed": len(doomed),
+            "packets_deleted": deleted, "packets_unreachable": failed, "recovery_root": root}

@@ -1,0 +1,47 @@
+"""What jobs may use of a running node: its records, its secrets and its actors' inboxes.
+
+Jobs (backup, restore, verify, recovery) never reach into actors' state; they send calls
+to the actors' channels (``gridnode.actors.base.call``) and read/write the catalog in
+worker threads.  Keeping that surface in one small class makes the dependencies of every
+job visible in one place, and lets tests build a node's services without its network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .actors.base import Call, call
+from .config import NodeConfig
+from .identity import NodeIdentity
+from .storage.catalog import Catalog
+
+__all__ = ["Services"]
+
+
+@attrs.define
+class Services:
+    identity: NodeIdentity
+    config: NodeConfig
+    catalog: Catalog
+    sequencer: trio.MemorySendChannel[Call[Any]]
+    packet_store: trio.MemorySendChannel[Call[Any]]
+    retriever: trio.MemorySendChannel[Call[Any]]
+    assembler: trio.MemorySendChannel[Call[Any]]
+    cpu_limiter: trio.CapacityLimiter
+    disk_limiter: trio.CapacityLimiter
+    #: Live members as (node id, address) for recovery-root placement and lookup.
+    alive_members: Callable[[], list[tuple[bytes, str]]]
+    link_for: Callable[[bytes], Awaitable[Any]]
+    #: Serialises backups: two at once would race on dedup and on the recovery root.
+    backup_lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    async def ask(self, channel: trio.MemorySendChannel[Call[Any]], payload: Any) -> Any:
+        return await call(channel, payload)
+
+    async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking catalog call in a worker thread under the disk limiter."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.disk_limiter)

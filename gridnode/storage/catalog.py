@@ -1,0 +1,594 @@
+"""The node's catalog: the metadata records of claims 2-3 and 31, in one SQLite file.
+
+Tables and the claim element each one is:
+
+- ``profile``: the source client profile (who this node is, when it started backing up).
+- ``entries``: source data records, one row per backed-up file, directory or symlink of a
+  snapshot, with its metadata and its extents (chunk id, offset, length).
+- ``chunks``: the unique data identifiers (keyed BLAKE3) of every chunk this node has
+  stored on the grid, with the coding parameters needed to decode it.
+- ``packets``: target data records: which target holds which packet of which chunk, with
+  the target's signed receipt.  Ordered by share, it is also the non-transparent sequence.
+- ``snapshots`` + ``snapshot_chunks``: one data assembly record per snapshot (tree,
+  chunk lists, erasure parameters, placement rules, where its sealed copy lives).
+- ``backup_log``: every backup, restore, verify, forget and failure, hash-chained and
+  signed by the node so that editing or deleting an entry is detected.
+
+Why SQLite: transactions make "a snapshot is complete" one atomic fact; WAL lets the CLI
+read while a backup writes.  ``synchronous=FULL`` because this catalog is the only map to
+the user's data (the sealed copy on the grid is the second).  Schema changes are
+numbered migrations applied in order under ``PRAGMA user_version``.
+
+Blocking: call through ``trio.to_thread``; one connection per thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import blake3
+import msgpack
+from nacl.signing import SigningKey
+
+from protocol import sign, verify
+
+__all__ = [
+    "Catalog",
+    "ChunkRecord",
+    "EntryRecord",
+    "LogEntry",
+    "PacketRecord",
+    "SnapshotRecord",
+]
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE profile (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE snapshots (
+        snapshot_id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        finished REAL,
+        state TEXT NOT NULL,
+        parent TEXT,
+        roots TEXT NOT NULL,
+        files INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        params TEXT NOT NULL,
+        rules TEXT NOT NULL,
+        record BLOB
+    );
+    CREATE TABLE entries (
+        snapshot_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        mode INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        inode INTEGER NOT NULL DEFAULT 0,
+        device INTEGER NOT NULL DEFAULT 0,
+        link_target TEXT,
+        extents BLOB,
+        PRIMARY KEY (snapshot_id, path)
+    ) WITHOUT ROWID;
+    CREATE TABLE chunks (
+        chunk_id BLOB PRIMARY KEY,
+        plain_size INTEGER NOT NULL,
+        cipher_size INTEGER NOT NULL,
+        compressed INTEGER NOT NULL,
+        k INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        stored_at REAL NOT NULL,
+        rules TEXT NOT NULL,
+        domain TEXT NOT NULL DEFAULT 'data'
+    ) WITHOUT ROWID;
+    CREATE TABLE packets (
+        chunk_id BLOB NOT NULL,
+        share INTEGER NOT NULL,
+        packet_id BLOB NOT NULL,
+        target BLOB NOT NULL,
+        receipt BLOB NOT NULL,
+        PRIMARY KEY (chunk_id, share)
+    ) WITHOUT ROWID;
+    CREATE INDEX packets_by_target ON packets(target);
+    CREATE TABLE snapshot_chunks (
+        snapshot_id TEXT NOT NULL,
+        chunk_id BLOB NOT NULL,
+        PRIMARY KEY (snapshot_id, chunk_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX snapshot_chunks_by_chunk ON snapshot_chunks(chunk_id);
+    CREATE TABLE backup_log (
+        seq INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        snapshot_id TEXT,
+        detail TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        signature BLOB NOT NULL
+    );
+    CREATE TABLE recovery_root (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL,
+        published REAL
+    );
+    """,
+)
+
+_GENESIS: Final = b"\x00" * 32
+_LOG_CONTEXT: Final = b"gridnode backup log v1\x00"
+
+
+@attrs.frozen
+class SnapshotRecord:
+    snapshot_id: str
+    created: float
+    finished: float | None
+    state: str  # running | complete | interrupted | failed
+    parent: str | None
+    roots: tuple[str, ...]
+    files: int
+    bytes: int
+    params: str
+    rules: dict[str, Any]
+    record: bytes | None  # msgpack of the sealed record's chunk refs on the grid
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "created": self.created,
+            "finished": self.finished,
+            "state": self.state,
+            "complete": self.complete,
+            "parent": self.parent,
+            "roots": list(self.roots),
+            "files": self.files,
+            "bytes": self.bytes,
+            "redundancy": self.params,
+            "rules": self.rules,
+        }
+
+
+@attrs.frozen
+class EntryRecord:
+    path: str
+    kind: str  # file | dir | symlink
+    mode: int
+    mtime_ns: int
+    size: int
+    inode: int = 0
+    device: int = 0
+    link_target: str | None = None
+    extents: tuple[tuple[bytes, int, int], ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.path, self.kind, self.mode, self.mtime_ns, self.size, self.inode,
+                self.device, self.link_target, [list(e) for e in self.extents]]
+
+    @classmethod
+    def from_wire(cls, raw: Sequence[Any]) -> EntryRecord:
+        path, kind, mode, mtime_ns, size, inode, device, link_target, extents = raw
+        return cls(path, kind, mode, mtime_ns, size, inode, device, link_target,
+                   tuple((bytes(c), int(o), int(n)) for c, o, n in extents))
+
+
+@attrs.frozen
+class PacketRecord:
+    share: int
+    packet_id: bytes
+    target: bytes
+    receipt: bytes
+
+
+@attrs.frozen
+class ChunkRecord:
+    chunk_id: bytes
+    plain_size: int
+    cipher_size: int
+    compressed: bool
+    k: int
+    n: int
+    packets: tuple[PacketRecord, ...]
+    rules: dict[str, Any] = attrs.field(factory=dict)
+    #: Which secret keys the chunk: "data" (the dedup secret, shared within a dedup
+    #: domain) or "record" (the node's own record key: data assembly records).
+    domain: str = "data"
+
+    def to_wire(self) -> list[Any]:
+        return [self.chunk_id, self.plain_size, self.cipher_size, self.compressed, self.k,
+                self.n, [[p.share, p.packet_id, p.target, p.receipt] for p in self.packets],
+                json.dumps(self.rules, sort_keys=True), self.domain]
+
+    @classmethod
+    def from_wire(cls, raw: Sequence[Any]) -> ChunkRecord:
+        chunk_id, plain, cipher, compressed, k, n, packets, rules, domain = raw
+        return cls(bytes(chunk_id), int(plain), int(cipher), bool(compressed), int(k), int(n),
+                   tuple(PacketRecord(int(s), bytes(p), bytes(t), bytes(r))
+                         for s, p, t, r in packets),
+                   json.loads(rules), str(domain))
+
+
+@attrs.frozen
+class LogEntry:
+    seq: int
+    at: float
+    event: str
+    snapshot_id: str | None
+    detail: dict[str, Any]
+    prev_hash: bytes
+    hash: bytes
+    signature: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "event": self.event,
+                "snapshot_id": self.snapshot_id, "detail": self.detail,
+                "hash": self.hash.hex()}
+
+
+def _log_hash(prev: bytes, seq: int, at: float, event: str, snapshot_id: str | None,
+              detail: str) -> bytes:
+    body = msgpack.packb([seq, at, event, snapshot_id, detail], use_bin_type=True)
+    return blake3.blake3(_LOG_CONTEXT + prev + body).digest()
+
+
+class Catalog:
+    def __init__(self, path: Path, *, signing_key: SigningKey) -> None:
+        self.path = path
+        self._signing_key = signing_key
+        self._node_id = bytes(signing_key.verify_key)
+        self._local = threading.local()
+        self._log_lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.touch(mode=0o600)
+        self._migrate()
+
+    # --- connections and schema ----------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db().execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        db = self._db()
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"catalog {self.path} has schema version {current}, newer than this software "
+                f"({len(MIGRATIONS)}); upgrade gridnode"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+
+    # --- profile -----------------------------------------------------------------------------
+
+    def set_profile(self, values: dict[str, Any]) -> None:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for key, value in values.items():
+                db.execute("INSERT OR REPLACE INTO profile(key, value) VALUES (?, ?)",
+                           (key, json.dumps(value)))
+
+    def profile(self) -> dict[str, Any]:
+        rows = self._db().execute("SELECT key, value FROM profile").fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    # --- snapshots ---------------------------------------------------------------------------
+
+    def begin_snapshot(self, snapshot_id: str, *, roots: Sequence[str], parent: str | None,
+                       params: str, rules: dict[str, Any]) -> None:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO snapshots(snapshot_id, created, state, parent, roots, params, rules)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                (snapshot_id, time.time(), parent, json.dumps(list(roots)), params,
+                 json.dumps(rules)),
+            )
+
+    def mark_interrupted(self) -> list[str]:
+        """At startup: a snapshot still 'running' belongs to a process that died."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in db.execute(
+                "SELECT snapshot_id FROM snapshots WHERE state = 'running'").fetchall()]
+            for sid in ids:
+                db.execute("DELETE FROM entries WHERE snapshot_id = ?", (sid,))
+                db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (sid,))
+            db.execute("UPDATE snapshots SET state = 'interrupted', finished = ?"
+                       " WHERE state = 'running'", (time.time(),))
+        return ids
+
+    def fail_snapshot(self, snapshot_id: str) -> None:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("UPDATE snapshots SET state = 'failed', finished = ? "
+                       "WHERE snapshot_id = ? AND state = 'running'", (time.time(), snapshot_id))
+            db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
+            db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
+
+    def add_entries(self, snapshot_id: str, entries: Iterable[EntryRecord],
+                    chunk_ids: Iterable[bytes] = ()) -> None:
+        """Record part of a running snapshot's tree; written in batches so memory stays flat.
+
+        Rows of a snapshot that never completes are deleted when it is failed or found
+        interrupted; only ``complete_snapshot`` makes them part of a usable snapshot.
+        """
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR REPLACE INTO entries(snapshot_id, path, kind, mode, mtime_ns, size,"
+                " inode, device, link_target, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (snapshot_id, e.path, e.kind, e.mode, e.mtime_ns, e.size, e.inode, e.device,
+                     e.link_target,
+                     msgpack.packb([list(x) for x in e.extents], use_bin_type=True)
+                     if e.kind == "file" else None)
+                    for e in entries
+                ),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id) VALUES (?, ?)",
+                ((snapshot_id, c) for c in chunk_ids),
+            )
+
+    def complete_snapshot(self, snapshot_id: str, *, files: int, size_bytes: int,
+                          record: bytes | None) -> None:
+        """One transaction flips the snapshot to complete: before it, restore ignores it."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute(
+                "UPDATE snapshots SET state = 'complete', finished = ?, files = ?, bytes = ?,"
+                " record = ? WHERE snapshot_id = ? AND state = 'running'",
+                (time.time(), files, size_bytes, record, snapshot_id),
+            )
+            if cur.rowcount != 1:
+                raise RuntimeError(f"snapshot {snapshot_id} is not running; cannot complete it")
+
+    def import_snapshot(self, snapshot: SnapshotRecord, entries: Sequence[EntryRecord],
+                        chunks: Sequence[ChunkRecord]) -> None:
+        """Recovery: a snapshot read back from its sealed record on the grid, in one go."""
+        self.add_chunks(chunks)
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO snapshots(snapshot_id, created, finished, state, parent, roots,"
+                " files, bytes, params, rules, record) VALUES (?, ?, ?, 'complete', ?, ?, ?, ?,"
+                " ?, ?, ?)",
+                (snapshot.snapshot_id, snapshot.created, snapshot.finished, snapshot.parent,
+                 json.dumps(list(snapshot.roots)), snapshot.files, snapshot.bytes,
+                 snapshot.params, json.dumps(snapshot.rules), snapshot.record),
+            )
+        chunk_ids = {c for e in entries for c, _, _ in e.extents}
+        self.add_entries(snapshot.snapshot_id, entries, sorted(chunk_ids))
+
+    def set_snapshot_record(self, snapshot_id: str, record: bytes) -> None:
+        self._db().execute("UPDATE snapshots SET record = ? WHERE snapshot_id = ?",
+                           (record, snapshot_id))
+
+    def _snapshot_from_row(self, row: Sequence[Any]) -> SnapshotRecord:
+        (sid, created, finished, state, parent, roots, files, size, params, rules, record) = row
+        return SnapshotRecord(sid, created, finished, state, parent, tuple(json.loads(roots)),
+                              files, size, params, json.loads(rules), record)
+
+    _SNAP_COLS: Final = ("snapshot_id, created, finished, state, parent, roots, files, bytes,"
+                         " params, rules, record")
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        rows = self._db().execute(
+            f"SELECT {self._SNAP_COLS} FROM snapshots ORDER BY created").fetchall()
+        return [self._snapshot_from_row(r) for r in rows]
+
+    def snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        row = self._db().execute(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id = ?",
+            (snapshot_id,)).fetchone()
+        return self._snapshot_from_row(row) if row else None
+
+    def resolve_snapshot(self, prefix: str) -> SnapshotRecord:
+        """Accept a unique prefix, as git does, or "latest"."""
+        if prefix == "latest":
+            done = [s for s in self.snapshots() if s.complete]
+            if not done:
+                raise LookupError("there is no complete snapshot yet")
+            return done[-1]
+        rows = self._db().execute(
+            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id LIKE ? || '%'",
+            (prefix,)).fetchall()
+        if not rows:
+            raise LookupError(f"no snapshot {prefix!r}")
+        if len(rows) > 1:
+            raise LookupError(f"snapshot prefix {prefix!r} is ambiguous ({len(rows)} match)")
+        return self._snapshot_from_row(rows[0])
+
+    def latest_complete(self, roots: Sequence[str]) -> SnapshotRecord | None:
+        """The parent for an incremental backup: the newest complete snapshot of the same roots."""
+        for snap in reversed(self.snapshots()):
+            if snap.complete and list(snap.roots) == list(roots):
+                return snap
+        return None
+
+    def entries(self, snapshot_id: str) -> Iterator[EntryRecord]:
+        cur = self._db().execute(
+            "SELECT path, kind, mode, mtime_ns, size, inode, device, link_target, extents"
+            " FROM entries WHERE snapshot_id = ? ORDER BY path", (snapshot_id,))
+        for path, kind, mode, mtime_ns, size, inode, device, link_target, extents in cur:
+            ext = tuple((bytes(c), o, n) for c, o, n in msgpack.unpackb(extents)) \
+                if extents else ()
+            yield EntryRecord(path, kind, mode, mtime_ns, size, inode, device, link_target, ext)
+
+    def forget_snapshot(self, snapshot_id: str) -> list[bytes]:
+        """Drop a snapshot; returns the chunk ids no other snapshot references (to delete)."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            orphans = [bytes(r[0]) for r in db.execute(
+                "SELECT sc.chunk_id FROM snapshot_chunks sc WHERE sc.snapshot_id = ? AND NOT"
+                " EXISTS (SELECT 1 FROM snapshot_chunks o WHERE o.chunk_id = sc.chunk_id"
+                " AND o.snapshot_id != ?)", (snapshot_id, snapshot_id)).fetchall()]
+            db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
+            db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
+            db.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (snapshot_id,))
+        return orphans
+
+    # --- chunks and packets ----------------------------------------------------------------------
+
+    def stored_chunk_ids(self) -> set[bytes]:
+        return {bytes(r[0]) for r in self._db().execute("SELECT chunk_id FROM chunks")}
+
+    def has_chunk(self, chunk_id: bytes) -> bool:
+        return self._db().execute("SELECT 1 FROM chunks WHERE chunk_id = ?",
+                                  (chunk_id,)).fetchone() is not None
+
+    def add_chunks(self, chunks: Iterable[ChunkRecord], *, snapshot_id: str | None = None) -> None:
+        """Record stored chunks (all n packets acknowledged) in one transaction."""
+        db = self._db()
+        now = time.time()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for c in chunks:
+                db.execute(
+                    "INSERT OR REPLACE INTO chunks(chunk_id, plain_size, cipher_size, compressed,"
+                    " k, n, stored_at, rules, domain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (c.chunk_id, c.plain_size, c.cipher_size, int(c.compressed), c.k, c.n, now,
+                     json.dumps(c.rules, sort_keys=True), c.domain),
+                )
+                db.execute("DELETE FROM packets WHERE chunk_id = ?", (c.chunk_id,))
+                db.executemany(
+                    "INSERT INTO packets(chunk_id, share, packet_id, target, receipt)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    ((c.chunk_id, p.share, p.packet_id, p.target, p.receipt) for p in c.packets),
+                )
+                if snapshot_id is not None:
+                    db.execute("INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id)"
+                               " VALUES (?, ?)", (snapshot_id, c.chunk_id))
+
+    def chunk(self, chunk_id: bytes) -> ChunkRecord | None:
+        db = self._db()
+        row = db.execute("SELECT chunk_id, plain_size, cipher_size, compressed, k, n, rules,"
+                         " domain FROM chunks WHERE chunk_id = ?", (chunk_id,)).fetchone()
+        if row is None:
+            return None
+        packets = tuple(PacketRecord(s, bytes(p), bytes(t), bytes(r)) for s, p, t, r in db.execute(
+            "SELECT share, packet_id, target, receipt FROM packets WHERE chunk_id = ?"
+            " ORDER BY share", (chunk_id,)))
+        return ChunkRecord(bytes(row[0]), row[1], row[2], bool(row[3]), row[4], row[5], packets,
+                           json.loads(row[6]), row[7])
+
+    def chunks_of(self, snapshot_id: str) -> list[ChunkRecord]:
+        ids = [bytes(r[0]) for r in self._db().execute(
+            "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = ? ORDER BY chunk_id",
+            (snapshot_id,))]
+        out = [self.chunk(c) for c in ids]
+        return [c for c in out if c is not None]
+
+    def delete_chunks(self, chunk_ids: Sequence[bytes]) -> None:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for c in chunk_ids:
+                db.execute("DELETE FROM packets WHERE chunk_id = ?", (c,))
+                db.execute("DELETE FROM chunks WHERE chunk_id = ?", (c,))
+
+    def packets_on(self, target: bytes) -> int:
+        return int(self._db().execute("SELECT COUNT(*) FROM packets WHERE target = ?",
+                                      (target,)).fetchone()[0])
+
+    # --- the global backup log -------------------------------------------------------------------
+
+    def log(self, event: str, snapshot_id: str | None = None, **detail: Any) -> LogEntry:
+        """Append a signed, hash-chained entry; its hash covers the previous entry's hash."""
+        text = json.dumps(detail, sort_keys=True, default=str)
+        db = self._db()
+        with self._log_lock, db:
+            db.execute("BEGIN IMMEDIATE")
+            last = db.execute("SELECT seq, hash FROM backup_log ORDER BY seq DESC LIMIT 1"
+                              ).fetchone()
+            seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, _GENESIS)
+            at = time.time()
+            digest = _log_hash(prev, seq, at, event, snapshot_id, text)
+            signature = sign(self._signing_key, digest)
+            db.execute("INSERT INTO backup_log(seq, at, event, snapshot_id, detail, prev_hash,"
+                       " hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (seq, at, event, snapshot_id, text, prev, digest, signature))
+        return LogEntry(seq, at, event, snapshot_id, detail, prev, digest, signature)
+
+    def log_entries(self) -> list[LogEntry]:
+        rows = self._db().execute("SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
+                                  " signature FROM backup_log ORDER BY seq").fetchall()
+        return [LogEntry(s, a, e, sid, json.loads(d), bytes(p), bytes(h), bytes(sig))
+                for s, a, e, sid, d, p, h, sig in rows]
+
+    def verify_log(self) -> tuple[bool, str]:
+        """Walk the chain; returns (ok, what is wrong or how many entries verified)."""
+        prev = _GENESIS
+        expected_seq = 1
+        rows = self._db().execute("SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
+                                  " signature FROM backup_log ORDER BY seq").fetchall()
+        for seq, at, event, sid, detail, prev_hash, digest, signature in rows:
+            if seq != expected_seq:
+                return False, f"entry {expected_seq} is missing (next is {seq})"
+            if bytes(prev_hash) != prev:
+                return False, f"entry {seq} does not chain to entry {seq - 1}"
+            if _log_hash(prev, seq, at, event, sid, detail) != bytes(digest):
+                return False, f"entry {seq} was modified (hash mismatch)"
+            if not verify(self._node_id, bytes(digest), bytes(signature)):
+                return False, f"entry {seq} has a bad signature"
+            prev = bytes(digest)
+            expected_seq += 1
+        return True, f"{len(rows)} entries verified"
+
+    # --- recovery root -------------------------------------------------------------------------
+
+    def next_root_version(self) -> int:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT version FROM recovery_root WHERE id = 1").fetchone()
+            version = (row[0] + 1) if row else 1
+            db.execute("INSERT OR REPLACE INTO recovery_root(id, version, published)"
+                       " VALUES (1, ?, NULL)", (version,))
+        return int(version)
+
+    def set_root_version(self, version: int) -> None:
+        self._db().execute("INSERT OR REPLACE INTO recovery_root(id, version, published)"
+                           " VALUES (1, ?, ?)", (version, time.time()))

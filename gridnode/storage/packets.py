@@ -1,0 +1,457 @@
+"""The target side's allocated storage: a content-addressed packet directory.
+
+I keep the packets other nodes send this node, within the byte allocation the
+node's owner granted. A packet's id is the BLAKE3-256 of its bytes, so I can
+check everything I accept and everything I serve, and I learn nothing from an
+id: I do not know whose packet it is or which other packets belong with it.
+
+On-disk layout, under the ``root`` I am given::
+
+    root/
+      packets/                 committed packets, and nothing else
+        ab/                    first two hex digits of the packet id
+          cd/                  next two hex digits
+            abcd...(64 hex)    the packet's bytes, exactly; no header
+      incoming/                temp files being written; emptied at startup
+        <random>.tmp
+      quarantine/              packets that failed verification when read
+        <64 hex>.<random>      kept for inspection, never served or counted
+
+Two levels of 256-way fan-out keep directories small (a 1 TB allocation of
+256 KiB packets spreads about 60 files per leaf directory).
+
+Writing a packet: its bytes are hashed and compared with its id, the
+allocation is checked and the size reserved, the bytes go to a new file in
+``incoming/``, which is fsynced, then renamed into ``packets/`` (atomic on
+POSIX), and the target directory is fsynced so the rename survives a power
+loss. A target killed at any point leaves either no packet or a complete one;
+a half-written temp file sits in ``incoming/``, which I empty when I start, so
+it is never served. A write that fails (disk full, quota, I/O error) removes
+its temp file and raises :class:`PacketStoreError`.
+
+Accounting: ``used_bytes`` is the sum of the committed packet files' lengths
+(what the allocation limits; file-system block overhead is not counted). I
+compute it by scanning ``packets/`` when I open, and then keep it exact under
+a lock, including across concurrent puts of the same packet, deletes and
+quarantines. A file truncated or extended behind my back skews the counter by
+the difference until the next open.
+
+Threading: every method is synchronous, blocking, and safe to call from
+several threads at once (the node calls them through ``trio.to_thread``).
+File data is written and fsynced outside the lock; renames, unlinks and the
+counters change together under it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import attrs
+from blake3 import blake3
+
+__all__ = [
+    "AllocationFull",
+    "PacketDirectory",
+    "PacketDirectoryStatistics",
+    "PacketIdMismatch",
+    "PacketStoreError",
+]
+
+PACKET_ID_SIZE: Final = 32
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
+_WAIT_FOR_OTHER_WRITER_S: Final = 120.0
+_MAX_PUT_ATTEMPTS: Final = 3
+
+Buffer = bytes | bytearray | memoryview
+
+
+class PacketStoreError(Exception):
+    """A packet could not be stored; nothing half-written remains."""
+
+
+class AllocationFull(PacketStoreError):
+    """Storing the packet(s) would exceed this node's allocated storage."""
+
+
+class PacketIdMismatch(PacketStoreError):
+    """The bytes offered do not hash to the packet id they were offered under."""
+
+
+@attrs.frozen
+class PacketDirectoryStatistics:
+    allocation_bytes: int
+    used_bytes: int
+    reserved_bytes: int
+    free_bytes: int
+    packet_count: int
+    quarantined_count: int
+
+
+def _is_packet_name(name: str) -> bool:
+    return len(name) == 2 * PACKET_ID_SIZE and set(name) <= _HEX_DIGITS
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    remaining = data
+    # Each os.write moves at least one byte or raises, so len+1 rounds suffice.
+    for _ in range(len(data) + 1):
+        if not remaining:
+            return
+        written = os.write(fd, remaining)
+        if written <= 0:
+            raise OSError(errno.EIO, "write returned no progress")
+        remaining = remaining[written:]
+    raise OSError(errno.EIO, "write did not complete")
+
+
+def _describe_os_error(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "?")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full ({name}: {exc.strerror})"
+    return f"{name}: {exc.strerror}"
+
+
+class PacketDirectory:
+    """A quota-bounded, content-addressed directory of packets (see the module docstring)."""
+
+    def __init__(self, root: Path, allocation_bytes: int) -> None:
+        """Open (creating if needed) the packet directory at ``root``.
+
+        Startup deletes everything left in ``incoming/`` by a previous run and
+        scans ``packets/`` for the used bytes, so it takes time proportional
+        to the number of stored packets.
+
+        Raises:
+            ValueError: a negative allocation.
+        """
+        if isinstance(allocation_bytes, bool) or allocation_bytes < 0:
+            raise ValueError(f"allocation_bytes must be >= 0, got {allocation_bytes!r}")
+        self._root = Path(root)
+        self._packets = self._root / "packets"
+        self._incoming = self._root / "incoming"
+        self._quarantine = self._root / "quarantine"
+        for directory in (self._packets, self._incoming, self._quarantine):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._allocation_bytes = allocation_bytes
+        self._lock = threading.Lock()
+        self._reserved_bytes = 0
+        self._in_flight: dict[bytes, threading.Event] = {}
+        self._clear_incoming()
+        self._used_bytes, self._packet_count = self._scan()
+        self._quarantined_count = sum(1 for _ in self._quarantine.iterdir())
+
+    # -- accounting -------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def allocation_bytes(self) -> int:
+        return self._allocation_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        """Room for new packets: the allocation minus committed and in-flight bytes."""
+        with self._lock:
+            return self._free_locked()
+
+    @property
+    def packet_count(self) -> int:
+        with self._lock:
+            return self._packet_count
+
+    def statistics(self) -> PacketDirectoryStatistics:
+        with self._lock:
+            return PacketDirectoryStatistics(
+                allocation_bytes=self._allocation_bytes,
+                used_bytes=self._used_bytes,
+                reserved_bytes=self._reserved_bytes,
+                free_bytes=self._free_locked(),
+                packet_count=self._packet_count,
+                quarantined_count=self._quarantined_count,
+            )
+
+    def _free_locked(self) -> int:
+        return max(self._allocation_bytes - self._used_bytes - self._reserved_bytes, 0)
+
+    # -- paths --------------------------------------------------------------
+
+    def path_for(self, packet_id: bytes) -> Path:
+        """Where the packet lives (or would live); for tests and the harness."""
+        if len(packet_id) != PACKET_ID_SIZE:
+            raise ValueError(f"packet id must be {PACKET_ID_SIZE} bytes, got {len(packet_id)}")
+        name = packet_id.hex()
+        return self._packets / name[0:2] / name[2:4] / name
+
+    # -- queries ------------------------------------------------------------
+
+    def has(self, packet_id: bytes) -> bool:
+        return self.path_for(packet_id).is_file()
+
+    def get(self, packet_id: bytes, *, verify: bool = True) -> bytes | None:
+        """The packet's bytes, or ``None`` if I do not hold it intact.
+
+        With ``verify`` (the default), bytes that no longer hash to the id are
+        moved to ``quarantine/`` and uncounted, and ``None`` is returned: I
+        never serve corrupt data, and the packet's owner repairs it elsewhere.
+        """
+        path = self.path_for(packet_id)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        if verify and blake3(data).digest() != packet_id:
+            self._quarantine_file(path, packet_id, len(data))
+            return None
+        return data
+
+    def iter_ids(self) -> Iterator[bytes]:
+        """Ids of the committed packets, in id order; reads the directory lazily."""
+        for first in self._sorted_subdirs(self._packets):
+            for second in self._sorted_subdirs(first):
+                for name in sorted(os.listdir(second)):
+                    if _is_packet_name(name) and name.startswith(first.name + second.name):
+                        yield bytes.fromhex(name)
+
+    # -- mutations ----------------------------------------------------------
+
+    def put(self, packet_id: bytes, data: Buffer, *, verified_digest: bytes | None = None) -> bool:
+        """Store one packet durably.
+
+        ``verified_digest`` is the BLAKE3 of ``data`` when the caller already computed it
+        (the session checks every detached payload against its sealed digest): when it
+        equals ``packet_id`` the bytes are not hashed a second time.
+
+        Returns:
+            True if I stored it now, False if I already held it (idempotent;
+            a concurrent put of the same packet waits for the first one).
+
+        Raises:
+            PacketIdMismatch: the bytes do not hash to ``packet_id``.
+            AllocationFull: not enough room left; the message gives the numbers.
+            PacketStoreError: the write failed (e.g. disk full); nothing remains.
+        """
+        return self.put_many([(packet_id, data)], verified=verified_digest == packet_id)[0]
+
+    def put_many(
+        self, items: Sequence[tuple[bytes, Buffer]], *, verified: bool = False
+    ) -> list[bool]:
+        """Store several packets with one round of directory fsyncs.
+
+        All ids are checked and the room for all new packets is reserved before
+        anything is written, so a mismatch or a full allocation stores none of
+        them. Then every temp file is written and fsynced, all are renamed into
+        place, and each touched directory is fsynced once. If a write fails
+        part-way, the packets already renamed stay stored (they are complete)
+        and the error is raised.
+
+        Returns:
+            For each item, as :meth:`put`.
+        """
+        views: list[memoryview] = []
+        for packet_id, data in items:
+            view = memoryview(data)
+            if view.ndim != 1 or view.format != "B":
+                view = view.cast("B")
+            if verified and len(packet_id) == PACKET_ID_SIZE:
+                pass  # the caller hashed these very bytes already
+            else:
+                self._verify_id(packet_id, view)
+            views.append(view)
+        results = [False] * len(views)
+        pending = list(range(len(views)))
+        for _attempt in range(_MAX_PUT_ATTEMPTS):
+            waits = self._store_batch([items[i][0] for i in pending], [views[i] for i in pending])
+            still_pending: list[int] = []
+            for position, outcome in zip(pending, waits, strict=True):
+                if isinstance(outcome, bool):
+                    results[position] = outcome
+                else:
+                    # Another thread was writing this packet; wait for it, then
+                    # look again: it may have failed and left the job to us.
+                    outcome.wait(_WAIT_FOR_OTHER_WRITER_S)
+                    if not self.has(items[position][0]):
+                        still_pending.append(position)
+            pending = still_pending
+            if not pending:
+                return results
+        raise PacketStoreError(
+            f"could not store {len(pending)} packet(s): concurrent writers kept failing"
+        )
+
+    def delete(self, packet_id: bytes) -> bool:
+        """Drop a packet; True if I held it."""
+        path = self.path_for(packet_id)
+        with self._lock:
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            self._used_bytes -= size
+            self._packet_count -= 1
+        return True
+
+    # -- internals ----------------------------------------------------------
+
+    @staticmethod
+    def _verify_id(packet_id: bytes, view: memoryview) -> None:
+        if len(packet_id) != PACKET_ID_SIZE:
+            raise PacketIdMismatch(
+                f"packet id must be {PACKET_ID_SIZE} bytes, got {len(packet_id)}"
+            )
+        actual = blake3(view).digest()
+        if actual != packet_id:
+            raise PacketIdMismatch(
+                f"packet bytes hash to {actual.hex()}, not to the offered id {packet_id.hex()}"
+            )
+
+    def _store_batch(
+        self, packet_ids: list[bytes], views: list[memoryview]
+    ) -> list[bool | threading.Event]:
+        """Store what is new; per item: True = stored now, False = already
+        held, an Event = another thread is writing it."""
+        outcomes: list[bool | threading.Event] = [False] * len(packet_ids)
+        mine: list[int] = []
+        with self._lock:
+            seen: set[bytes] = set()
+            needed = 0
+            for position, packet_id in enumerate(packet_ids):
+                if packet_id in seen:
+                    continue
+                seen.add(packet_id)
+                other_writer = self._in_flight.get(packet_id)
+                if other_writer is not None:
+                    outcomes[position] = other_writer
+                elif not self.path_for(packet_id).is_file():
+                    mine.append(position)
+                    needed += len(views[position])
+            free = self._free_locked()
+            if needed > free:
+                raise AllocationFull(
+                    f"allocation full: {len(mine)} new packet(s) need {needed} bytes but only "
+                    f"{free} of {self._allocation_bytes} are free "
+                    f"({self._used_bytes} used, {self._reserved_bytes} being written)"
+                )
+            self._reserved_bytes += needed
+            for position in mine:
+                self._in_flight[packet_ids[position]] = threading.Event()
+
+        temps: dict[int, Path] = {}
+        committed: list[int] = []
+        try:
+            for position in mine:
+                temps[position] = self._write_temp(packet_ids[position], views[position])
+            touched: set[Path] = set()
+            for position in mine:
+                touched.update(self._prepare_dirs(self.path_for(packet_ids[position])))
+            with self._lock:
+                for position in mine:
+                    os.replace(temps.pop(position), self.path_for(packet_ids[position]))
+                    committed.append(position)
+                    self._used_bytes += len(views[position])
+                    self._packet_count += 1
+            for directory in sorted(touched, key=lambda path: len(path.parts), reverse=True):
+                _fsync_dir(directory)
+        except OSError as exc:
+            raise PacketStoreError(
+                f"cannot store packet(s) in {self._packets}: {_describe_os_error(exc)}"
+            ) from exc
+        finally:
+            for temp in temps.values():
+                temp.unlink(missing_ok=True)
+            with self._lock:
+                self._reserved_bytes -= sum(len(views[position]) for position in mine)
+                for position in mine:
+                    self._in_flight.pop(packet_ids[position]).set()
+        for position in committed:
+            outcomes[position] = True
+        return outcomes
+
+    def _write_temp(self, packet_id: bytes, view: memoryview) -> Path:
+        temp = self._incoming / f"{secrets.token_hex(8)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, view)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return temp
+
+    def _prepare_dirs(self, final: Path) -> list[Path]:
+        """Make the fan-out directories; return those whose entries changed
+        (the leaf always, plus parents of newly made directories)."""
+        leaf = final.parent
+        touched = [leaf]
+        for directory in (leaf.parent, leaf):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            touched.append(directory.parent)
+        return touched
+
+    def _quarantine_file(self, path: Path, packet_id: bytes, size: int) -> None:
+        target = self._quarantine / f"{packet_id.hex()}.{secrets.token_hex(4)}"
+        with self._lock:
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:
+                return  # already deleted or quarantined by another thread
+            self._used_bytes -= size
+            self._packet_count -= 1
+            self._quarantined_count += 1
+
+    def _clear_incoming(self) -> None:
+        for entry in os.scandir(self._incoming):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+    @staticmethod
+    def _sorted_subdirs(directory: Path) -> list[Path]:
+        return [
+            directory / name
+            for name in sorted(os.listdir(directory))
+            if len(name) == 2 and set(name) <= _HEX_DIGITS and (directory / name).is_dir()
+        ]
+
+    def _scan(self) -> tuple[int, int]:
+        used = count = 0
+        for first in self._sorted_subdirs(self._packets):
+            for second in self._sorted_subdirs(first):
+                with os.scandir(second) as entries:
+                    for entry in entries:
+                        if (
+                            _is_packet_name(entry.name)
+                            and entry.name.startswith(first.name + second.name)
+                            and entry.is_file(follow_symlinks=False)
+                        ):
+                            used += entry.stat(follow_symlinks=False).st_size
+                            count += 1
+        return used, count

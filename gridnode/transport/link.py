@@ -1,0 +1,305 @@
+"""PeerLink: one authenticated session with one peer over one websocket.
+
+The only place where trio-websocket meets ``protocol.Session`` (style.md 8.3).  A link
+owns a reader task that feeds every received frame to the session and dispatches the
+resulting messages: responses to the request waiting on their ``request_id``, requests
+to the node's handler (each in its own task, bounded), one-way messages (gossip) to the
+handler's non-blocking entry.
+
+Backpressure: outgoing requests hold a slot of a per-link window (``max_in_flight``),
+so a slow peer makes its callers wait instead of queueing without bound; incoming
+requests hold a slot of the receive window, and when it is full the reader stops
+reading, TCP fills up and the peer's sends block.
+
+Cancellation: a request cancelled or timed out removes its waiter; a late answer is
+dropped.  When the connection ends, every waiter fails at once with ``PeerGone``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from protocol import (
+    Error,
+    LocalProtocolError,
+    Message,
+    MessageReceived,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    Session,
+    SessionClosed,
+    short_node_id,
+)
+
+from ..errors import PeerGone, RemoteError, RequestTimeout
+from ..log import get_logger
+
+__all__ = ["LinkStatistics", "PeerLink", "RequestHandler"]
+
+_log = get_logger()
+
+#: RFC 6455 close code for "policy violation": we use it for protocol refusals.
+CLOSE_POLICY = 1008
+
+
+class RequestHandler(Protocol):
+    """What a link needs from the node: answer requests, take one-way messages."""
+
+    async def handle_request(
+        self, link: PeerLink, msg: Message, payload_digest: bytes | None
+    ) -> Message: ...
+
+    def handle_oneway(self, link: PeerLink, msg: Message) -> None: ...
+
+
+@attrs.frozen
+class LinkStatistics:
+    requests_sent: int
+    requests_served: int
+    in_flight: int
+    bytes_sent: int
+    bytes_received: int
+    rtt_ms: float | None
+
+
+class PeerLink:
+    """An authenticated, READY session; constructed by the Transport after the handshake."""
+
+    def __init__(
+        self,
+        *,
+        ws: WebSocketConnection,
+        session: Session,
+        peer_address: str,
+        dialed: bool,
+        max_in_flight: int = 32,
+        max_serving: int = 16,
+        default_timeout_s: float = 30.0,
+    ) -> None:
+        assert session.peer_id is not None and session.is_ready
+        self.ws = ws
+        self.session = session
+        self.peer_id: bytes = session.peer_id
+        self.peer_address = peer_address
+        self.dialed = dialed
+        self.dialer_id = session.node_id if dialed else session.peer_id
+        self.default_timeout_s = default_timeout_s
+        self.rtt_ms: float | None = None
+        self.closed = trio.Event()
+        self.close_reason = ""
+        self._send_lock = trio.StrictFIFOLock()
+        self._window = trio.Semaphore(max_in_flight)
+        self._serving = trio.Semaphore(max_serving)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel[Message | BaseException]] = {}
+        self._requests_sent = 0
+        self._requests_served = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self.log = _log.bind(peer=short_node_id(self.peer_id))
+
+    @property
+    def short_id(self) -> str:
+        return short_node_id(self.peer_id)
+
+    @property
+    def is_open(self) -> bool:
+        return not self.closed.is_set()
+
+    def statistics(self) -> LinkStatistics:
+        return LinkStatistics(
+            requests_sent=self._requests_sent,
+            requests_served=self._requests_served,
+            in_flight=len(self._pending),
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            rtt_ms=self.rtt_ms,
+        )
+
+    # --- sending ----------------------------------------------------------------------------
+
+    async def send(self, msg: Message) -> None:
+        """Send one message; frames leave in the order their counters were assigned."""
+        if self.closed.is_set():
+            raise PeerGone(f"connection to {self.short_id} is closed: {self.close_reason}",
+                           peer=self.short_id)
+        async with self._send_lock:
+            frame = self.session.send(msg)
+            try:
+                await self.ws.send_message(frame)
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._mark_closed(f"send failed: {exc!r}")
+                raise PeerGone(
+                    f"connection to {self.short_id} closed while sending", peer=self.short_id
+                ) from None
+            self._bytes_sent += len(frame)
+
+    async def request(
+        self, build: Callable[[int], Message], *, timeout_s: float | None = None
+    ) -> Message:
+        """Send ``build(request_id)`` and wait for its answer.
+
+        Raises:
+            PeerGone: the connection closed before the answer.
+            RequestTimeout: no answer within ``timeout_s``.
+            RemoteError: the peer answered with an ``Error``.
+        """
+        timeout = self.default_timeout_s if timeout_s is None else timeout_s
+        async with self._window:
+            request_id = next(self._ids)
+            send_ch, recv_ch = trio.open_memory_channel[Message | BaseException](1)
+            self._pending[request_id] = send_ch
+            try:
+                with trio.move_on_after(timeout) as scope:
+                    await self.send(build(request_id))
+                    self._requests_sent += 1
+                    answer = await recv_ch.receive()
+            finally:
+                self._pending.pop(request_id, None)
+            if scope.cancelled_caught:
+                raise RequestTimeout(
+                    f"{self.short_id} did not answer within {timeout:g} s", peer=self.short_id
+                )
+        if isinstance(answer, BaseException):
+            raise answer
+        if isinstance(answer, Error):
+            raise RemoteError(answer.code, answer.message, peer=self.short_id)
+        return answer
+
+    async def ping(self, timeout_s: float = 5.0) -> float:
+        """Round trip of a sealed ping through the whole stack, in ms; also kept as ``rtt_ms``."""
+        start = trio.current_time()
+        answer = await self.request(lambda rid: Ping(request_id=rid), timeout_s=timeout_s)
+        if not isinstance(answer, Pong):
+            raise RemoteError("unexpected", f"ping answered with {answer.KIND}", peer=self.short_id)
+        self.rtt_ms = (trio.current_time() - start) * 1000.0
+        return self.rtt_ms
+
+    # --- receiving --------------------------------------------------------------------------
+
+    async def run(self, handler: RequestHandler) -> None:
+        """Read until the connection ends; serve requests in child tasks.  Never raises for a
+        peer's misbehaviour: that closes the link with a reason instead."""
+        try:
+            async with trio.open_nursery() as serving:
+                await self._read_loop(handler, serving)
+                serving.cancel_scope.cancel()
+        finally:
+            self._mark_closed(self.close_reason or "connection ended")
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.ws.aclose()
+
+    async def _read_loop(self, handler: RequestHandler, serving: trio.Nursery) -> None:
+        while True:
+            try:
+                frame = await self.ws.get_message()
+            except ConnectionClosed as exc:
+                reason = exc.reason
+                self.close_reason = self.close_reason or (
+                    f"connection closed ({reason.code} {reason.reason or reason.name})"
+                    if reason is not None else "connection closed"
+                )
+                return
+            if isinstance(frame, str):
+                await self._refuse("text frames are not part of the protocol")
+                return
+            self._bytes_received += len(frame)
+            try:
+                events = self.session.receive(frame)
+            except RemoteProtocolError as exc:
+                await self._refuse(f"{exc.code}: {exc.message}")
+                return
+            except LocalProtocolError:
+                return  # we are in the error state already; the close is under way
+            for event in events:
+                if isinstance(event, SessionClosed):
+                    self.close_reason = f"peer closed the session ({event.code} {event.reason})"
+                    return
+                if isinstance(event, MessageReceived):
+                    await self._dispatch(handler, serving, event)
+
+    async def _dispatch(
+        self, handler: RequestHandler, serving: trio.Nursery, event: MessageReceived
+    ) -> None:
+        msg = event.message
+        request_id: Any = getattr(msg, "request_id", None)
+        if msg.RESPONSE:
+            waiter = self._pending.get(request_id)
+            if waiter is not None:
+                try:
+                    waiter.send_nowait(msg)
+                except (trio.WouldBlock, trio.BrokenResourceError):
+                    pass  # the waiter timed out in the meantime: a late answer is dropped
+            return
+        if request_id is None:
+            handler.handle_oneway(self, msg)
+            return
+        if isinstance(msg, Ping):
+            await self.send(Pong(request_id=msg.request_id))
+            return
+        await self._serving.acquire()  # blocks the reader when the receive window is full
+        serving.start_soon(self._serve, handler, msg, event.payload_digest, request_id)
+
+    async def _serve(
+        self, handler: RequestHandler, msg: Message, digest: bytes | None, request_id: int
+    ) -> None:
+        try:
+            try:
+                answer = await handler.handle_request(self, msg, digest)
+            except RemoteError as exc:
+                answer = Error(request_id=request_id, code=exc.code, message=exc.remote_message)
+            self._requests_served += 1
+            await self.send(answer)
+        except PeerGone:
+            pass  # the requester went away; nobody is left to answer
+        finally:
+            self._serving.release()
+
+    async def _refuse(self, reason: str) -> None:
+        self.close_reason = f"refused: {reason}"
+        self.log.warning("peer_refused", reason=reason)
+        with trio.move_on_after(1):
+            await self.ws.aclose(code=CLOSE_POLICY, reason=reason[:120])
+
+    def _mark_closed(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = self.close_reason or reason
+        self.closed.set()
+        gone = PeerGone(
+            f"connection to {self.short_id} closed: {self.close_reason}", peer=self.short_id
+        )
+        for waiter in list(self._pending.values()):
+            try:
+                waiter.send_nowait(gone)
+            except (trio.WouldBlock, trio.BrokenResourceError):
+                pass
+
+    async def aclose(self, code: str = "normal", reason: str = "") -> None:
+        """Say goodbye (sealed) and close; idempotent."""
+        if self.closed.is_set():
+            return
+        with trio.move_on_after(2):
+            async with self._send_lock:
+                frame = self.session.close(code, reason)
+                if frame is not None:
+                    try:
+                        await self.ws.send_message(frame)
+                    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+        self.close_reason = self.close_reason or f"closed by us: {code} {reason}".strip()
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await self.ws.aclose()
+        self._mark_closed(self.close_reason)
+
+
+def rtt_or_nan(link: PeerLink) -> float:
+    return link.rtt_ms if link.rtt_ms is not None else math.nan

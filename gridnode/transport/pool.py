@@ -1,0 +1,348 @@
+"""Transport: the websocket server, the dialer and the table of live PeerLinks.
+
+One authenticated session per peer pair, reused by every actor.  When two nodes dial
+each other at the same moment, both end up with two links; each side keeps the one
+whose dialer has the smaller node id, so both keep the same link without talking
+about it.  Connection tasks live in the transport's own nursery (trio-websocket's
+``handler_nursery`` pattern), so peer churn never touches the actors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    connect_websocket,
+    serve_websocket,
+)
+
+from protocol import Limits, ProtocolError, Role, Session, short_node_id
+
+from ..config import parse_address
+from ..errors import HandshakeFailed, PeerGone
+from ..identity import NodeIdentity
+from ..log import get_logger
+from .link import CLOSE_POLICY, PeerLink, RequestHandler
+from .masking import install as install_fast_masking
+
+__all__ = ["Transport", "TransportSettings"]
+
+install_fast_masking()
+
+_log = get_logger(actor="transport")
+
+#: Measured (benchmarks/bench_transport.py): trio-websocket's default 4 KiB read size
+#: caps a session near 70 MB/s; 256 KiB reads reach the CPU limit of the session.
+RECEIVE_BUFFER_BYTES: Final = 256 * 1024
+#: Slack above the protocol's frame limit for the session header and websocket framing.
+FRAME_SLACK_BYTES: Final = 64 * 1024
+SOFTWARE: Final = "gridnode/0.1"
+
+
+class TransportSettings:
+    def __init__(
+        self,
+        *,
+        grid_id: bytes,
+        listen_host: str,
+        listen_port: int,
+        max_frame_bytes: int,
+        seal_payloads: bool,
+        request_timeout_s: float,
+        handshake_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+        max_in_flight: int = 32,
+        max_serving: int = 16,
+    ) -> None:
+        self.grid_id = grid_id
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.limits = Limits(max_frame_bytes=max_frame_bytes)
+        self.seal_payloads = seal_payloads
+        self.request_timeout_s = request_timeout_s
+        self.handshake_timeout_s = handshake_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_in_flight = max_in_flight
+        self.max_serving = max_serving
+
+
+class Transport:
+    """Serve and dial authenticated sessions; hand each READY link to ``handler``."""
+
+    def __init__(
+        self,
+        *,
+        identity: NodeIdentity,
+        settings: TransportSettings,
+        handler: RequestHandler,
+        advertised_address: str | None = None,
+        admit: Callable[[bytes, str], Awaitable[str | None]] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.settings = settings
+        self.handler = handler
+        self.port = settings.listen_port
+        self._advertised = advertised_address
+        self._admit = admit
+        self._links: dict[bytes, PeerLink] = {}
+        self._dialing: dict[str, trio.Event] = {}
+        self._by_address: dict[str, bytes] = {}
+        self._nursery: trio.Nursery | None = None
+        self._server_scope: trio.CancelScope | None = None
+        self.link_added: Callable[[PeerLink], None] | None = None
+        self.link_removed: Callable[[PeerLink], None] | None = None
+        self.refused_handshakes = 0
+        self.log = _log.bind(node=identity.short_id)
+
+    @property
+    def address(self) -> str:
+        if self._advertised:
+            return self._advertised
+        return f"{self.settings.listen_host}:{self.port}"
+
+    def links(self) -> list[PeerLink]:
+        return [link for link in self._links.values() if link.is_open]
+
+    def link(self, node_id: bytes) -> PeerLink | None:
+        link = self._links.get(node_id)
+        return link if link is not None and link.is_open else None
+
+    # --- lifetime -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled.  Reports started once the port is bound."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._server_scope = trio.CancelScope()
+            server = await nursery.start(self._serve)
+            self.port = server.port
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _serve(self, *, task_status: trio.TaskStatus[Any]) -> None:
+        assert self._nursery is not None and self._server_scope is not None
+        with self._server_scope:
+            await serve_websocket(
+                self._accept,
+                self.settings.listen_host,
+                self.settings.listen_port,
+                ssl_context=None,
+                handler_nursery=self._nursery,
+                max_message_size=self.settings.limits.max_frame_bytes + FRAME_SLACK_BYTES,
+                message_queue_size=4,
+                receive_buffer_size=RECEIVE_BUFFER_BYTES,
+                connect_timeout=self.settings.handshake_timeout_s,
+                disconnect_timeout=2,
+                task_status=task_status,
+            )
+
+    def stop_accepting(self) -> None:
+        """First step of shutdown: take no new connections; existing links keep working."""
+        if self._server_scope is not None:
+            self._server_scope.cancel()
+
+    async def close_all(self, reason: str = "shutting down") -> None:
+        async with trio.open_nursery() as nursery:
+            for link in list(self._links.values()):
+                nursery.start_soon(link.aclose, "shutdown", reason)
+
+    # --- handshake ----------------------------------------------------------------------------
+
+    def _new_session(self, role: Role) -> Session:
+        return Session(
+            role=role,
+            grid_id=self.settings.grid_id,
+            signing_key=self.identity.signing_key,
+            listen_address=self.address,
+            software=SOFTWARE,
+            limits=self.settings.limits,
+            seal_payloads=self.settings.seal_payloads,
+        )
+
+    async def _handshake(self, ws: WebSocketConnection, role: Role, where: str) -> Session:
+        session = self._new_session(role)
+        session.start()
+        try:
+            with trio.fail_after(self.settings.handshake_timeout_s):
+                for frame in session.data_to_send():
+                    await ws.send_message(frame)
+                while not session.is_ready:
+                    frame = await ws.get_message()
+                    if isinstance(frame, str):
+                        raise HandshakeFailed("text frame during handshake", peer=where)
+                    session.receive(frame)
+                    for out in session.data_to_send():
+                        await ws.send_message(out)
+        except ProtocolError as exc:
+            self.refused_handshakes += 1
+            self.log.warning("handshake_refused", peer=where, code=exc.code, reason=exc.message)
+            with trio.move_on_after(1):
+                await ws.aclose(code=CLOSE_POLICY, reason=f"{exc.code}: {exc.message}"[:120])
+            raise HandshakeFailed(
+                f"handshake with {where} refused: {exc.message}", peer=where, code=exc.code
+            ) from None
+        except trio.TooSlowError:
+            with trio.move_on_after(1):
+                await ws.aclose(code=CLOSE_POLICY, reason="handshake timeout")
+            raise HandshakeFailed(f"handshake with {where} timed out", peer=where) from None
+        except ConnectionClosed as exc:
+            reason = exc.reason.reason if exc.reason is not None else ""
+            raise HandshakeFailed(
+                f"{where} closed the connection during the handshake: {reason}",
+                peer=where,
+                code=reason.split(":", 1)[0] if reason else "closed",
+            ) from None
+        assert session.peer_id is not None
+        if self._admit is not None:
+            refusal = await self._admit(session.peer_id, where)
+            if refusal:
+                frame = session.close("not_admitted", refusal)
+                with trio.move_on_after(1):
+                    if frame is not None:
+                        await ws.send_message(frame)
+                    await ws.aclose(code=CLOSE_POLICY, reason=refusal[:120])
+                raise HandshakeFailed(refusal, peer=where, code="not_admitted")
+        return session
+
+    def _make_link(self, ws: WebSocketConnection, session: Session, *, dialed: bool,
+                   address: str) -> PeerLink:
+        return PeerLink(
+            ws=ws,
+            session=session,
+            peer_address=address,
+            dialed=dialed,
+            max_in_flight=self.settings.max_in_flight,
+            max_serving=self.settings.max_serving,
+            default_timeout_s=self.settings.request_timeout_s,
+        )
+
+    def _register(self, link: PeerLink) -> bool:
+        """Keep at most one link per peer; returns False if ``link`` lost the tie-break."""
+        current = self._links.get(link.peer_id)
+        if current is not None and current.is_open:
+            keep_new = link.dialer_id < current.dialer_id
+            if not keep_new:
+                return False
+            self._nursery_spawn(current.aclose, "duplicate", "a newer session replaced this one")
+        self._links[link.peer_id] = link
+        self._by_address[link.peer_address] = link.peer_id
+        if self.link_added is not None:
+            self.link_added(link)
+        self.log.info("peer_connected", peer=link.short_id, address=link.peer_address,
+                      dialed=link.dialed)
+        return True
+
+    def _nursery_spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    async def _run_link(self, link: PeerLink) -> None:
+        """One link's lifetime.  A bug in one connection's handling must not take the node
+        down with it: it is logged with its traceback and the link is closed."""
+        try:
+            await link.run(self.handler)
+        except Exception:
+            self.log.error("link_crashed", peer=link.short_id, exc_info=True)
+            with trio.CancelScope(shield=True):
+                await link.aclose("internal_error", "internal error")
+        finally:
+            if self._links.get(link.peer_id) is link:
+                del self._links[link.peer_id]
+                if self.link_removed is not None:
+                    self.link_removed(link)
+            self.log.info("peer_disconnected", peer=link.short_id, reason=link.close_reason)
+
+    async def _accept(self, request: WebSocketRequest) -> None:
+        try:
+            ws = await request.accept()
+        except (ConnectionClosed, trio.BrokenResourceError):
+            return
+        remote = ws.remote
+        where = f"{remote.address}:{remote.port}" if not isinstance(remote, str) else remote
+        try:
+            session = await self._handshake(ws, Role.RESPONDER, where)
+        except HandshakeFailed:
+            return
+        # The peer's advertised listen address, not its ephemeral source port, is how we
+        # (and gossip) reach it later.
+        address = session.peer_address or where
+        link = self._make_link(ws, session, dialed=False, address=address)
+        if not self._register(link):
+            await link.aclose("duplicate", "an older session to this peer is kept")
+            return
+        await self._run_link(link)
+
+    # --- dialing ------------------------------------------------------------------------------
+
+    async def connect(self, address: str, *, expect: bytes | None = None) -> PeerLink:
+        """The live link to the node at ``address``, dialing it if needed.
+
+        Concurrent callers for one address share one dial.  ``expect`` refuses a node whose
+        id differs (an address reused by another node).
+        """
+        for _ in range(3):  # bounded: a dial that loses a tie-break is retried once or twice
+            known = self._by_address.get(address)
+            if known is not None:
+                link = self.link(known)
+                if link is not None and (expect is None or link.peer_id == expect):
+                    return link
+            if expect is not None and (link := self.link(expect)) is not None:
+                return link
+            pending = self._dialing.get(address)
+            if pending is not None:
+                await pending.wait()
+                continue
+            done = trio.Event()
+            self._dialing[address] = done
+            try:
+                return await self._dial(address, expect)
+            except _LostTieBreak:
+                continue
+            finally:
+                del self._dialing[address]
+                done.set()
+        raise PeerGone(f"could not settle one session with {address}", peer=address)
+
+    async def _dial(self, address: str, expect: bytes | None) -> PeerLink:
+        assert self._nursery is not None, "Transport.run() must be started first"
+        host, port = parse_address(address, key="peer address")
+        try:
+            with trio.fail_after(self.settings.connect_timeout_s):
+                ws = await connect_websocket(
+                    self._nursery,
+                    host,
+                    port,
+                    "/gridnode",
+                    use_ssl=False,
+                    message_queue_size=4,
+                    max_message_size=self.settings.limits.max_frame_bytes + FRAME_SLACK_BYTES,
+                    receive_buffer_size=RECEIVE_BUFFER_BYTES,
+                )
+        except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
+            raise PeerGone(f"cannot connect to {address}: {exc!r}"[:200], peer=address) from None
+        session = await self._handshake(ws, Role.INITIATOR, address)
+        assert session.peer_id is not None
+        if expect is not None and session.peer_id != expect:
+            with trio.move_on_after(1):
+                await ws.aclose(code=CLOSE_POLICY, reason="unexpected node id")
+            raise PeerGone(
+                f"{address} is node {short_node_id(session.peer_id)}, "
+                f"not {short_node_id(expect)}",
+                peer=address,
+            )
+        link = self._make_link(ws, session, dialed=True, address=address)
+        if not self._register(link):
+            await link.aclose("duplicate", "an older session to this peer is kept")
+            raise _LostTieBreak
+        self._nursery.start_soon(self._run_link, link)
+        return link
+
+
+class _LostTieBreak(Exception):
+    pass

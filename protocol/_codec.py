@@ -1,0 +1,109 @@
+"""msgpack codec: ``encode(msg) -> bytes`` and ``decode(bytes) -> Message``.
+
+An envelope is a msgpack map ``{"v": version, "k": kind, "b": body}`` packed with
+``use_bin_type`` so ``bytes`` and ``str`` stay distinct on the wire.  ``decode`` is the
+trust boundary: it checks the frame size before unpacking, gives msgpack hard limits so
+a lying length prefix cannot allocate, and validates the body against the message's
+schema.  Every failure is a ``RemoteProtocolError`` with a code; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+import msgpack
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+from ._schema import DEFAULT_MAX_LIST_LEN, Schema, decode_record, encode_value
+
+__all__ = ["DEFAULT_MAX_FRAME_BYTES", "Limits", "decode", "decode_envelope", "encode"]
+
+DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+
+
+@attrs.frozen
+class Limits:
+    """Bounds applied to every decoded frame; a node may lower them, never exceed them."""
+
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_list_len: int = DEFAULT_MAX_LIST_LEN
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+def encode_body(msg: Message) -> dict[str, Any]:
+    cls = type(msg)
+    if MESSAGE_TYPES.get(getattr(cls, "KIND", "")) is not cls:
+        raise LocalProtocolError(f"{cls.__name__} is not a registered message", code="unknown_kind")
+    schema: Schema = cls.__wire_schema__  # type: ignore[attr-defined]
+    return {
+        spec.name: encode_value(getattr(msg, spec.name), spec.node, spec.name, spec)
+        for spec in schema.fields
+    }
+
+
+def encode(msg: Message, *, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Serialise ``msg``; our own oversized or ill-typed messages are a LocalProtocolError."""
+    frame: bytes = msgpack.packb(
+        {"v": PROTOCOL_VERSION, "k": msg.KIND, "b": encode_body(msg)}, use_bin_type=True
+    )
+    if len(frame) > limits.max_frame_bytes:
+        raise LocalProtocolError(
+            f"{msg.KIND} frame of {len(frame)} bytes exceeds the limit of {limits.max_frame_bytes}",
+            code="too_large",
+        )
+    return frame
+
+
+def _unpack(data: bytes | memoryview, limits: Limits) -> Any:
+    if len(data) > limits.max_frame_bytes:
+        raise RemoteProtocolError(
+            f"frame of {len(data)} bytes exceeds the limit of {limits.max_frame_bytes}",
+            code="too_large",
+        )
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=limits.max_frame_bytes,
+            max_str_len=limits.max_frame_bytes,
+            max_array_len=limits.max_list_len,
+            max_map_len=limits.max_list_len,
+            max_ext_len=0,
+        )
+    # msgpack raises a zoo of types (ValueError, ExtraData, FormatError, StackError,
+    # UnicodeDecodeError, OverflowError...): at this boundary any of them means "malformed".
+    except Exception as exc:
+        raise RemoteProtocolError(
+            f"malformed frame: {type(exc).__name__}: {exc}"[:300], code="malformed"
+        ) from None
+
+
+def decode_envelope(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode and validate one frame into a message object."""
+    raw = _unpack(data, limits)
+    if type(raw) is not dict or set(raw) != {"v", "k", "b"}:
+        raise RemoteProtocolError("frame is not a {v, k, b} envelope", code="malformed")
+    version, kind, body = raw["v"], raw["k"], raw["b"]
+    if type(version) is not int:
+        raise RemoteProtocolError("envelope version is not an integer", code="malformed")
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(
+            f"unsupported protocol version {version} (this node speaks {PROTOCOL_VERSION})",
+            code="unsupported_version",
+        )
+    if type(kind) is not str:
+        raise RemoteProtocolError("envelope kind is not a string", code="malformed")
+    cls = MESSAGE_TYPES.get(kind)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message kind {kind[:64]!r}", code="unknown_kind")
+    msg: Message = decode_record(body, cls, kind, depth=0, max_bytes=limits.max_frame_bytes)
+    return msg
+
+
+decode = decode_envelope

@@ -1,0 +1,315 @@
+"""The closed set of wire messages.
+
+Rules of this module:
+
+1. Every message is an attrs frozen, slotted, keyword-only class registered with
+   ``@message(KIND)``; ``KIND`` is its type tag on the wire.  The set is closed: the
+   codec refuses any tag not registered here.
+2. A request carries ``request_id``; its response carries the same ``request_id``
+   (the correlation id), or an ``Error`` with it.
+3. Field names are full words with units (``size_bytes``, ``rtt_ms``).  Bounds the
+   codec enforces live in ``metadata=bounded(...)``; types are restricted to those
+   ``_schema`` supports.
+4. Adding a field or a message changes the wire format: add golden vectors for it
+   (tests/protocol/vectors) and bump ``PROTOCOL_VERSION`` when old peers would
+   misread it.
+5. Messages with a ``data`` field may travel with that field detached from the
+   sealed header (see ``_session``); ``DETACHED_FIELD`` names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Final, TypeVar
+
+import attrs
+
+from ._errors import LocalProtocolError
+from ._schema import bounded, compile_schema
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Auth",
+    "ControlCall",
+    "ControlEvent",
+    "ControlHello",
+    "ControlResult",
+    "DeletePacket",
+    "Error",
+    "FetchPacket",
+    "GetRoot",
+    "Goodbye",
+    "Hello",
+    "Message",
+    "PacketData",
+    "PacketDeleted",
+    "PacketStored",
+    "Ping",
+    "Pong",
+    "PutRoot",
+    "RootData",
+    "RootStored",
+    "StorePacket",
+    "message",
+    "record",
+]
+
+PROTOCOL_VERSION: Final = 1
+#: Upper bound of one packet's payload; chunks are at most 4 MiB before coding.
+MAX_PACKET_BYTES: Final = 8 * 1024 * 1024
+MAX_ROOT_BYTES: Final = 8 * 1024 * 1024
+#: Local control calls carry JSON text; a snapshot listing can be long.
+MAX_CONTROL_TEXT: Final = 4 * 1024 * 1024
+
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+
+_M = TypeVar("_M", bound=type)
+
+
+class Message:
+    """Marker base of every wire message; empty slots keep attrs subclasses slotted."""
+
+    __slots__ = ()
+    KIND: ClassVar[str]
+    DETACHED_FIELD: ClassVar[str | None] = None
+    #: Responses are routed to the waiting request by ``request_id``; everything else
+    #: with a ``request_id`` is a request the receiver must answer.
+    RESPONSE: ClassVar[bool] = False
+
+
+def record(cls: _M) -> _M:
+    """Register a nested value type (a struct inside messages) and compile its schema."""
+    type.__setattr__(cls, "__wire_schema__", compile_schema(cls))
+    return cls
+
+
+def message(kind: str) -> Any:
+    """Register a message class under its wire tag."""
+
+    def wrap(cls: type[Message]) -> type[Message]:
+        if kind in MESSAGE_TYPES:
+            raise LocalProtocolError(f"duplicate message kind {kind!r}")
+        type.__setattr__(cls, "KIND", kind)
+        type.__setattr__(cls, "__wire_schema__", compile_schema(cls))
+        MESSAGE_TYPES[kind] = cls
+        return cls
+
+    return wrap
+
+
+def _id32() -> Any:
+    return attrs.field(metadata=bounded(exact_len=32))
+
+
+def _request_id() -> Any:
+    return attrs.field(metadata=bounded(min_value=0))
+
+
+# --- session handshake ------------------------------------------------------------------
+
+
+@message("hello")
+@attrs.frozen(kw_only=True)
+class Hello(Message):
+    """First frame of each side, in the clear: who I am and my fresh handshake values."""
+
+    grid_id: bytes = attrs.field(metadata=bounded(min_len=8, max_len=32))
+    node_id: bytes = _id32()
+    version: int
+    nonce: bytes = _id32()
+    kx_public: bytes = _id32()
+    listen_address: str = attrs.field(metadata=bounded(max_len=300))
+    software: str = attrs.field(default="", metadata=bounded(max_len=100))
+
+
+@message("auth")
+@attrs.frozen(kw_only=True)
+class Auth(Message):
+    """Proof of identity: a signature over both Hellos, echoing the nonce it answers."""
+
+    answered_nonce: bytes = _id32()
+    signature: bytes = attrs.field(metadata=bounded(exact_len=64))
+
+
+@message("goodbye")
+@attrs.frozen(kw_only=True)
+class Goodbye(Message):
+    """Orderly end of a session, sealed, so a cut connection is told apart from a close."""
+
+    code: str = attrs.field(metadata=bounded(max_len=64))
+    reason: str = attrs.field(default="", metadata=bounded(max_len=1000))
+
+
+@message("error")
+@attrs.frozen(kw_only=True)
+class Error(Message):
+    """Failure answer to any request: a stable ``code`` for code, a sentence for people."""
+
+    RESPONSE: ClassVar[bool] = True
+
+    request_id: int = _request_id()
+    code: str = attrs.field(metadata=bounded(max_len=64))
+    message: str = attrs.field(default="", metadata=bounded(max_len=2000))
+
+
+@message("ping")
+@attrs.frozen(kw_only=True)
+class Ping(Message):
+    request_id: int = _request_id()
+
+
+@message("pong")
+@attrs.frozen(kw_only=True)
+class Pong(Message):
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+
+
+# --- packets: the packet store actor's wire side -----------------------------------------
+
+
+@message("store_packet")
+@attrs.frozen(kw_only=True)
+class StorePacket(Message):
+    """Keep this packet.  ``owner_tag`` is the hash of a per-packet delete secret, so the
+    target can later honour a delete without ever learning who the owner is."""
+
+    DETACHED_FIELD: ClassVar[str | None] = "data"
+    request_id: int = _request_id()
+    packet_id: bytes = _id32()
+    owner_tag: bytes = _id32()
+    data: bytes = attrs.field(metadata=bounded(max_len=MAX_PACKET_BYTES))
+
+
+@message("packet_stored")
+@attrs.frozen(kw_only=True)
+class PacketStored(Message):
+    """Receipt: the target signs (packet id, size) so the source can prove custody later."""
+
+    RESPONSE: ClassVar[bool] = True
+
+    request_id: int = _request_id()
+    packet_id: bytes = _id32()
+    size_bytes: int = attrs.field(metadata=bounded(min_value=0))
+    receipt: bytes = attrs.field(metadata=bounded(exact_len=64))
+    free_bytes: int = attrs.field(metadata=bounded(min_value=0))
+
+
+@message("fetch_packet")
+@attrs.frozen(kw_only=True)
+class FetchPacket(Message):
+    request_id: int = _request_id()
+    packet_id: bytes = _id32()
+
+
+@message("packet_data")
+@attrs.frozen(kw_only=True)
+class PacketData(Message):
+    RESPONSE: ClassVar[bool] = True
+    DETACHED_FIELD: ClassVar[str | None] = "data"
+    request_id: int = _request_id()
+    packet_id: bytes = _id32()
+    data: bytes = attrs.field(metadata=bounded(max_len=MAX_PACKET_BYTES))
+
+
+@message("delete_packet")
+@attrs.frozen(kw_only=True)
+class DeletePacket(Message):
+    """Present the delete secret whose hash was the ``owner_tag`` at store time."""
+
+    request_id: int = _request_id()
+    packet_id: bytes = _id32()
+    owner_secret: bytes = _id32()
+
+
+@message("packet_deleted")
+@attrs.frozen(kw_only=True)
+class PacketDeleted(Message):
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    packet_id: bytes = _id32()
+    removed: bool
+
+
+# --- recovery roots: sealed catalog pointers at key-derived locators ----------------------
+
+
+@message("put_root")
+@attrs.frozen(kw_only=True)
+class PutRoot(Message):
+    """Store a sealed recovery root under ``locator``; later versions replace earlier ones
+    only when signed by the same ``verify_key`` (a key unlinkable to the node id)."""
+
+    request_id: int = _request_id()
+    locator: bytes = _id32()
+    version: int = attrs.field(metadata=bounded(min_value=0))
+    verify_key: bytes = _id32()
+    signature: bytes = attrs.field(metadata=bounded(exact_len=64))
+    sealed: bytes = attrs.field(metadata=bounded(max_len=MAX_ROOT_BYTES))
+
+
+@message("root_stored")
+@attrs.frozen(kw_only=True)
+class RootStored(Message):
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    locator: bytes = _id32()
+    version: int = attrs.field(metadata=bounded(min_value=0))
+
+
+@message("get_root")
+@attrs.frozen(kw_only=True)
+class GetRoot(Message):
+    request_id: int = _request_id()
+    locator: bytes = _id32()
+
+
+@message("root_data")
+@attrs.frozen(kw_only=True)
+class RootData(Message):
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    locator: bytes = _id32()
+    version: int = attrs.field(metadata=bounded(min_value=0))
+    verify_key: bytes = _id32()
+    signature: bytes = attrs.field(metadata=bounded(exact_len=64))
+    sealed: bytes = attrs.field(metadata=bounded(max_len=MAX_ROOT_BYTES))
+
+
+# --- local control channel (CLI <-> its own node) -----------------------------------------
+
+
+@message("control_hello")
+@attrs.frozen(kw_only=True)
+class ControlHello(Message):
+    """First frame from the CLI: the token from the owner-only token file."""
+
+    token: bytes = attrs.field(metadata=bounded(min_len=16, max_len=64))
+    version: int
+
+
+@message("control_call")
+@attrs.frozen(kw_only=True)
+class ControlCall(Message):
+    """A CLI command; ``params`` is a JSON object validated by the request actor per method."""
+
+    request_id: int = _request_id()
+    method: str = attrs.field(metadata=bounded(max_len=64))
+    params: str = attrs.field(default="{}", metadata=bounded(max_len=MAX_CONTROL_TEXT))
+
+
+@message("control_event")
+@attrs.frozen(kw_only=True)
+class ControlEvent(Message):
+    """Progress of a running call, as a JSON object with an ``event`` key."""
+
+    request_id: int = _request_id()
+    event: str = attrs.field(metadata=bounded(max_len=MAX_CONTROL_TEXT))
+
+
+@message("control_result")
+@attrs.frozen(kw_only=True)
+class ControlResult(Message):
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    result: str = attrs.field(metadata=bounded(max_len=MAX_CONTROL_TEXT))

@@ -1,0 +1,418 @@
+"""Session: the sans-IO handshake and sealed-frame state machine of one peer connection.
+
+The I/O layer feeds each received websocket message to ``receive()`` and writes
+whatever ``data_to_send()`` returns; it never interprets bytes itself.  All rules of
+the session live in this file (after h11's ``_state.py``):
+
+Rule 1. Both sides call ``start()`` and send a ``Hello`` in the clear: grid id, node id
+        (an Ed25519 public key), protocol version, a fresh 32-byte nonce and a fresh
+        X25519 public key.
+Rule 2. On the peer's Hello each side checks grid id, version and that the peer is
+        not itself, then sends ``Auth``: the peer's nonce echoed and an Ed25519
+        signature over the transcript (grid id, role, both Hello frames as sent).
+Rule 3. On the peer's Auth: an echo of anything but our current nonce is a stale or
+        replayed handshake ("stale_nonce"); a signature that does not verify under
+        the node id of the peer's Hello is "bad_signature".  Then the session is READY.
+Rule 4. Session keys come from libsodium's ``crypto_kx`` over the two ephemeral X25519
+        keys: one key per direction.  The initiator is kx "client", the responder
+        kx "server".
+Rule 5. Every frame after the handshake is sealed with XChaCha20-Poly1305 under the
+        sender's direction key.  Its header (direction byte, 64-bit counter) is the
+        associated data and the counter is the nonce, so each side checks, in order:
+        direction (a reflected frame is "wrong_direction"), counter (lower than
+        expected is "replayed", higher is "reordered": a frame went missing), then
+        the tag ("tampered").
+Rule 6. A message with a ``DETACHED_FIELD`` (packet payloads) may travel with that
+        field outside the AEAD: the sealed header then carries the payload's length
+        and BLAKE3 digest, so a changed, cut or swapped payload is still detected
+        ("tampered"/"truncated") at the cost of one hash instead of one cipher pass.
+        Packet payloads are end-to-end encrypted already (design brief).
+Rule 7. ``close()`` sends a sealed ``Goodbye``; receiving one ends the session.  A
+        connection that just stops is therefore distinguishable from a close.
+Rule 8. Any refused input moves the session to ERROR and raises
+        ``RemoteProtocolError``; nothing more is accepted or sent after that.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import blake3
+import nacl.bindings as sodium
+import nacl.utils
+from nacl.signing import SigningKey
+
+from ._codec import DEFAULT_LIMITS, Limits, decode_envelope, encode
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._identity import handshake_transcript, sign, verify
+from ._messages import PROTOCOL_VERSION, Auth, Goodbye, Hello, Message
+
+__all__ = [
+    "Event",
+    "HandshakeComplete",
+    "MessageReceived",
+    "Role",
+    "Session",
+    "SessionClosed",
+    "SessionState",
+]
+
+_PLAIN: Final = 0x50  # "P": handshake frame in the clear
+_SEALED: Final = 0x53  # "S": whole message inside the AEAD
+_DETACHED: Final = 0x44  # "D": sealed header + payload outside it (Rule 6)
+_DIR_FROM_INITIATOR: Final = 0x49  # "I"
+_DIR_FROM_RESPONDER: Final = 0x52  # "R"
+_PREFIX_LEN: Final = 10  # type, direction, counter
+_TAG_LEN: Final = 16
+_DETACHED_META_LEN: Final = 8 + 32  # payload length + BLAKE3 digest
+
+
+class Role(enum.Enum):
+    INITIATOR = "initiator"  # the dialer
+    RESPONDER = "responder"  # the listener
+
+
+class SessionState(enum.Enum):
+    START = "start"
+    HELLO_SENT = "hello_sent"
+    AUTH_SENT = "auth_sent"
+    READY = "ready"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+@attrs.frozen
+class HandshakeComplete:
+    peer_id: bytes
+    peer_address: str
+    peer_software: str
+
+
+@attrs.frozen
+class MessageReceived:
+    message: Message
+    #: For messages whose payload travelled detached: its verified BLAKE3 digest, so a
+    #: receiver that needs the hash (packet ids are BLAKE3) need not compute it again.
+    payload_digest: bytes | None = None
+
+
+@attrs.frozen
+class SessionClosed:
+    code: str
+    reason: str
+
+
+Event = HandshakeComplete | MessageReceived | SessionClosed
+
+
+def _nonce(counter: int) -> bytes:
+    return b"\x00" * 16 + counter.to_bytes(8, "big")
+
+
+class Session:
+    """One peer session.  Not thread-safe; one task owns it (see gridnode.transport)."""
+
+    def __init__(
+        self,
+        *,
+        role: Role,
+        grid_id: bytes,
+        signing_key: SigningKey,
+        listen_address: str,
+        software: str = "",
+        limits: Limits = DEFAULT_LIMITS,
+        seal_payloads: bool = False,
+        random: Callable[[int], bytes] = nacl.utils.random,
+    ) -> None:
+        self.role = role
+        self.grid_id = grid_id
+        self.node_id = bytes(signing_key.verify_key)
+        self.limits = limits
+        self.seal_payloads = seal_payloads
+        self.state = SessionState.START
+        self.peer_id: bytes | None = None
+        self.peer_address: str = ""
+        self.peer_software: str = ""
+        self.close_reason: str | None = None
+        self._signing_key = signing_key
+        self._listen_address = listen_address
+        self._software = software
+        self._nonce = random(32)
+        self._kx_public, self._kx_secret = sodium.crypto_kx_seed_keypair(random(32))
+        self._my_hello: bytes | None = None
+        self._peer_hello: bytes | None = None
+        self._tx_key: bytes | None = None
+        self._rx_key: bytes | None = None
+        self._tx_counter = 0
+        self._rx_counter = 0
+        self._outbox: list[bytes] = []
+        initiator = role is Role.INITIATOR
+        self._tx_dir = _DIR_FROM_INITIATOR if initiator else _DIR_FROM_RESPONDER
+        self._rx_dir = _DIR_FROM_RESPONDER if initiator else _DIR_FROM_INITIATOR
+
+    # --- outbound -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue our Hello (Rule 1)."""
+        self._require(SessionState.START, "start")
+        hello = Hello(
+            grid_id=self.grid_id,
+            node_id=self.node_id,
+            version=PROTOCOL_VERSION,
+            nonce=self._nonce,
+            kx_public=self._kx_public,
+            listen_address=self._listen_address,
+            software=self._software,
+        )
+        self._my_hello = bytes([_PLAIN]) + encode(hello, limits=self.limits)
+        self._outbox.append(self._my_hello)
+        self.state = SessionState.HELLO_SENT
+
+    def data_to_send(self) -> list[bytes]:
+        """Frames the I/O layer must write, in order; drains the queue."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def send(self, msg: Message) -> bytes:
+        """Seal ``msg`` into one frame (Rules 5 and 6)."""
+        if self.state is not SessionState.READY:
+            raise LocalProtocolError(
+                f"cannot send {msg.KIND} in state {self.state.value}", code="not_ready"
+            )
+        return self._seal(msg)
+
+    def close(self, code: str = "normal", reason: str = "") -> bytes | None:
+        """Return a sealed Goodbye (Rule 7), or None when the session cannot send any more."""
+        frame = self._seal(Goodbye(code=code, reason=reason)) if self.is_ready else None
+        if self.state is not SessionState.ERROR:
+            self.state = SessionState.CLOSED
+            self.close_reason = self.close_reason or reason or code
+        return frame
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state is SessionState.READY
+
+    def _seal(self, msg: Message) -> bytes:
+        assert self._tx_key is not None
+        counter = self._tx_counter
+        self._tx_counter += 1
+        detached_name = None if self.seal_payloads else msg.DETACHED_FIELD
+        if detached_name is None:
+            prefix = bytes([_SEALED, self._tx_dir]) + counter.to_bytes(8, "big")
+            body = encode(msg, limits=self.limits)
+            sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+                body, prefix, _nonce(counter), self._tx_key
+            )
+            return prefix + sealed
+        payload = getattr(msg, detached_name)
+        header_msg = attrs.evolve(msg, **{detached_name: b""})  # type: ignore[misc]
+        meta = len(payload).to_bytes(8, "big") + blake3.blake3(payload).digest()
+        body = meta + encode(header_msg, limits=self.limits)
+        sealed_len = len(body) + _TAG_LEN
+        prefix = bytes([_DETACHED, self._tx_dir]) + counter.to_bytes(8, "big")
+        aad = prefix + sealed_len.to_bytes(4, "big")
+        sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            body, aad, _nonce(counter), self._tx_key
+        )
+        if len(aad) + len(sealed) + len(payload) > self.limits.max_frame_bytes:
+            raise LocalProtocolError(f"{msg.KIND} frame exceeds the frame limit", code="too_large")
+        return b"".join((aad, sealed, payload))
+
+    # --- inbound --------------------------------------------------------------------------
+
+    def receive(self, frame: bytes | bytearray | memoryview) -> list[Event]:
+        """Process one received frame; raises RemoteProtocolError and enters ERROR on refusal.
+
+        After a close (ours or the peer's) frames still in flight are ignored: the peer may
+        have sent them before it saw our goodbye.
+        """
+        if self.state is SessionState.CLOSED:
+            return []
+        if self.state is SessionState.ERROR:
+            raise LocalProtocolError("session is in the error state", code="closed")
+        try:
+            view = frame if isinstance(frame, bytes) else memoryview(frame).cast("B")
+            return self._receive(view)
+        except RemoteProtocolError as exc:
+            self.state = SessionState.ERROR
+            self.close_reason = f"{exc.code}: {exc.message}"
+            raise
+
+    def _receive(self, frame: bytes | memoryview) -> list[Event]:
+        if len(frame) > self.limits.max_frame_bytes:
+            raise RemoteProtocolError(
+                f"frame of {len(frame)} bytes exceeds the limit of {self.limits.max_frame_bytes}",
+                code="too_large",
+            )
+        if len(frame) < 1:
+            raise RemoteProtocolError("empty frame", code="truncated")
+        kind = frame[0]
+        if kind == _PLAIN:
+            return self._receive_handshake(bytes(frame))
+        if kind in (_SEALED, _DETACHED):
+            if self.state is not SessionState.READY:
+                raise RemoteProtocolError(
+                    f"sealed frame before the handshake finished (state {self.state.value})",
+                    code="unexpected",
+                )
+            return self._receive_sealed(frame, detached=kind == _DETACHED)
+        raise RemoteProtocolError(f"unknown frame type 0x{kind:02x}", code="malformed")
+
+    def _receive_handshake(self, frame: bytes) -> list[Event]:
+        msg = decode_envelope(memoryview(frame)[1:], limits=self.limits)
+        if isinstance(msg, Hello):
+            if self.state is not SessionState.HELLO_SENT:
+                raise RemoteProtocolError(
+                    f"hello in state {self.state.value}", code="unexpected"
+                )
+            return self._on_hello(msg, frame)
+        if isinstance(msg, Auth):
+            if self.state is not SessionState.AUTH_SENT:
+                raise RemoteProtocolError(f"auth in state {self.state.value}", code="unexpected")
+            return self._on_auth(msg)
+        raise RemoteProtocolError(
+            f"{msg.KIND} sent in the clear; only hello and auth may be", code="unexpected"
+        )
+
+    def _on_hello(self, hello: Hello, frame: bytes) -> list[Event]:
+        if hello.grid_id != self.grid_id:
+            raise RemoteProtocolError(
+                f"peer belongs to grid {hello.grid_id.hex()[:16]}, not {self.grid_id.hex()[:16]}",
+                code="wrong_grid",
+            )
+        if hello.version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(
+                f"peer speaks protocol version {hello.version}, this node {PROTOCOL_VERSION}",
+                code="unsupported_version",
+            )
+        if hello.node_id == self.node_id:
+            raise RemoteProtocolError("connected to itself", code="self_connection")
+        if hello.kx_public == self._kx_public or hello.nonce == self._nonce:
+            raise RemoteProtocolError("peer echoed our own handshake values", code="reflected")
+        assert self._my_hello is not None
+        self._peer_hello = frame
+        self.peer_id = hello.node_id
+        self.peer_address = hello.listen_address
+        self.peer_software = hello.software
+        try:
+            if self.role is Role.INITIATOR:
+                rx, tx = sodium.crypto_kx_client_session_keys(
+                    self._kx_public, self._kx_secret, hello.kx_public
+                )
+            else:
+                rx, tx = sodium.crypto_kx_server_session_keys(
+                    self._kx_public, self._kx_secret, hello.kx_public
+                )
+        except Exception as exc:  # libsodium refuses degenerate public keys
+            raise RemoteProtocolError(f"bad key exchange value: {exc}", code="bad_key") from None
+        self._rx_key, self._tx_key = rx, tx
+        self._peer_nonce = hello.nonce
+        signature = sign(self._signing_key, self._transcript(signer_is_me=True))
+        auth = Auth(answered_nonce=hello.nonce, signature=signature)
+        self._outbox.append(bytes([_PLAIN]) + encode(auth, limits=self.limits))
+        self.state = SessionState.AUTH_SENT
+        return []
+
+    def _transcript(self, *, signer_is_me: bool) -> bytes:
+        assert self._my_hello is not None and self._peer_hello is not None
+        me_initiator = self.role is Role.INITIATOR
+        initiator_hello = self._my_hello if me_initiator else self._peer_hello
+        responder_hello = self._peer_hello if me_initiator else self._my_hello
+        return handshake_transcript(
+            grid_id=self.grid_id,
+            signer_is_initiator=me_initiator if signer_is_me else not me_initiator,
+            initiator_hello=initiator_hello,
+            responder_hello=responder_hello,
+        )
+
+    def _on_auth(self, auth: Auth) -> list[Event]:
+        if auth.answered_nonce != self._nonce:
+            raise RemoteProtocolError(
+                "auth answers a nonce this session never sent (stale or replayed handshake)",
+                code="stale_nonce",
+            )
+        assert self.peer_id is not None
+        if not verify(self.peer_id, self._transcript(signer_is_me=False), auth.signature):
+            raise RemoteProtocolError(
+                "auth signature does not verify under the peer's node id", code="bad_signature"
+            )
+        self.state = SessionState.READY
+        return [HandshakeComplete(self.peer_id, self.peer_address, self.peer_software)]
+
+    def _receive_sealed(self, frame: bytes | memoryview, *, detached: bool) -> list[Event]:
+        header_len = _PREFIX_LEN + (4 if detached else 0)
+        if len(frame) < header_len + _TAG_LEN:
+            raise RemoteProtocolError(f"frame of {len(frame)} bytes is truncated", code="truncated")
+        direction = frame[1]
+        if direction != self._rx_dir:
+            raise RemoteProtocolError(
+                "frame from the wrong direction (our own frame reflected back?)",
+                code="wrong_direction",
+            )
+        counter = int.from_bytes(frame[2:10], "big")
+        if counter < self._rx_counter:
+            raise RemoteProtocolError(
+                f"replayed frame: counter {counter}, expected {self._rx_counter}", code="replayed"
+            )
+        if counter > self._rx_counter:
+            raise RemoteProtocolError(
+                f"reordered or missing frame: counter {counter}, expected {self._rx_counter}",
+                code="reordered",
+            )
+        assert self._rx_key is not None
+        payload: bytes | memoryview = b""
+        if detached:
+            sealed_len = int.from_bytes(frame[10:14], "big")
+            if sealed_len < _TAG_LEN + _DETACHED_META_LEN or header_len + sealed_len > len(frame):
+                raise RemoteProtocolError("detached frame header is truncated", code="truncated")
+            aad = bytes(frame[:header_len])
+            sealed = frame[header_len : header_len + sealed_len]
+            payload = frame[header_len + sealed_len :]
+        else:
+            aad = bytes(frame[:_PREFIX_LEN])
+            sealed = frame[_PREFIX_LEN:]
+        try:
+            body = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                bytes(sealed), aad, _nonce(counter), self._rx_key
+            )
+        except Exception:
+            raise RemoteProtocolError(
+                f"frame {counter} failed authentication (tampered or wrong key)", code="tampered"
+            ) from None
+        self._rx_counter += 1
+        digest: bytes | None = None
+        if detached:
+            declared_len = int.from_bytes(body[:8], "big")
+            digest = body[8:_DETACHED_META_LEN]
+            if len(payload) != declared_len:
+                raise RemoteProtocolError(
+                    f"payload of {len(payload)} bytes, header says {declared_len}",
+                    code="truncated",
+                )
+            if blake3.blake3(payload).digest() != digest:
+                raise RemoteProtocolError(
+                    f"payload of frame {counter} does not match its sealed digest",
+                    code="tampered",
+                )
+            body = body[_DETACHED_META_LEN:]
+        msg = decode_envelope(body, limits=self.limits)
+        if detached:
+            name = msg.DETACHED_FIELD
+            if name is None:
+                raise RemoteProtocolError(
+                    f"{msg.KIND} cannot carry a detached payload", code="malformed"
+                )
+            msg = attrs.evolve(msg, **{name: bytes(payload)})  # type: ignore[misc]
+        if isinstance(msg, Goodbye):
+            self.state = SessionState.CLOSED
+            self.close_reason = f"peer closed: {msg.code} {msg.reason}".strip()
+            return [SessionClosed(msg.code, msg.reason)]
+        return [MessageReceived(msg, digest)]
+
+    def _require(self, state: SessionState, action: str) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"cannot {action} in state {self.state.value}", code="state")

@@ -1,0 +1,282 @@
+"""LocalGrid: real ``gridnode run`` processes on 127.0.0.1, driven through the CLI.
+
+Used by the integration tests, ``gridsim``, the demo and the benchmarks, so that all of
+them exercise exactly what a user runs: separate processes, separate homes, real
+websockets, real SQLite files, the CLI's ``--json`` interface.
+
+Every process it starts is stopped when the grid is closed (also on an exception or
+Ctrl-C, via the context manager); a node that does not stop within its grace period
+after SIGTERM is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = ["GridCommandError", "LocalGrid", "NodeSpec", "free_port"]
+
+
+class GridCommandError(RuntimeError):
+    def __init__(self, message: str, *, returncode: int, stderr: str, stdout: str) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+        self.stdout = stdout
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@attrs.define
+class NodeSpec:
+    name: str
+    location: str = ""
+    allocate: str = "2GB"
+    location_check: str = "off"
+    labels: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()  # more `--set KEY=VALUE` for init
+
+
+@attrs.define
+class NodeProc:
+    spec: NodeSpec
+    home: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalGrid:
+    """A grid of node processes under ``root``; use as a context manager."""
+
+    def __init__(self, root: Path, *, name: str = "local", log_level: str = "info",
+                 env: dict[str, str] | None = None, probe_interval_s: float = 0.5) -> None:
+        self.root = root
+        self.name = name
+        self.log_level = log_level
+        self.probe_interval_s = probe_interval_s
+        self.env = {**os.environ, **(env or {})}
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.nodes: dict[str, NodeProc] = {}
+        self.grid_file = root / "grid.toml"
+        root.mkdir(parents=True, exist_ok=True)
+        if not self.grid_file.exists():
+            self.gridnode("grid", "create", name, "--out", str(self.grid_file), json_out=False)
+
+    # --- running the CLI ---------------------------------------------------------------------
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "gridnode", *args]
+
+    def gridnode(self, *args: str, json_out: bool = True, timeout: float = 300,
+                 stdin: str | None = None, check: bool = True) -> Any:
+        proc = subprocess.run(self.command(*args), capture_output=True, env=self.env,
+                              timeout=timeout, input=stdin.encode() if stdin else None)
+        out, err = proc.stdout.decode(), proc.stderr.decode()
+        if check and proc.returncode != 0:
+            raise GridCommandError(
+                f"gridnode {' '.join(args[:3])} failed ({proc.returncode}): {err.strip()[-500:]}",
+                returncode=proc.returncode, stderr=err, stdout=out)
+        if not json_out:
+            return out
+        lines = [line for line in out.splitlines() if line.strip()]
+        return json.loads(lines[-1]) if lines else None
+
+    def cli(self, name: str, *args: str, **kwargs: Any) -> Any:
+        """``gridnode ARGS --home HOME --json`` against node ``name``; returns the last JSON."""
+        return self.gridnode(*args, "--home", str(self.nodes[name].home), "--json", **kwargs)
+
+    def events(self, name: str, *args: str, timeout: float = 600) -> list[dict[str, Any]]:
+        """All JSON lines of a long job (progress events and the final result)."""
+        out = self.gridnode(*args, "--home", str(self.nodes[name].home), "--json",
+                            json_out=False, timeout=timeout)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    # --- nodes ---------------------------------------------------------------------------------
+
+    def add(self, spec: NodeSpec, *, seeds: Sequence[str] = ()) -> NodeProc:
+        home = self.root / spec.name
+        port = free_port()
+        args = ["init", "--home", str(home), "--grid", str(self.grid_file),
+                "--listen", f"127.0.0.1:{port}", "--allocate", spec.allocate,
+                "--location-check", spec.location_check,
+                "--set", f"gossip_probe_interval_s={self.probe_interval_s}",
+                "--set", "gossip_sync_interval_s=5", "--set", "gossip_dead_reap_s=600",
+                "--set", "grace_period_s=2"]
+        for seed in seeds:
+            args += ["--seed", seed]
+        if spec.location:
+            args += ["--location", spec.location]
+        for label in spec.labels:
+            args += ["--label", label]
+        for item in spec.extra:
+            args += ["--set", item]
+        self.gridnode(*args, json_out=False)
+        node = NodeProc(spec=spec, home=home, port=port)
+        self.nodes[spec.name] = node
+        return node
+
+    def add_many(self, specs: Sequence[NodeSpec]) -> list[NodeProc]:
+        """The first node is every other node's seed."""
+        first = self.add(specs[0])
+        nodes = [first]
+        for spec in specs[1:]:
+            nodes.append(self.add(spec, seeds=[first.address]))
+        return nodes
+
+    def start(self, name: str, *extra: str) -> NodeProc:
+        node = self.nodes[name]
+        if node.running:
+            return node
+        node.log_path = node.home / "node.log"
+        log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        node.process = subprocess.Popen(
+            self.command("run", "--home", str(node.home), "--quiet", "--log-level",
+                         self.log_level, *extra),
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        log.close()
+        return node
+
+    def wait_ready(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        node = self.nodes[name]
+        last_error = ""
+        while time.monotonic() < deadline:
+            if node.process is not None and node.process.poll() is not None:
+                raise RuntimeError(f"node {name} exited with {node.process.returncode}: "
+                                   f"{self.log_tail(name)}")
+            try:
+                return dict(self.cli(name, "status", timeout=20))
+            except GridCommandError as exc:
+                last_error = exc.stderr.strip()
+            time.sleep(0.2)
+        raise TimeoutError(f"node {name} not ready after {timeout} s: {last_error}")
+
+    def start_all(self, timeout: float = 60) -> None:
+        for name in self.nodes:
+            self.start(name)
+        for name in self.nodes:
+            self.wait_ready(name, timeout=timeout)
+
+    def stop(self, name: str, *, timeout: float = 10) -> int | None:
+        node = self.nodes[name]
+        if node.process is None:
+            return None
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+            try:
+                node.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+        code = node.process.returncode
+        node.process = None
+        return code
+
+    def kill(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.process is not None and node.process.poll() is None:
+            node.process.kill()
+            node.process.wait()
+        node.process = None
+
+    def pause(self, name: str) -> None:
+        proc = self.nodes[name].process
+        assert proc is not None
+        proc.send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        proc = self.nodes[name].process
+        assert proc is not None
+        proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    node.process.send_signal(signal.SIGCONT)
+                    node.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for node in self.nodes.values():
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+            node.process = None
+
+    def __enter__(self) -> LocalGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- observation -----------------------------------------------------------------------------
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.cli(name, "status", timeout=30))
+
+    def running(self) -> Iterator[str]:
+        return (name for name, node in self.nodes.items() if node.running)
+
+    def wait_converged(self, timeout: float = 60, *, names: Sequence[str] | None = None) -> float:
+        """Until every running node sees every other running node alive; returns seconds."""
+        start = time.monotonic()
+        deadline = start + timeout
+        wanted = list(names) if names is not None else list(self.running())
+        while True:
+            ok = True
+            for name in wanted:
+                status = self.status(name)
+                alive = {m["address"] for m in status["members"] if m["state"] == "alive"}
+                others = {self.nodes[o].address for o in wanted if o != name}
+                if not others <= alive:
+                    ok = False
+                    break
+            if ok:
+                return time.monotonic() - start
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"grid did not converge within {timeout} s")
+            time.sleep(0.3)
+
+    def wait_state(self, observer: str, subject: str, state: str, timeout: float = 60) -> float:
+        start = time.monotonic()
+        address = self.nodes[subject].address
+        while time.monotonic() - start < timeout:
+            for member in self.status(observer)["members"]:
+                if member["address"] == address and member["state"] == state:
+                    return time.monotonic() - start
+            time.sleep(0.3)
+        raise TimeoutError(f"{observer} did not see {subject} {state} within {timeout} s")
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.nodes[name].log_path
+        if path is None or not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

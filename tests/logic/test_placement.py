@@ -1,0 +1,848 @@
+"""Placement under capacity, liveness, trust, proximity and distinct-label rules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import Counter
+from collections.abc import Collection, Sequence
+
+import blake3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridnode.logic.distance import Band, haversine_km, parse_band
+from gridnode.logic.placement import (
+    Member,
+    PlacementError,
+    PlacementRules,
+    PlacementView,
+    Source,
+    place_chunk,
+)
+
+KEY = b"k" * 32
+ZURICH = (47.3769, 8.5417)
+PACKET = 262_144
+
+
+def node(i: int) -> bytes:
+    return i.to_bytes(4, "big") * 8
+
+
+SOURCE_ID = b"\xff" * 32
+
+
+def source_at(lat: float | None, lon: float | None) -> Source:
+    return Source(node_id=SOURCE_ID, lat=lat, lon=lon)
+
+
+def member(
+    i: int,
+    lat: float | None = ZURICH[0],
+    lon: float | None = ZURICH[1],
+    free: int = 1 << 30,
+    **kwargs: object,
+) -> Member:
+    return Member(node_id=node(i), lat=lat, lon=lon, free_bytes=free, **kwargs)  # type: ignore[arg-type]
+
+
+def point_north(km: float, origin: tuple[float, float] = ZURICH) -> tuple[float, float]:
+    """A point km due north of origin (one degree of latitude is 111.195 km on our sphere)."""
+    return origin[0] + km / 111.195, origin[1]
+
+
+# -- the rules, restated independently for checking ----------------------------
+
+
+def member_ok(
+    m: Member,
+    source: Source,
+    rules: PlacementRules,
+    packet_bytes: int,
+    exclude: Collection[bytes],
+) -> bool:
+    if m.node_id == source.node_id or not m.alive or m.free_bytes < packet_bytes:
+        return False
+    if m.node_id in exclude:
+        return False
+    labels = dict(m.labels)
+    if any(name not in labels for name in rules.distinct):
+        return False
+    if rules.uses_distance:
+        if m.lat is None or m.lon is None or not m.location_trusted:
+            return False
+        if not rules.backup_proximity.is_unbounded:
+            if source.lat is None or source.lon is None:
+                return False
+            km = haversine_km(source.lat, source.lon, m.lat, m.lon)
+            if not rules.backup_proximity.contains(km):
+                return False
+    return True
+
+
+def pair_ok(a: Member, b: Member, rules: PlacementRules) -> bool:
+    if not rules.packet_proximity.is_unbounded:
+        assert a.lat is not None and a.lon is not None and b.lat is not None and b.lon is not None
+        if not rules.packet_proximity.contains(haversine_km(a.lat, a.lon, b.lat, b.lon)):
+            return False
+    la, lb = dict(a.labels), dict(b.labels)
+    return all(la[name] != lb[name] for name in rules.distinct)
+
+
+def assert_valid(
+    chosen: Sequence[bytes],
+    members: Sequence[Member],
+    source: Source,
+    rules: PlacementRules,
+    n: int,
+    packet_bytes: int,
+    exclude: Collection[bytes] = (),
+) -> None:
+    by_id = {m.node_id: m for m in members}
+    assert len(chosen) == n
+    assert len(set(chosen)) == n
+    picked = [by_id[i] for i in chosen]
+    for m in picked:
+        assert member_ok(m, source, rules, packet_bytes, exclude)
+    for a, b in itertools.combinations(picked, 2):
+        assert pair_ok(a, b, rules)
+
+
+def brute_force_exists(
+    members: Sequence[Member],
+    source: Source,
+    rules: PlacementRules,
+    n: int,
+    packet_bytes: int,
+    exclude: Collection[bytes],
+) -> bool:
+    ok = [m for m in members if member_ok(m, source, rules, packet_bytes, exclude)]
+    return any(
+        all(pair_ok(a, b, rules) for a, b in itertools.combinations(subset, 2))
+        for subset in itertools.combinations(ok, n)
+    )
+
+
+# -- strategies -------------------------------------------------------------------
+
+# Coordinates within a box around Europe, so that bands of tens to thousands of km bite.
+locations = st.one_of(
+    st.none(),
+    st.tuples(st.floats(35.0, 62.0), st.floats(-10.0, 30.0)),
+)
+# Open more often than not, so that cases with one or two bounds stay feasible often enough.
+bounds = st.one_of(st.none(), st.none(), st.integers(0, 3000).map(float))
+
+
+@st.composite
+def bands(draw: st.DrawFn) -> Band:
+    low, high = draw(bounds), draw(bounds)
+    if low is not None and high is not None and low > high:
+        low, high = high, low
+    return Band(min_km=low, max_km=high)
+
+
+BANDS = bands()
+PACKET_SIZES = st.sampled_from([1, 100, 5000])
+# Built once: constructing strategies inside the composite costs more than the test.
+MEMBER_FIELDS = st.tuples(
+    locations,
+    st.sampled_from([None, "a", "b", "c", "d"]),  # site
+    st.sampled_from([None, "x", "y", "z"]),  # rack
+    st.sampled_from([0, 1000, 10_000, 1 << 30, 1 << 40]),  # free bytes
+    st.sampled_from([True, True, True, False]),  # alive
+    st.sampled_from([True, True, True, False]),  # location trusted
+)
+MEMBER_LISTS = {9: st.lists(MEMBER_FIELDS, min_size=3, max_size=9)}
+DISTINCT = st.sampled_from([(), (), ("site",), ("rack",), ("site", "rack")])
+SOURCE_LOCATIONS = st.one_of(st.just(ZURICH), locations)
+CHUNK_IDS = st.binary(min_size=1, max_size=16)
+
+Scenario = tuple[list[Member], Source, PlacementRules, int, int, frozenset[bytes], bytes]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, max_members: int, max_n: int) -> Scenario:
+    members = []
+    for i, (location, site, rack, free, alive, trusted) in enumerate(
+        draw(MEMBER_LISTS[max_members])
+    ):
+        labels = tuple(
+            (name, value) for name, value in (("site", site), ("rack", rack)) if value is not None
+        )
+        members.append(
+            Member(
+                node_id=node(i),
+                lat=None if location is None else location[0],
+                lon=None if location is None else location[1],
+                free_bytes=free,
+                alive=alive,
+                location_trusted=trusted,
+                labels=labels,
+            )
+        )
+    source_location = draw(SOURCE_LOCATIONS)
+    source = source_at(*(source_location or (None, None)))
+    source_in_view = draw(st.booleans())
+    if members and source_in_view:
+        # The source may appear in its own member view; it must never be chosen.
+        members[0] = Member(
+            node_id=SOURCE_ID,
+            lat=members[0].lat,
+            lon=members[0].lon,
+            free_bytes=1 << 40,
+        )
+    rules = PlacementRules(
+        backup_proximity=draw(BANDS),
+        packet_proximity=draw(BANDS),
+        distinct=draw(DISTINCT),
+    )
+    n = draw(st.integers(1, max_n))
+    packet_bytes = draw(PACKET_SIZES)
+    exclude = frozenset(
+        node_id for node_id in (m.node_id for m in members) if draw(st.integers(0, 9)) == 0
+    )
+    chunk_id = draw(CHUNK_IDS)
+    return members, source, rules, n, packet_bytes, exclude, chunk_id
+
+
+@st.composite
+def seeded_scenarios(draw: st.DrawFn, max_members: int, max_n: int) -> Scenario:
+    """Like ``scenarios`` but members come from a seeded PRNG.
+
+    Drawing 30 members field by field costs hypothesis ~25 ms per example;
+    drawing a seed keeps the rules, sizes and n under hypothesis's control
+    (and shrinking) while the members themselves are cheap.
+    """
+    rng = random.Random(draw(st.integers(0, 2**32)))
+    # Mostly enough members to be interesting; sometimes too few.
+    count = draw(st.integers(max_n, max_members) | st.integers(0, max_members))
+    p_alive, p_trusted, p_located = draw(st.sampled_from([(0.75, 0.75, 0.8), (1.0, 1.0, 1.0)]))
+    members = []
+    for i in range(count):
+        located = rng.random() < p_located
+        members.append(
+            Member(
+                node_id=node(i),
+                lat=rng.uniform(35.0, 62.0) if located else None,
+                lon=rng.uniform(-10.0, 30.0) if located else None,
+                free_bytes=rng.choice([0, 1000, 10_000, 1 << 30, 1 << 40]),
+                alive=rng.random() < p_alive,
+                location_trusted=rng.random() < p_trusted,
+                labels=tuple(
+                    (name, value)
+                    for name, value in (
+                        ("site", rng.choice([None, "a", "b", "c", "d", "e", "f"])),
+                        ("rack", rng.choice([None, "x", "y", "z", "w"])),
+                    )
+                    if value is not None
+                ),
+            )
+        )
+    if members and rng.random() < 0.5:
+        members[0] = Member(node_id=SOURCE_ID, lat=members[0].lat, lon=members[0].lon, free_bytes=1)
+    source_location = draw(SOURCE_LOCATIONS)
+    source = source_at(*(source_location or (None, None)))
+    rules = PlacementRules(
+        backup_proximity=draw(BANDS), packet_proximity=draw(BANDS), distinct=draw(DISTINCT)
+    )
+    exclude = frozenset(m.node_id for m in members if rng.random() < 0.1)
+    return (
+        members,
+        source,
+        rules,
+        draw(st.integers(1, max_n)),
+        draw(PACKET_SIZES),
+        exclude,
+        rng.randbytes(8),
+    )
+
+
+# -- properties -------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(seeded_scenarios(max_members=60, max_n=8))
+def test_every_placement_meets_every_rule(
+    case: Scenario,
+) -> None:
+    members, source, rules, n, packet_bytes, exclude, chunk_id = case
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    try:
+        chosen = view.place(chunk_id, n, packet_bytes, exclude)
+    except PlacementError as exc:
+        assert exc.needed == n
+        assert exc.rule in {
+            "members",
+            "capacity",
+            "backup_proximity",
+            "packet_proximity",
+            "distinct",
+            "search_bound",
+        }
+        assert str(exc) and str(n) in str(exc)
+        return
+    assert_valid(chosen, members, source, rules, n, packet_bytes, exclude)
+    assert SOURCE_ID not in chosen
+    # Deterministic, and independent of the order the view lists members in.
+    shuffled = list(members)
+    random.Random(7).shuffle(shuffled)
+    again = PlacementView(key=KEY, source=source, members=shuffled, rules=rules)
+    assert again.place(chunk_id, n, packet_bytes, exclude) == chosen
+
+
+@settings(max_examples=400, deadline=None)
+@given(seeded_scenarios(max_members=9, max_n=4))
+def test_search_agrees_with_brute_force_on_small_cases(
+    case: Scenario,
+) -> None:
+    members, source, rules, n, packet_bytes, exclude, chunk_id = case
+    exists = brute_force_exists(members, source, rules, n, packet_bytes, exclude)
+    try:
+        chosen = place_chunk(
+            key=KEY,
+            chunk_id=chunk_id,
+            source=source,
+            members=members,
+            n=n,
+            packet_bytes=packet_bytes,
+            rules=rules,
+            exclude=exclude,
+        )
+    except PlacementError as exc:
+        assert exc.rule != "search_bound"  # small cases always finish
+        assert not exists, f"placement said {exc} but a valid set exists"
+        return
+    assert exists
+    assert_valid(chosen, members, source, rules, n, packet_bytes, exclude)
+
+
+@settings(max_examples=40, deadline=None)
+@given(scenarios(max_members=9, max_n=4))
+def test_first_valid_set_in_rank_order(
+    case: Scenario,
+) -> None:
+    """The answer is the lexicographically first valid set in the unconstrained order."""
+    members, source, rules, n, packet_bytes, exclude, chunk_id = case
+    eligible = [m for m in members if member_ok(m, source, rules, packet_bytes, exclude)]
+    if len(eligible) < n:
+        return
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    try:
+        chosen = view.place(chunk_id, n, packet_bytes, exclude)
+    except PlacementError:
+        return
+    # The plain order of the eligible members, from an unconstrained view over them.
+    plain = PlacementView(key=KEY, source=source, members=eligible, rules=PlacementRules()).place(
+        chunk_id, len(eligible), 1
+    )
+    by_id = {m.node_id: m for m in eligible}
+    first = next(
+        subset
+        for subset in itertools.combinations(plain, n)
+        if all(pair_ok(by_id[a], by_id[b], rules) for a, b in itertools.combinations(subset, 2))
+    )
+    assert chosen == list(first)
+
+
+# -- the order itself ----------------------------------------------------------------
+
+
+def reference_order(key: bytes, chunk_id: bytes, members: Sequence[Member]) -> list[bytes]:
+    """The documented rendezvous order, recomputed slowly from its definition."""
+    member_key = blake3.blake3(
+        key, derive_key_context="gridnode placement 2025-01 member rank hash"
+    ).digest()
+    chunk_key = blake3.blake3(
+        key, derive_key_context="gridnode placement 2025-01 chunk rank hash"
+    ).digest()
+    mask = (1 << 64) - 1
+    h_chunk = int.from_bytes(blake3.blake3(chunk_id, key=chunk_key).digest(length=8), "little")
+
+    def score(m: Member) -> float:
+        h = int.from_bytes(blake3.blake3(m.node_id, key=member_key).digest(length=8), "little")
+        z = h ^ h_chunk
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        z ^= z >> 31
+        u = ((z >> 11) + 0.5) / 2.0**53
+        return -math.log(u) / m.free_bytes
+
+    return [m.node_id for m in sorted(members, key=lambda m: (score(m), m.node_id))]
+
+
+def test_order_matches_its_definition_on_a_large_view() -> None:
+    rng = random.Random(3)
+    members = [member(i, free=rng.randint(1 << 20, 1 << 40)) for i in range(2000)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    for c in range(20):
+        chunk_id = c.to_bytes(4, "big")
+        expected = reference_order(KEY, chunk_id, members)
+        assert view.place(chunk_id, 6, PACKET) == expected[:6]
+    # The full order too (no shortcut possible when all members are asked for).
+    assert view.place(b"x", 2000, 1) == reference_order(KEY, b"x", members)
+
+
+def test_large_view_with_filters_and_bands_matches_reference() -> None:
+    """The fast paths (head of the order, capacity and exclusion masks, dot-product
+    distance tests) give what the definition gives: the first set in rank order
+    that a plain greedy pass over the reference order accepts."""
+    rng = random.Random(5)
+    source = source_at(*ZURICH)
+    members = [
+        member(
+            i,
+            rng.uniform(35.0, 62.0),
+            rng.uniform(-10.0, 30.0),
+            free=rng.choice([PACKET - 1, 1 << 30, 1 << 35, 1 << 40]),
+            alive=rng.random() < 0.95,
+            location_trusted=rng.random() < 0.95,
+        )
+        for i in range(3000)
+    ]
+    rules = PlacementRules(
+        backup_proximity=parse_band("200km:1500km"), packet_proximity=parse_band("150km:1200km")
+    )
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    excluded = {members[i].node_id for i in range(0, 3000, 7)}
+    for c in range(15):
+        chunk_id = c.to_bytes(4, "big")
+        eligible = [m for m in members if member_ok(m, source, rules, PACKET, excluded)]
+        expected: list[Member] = []
+        order = reference_order(KEY, chunk_id, eligible)
+        by_id = {m.node_id: m for m in eligible}
+        for node_id in order:
+            if all(pair_ok(by_id[node_id], other, rules) for other in expected):
+                expected.append(by_id[node_id])
+                if len(expected) == 6:
+                    break
+        chosen = view.place(chunk_id, 6, PACKET, exclude=excluded)
+        assert chosen == [m.node_id for m in expected]
+        assert_valid(chosen, members, source, rules, 6, PACKET, excluded)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((47.3769, 8.5417), (48.8566, 2.3522)),  # Zurich - Paris
+        ((47.3769, 8.5417), (47.3770, 8.5418)),  # about 13 m apart
+        ((10.0, 20.0), (10.0, 20.0)),  # the same spot
+        ((0.0, 0.0), (0.0, 180.0)),  # antipodes
+    ],
+)
+def test_band_edges_are_decided_by_the_canonical_distance(
+    a: tuple[float, float], b: tuple[float, float]
+) -> None:
+    """A band edge equal to the exact haversine distance admits the pair; one ulp less does not."""
+    km = haversine_km(*a, *b)
+    members = [member(1, *a), member(2, *b)]
+    source = source_at(*a)
+
+    def fits(rules: PlacementRules, n: int) -> bool:
+        try:
+            PlacementView(key=KEY, source=source, members=members, rules=rules).place(
+                b"c", n, PACKET
+            )
+        except PlacementError:
+            return False
+        return True
+
+    below, above = math.nextafter(km, -math.inf), math.nextafter(km, math.inf)
+    assert fits(PlacementRules(packet_proximity=Band(max_km=km)), 2)
+    assert fits(PlacementRules(packet_proximity=Band(min_km=km)), 2)
+    assert fits(PlacementRules(packet_proximity=Band(min_km=km, max_km=km)), 2)
+    if below >= 0.0:
+        assert not fits(PlacementRules(packet_proximity=Band(max_km=below)), 2)
+    assert not fits(PlacementRules(packet_proximity=Band(min_km=above)), 2)
+    # The same for the distance from the source (member 1 sits on the source).
+    assert fits(PlacementRules(backup_proximity=Band(min_km=km, max_km=km)), 1)
+    if below >= 0.001:
+        # min 1 m keeps member 1 (on the source) out; member 2 lies just past the max.
+        assert not fits(PlacementRules(backup_proximity=Band(min_km=0.001, max_km=below)), 1)
+    assert not fits(PlacementRules(backup_proximity=Band(min_km=above)), 1)
+
+
+def test_capacity_weighting_is_proportional() -> None:
+    # Deterministic (fixed key, fixed chunk ids), so the tolerance cannot flake;
+    # 8,000 draws give a binomial spread of about 0.5 percentage points.
+    weights = {1: 1, 2: 2, 3: 3, 4: 4}
+    members = [member(i, free=w * (1 << 30)) for i, w in weights.items()]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    draws = 8_000
+    firsts = Counter(view.place(c.to_bytes(4, "big"), 1, PACKET)[0] for c in range(draws))
+    total = sum(weights.values())
+    for i, w in weights.items():
+        assert firsts[node(i)] / draws == pytest.approx(w / total, abs=0.02)
+
+
+def test_members_with_equal_room_share_evenly() -> None:
+    members = [member(i) for i in range(10)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    counts = Counter(
+        target for c in range(3000) for target in view.place(c.to_bytes(4, "big"), 3, PACKET)
+    )
+    assert set(counts) == {node(i) for i in range(10)}
+    assert max(counts.values()) < 1.25 * min(counts.values())
+
+
+def test_different_keys_give_different_orders() -> None:
+    members = [member(i) for i in range(50)]
+    rules = PlacementRules()
+    one = PlacementView(key=b"a" * 32, source=source_at(*ZURICH), members=members, rules=rules)
+    two = PlacementView(key=b"b" * 32, source=source_at(*ZURICH), members=members, rules=rules)
+    same = sum(
+        one.place(c.to_bytes(2, "big"), 6, PACKET) == two.place(c.to_bytes(2, "big"), 6, PACKET)
+        for c in range(100)
+    )
+    assert same == 0
+    # and different chunks get different orders under one key
+    firsts = {tuple(one.place(c.to_bytes(2, "big"), 6, PACKET)) for c in range(100)}
+    assert len(firsts) == 100
+
+
+def test_source_is_never_chosen() -> None:
+    members = [Member(node_id=SOURCE_ID, lat=1.0, lon=1.0, free_bytes=1 << 60)]
+    members += [member(i, free=1) for i in range(3)]
+    view = PlacementView(
+        key=KEY, source=source_at(1.0, 1.0), members=members, rules=PlacementRules()
+    )
+    for c in range(50):
+        assert SOURCE_ID not in view.place(c.to_bytes(2, "big"), 3, 1)
+    with pytest.raises(PlacementError, match="only 3 alive members besides this node") as info:
+        view.place(b"c", 4, 1)
+    assert (info.value.rule, info.value.needed, info.value.available) == ("members", 4, 3)
+
+
+def test_exclude_replaces_one_failed_target() -> None:
+    members = [member(i) for i in range(20)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    first = view.place(b"chunk", 6, PACKET)
+    failed = first[2]
+    second = view.place(b"chunk", 6, PACKET, exclude={failed})
+    assert failed not in second
+    assert [t for t in first if t != failed] == second[:5]
+    assert second[5] not in first
+
+
+def test_untrusted_and_unlocated_members_only_matter_for_distance_rules() -> None:
+    members = [
+        member(1, location_trusted=False),
+        member(2, lat=None, lon=None),
+        member(3),
+    ]
+    source = source_at(*ZURICH)
+    plain = PlacementView(key=KEY, source=source, members=members, rules=PlacementRules())
+    assert set(plain.place(b"c", 3, PACKET)) == {node(1), node(2), node(3)}
+    ruled = PlacementView(
+        key=KEY,
+        source=source,
+        members=members,
+        rules=PlacementRules(packet_proximity=parse_band(":100km")),
+    )
+    assert ruled.place(b"c", 1, PACKET) == [node(3)]
+    with pytest.raises(PlacementError) as info:
+        ruled.place(b"c", 2, PACKET)
+    assert info.value.rule == "packet_proximity"
+    assert str(info.value) == (
+        "packet proximity at most 100 km: only 1 alive member with room has a known, "
+        "trusted location, 2 needed (2 others have an unknown or untrusted location)"
+    )
+
+
+# -- error messages ------------------------------------------------------------------
+
+
+def test_backup_proximity_message() -> None:
+    near = [member(i, *point_north(100)) for i in range(10)]
+    far = [member(100 + i, *point_north(1000)) for i in range(3)]
+    rules = PlacementRules(backup_proximity=parse_band("500km:2000km"))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=near + far, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 6, PACKET)
+    assert str(info.value) == (
+        "backup proximity 500-2000 km: only 3 alive members with room lie in that band, 6 needed"
+    )
+    assert (info.value.rule, info.value.needed, info.value.available) == ("backup_proximity", 6, 3)
+    assert set(view.place(b"c", 3, PACKET)) == {m.node_id for m in far}
+
+
+def test_backup_proximity_counts_untrusted_separately() -> None:
+    members = [member(i, *point_north(1000)) for i in range(3)]
+    members += [member(10 + i, *point_north(1000), location_trusted=False) for i in range(4)]
+    rules = PlacementRules(backup_proximity=parse_band("500km:"))
+    with pytest.raises(
+        PlacementError,
+        match=r"only 3 alive members with room lie in that band, 6 needed \(4 more with room "
+        r"were not considered because their location is unknown or untrusted\)",
+    ):
+        place_chunk(
+            key=KEY,
+            chunk_id=b"c",
+            source=source_at(*ZURICH),
+            members=members,
+            n=6,
+            packet_bytes=PACKET,
+            rules=rules,
+        )
+
+
+def test_backup_proximity_with_unknown_source_location() -> None:
+    members = [member(i) for i in range(10)]
+    rules = PlacementRules(backup_proximity=parse_band(":3000km"))
+    view = PlacementView(key=KEY, source=source_at(None, None), members=members, rules=rules)
+    with pytest.raises(PlacementError, match="this node's own location is unknown") as info:
+        view.place(b"c", 3, PACKET)
+    assert info.value.rule == "backup_proximity"
+    # Without a backup band the source's location does not matter.
+    view = PlacementView(
+        key=KEY, source=source_at(None, None), members=members, rules=PlacementRules()
+    )
+    assert len(view.place(b"c", 3, PACKET)) == 3
+
+
+def test_capacity_message() -> None:
+    members = [member(i, free=PACKET) for i in range(2)]
+    members += [member(10 + i, free=PACKET - 1) for i in range(8)]
+    members += [member(20, free=1 << 40, alive=False)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 6, PACKET)
+    assert str(info.value) == "capacity: only 2 alive members have 262144 bytes free, 6 needed"
+    assert (info.value.rule, info.value.available) == ("capacity", 2)
+    assert set(view.place(b"c", 2, PACKET)) == {node(0), node(1)}
+
+
+def test_members_message_counts_exclusions() -> None:
+    members = [member(i) for i in range(5)] + [member(9, alive=False)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 5, PACKET, exclude={node(0)})
+    assert str(info.value) == (
+        "members: only 4 alive members besides this node (not counting 1 excluded), 5 needed"
+    )
+
+
+def test_packet_proximity_message_names_largest_set() -> None:
+    # Two clusters 1,000 km apart: at most 4 members lie within 100 km of each other.
+    west = [member(i, *point_north(0)) for i in range(4)]
+    east = [member(10 + i, *point_north(1000)) for i in range(3)]
+    rules = PlacementRules(packet_proximity=parse_band(":100km"))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=west + east, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 5, PACKET)
+    assert str(info.value) == (
+        "packet proximity at most 100 km: no 5 of the 7 candidate members lie pairwise "
+        "within that band; the largest such set found has 4"
+    )
+    assert (info.value.rule, info.value.available) == ("packet_proximity", 4)
+    assert set(view.place(b"c", 4, PACKET)) == {m.node_id for m in west}
+
+
+def test_packet_proximity_minimum_spreads_targets() -> None:
+    spots = [point_north(k * 150) for k in range(8)]
+    members = [member(i, *spot) for i, spot in enumerate(spots)]
+    members += [member(100 + i, *spots[0]) for i in range(10)]  # crowd in one place
+    rules = PlacementRules(packet_proximity=parse_band("100km:"))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    for c in range(30):
+        chosen = view.place(c.to_bytes(2, "big"), 8, PACKET)
+        assert_valid(chosen, members, source_at(*ZURICH), rules, 8, PACKET)
+    with pytest.raises(PlacementError, match="no 9 of the 18 candidate members"):
+        view.place(b"c", 9, PACKET)
+
+
+def test_distinct_messages() -> None:
+    members = [member(i, labels=(("site", f"s{i % 3}"),)) for i in range(9)]
+    members += [member(20)]  # no site label
+    rules = PlacementRules(distinct=("site",))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    chosen = view.place(b"c", 3, PACKET)
+    by_id = {m.node_id: dict(m.labels) for m in members}
+    assert len({by_id[i]["site"] for i in chosen}) == 3
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 4, PACKET)
+    assert str(info.value) == (
+        "distinct site: the 9 candidate members have only 3 different 'site' values, 4 needed"
+    )
+    assert (info.value.rule, info.value.available) == ("distinct", 3)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 10, PACKET)
+    assert info.value.rule == "distinct"
+    assert "only 9 of the 10 candidate members carry every label" in str(info.value)
+
+
+def test_distinct_over_two_labels_needs_the_search() -> None:
+    # Each label alone has 3 values among the members, so only the search can
+    # tell whether 3 members differ in both at once.
+    def labelled(i: int, site: str, rack: str) -> Member:
+        return member(i, labels=(("site", site), ("rack", rack)))
+
+    rules = PlacementRules(distinct=("site", "rack"))
+    source = source_at(*ZURICH)
+    feasible = [
+        labelled(0, "a", "1"),
+        labelled(1, "b", "2"),
+        labelled(2, "c", "2"),
+        labelled(3, "c", "3"),
+    ]
+    view = PlacementView(key=KEY, source=source, members=feasible, rules=rules)
+    assert set(view.place(b"c", 3, PACKET)) == {node(0), node(1), node(3)}
+    infeasible = [
+        labelled(0, "a", "1"),
+        labelled(1, "b", "1"),
+        labelled(2, "c", "2"),
+        labelled(3, "c", "3"),
+    ]
+    view = PlacementView(key=KEY, source=source, members=infeasible, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 3, PACKET)
+    assert info.value.rule == "distinct"
+    assert str(info.value) == (
+        "distinct site, rack: no 3 of the 4 candidate members have pairwise different "
+        "values; the largest such set found has 2"
+    )
+
+
+def test_rules_together_blame_both_when_each_alone_is_met() -> None:
+    # Within 100 km: members 0-2 (Zurich). Distinct sites: 0 and 1 share one.
+    here = [
+        member(0, labels=(("site", "a"),)),
+        member(1, labels=(("site", "a"),)),
+        member(2, labels=(("site", "b"),)),
+    ]
+    far = [member(10, *point_north(1000), labels=(("site", "c"),))]
+    rules = PlacementRules(packet_proximity=parse_band(":100km"), distinct=("site",))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=here + far, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 3, PACKET)
+    assert info.value.rule == "packet_proximity"
+    assert str(info.value).startswith("packet proximity at most 100 km with distinct site:")
+    assert "meet both rules together (each alone can be met)" in str(info.value)
+
+
+def test_search_bound_is_reported_honestly() -> None:
+    # Two clusters of 10 within 100 km; 11 are asked for, so the search must
+    # rule out every start. With a budget of 5 steps it cannot finish.
+    west = [member(i, *point_north(0)) for i in range(10)]
+    east = [member(100 + i, *point_north(1000)) for i in range(10)]
+    rules = PlacementRules(packet_proximity=parse_band(":100km"))
+    source = source_at(*ZURICH)
+    bounded = PlacementView(
+        key=KEY, source=source, members=west + east, rules=rules, search_budget=5
+    )
+    with pytest.raises(PlacementError) as info:
+        bounded.place(b"c", 11, PACKET)
+    assert info.value.rule == "search_bound"
+    assert "gave up after 5 search steps" in str(info.value)
+    assert "a valid set may still exist" in str(info.value)
+    full = PlacementView(key=KEY, source=source, members=west + east, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        full.place(b"c", 11, PACKET)
+    assert info.value.rule == "packet_proximity"
+    assert info.value.available == 10
+
+
+def test_backtracking_finds_a_set_greedy_misses() -> None:
+    # The hub ranks first (by far the most room) and fits with P3 only, so the
+    # greedy pass dead-ends; the only valid set is P1, P2, P3.
+    rules = PlacementRules(packet_proximity=parse_band("500km:"))
+    source = source_at(*ZURICH)
+    members = [
+        member(0, *point_north(300), free=1 << 50),
+        member(1, *point_north(0)),
+        member(2, *point_north(600)),
+        member(3, *point_north(1200)),
+    ]
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    for c in range(20):
+        chunk_id = c.to_bytes(2, "big")
+        assert view.place(chunk_id, 1, PACKET) == [node(0)]
+        assert set(view.place(chunk_id, 3, PACKET)) == {node(1), node(2), node(3)}
+
+
+# -- values and validation -----------------------------------------------------------
+
+
+def test_rules_wire_round_trip() -> None:
+    rules = PlacementRules(
+        backup_proximity=parse_band("100km:3000km"),
+        packet_proximity=parse_band("50mi:"),
+        distinct=("site", "rack"),
+    )
+    wire = rules.to_wire()
+    assert wire["distinct"] == ["site", "rack"]
+    assert PlacementRules.from_wire(wire) == rules
+    assert rules.uses_distance and not PlacementRules(distinct=("site",)).uses_distance
+    assert PlacementRules.from_wire(PlacementRules().to_wire()) == PlacementRules()
+    assert rules.describe() == (
+        "backup proximity 100-3000 km; packet proximity at least 80.467 km; distinct site, rack"
+    )
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {},
+        {"backup_proximity": {"min_km": None, "max_km": None}},
+        {
+            "backup_proximity": {"min_km": None, "max_km": None},
+            "packet_proximity": {"min_km": None, "max_km": None},
+            "distinct": "site",
+        },
+        {
+            "backup_proximity": {"min_km": 5.0, "max_km": 1.0},
+            "packet_proximity": {"min_km": None, "max_km": None},
+            "distinct": [],
+        },
+        {
+            "backup_proximity": {"min_km": None, "max_km": None},
+            "packet_proximity": {"min_km": None, "max_km": None},
+            "distinct": ["site", "site"],
+        },
+    ],
+)
+def test_rules_from_wire_rejects(wire: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        PlacementRules.from_wire(wire)
+
+
+def test_member_validation() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        Member(node_id=b"short", lat=None, lon=None, free_bytes=0)
+    with pytest.raises(ValueError, match="latitude"):
+        Member(node_id=node(1), lat=91.0, lon=0.0, free_bytes=0)
+    with pytest.raises(ValueError, match="both latitude and longitude"):
+        Member(node_id=node(1), lat=1.0, lon=None, free_bytes=0)
+    with pytest.raises(ValueError, match="free_bytes"):
+        Member(node_id=node(1), lat=None, lon=None, free_bytes=-1)
+    with pytest.raises(ValueError, match="given twice"):
+        Member(node_id=node(1), lat=None, lon=None, free_bytes=0, labels=(("a", "1"), ("a", "2")))
+    with pytest.raises(ValueError, match="appears twice"):
+        PlacementView(
+            key=KEY,
+            source=source_at(None, None),
+            members=[member(1), member(1)],
+            rules=PlacementRules(),
+        )
+    view = PlacementView(
+        key=KEY, source=source_at(None, None), members=[member(1)], rules=PlacementRules()
+    )
+    with pytest.raises(ValueError, match="n must be"):
+        view.place(b"c", 0, 1)
+    with pytest.raises(ValueError, match="packet_bytes"):
+        view.place(b"c", 1, 0)

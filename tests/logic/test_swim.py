@@ -1,0 +1,814 @@
+"""The SWIM state machine over a simulated network driven by trio's MockClock.
+
+Each member runs in its own trio task exactly as the gossip actor would: sleep until
+``next_deadline()`` or a message, then ``handle``/``tick`` and deliver what comes back.
+Links have settable delays and filters (loss, partitions, dropped acks).  Bounds are
+derived from the configuration, not measured and pasted.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import hypothesis
+import hypothesis.strategies as st
+import nacl.signing
+import pytest
+import trio
+
+from gridnode.logic.distance import haversine_km
+from gridnode.logic.swim import (
+    GossipConfig,
+    Membership,
+    MemberView,
+    Outgoing,
+    SharedView,
+)
+from protocol import (
+    GossipIndirectAck,
+    GossipLeave,
+    GossipProbe,
+    GossipProbeAck,
+    GossipProbeRequest,
+    GossipSync,
+    GossipSyncReply,
+    GossipUpdates,
+    MemberRecord,
+    MemberUpdate,
+    Message,
+    encoded_size,
+    record_signing_payload,
+    sign,
+    sign_record,
+)
+
+CFG = GossipConfig(location_check="off")
+ZURICH = (47.3769, 8.5417)
+BASEL = (47.5596, 7.5886)
+NEW_YORK = (40.7128, -74.0060)
+
+
+def _key(i: int) -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(bytes([i + 1]) * 32)
+
+
+def _record(i: int, *, location: tuple[float, float] | None = None, **extra: Any) -> MemberRecord:
+    lat, lon = location if location is not None else (None, None)
+    return sign_record(
+        _key(i),
+        address=f"node{i}:7700",
+        lat=lat,
+        lon=lon,
+        allocated_bytes=1 << 40,
+        free_bytes=1 << 39,
+        bandwidth_bps=10**8,
+        **extra,
+    )
+
+
+@attrs.define(eq=False)
+class Node:
+    index: int
+    membership: Membership
+    send_channel: trio.MemorySendChannel[tuple[bytes, Message]]
+    receive_channel: trio.MemoryReceiveChannel[tuple[bytes, Message]]
+    scope: trio.CancelScope | None = None
+    running: bool = False
+
+    @property
+    def node_id(self) -> bytes:
+        return self.membership.node_id
+
+
+#: (sender, receiver, message) -> deliver?
+LinkFilter = Callable[[Node, Node, Message], bool]
+
+
+class Network:
+    """In-memory links with per-link delay and filters; one trio task per member."""
+
+    def __init__(self, nursery: trio.Nursery, *, delay_s: float = 0.002) -> None:
+        self.nursery = nursery
+        self.delay_s = delay_s
+        self.link_delay: dict[tuple[int, int], float] = {}
+        self.filters: list[LinkFilter] = []
+        self.nodes: list[Node] = []
+        self.by_id: dict[bytes, Node] = {}
+        self.by_address: dict[str, Node] = {}
+        self.delivered = 0
+
+    def add(self, membership: Membership) -> Node:
+        send, receive = trio.open_memory_channel[tuple[bytes, Message]](math.inf)
+        node = Node(len(self.nodes), membership, send, receive)
+        self.nodes.append(node)
+        self.by_id[node.node_id] = node
+        self.by_address[membership.self_record.address] = node
+        return node
+
+    async def start(self, node: Node) -> None:
+        await self.nursery.start(self._run, node)
+
+    def stop(self, node: Node) -> None:
+        node.running = False
+        assert node.scope is not None
+        node.scope.cancel()
+
+    def replace(self, node: Node, membership: Membership) -> None:
+        """A restarted process: same identity and address, fresh state."""
+        node.membership = membership
+
+    def deliver(self, src: Node, outgoing: Iterable[Outgoing]) -> None:
+        for out in outgoing:
+            dst = self.by_id.get(out.node_id) if out.node_id is not None else None
+            if dst is None:
+                dst = self.by_address.get(out.address)
+            if dst is None or not dst.running:
+                continue
+            if not all(keep(src, dst, out.message) for keep in self.filters):
+                continue
+            delay = self.link_delay.get((src.index, dst.index), self.delay_s)
+            self.nursery.start_soon(self._later, delay, src, dst, out.message)
+
+    def inject(self, src: Node, dst: Node, message: Message) -> None:
+        self.nursery.start_soon(self._later, self.delay_s, src, dst, message)
+
+    async def _later(self, delay: float, src: Node, dst: Node, message: Message) -> None:
+        await trio.sleep(delay)
+        if dst.running:
+            self.delivered += 1
+            dst.send_channel.send_nowait((src.node_id, message))
+
+    async def _run(self, node: Node, task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope() as scope:
+            node.scope = scope
+            node.running = True
+            task_status.started()
+            # Bounded by the cancel scope: the test stops every node (or the nursery).
+            while True:
+                item: tuple[bytes, Message] | None = None
+                with trio.move_on_at(node.membership.next_deadline()):
+                    item = await node.receive_channel.receive()
+                now = trio.current_time()
+                if item is not None:
+                    self.deliver(node, node.membership.handle(now, item[0], item[1]))
+                if now >= node.membership.next_deadline():
+                    self.deliver(node, node.membership.tick(now))
+
+
+def _members(
+    count: int,
+    config: GossipConfig = CFG,
+    *,
+    locations: dict[int, tuple[float, float]] | None = None,
+    shared: bool = True,
+    now: float | None = None,
+) -> list[Membership]:
+    now = trio.current_time() if now is None else now
+    locations = locations or {}
+    records = [_record(i, location=locations.get(i)) for i in range(count)]
+    view = SharedView(records) if shared else None
+    return [
+        Membership(
+            signing_key=_key(i),
+            self_record=records[i],
+            config=config,
+            rng=random.Random(i),
+            now=now,
+            shared_view=view,
+        )
+        for i in range(count)
+    ]
+
+
+async def _network(
+    nursery: trio.Nursery, members: list[Membership], **kwargs: Any
+) -> tuple[Network, list[Node]]:
+    net = Network(nursery, **kwargs)
+    nodes = [net.add(m) for m in members]
+    for node in nodes:
+        await net.start(node)
+    return net, nodes
+
+
+def _ids(views: Iterable[MemberView]) -> set[bytes]:
+    return {v.node_id for v in views}
+
+
+async def _wait_for(predicate: Callable[[], bool], *, poll_s: float = 0.05) -> float:
+    """Poll in simulated time; the caller bounds it with ``trio.fail_after``."""
+    start = trio.current_time()
+    # Polling is the point: the state lives in pure objects with no events to wait on.
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(poll_s)
+    return trio.current_time() - start
+
+
+def _detection_bound_s(config: GossipConfig, members: int, *, health_scaled: bool = False) -> float:
+    """Worst case from a crash until every survivor holds it dead.
+
+    Some survivor probes the victim within one round-robin cycle (members - 1 probes,
+    plus the random phase), the probe fails by the end of its interval, and the
+    suspicion runs at most its maximum timeout; the dead news then needs a few
+    gossip rounds (every survivor also runs its own timer).  When many members fail
+    at once (a partition) probes go unanswered and Lifeguard stretches the probe
+    interval by up to ``awareness_max_multiplier``: ``health_scaled`` allows for it.
+    """
+    n = members
+    interval = config.probe_interval_s
+    if health_scaled:
+        interval *= config.awareness_max_multiplier
+    cycle = (n - 1) * interval + interval
+    min_timeout = config.suspicion_mult * max(1.0, math.log10(n)) * config.probe_interval_s
+    max_timeout = config.suspicion_max_timeout_mult * min_timeout
+    spread = 10 * config.gossip_interval_s
+    return cycle + interval + max_timeout + spread
+
+
+# --- join -------------------------------------------------------------------------------
+
+
+async def test_join_through_one_seed_converges(autojump_clock: trio.testing.MockClock) -> None:
+    members = _members(10, shared=False)
+    async with trio.open_nursery() as nursery:
+        net, nodes = await _network(nursery, members)
+        seed = nodes[0]
+        for node in nodes[1:]:
+            net.deliver(node, node.membership.join(trio.current_time(), ["node0:7700"]))
+            await trio.sleep(0.3)
+        everyone = {n.node_id for n in nodes}
+
+        def converged() -> bool:
+            return all(_ids(n.membership.alive_members()) == everyone - {n.node_id} for n in nodes)
+
+        # Gossip needs ~log(N) rounds of 0.2 s; 5 s is far below the 30 s sync
+        # interval, so this shows dissemination, not anti-entropy, did the work.
+        with trio.fail_after(5.0):
+            await _wait_for(converged)
+        # One view: every member holds the same record for every other member.
+        for node in nodes:
+            for view in node.membership.members():
+                assert view.record == net.by_id[view.node_id].membership.self_record
+        assert seed.membership.statistics().syncs_answered >= len(nodes) - 1
+        assert all(n.membership.statistics().forged_records_dropped == 0 for n in nodes)
+        nursery.cancel_scope.cancel()
+
+
+async def test_join_retries_until_the_seed_answers(autojump_clock: trio.testing.MockClock) -> None:
+    members = _members(2, shared=False)
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery)
+        seed, joiner = net.add(members[0]), net.add(members[1])
+        await net.start(joiner)
+        net.deliver(joiner, joiner.membership.join(trio.current_time(), ["node0:7700"]))
+        await trio.sleep(7.0)  # the seed is not up yet: the first attempt is lost
+        assert joiner.membership.members() == []
+        await net.start(seed)
+        with trio.fail_after(CFG.rejoin_interval_s + 1.0):
+            await _wait_for(lambda: len(joiner.membership.alive_members()) == 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_sync_pages_carry_views_larger_than_one_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = attrs.evolve(CFG, max_records_per_message=3)
+    members = _members(9, config)
+    late = Membership(
+        signing_key=_key(20),
+        self_record=_record(20),
+        config=config,
+        rng=random.Random(20),
+        now=trio.current_time(),
+    )
+    async with trio.open_nursery() as nursery:
+        net, _ = await _network(nursery, members)
+        pages: list[GossipSyncReply] = []
+
+        def record_pages(src: Node, dst: Node, message: Message) -> bool:
+            if isinstance(message, GossipSyncReply) and dst.membership is late:
+                pages.append(message)
+            return True
+
+        net.filters.append(record_pages)
+        node = net.add(late)
+        await net.start(node)
+        net.deliver(node, late.join(trio.current_time(), ["node0:7700"]))
+        with trio.fail_after(1.0):
+            await _wait_for(lambda: len(late.alive_members()) == 9)
+        first = [p for p in pages if p.sync_id == pages[0].sync_id]
+        assert len(first) == math.ceil(10 / 3)  # 9 members + the joiner itself
+        assert all(len(p.updates) <= 3 and p.pages == len(first) for p in first)
+        nursery.cancel_scope.cancel()
+
+
+# --- failure detection --------------------------------------------------------------------
+
+
+async def test_stopped_member_becomes_suspect_then_dead_everywhere(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    count = 8
+    async with trio.open_nursery() as nursery:
+        net, nodes = await _network(nursery, _members(count))
+        await trio.sleep(3.0)
+        victim, survivors = nodes[-1], nodes[:-1]
+        net.stop(victim)
+        crashed_at = trio.current_time()
+        first_suspect: dict[int, float] = {}
+        first_dead: dict[int, float] = {}
+
+        def observe() -> bool:
+            now = trio.current_time()
+            for node in survivors:
+                state = node.membership.state_of(victim.node_id)
+                if state == "suspect":
+                    first_suspect.setdefault(node.index, now)
+                if state == "dead":
+                    first_dead.setdefault(node.index, now)
+            return len(first_dead) == len(survivors)
+
+        bound = _detection_bound_s(CFG, count)
+        with trio.fail_after(bound):
+            await _wait_for(observe, poll_s=0.01)
+        assert max(first_dead.values()) - crashed_at <= bound
+        # Suspicion comes first: never dead without somebody having suspected it.
+        assert first_suspect
+        assert min(first_suspect.values()) < min(first_dead.values())
+        assert sum(n.membership.statistics().deaths_declared for n in survivors) >= 1
+        # Reaping: the dead member is forgotten dead_reap_s after the last declaration.
+        with trio.fail_after(CFG.dead_reap_s + 1.0):
+            await _wait_for(
+                lambda: all(n.membership.state_of(victim.node_id) is None for n in survivors)
+            )
+        assert all(n.membership.statistics().members_reaped == 1 for n in survivors)
+        assert all(len(n.membership.alive_members()) == count - 2 for n in survivors)
+        nursery.cancel_scope.cancel()
+
+
+async def test_refused_connection_counts_as_a_failed_probe(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The transport reports the victim unreachable: indirect probes start at once."""
+    members = _members(5)
+    observer, victim = members[0], members[4]
+    out = observer.unreachable(trio.current_time(), victim.node_id)
+    requests = [o.message for o in out if isinstance(o.message, GossipProbeRequest)]
+    assert len(requests) == CFG.indirect_probes
+    assert all(r.target == victim.node_id for r in requests)
+    assert {o.node_id for o in out} <= {m.node_id for m in members[1:4]}
+    # Nobody answers: by the deadline the victim is suspect.
+    deadline = observer.next_deadline()
+    assert deadline <= trio.current_time() + CFG.probe_interval_s
+    observer.tick(deadline)
+    assert observer.state_of(victim.node_id) == "suspect"
+    assert observer.statistics().probes_failed == 1
+
+
+async def test_live_member_refutes_suspicion(autojump_clock: trio.testing.MockClock) -> None:
+    count = 6
+    async with trio.open_nursery() as nursery:
+        net, nodes = await _network(nursery, _members(count))
+        await trio.sleep(2.0)
+        target = nodes[2]
+        first_incarnation = target.membership.self_record.incarnation
+        dropping = True
+
+        def drop_acks_from_target(src: Node, dst: Node, message: Message) -> bool:
+            acks = (GossipProbeAck, GossipIndirectAck)
+            return not (dropping and src is target and isinstance(message, acks))
+
+        net.filters.append(drop_acks_from_target)
+        seen: set[str] = set()
+        end = trio.current_time() + 8.0
+        while trio.current_time() < end:
+            for node in nodes:
+                if node is not target:
+                    seen.add(node.membership.state_of(target.node_id) or "unknown")
+            await trio.sleep(0.01)
+        dropping = False
+        end = trio.current_time() + 40.0  # longer than the longest suspicion timeout
+        while trio.current_time() < end:
+            for node in nodes:
+                if node is not target:
+                    seen.add(node.membership.state_of(target.node_id) or "unknown")
+            await trio.sleep(0.05)
+        assert "suspect" in seen
+        assert "dead" not in seen and "unknown" not in seen
+        record = target.membership.self_record
+        assert record.incarnation > first_incarnation
+        assert target.membership.statistics().refutations >= 1
+        assert sum(n.membership.statistics().suspicions_refuted for n in nodes) >= 1
+        for node in nodes:
+            if node is not target:
+                view = node.membership.member(target.node_id)
+                assert view is not None and view.state == "alive"
+                assert view.record == record
+        nursery.cancel_scope.cancel()
+
+
+# --- partition and heal ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("heal", ["before_reap", "after_reap"])
+async def test_partition_heals_into_one_view(
+    autojump_clock: trio.testing.MockClock, heal: str
+) -> None:
+    count = 8
+    members = _members(count, shared=False)
+    async with trio.open_nursery() as nursery:
+        net, nodes = await _network(nursery, members)
+        for node in nodes[1:]:
+            net.deliver(node, node.membership.join(trio.current_time(), ["node0:7700"]))
+        everyone = {n.node_id for n in nodes}
+
+        def one_view() -> bool:
+            for node in nodes:
+                views = node.membership.members()
+                if {v.node_id for v in views if v.state == "alive"} != everyone - {node.node_id}:
+                    return False
+                if len(views) != count - 1:
+                    return False
+                for v in views:
+                    if v.record != net.by_id[v.node_id].membership.self_record:
+                        return False
+            return True
+
+        with trio.fail_after(5.0):
+            await _wait_for(one_view)
+        side = {n.index: n.index < count // 2 for n in nodes}
+        partitioned = True
+
+        def partition(src: Node, dst: Node, message: Message) -> bool:
+            return not partitioned or side[src.index] == side[dst.index]
+
+        net.filters.append(partition)
+
+        def split() -> bool:
+            for node in nodes:
+                for other in nodes:
+                    state = node.membership.state_of(other.node_id)
+                    if side[node.index] != side[other.index] and state not in ("dead", None):
+                        return False
+            return True
+
+        with trio.fail_after(_detection_bound_s(CFG, count, health_scaled=True)):
+            await _wait_for(split)
+        if heal == "after_reap":
+            # Both halves forget each other; only the seed address remains.
+            with trio.fail_after(CFG.dead_reap_s + 5.0):
+                await _wait_for(
+                    lambda: all(
+                        node.membership.state_of(other.node_id) is None
+                        for node in nodes
+                        for other in nodes
+                        if side[node.index] != side[other.index]
+                    )
+                )
+        partitioned = False
+        # Reconnection syncs run each sync interval with probability lost / alive (>= 1
+        # here); after that, refutations spread by gossip within seconds.
+        with trio.fail_after(2 * CFG.sync_interval_s + 10.0):
+            await _wait_for(one_view, poll_s=0.2)
+        nursery.cancel_scope.cancel()
+
+
+# --- forged and stale records ---------------------------------------------------------------
+
+
+def _forge(record: MemberRecord, key: nacl.signing.SigningKey, **changes: Any) -> MemberRecord:
+    """Sign changed content with a key that is not the member's own."""
+    changed = attrs.evolve(record, **changes)
+    return attrs.evolve(changed, signature=sign(key, record_signing_payload(changed)))
+
+
+async def test_forged_records_are_dropped_and_counted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        net, nodes = await _network(nursery, _members(5))
+        await trio.sleep(2.0)
+        liar, receiver, subject = nodes[1], nodes[0], nodes[2]
+        genuine = subject.membership.self_record
+        wrong_key = _forge(genuine, _key(3), sequence=genuine.sequence + 5, free_bytes=1 << 50)
+        altered = attrs.evolve(
+            sign_record(
+                _key(2),
+                **{
+                    name: getattr(genuine, name)
+                    for name in ("address", "allocated_bytes", "bandwidth_bps")
+                }
+                | {"sequence": genuine.sequence + 6, "free_bytes": 7},
+            ),
+            free_bytes=1 << 50,  # changed after signing
+        )
+        same_version = _forge(genuine, _key(3), free_bytes=1 << 50)
+        fake_leave = MemberUpdate(record=genuine, state="left")
+        net.inject(
+            liar,
+            receiver,
+            GossipUpdates(
+                updates=(
+                    MemberUpdate(record=wrong_key, state="alive"),
+                    MemberUpdate(record=altered, state="alive"),
+                    MemberUpdate(record=same_version, state="alive"),
+                    fake_leave,
+                )
+            ),
+        )
+        await trio.sleep(5.0)
+        stats = receiver.membership.statistics()
+        assert stats.forged_records_dropped == 3
+        assert stats.invalid_messages_dropped == 1
+        for node in nodes:
+            view = node.membership.member(subject.node_id)
+            if node is not subject:
+                assert view is not None
+                assert view.record == genuine and view.state == "alive"
+        assert sum(n.membership.statistics().forged_records_dropped for n in nodes) == 3
+        nursery.cancel_scope.cancel()
+
+
+def test_older_record_is_ignored() -> None:
+    members = _members(3, shared=False, now=0.0)
+    observer = members[0]
+    subject_key = _key(1)
+    newer = sign_record(subject_key, address="node1:7700", sequence=5, free_bytes=50)
+    older = sign_record(subject_key, address="node1:7700", sequence=4, free_bytes=40)
+    observer.handle(1.0, None, GossipUpdates(updates=(MemberUpdate(record=newer, state="alive"),)))
+    version = observer.version
+    observer.handle(1.1, None, GossipUpdates(updates=(MemberUpdate(record=older, state="alive"),)))
+    view = observer.member(newer.node_id)
+    assert view is not None and view.record == newer
+    assert observer.version == version
+    assert observer.statistics().stale_updates_ignored == 1
+
+
+_ORDER_KEY = _key(40)
+_VERSIONS = [
+    sign_record(_ORDER_KEY, address="node40:7700", incarnation=inc, sequence=seq, free_bytes=seq)
+    for inc in range(3)
+    for seq in range(3)
+]
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(st.permutations(_VERSIONS), st.integers(min_value=1, max_value=len(_VERSIONS)))
+def test_any_delivery_order_keeps_the_newest_record(order: list[MemberRecord], count: int) -> None:
+    observer = Membership(
+        signing_key=_key(41),
+        self_record=_record(41),
+        config=CFG,
+        rng=random.Random(0),
+        now=0.0,
+    )
+    delivered = order[:count]
+    for i, record in enumerate(delivered):
+        update = GossipUpdates(updates=(MemberUpdate(record=record, state="alive"),))
+        observer.handle(float(i), None, update)
+    view = observer.member(_ORDER_KEY.verify_key.encode())
+    newest = max(delivered, key=lambda r: (r.incarnation, r.sequence))
+    assert view is not None and view.record == newest and view.state == "alive"
+
+
+# --- leave, own updates, restart -------------------------------------------------------------
+
+
+async def test_graceful_leave_is_left_not_dead(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net, nodes = await _network(nursery, _members(6))
+        await trio.sleep(2.0)
+        leaver = nodes[3]
+        net.deliver(leaver, leaver.membership.leave(trio.current_time()))
+        await trio.sleep(1.0)
+        net.stop(leaver)
+        others = [n for n in nodes if n is not leaver]
+        states: set[str | None] = set()
+        for _ in range(200):
+            states |= {n.membership.state_of(leaver.node_id) for n in others}
+            await trio.sleep(0.05)
+        assert states == {"left"}
+        for node in others:
+            view = node.membership.member(leaver.node_id)
+            assert view is not None and view.record.leaving
+            assert node.membership.statistics().suspicions_started == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_own_updates_spread_rate_limited_latest_wins(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        _, nodes = await _network(nursery, _members(4))
+        await trio.sleep(2.0)
+        source, watcher = nodes[0], nodes[1]
+        seen: set[int] = set()
+        start = trio.current_time()
+        for step in range(30):  # 30 changes in 3 s
+            source.membership.update_self(trio.current_time(), free_bytes=1000 + step)
+            view = watcher.membership.member(source.node_id)
+            assert view is not None
+            seen.add(view.record.sequence)
+            await trio.sleep(0.1)
+        assert source.membership.self_record.sequence == 30
+        assert source.membership.self_record.free_bytes == 1029
+
+        def caught_up() -> bool:
+            view = watcher.membership.member(source.node_id)
+            assert view is not None
+            seen.add(view.record.sequence)
+            return view.record.free_bytes == 1029
+
+        with trio.fail_after(3.0):
+            await _wait_for(caught_up)
+        elapsed = trio.current_time() - start
+        # At most one dissemination per second (plus the first, immediate one).
+        assert len(seen) <= 2 + math.ceil(elapsed / CFG.self_update_min_interval_s)
+        with pytest.raises(ValueError, match="incarnation"):
+            source.membership.update_self(trio.current_time(), incarnation=9)
+        with pytest.raises(ValueError, match="unknown"):
+            source.membership.update_self(trio.current_time(), colour="red")
+        nursery.cancel_scope.cancel()
+
+
+async def test_restarted_member_rejoins_above_its_old_incarnation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    count = 5
+    members = _members(count, shared=False)
+    async with trio.open_nursery() as nursery:
+        net, nodes = await _network(nursery, members)
+        for node in nodes[1:]:
+            net.deliver(node, node.membership.join(trio.current_time(), ["node0:7700"]))
+        await trio.sleep(3.0)
+        phoenix = nodes[4]
+        # Make the old life's record newer than the fresh one the restart will sign.
+        phoenix.membership.update_self(trio.current_time(), free_bytes=1)
+        await trio.sleep(3.0)
+        net.stop(phoenix)
+        others = nodes[:4]
+        with trio.fail_after(_detection_bound_s(CFG, count)):
+            await _wait_for(
+                lambda: all(n.membership.state_of(phoenix.node_id) == "dead" for n in others)
+            )
+        reborn = Membership(
+            signing_key=_key(4),
+            self_record=_record(4),  # incarnation 0, sequence 0: older than the dead one
+            config=CFG,
+            rng=random.Random(99),
+            now=trio.current_time(),
+        )
+        net.replace(phoenix, reborn)
+        await net.start(phoenix)
+        net.deliver(phoenix, reborn.join(trio.current_time(), ["node0:7700"]))
+        with trio.fail_after(5.0):
+            await _wait_for(
+                lambda: all(n.membership.state_of(phoenix.node_id) == "alive" for n in others)
+            )
+        assert reborn.self_record.incarnation >= 1
+        assert len(reborn.alive_members()) == count - 1
+        nursery.cancel_scope.cancel()
+
+
+# --- speed of light -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "trusted", "plausible"),
+    [("enforce", False, False), ("warn", True, False), ("off", True, True)],
+)
+async def test_impossible_location_claim(
+    autojump_clock: trio.testing.MockClock, mode: str, trusted: bool, plausible: bool
+) -> None:
+    assert haversine_km(*ZURICH, *NEW_YORK) > 5000
+    assert haversine_km(*ZURICH, *BASEL) < 100
+    config = attrs.evolve(CFG, location_check=mode)
+    locations = {0: ZURICH, 1: BASEL, 2: NEW_YORK}
+    members = _members(3, config, locations=locations)
+    async with trio.open_nursery() as nursery:
+        # 0.5 ms each way: a 1 ms round trip, room for at most 100 km of fibre.
+        _, nodes = await _network(nursery, members, delay_s=0.0005)
+        observer = nodes[0].membership
+        version = observer.version
+        await trio.sleep(10.0)
+        honest = observer.member(nodes[1].node_id)
+        liar = observer.member(nodes[2].node_id)
+        assert honest is not None and liar is not None
+        assert liar.rtt_ms is not None and liar.rtt_ms == pytest.approx(1.0, abs=0.01)
+        assert liar.distance_km is not None and liar.distance_km > 5000
+        assert (liar.location_trusted, liar.location_plausible) == (trusted, plausible)
+        assert honest.location_trusted and honest.location_plausible
+        assert honest.distance_km is not None and honest.distance_km < 100
+        assert liar.state == honest.state == "alive"
+        # Placement caches on the version: a trust flip must change it.
+        if not plausible:
+            assert observer.version > version
+        nursery.cancel_scope.cancel()
+
+
+async def test_slow_answer_keeps_a_distant_location_plausible(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    members = _members(
+        2, attrs.evolve(CFG, location_check="enforce"), locations={0: ZURICH, 1: NEW_YORK}
+    )
+    async with trio.open_nursery() as nursery:
+        # 40 ms each way: 80 ms of round trip covers 8,000 km, more than Zurich-New York.
+        _, nodes = await _network(nursery, members, delay_s=0.040)
+        await trio.sleep(10.0)
+        view = nodes[0].membership.member(nodes[1].node_id)
+        assert view is not None and view.rtt_ms == pytest.approx(80.0)
+        assert view.location_trusted and view.location_plausible
+        nursery.cancel_scope.cancel()
+
+
+# --- accounting -----------------------------------------------------------------------------
+
+
+async def test_statistics_count_messages_and_bytes_by_kind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        sent: dict[str, int] = {}
+        sizes: dict[str, int] = {}
+        net, nodes = await _network(nursery, _members(4))
+
+        def count(src: Node, dst: Node, message: Message) -> bool:
+            if src is nodes[0]:
+                sent[message.KIND] = sent.get(message.KIND, 0) + 1
+                sizes[message.KIND] = sizes.get(message.KIND, 0) + encoded_size(message)
+            return True
+
+        net.filters.append(count)
+        await trio.sleep(10.0)
+        stats = nodes[0].membership.statistics()
+        assert stats.messages_sent == sent
+        assert stats.bytes_sent == sizes
+        assert 8 <= stats.probes_sent <= 11
+        assert stats.messages_received["gossip_probe_ack"] == stats.probes_sent
+        assert stats.members_alive == 3 and stats.health_score == 0
+        nursery.cancel_scope.cancel()
+
+
+def test_constructor_refuses_a_record_that_is_not_ours() -> None:
+    with pytest.raises(ValueError, match="public half"):
+        Membership(
+            signing_key=_key(0),
+            self_record=_record(1),
+            config=CFG,
+            rng=random.Random(0),
+            now=0.0,
+        )
+    forged = attrs.evolve(_record(0), free_bytes=1)
+    with pytest.raises(ValueError, match="signature"):
+        Membership(
+            signing_key=_key(0), self_record=forged, config=CFG, rng=random.Random(0), now=0.0
+        )
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError):
+        GossipConfig(location_check="sometimes")
+    with pytest.raises(ValueError):
+        GossipConfig(probe_interval_s=0)
+    with pytest.raises(ValueError):
+        GossipConfig(max_records_per_message=5000)
+
+
+def test_probe_for_someone_else_is_not_acknowledged() -> None:
+    members = _members(3, now=0.0)
+    out = members[0].handle(
+        0.0, members[1].node_id, GossipProbe(probe_id=1, target=members[2].node_id)
+    )
+    assert out == []
+    assert members[0].statistics().invalid_messages_dropped == 1
+    out = members[0].handle(
+        0.0, members[1].node_id, GossipProbe(probe_id=2, target=members[0].node_id)
+    )
+    assert [type(o.message) for o in out] == [GossipProbeAck]
+    assert out[0].node_id == members[1].node_id and out[0].address == "node1:7700"
+
+
+def test_leave_message_needs_the_leaving_flag() -> None:
+    members = _members(2, now=0.0)
+    members[0].handle(0.0, None, GossipLeave(record=_record(1)))
+    assert members[0].state_of(members[1].node_id) == "alive"
+    assert members[0].statistics().invalid_messages_dropped == 1
+
+
+def test_sync_answer_contains_the_whole_view() -> None:
+    members = _members(4, now=0.0)
+    out = members[0].handle(
+        0.0,
+        members[1].node_id,
+        GossipSync(
+            sync_id=7, updates=(MemberUpdate(record=members[1].self_record, state="alive"),)
+        ),
+    )
+    replies = [o.message for o in out]
+    assert all(isinstance(r, GossipSyncReply) and r.sync_id == 7 for r in replies)
+    ids = {u.record.node_id for r in replies if isinstance(r, GossipSyncReply) for u in r.updates}
+    assert ids == {m.node_id for m in members}

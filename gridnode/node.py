@@ -175,7 +175,8 @@ class Node:
                                       free_bytes=self.packets.free_bytes,
                                       now=trio.current_time())
         self.gossiper = Gossiper(membership=membership, inbound=gossip_recv,
-                                 connect=self.transport.connect, seeds=config.seeds)
+                                 connect=self.transport.connect, link_of=self.transport.link,
+                                 seeds=config.seeds)
 
         self.packet_store = PacketStore(
             identity=identity, packets=self.packets, holdings=self.holdings,

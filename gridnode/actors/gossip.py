@@ -28,7 +28,9 @@ from protocol import Message
 from ..errors import PeerError
 from ..log import get_logger
 from ..logic.placement import Member, Source
-from ..logic.swim import GossipConfig, Membership, MemberView, Outgoing, sign_record
+from protocol import sign_record
+
+from ..logic.swim import GossipConfig, Membership, MemberView, Outgoing
 
 __all__ = ["GossipIn", "Gossiper", "build_membership"]
 
@@ -87,7 +89,7 @@ def build_membership(
     )
     gossip_config = GossipConfig(
         probe_interval_s=config.gossip_probe_interval_s,
-        probe_timeout_s=min(0.5, config.gossip_probe_interval_s / 2),
+        probe_timeout_s=config.gossip_probe_interval_s / 2,
         sync_interval_s=config.gossip_sync_interval_s,
         dead_reap_s=config.gossip_dead_reap_s,
         location_check=config.location_check,
@@ -106,6 +108,7 @@ class Gossiper:
     membership: Membership
     inbound: trio.MemoryReceiveChannel[GossipIn]
     connect: Callable[..., Any]  # Transport.connect(address, expect=node_id)
+    link_of: Callable[[bytes], Any]  # Transport.link(node_id): an open session or None
     seeds: tuple[str, ...]
     senders: int = 8
     outbox_size: int = 256
@@ -149,12 +152,18 @@ class Gossiper:
                 self._outbox_send.send_nowait(out)
             except trio.WouldBlock:
                 self.dropped_outgoing += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the actor has stopped (shutdown); gossip is best effort
 
     async def _sender(self, outbox: trio.MemoryReceiveChannel[Outgoing]) -> None:
         async with outbox:
             async for out in outbox:
                 try:
-                    link = await self.connect(out.address, expect=out.node_id)
+                    link = self.link_of(out.node_id) if out.node_id is not None else None
+                    if link is None:
+                        if not out.address:
+                            continue  # an answer to a peer whose session is gone: drop it
+                        link = await self.connect(out.address, expect=out.node_id)
                     await link.send(out.message)
                 except PeerError as exc:
                     self.send_failures += 1
@@ -184,7 +193,10 @@ class Gossiper:
                 location_trusted=view.location_trusted,
                 labels=parse_labels(view.record.labels),
             )
-            for view in self.membership.alive_members()
+            for view in self.membership.members()
+            # A suspect is alive until proven dead (SWIM); excluding it would make one slow
+            # probe answer fail a backup.  If it is really gone the upload is replaced.
+            if view.state in ("alive", "suspect")
         ]
         return self.membership.version, members
 

@@ -180,7 +180,13 @@ class PacketStore:
                         } | assigned
                         current.pop(share, None)
                         keep = tuple(t for t in current.values() if t not in failed)
-                        target = await self.replace_target(job, keep, frozenset(failed))
+                        try:
+                            target = await self.replace_target(job, keep, frozenset(failed))
+                        except Exception as placement_error:
+                            raise UploadFailed(
+                                f"packet {share} of chunk {job.chunk_id.hex()[:12]}: "
+                                f"{errors[-1]}; and no replacement target: {placement_error}"
+                            ) from None
                         assigned[share] = target
                         replaced += 1
                 raise UploadFailed(

@@ -58,9 +58,10 @@ Only the members that a per-view integer threshold lets through get a
 logarithm and a sort, so the cost per chunk barely grows with the view. The
 greedy pass works on a small compatibility matrix of the head of the order.
 The failure path (depth-first search, diagnostics) is slower by design: up to
-``search_budget`` steps of one vectorised comparison each. Completion tests
-the held targets against a head of the order first, and against every
-candidate only when the head holds too few that fit.
+``search_budget`` steps of one vectorised comparison each. Completion filters
+a growing head of the order by the held targets (against one of them first,
+the rest only for the survivors) and takes the full pass over every candidate
+only when greedy dead-ends or no completion exists.
 """
 
 from __future__ import annotations
@@ -688,15 +689,18 @@ class PlacementView:
             raise ValueError(f"fixed holds {len(held)} targets, more than the {n} asked for")
         seen: set[bytes] = set()
         for node_id in held:
-            shown = node_id.hex() if isinstance(node_id, bytes) else repr(node_id)
+            problem = None
             if node_id == self._source.node_id:
-                raise ValueError(f"fixed target {shown} is this node, which is never a target")
-            if node_id not in self._all_index:
-                raise ValueError(f"fixed target {shown} is not a member of this view")
-            if node_id in seen:
-                raise ValueError(f"fixed target {shown} appears twice")
-            if node_id in excluded:
-                raise ValueError(f"fixed target {shown} is also excluded")
+                problem = "is this node, which is never a target"
+            elif node_id not in self._all_index:
+                problem = "is not a member of this view"
+            elif node_id in seen:
+                problem = "appears twice"
+            elif node_id in excluded:
+                problem = "is also excluded"
+            if problem is not None:
+                shown = node_id.hex() if isinstance(node_id, bytes) else repr(node_id)
+                raise ValueError(f"fixed target {shown} {problem}")
             seen.add(node_id)
         return held
 
@@ -750,8 +754,8 @@ class PlacementView:
         integer test, so the fitting ones below tau are exactly the first
         fitting members in rank order, however few of the members fit. When
         greedy completes on that prefix, its answer is the first valid set
-        in rank order. None when it does not by the time tau lets a quarter
-        of the candidates through; the full pass then decides (and explains).
+        in rank order. None when greedy dead-ends or the whole order has been
+        seen; the full pass then decides (and explains).
         """
         use_packet = not self._rules.packet_proximity.is_unbounded
         use_distinct = bool(self._rules.distinct)
@@ -780,9 +784,10 @@ class PlacementView:
                     return chosen
                 if prefix.size >= greedy_limit:
                     return None
-            if 4 * scanned >= count:
-                return None
-            share = max(candidates.size, 1) / max(scanned, 1)
+            if scanned == count and bool(below.all()):
+                return None  # the whole order was seen
+            # None fitting among `scanned` suggests a share well below 1/scanned.
+            share = candidates.size / scanned if candidates.size else 0.25 / max(scanned, 1)
             aim = math.ceil(math.log2((2 * k + 2) / share))
             level = min(max(aim, level + 1), level + 8)
         return None
@@ -1218,7 +1223,8 @@ class PlacementView:
         not_excluded[excluded_rows] = False
         not_held = np.ones(len(self._others), dtype=np.bool_)
         not_held[[self._all_index[i] for i in held]] = False
-        needed = f"{n} needed besides {_holders(len(held))}" if held else f"{n} needed"
+        besides = f" besides {_holders(len(held))}" if held else ""
+        needed = f"{n} needed{besides}"
 
         alive = self._alive & not_excluded & not_held
         have = int(np.count_nonzero(alive))
@@ -1254,7 +1260,7 @@ class PlacementView:
                     return PlacementError(
                         f"backup proximity {band}: this node's own location is unknown, so "
                         f"no member can be shown to lie in that band; set this node's "
-                        f"location ({needed.replace(' needed', ' targets needed', 1)})",
+                        f"location ({_plural(n, 'target')} needed{besides})",
                         rule="backup_proximity",
                         needed=n,
                         available=0,

@@ -28,6 +28,9 @@ Rule 4. Records are owner-signed.  A record newer than the one held is verified 
 Rule 5. Every change is queued for dissemination and piggybacked on probes, acks and
         gossip rounds (``gossip_fanout`` random members every ``gossip_interval_s``)
         at most ``retransmit_mult * ceil(log10(N + 1))`` times, fewest-sent first.
+Rule 5a. A suspect or dead claim older than the alive record we hold (about a member
+        or ourselves) puts that record back in the queue, unless it is still there:
+        the claim's sender missed the refutation, and maybe others did too.
 Rule 6. Anti-entropy: every ``sync_interval_s`` (scaled up above 32 members like
         memberlist's push/pull) a member exchanges its full state with one random
         member, in pages of at most ``max_records_per_message``.  A "dead" heard in a
@@ -68,9 +71,11 @@ from protocol import (
     GossipSync,
     GossipSyncReply,
     GossipUpdates,
+    LocalProtocolError,
     MemberRecord,
     MemberUpdate,
     Message,
+    encode,
     encoded_size,
     record_is_valid,
     record_signing_payload,
@@ -109,6 +114,11 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
         raise ValueError(f"{attribute.name} must be a positive number, not {value!r}")
 
 
+def _count(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be a positive integer, not {value!r}")
+
+
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
@@ -120,15 +130,17 @@ class GossipConfig:
 
     probe_interval_s: float = attrs.field(default=1.0, validator=_positive)
     probe_timeout_s: float = attrs.field(default=0.5, validator=_positive)
-    indirect_probes: int = attrs.field(default=3, validator=_non_negative)
+    indirect_probes: int = attrs.field(
+        default=3, validator=[attrs.validators.instance_of(int), _non_negative]
+    )
     gossip_interval_s: float = attrs.field(default=0.2, validator=_positive)
-    gossip_fanout: int = attrs.field(default=3, validator=_positive)
+    gossip_fanout: int = attrs.field(default=3, validator=_count)
     #: Retransmit limit = retransmit_mult * ceil(log10(N + 1)).
-    retransmit_mult: int = attrs.field(default=4, validator=_positive)
+    retransmit_mult: int = attrs.field(default=4, validator=_count)
     #: Lifeguard: the suspicion timeout shrinks with independent confirmations from
     #: ``suspicion_max_timeout_mult`` times the minimum down to the minimum.
-    suspicion_mult: int = attrs.field(default=4, validator=_positive)
-    suspicion_max_timeout_mult: int = attrs.field(default=6, validator=_positive)
+    suspicion_mult: int = attrs.field(default=4, validator=_count)
+    suspicion_max_timeout_mult: int = attrs.field(default=6, validator=_count)
     #: Forget dead and left members after this.
     dead_reap_s: float = attrs.field(default=30.0, validator=_positive)
     #: Anti-entropy: full state exchange with one random member.
@@ -141,17 +153,17 @@ class GossipConfig:
     #: refutes (memberlist's GossipToTheDeadTime).
     gossip_to_dead_s: float = attrs.field(default=30.0, validator=_non_negative)
     #: Lifeguard local health: probe interval and timeout scale up to this factor.
-    awareness_max_multiplier: int = attrs.field(default=8, validator=_positive)
+    awareness_max_multiplier: int = attrs.field(default=8, validator=_count)
     #: Updates piggybacked on one probe, ack or gossip message.
-    max_piggyback: int = attrs.field(default=8, validator=_positive)
+    max_piggyback: int = attrs.field(default=8, validator=_count)
     #: One page of a full state exchange.
-    max_records_per_message: int = attrs.field(default=4096, validator=_positive)
+    max_records_per_message: int = attrs.field(default=4096, validator=_count)
     #: Above this many members the sync interval grows like memberlist's push/pull.
-    sync_scale_threshold: int = attrs.field(default=32, validator=_positive)
+    sync_scale_threshold: int = attrs.field(default=32, validator=_count)
     #: A member that knows nobody retries its seeds this often.
     rejoin_interval_s: float = attrs.field(default=5.0, validator=_positive)
     #: Round trips kept per member; the minimum of them is the "best recent" one.
-    rtt_samples: int = attrs.field(default=8, validator=_positive)
+    rtt_samples: int = attrs.field(default=8, validator=_count)
     #: Own record changes are disseminated at most this often (latest value wins).
     self_update_min_interval_s: float = attrs.field(default=1.0, validator=_non_negative)
 
@@ -360,6 +372,9 @@ class _BroadcastQueue:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._entries
+
     def put(self, node_id: bytes, reporter: bytes) -> None:
         old = self._entries.get(node_id)
         if old is not None:
@@ -402,6 +417,15 @@ class _BroadcastQueue:
         return [(node_id, reporter) for node_id, _, reporter in chosen]
 
 
+def _check_wire(record: MemberRecord) -> None:
+    """Our own record must pass the bounds we impose on everyone else's, or no peer
+    would ever accept it; better to refuse it here than fail on every send."""
+    try:
+        encode(GossipLeave(record=record))
+    except LocalProtocolError as exc:
+        raise ValueError(f"member record refused by the wire format: {exc}") from None
+
+
 def _record_fields(rec: MemberRecord) -> dict[str, Any]:
     return {name: getattr(rec, name) for name in _RECORD_FIELDS}
 
@@ -423,7 +447,8 @@ class Membership:
         verify_cache: signature verdicts keyed by record digest, may be shared.
 
     Raises:
-        ValueError: when ``self_record`` is not ours or its signature does not verify.
+        ValueError: when ``self_record`` is not ours, its signature does not verify, or
+            it breaks the wire format's bounds.
     """
 
     def __init__(
@@ -441,6 +466,7 @@ class Membership:
             raise ValueError("self_record.node_id is not the public half of signing_key")
         if not record_is_valid(self_record):
             raise ValueError("self_record's signature does not verify")
+        _check_wire(self_record)
         self._key = signing_key
         self._cfg = config
         self._rng = rng
@@ -718,7 +744,9 @@ class Membership:
             address=record.address,
             sent_at=now,
             timeout_at=now,
-            deadline=now + (self._cfg.probe_interval_s - self._cfg.probe_timeout_s) * scale,
+            deadline=now
+            + max(self._cfg.probe_timeout_s, self._cfg.probe_interval_s - self._cfg.probe_timeout_s)
+            * scale,
             direct=False,
         )
         self._probes[probe_id] = probe
@@ -734,7 +762,7 @@ class Membership:
 
         Raises:
             ValueError: for identity, ordering or leave fields, which are not ours to set
-                here, or unknown fields.
+                here, unknown fields, or values outside the wire format's bounds.
         """
         self._now = now
         bad = sorted(set(changes) & _UNSETTABLE)
@@ -749,7 +777,9 @@ class Membership:
             return
         fields["sequence"] = current["sequence"] + 1
         moved = (fields["lat"], fields["lon"]) != (current["lat"], current["lon"])
-        self._set_self_record(sign_record(self._key, **fields))
+        record = sign_record(self._key, **fields)
+        _check_wire(record)
+        self._set_self_record(record)
         if moved:
             self._recheck_locations()
         if now >= self._self_sent_at + self._cfg.self_update_min_interval_s:
@@ -1070,6 +1100,8 @@ class Membership:
                 return
         elif not (state in (_SUSPECT, _DEAD) and record.incarnation == known.incarnation):
             self._n["stale"] += 1
+            if state in (_SUSPECT, _DEAD) and member.state == _ALIVE:
+                self._regossip(node_id)
             return
         self._merge(now, node_id, member, update, state, newer)
 
@@ -1164,6 +1196,20 @@ class Membership:
         claim = update.state in (_SUSPECT, _DEAD) or record.leaving
         if claim and record.incarnation >= mine.incarnation:
             self._refute(record.incarnation)
+        elif claim:
+            self._regossip(self._id)
+
+    def _regossip(self, node_id: bytes) -> None:
+        """Rule 5a: a claim older than our news means its sender missed the news.
+
+        A refutation has few transmissions and may be lost (on a flaky link, by the
+        very acks that fail); whoever still gossips the old claim shows it did not
+        arrive everywhere, so the news goes round again, once it is out of the queue.
+        """
+        if node_id not in self._queue:
+            if node_id == self._id:
+                self._self_broadcast = self._self_update
+            self._queue_update(node_id, b"")
 
     def _set_record(self, member: _Member, record: MemberRecord) -> None:
         old = member.record

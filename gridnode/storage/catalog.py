@@ -335,13 +335,15 @@ class Catalog:
         return ids
 
     def fail_snapshot(self, snapshot_id: str) -> None:
+        """A failed backup records no snapshot (the backup log keeps the failure); chunks it
+        stored stay in ``chunks`` for the next attempt to reuse."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("UPDATE snapshots SET state = 'failed', finished = ? "
-                       "WHERE snapshot_id = ? AND state = 'running'", (time.time(), snapshot_id))
             db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
             db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
+            db.execute("DELETE FROM snapshots WHERE snapshot_id = ? AND state = 'running'",
+                       (snapshot_id,))
 
     def add_entries(self, snapshot_id: str, entries: Iterable[EntryRecord],
                     chunk_ids: Iterable[bytes] = ()) -> None:

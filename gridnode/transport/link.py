@@ -93,6 +93,10 @@ class PeerLink:
         self.dialer_id = session.node_id if dialed else session.peer_id
         self.default_timeout_s = default_timeout_s
         self.rtt_ms: float | None = None
+        #: The TCP stream under a dialed websocket: trio-websocket closes a server-side
+        #: stream itself, but a client stream is ours to close, also when the graceful
+        #: websocket close times out.
+        self.stream: trio.abc.Stream | None = None
         self.closed = trio.Event()
         self.close_reason = ""
         self._send_lock = trio.StrictFIFOLock()
@@ -128,10 +132,11 @@ class PeerLink:
 
     async def send(self, msg: Message) -> None:
         """Send one message; frames leave in the order their counters were assigned."""
-        if self.closed.is_set():
-            raise PeerGone(f"connection to {self.short_id} is closed: {self.close_reason}",
-                           peer=self.short_id)
         async with self._send_lock:
+            if self.closed.is_set() or not self.session.is_ready:
+                raise PeerGone(
+                    f"connection to {self.short_id} is closed: {self.close_reason or 'closing'}",
+                    peer=self.short_id)
             frame = self.session.send(msg)
             try:
                 await self.ws.send_message(frame)
@@ -194,8 +199,11 @@ class PeerLink:
                 serving.cancel_scope.cancel()
         finally:
             self._mark_closed(self.close_reason or "connection ended")
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.ws.aclose()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await self.ws.aclose()
+                if self.stream is not None:
+                    await trio.aclose_forcefully(self.stream)
 
     async def _read_loop(self, handler: RequestHandler, serving: trio.Nursery) -> None:
         while True:
@@ -296,8 +304,11 @@ class PeerLink:
                     except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                         pass
         self.close_reason = self.close_reason or f"closed by us: {code} {reason}".strip()
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            await self.ws.aclose()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(1):
+                await self.ws.aclose()
+            if self.stream is not None:
+                await trio.aclose_forcefully(self.stream)
         self._mark_closed(self.close_reason)
 
 

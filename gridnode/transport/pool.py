@@ -18,8 +18,8 @@ from trio_websocket import (
     HandshakeError,
     WebSocketConnection,
     WebSocketRequest,
-    connect_websocket,
     serve_websocket,
+    wrap_client_stream,
 )
 
 from protocol import Limits, ProtocolError, Role, Session, short_node_id
@@ -312,21 +312,33 @@ class Transport:
     async def _dial(self, address: str, expect: bytes | None) -> PeerLink:
         assert self._nursery is not None, "Transport.run() must be started first"
         host, port = parse_address(address, key="peer address")
+        stream: trio.SocketStream | None = None
         try:
             with trio.fail_after(self.settings.connect_timeout_s):
-                ws = await connect_websocket(
+                stream = await trio.open_tcp_stream(host, port)
+                ws = await wrap_client_stream(
                     self._nursery,
+                    stream,
                     host,
-                    port,
                     "/gridnode",
-                    use_ssl=False,
                     message_queue_size=4,
                     max_message_size=self.settings.limits.max_frame_bytes + FRAME_SLACK_BYTES,
                     receive_buffer_size=RECEIVE_BUFFER_BYTES,
                 )
-        except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as exc:
-            raise PeerGone(f"cannot connect to {address}: {exc!r}"[:200], peer=address) from None
-        session = await self._handshake(ws, Role.INITIATOR, address)
+        except BaseException as exc:
+            # trio-websocket does not close the stream when its handshake fails or is
+            # cancelled; we own the stream, so we do.
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            if isinstance(exc, OSError | HandshakeError | ConnectionClosed | trio.TooSlowError):
+                raise PeerGone(f"cannot connect to {address}: {exc!r}"[:200],
+                               peer=address) from None
+            raise
+        try:
+            session = await self._handshake(ws, Role.INITIATOR, address)
+        except BaseException:
+            await trio.aclose_forcefully(stream)  # cancelled or refused mid-handshake
+            raise
         assert session.peer_id is not None
         if expect is not None and session.peer_id != expect:
             with trio.move_on_after(1):
@@ -337,6 +349,7 @@ class Transport:
                 peer=address,
             )
         link = self._make_link(ws, session, dialed=True, address=address)
+        link.stream = stream
         if not self._register(link):
             await link.aclose("duplicate", "an older session to this peer is kept")
             raise _LostTieBreak

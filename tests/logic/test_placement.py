@@ -846,3 +846,446 @@ def test_member_validation() -> None:
         view.place(b"c", 0, 1)
     with pytest.raises(ValueError, match="packet_bytes"):
         view.place(b"c", 1, 0)
+
+
+# -- completion around targets that already hold packets (fixed) ----------------------
+
+
+def fits_held(held: Member, new: Member, rules: PlacementRules) -> bool:
+    """The pairwise rules between a held target and a new one, restated strictly.
+
+    A held target is not checked for room or liveness, but a pairwise rule
+    with it can only be shown when it has what the rule measures: a known,
+    trusted location for packet proximity, every named label for distinct.
+    """
+    if not rules.packet_proximity.is_unbounded and (held.lat is None or not held.location_trusted):
+        return False
+    if any(name not in dict(held.labels) for name in rules.distinct):
+        return False
+    return pair_ok(held, new, rules)
+
+
+def completion_ok(new: Sequence[Member], held: Sequence[Member], rules: PlacementRules) -> bool:
+    return all(pair_ok(a, b, rules) for a, b in itertools.combinations(new, 2)) and all(
+        fits_held(h, m, rules) for h in held for m in new
+    )
+
+
+def assert_valid_completion(
+    chosen: Sequence[bytes],
+    members: Sequence[Member],
+    source: Source,
+    rules: PlacementRules,
+    n: int,
+    packet_bytes: int,
+    exclude: Collection[bytes],
+    fixed: Sequence[bytes],
+) -> None:
+    by_id = {m.node_id: m for m in members}
+    assert len(chosen) == n
+    assert len(set(chosen)) == n
+    assert list(chosen[: len(fixed)]) == list(fixed)
+    new = [by_id[i] for i in chosen[len(fixed) :]]
+    for m in new:
+        assert member_ok(m, source, rules, packet_bytes, exclude)
+    assert completion_ok(new, [by_id[i] for i in fixed], rules)
+
+
+def completion_candidates(
+    members: Sequence[Member],
+    source: Source,
+    rules: PlacementRules,
+    packet_bytes: int,
+    exclude: Collection[bytes],
+    fixed: Sequence[bytes],
+) -> list[Member]:
+    return [
+        m
+        for m in members
+        if m.node_id not in fixed and member_ok(m, source, rules, packet_bytes, exclude)
+    ]
+
+
+def assert_fails_honestly(exc: PlacementError, n: int, fixed: Sequence[bytes]) -> None:
+    assert exc.needed == n - len(fixed)
+    assert exc.rule in {
+        "members",
+        "capacity",
+        "backup_proximity",
+        "packet_proximity",
+        "distinct",
+        "search_bound",
+    }
+    assert str(exc.needed) in str(exc)
+    if fixed and exc.rule != "search_bound":
+        assert "already hold" in str(exc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seeded_scenarios(max_members=60, max_n=8), st.data())
+def test_every_completion_keeps_the_held_targets_and_meets_every_rule(
+    case: Scenario, data: st.DataObject
+) -> None:
+    """Take a valid placement, keep a random part, exclude some of the rest: complete it."""
+    members, source, rules, n, packet_bytes, _, chunk_id = case
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    try:
+        placed = view.place(chunk_id, n, packet_bytes)
+    except PlacementError:
+        return
+    rng = random.Random(data.draw(st.integers(0, 2**32), label="seed"))
+    shuffled = list(placed)
+    rng.shuffle(shuffled)
+    fixed = shuffled[: data.draw(st.integers(0, n), label="held")]
+    rest = shuffled[len(fixed) :]
+    exclude = {i for i in rest if rng.random() < 0.5}
+    exclude |= {
+        m.node_id
+        for m in members
+        if m.node_id not in fixed and m.node_id != SOURCE_ID and rng.random() < 0.1
+    }
+    try:
+        chosen = view.place(chunk_id, n, packet_bytes, exclude, fixed=fixed)
+    except PlacementError as exc:
+        assert_fails_honestly(exc, n, fixed)
+        # The placement's own remainder completes it unless part of it is excluded.
+        assert exclude & set(rest) or exc.rule == "search_bound"
+        return
+    assert_valid_completion(chosen, members, source, rules, n, packet_bytes, exclude, fixed)
+    # The held targets came from a valid placement, so the whole set meets every rule.
+    assert_valid(chosen, members, source, rules, n, packet_bytes)
+    shuffled_members = list(members)
+    rng.shuffle(shuffled_members)
+    again = PlacementView(key=KEY, source=source, members=shuffled_members, rules=rules)
+    assert again.place(chunk_id, n, packet_bytes, exclude, fixed=fixed) == chosen
+
+
+@settings(max_examples=200, deadline=None)
+@given(seeded_scenarios(max_members=9, max_n=4), st.data())
+def test_completion_agrees_with_brute_force_on_small_cases(
+    case: Scenario, data: st.DataObject
+) -> None:
+    """Feasible exactly when brute force finds a completion, and then the first one in rank order.
+
+    The held targets come from a valid placement, or (when there is none,
+    or when drawn so) are any members of the view: dead, full, without a
+    location or a label, which completion takes as given where it may and
+    refuses where a rule could not be shown.
+    """
+    members, source, rules, n, packet_bytes, exclude, chunk_id = case
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    rng = random.Random(data.draw(st.integers(0, 2**32), label="seed"))
+    try:
+        if data.draw(st.booleans(), label="any held"):
+            raise PlacementError("draw any", rule="members", needed=n, available=0)
+        pool = view.place(chunk_id, n, packet_bytes)
+    except PlacementError:
+        pool = [m.node_id for m in members if m.node_id != SOURCE_ID]
+    rng.shuffle(pool)
+    fixed = pool[: data.draw(st.integers(0, min(n, len(pool))), label="held")]
+    exclude = frozenset(i for i in exclude if i not in fixed)
+    by_id = {m.node_id: m for m in members}
+    held = [by_id[i] for i in fixed]
+    k = n - len(fixed)
+    candidates = completion_candidates(members, source, rules, packet_bytes, exclude, fixed)
+    exists = any(
+        completion_ok(subset, held, rules) for subset in itertools.combinations(candidates, k)
+    )
+    try:
+        chosen = view.place(chunk_id, n, packet_bytes, exclude, fixed=fixed)
+    except PlacementError as exc:
+        assert exc.rule != "search_bound"  # small cases always finish
+        assert not exists, f"completion said {exc} but a valid completion exists"
+        assert_fails_honestly(exc, n, fixed)
+        return
+    assert exists
+    assert_valid_completion(chosen, members, source, rules, n, packet_bytes, exclude, fixed)
+    if k:
+        # The new targets are the first valid completion in the plain rendezvous order.
+        plain = PlacementView(
+            key=KEY, source=source, members=candidates, rules=PlacementRules()
+        ).place(chunk_id, len(candidates), 1)
+        cand_by_id = {m.node_id: m for m in candidates}
+        first = next(
+            subset
+            for subset in itertools.combinations(plain, k)
+            if completion_ok([cand_by_id[i] for i in subset], held, rules)
+        )
+        assert chosen[len(fixed) :] == list(first)
+
+
+@pytest.mark.parametrize("band", ["200km:1500km", ":400km", ":150km", "600km:"])
+def test_completion_on_a_large_view_matches_reference(band: str) -> None:
+    """The head-of-order fast path and the full pass give what the definition gives.
+
+    Tight bands leave few members that fit the held targets, so the head has
+    to grow or give way to the full pass; wide ones are settled at once.
+    """
+    rng = random.Random(11)
+    source = source_at(*ZURICH)
+    members = [
+        member(
+            i,
+            rng.uniform(35.0, 62.0),
+            rng.uniform(-10.0, 30.0),
+            free=rng.choice([PACKET - 1, 1 << 30, 1 << 35, 1 << 40]),
+            alive=rng.random() < 0.95,
+            location_trusted=rng.random() < 0.95,
+        )
+        for i in range(3000)
+    ]
+    rules = PlacementRules(
+        backup_proximity=parse_band(":2500km"), packet_proximity=parse_band(band)
+    )
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    by_id = {m.node_id: m for m in members}
+    for c in range(4):
+        chunk_id = c.to_bytes(4, "big")
+        placed = view.place(chunk_id, 3, PACKET)
+        failed, fixed = placed[0], placed[1:]
+        excluded = {failed} | {members[i].node_id for i in range(c, 3000, 11)}
+        excluded -= set(fixed)
+        eligible = completion_candidates(members, source, rules, PACKET, excluded, fixed)
+        order = reference_order(KEY, chunk_id, eligible)
+        held = [by_id[i] for i in fixed]
+        for k in (1, 3):
+            expected: list[Member] = []
+            for node_id in order:
+                if completion_ok([*expected, by_id[node_id]], held, rules):
+                    expected.append(by_id[node_id])
+                    if len(expected) == k:
+                        break
+            chosen = view.place(chunk_id, 2 + k, PACKET, excluded, fixed=fixed)
+            assert_valid_completion(chosen, members, source, rules, 2 + k, PACKET, excluded, fixed)
+            if len(expected) == k:
+                # Greedy over the reference order completed: its set is the first valid one.
+                assert chosen[2:] == [m.node_id for m in expected]
+
+
+def test_completion_replaces_one_failed_target() -> None:
+    members = [member(i) for i in range(20)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    first = view.place(b"chunk", 6, PACKET)
+    failed = first[2]
+    keep = [t for t in first if t != failed]
+    second = view.place(b"chunk", 6, PACKET, exclude={failed})
+    # Without pairwise rules the replacement is the next member in the order.
+    assert view.place(b"chunk", 6, PACKET, exclude={failed}, fixed=keep) == keep + second[5:]
+    # The held ids come first in the order given, the new ones in rendezvous order.
+    backwards = keep[::-1][:3]
+    chosen = view.place(b"chunk", 6, PACKET, exclude={failed}, fixed=backwards)
+    assert chosen[:3] == backwards
+    assert chosen[3:] == [t for t in second if t not in backwards][:3]
+    assert (
+        place_chunk(
+            key=KEY,
+            chunk_id=b"chunk",
+            source=source_at(*ZURICH),
+            members=members,
+            n=6,
+            packet_bytes=PACKET,
+            rules=PlacementRules(),
+            exclude={failed},
+            fixed=keep,
+        )
+        == keep + second[5:]
+    )
+
+
+def test_completion_backtracks_when_greedy_dead_ends() -> None:
+    # As in test_backtracking_finds_a_set_greedy_misses, plus a held target
+    # 1,800 km north that is at least 500 km from every other member.
+    rules = PlacementRules(packet_proximity=parse_band("500km:"))
+    members = [
+        member(0, *point_north(300), free=1 << 50),
+        member(1, *point_north(0)),
+        member(2, *point_north(600)),
+        member(3, *point_north(1200)),
+        member(9, *point_north(1800)),
+    ]
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    for c in range(10):
+        chunk_id = c.to_bytes(2, "big")
+        assert view.place(chunk_id, 2, PACKET, fixed=[node(9)]) == [node(9), node(0)]
+        chosen = view.place(chunk_id, 4, PACKET, fixed=[node(9)])
+        assert chosen[0] == node(9) and set(chosen[1:]) == {node(1), node(2), node(3)}
+
+
+def test_held_targets_are_not_checked_again_for_room_or_liveness() -> None:
+    members = [member(0, alive=False), member(1, free=0), member(2), member(3)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    chosen = view.place(b"c", 3, PACKET, fixed=[node(0), node(1)])
+    assert chosen[:2] == [node(0), node(1)] and chosen[2] in {node(2), node(3)}
+    # All n already held: nothing to choose, nothing to check.
+    assert view.place(b"c", 2, PACKET, fixed=[node(1), node(0)]) == [node(1), node(0)]
+
+
+def test_replacement_must_lie_within_the_band_of_the_held_targets() -> None:
+    # Five held targets near Zurich; the failed one too; the others 1,000 km north.
+    near = [member(i, *point_north(10 * i)) for i in range(6)]
+    far = [member(100 + i, *point_north(1000)) for i in range(6)]
+    rules = PlacementRules(packet_proximity=parse_band("0km:500km"))
+    source = source_at(*ZURICH)
+    held = [node(i) for i in range(5)]
+    view = PlacementView(key=KEY, source=source, members=near + far, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 6, PACKET, exclude={node(5)}, fixed=held)
+    assert str(info.value) == (
+        "packet proximity 0-500 km: no member with room lies within the band of the 5 targets "
+        "that already hold packets, 1 needed"
+    )
+    assert (info.value.rule, info.value.needed, info.value.available) == ("packet_proximity", 1, 0)
+    # A plain re-placement with the failed target excluded would not keep the held five.
+    assert set(held) - set(view.place(b"c", 6, PACKET, exclude={node(5)}))
+    # Two members 400 km north fit all five (and each other); three are too many.
+    middle = [member(200 + i, *point_north(400 + 10 * i)) for i in range(2)]
+    view = PlacementView(key=KEY, source=source, members=near + far + middle, rules=rules)
+    chosen = view.place(b"c", 7, PACKET, exclude={node(5)}, fixed=held)
+    assert chosen[:5] == held and set(chosen[5:]) == {node(200), node(201)}
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 8, PACKET, exclude={node(5)}, fixed=held)
+    assert str(info.value) == (
+        "packet proximity 0-500 km: only 2 of the 8 candidate members lie within the band of "
+        "the 5 targets that already hold packets, 3 needed"
+    )
+    assert (info.value.needed, info.value.available) == (3, 2)
+
+
+def test_held_target_without_a_trusted_location_cannot_be_matched() -> None:
+    members = [member(0), member(1, location_trusted=False), member(2), member(3), member(4)]
+    rules = PlacementRules(packet_proximity=parse_band(":500km"))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 4, PACKET, fixed=[node(0), node(1), node(2)])
+    assert str(info.value) == (
+        "packet proximity at most 500 km: 1 of the 3 targets that already hold packets has an "
+        "unknown or untrusted location, so no member can be shown to lie within the band of "
+        "it, 1 needed"
+    )
+    assert (info.value.rule, info.value.available) == ("packet_proximity", 0)
+    with pytest.raises(PlacementError, match="the target that already holds packets has an"):
+        view.place(b"c", 2, PACKET, fixed=[node(1)])
+    # Without a pairwise distance rule its location does not matter.
+    plain = PlacementView(
+        key=KEY,
+        source=source_at(*ZURICH),
+        members=members,
+        rules=PlacementRules(backup_proximity=parse_band(":500km")),
+    )
+    assert plain.place(b"c", 2, PACKET, fixed=[node(1)])[0] == node(1)
+
+
+def test_distinct_completion_messages() -> None:
+    source = source_at(*ZURICH)
+    rules = PlacementRules(distinct=("site",))
+    members = [member(i, labels=(("site", s),)) for i, s in enumerate("abcabdab")]
+    members.append(member(20))  # no site label
+    view = PlacementView(key=KEY, source=source, members=members, rules=rules)
+    held = [node(0), node(1), node(2)]
+    assert view.place(b"c", 4, PACKET, fixed=held) == [*held, node(5)]
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 5, PACKET, fixed=held)
+    assert str(info.value) == (
+        "distinct site: the 3 targets that already hold packets use 3 'site' values and the "
+        "5 candidate members have only 1 other value, 2 needed"
+    )
+    assert (info.value.rule, info.value.needed, info.value.available) == ("distinct", 2, 1)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 2, PACKET, fixed=[node(20)])
+    assert str(info.value) == (
+        "distinct site: the target that already holds packets does not carry every label it "
+        "names, so no member can be shown to differ from it, 1 needed"
+    )
+    # Each label alone leaves another value, but no member differs in both.
+    two = PlacementRules(distinct=("site", "rack"))
+    members = [
+        member(0, labels=(("site", "a"), ("rack", "1"))),
+        member(1, labels=(("site", "b"), ("rack", "1"))),
+        member(2, labels=(("site", "a"), ("rack", "2"))),
+    ]
+    view = PlacementView(key=KEY, source=source, members=members, rules=two)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 2, PACKET, fixed=[node(0)])
+    assert str(info.value) == (
+        "distinct site, rack: only 0 of the 2 candidate members differ from the target that "
+        "already holds packets in every label, 1 needed"
+    )
+
+
+def test_completion_blames_both_rules_together() -> None:
+    members = [
+        member(0, labels=(("site", "a"),)),
+        member(1, labels=(("site", "a"),)),  # in the band, same site
+        member(2, *point_north(1000), labels=(("site", "b"),)),  # other site, too far
+    ]
+    rules = PlacementRules(packet_proximity=parse_band(":100km"), distinct=("site",))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 2, PACKET, fixed=[node(0)])
+    assert str(info.value) == (
+        "packet proximity at most 100 km with distinct site: only 0 of the 2 candidate members "
+        "meet both rules together with the target that already holds packets (each rule alone "
+        "leaves enough), 1 needed"
+    )
+    assert info.value.rule == "packet_proximity"
+
+
+def test_new_targets_must_also_fit_each_other() -> None:
+    # Three members 1,000 km north each fit the held one but sit on one spot.
+    members = [member(0)] + [member(10 + i, *point_north(1000)) for i in range(3)]
+    rules = PlacementRules(packet_proximity=parse_band("500km:"))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    assert view.place(b"c", 2, PACKET, fixed=[node(0)])[1] in {node(10), node(11), node(12)}
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 3, PACKET, fixed=[node(0)])
+    assert str(info.value) == (
+        "packet proximity at least 500 km: no 2 of the 3 candidate members that fit the target "
+        "that already holds packets lie pairwise within that band; the largest such set found "
+        "has 1"
+    )
+    assert (info.value.needed, info.value.available) == (2, 1)
+
+
+def test_completion_shortage_messages_count_new_targets() -> None:
+    source = source_at(*ZURICH)
+    held = [node(i) for i in range(5)]
+    members = [member(i) for i in range(7)] + [member(20, alive=False)]
+    view = PlacementView(key=KEY, source=source, members=members, rules=PlacementRules())
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 6, PACKET, exclude={node(5), node(6)}, fixed=held)
+    assert str(info.value) == (
+        "members: only 0 alive members besides this node (not counting 2 excluded), "
+        "1 needed besides the 5 targets that already hold packets"
+    )
+    assert (info.value.rule, info.value.needed, info.value.available) == ("members", 1, 0)
+    members = [member(i) for i in range(5)] + [member(10 + i, free=PACKET - 1) for i in range(3)]
+    view = PlacementView(key=KEY, source=source, members=members, rules=PlacementRules())
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 6, PACKET, fixed=held)
+    assert str(info.value) == (
+        "capacity: only 0 alive members have 262144 bytes free, 1 needed besides the 5 targets "
+        "that already hold packets"
+    )
+
+
+def test_fixed_validation() -> None:
+    members = [member(i) for i in range(5)]
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=members, rules=PlacementRules()
+    )
+    with pytest.raises(ValueError, match="more than the 2 asked for"):
+        view.place(b"c", 2, PACKET, fixed=[node(0), node(1), node(2)])
+    with pytest.raises(ValueError, match=f"fixed target {node(9).hex()} is not a member"):
+        view.place(b"c", 3, PACKET, fixed=[node(0), node(9)])
+    with pytest.raises(ValueError, match="is this node"):
+        view.place(b"c", 3, PACKET, fixed=[SOURCE_ID])
+    with pytest.raises(ValueError, match="appears twice"):
+        view.place(b"c", 3, PACKET, fixed=[node(1), node(1)])
+    with pytest.raises(ValueError, match=f"fixed target {node(1).hex()} is also excluded"):
+        view.place(b"c", 3, PACKET, exclude={node(1)}, fixed=[node(0), node(1)])
+    with pytest.raises(ValueError, match="n must be"):
+        view.place(b"c", 0, PACKET, fixed=[node(0)])

@@ -1,0 +1,162 @@
+"""Data-path behaviour on real Nodes in one process (see inproc.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from gridnode.actors.base import call
+from gridnode.actors.packet_store import UploadChunk
+from gridnode.control import ControlError
+from gridnode.logic.packing import ErasureParams, encode_chunk
+from gridnode.logic.placement import PlacementRules
+from gridnode.node import Node
+from protocol import Message, format_node_id
+
+from .inproc import open_grid
+
+
+def write_tree(root: Path) -> Path:
+    tree = root / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "quarterly-report-zebra.txt").write_text("confidential zebra numbers " * 500)
+    (tree / "random.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    return tree
+
+
+async def test_backup_and_restore_in_process(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+    async with open_grid(tmp_path / "grid", 7) as grid:
+        result = await grid.call(0, "backup", paths=[str(tree)])
+        assert result["files"] == 2
+        restored = await grid.call(0, "restore", snapshot=result["snapshot_id"],
+                                   to=str(tmp_path / "out"))
+        assert restored["bytes"] == result["bytes"]
+        for rel in ("sub/quarterly-report-zebra.txt", "random.bin"):
+            assert (tmp_path / "out" / "tree" / rel).read_bytes() == (tree / rel).read_bytes()
+
+
+async def test_full_target_refuses_and_its_packet_is_placed_elsewhere(tmp_path: Path) -> None:
+    allocations = ["1GB"] * 8
+    allocations[3] = "300kB"  # smaller than one packet of a 2 MiB chunk
+    async with open_grid(tmp_path / "grid", 8, allocations=allocations) as grid:
+        source, full = grid.nodes[0], grid.nodes[3]
+        encoded = encode_chunk(os.urandom(2 * 1024 * 1024), dedup_secret=source.identity.dedup_secret,
+                               params=ErasureParams(4, 6))
+        assert encoded.packet_size > 300_000
+        targets = (full.identity.node_id,) + tuple(n.identity.node_id for n in grid.nodes[4:8]) + (
+            grid.nodes[1].identity.node_id,)
+        uploaded = await call(source._store_send, UploadChunk(  # noqa: SLF001
+            encoded.chunk_id, encoded.packets, encoded.packet_ids, targets, PlacementRules(),
+            encoded.packet_size))
+        assert uploaded.replaced == 1
+        holders = {p.target for p in uploaded.placed}
+        assert full.identity.node_id not in holders
+        assert len(holders) == 6
+        assert full.packet_store.stats.get("store_refused_full") == 1
+        assert full.packets.used_bytes == 0
+
+
+async def test_whole_grid_full_fails_clearly_and_records_no_snapshot(tmp_path: Path) -> None:
+    tree = tmp_path / "big"
+    tree.mkdir()
+    (tree / "data.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    async with open_grid(tmp_path / "grid", 7, allocations=["600kB"] * 7) as grid:
+        with pytest.raises(ControlError) as info:
+            await grid.call(0, "backup", paths=[str(tree)])
+        message = str(info.value)
+        assert "capacity" in message or "no target" in message or "full" in message
+        assert await grid.call(0, "snapshots") == []
+        log = await grid.call(0, "log")
+        assert log["entries"][-1]["event"] == "backup_failed"
+
+
+class Recorder:
+    """Wraps a node as the transport's handler: records every message it receives."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.messages: list[Message] = []
+
+    async def handle_request(self, link: Any, msg: Message, digest: bytes | None) -> Message:
+        self.messages.append(msg)
+        return await self.node.handle_request(link, msg, digest)
+
+    def handle_oneway(self, link: Any, msg: Message) -> None:
+        self.messages.append(msg)
+        self.node.handle_oneway(link, msg)
+
+
+def _flatten(msg: Message) -> bytes:
+    import attrs
+
+    parts: list[bytes] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, bytes):
+            parts.append(value)
+        elif isinstance(value, str):
+            parts.append(value.encode())
+        elif isinstance(value, tuple | list):
+            for v in value:
+                walk(v)
+        elif attrs.has(type(value)):
+            for f in attrs.fields(type(value)):
+                walk(getattr(value, f.name))
+
+    walk(msg)
+    return b"\x00".join(parts)
+
+
+async def test_targets_learn_nothing_about_the_source_or_the_data(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+    plaintext = (tree / "random.bin").read_bytes()
+    recorders: dict[Node, Recorder] = {}
+
+    def wrap(node: Node) -> Recorder:
+        recorders[node] = Recorder(node)
+        return recorders[node]
+
+    async with open_grid(tmp_path / "grid", 7, wrap_handler=wrap) as grid:
+        del recorders[grid.nodes[0]]  # the source
+        result = await grid.call(0, "backup", paths=[str(tree)])
+        placement = await grid.call(0, "placement", snapshot=result["snapshot_id"])
+        source = grid.nodes[0]
+        secrets_ = [source.identity.node_id, source.identity.node_id.hex().encode(),
+                    format_node_id(source.identity.node_id).encode(), b"quarterly-report-zebra",
+                    b"confidential zebra", b"sub/", plaintext[1000:1064],
+                    plaintext[-64:]]
+        for node, recorder in recorders.items():
+            data_msgs = [m for m in recorder.messages if not m.KIND.startswith("gossip_")]
+            assert data_msgs, "every target received packets"
+            mine = {bytes.fromhex(p["packet_id"]) for c in placement["chunks"]
+                    for p in c["packets"] if p["target"] == format_node_id(node.identity.node_id)}
+            others = {bytes.fromhex(p["packet_id"]) for c in placement["chunks"]
+                      for p in c["packets"]} - mine
+            other_targets = {n.identity.node_id for n in grid.nodes[1:]} - {node.identity.node_id}
+            blob = b"".join(_flatten(m) for m in data_msgs)
+            for secret in secrets_:
+                assert secret not in blob
+            for packet_id in others:  # the sequence: which other packets belong together
+                assert packet_id not in blob
+            for target in other_targets:
+                assert target not in blob
+            stored = b"".join(p.read_bytes() for p in (node.config.home / "storage").rglob("*")
+                              if p.is_file())
+            for secret in secrets_ + list(other_targets):
+                assert secret not in stored
+            assert {m.packet_id for m in data_msgs if m.KIND == "store_packet"} <= mine  # type: ignore[attr-defined]
+
+
+async def test_placement_error_names_the_rule(tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+    async with open_grid(tmp_path / "grid", 7) as grid:
+        with pytest.raises(ControlError) as info:
+            await grid.call(0, "backup", paths=[str(tree)], backup_proximity="20000km:")
+        assert "backup proximity" in str(info.value)
+        assert await grid.call(0, "snapshots") == []
+        await trio.sleep(0)

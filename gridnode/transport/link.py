@@ -264,8 +264,16 @@ class PeerLink:
                 answer = await handler.handle_request(self, msg, digest)
             except RemoteError as exc:
                 answer = Error(request_id=request_id, code=exc.code, message=exc.remote_message)
+            except Exception as exc:  # a bug serving one request must not kill the link
+                self.log.error("request_handler_crashed", kind=msg.KIND, exc_info=exc)
+                answer = Error(request_id=request_id, code="internal_error",
+                               message=f"{type(exc).__name__} while serving {msg.KIND}")
             self._requests_served += 1
-            await self.send(answer)
+            try:
+                await self.send(answer)
+            except LocalProtocolError as exc:  # e.g. an answer over the frame limit
+                await self.send(Error(request_id=request_id, code=exc.code,
+                                      message=exc.message[:500]))
         except PeerGone:
             pass  # the requester went away; nobody is left to answer
         finally:

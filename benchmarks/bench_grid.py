@@ -18,9 +18,14 @@ run, on the same files:
 
 Grid rates use the node's own ``seconds`` (the job inside the node); the wall clock of
 the CLI call (process start, control session) is kept beside it, with the cost of a
-no-op CLI call (``status``).  CPU seconds of the source (all threads and its main
-thread, i.e. the trio loop) and of the targets during each job show where the time
-goes.  Every restore is checked byte for byte against its source.  Aims from issue 3:
+no-op CLI call (``status``).  CPU seconds per GB of the source (all threads and its
+main thread, i.e. the trio loop), of the targets and of the in-process pipeline show
+where the time goes, and unlike rates they hardly depend on what else the machine
+runs; the idle grid's CPU per second is measured too.  The node syncs a restore to
+disk, so the pipeline's restore is also timed with an fsync of its file
+(``restore_fsync_mb_s``), and the disk's rate of fsynced packet writes (1 and 8
+threads, as a target keeps packets) is calibrated.  Every restore is checked byte for
+byte against its source.  Aims from issue 3:
 backup of incompressible data >= 100 MB/s, restore >= 150 MB/s, 2,000 small files in
 3 s or less, unchanged in 0.5 s or less.
 
@@ -85,6 +90,7 @@ QUICK_FILES: Final = 500
 SMALL_FILE_BYTES: Final = 4096
 SMALL_DIRS: Final = 20
 PACK_BYTES: Final = MiB
+IDLE_SAMPLE_S: Final = 2.0
 AIMS: Final = {
     "backup_incompressible_mb_s_at_least": 100,
     "restore_incompressible_mb_s_at_least": 150,
@@ -144,13 +150,21 @@ def pipeline_backup(path: Path) -> tuple[float, list[_Kept]]:
     return time.perf_counter() - started, kept
 
 
-def pipeline_restore(kept: Sequence[_Kept], out: Path) -> float:
-    """Decode every chunk from its data shares on 2 threads and write the file; seconds."""
+def pipeline_restore(kept: Sequence[_Kept], out: Path) -> tuple[float, float]:
+    """Decode every chunk from its data shares on 2 threads and write the file.
+
+    Returns the seconds without and with a final fsync of the file: the node makes its
+    restores durable (it syncs at the end), so the second is the fair floor when the
+    disk is slow; the first is the pipeline's own speed.
+    """
     started = time.perf_counter()
     with ThreadPoolExecutor(WORKERS) as pool, open(out, "wb") as stream:
         for plain in _windowed(pool, _Kept.decode, kept):
             stream.write(plain)
-    return time.perf_counter() - started
+        stream.flush()
+        written = time.perf_counter()
+        os.fsync(stream.fileno())
+    return written - started, time.perf_counter() - started
 
 
 def _small_files(root: Path) -> list[Path]:
@@ -251,6 +265,14 @@ class _Probe:
             "targets_cpu_s": round(targets1 - targets0, 2),
         }
 
+    def idle(self, seconds: float) -> dict[str, float]:
+        """CPU per second of the idle grid (gossip, timers): what every job row includes."""
+        source0, targets0 = self.sample()
+        time.sleep(seconds)
+        source1, targets1 = self.sample()
+        return {"source_cpu_per_s": round((source1 - source0).total_s / seconds, 3),
+                "targets_cpu_per_s": round((targets1 - targets0) / seconds, 3)}
+
 
 def _cli_overhead(grid: LocalGrid) -> float:
     """Wall seconds of a no-op CLI call (``status``): process start plus control session."""
@@ -281,15 +303,23 @@ def _same_small_tree(original: Path, restored_root: Path) -> bool:
 
 
 def _with_rates(job: dict[str, Any], nbytes: int) -> dict[str, Any]:
+    """MB/s by the node's clock and by the wall clock, and CPU seconds per GB of data.
+
+    CPU per GB does not depend on how busy the machine is: it says what the job would
+    cost on any machine, and whether 2 cores could go faster at all.
+    """
+    gigabytes = nbytes / 1e9
     job["mb_s"] = round(rate_mb_s(nbytes, float(job["seconds"])), 1)
     job["wall_mb_s"] = round(rate_mb_s(nbytes, float(job["wall_s"])), 1)
+    job["source_cpu_s_per_gb"] = round(job["source_cpu_s"] / gigabytes, 2)
+    job["targets_cpu_s_per_gb"] = round(job["targets_cpu_s"] / gigabytes, 2)
     return job
 
 
-def _bench_dataset(probe: _Probe, path: Path, digest: bytes, kept_seconds: tuple[float, float],
+def _bench_dataset(probe: _Probe, path: Path, digest: bytes, pipeline: _PipelineRun,
                    work: Path) -> dict[str, Any]:
     size = path.stat().st_size
-    encode_s, decode_s = kept_seconds
+    gigabytes = size / 1e9
     backup = _with_rates(probe.job("backup", str(path.parent), "--redundancy", str(PARAMS)),
                          size)
     out = work / f"restore-{path.parent.name}"
@@ -299,21 +329,39 @@ def _bench_dataset(probe: _Probe, path: Path, digest: bytes, kept_seconds: tuple
     shutil.rmtree(out)
     return {
         "bytes": size,
-        "pipeline": {"backup_mb_s": round(rate_mb_s(size, encode_s), 1),
-                     "restore_mb_s": round(rate_mb_s(size, decode_s), 1)},
+        "pipeline": {
+            "backup_mb_s": round(rate_mb_s(size, pipeline.encode_s), 1),
+            "restore_mb_s": round(rate_mb_s(size, pipeline.decode_s), 1),
+            "restore_fsync_mb_s": round(rate_mb_s(size, pipeline.decode_fsync_s), 1),
+            "backup_cpu_s_per_gb": round(pipeline.encode_cpu_s / gigabytes, 2),
+            "restore_cpu_s_per_gb": round(pipeline.decode_cpu_s / gigabytes, 2),
+        },
         "grid": {"backup": backup, "restore": restore},
     }
 
 
-def _pipeline_dataset(path: Path, digest: bytes, work: Path) -> tuple[float, float]:
+@attrs.frozen
+class _PipelineRun:
+    encode_s: float
+    decode_s: float
+    decode_fsync_s: float
+    encode_cpu_s: float
+    decode_cpu_s: float
+
+
+def _pipeline_dataset(path: Path, digest: bytes, work: Path) -> _PipelineRun:
+    cpu = time.process_time()
     encode_s, kept = pipeline_backup(path)
+    encode_cpu = time.process_time() - cpu
     out = work / "pipeline-restore.bin"
-    decode_s = pipeline_restore(kept, out)
+    cpu = time.process_time()
+    decode_s, decode_fsync_s = pipeline_restore(kept, out)
+    decode_cpu = time.process_time() - cpu
     del kept
     if file_digest(out) != digest:
         raise RuntimeError(f"the in-process pipeline did not round-trip {path.name}")
     out.unlink()
-    return encode_s, decode_s
+    return _PipelineRun(encode_s, decode_s, decode_fsync_s, encode_cpu, decode_cpu)
 
 
 def _bench_small(probe: _Probe, root: Path, work: Path) -> dict[str, Any]:
@@ -409,6 +457,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             phases["grid_start"] = time.perf_counter() - started
             started = time.perf_counter()
             probe = _Probe(grid)
+            results["idle_grid"] = probe.idle(IDLE_SAMPLE_S)
             results["cli_overhead_s"] = round(_cli_overhead(grid), 3)
             for name, digest in digests.items():
                 results["datasets"][name] = _bench_dataset(
@@ -449,31 +498,41 @@ def _figures(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_table(results: dict[str, Any]) -> str:
+    idle = results["idle_grid"]
     lines = [
         f"bench_grid: source + {results['storage_nodes']} storage nodes on 127.0.0.1, "
-        f"{results['redundancy']}; grid started in {results['grid_start_s']} s; "
+        f"{results['redundancy']}; grid started in {results['phase_seconds']['grid_start']} s; "
         f"a no-op CLI call takes {results['cli_overhead_s']} s; MB = 10^6 bytes",
-        f"{'job':<28} {'grid MB/s':>9} {'wall MB/s':>9} {'pipeline':>9} {'ratio':>6} "
-        f"{'src CPU s':>9} {'src loop s':>10} {'tgt CPU s':>9}  equal",
+        f"idle grid: source {idle['source_cpu_per_s']} CPU s/s, targets "
+        f"{idle['targets_cpu_per_s']} CPU s/s; 'pipe+sync': the pipeline with an fsync of "
+        "the restored file",
+        f"{'job':<28} {'grid MB/s':>9} {'wall MB/s':>9} {'pipeline':>9} {'pipe+sync':>9} "
+        f"{'ratio':>6} {'src CPU s/GB':>12} {'(loop)':>7} {'tgt CPU s/GB':>12} "
+        f"{'pipe CPU s/GB':>13}  equal",
     ]
     for name, dataset in results["datasets"].items():
+        gigabytes = dataset["bytes"] / 1e9
         for job in ("backup", "restore"):
             row = dataset["grid"][job]
             base = dataset["pipeline"][f"{job}_mb_s"]
+            synced = dataset["pipeline"].get(f"{job}_fsync_mb_s")
             lines.append(
                 f"{job + ' ' + name + ' ' + str(dataset['bytes'] // MiB) + ' MiB':<28} "
                 f"{row['mb_s']:>9.1f} {row['wall_mb_s']:>9.1f} {base:>9.1f} "
-                f"{row['mb_s'] / base:>6.2f} {row['source_cpu_s']:>9.2f} "
-                f"{row['source_main_thread_cpu_s']:>10.2f} {row['targets_cpu_s']:>9.2f}  "
-                f"{row.get('equal', '')}")
+                f"{'-' if synced is None else f'{synced:.1f}':>9} "
+                f"{row['mb_s'] / base:>6.2f} {row['source_cpu_s_per_gb']:>12.2f} "
+                f"{row['source_main_thread_cpu_s'] / gigabytes:>7.2f} "
+                f"{row['targets_cpu_s_per_gb']:>12.2f} "
+                f"{dataset['pipeline'][f'{job}_cpu_s_per_gb']:>13.2f}  {row.get('equal', '')}")
     small = results["small_files"]
     lines.append(f"{small['files']} files of 4 KiB: {'grid s':>8} {'wall s':>8} "
-                 f"{'in-process s':>12}")
+                 f"{'in-process s':>12} {'src CPU s':>9} {'tgt CPU s':>9}")
     for job, base_key in (("first_backup", "first_backup_s"), ("unchanged", "unchanged_s"),
                           ("restore", "restore_s")):
         row = small["grid"][job]
         lines.append(f"  {job:<20} {row['seconds']:>8.2f} {row['wall_s']:>8.2f} "
-                     f"{small['pipeline'][base_key]:>12.3f}  {row.get('equal', '')}")
+                     f"{small['pipeline'][base_key]:>12.3f} {row['source_cpu_s']:>9.2f} "
+                     f"{row['targets_cpu_s']:>9.2f}  {row.get('equal', '')}")
     lines.append(f"source peak RSS over the whole run: "
                  f"{results['source_peak_rss_kib'] / 1024:.0f} MiB")
     disk = results["disk_packets_fsynced"]

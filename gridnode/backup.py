@@ -49,7 +49,7 @@ from .logic.placement import PlacementError, PlacementRules
 from .log import get_logger
 from .scanner import ScanEntry, ScanError, iter_tree, root_names
 from .services import Services
-from .storage.catalog import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
+from .storage.catalog import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord, policy_key
 from .trioutil import collapse_groups
 
 __all__ = ["BackupFailed", "BackupJob", "BackupRequest", "load_blob", "store_blob"]
@@ -140,7 +140,7 @@ async def store_chunk(
         uploaded: ChunkUploaded = await services.ask(
             services.packet_store,
             UploadChunk(encoded.chunk_id, encoded.packets, encoded.packet_ids, targets, rules,
-                        encoded.packet_size),
+                        encoded.packet_size, policy_key(params.k, params.n, rules.to_wire())),
         )
     except PlacementError as exc:
         raise BackupFailed(f"cannot place packets: {exc}") from None
@@ -193,7 +193,8 @@ async def store_blob(
     pieces = [bytes(p) for p in iter_buffer_chunks(blob)] or [b""]
     for piece in pieces:
         chunk_id = chunk_id_for(piece, secret)
-        known: ChunkRecord | None = await services.db(services.catalog.chunk, chunk_id)
+        known: ChunkRecord | None = await services.db(
+            services.catalog.chunk, chunk_id, policy_key(params.k, params.n, rules.to_wire()))
         if known is not None:
             records.append(known)
             continue
@@ -242,6 +243,7 @@ class BackupJob:
         self.started = time.monotonic()
         self._chunk_records: list[ChunkRecord] = []
         self.log = _log.bind(node=services.identity.short_id, snapshot=self.snapshot_id)
+        self.policy = policy_key(request.params.k, request.params.n, request.rules.to_wire())
 
     async def run(self) -> dict[str, Any]:
         async with self.services.backup_lock:
@@ -253,7 +255,8 @@ class BackupJob:
             roots = [absolute for absolute, _ in root_names(self.request.paths)]
         except ScanError as exc:
             raise BackupFailed(str(exc)) from None
-        parent: SnapshotRecord | None = await svc.db(svc.catalog.latest_complete, roots)
+        parent: SnapshotRecord | None = await svc.db(svc.catalog.latest_complete, roots,
+                                                     self.policy)
         await svc.db(
             lambda: svc.catalog.begin_snapshot(
                 self.snapshot_id, roots=roots, parent=parent.snapshot_id if parent else None,
@@ -379,7 +382,7 @@ class BackupJob:
 
         def submit(chunk_id: bytes, data: bytes) -> None:
             batch_chunks.append(chunk_id)
-            if chunk_id in seen or catalog.has_chunk(chunk_id):
+            if chunk_id in seen or catalog.has_chunk(chunk_id, self.policy):
                 c.chunks_reused += 1
                 return
             seen.add(chunk_id)
@@ -476,8 +479,8 @@ class BackupJob:
         svc = self.services
         async with inbound:
             async for item in inbound:
-                await svc.db(svc.catalog.add_entries, self.snapshot_id, item.entries,
-                             item.chunk_ids)
+                await svc.db(lambda: svc.catalog.add_entries(
+                    self.snapshot_id, item.entries, item.chunk_ids, policy=self.policy))
 
     async def _chunk_worker(self, inbound: trio.MemoryReceiveChannel[_Chunk]) -> None:
         async with inbound:
@@ -512,7 +515,9 @@ class BackupJob:
         await self._emit_progress("record")
         records, uploaded = await store_blob(svc, blob, params=self.request.params,
                                              rules=self.request.rules)
-        await svc.db(svc.catalog.add_chunks, records)
+        # Referenced by the snapshot like its data, so forget frees them only when no other
+        # snapshot shares them (an unchanged tree's record is shared).
+        await svc.db(lambda: svc.catalog.add_chunks(records, snapshot_id=self.snapshot_id))
         self.counters.packets_uploaded += uploaded
         return bytes(msgpack.packb([r.to_wire() for r in records], use_bin_type=True))
 

@@ -102,12 +102,14 @@ class NodeIdentity:
     def delete_secret_base(self) -> bytes:
         return _derive(self._seed, "packet delete secret")
 
-    def packet_delete_secret(self, packet_id: bytes) -> bytes:
-        return blake3.blake3(packet_id, key=self.delete_secret_base).digest()
+    def packet_delete_secret(self, packet_id: bytes, policy: str = "") -> bytes:
+        """One secret per packet and placement policy: the same packet stored under two
+        policies is two holdings, and forgetting one must not delete the other."""
+        return blake3.blake3(packet_id + policy.encode(), key=self.delete_secret_base).digest()
 
-    def packet_owner_tag(self, packet_id: bytes) -> bytes:
+    def packet_owner_tag(self, packet_id: bytes, policy: str = "") -> bytes:
         """What a target keeps to honour a later delete: a hash, not the owner's id."""
-        return blake3.blake3(self.packet_delete_secret(packet_id)).digest()
+        return blake3.blake3(self.packet_delete_secret(packet_id, policy)).digest()
 
     # --- export ---------------------------------------------------------------------------
 

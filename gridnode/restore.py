@@ -75,7 +75,7 @@ async def restore_snapshot(services: Services, snapshot: str, dest: str, path: s
     entries = _select(await services.db(lambda: list(catalog.entries(snap.snapshot_id))), path)
     needed = {c for e in entries for c, _, _ in e.extents}
     chunks: dict[bytes, ChunkRecord] = await services.db(
-        lambda: {c: r for c in needed if (r := catalog.chunk(c)) is not None}
+        lambda: {c: r for c in needed if (r := catalog.chunk(c, snap.policy)) is not None}
     )
     total_bytes = sum(e.size for e in entries if e.kind == "file")
     total_files = sum(1 for e in entries if e.kind == "file")
@@ -184,13 +184,10 @@ async def verify_snapshot(services: Services, snapshot: str, emit: Emit) -> dict
 async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
     snap = await resolve(services, snapshot, complete=False)
     catalog = services.catalog
-    record_chunks = ([ChunkRecord.from_wire(r) for r in msgpack.unpackb(snap.record, raw=False)]
-                     if snap.record else [])
 
     def drop() -> list[ChunkRecord]:
         orphans = catalog.forget_snapshot(snap.snapshot_id)
-        records = [r for c in orphans if (r := catalog.chunk(c)) is not None]
-        return records + record_chunks
+        return [r for c, p in orphans if (r := catalog.chunk(c, p)) is not None]
 
     doomed: list[ChunkRecord] = await services.db(drop)
     deleted = failed = 0
@@ -198,7 +195,7 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
     async def delete(chunk: ChunkRecord) -> None:
         nonlocal deleted, failed
         for packet in chunk.packets:
-            secret = services.identity.packet_delete_secret(packet.packet_id)
+            secret = services.identity.packet_delete_secret(packet.packet_id, chunk.policy)
             try:
                 link = await services.link_for(packet.target)
                 answer = await link.request(lambda rid, p=packet.packet_id: DeletePacket(
@@ -212,7 +209,7 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
         async with trio.open_nursery() as nursery:
             for chunk in doomed:
                 nursery.start_soon(delete, chunk)
-    await services.db(catalog.delete_chunks, [c.chunk_id for c in doomed])
+    await services.db(catalog.delete_chunks, [(c.chunk_id, c.policy) for c in doomed])
     await services.db(lambda: catalog.log("forget", snap.snapshot_id, chunks=len(doomed),
                                           packets_deleted=deleted, packets_unreachable=failed))
     from .recovery import publish_root

@@ -129,15 +129,11 @@ class Gossiper:
             await self._loop(nursery)
 
     async def _loop(self, nursery: trio.Nursery) -> None:
-        last_rejoin = trio.current_time()
+        # The state machine rejoins through its seeds by itself while it knows nobody.
         async with self.inbound:
             while True:
                 now = trio.current_time()
                 self._deliver(self.membership.tick(now))
-                # A lone node (every seed was down at start) keeps knocking on its seeds.
-                if self.seeds and not self.membership.alive_members() and now - last_rejoin > 5:
-                    last_rejoin = now
-                    self._deliver(self.membership.join(now, list(self.seeds)))
                 deadline = max(self.membership.next_deadline(), now + 0.01)
                 with trio.move_on_at(min(deadline, now + 1.0)):
                     item = await self.inbound.receive()
@@ -208,7 +204,5 @@ class Gossiper:
         return [(v.record.node_id, v.record.address) for v in self.membership.alive_members()]
 
     def address_of(self, node_id: bytes) -> str | None:
-        for view in self.membership.members():
-            if view.record.node_id == node_id:
-                return view.record.address
-        return None
+        view = self.membership.member(node_id)
+        return view.record.address if view is not None else None

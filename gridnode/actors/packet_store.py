@@ -83,6 +83,7 @@ class UploadChunk:
     targets: tuple[bytes, ...]
     rules: Any  # PlacementRules: the same rules govern any replacement target
     packet_bytes: int
+    policy: str = ""  # the catalog's policy key: scopes the packets' delete secrets
 
 
 @attrs.frozen
@@ -166,7 +167,7 @@ class PacketStore:
             try:
                 for _attempt in range(self.max_replacements + 1):
                     try:
-                        receipt = await self._store_on(target, packet_id, data)
+                        receipt = await self._store_on(target, packet_id, data, job.policy)
                         placed[share] = PlacedPacket(share, packet_id, target, receipt)
                         sent += len(data)
                         return
@@ -207,9 +208,10 @@ class PacketStore:
         self._count("packets_replaced", replaced)
         return ChunkUploaded(placed=result, replaced=replaced, bytes_sent=sent)
 
-    async def _store_on(self, target: bytes, packet_id: bytes, data: bytes) -> bytes:
+    async def _store_on(self, target: bytes, packet_id: bytes, data: bytes,
+                        policy: str) -> bytes:
         link = await self.link_for(target)
-        owner_tag = self.identity.packet_owner_tag(packet_id)
+        owner_tag = self.identity.packet_owner_tag(packet_id, policy)
         answer = await link.request(
             lambda rid: StorePacket(
                 request_id=rid, packet_id=packet_id, owner_tag=owner_tag, data=data

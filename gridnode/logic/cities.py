@@ -183,6 +183,13 @@ def resolve_city(text: str) -> City:
             )
     elif group:
         return group[0]
+    # "Frankfurt" for "Frankfurt am Main": accept a word prefix when it names one city.
+    prefixed = {
+        c for k, cities in index.by_key.items() if k.startswith(key + " ")
+        for c in cities if country is None or c.country == country
+    }
+    if len(prefixed) == 1:
+        return prefixed.pop()
     suggestions = _suggest(key, country)
     hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
     raise UnknownCityError(

@@ -51,7 +51,6 @@ simulation does not hold 100 million entries.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import random
@@ -77,10 +76,9 @@ from protocol import (
     Message,
     encode,
     encoded_size,
+    record_digest,
     record_is_valid,
-    record_signing_payload,
     sign_record,
-    verify,
 )
 
 __all__ = [
@@ -282,19 +280,15 @@ class SharedView(Mapping[bytes, MemberRecord]):
 
 
 def _verified(rec: MemberRecord, cache: MutableMapping[bytes, bool]) -> bool:
-    payload = record_signing_payload(rec)
-    # The digest covers payload and signature: a changed field or a swapped signature
-    # is a different key, so one cache can serve every instance of a simulation.
-    key = _digest(payload, rec.signature)
+    # The digest covers every signed field and the signature: a changed field or a
+    # swapped signature is a different key, so one cache can serve every instance of
+    # a simulation.
+    key = record_digest(rec)
     ok = cache.get(key)
     if ok is None:
-        ok = verify(rec.node_id, payload, rec.signature)
+        ok = record_is_valid(rec)
         cache[key] = ok
     return ok
-
-
-def _digest(payload: bytes, signature: bytes) -> bytes:
-    return hashlib.blake2b(payload + signature, digest_size=20).digest()
 
 
 @attrs.define(slots=True)

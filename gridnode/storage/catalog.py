@@ -6,7 +6,10 @@ Tables and the claim element each one is:
 - ``entries``: source data records, one row per backed-up file, directory or symlink of a
   snapshot, with its metadata and its extents (chunk id, offset, length).
 - ``chunks``: the unique data identifiers (keyed BLAKE3) of every chunk this node has
-  stored on the grid, with the coding parameters needed to decode it.
+  stored on the grid, with the coding parameters needed to decode it.  A chunk is kept
+  once per *policy* (erasure parameters + placement rules): data stored 4-of-6 within
+  2000 km does not satisfy a snapshot that asks for 2-of-3 at least 300 km away, so dedup
+  only reuses a chunk placed under the same policy.
 - ``packets``: target data records: which target holds which packet of which chunk, with
   the target's signed receipt.  Ordered by share, it is also the non-transparent sequence.
 - ``snapshots`` + ``snapshot_chunks``: one data assembly record per snapshot (tree,
@@ -79,7 +82,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (snapshot_id, path)
     ) WITHOUT ROWID;
     CREATE TABLE chunks (
-        chunk_id BLOB PRIMARY KEY,
+        chunk_id BLOB NOT NULL,
+        policy TEXT NOT NULL,
         plain_size INTEGER NOT NULL,
         cipher_size INTEGER NOT NULL,
         compressed INTEGER NOT NULL,
@@ -87,20 +91,23 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         n INTEGER NOT NULL,
         stored_at REAL NOT NULL,
         rules TEXT NOT NULL,
-        domain TEXT NOT NULL DEFAULT 'data'
+        domain TEXT NOT NULL DEFAULT 'data',
+        PRIMARY KEY (chunk_id, policy)
     ) WITHOUT ROWID;
     CREATE TABLE packets (
         chunk_id BLOB NOT NULL,
+        policy TEXT NOT NULL,
         share INTEGER NOT NULL,
         packet_id BLOB NOT NULL,
         target BLOB NOT NULL,
         receipt BLOB NOT NULL,
-        PRIMARY KEY (chunk_id, share)
+        PRIMARY KEY (chunk_id, policy, share)
     ) WITHOUT ROWID;
     CREATE INDEX packets_by_target ON packets(target);
     CREATE TABLE snapshot_chunks (
         snapshot_id TEXT NOT NULL,
         chunk_id BLOB NOT NULL,
+        policy TEXT NOT NULL,
         PRIMARY KEY (snapshot_id, chunk_id)
     ) WITHOUT ROWID;
     CREATE INDEX snapshot_chunks_by_chunk ON snapshot_chunks(chunk_id);
@@ -123,6 +130,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 
 _GENESIS: Final = b"\x00" * 32
+
+
+def policy_key(k: int, n: int, rules: dict[str, Any]) -> str:
+    """The placement policy a chunk was stored under: the dedup key beside its id."""
+    return f"{k}/{n} " + json.dumps(rules, sort_keys=True, separators=(",", ":"))
 _LOG_CONTEXT: Final = b"gridnode backup log v1\x00"
 
 
@@ -143,6 +155,11 @@ class SnapshotRecord:
     @property
     def complete(self) -> bool:
         return self.state == "complete"
+
+    @property
+    def policy(self) -> str:
+        k, _, n = self.params.partition("/")
+        return policy_key(int(k), int(n), self.rules)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -209,6 +226,10 @@ class ChunkRecord:
         return [self.chunk_id, self.plain_size, self.cipher_size, self.compressed, self.k,
                 self.n, [[p.share, p.packet_id, p.target, p.receipt] for p in self.packets],
                 json.dumps(self.rules, sort_keys=True), self.domain]
+
+    @property
+    def policy(self) -> str:
+        return policy_key(self.k, self.n, self.rules)
 
     @classmethod
     def from_wire(cls, raw: Sequence[Any]) -> ChunkRecord:
@@ -346,7 +367,7 @@ class Catalog:
                        (snapshot_id,))
 
     def add_entries(self, snapshot_id: str, entries: Iterable[EntryRecord],
-                    chunk_ids: Iterable[bytes] = ()) -> None:
+                    chunk_ids: Iterable[bytes] = (), *, policy: str = "") -> None:
         """Record part of a running snapshot's tree; written in batches so memory stays flat.
 
         Rows of a snapshot that never completes are deleted when it is failed or found
@@ -355,21 +376,27 @@ class Catalog:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT OR REPLACE INTO entries(snapshot_id, path, kind, mode, mtime_ns, size,"
-                " inode, device, link_target, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    (snapshot_id, e.path, e.kind, e.mode, e.mtime_ns, e.size, e.inode, e.device,
-                     e.link_target,
-                     msgpack.packb([list(x) for x in e.extents], use_bin_type=True)
-                     if e.kind == "file" else None)
-                    for e in entries
-                ),
-            )
-            db.executemany(
-                "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id) VALUES (?, ?)",
-                ((snapshot_id, c) for c in chunk_ids),
-            )
+            self._insert_entries(db, snapshot_id, entries, chunk_ids, policy)
+
+    @staticmethod
+    def _insert_entries(db: sqlite3.Connection, snapshot_id: str, entries: Iterable[EntryRecord],
+                        chunk_ids: Iterable[bytes], policy: str) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO entries(snapshot_id, path, kind, mode, mtime_ns, size,"
+            " inode, device, link_target, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (snapshot_id, e.path, e.kind, e.mode, e.mtime_ns, e.size, e.inode, e.device,
+                 e.link_target,
+                 msgpack.packb([list(x) for x in e.extents], use_bin_type=True)
+                 if e.kind == "file" else None)
+                for e in entries
+            ),
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id, policy)"
+            " VALUES (?, ?, ?)",
+            ((snapshot_id, c, policy) for c in chunk_ids),
+        )
 
     def complete_snapshot(self, snapshot_id: str, *, files: int, size_bytes: int,
                           record: bytes | None) -> None:
@@ -387,8 +414,10 @@ class Catalog:
 
     def import_snapshot(self, snapshot: SnapshotRecord, entries: Sequence[EntryRecord],
                         chunks: Sequence[ChunkRecord]) -> None:
-        """Recovery: a snapshot read back from its sealed record on the grid, in one go."""
-        self.add_chunks(chunks)
+        """Recovery: a snapshot read back from its sealed record on the grid, in one go.
+
+        ``chunks`` are its data chunks and the pieces of its record; all are referenced
+        by the snapshot, so ``forget`` accounts for both."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
@@ -400,8 +429,9 @@ class Catalog:
                  json.dumps(list(snapshot.roots)), snapshot.files, snapshot.bytes,
                  snapshot.params, json.dumps(snapshot.rules), snapshot.record),
             )
-        chunk_ids = {c for e in entries for c, _, _ in e.extents}
-        self.add_entries(snapshot.snapshot_id, entries, sorted(chunk_ids))
+            self._insert_chunks(db, chunks, snapshot.snapshot_id)
+            chunk_ids = sorted({c for e in entries for c, _, _ in e.extents})
+            self._insert_entries(db, snapshot.snapshot_id, entries, chunk_ids, snapshot.policy)
 
     def set_snapshot_record(self, snapshot_id: str, record: bytes) -> None:
         self._db().execute("UPDATE snapshots SET record = ? WHERE snapshot_id = ?",
@@ -442,10 +472,11 @@ class Catalog:
             raise LookupError(f"snapshot prefix {prefix!r} is ambiguous ({len(rows)} match)")
         return self._snapshot_from_row(rows[0])
 
-    def latest_complete(self, roots: Sequence[str]) -> SnapshotRecord | None:
-        """The parent for an incremental backup: the newest complete snapshot of the same roots."""
+    def latest_complete(self, roots: Sequence[str], policy: str) -> SnapshotRecord | None:
+        """The parent for an incremental backup: the newest complete snapshot of the same
+        roots under the same policy (its chunks must satisfy the new snapshot's rules)."""
         for snap in reversed(self.snapshots()):
-            if snap.complete and list(snap.roots) == list(roots):
+            if snap.complete and list(snap.roots) == list(roots) and snap.policy == policy:
                 return snap
         return None
 
@@ -458,15 +489,16 @@ class Catalog:
                 if extents else ()
             yield EntryRecord(path, kind, mode, mtime_ns, size, inode, device, link_target, ext)
 
-    def forget_snapshot(self, snapshot_id: str) -> list[bytes]:
-        """Drop a snapshot; returns the chunk ids no other snapshot references (to delete)."""
+    def forget_snapshot(self, snapshot_id: str) -> list[tuple[bytes, str]]:
+        """Drop a snapshot; returns the (chunk id, policy) pairs no other snapshot uses."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            orphans = [bytes(r[0]) for r in db.execute(
-                "SELECT sc.chunk_id FROM snapshot_chunks sc WHERE sc.snapshot_id = ? AND NOT"
-                " EXISTS (SELECT 1 FROM snapshot_chunks o WHERE o.chunk_id = sc.chunk_id"
-                " AND o.snapshot_id != ?)", (snapshot_id, snapshot_id)).fetchall()]
+            orphans = [(bytes(r[0]), str(r[1])) for r in db.execute(
+                "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc WHERE sc.snapshot_id = ?"
+                " AND NOT EXISTS (SELECT 1 FROM snapshot_chunks o WHERE o.chunk_id = sc.chunk_id"
+                " AND o.policy = sc.policy AND o.snapshot_id != ?)",
+                (snapshot_id, snapshot_id)).fetchall()]
             db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
             db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
             db.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (snapshot_id,))
@@ -474,62 +506,74 @@ class Catalog:
 
     # --- chunks and packets ----------------------------------------------------------------------
 
-    def stored_chunk_ids(self) -> set[bytes]:
-        return {bytes(r[0]) for r in self._db().execute("SELECT chunk_id FROM chunks")}
-
-    def has_chunk(self, chunk_id: bytes) -> bool:
-        return self._db().execute("SELECT 1 FROM chunks WHERE chunk_id = ?",
-                                  (chunk_id,)).fetchone() is not None
+    def has_chunk(self, chunk_id: bytes, policy: str) -> bool:
+        return self._db().execute("SELECT 1 FROM chunks WHERE chunk_id = ? AND policy = ?",
+                                  (chunk_id, policy)).fetchone() is not None
 
     def add_chunks(self, chunks: Iterable[ChunkRecord], *, snapshot_id: str | None = None) -> None:
         """Record stored chunks (all n packets acknowledged) in one transaction."""
         db = self._db()
-        now = time.time()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            for c in chunks:
-                db.execute(
-                    "INSERT OR REPLACE INTO chunks(chunk_id, plain_size, cipher_size, compressed,"
-                    " k, n, stored_at, rules, domain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (c.chunk_id, c.plain_size, c.cipher_size, int(c.compressed), c.k, c.n, now,
-                     json.dumps(c.rules, sort_keys=True), c.domain),
-                )
-                db.execute("DELETE FROM packets WHERE chunk_id = ?", (c.chunk_id,))
-                db.executemany(
-                    "INSERT INTO packets(chunk_id, share, packet_id, target, receipt)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    ((c.chunk_id, p.share, p.packet_id, p.target, p.receipt) for p in c.packets),
-                )
-                if snapshot_id is not None:
-                    db.execute("INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id)"
-                               " VALUES (?, ?)", (snapshot_id, c.chunk_id))
+            self._insert_chunks(db, chunks, snapshot_id)
 
-    def chunk(self, chunk_id: bytes) -> ChunkRecord | None:
+    @staticmethod
+    def _insert_chunks(db: sqlite3.Connection, chunks: Iterable[ChunkRecord],
+                       snapshot_id: str | None) -> None:
+        now = time.time()
+        for c in chunks:
+            policy = c.policy
+            db.execute(
+                "INSERT OR REPLACE INTO chunks(chunk_id, policy, plain_size, cipher_size,"
+                " compressed, k, n, stored_at, rules, domain)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (c.chunk_id, policy, c.plain_size, c.cipher_size, int(c.compressed), c.k,
+                 c.n, now, json.dumps(c.rules, sort_keys=True), c.domain),
+            )
+            db.execute("DELETE FROM packets WHERE chunk_id = ? AND policy = ?",
+                       (c.chunk_id, policy))
+            db.executemany(
+                "INSERT INTO packets(chunk_id, policy, share, packet_id, target, receipt)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ((c.chunk_id, policy, p.share, p.packet_id, p.target, p.receipt)
+                 for p in c.packets),
+            )
+            if snapshot_id is not None:
+                db.execute("INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id,"
+                           " policy) VALUES (?, ?, ?)", (snapshot_id, c.chunk_id, policy))
+
+    def chunk(self, chunk_id: bytes, policy: str) -> ChunkRecord | None:
         db = self._db()
         row = db.execute("SELECT chunk_id, plain_size, cipher_size, compressed, k, n, rules,"
-                         " domain FROM chunks WHERE chunk_id = ?", (chunk_id,)).fetchone()
+                         " domain FROM chunks WHERE chunk_id = ? AND policy = ?",
+                         (chunk_id, policy)).fetchone()
         if row is None:
             return None
         packets = tuple(PacketRecord(s, bytes(p), bytes(t), bytes(r)) for s, p, t, r in db.execute(
             "SELECT share, packet_id, target, receipt FROM packets WHERE chunk_id = ?"
-            " ORDER BY share", (chunk_id,)))
+            " AND policy = ? ORDER BY share", (chunk_id, policy)))
         return ChunkRecord(bytes(row[0]), row[1], row[2], bool(row[3]), row[4], row[5], packets,
                            json.loads(row[6]), row[7])
 
     def chunks_of(self, snapshot_id: str) -> list[ChunkRecord]:
-        ids = [bytes(r[0]) for r in self._db().execute(
-            "SELECT chunk_id FROM snapshot_chunks WHERE snapshot_id = ? ORDER BY chunk_id",
+        """The data chunks of a snapshot (not its record), in chunk id order."""
+        ids = [(bytes(r[0]), str(r[1])) for r in self._db().execute(
+            "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc JOIN chunks c"
+            " ON c.chunk_id = sc.chunk_id AND c.policy = sc.policy"
+            " WHERE sc.snapshot_id = ? AND c.domain = 'data' ORDER BY sc.chunk_id",
             (snapshot_id,))]
-        out = [self.chunk(c) for c in ids]
+        out = [self.chunk(c, p) for c, p in ids]
         return [c for c in out if c is not None]
 
-    def delete_chunks(self, chunk_ids: Sequence[bytes]) -> None:
+    def delete_chunks(self, chunks: Sequence[tuple[bytes, str]]) -> None:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            for c in chunk_ids:
-                db.execute("DELETE FROM packets WHERE chunk_id = ?", (c,))
-                db.execute("DELETE FROM chunks WHERE chunk_id = ?", (c,))
+            for chunk_id, policy in chunks:
+                db.execute("DELETE FROM packets WHERE chunk_id = ? AND policy = ?",
+                           (chunk_id, policy))
+                db.execute("DELETE FROM chunks WHERE chunk_id = ? AND policy = ?",
+                           (chunk_id, policy))
 
     def packets_on(self, target: bytes) -> int:
         return int(self._db().execute("SELECT COUNT(*) FROM packets WHERE target = ?",

@@ -160,3 +160,37 @@ async def test_placement_error_names_the_rule(tmp_path: Path) -> None:
         assert "backup proximity" in str(info.value)
         assert await grid.call(0, "snapshots") == []
         await trio.sleep(0)
+
+
+def _held(grid: Any) -> int:
+    return sum(n.packets.packet_count for n in grid.nodes[1:])
+
+
+async def test_dedup_is_per_policy_and_forget_frees_only_unshared_packets(
+        tmp_path: Path) -> None:
+    tree = write_tree(tmp_path)
+    async with open_grid(tmp_path / "grid", 7) as grid:
+        first = await grid.call(0, "backup", paths=[str(tree)])
+        held_after_first = _held(grid)
+        same = await grid.call(0, "backup", paths=[str(tree)])
+        assert same["packets_uploaded"] == 0 and same["bytes_read"] == 0
+        other_rules = await grid.call(0, "backup", paths=[str(tree)], redundancy="2/3")
+        assert other_rules["bytes_read"] > 0  # a different policy is not satisfied by 4/6
+        assert other_rules["chunks_new"] >= 1
+        held_after_three = _held(grid)
+        assert held_after_three > held_after_first
+
+        # `first` and `same` share every data chunk: forgetting `first` frees none of them.
+        result = await grid.call(0, "forget", snapshot=first["snapshot_id"])
+        assert result["packets_unreachable"] == 0
+        restored = await grid.call(0, "restore", snapshot=same["snapshot_id"],
+                                   to=str(tmp_path / "o1"))
+        assert restored["files"] == 2
+        # Forgetting the 2/3 snapshot frees its packets on the targets.
+        freed = await grid.call(0, "forget", snapshot=other_rules["snapshot_id"])
+        assert freed["packets_deleted"] > 0
+        assert _held(grid) < held_after_three
+        verify = await grid.call(0, "verify", snapshot=same["snapshot_id"])
+        assert verify["ok"] and verify["chunks_degraded"] == 0
+        listing = await grid.call(0, "snapshots")
+        assert [s["snapshot_id"] for s in listing] == [same["snapshot_id"]]

@@ -122,3 +122,11 @@ def test_parse_location_city() -> None:
     assert isinstance(city, City)
     with pytest.raises(UnknownCityError):
         parse_location("Atlantis")
+
+
+def test_a_unique_word_prefix_names_the_city() -> None:
+    from gridnode.logic.cities import resolve_city
+
+    assert resolve_city("Frankfurt").name == "Frankfurt am Main"
+    with pytest.raises(UnknownCityError):
+        resolve_city("New")  # New York, New Delhi, ...: ambiguous, not guessed

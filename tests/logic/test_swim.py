@@ -770,7 +770,10 @@ async def test_statistics_count_messages_and_bytes_by_kind(
         assert stats.messages_sent == sent
         assert stats.bytes_sent == sizes
         assert 8 <= stats.probes_sent <= 11
-        assert stats.messages_received["gossip_probe_ack"] == stats.probes_sent
+        # Every probe is answered, but the last ack may still be on its way.
+        acks = stats.messages_received["gossip_probe_ack"]
+        assert stats.probes_sent - 1 <= acks <= stats.probes_sent
+        assert stats.probes_failed == 0
         assert stats.members_alive == 3 and stats.health_score == 0
         nursery.cancel_scope.cancel()
 

@@ -122,7 +122,7 @@ def messages() -> st.SearchStrategy[Message]:
     )
 
 
-@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.settings(max_examples=100, deadline=None)
 @hypothesis.given(messages())
 def test_round_trip_and_exact_size(message: Message) -> None:
     frame = encode(message)

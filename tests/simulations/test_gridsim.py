@@ -201,12 +201,13 @@ def test_compare_manifest_finds_every_kind_of_difference(tmp_path: Path) -> None
 
 
 def _simulation(tmp_path: Path, labels: dict[str, str] | None = None) -> Simulation:
-    nodes = [{"name": n, "city": c} for n, c in (("paris", "Paris"), ("brussels", "Brussels"),
-                                                 ("berlin", "Berlin"), ("madrid", "Madrid"),
-                                                 ("rome", "Rome"))]
-    for node in nodes:
-        if labels and node["name"] in labels:
-            node["labels"] = {"site": labels[node["name"]]}
+    nodes: list[dict[str, Any]] = [
+        {"name": n, "city": c} for n, c in (("paris", "Paris"), ("brussels", "Brussels"),
+                                            ("berlin", "Berlin"), ("madrid", "Madrid"),
+                                            ("rome", "Rome"))]
+    for raw in nodes:
+        if labels and raw["name"] in labels:
+            raw["labels"] = {"site": labels[raw["name"]]}
     scenario = parse_scenario({"scenario": {"redundancy": "2/3"}, "nodes": nodes})
     sim = Simulation(scenario, tmp_path, Network("loopback"), lambda text: None)
     for name, node in sim.nodes.items():
@@ -242,21 +243,29 @@ def test_survival_counts_dead_paused_separated_and_damaged_holders(tmp_path: Pat
     backup = _backup(sim, _placement(sim, [["berlin", "madrid", "rome"],
                                            ["brussels", "berlin", "madrid"]]))
     model = sim.survival(backup)
-    assert (model["restorable"], model["healthy"], model["degraded"], model["lost"]) == (
-        True, 2, 0, 0)
+    assert (model["restore"], model["healthy"], model["degraded"], model["lost"]) == (
+        "ok", 2, 0, 0)
     sim.nodes["berlin"].state = "killed"
     model = sim.survival(backup)
-    assert (model["restorable"], model["healthy"], model["degraded"], model["min_spare"]) == (
-        True, 0, 2, 0)
+    assert (model["restore"], model["healthy"], model["degraded"], model["min_spare"]) == (
+        "ok", 0, 2, 0)
     sim.damaged[("id-madrid", backup.placement["chunks"][0]["packets"][1]["packet_id"])] = "x"
     model = sim.survival(backup)
-    assert (model["restorable"], model["lost"], model["degraded"]) == (False, 1, 1)
+    assert (model["all_chunks_ok"], model["lost"], model["degraded"]) == (False, 1, 1)
+    # Until a restore has said how many chunks it reads, a lost chunk may be the record's.
+    assert model["restore"] == "either" and model["record_chunks"] is None
+    backup.data_chunks = 1
+    assert sim.survival(backup)["restore"] == "either"  # one record chunk: maybe that one
+    backup.data_chunks = 2
+    assert sim.survival(backup)["restore"] == "either"  # reads both: no record chunk known
+    backup.data_chunks = 1
     sim.nodes["berlin"].state = "up"
     sim.nodes["brussels"].state = "paused"
-    assert sim.survival(backup)["restorable"] is True
+    assert sim.survival(backup)["restore"] == "ok"
     # A real partition cuts Paris off from Madrid and Rome: chunk 0 keeps only Berlin.
     sim.partition = (frozenset({"paris", "berlin", "brussels"}), frozenset({"madrid", "rome"}))
-    assert sim.survival(backup)["lost"] == 2
+    model = sim.survival(backup)
+    assert (model["lost"], model["record_chunks"], model["restore"]) == (2, 1, "fail")
     # Emulated, the minority is stopped (its state says so) rather than cut off.
     sim.emulated_partition = True
     assert sim.survival(backup)["lost"] == 0
@@ -378,13 +387,13 @@ def test_smoke_scenario_end_to_end(tmp_path: Path) -> None:
     assert backup["detail"]["snapshot_id"]
     holders = backup["detail"]["holders"]
     assert set(holders) == {"berlin", "madrid", "rome"}  # 2-of-3: every other node
-    assert kill["detail"]["nodes"] == [max(sorted(holders), key=lambda n: holders[n])]
+    [victim] = kill["detail"]["nodes"]
+    assert holders[victim] == max(holders.values())
     assert restore["detail"]["predicted"] == "ok"
     assert restore["detail"]["differences"] == []
     for step in report["steps"]:
         assert [(c["name"], c["ok"]) for c in step["invariants"]] == [
             ("restore", True), ("rules", True), ("processes", True)]
-    victim = kill["detail"]["nodes"][0]
     running = [n for n in report["nodes"] if n["name"] != victim]
     assert all(n["state"] == "up" for n in running)
     # Every process gridsim started is gone once it returns.

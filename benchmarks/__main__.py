@@ -63,6 +63,7 @@ def _runner(name: str, *, plots_dir: Path | None) -> tuple[Runner, Callable[...,
             raise _Missing(f"{module_name} does not exist") from None
         raise
     if name == "durability":
+
         def durability(quick: bool) -> dict[str, Any]:
             result: dict[str, Any] = module.run(quick=quick, out_dir=plots_dir, seed=1)
             return result
@@ -103,9 +104,13 @@ def run_one(name: str, *, quick: bool, plots_dir: Path | None, details: bool) ->
     except _Missing as exc:
         return Outcome(name, "skipped", time.perf_counter() - started, error=str(exc))
     except Exception as exc:
-        return Outcome(name, "failed", time.perf_counter() - started,
-                       error=f"{type(exc).__name__}: {exc}"[:2000],
-                       traceback=traceback.format_exc()[-8000:])
+        return Outcome(
+            name,
+            "failed",
+            time.perf_counter() - started,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            traceback=traceback.format_exc()[-8000:],
+        )
     outcome = Outcome(name, "ok", time.perf_counter() - started, result=result)
     if details and formatter is not None:
         try:
@@ -118,17 +123,25 @@ def run_one(name: str, *, quick: bool, plots_dir: Path | None, details: bool) ->
 # --- figures of the benchmarks that do not list their own ------------------------------------
 
 
-def _figure(name: str, value: float, unit: str, baseline: str,
-            baseline_value: float) -> dict[str, Any]:
+def _figure(
+    name: str, value: float, unit: str, baseline: str, baseline_value: float
+) -> dict[str, Any]:
     ratio = value / baseline_value if baseline_value else None
-    return {"name": name, "value": value, "unit": unit, "baseline": baseline,
-            "baseline_value": baseline_value, "ratio": ratio}
+    return {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": ratio,
+    }
 
 
 def _pipeline_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        _figure(f"{dataset}: {stage}", row["ours_mb_s"], "MB/s", row["baseline"],
-                row["baseline_mb_s"])
+        _figure(
+            f"{dataset}: {stage}", row["ours_mb_s"], "MB/s", row["baseline"], row["baseline_mb_s"]
+        )
         for dataset, data in result["datasets"].items()
         for stage, row in data["stages"].items()
     ]
@@ -136,9 +149,13 @@ def _pipeline_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _placement_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [
-        _figure(f"{row['members']} members, rules {row['rules']}: place one chunk",
-                row["place_us_per_chunk"], "us", "plain hash selection",
-                row["baseline_us_per_chunk"])
+        _figure(
+            f"{row['members']} members, rules {row['rules']}: place one chunk",
+            row["place_us_per_chunk"],
+            "us",
+            "plain hash selection",
+            row["baseline_us_per_chunk"],
+        )
         for row in result["rows"]
     ]
 
@@ -146,8 +163,13 @@ def _placement_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
 def _durability_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     sanity = [result["sanity"], *result.get("sanity_curve", [])]
     figures = [
-        _figure(f"sanity {s['k']}-of-{s['n']}, p={s['p']}: fraction of chunks lost",
-                s["observed"], "", "binomial formula", s["expected"])
+        _figure(
+            f"sanity {s['k']}-of-{s['n']}, p={s['p']}: fraction of chunks lost",
+            s["observed"],
+            "",
+            "binomial formula",
+            s["expected"],
+        )
         for s in sanity
     ]
     rows = result.get("proximity_sweep", {}).get("rows", [])
@@ -158,9 +180,15 @@ def _durability_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
         value, baseline = row["loss"]["per_year"], base["loss"]["per_year"]
         if value is None or baseline is None:
             continue
-        figures.append(_figure(
-            f"disaster-heavy, packets >= {row['min_distance_km']:g} km apart: chunk loss/year",
-            value, "", f"packets >= {base['min_distance_km']:g} km apart", baseline))
+        figures.append(
+            _figure(
+                f"disaster-heavy, packets >= {row['min_distance_km']:g} km apart: chunk loss/year",
+                value,
+                "",
+                f"packets >= {base['min_distance_km']:g} km apart",
+                baseline,
+            )
+        )
     return figures
 
 
@@ -225,7 +253,8 @@ def format_summary(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {str(fig['name'])[:60]:<60} {_number(fig['value']):>9} "
                 f"{fig.get('unit', '')!s:<5} {_number(fig.get('baseline_value')):>9} "
-                f"{_number(fig.get('ratio')):>7}  {fig.get('baseline', '')}")
+                f"{_number(fig.get('ratio')):>7}  {fig.get('baseline', '')}"
+            )
         for key in ("target", "aims"):
             if key in bench["result"]:
                 lines.append(f"  {key}: {json.dumps(jsonable(bench['result'][key]))}")
@@ -276,16 +305,23 @@ def _parse_only(text: str | None, parser: argparse.ArgumentParser) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks",
-                                     description="Run the benchmark suite.")
-    parser.add_argument("--quick", action="store_true",
-                        help="every benchmark scaled down (under 2 minutes on 2 idle cores)")
-    parser.add_argument("--out", type=Path, help="JSON file to write "
-                        "(default benchmarks/results/<date>[-quick].json)")
-    parser.add_argument("--only", metavar="NAME,...",
-                        help=f"run only these, of: {','.join(ORDER)}")
-    parser.add_argument("--details", action="store_true",
-                        help="also print each benchmark's own table")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="Run the benchmark suite."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="every benchmark scaled down (under 2 minutes on 2 idle cores)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="JSON file to write (default benchmarks/results/<date>[-quick].json)",
+    )
+    parser.add_argument("--only", metavar="NAME,...", help=f"run only these, of: {','.join(ORDER)}")
+    parser.add_argument(
+        "--details", action="store_true", help="also print each benchmark's own table"
+    )
     args = parser.parse_args(argv)
     names = _parse_only(args.only, parser)
     out = args.out if args.out is not None else default_out(args.quick)
@@ -299,9 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     env = environment()
     env["load_average_start"] = env.pop("load_average")
-    report: dict[str, Any] = {"suite": "gridnode benchmarks", "quick": args.quick,
-                              "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                              "environment": env, "benchmarks": {}}
+    report: dict[str, Any] = {
+        "suite": "gridnode benchmarks",
+        "quick": args.quick,
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "environment": env,
+        "benchmarks": {},
+    }
     plots_dir = None if args.quick else out.with_name(f"{out.stem}-durability")
     started = time.perf_counter()
     interrupted = False
@@ -310,9 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             outcome = run_one(name, quick=args.quick, plots_dir=plots_dir, details=args.details)
             report["benchmarks"][name] = outcome.to_dict()
-            print(f"  {name}: {outcome.status} in {outcome.seconds:.1f} s"
-                  + (f" ({outcome.error})" if outcome.error else ""),
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {name}: {outcome.status} in {outcome.seconds:.1f} s"
+                + (f" ({outcome.error})" if outcome.error else ""),
+                file=sys.stderr,
+                flush=True,
+            )
             if outcome.details:
                 print(outcome.details + "\n", flush=True)
     except KeyboardInterrupt:

@@ -117,13 +117,24 @@ class _Kept:
 
     @classmethod
     def of(cls, encoded: EncodedChunk) -> _Kept:
-        return cls(encoded.chunk_id, encoded.cipher_size, encoded.compressed,
-                   encoded.plain_size, encoded.packets[:PARAMS.k])
+        return cls(
+            encoded.chunk_id,
+            encoded.cipher_size,
+            encoded.compressed,
+            encoded.plain_size,
+            encoded.packets[: PARAMS.k],
+        )
 
     def decode(self) -> bytes:
-        return decode_chunk(dict(enumerate(self.shares)), chunk_id=self.chunk_id,
-                            dedup_secret=SECRET, params=PARAMS, cipher_size=self.cipher_size,
-                            compressed=self.compressed, plain_size=self.plain_size)
+        return decode_chunk(
+            dict(enumerate(self.shares)),
+            chunk_id=self.chunk_id,
+            dedup_secret=SECRET,
+            params=PARAMS,
+            cipher_size=self.cipher_size,
+            compressed=self.compressed,
+            plain_size=self.plain_size,
+        )
 
 
 def _encode(chunk: bytes) -> _Kept:
@@ -229,7 +240,7 @@ def pipeline_small_restore(tree: _PackedTree, dest: Path) -> float:
         path = dest / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as stream:
-            stream.write(packs[pack][offset:offset + length])
+            stream.write(packs[pack][offset : offset + length])
         os.utime(path, ns=(now, now))
     return time.perf_counter() - started
 
@@ -257,8 +268,18 @@ class _Probe:
         source1, targets1 = self.sample()
         used = source1 - source0
         return {
-            **pick(result, "snapshot_id", "files", "files_unchanged", "bytes", "bytes_read",
-                   "bytes_uploaded", "packets_uploaded", "chunks_new", "seconds"),
+            **pick(
+                result,
+                "snapshot_id",
+                "files",
+                "files_unchanged",
+                "bytes",
+                "bytes_read",
+                "bytes_uploaded",
+                "packets_uploaded",
+                "chunks_new",
+                "seconds",
+            ),
             "wall_s": round(wall, 3),
             "source_cpu_s": round(used.total_s, 2),
             "source_main_thread_cpu_s": round(used.main_s, 2),
@@ -270,8 +291,10 @@ class _Probe:
         source0, targets0 = self.sample()
         time.sleep(seconds)
         source1, targets1 = self.sample()
-        return {"source_cpu_per_s": round((source1 - source0).total_s / seconds, 3),
-                "targets_cpu_per_s": round((targets1 - targets0) / seconds, 3)}
+        return {
+            "source_cpu_per_s": round((source1 - source0).total_s / seconds, 3),
+            "targets_cpu_per_s": round((targets1 - targets0) / seconds, 3),
+        }
 
 
 def _cli_overhead(grid: LocalGrid) -> float:
@@ -316,15 +339,14 @@ def _with_rates(job: dict[str, Any], nbytes: int) -> dict[str, Any]:
     return job
 
 
-def _bench_dataset(probe: _Probe, path: Path, digest: bytes, pipeline: _PipelineRun,
-                   work: Path) -> dict[str, Any]:
+def _bench_dataset(
+    probe: _Probe, path: Path, digest: bytes, pipeline: _PipelineRun, work: Path
+) -> dict[str, Any]:
     size = path.stat().st_size
     gigabytes = size / 1e9
-    backup = _with_rates(probe.job("backup", str(path.parent), "--redundancy", str(PARAMS)),
-                         size)
+    backup = _with_rates(probe.job("backup", str(path.parent), "--redundancy", str(PARAMS)), size)
     out = work / f"restore-{path.parent.name}"
-    restore = _with_rates(probe.job("restore", str(backup["snapshot_id"]), "--to", str(out)),
-                          size)
+    restore = _with_rates(probe.job("restore", str(backup["snapshot_id"]), "--to", str(out)), size)
     restore["equal"] = file_digest(_restored_file(out)) == digest
     shutil.rmtree(out)
     return {
@@ -381,8 +403,11 @@ def _bench_small(probe: _Probe, root: Path, work: Path) -> dict[str, Any]:
     return {
         "files": count,
         "file_bytes": SMALL_FILE_BYTES,
-        "pipeline": {"first_backup_s": round(first_s, 3), "unchanged_s": round(unchanged_s, 3),
-                     "restore_s": round(restore_s, 3)},
+        "pipeline": {
+            "first_backup_s": round(first_s, 3),
+            "unchanged_s": round(unchanged_s, 3),
+            "restore_s": round(restore_s, 3),
+        },
         "grid": {"first_backup": first, "unchanged": again, "restore": restore},
     }
 
@@ -416,8 +441,9 @@ def calibrate_disk(directory: Path, *, packets: int = 48) -> dict[str, float]:
         started = time.perf_counter()
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(keep, range(packets)))
-        out[f"threads_{threads}_mb_s"] = round(rate_mb_s(packets * len(data),
-                                                         time.perf_counter() - started), 1)
+        out[f"threads_{threads}_mb_s"] = round(
+            rate_mb_s(packets * len(data), time.perf_counter() - started), 1
+        )
     return out
 
 
@@ -441,16 +467,17 @@ def run(quick: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         data = work / "data"
         digests = {
-            "incompressible": write_random_file(data / "incompressible" / "data.bin", size,
-                                                seed=1),
+            "incompressible": write_random_file(data / "incompressible" / "data.bin", size, seed=1),
             "text": write_text_file(data / "text" / "data.bin", size, seed=2),
         }
         make_small_tree(data / "small", files, seed=3)
         phases["generate_data"] = time.perf_counter() - started
         started = time.perf_counter()
         results["disk_packets_fsynced"] = calibrate_disk(work / "calibration")
-        pipeline = {name: _pipeline_dataset(data / name / "data.bin", digest, work)
-                    for name, digest in digests.items()}
+        pipeline = {
+            name: _pipeline_dataset(data / name / "data.bin", digest, work)
+            for name, digest in digests.items()
+        }
         phases["pipeline_and_disk"] = time.perf_counter() - started
         started = time.perf_counter()
         with grid_of(work / "grid") as grid:
@@ -461,7 +488,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             results["cli_overhead_s"] = round(_cli_overhead(grid), 3)
             for name, digest in digests.items():
                 results["datasets"][name] = _bench_dataset(
-                    probe, data / name / "data.bin", digest, pipeline[name], work)
+                    probe, data / name / "data.bin", digest, pipeline[name], work
+                )
             results["small_files"] = _bench_small(probe, data / "small", work)
             results["source_peak_rss_kib"] = proc_memory_kib(source_pid(grid))["VmHWM"]
             phases["grid_jobs"] = time.perf_counter() - started
@@ -476,24 +504,60 @@ def _figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     figures = []
     for name, dataset in results["datasets"].items():
         grid, pipe = dataset["grid"], dataset["pipeline"]
-        figures.append(Figure(f"backup {name}", grid["backup"]["mb_s"], "MB/s",
-                              "pipeline encode, no network", pipe["backup_mb_s"]))
-        figures.append(Figure(f"restore {name}", grid["restore"]["mb_s"], "MB/s",
-                              "pipeline decode + write, no network", pipe["restore_mb_s"]))
+        figures.append(
+            Figure(
+                f"backup {name}",
+                grid["backup"]["mb_s"],
+                "MB/s",
+                "pipeline encode, no network",
+                pipe["backup_mb_s"],
+            )
+        )
+        figures.append(
+            Figure(
+                f"restore {name}",
+                grid["restore"]["mb_s"],
+                "MB/s",
+                "pipeline decode + write, no network",
+                pipe["restore_mb_s"],
+            )
+        )
     small = results["small_files"]
     grid, pipe = small["grid"], small["pipeline"]
     label = f"{small['files']} files of 4 KiB"
     figures += [
-        Figure(f"{label}: first backup", grid["first_backup"]["seconds"], "s",
-               "read + pack + encode in-process", pipe["first_backup_s"]),
-        Figure(f"{label}: unchanged re-backup", grid["unchanged"]["seconds"], "s",
-               "walk + lstat in-process", pipe["unchanged_s"]),
-        Figure(f"{label}: restore", grid["restore"]["seconds"], "s",
-               "decode + write files in-process", pipe["restore_s"]),
+        Figure(
+            f"{label}: first backup",
+            grid["first_backup"]["seconds"],
+            "s",
+            "read + pack + encode in-process",
+            pipe["first_backup_s"],
+        ),
+        Figure(
+            f"{label}: unchanged re-backup",
+            grid["unchanged"]["seconds"],
+            "s",
+            "walk + lstat in-process",
+            pipe["unchanged_s"],
+        ),
+        Figure(
+            f"{label}: restore",
+            grid["restore"]["seconds"],
+            "s",
+            "decode + write files in-process",
+            pipe["restore_s"],
+        ),
     ]
     disk = results["disk_packets_fsynced"]
-    figures.append(Figure("disk: fsynced 256 KiB packet files, 8 threads",
-                          disk["threads_8_mb_s"], "MB/s", "1 thread", disk["threads_1_mb_s"]))
+    figures.append(
+        Figure(
+            "disk: fsynced 256 KiB packet files, 8 threads",
+            disk["threads_8_mb_s"],
+            "MB/s",
+            "1 thread",
+            disk["threads_1_mb_s"],
+        )
+    )
     return [f.to_dict() for f in figures]
 
 
@@ -523,21 +587,32 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{row['mb_s'] / base:>6.2f} {row['source_cpu_s_per_gb']:>12.2f} "
                 f"{row['source_main_thread_cpu_s'] / gigabytes:>7.2f} "
                 f"{row['targets_cpu_s_per_gb']:>12.2f} "
-                f"{dataset['pipeline'][f'{job}_cpu_s_per_gb']:>13.2f}  {row.get('equal', '')}")
+                f"{dataset['pipeline'][f'{job}_cpu_s_per_gb']:>13.2f}  {row.get('equal', '')}"
+            )
     small = results["small_files"]
-    lines.append(f"{small['files']} files of 4 KiB: {'grid s':>8} {'wall s':>8} "
-                 f"{'in-process s':>12} {'src CPU s':>9} {'tgt CPU s':>9}")
-    for job, base_key in (("first_backup", "first_backup_s"), ("unchanged", "unchanged_s"),
-                          ("restore", "restore_s")):
+    lines.append(
+        f"{small['files']} files of 4 KiB: {'grid s':>8} {'wall s':>8} "
+        f"{'in-process s':>12} {'src CPU s':>9} {'tgt CPU s':>9}"
+    )
+    for job, base_key in (
+        ("first_backup", "first_backup_s"),
+        ("unchanged", "unchanged_s"),
+        ("restore", "restore_s"),
+    ):
         row = small["grid"][job]
-        lines.append(f"  {job:<20} {row['seconds']:>8.2f} {row['wall_s']:>8.2f} "
-                     f"{small['pipeline'][base_key]:>12.3f} {row['source_cpu_s']:>9.2f} "
-                     f"{row['targets_cpu_s']:>9.2f}  {row.get('equal', '')}")
-    lines.append(f"source peak RSS over the whole run: "
-                 f"{results['source_peak_rss_kib'] / 1024:.0f} MiB")
+        lines.append(
+            f"  {job:<20} {row['seconds']:>8.2f} {row['wall_s']:>8.2f} "
+            f"{small['pipeline'][base_key]:>12.3f} {row['source_cpu_s']:>9.2f} "
+            f"{row['targets_cpu_s']:>9.2f}  {row.get('equal', '')}"
+        )
+    lines.append(
+        f"source peak RSS over the whole run: {results['source_peak_rss_kib'] / 1024:.0f} MiB"
+    )
     disk = results["disk_packets_fsynced"]
-    lines.append(f"disk, fsynced 256 KiB packet files: {disk['threads_1_mb_s']} MB/s by 1 thread, "
-                 f"{disk['threads_8_mb_s']} MB/s by 8")
+    lines.append(
+        f"disk, fsynced 256 KiB packet files: {disk['threads_1_mb_s']} MB/s by 1 thread, "
+        f"{disk['threads_8_mb_s']} MB/s by 8"
+    )
     return "\n".join(lines)
 
 

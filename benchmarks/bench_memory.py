@@ -65,9 +65,11 @@ SETTLE_S: Final = 1.0
 
 
 def _targets_peak_kib(grid: LocalGrid) -> int:
-    peaks = [proc_memory_kib(node.process.pid)["VmHWM"]
-             for name, node in grid.nodes.items()
-             if name != SOURCE and node.process is not None]
+    peaks = [
+        proc_memory_kib(node.process.pid)["VmHWM"]
+        for name, node in grid.nodes.items()
+        if name != SOURCE and node.process is not None
+    ]
     return max(peaks, default=0)
 
 
@@ -116,8 +118,15 @@ class _Grids:
             pid = source_pid(self._shared)
             rss = proc_memory_kib(pid)["VmRSS"]
             if reset_peak_rss(pid):
-                yield self._shared, {"grid": "reused", "peak_reset": "clear_refs",
-                                     "rss_at_reset_kib": rss, "idle": dict(self.idle_kib)}
+                yield (
+                    self._shared,
+                    {
+                        "grid": "reused",
+                        "peak_reset": "clear_refs",
+                        "rss_at_reset_kib": rss,
+                        "idle": dict(self.idle_kib),
+                    },
+                )
                 return
             self.reuse = False  # the reset was refused: fresh grids from now on
             self._shared = None
@@ -163,8 +172,15 @@ def run(quick: bool = False) -> dict[str, Any]:
         idle = row["idle"]["rss"]
         row["added_kib"] = row["peak_rss_kib"] - idle
         row["peak_mb"] = round(row["peak_rss_kib"] * 1024 / 1e6, 1)
-        figures.append(Figure(f"source peak RSS, {name}", row["peak_rss_kib"] / 1024, "MiB",
-                              "idle source right after start", idle / 1024).to_dict())
+        figures.append(
+            Figure(
+                f"source peak RSS, {name}",
+                row["peak_rss_kib"] / 1024,
+                "MiB",
+                "idle source right after start",
+                idle / 1024,
+            ).to_dict()
+        )
     return {
         "benchmark": "memory",
         "quick": quick,
@@ -191,10 +207,16 @@ def format_table(results: dict[str, Any]) -> str:
             f"{row['peak_rss_kib'] / 1024:>9.1f} {row['peak_rss_kib'] / idle:>9.2f} "
             f"{row['added_kib'] / 1024:>9.1f} {row['rss_after_kib'] / 1024:>9.1f} "
             f"{row['targets_peak_rss_kib'] / 1024:>9.1f}  {row['grid']}"
-            + (f" (RSS at reset {row['rss_at_reset_kib'] / 1024:.1f} MiB)"
-               if "rss_at_reset_kib" in row else ""))
-    lines.append(f"aim: peak <= {results['aim_peak_mb_at_most']} MB whatever the size: "
-                 f"{'met' if results['aim_met'] else 'NOT met'}")
+            + (
+                f" (RSS at reset {row['rss_at_reset_kib'] / 1024:.1f} MiB)"
+                if "rss_at_reset_kib" in row
+                else ""
+            )
+        )
+    lines.append(
+        f"aim: peak <= {results['aim_peak_mb_at_most']} MB whatever the size: "
+        f"{'met' if results['aim_met'] else 'NOT met'}"
+    )
     return "\n".join(lines)
 
 

@@ -125,8 +125,9 @@ async def _serve_tcp(round_bytes: int, *, task_status: trio.TaskStatus[int]) -> 
     await trio.serve_listeners(handler, listeners)
 
 
-async def _serve_ws(messages: int, receive_buffer: int, *,
-                    task_status: trio.TaskStatus[int]) -> None:
+async def _serve_ws(
+    messages: int, receive_buffer: int, *, task_status: trio.TaskStatus[int]
+) -> None:
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()
         try:
@@ -138,10 +139,18 @@ async def _serve_ws(messages: int, receive_buffer: int, *,
             return
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(functools.partial(
-            serve_websocket, handler, "127.0.0.1", 0, ssl_context=None,
-            max_message_size=MAX_MESSAGE, message_queue_size=4,
-            receive_buffer_size=receive_buffer))
+        server = await nursery.start(
+            functools.partial(
+                serve_websocket,
+                handler,
+                "127.0.0.1",
+                0,
+                ssl_context=None,
+                max_message_size=MAX_MESSAGE,
+                message_queue_size=4,
+                receive_buffer_size=receive_buffer,
+            )
+        )
         task_status.started(server.port)
 
 
@@ -151,37 +160,48 @@ class _Target:
 
     identity: NodeIdentity
 
-    async def handle_request(self, link: PeerLink, msg: Message,
-                             payload_digest: bytes | None) -> Message:
+    async def handle_request(
+        self, link: PeerLink, msg: Message, payload_digest: bytes | None
+    ) -> Message:
         if not isinstance(msg, StorePacket):
             return Error(request_id=getattr(msg, "request_id", 0), code="unsupported")
         digest = payload_digest or blake3.blake3(msg.data).digest()
         if digest != msg.packet_id:
             return Error(request_id=msg.request_id, code="id_mismatch")
         receipt = sign(self.identity.signing_key, receipt_payload(msg.packet_id, len(msg.data)))
-        return PacketStored(request_id=msg.request_id, packet_id=msg.packet_id,
-                            size_bytes=len(msg.data), receipt=receipt, free_bytes=1 << 40)
+        return PacketStored(
+            request_id=msg.request_id,
+            packet_id=msg.packet_id,
+            size_bytes=len(msg.data),
+            receipt=receipt,
+            free_bytes=1 << 40,
+        )
 
     def handle_oneway(self, link: PeerLink, msg: Message) -> None:
         pass
 
 
-def _transport(identity: NodeIdentity, grid_id: bytes, seal_payloads: bool,
-               handler: Any) -> Transport:
+def _transport(
+    identity: NodeIdentity, grid_id: bytes, seal_payloads: bool, handler: Any
+) -> Transport:
     """Both ends as a node builds its transport (gridnode.node), with a stand-in handler."""
     return Transport(
         identity=identity,
         settings=TransportSettings(
-            grid_id=grid_id, listen_host="127.0.0.1", listen_port=0,
-            max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, seal_payloads=seal_payloads,
+            grid_id=grid_id,
+            listen_host="127.0.0.1",
+            listen_port=0,
+            max_frame_bytes=DEFAULT_MAX_FRAME_BYTES,
+            seal_payloads=seal_payloads,
             request_timeout_s=ROUND_TIMEOUT_S,
         ),
         handler=handler,
     )
 
 
-async def _serve_session(grid_id: bytes, seal_payloads: bool, *,
-                         task_status: trio.TaskStatus[int]) -> None:
+async def _serve_session(
+    grid_id: bytes, seal_payloads: bool, *, task_status: trio.TaskStatus[int]
+) -> None:
     identity = NodeIdentity.generate()
     transport = _transport(identity, grid_id, seal_payloads, _Target(identity))
     async with trio.open_nursery() as nursery:
@@ -203,10 +223,12 @@ def serve(*, masking_kind: str, round_bytes: int, message_bytes: int, grid_id: b
             async with trio.open_nursery() as nursery:
                 ports = {
                     "tcp": await nursery.start(_serve_tcp, round_bytes),
-                    "ws": await nursery.start(_serve_ws, round_bytes // message_bytes,
-                                              RECEIVE_BUFFER_BYTES),
-                    "ws_default": await nursery.start(_serve_ws, round_bytes // message_bytes,
-                                                      DEFAULT_RECEIVE_BYTES),
+                    "ws": await nursery.start(
+                        _serve_ws, round_bytes // message_bytes, RECEIVE_BUFFER_BYTES
+                    ),
+                    "ws_default": await nursery.start(
+                        _serve_ws, round_bytes // message_bytes, DEFAULT_RECEIVE_BYTES
+                    ),
                     "session": await nursery.start(_serve_session, grid_id, False),
                     "session_sealed": await nursery.start(_serve_session, grid_id, True),
                 }
@@ -229,8 +251,17 @@ class _ChildProcess:
     """The receiving process of one masking kind; always stopped when the block ends."""
 
     def __init__(self, masking_kind: str, *, round_bytes: int, grid_id: bytes) -> None:
-        argv = ["--serve", "--masking", masking_kind, "--round-bytes", str(round_bytes),
-                "--message-bytes", str(MESSAGE_BYTES), "--grid-id", grid_id.hex()]
+        argv = [
+            "--serve",
+            "--masking",
+            masking_kind,
+            "--round-bytes",
+            str(round_bytes),
+            "--message-bytes",
+            str(MESSAGE_BYTES),
+            "--grid-id",
+            grid_id.hex(),
+        ]
         # Logging is configured before gridnode is imported: its module-level loggers
         # keep the configuration they were bound under.
         self.args = [sys.executable, "-c", _CHILD_MAIN.format(argv=argv)]
@@ -240,8 +271,9 @@ class _ChildProcess:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
 
     def __enter__(self) -> _ChildProcess:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE,
-                                        stderr=self._stderr, cwd=REPO_ROOT)
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=self._stderr, cwd=REPO_ROOT
+        )
         assert self.process.stdout is not None
         ready, _, _ = select.select([self.process.stdout], [], [], CHILD_START_S)
         line = self.process.stdout.readline() if ready else b""  # the ports come first
@@ -284,8 +316,9 @@ class _Rounds:
     sender_cpu_s: float = 0.0
     receiver_cpu_s: float = 0.0
 
-    async def measure(self, rounds: int, child_pid: int,
-                      one_round: Callable[[], Awaitable[None]]) -> None:
+    async def measure(
+        self, rounds: int, child_pid: int, one_round: Callable[[], Awaitable[None]]
+    ) -> None:
         for _ in range(rounds):
             cpu0, child0 = time.process_time(), proc_cpu_seconds(child_pid)
             started = time.perf_counter()
@@ -315,6 +348,7 @@ async def _bench_tcp(port: int, total: int, rounds: int, pid: int) -> _Rounds:
     result = _Rounds(total)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
+
         async def one_round() -> None:
             for _ in range(total // MESSAGE_BYTES):
                 await stream.send_all(payload)
@@ -325,14 +359,20 @@ async def _bench_tcp(port: int, total: int, rounds: int, pid: int) -> _Rounds:
     return result
 
 
-async def _bench_ws(port: int, total: int, rounds: int, pid: int,
-                    receive_buffer: int) -> _Rounds:
+async def _bench_ws(port: int, total: int, rounds: int, pid: int, receive_buffer: int) -> _Rounds:
     payload = os.urandom(MESSAGE_BYTES)
     result = _Rounds(total)
     async with trio.open_nursery() as nursery:
         ws: WebSocketConnection = await connect_websocket(
-            nursery, "127.0.0.1", port, "/bench", use_ssl=False, message_queue_size=4,
-            max_message_size=MAX_MESSAGE, receive_buffer_size=receive_buffer)
+            nursery,
+            "127.0.0.1",
+            port,
+            "/bench",
+            use_ssl=False,
+            message_queue_size=4,
+            max_message_size=MAX_MESSAGE,
+            receive_buffer_size=receive_buffer,
+        )
 
         async def one_round() -> None:
             for _ in range(total // MESSAGE_BYTES):
@@ -347,18 +387,17 @@ async def _bench_ws(port: int, total: int, rounds: int, pid: int,
 
 @attrs.define
 class _NoRequests:
-    async def handle_request(self, link: PeerLink, msg: Message,
-                             payload_digest: bytes | None) -> Message:
+    async def handle_request(
+        self, link: PeerLink, msg: Message, payload_digest: bytes | None
+    ) -> Message:
         return Error(request_id=getattr(msg, "request_id", 0), code="unsupported")
 
     def handle_oneway(self, link: PeerLink, msg: Message) -> None:
         pass
 
 
-def _store_packet(request_id: int, *, packet_id: bytes, owner_tag: bytes,
-                  data: bytes) -> Message:
-    return StorePacket(request_id=request_id, packet_id=packet_id, owner_tag=owner_tag,
-                       data=data)
+def _store_packet(request_id: int, *, packet_id: bytes, owner_tag: bytes, data: bytes) -> Message:
+    return StorePacket(request_id=request_id, packet_id=packet_id, owner_tag=owner_tag, data=data)
 
 
 def _packets(size: int) -> list[tuple[bytes, bytes]]:
@@ -370,8 +409,16 @@ def _packets(size: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-async def _bench_session(port: int, total: int, rounds: int, pid: int, grid_id: bytes, *,
-                         seal_payloads: bool, small: bool) -> dict[str, _Rounds]:
+async def _bench_session(
+    port: int,
+    total: int,
+    rounds: int,
+    pid: int,
+    grid_id: bytes,
+    *,
+    seal_payloads: bool,
+    small: bool,
+) -> dict[str, _Rounds]:
     transport = _transport(NodeIdentity.generate(), grid_id, seal_payloads, _NoRequests())
     results: dict[str, _Rounds] = {}
     big = _packets(MESSAGE_BYTES)
@@ -392,11 +439,13 @@ async def _bench_session(port: int, total: int, rounds: int, pid: int, grid_id: 
             async def requester(first: int) -> None:
                 for i in range(first, count, IN_FLIGHT):
                     data, packet_id = packets[i % len(packets)]
-                    build = functools.partial(_store_packet, packet_id=packet_id,
-                                              owner_tag=owner_tag, data=data)
+                    build = functools.partial(
+                        _store_packet, packet_id=packet_id, owner_tag=owner_tag, data=data
+                    )
                     answer = await link.request(build)
                     if not isinstance(answer, PacketStored) or not verify(
-                            link.peer_id, receipt_payload(packet_id, len(data)), answer.receipt):
+                        link.peer_id, receipt_payload(packet_id, len(data)), answer.receipt
+                    ):
                         raise RuntimeError(f"bad answer to store_packet: {answer!r}"[:200])
 
             async def one_round() -> None:
@@ -412,8 +461,9 @@ async def _bench_session(port: int, total: int, rounds: int, pid: int, grid_id: 
         await results["request"].measure(rounds, pid, requests(big))
         if small:
             results["request_256k"] = _Rounds(total)
-            await results["request_256k"].measure(rounds, pid,
-                                                  requests(_packets(SMALL_PACKET_BYTES)))
+            await results["request_256k"].measure(
+                rounds, pid, requests(_packets(SMALL_PACKET_BYTES))
+            )
         await transport.close_all("benchmark done")
         nursery.cancel_scope.cancel()
     return results
@@ -426,21 +476,26 @@ class _Variant:
     measurement: str = ""  # for sessions: one_way, request or request_256k
 
 
-async def _measure_child(child: _ChildProcess, masking_kind: str, total: int, rounds: int,
-                         grid_id: bytes) -> dict[str, dict[str, _Rounds]]:
+async def _measure_child(
+    child: _ChildProcess, masking_kind: str, total: int, rounds: int, grid_id: bytes
+) -> dict[str, dict[str, _Rounds]]:
     """Every variant the child of one masking kind serves; listener -> measurements."""
     ports, pid = child.ports, child.pid
     out: dict[str, dict[str, _Rounds]] = {
-        "ws": {"": await _bench_ws(ports["ws"], total, rounds, pid, RECEIVE_BUFFER_BYTES)}}
+        "ws": {"": await _bench_ws(ports["ws"], total, rounds, pid, RECEIVE_BUFFER_BYTES)}
+    }
     if masking_kind == "python":
         return out
     out["tcp"] = {"": await _bench_tcp(ports["tcp"], total, rounds, pid)}
-    out["ws_default"] = {"": await _bench_ws(ports["ws_default"], total, rounds, pid,
-                                             DEFAULT_RECEIVE_BYTES)}
-    out["session"] = await _bench_session(ports["session"], total, rounds, pid, grid_id,
-                                          seal_payloads=False, small=True)
-    out["session_sealed"] = await _bench_session(ports["session_sealed"], total, rounds, pid,
-                                                 grid_id, seal_payloads=True, small=False)
+    out["ws_default"] = {
+        "": await _bench_ws(ports["ws_default"], total, rounds, pid, DEFAULT_RECEIVE_BYTES)
+    }
+    out["session"] = await _bench_session(
+        ports["session"], total, rounds, pid, grid_id, seal_payloads=False, small=True
+    )
+    out["session_sealed"] = await _bench_session(
+        ports["session_sealed"], total, rounds, pid, grid_id, seal_payloads=True, small=False
+    )
     return out
 
 
@@ -451,14 +506,10 @@ _ROWS: Final[dict[str, _Variant]] = {
     "websocket, pure-Python masking": _Variant("ws", masking="python"),
     "websocket, default 4 KiB reads": _Variant("ws_default"),
     "session one-way send": _Variant("session", measurement="one_way"),
-    f"session request/response ({IN_FLIGHT} in flight)": _Variant(
-        "session", measurement="request"),
-    "session request/response, 256 KiB packets": _Variant(
-        "session", measurement="request_256k"),
-    "session one-way send, sealed payloads": _Variant(
-        "session_sealed", measurement="one_way"),
-    "session request/response, sealed payloads": _Variant(
-        "session_sealed", measurement="request"),
+    f"session request/response ({IN_FLIGHT} in flight)": _Variant("session", measurement="request"),
+    "session request/response, 256 KiB packets": _Variant("session", measurement="request_256k"),
+    "session one-way send, sealed payloads": _Variant("session_sealed", measurement="one_way"),
+    "session request/response, sealed payloads": _Variant("session_sealed", measurement="request"),
 }
 
 
@@ -473,30 +524,49 @@ def run(quick: bool = False) -> dict[str, Any]:
             _use_masking(masking_kind)
             try:
                 measured[masking_kind] = trio.run(
-                    _measure_child, child, masking_kind, total, rounds, grid_id)
+                    _measure_child, child, masking_kind, total, rounds, grid_id
+                )
             finally:
                 _use_masking("fast")
-    rows = {name: measured[v.masking][v.listener][v.measurement].to_dict()
-            for name, v in _ROWS.items()}
+    rows = {
+        name: measured[v.masking][v.listener][v.measurement].to_dict() for name, v in _ROWS.items()
+    }
 
     raw = rows["raw trio TCP"]["mb_s"]
     ws = rows["websocket, project settings"]["mb_s"]
     figures = [
         Figure(name, row["mb_s"], "MB/s", "raw trio TCP", raw).to_dict()
-        for name, row in rows.items() if name != "raw trio TCP"
+        for name, row in rows.items()
+        if name != "raw trio TCP"
     ]
     figures += [
-        Figure("websocket: pure-Python vs numpy masking",
-               rows["websocket, pure-Python masking"]["mb_s"], "MB/s",
-               "websocket, project settings", ws).to_dict(),
-        Figure("session one-way vs bare websocket", rows["session one-way send"]["mb_s"],
-               "MB/s", "websocket, project settings", ws).to_dict(),
+        Figure(
+            "websocket: pure-Python vs numpy masking",
+            rows["websocket, pure-Python masking"]["mb_s"],
+            "MB/s",
+            "websocket, project settings",
+            ws,
+        ).to_dict(),
+        Figure(
+            "session one-way vs bare websocket",
+            rows["session one-way send"]["mb_s"],
+            "MB/s",
+            "websocket, project settings",
+            ws,
+        ).to_dict(),
     ]
     session = rows["session one-way send"]["mb_s"]
     session_cpu = rows["session one-way send"]["cpu_bound_mb_s"]
     raw_cpu = rows["raw trio TCP"]["cpu_bound_mb_s"]
-    figures.append(Figure("session one-way, CPU-bound estimate", session_cpu, "MB/s",
-                          "raw trio TCP, CPU-bound estimate", raw_cpu).to_dict())
+    figures.append(
+        Figure(
+            "session one-way, CPU-bound estimate",
+            session_cpu,
+            "MB/s",
+            "raw trio TCP, CPU-bound estimate",
+            raw_cpu,
+        ).to_dict()
+    )
     return {
         "benchmark": "transport",
         "quick": quick,
@@ -507,10 +577,12 @@ def run(quick: bool = False) -> dict[str, Any]:
         "receive_buffer_bytes": RECEIVE_BUFFER_BYTES,
         "max_message_size": MAX_MESSAGE,
         "rows": rows,
-        "target": {"session_over_raw_tcp_at_least": 0.2,
-                   "session_over_raw_tcp": round(session / raw, 3),
-                   "met": session / raw >= 0.2,
-                   "cpu_bound_estimate_ratio": round(session_cpu / raw_cpu, 3)},
+        "target": {
+            "session_over_raw_tcp_at_least": 0.2,
+            "session_over_raw_tcp": round(session / raw, 3),
+            "met": session / raw >= 0.2,
+            "cpu_bound_estimate_ratio": round(session_cpu / raw_cpu, 3),
+        },
         "figures": figures,
     }
 
@@ -525,13 +597,17 @@ def format_table(results: dict[str, Any]) -> str:
         f"{'recv CPU s/GB':>14} {'CPU-bound MB/s':>15}",
     ]
     for name, row in results["rows"].items():
-        lines.append(f"{name:<46} {row['mb_s']:>8.1f} {row['mb_s'] / raw:>10.3f} "
-                     f"{row['sender_cpu_s_per_gb']:>14.2f} {row['receiver_cpu_s_per_gb']:>14.2f} "
-                     f"{row['cpu_bound_mb_s']:>15.1f}")
+        lines.append(
+            f"{name:<46} {row['mb_s']:>8.1f} {row['mb_s'] / raw:>10.3f} "
+            f"{row['sender_cpu_s_per_gb']:>14.2f} {row['receiver_cpu_s_per_gb']:>14.2f} "
+            f"{row['cpu_bound_mb_s']:>15.1f}"
+        )
     target = results["target"]
-    lines.append(f"target: session >= {target['session_over_raw_tcp_at_least']}x raw TCP: "
-                 f"{target['session_over_raw_tcp']}x ({'met' if target['met'] else 'NOT met'}); "
-                 f"CPU-bound estimates: {target['cpu_bound_estimate_ratio']}x")
+    lines.append(
+        f"target: session >= {target['session_over_raw_tcp_at_least']}x raw TCP: "
+        f"{target['session_over_raw_tcp']}x ({'met' if target['met'] else 'NOT met'}); "
+        f"CPU-bound estimates: {target['cpu_bound_estimate_ratio']}x"
+    )
     return "\n".join(lines)
 
 
@@ -543,16 +619,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="64 MiB rounds, best of 2")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--masking", choices=["fast", "python"], default="fast",
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--masking", choices=["fast", "python"], default="fast", help=argparse.SUPPRESS
+    )
     parser.add_argument("--round-bytes", type=int, default=QUICK_BYTES, help=argparse.SUPPRESS)
-    parser.add_argument("--message-bytes", type=int, default=MESSAGE_BYTES,
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--message-bytes", type=int, default=MESSAGE_BYTES, help=argparse.SUPPRESS)
     parser.add_argument("--grid-id", default="00" * 16, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(masking_kind=args.masking, round_bytes=args.round_bytes,
-              message_bytes=args.message_bytes, grid_id=bytes.fromhex(args.grid_id))
+        serve(
+            masking_kind=args.masking,
+            round_bytes=args.round_bytes,
+            message_bytes=args.message_bytes,
+            grid_id=bytes.fromhex(args.grid_id),
+        )
         return 0
     started = time.perf_counter()
     results = run(quick=args.quick)

@@ -110,8 +110,9 @@ def pick(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 def _git(*args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, timeout=10,
-                              check=False)
+        proc = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
@@ -138,9 +139,20 @@ def environment() -> dict[str, Any]:
         "load_average": list(os.getloadavg()),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
-        "packages": {name: _version(name) for name in (
-            "trio", "trio-websocket", "wsproto", "numpy", "pynacl", "zstandard", "zfec",
-            "blake3", "msgpack")},
+        "packages": {
+            name: _version(name)
+            for name in (
+                "trio",
+                "trio-websocket",
+                "wsproto",
+                "numpy",
+                "pynacl",
+                "zstandard",
+                "zfec",
+                "blake3",
+                "msgpack",
+            )
+        },
         "executable": sys.executable,
     }
 
@@ -164,7 +176,7 @@ def write_random_file(path: Path, size: int, *, seed: int) -> bytes:
         for _ in range(size // _BLOCK + 1):  # bounded: one block per iteration
             if left <= 0:
                 break
-            block = generator.random_raw(words).view(np.uint8).data[:min(_BLOCK, left)]
+            block = generator.random_raw(words).view(np.uint8).data[: min(_BLOCK, left)]
             hasher.update(block)
             out.write(block)
             left -= len(block)
@@ -218,8 +230,12 @@ def discard_tree(path: Path) -> None:
     next benchmark should not wait for that.  The thread is not a daemon, so the
     process does not exit before the tree is gone; :func:`wait_discarded` waits too.
     """
-    thread = threading.Thread(target=shutil.rmtree, args=(path,),
-                              kwargs={"ignore_errors": True}, name=f"discard {path.name}")
+    thread = threading.Thread(
+        target=shutil.rmtree,
+        args=(path,),
+        kwargs={"ignore_errors": True},
+        name=f"discard {path.name}",
+    )
     thread.start()
     _discarding.append(thread)
 
@@ -267,7 +283,7 @@ def reset_peak_rss(pid: int) -> bool:
 def _stat_cpu_seconds(stat_path: str) -> float:
     with open(stat_path) as stat:
         text = stat.read()
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return ticks / os.sysconf("SC_CLK_TCK")
 
@@ -315,11 +331,15 @@ def _wait_source_sees(grid: LocalGrid, count: int, timeout: float) -> float:
     while time.monotonic() < deadline:
         for name, node in grid.nodes.items():
             if node.process is not None and node.process.poll() is not None:
-                raise RuntimeError(f"node {name} exited with {node.process.returncode}: "
-                                   f"{grid.log_tail(name)}")
+                raise RuntimeError(
+                    f"node {name} exited with {node.process.returncode}: {grid.log_tail(name)}"
+                )
         members = grid.status(SOURCE)["members"]
-        alive = sum(1 for m in members if m["state"] == "alive"
-                    and m["address"] != grid.nodes[SOURCE].address)
+        alive = sum(
+            1
+            for m in members
+            if m["state"] == "alive" and m["address"] != grid.nodes[SOURCE].address
+        )
         if alive >= count:
             return time.monotonic() - started
         time.sleep(0.2)
@@ -327,8 +347,9 @@ def _wait_source_sees(grid: LocalGrid, count: int, timeout: float) -> float:
 
 
 @contextlib.contextmanager
-def grid_of(root: Path, *, targets: int = 6, allocate: str = "8GB",
-            extra: tuple[str, ...] = ()) -> Iterator[LocalGrid]:
+def grid_of(
+    root: Path, *, targets: int = 6, allocate: str = "8GB", extra: tuple[str, ...] = ()
+) -> Iterator[LocalGrid]:
     """A running grid: node ``source`` plus ``targets`` nodes ``t1..tN``, location check off.
 
     The targets are initialised in parallel (each ``gridnode init`` is a process start)
@@ -338,8 +359,9 @@ def grid_of(root: Path, *, targets: int = 6, allocate: str = "8GB",
     """
     with LocalGrid(root, log_level="warning") as grid:
         source = grid.add(NodeSpec(name=SOURCE, allocate=allocate, extra=extra))
-        specs = [NodeSpec(name=f"t{i}", allocate=allocate, extra=extra)
-                 for i in range(1, targets + 1)]
+        specs = [
+            NodeSpec(name=f"t{i}", allocate=allocate, extra=extra) for i in range(1, targets + 1)
+        ]
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
             futures = [pool.submit(grid.add, spec, seeds=[source.address]) for spec in specs]
             for future in futures:

@@ -26,11 +26,12 @@ and chunks already stored stay recorded for the next attempt to reuse.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -43,10 +44,10 @@ from .actors.packet_store import ChunkUploaded, UploadChunk, UploadFailed
 from .actors.sequencer import PlaceChunk
 from .control import Emit
 from .errors import GridError
+from .log import get_logger
 from .logic.chunking import CHUNK_AVG, iter_buffer_chunks, iter_file_chunks
 from .logic.packing import EncodedChunk, ErasureParams, chunk_id_for, encode_chunk
 from .logic.placement import PlacementError, PlacementRules
-from .log import get_logger
 from .scanner import ScanEntry, ScanError, iter_tree, root_names
 from .services import Services
 from .storage.catalog import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord, policy_key
@@ -118,8 +119,13 @@ def secret_for(services: Services, domain: str) -> bytes:
 
 
 async def store_chunk(
-    services: Services, data: bytes, *, chunk_id: bytes | None, params: ErasureParams,
-    rules: PlacementRules, domain: str = "data",
+    services: Services,
+    data: bytes,
+    *,
+    chunk_id: bytes | None,
+    params: ErasureParams,
+    rules: PlacementRules,
+    domain: str = "data",
 ) -> tuple[ChunkRecord, ChunkUploaded]:
     """Encode, place and upload one chunk; returns its record (not yet in the catalog)."""
     secret = secret_for(services, domain)
@@ -139,8 +145,15 @@ async def store_chunk(
     try:
         uploaded: ChunkUploaded = await services.ask(
             services.packet_store,
-            UploadChunk(encoded.chunk_id, encoded.packets, encoded.packet_ids, targets, rules,
-                        encoded.packet_size, policy_key(params.k, params.n, rules.to_wire())),
+            UploadChunk(
+                encoded.chunk_id,
+                encoded.packets,
+                encoded.packet_ids,
+                targets,
+                rules,
+                encoded.packet_size,
+                policy_key(params.k, params.n, rules.to_wire()),
+            ),
         )
     except PlacementError as exc:
         raise BackupFailed(f"cannot place packets: {exc}") from None
@@ -194,12 +207,14 @@ async def store_blob(
     for piece in pieces:
         chunk_id = chunk_id_for(piece, secret)
         known: ChunkRecord | None = await services.db(
-            services.catalog.chunk, chunk_id, policy_key(params.k, params.n, rules.to_wire()))
+            services.catalog.chunk, chunk_id, policy_key(params.k, params.n, rules.to_wire())
+        )
         if known is not None:
             records.append(known)
             continue
-        record, _ = await store_chunk(services, piece, chunk_id=chunk_id, params=params,
-                                      rules=rules, domain="record")
+        record, _ = await store_chunk(
+            services, piece, chunk_id=chunk_id, params=params, rules=rules, domain="record"
+        )
         uploaded += len(record.packets)
         records.append(record)
     return records, uploaded
@@ -222,11 +237,16 @@ def build_record(entries: Iterator[EntryRecord], chunks: Sequence[ChunkRecord]) 
     Deterministic for the same tree (sorted entries and chunks, no timestamps of its own:
     the snapshot's header lives in the recovery root), so unchanged trees deduplicate.
     """
-    return bytes(msgpack.packb({
-        "v": 1,
-        "entries": [e.to_wire() for e in entries],
-        "chunks": [c.to_wire() for c in chunks],
-    }, use_bin_type=True))
+    return bytes(
+        msgpack.packb(
+            {
+                "v": 1,
+                "entries": [e.to_wire() for e in entries],
+                "chunks": [c.to_wire() for c in chunks],
+            },
+            use_bin_type=True,
+        )
+    )
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -255,12 +275,16 @@ class BackupJob:
             roots = [absolute for absolute, _ in root_names(self.request.paths)]
         except ScanError as exc:
             raise BackupFailed(str(exc)) from None
-        parent: SnapshotRecord | None = await svc.db(svc.catalog.latest_complete, roots,
-                                                     self.policy)
+        parent: SnapshotRecord | None = await svc.db(
+            svc.catalog.latest_complete, roots, self.policy
+        )
         await svc.db(
             lambda: svc.catalog.begin_snapshot(
-                self.snapshot_id, roots=roots, parent=parent.snapshot_id if parent else None,
-                params=str(self.request.params), rules=self.request.rules.to_wire(),
+                self.snapshot_id,
+                roots=roots,
+                parent=parent.snapshot_id if parent else None,
+                params=str(self.request.params),
+                rules=self.request.rules.to_wire(),
             )
         )
         self.log.info("backup_started", roots=roots, parent=parent.snapshot_id if parent else None)
@@ -269,8 +293,10 @@ class BackupJob:
             record_refs = await self._store_record()
             await svc.db(
                 lambda: svc.catalog.complete_snapshot(
-                    self.snapshot_id, files=self.counters.files,
-                    size_bytes=self.counters.logical_bytes, record=record_refs,
+                    self.snapshot_id,
+                    files=self.counters.files,
+                    size_bytes=self.counters.logical_bytes,
+                    record=record_refs,
                 )
             )
         except BaseException as exc:
@@ -278,8 +304,9 @@ class BackupJob:
                 reason = str(exc) if isinstance(exc, Exception) else "cancelled"
                 await svc.db(self._flush_records_blocking)
                 await svc.db(svc.catalog.fail_snapshot, self.snapshot_id)
-                await svc.db(lambda: svc.catalog.log("backup_failed", self.snapshot_id,
-                                                     reason=reason[:500]))
+                await svc.db(
+                    lambda: svc.catalog.log("backup_failed", self.snapshot_id, reason=reason[:500])
+                )
             self.log.warning("backup_failed", reason=str(exc))
             raise
         seconds = time.monotonic() - self.started
@@ -304,15 +331,27 @@ class BackupJob:
             "seconds": round(seconds, 3),
             "notes": self.notes[:100],
         }
-        await svc.db(lambda: svc.catalog.log(
-            "backup", self.snapshot_id, files=c.files, bytes=c.logical_bytes,
-            bytes_uploaded=c.bytes_uploaded, packets=c.packets_uploaded,
-            seconds=round(seconds, 3)))
+        await svc.db(
+            lambda: svc.catalog.log(
+                "backup",
+                self.snapshot_id,
+                files=c.files,
+                bytes=c.logical_bytes,
+                bytes_uploaded=c.bytes_uploaded,
+                packets=c.packets_uploaded,
+                seconds=round(seconds, 3),
+            )
+        )
         from .recovery import publish_root
 
         result["recovery_root"] = await publish_root(svc)
-        self.log.info("backup_finished", files=c.files, bytes=c.logical_bytes,
-                      uploaded=c.bytes_uploaded, seconds=round(seconds, 2))
+        self.log.info(
+            "backup_finished",
+            files=c.files,
+            bytes=c.logical_bytes,
+            uploaded=c.bytes_uploaded,
+            seconds=round(seconds, 2),
+        )
         return result
 
     # --- pipeline ---------------------------------------------------------------------------
@@ -322,13 +361,19 @@ class BackupJob:
         parent_index: dict[str, EntryRecord] = {}
         if parent is not None:
             parent_index = await svc.db(
-                lambda: {e.path: e for e in svc.catalog.entries(parent.snapshot_id)
-                         if e.kind == "file"}
+                lambda: {
+                    e.path: e for e in svc.catalog.entries(parent.snapshot_id) if e.kind == "file"
+                }
             )
         await trio.to_thread.run_sync(self._count_totals)
-        await self.emit({"event": "started", "snapshot_id": self.snapshot_id,
-                         "files_total": self.counters.files_total,
-                         "bytes_total": self.counters.bytes_total})
+        await self.emit(
+            {
+                "event": "started",
+                "snapshot_id": self.snapshot_id,
+                "files_total": self.counters.files_total,
+                "bytes_total": self.counters.bytes_total,
+            }
+        )
         chunk_send, chunk_recv = trio.open_memory_channel[_Chunk](2)
         entry_send, entry_recv = trio.open_memory_channel[_Entries](4)
         with collapse_groups():
@@ -400,10 +445,20 @@ class BackupJob:
                 batch.clear()
                 batch_chunks.clear()
 
-        def file_record(entry: ScanEntry, size: int,
-                        extents: Sequence[tuple[bytes, int, int]]) -> EntryRecord:
-            return EntryRecord(entry.path, "file", entry.mode, entry.mtime_ns, size, entry.inode,
-                               entry.device, None, tuple(extents))
+        def file_record(
+            entry: ScanEntry, size: int, extents: Sequence[tuple[bytes, int, int]]
+        ) -> EntryRecord:
+            return EntryRecord(
+                entry.path,
+                "file",
+                entry.mode,
+                entry.mtime_ns,
+                size,
+                entry.inode,
+                entry.device,
+                None,
+                tuple(extents),
+            )
 
         def seal_pack() -> None:
             if not pack_members:
@@ -423,12 +478,24 @@ class BackupJob:
                 continue
             if entry.kind == "symlink":
                 c.symlinks += 1
-                add(EntryRecord(entry.path, "symlink", entry.mode, entry.mtime_ns, 0,
-                                link_target=entry.link_target))
+                add(
+                    EntryRecord(
+                        entry.path,
+                        "symlink",
+                        entry.mode,
+                        entry.mtime_ns,
+                        0,
+                        link_target=entry.link_target,
+                    )
+                )
                 continue
             before = parent_index.get(entry.path)
-            if (before is not None and before.size == entry.size
-                    and before.mtime_ns == entry.mtime_ns and before.inode == entry.inode):
+            if (
+                before is not None
+                and before.size == entry.size
+                and before.mtime_ns == entry.mtime_ns
+                and before.inode == entry.inode
+            ):
                 c.files += 1
                 c.files_unchanged += 1
                 c.logical_bytes += entry.size
@@ -457,7 +524,8 @@ class BackupJob:
             extents: list[tuple[bytes, int, int]] = []
             size = 0
             try:
-                with contextlib.closing(iter_file_chunks(entry.source)) as chunks:  # type: ignore[arg-type]
+                chunks = iter_file_chunks(Path(entry.source))
+                with contextlib.closing(chunks):  # type: ignore[type-var]
                     for data in chunks:
                         chunk_id = chunk_id_for(data, secret)
                         extents.append((chunk_id, 0, len(data)))
@@ -479,15 +547,25 @@ class BackupJob:
         svc = self.services
         async with inbound:
             async for item in inbound:
-                await svc.db(lambda: svc.catalog.add_entries(
-                    self.snapshot_id, item.entries, item.chunk_ids, policy=self.policy))
+                await svc.db(
+                    functools.partial(
+                        svc.catalog.add_entries,
+                        self.snapshot_id,
+                        item.entries,
+                        item.chunk_ids,
+                        policy=self.policy,
+                    )
+                )
 
     async def _chunk_worker(self, inbound: trio.MemoryReceiveChannel[_Chunk]) -> None:
         async with inbound:
             async for item in inbound:
                 record, uploaded = await store_chunk(
-                    self.services, item.data, chunk_id=item.chunk_id,
-                    params=self.request.params, rules=self.request.rules,
+                    self.services,
+                    item.data,
+                    chunk_id=item.chunk_id,
+                    params=self.request.params,
+                    rules=self.request.rules,
                 )
                 c = self.counters
                 c.chunks_stored += 1
@@ -508,13 +586,15 @@ class BackupJob:
         svc = self.services
 
         def build() -> bytes:
-            return build_record(svc.catalog.entries(self.snapshot_id),
-                                svc.catalog.chunks_of(self.snapshot_id))
+            return build_record(
+                svc.catalog.entries(self.snapshot_id), svc.catalog.chunks_of(self.snapshot_id)
+            )
 
         blob = await svc.db(build)
         await self._emit_progress("record")
-        records, uploaded = await store_blob(svc, blob, params=self.request.params,
-                                             rules=self.request.rules)
+        records, uploaded = await store_blob(
+            svc, blob, params=self.request.params, rules=self.request.rules
+        )
         # Referenced by the snapshot like its data, so forget frees them only when no other
         # snapshot shares them (an unchanged tree's record is shared).
         await svc.db(lambda: svc.catalog.add_chunks(records, snapshot_id=self.snapshot_id))
@@ -535,16 +615,23 @@ class BackupJob:
         remaining = max(c.bytes_total - c.bytes_read - c.files_unchanged * 0, 0)
         eta = remaining / rate if rate > 0 and phase == "backup" else None
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.emit({
-                "event": "progress", "phase": phase, "files": c.files,
-                "files_total": c.files_total, "bytes_read": c.bytes_read,
-                "bytes_total": c.bytes_total, "bytes_uploaded": c.bytes_uploaded,
-                "packets_uploaded": c.packets_uploaded, "chunks_new": c.chunks_new,
-                "chunks_reused": c.chunks_reused, "rate_bps": round(rate),
-                "eta_s": round(eta, 1) if eta is not None and math.isfinite(eta) else None,
-            })
+            await self.emit(
+                {
+                    "event": "progress",
+                    "phase": phase,
+                    "files": c.files,
+                    "files_total": c.files_total,
+                    "bytes_read": c.bytes_read,
+                    "bytes_total": c.bytes_total,
+                    "bytes_uploaded": c.bytes_uploaded,
+                    "packets_uploaded": c.packets_uploaded,
+                    "chunks_new": c.chunks_new,
+                    "chunks_reused": c.chunks_reused,
+                    "rate_bps": round(rate),
+                    "eta_s": round(eta, 1) if eta is not None and math.isfinite(eta) else None,
+                }
+            )
 
 
 class _Grew(Exception):
     pass
-

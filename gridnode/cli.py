@@ -71,8 +71,10 @@ class Progress:
         rate = format_bytes(event.get("rate_bps") or 0) + "/s"
         eta = event.get("eta_s")
         eta_text = f" ETA {eta:.0f}s" if isinstance(eta, int | float) else ""
-        line = (f"\r[{bar}] {frac * 100:5.1f}% {format_bytes(done)}/{format_bytes(total)} "
-                f"{files} {rate}{eta_text}")
+        line = (
+            f"\r[{bar}] {frac * 100:5.1f}% {format_bytes(done)}/{format_bytes(total)} "
+            f"{files} {rate}{eta_text}"
+        )
         self.stream.write(line[:160].ljust(100))
         self.stream.flush()
         self._drawn = True
@@ -93,8 +95,13 @@ def resolve_home(args: argparse.Namespace) -> Path:
     return home.absolute()
 
 
-def call(args: argparse.Namespace, method: str, params: dict[str, Any] | None = None,
-         *, long_job: bool = False) -> Any:
+def call(
+    args: argparse.Namespace,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    long_job: bool = False,
+) -> Any:
     """Call the running node of ``--home``; stream events for long jobs."""
     home = resolve_home(args)
     as_json = getattr(args, "json", False)
@@ -139,13 +146,21 @@ def cmd_grid_create(args: argparse.Namespace) -> None:
 
 
 def _init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
-    values: dict[str, Any] = {"grid_id": grid.grid_id.hex(), "grid_name": grid.name,
-                              "seeds": list(args.seed or grid.seeds)}
-    for key, attr in (("listen", "listen"), ("allocate", "allocate"),
-                      ("location", "location"), ("location_check", "location_check"),
-                      ("log_level", "log_level"), ("redundancy", "redundancy"),
-                      ("backup_proximity", "backup_proximity"),
-                      ("packet_proximity", "packet_proximity")):
+    values: dict[str, Any] = {
+        "grid_id": grid.grid_id.hex(),
+        "grid_name": grid.name,
+        "seeds": list(args.seed or grid.seeds),
+    }
+    for key, attr in (
+        ("listen", "listen"),
+        ("allocate", "allocate"),
+        ("location", "location"),
+        ("location_check", "location_check"),
+        ("log_level", "log_level"),
+        ("redundancy", "redundancy"),
+        ("backup_proximity", "backup_proximity"),
+        ("packet_proximity", "packet_proximity"),
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             values[key] = value
@@ -170,10 +185,18 @@ def init_home(home: Path, args: argparse.Namespace, identity: NodeIdentity) -> d
     from .control import ensure_token
 
     ensure_token(home)
-    return {"home": str(home), "node_id": identity.printable_id, "short_id": identity.short_id,
-            "grid_id": grid.grid_id.hex(), "listen": config.listen_address,
-            "city": config.city, "lat": config.lat, "lon": config.lon,
-            "allocated_bytes": config.allocated_bytes, "key_file": str(config.key_path)}
+    return {
+        "home": str(home),
+        "node_id": identity.printable_id,
+        "short_id": identity.short_id,
+        "grid_id": grid.grid_id.hex(),
+        "listen": config.listen_address,
+        "city": config.city,
+        "lat": config.lat,
+        "lon": config.lon,
+        "allocated_bytes": config.allocated_bytes,
+        "key_file": str(config.key_path),
+    }
 
 
 def cmd_init(args: argparse.Namespace) -> None:
@@ -192,16 +215,25 @@ def cmd_init(args: argparse.Namespace) -> None:
         _print_json(info)
     else:
         print(f"node {info['short_id']} initialised in {home}")
-        print(f"  listen {info['listen']}, location {info['city'] or info['lat']}, "
-              f"allocation {format_bytes(info['allocated_bytes'])}")
-        print(f"  key file {info['key_file']}: keep a copy off this machine "
-              f"(or run `gridnode key phrase --home {home}` and write the phrase down)")
+        print(
+            f"  listen {info['listen']}, location {info['city'] or info['lat']}, "
+            f"allocation {format_bytes(info['allocated_bytes'])}"
+        )
+        print(
+            f"  key file {info['key_file']}: keep a copy off this machine "
+            f"(or run `gridnode key phrase --home {home}` and write the phrase down)"
+        )
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for key, attr in (("listen", "listen"), ("allocate", "allocate"), ("location", "location"),
-                      ("location_check", "location_check"), ("log_level", "log_level")):
+    for key, attr in (
+        ("listen", "listen"),
+        ("allocate", "allocate"),
+        ("location", "location"),
+        ("location_check", "location_check"),
+        ("log_level", "log_level"),
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             values[key] = value
@@ -240,16 +272,21 @@ def cmd_run(args: argparse.Namespace) -> None:
     identity = load_identity(config.key_path)
     node = Node(config, identity)
     if not args.quiet:
-        print(f"gridnode {identity.short_id} starting on {config.listen_address} "
-              f"(home {home}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        print(
+            f"gridnode {identity.short_id} starting on {config.listen_address} "
+            f"(home {home}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
     trio.run(serve_until_signalled, node.run)
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -259,16 +296,34 @@ def cmd_status(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(status)
         return
-    print(f"node {status['short_id']} at {status['address']} "
-          f"({status['city'] or 'no location'}), grid {status['grid_id'][:16]}")
+    print(
+        f"node {status['short_id']} at {status['address']} "
+        f"({status['city'] or 'no location'}), grid {status['grid_id'][:16]}"
+    )
     st = status["storage"]
-    print(f"storage: {format_bytes(st['used_bytes'])} used of "
-          f"{format_bytes(st['allocated_bytes'])}, {st['packets']} packets")
+    print(
+        f"storage: {format_bytes(st['used_bytes'])} used of "
+        f"{format_bytes(st['allocated_bytes'])}, {st['packets']} packets"
+    )
     if status["members"]:
-        print(_table([(m["short_id"], m["address"], m["state"], m["city"], m["distance_km"],
-                       format_bytes(m["free_bytes"]), m["rtt_ms"],
-                       "yes" if m["trusted"] else "NO") for m in status["members"]],
-                     ["member", "address", "state", "city", "km", "free", "rtt ms", "trusted"]))
+        print(
+            _table(
+                [
+                    (
+                        m["short_id"],
+                        m["address"],
+                        m["state"],
+                        m["city"],
+                        m["distance_km"],
+                        format_bytes(m["free_bytes"]),
+                        m["rtt_ms"],
+                        "yes" if m["trusted"] else "NO",
+                    )
+                    for m in status["members"]
+                ],
+                ["member", "address", "state", "city", "km", "free", "rtt ms", "trusted"],
+            )
+        )
     else:
         print("no other members known yet")
 
@@ -285,8 +340,10 @@ def _abs(path: str) -> str:
 
 
 def cmd_backup(args: argparse.Namespace) -> None:
-    params: dict[str, Any] = {"paths": [_abs(p) for p in args.paths],
-                              "excludes": list(args.exclude or [])}
+    params: dict[str, Any] = {
+        "paths": [_abs(p) for p in args.paths],
+        "excludes": list(args.exclude or []),
+    }
     if args.redundancy:
         params["redundancy"] = args.redundancy
     if args.backup_proximity is not None:
@@ -296,11 +353,16 @@ def cmd_backup(args: argparse.Namespace) -> None:
     if args.distinct:
         params["distinct"] = list(args.distinct)
     result = call(args, "backup", params, long_job=True)
-    _finish(args, result, lambda r: (
-        f"snapshot {r['snapshot_id']}: {r['files']} files, {format_bytes(r['bytes'])} "
-        f"({r['files_unchanged']} unchanged), uploaded {format_bytes(r['bytes_uploaded'])} in "
-        f"{r['packets_uploaded']} packets, {r['seconds']:.1f} s"
-        + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])))
+    _finish(
+        args,
+        result,
+        lambda r: (
+            f"snapshot {r['snapshot_id']}: {r['files']} files, {format_bytes(r['bytes'])} "
+            f"({r['files_unchanged']} unchanged), uploaded {format_bytes(r['bytes_uploaded'])} in "
+            f"{r['packets_uploaded']} packets, {r['seconds']:.1f} s"
+            + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])
+        ),
+    )
 
 
 def cmd_snapshots(args: argparse.Namespace) -> None:
@@ -308,10 +370,22 @@ def cmd_snapshots(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(rows)
         return
-    print(_table([(r["snapshot_id"], time.strftime("%Y-%m-%d %H:%M:%S",
-                                                   time.localtime(r["created"])),
-                   r["state"], r["files"], format_bytes(r["bytes"]), " ".join(r["roots"]))
-                  for r in rows], ["snapshot", "created", "state", "files", "size", "paths"]))
+    print(
+        _table(
+            [
+                (
+                    r["snapshot_id"],
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])),
+                    r["state"],
+                    r["files"],
+                    format_bytes(r["bytes"]),
+                    " ".join(r["roots"]),
+                )
+                for r in rows
+            ],
+            ["snapshot", "created", "state", "files", "size", "paths"],
+        )
+    )
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
@@ -319,26 +393,41 @@ def cmd_restore(args: argparse.Namespace) -> None:
     if args.path:
         params["path"] = args.path
     result = call(args, "restore", params, long_job=True)
-    _finish(args, result, lambda r: (
-        f"restored {r['files']} files, {format_bytes(r['bytes'])} to {r['to']} "
-        f"in {r['seconds']:.1f} s"))
+    _finish(
+        args,
+        result,
+        lambda r: (
+            f"restored {r['files']} files, {format_bytes(r['bytes'])} to {r['to']} "
+            f"in {r['seconds']:.1f} s"
+        ),
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
     result = call(args, "verify", {"snapshot": args.snapshot}, long_job=True)
-    _finish(args, result, lambda r: (
-        f"snapshot {r['snapshot_id']}: {'OK' if r['ok'] else 'DAMAGED'}: "
-        f"{r['chunks_healthy']} chunks healthy, {r['chunks_degraded']} degraded, "
-        f"{r['chunks_lost']} lost (fewest spare packets: {r['min_spare_packets']})"))
+    _finish(
+        args,
+        result,
+        lambda r: (
+            f"snapshot {r['snapshot_id']}: {'OK' if r['ok'] else 'DAMAGED'}: "
+            f"{r['chunks_healthy']} chunks healthy, {r['chunks_degraded']} degraded, "
+            f"{r['chunks_lost']} lost (fewest spare packets: {r['min_spare_packets']})"
+        ),
+    )
     if not result["ok"]:
         raise CliError(f"snapshot {result['snapshot_id']} cannot be fully restored")
 
 
 def cmd_forget(args: argparse.Namespace) -> None:
     result = call(args, "forget", {"snapshot": args.snapshot}, long_job=True)
-    _finish(args, result, lambda r: (
-        f"forgot {r['snapshot_id']}: {r['chunks_freed']} chunks freed, "
-        f"{r['packets_deleted']} packets deleted"))
+    _finish(
+        args,
+        result,
+        lambda r: (
+            f"forgot {r['snapshot_id']}: {r['chunks_freed']} chunks freed, "
+            f"{r['packets_deleted']} packets deleted"
+        ),
+    )
 
 
 def cmd_placement(args: argparse.Namespace) -> None:
@@ -347,14 +436,20 @@ def cmd_placement(args: argparse.Namespace) -> None:
         _print_json(result)
         return
     src = result["source"]
-    print(f"snapshot {result['snapshot_id']} from {src['city'] or 'source'} "
-          f"({src['lat']}, {src['lon']}); rules {result['rules']}")
+    print(
+        f"snapshot {result['snapshot_id']} from {src['city'] or 'source'} "
+        f"({src['lat']}, {src['lon']}); rules {result['rules']}"
+    )
     for chunk in result["chunks"]:
-        print(f"chunk {chunk['chunk_id'][:12]} ({chunk['k']}/{chunk['n']}): pairwise "
-              f"{chunk['pairwise_min_km']}-{chunk['pairwise_max_km']} km")
+        print(
+            f"chunk {chunk['chunk_id'][:12]} ({chunk['k']}/{chunk['n']}): pairwise "
+            f"{chunk['pairwise_min_km']}-{chunk['pairwise_max_km']} km"
+        )
         for p in chunk["packets"]:
-            print(f"  packet {p['packet_id'][:12]} -> {p['target_short']} "
-                  f"{p['city'] or ''} {p['distance_km']} km")
+            print(
+                f"  packet {p['packet_id'][:12]} -> {p['target_short']} "
+                f"{p['city'] or ''} {p['distance_km']} km"
+            )
 
 
 def cmd_log(args: argparse.Namespace) -> None:
@@ -364,8 +459,10 @@ def cmd_log(args: argparse.Namespace) -> None:
     else:
         for e in result["entries"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
-            print(f"{e['seq']:5d} {when} {e['event']:<18} {e['snapshot_id'] or ''} "
-                  f"{json.dumps(e['detail'])}")
+            print(
+                f"{e['seq']:5d} {when} {e['event']:<18} {e['snapshot_id'] or ''} "
+                f"{json.dumps(e['detail'])}"
+            )
         print(f"chain: {'verified' if result['verified'] else 'BROKEN'} ({result['detail']})")
     if not result["verified"]:
         raise CliError(f"the backup log fails verification: {result['detail']}")
@@ -399,8 +496,10 @@ def cmd_recover(args: argparse.Namespace) -> None:
     if args.json:
         _print_json(result)
     else:
-        print(f"recovered {len(result['snapshots'])} snapshot(s) from recovery root "
-              f"version {result['root_version']} into {result['home']}")
+        print(
+            f"recovered {len(result['snapshots'])} snapshot(s) from recovery root "
+            f"version {result['root_version']} into {result['home']}"
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -415,8 +514,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _add_home(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--home", default=os.environ.get("GRIDNODE_HOME"),
-                   help="node home directory (default $GRIDNODE_HOME or ~/.local/share/gridnode)")
+    p.add_argument(
+        "--home",
+        default=os.environ.get("GRIDNODE_HOME"),
+        help="node home directory (default $GRIDNODE_HOME or ~/.local/share/gridnode)",
+    )
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -430,8 +532,7 @@ def _add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
     p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB or 1.5TiB")
     p.add_argument("--location-check", choices=["enforce", "warn", "off"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config key")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     if init:
         p.add_argument("--label", action="append", help="failure-domain label NAME=VALUE")
         p.add_argument("--redundancy", help="default K/N for backups (default 4/6)")
@@ -468,10 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_run)
 
-    for name, fn, helptext in (("status", cmd_status, "this node and what it sees"),
-                               ("snapshots", cmd_snapshots, "list snapshots"),
-                               ("log", cmd_log, "the signed backup log"),
-                               ("stop", cmd_stop, "stop the running node")):
+    for name, fn, helptext in (
+        ("status", cmd_status, "this node and what it sees"),
+        ("snapshots", cmd_snapshots, "list snapshots"),
+        ("log", cmd_log, "the signed backup log"),
+        ("stop", cmd_stop, "stop the running node"),
+    ):
         p = sub.add_parser(name, help=helptext)
         _add_home(p)
         _add_json(p)
@@ -496,9 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(fn=cmd_restore)
 
-    for name, fn, helptext in (("verify", cmd_verify, "fetch and check every packet"),
-                               ("forget", cmd_forget, "drop a snapshot and free its packets"),
-                               ("placement", cmd_placement, "where each packet went")):
+    for name, fn, helptext in (
+        ("verify", cmd_verify, "fetch and check every packet"),
+        ("forget", cmd_forget, "drop a snapshot and free its packets"),
+        ("placement", cmd_placement, "where each packet went"),
+    ):
         p = sub.add_parser(name, help=helptext)
         _add_home(p)
         p.add_argument("snapshot")
@@ -546,7 +651,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         print("gridnode: interrupted", file=sys.stderr)
         sys.exit(130)
     except OSError as exc:
-        print(f"gridnode: error: {exc.strerror or exc}"
-              f"{': ' + str(exc.filename) if exc.filename else ''}", file=sys.stderr)
+        print(
+            f"gridnode: error: {exc.strerror or exc}"
+            f"{': ' + str(exc.filename) if exc.filename else ''}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     sys.exit(0)

@@ -233,7 +233,16 @@ def _str_list(key: str, value: Any) -> tuple[str, ...]:
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "1",
+        "on",
+        "false",
+        "no",
+        "0",
+        "off",
+    ):
         return value.lower() in ("true", "yes", "1", "on")
     raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
 
@@ -271,7 +280,9 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
     if "grid_name" in raw:
         kwargs["grid_name"] = str(raw["grid_name"])
     if "listen" in raw:
-        kwargs["listen_host"], kwargs["listen_port"] = parse_address(str(raw["listen"]), key="listen")
+        kwargs["listen_host"], kwargs["listen_port"] = parse_address(
+            str(raw["listen"]), key="listen"
+        )
     if "seeds" in raw:
         seeds = _str_list("seeds", raw["seeds"])
         for seed in seeds:

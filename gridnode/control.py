@@ -120,8 +120,11 @@ class ControlServer:
                     )
                 )
                 self.port = server.port
-                info = {"address": f"127.0.0.1:{self.port}", "pid": os.getpid(),
-                        "node_id": self.node_id}
+                info = {
+                    "address": f"127.0.0.1:{self.port}",
+                    "pid": os.getpid(),
+                    "node_id": self.node_id,
+                }
                 atomic_write(run_info_path(self.home), json.dumps(info).encode(), mode=0o600)
                 task_status.started()
                 try:
@@ -178,8 +181,11 @@ class ControlServer:
                 reply = Error(request_id=msg.request_id, code=exc.code, message=str(exc)[:2000])
             except Exception as exc:  # never let one call take the node down
                 _log.error("control_call_crashed", method=msg.method, exc_info=exc)
-                reply = Error(request_id=msg.request_id, code="internal_error",
-                              message=f"{type(exc).__name__}: {exc}"[:2000])
+                reply = Error(
+                    request_id=msg.request_id,
+                    code="internal_error",
+                    message=f"{type(exc).__name__}: {exc}"[:2000],
+                )
         await ws.send_message(encode(reply))
 
 

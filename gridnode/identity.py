@@ -95,7 +95,7 @@ class NodeIdentity:
 
     @cached_property
     def root_signing_key(self) -> SigningKey:
-        """Signs recovery roots so only this node can replace them, without revealing the node id."""
+        """Signs recovery roots so only this node can replace them; unlinkable to the node id."""
         return SigningKey(_derive(self._seed, "recovery root signing key"))
 
     @cached_property
@@ -138,7 +138,9 @@ def parse_recovery_phrase(text: str) -> NodeIdentity:
     except ValueError:
         raise KeyError_("recovery phrase has characters outside base32") from None
     if len(raw) != 36:
-        raise KeyError_(f"recovery phrase has the wrong length ({len(cleaned)} characters, 57 expected)")
+        raise KeyError_(
+            f"recovery phrase has the wrong length ({len(cleaned)} characters, 57 expected)"
+        )
     seed, check = raw[:32], raw[32:]
     if _checksum(seed) != check:
         raise KeyError_("recovery phrase checksum does not match (a typo?)")

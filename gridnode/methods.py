@@ -71,10 +71,14 @@ def build_methods(node: Node) -> dict[str, Method]:
                 rtt = await link.ping(timeout_s=2.0)
             except PeerError:
                 rtt = None
-            peers.append({"node_id": format_node_id(link.peer_id),
-                          "short_id": short_node_id(link.peer_id),
-                          "address": link.peer_address,
-                          "rtt_ms": round(rtt, 3) if rtt is not None else None})
+            peers.append(
+                {
+                    "node_id": format_node_id(link.peer_id),
+                    "short_id": short_node_id(link.peer_id),
+                    "address": link.peer_address,
+                    "rtt_ms": round(rtt, 3) if rtt is not None else None,
+                }
+            )
 
         async with trio.open_nursery() as nursery:
             for link in node.transport.links():
@@ -84,25 +88,28 @@ def build_methods(node: Node) -> dict[str, Method]:
         assert node.gossiper is not None
         for view in node.gossiper.members():
             rec = view.record
-            members.append({
-                "node_id": format_node_id(rec.node_id),
-                "short_id": short_node_id(rec.node_id),
-                "address": rec.address,
-                "state": view.state,
-                "city": rec.city,
-                "lat": rec.lat,
-                "lon": rec.lon,
-                "distance_km": round(view.distance_km, 1) if view.distance_km is not None
-                else None,
-                "free_bytes": rec.free_bytes,
-                "allocated_bytes": rec.allocated_bytes,
-                "rtt_ms": round(view.rtt_ms, 3) if view.rtt_ms is not None else None,
-                "trusted": view.location_trusted,
-                "location_plausible": view.location_plausible,
-                "labels": list(rec.labels),
-                "incarnation": rec.incarnation,
-            })
-        members.sort(key=lambda m: m["address"])
+            members.append(
+                {
+                    "node_id": format_node_id(rec.node_id),
+                    "short_id": short_node_id(rec.node_id),
+                    "address": rec.address,
+                    "state": view.state,
+                    "city": rec.city,
+                    "lat": rec.lat,
+                    "lon": rec.lon,
+                    "distance_km": round(view.distance_km, 1)
+                    if view.distance_km is not None
+                    else None,
+                    "free_bytes": rec.free_bytes,
+                    "allocated_bytes": rec.allocated_bytes,
+                    "rtt_ms": round(view.rtt_ms, 3) if view.rtt_ms is not None else None,
+                    "trusted": view.location_trusted,
+                    "location_plausible": view.location_plausible,
+                    "labels": list(rec.labels),
+                    "incarnation": rec.incarnation,
+                }
+            )
+        members.sort(key=lambda m: str(m["address"]))
         stats = node.packets.statistics()
         return {
             "node_id": format_node_id(node.identity.node_id),
@@ -127,9 +134,12 @@ def build_methods(node: Node) -> dict[str, Method]:
             "members": members,
             "membership_version": node.gossiper.membership.version,
             "jobs_running": node.request.running,
-            "counters": {**node.packet_store.stats, **node.retriever.stats,
-                         "refused_handshakes": node.transport.refused_handshakes,
-                         "gossip_dropped": node.gossip_dropped},
+            "counters": {
+                **node.packet_store.stats,
+                **node.retriever.stats,
+                "refused_handshakes": node.transport.refused_handshakes,
+                "gossip_dropped": node.gossip_dropped,
+            },
         }
 
     async def snapshots(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
@@ -147,8 +157,12 @@ def build_methods(node: Node) -> dict[str, Method]:
             erasure = ErasureParams.parse(_str(params, "redundancy", node.config.redundancy))
         except ValueError as exc:
             raise ControlError("bad_params", str(exc)) from None
-        request = BackupRequest(paths=paths, excludes=_str_list(params, "excludes"),
-                                params=erasure, rules=rules_from(params, node))
+        request = BackupRequest(
+            paths=paths,
+            excludes=_str_list(params, "excludes"),
+            params=erasure,
+            rules=rules_from(params, node),
+        )
         return await BackupJob(services, request, emit).run()
 
     async def restore(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
@@ -168,47 +182,63 @@ def build_methods(node: Node) -> dict[str, Method]:
 
     async def placement(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         snap = await resolve(services, _str(params, "snapshot"))
-        chunks: list[ChunkRecord] = await services.db(services.catalog.chunks_of,
-                                                      snap.snapshot_id)
+        chunks: list[ChunkRecord] = await services.db(services.catalog.chunks_of, snap.snapshot_id)
         if snap.record:
             chunks += [ChunkRecord.from_wire(r) for r in msgpack.unpackb(snap.record, raw=False)]
         assert node.gossiper is not None
         where = {v.record.node_id: v.record for v in node.gossiper.members()}
         src = node.gossiper.source()
 
-        def locate(node_id: bytes) -> tuple[float | None, float | None]:
+        def locate(node_id: bytes) -> tuple[float, float] | None:
             rec = where.get(node_id)
-            return (rec.lat, rec.lon) if rec is not None else (None, None)
+            if rec is None or rec.lat is None or rec.lon is None:
+                return None
+            return rec.lat, rec.lon
 
+        origin = (src.lat, src.lon) if src.lat is not None and src.lon is not None else None
         out_chunks = []
         for chunk in sorted(chunks, key=lambda c: c.chunk_id):
             packets = []
+            located: list[tuple[float, float]] = []
             for p in chunk.packets:
-                lat, lon = locate(p.target)
-                dist = (haversine_km(src.lat, src.lon, lat, lon)
-                        if None not in (src.lat, src.lon, lat, lon) else None)
+                spot = locate(p.target)
+                dist = haversine_km(*origin, *spot) if origin and spot else None
+                if spot is not None:
+                    located.append(spot)
                 rec = where.get(p.target)
-                packets.append({"share": p.share, "packet_id": p.packet_id.hex(),
-                                "target": format_node_id(p.target),
-                                "target_short": short_node_id(p.target),
-                                "city": rec.city if rec else None, "lat": lat, "lon": lon,
-                                "distance_km": round(dist, 1) if dist is not None else None})
-            pairwise = [
-                haversine_km(a["lat"], a["lon"], b["lat"], b["lon"])
-                for a, b in itertools.combinations(packets, 2)
-                if None not in (a["lat"], a["lon"], b["lat"], b["lon"])
-            ]
-            out_chunks.append({
-                "chunk_id": chunk.chunk_id.hex(), "k": chunk.k, "n": chunk.n,
-                "packets": packets,
-                "pairwise_min_km": round(min(pairwise), 1) if pairwise else None,
-                "pairwise_max_km": round(max(pairwise), 1) if pairwise else None,
-            })
+                packets.append(
+                    {
+                        "share": p.share,
+                        "packet_id": p.packet_id.hex(),
+                        "target": format_node_id(p.target),
+                        "target_short": short_node_id(p.target),
+                        "city": rec.city if rec else None,
+                        "lat": spot[0] if spot else None,
+                        "lon": spot[1] if spot else None,
+                        "distance_km": round(dist, 1) if dist is not None else None,
+                    }
+                )
+            pairwise = [haversine_km(*a, *b) for a, b in itertools.combinations(located, 2)]
+            out_chunks.append(
+                {
+                    "chunk_id": chunk.chunk_id.hex(),
+                    "kind": chunk.domain,
+                    "k": chunk.k,
+                    "n": chunk.n,
+                    "packets": packets,
+                    "pairwise_min_km": round(min(pairwise), 1) if pairwise else None,
+                    "pairwise_max_km": round(max(pairwise), 1) if pairwise else None,
+                }
+            )
         return {
             "snapshot_id": snap.snapshot_id,
             "rules": snap.rules,
-            "source": {"node_id": format_node_id(node.identity.node_id), "lat": src.lat,
-                       "lon": src.lon, "city": node.config.city},
+            "source": {
+                "node_id": format_node_id(node.identity.node_id),
+                "lat": src.lat,
+                "lon": src.lon,
+                "city": node.config.city,
+            },
             "chunks": out_chunks,
         }
 

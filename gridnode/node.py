@@ -30,7 +30,7 @@ from protocol import Message, format_node_id, short_node_id
 
 from .actors.assembler import Assembler
 from .actors.base import call
-from .actors.gossip import GossipIn, Gossiper, build_membership
+from .actors.gossip import Gossiper, GossipIn, build_membership
 from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
 from .actors.retriever import FetchChunk, Retriever
@@ -55,8 +55,9 @@ CHANNEL_SIZE = 16
 GOSSIP_INBOX = 256
 
 
-def open_node_storage(config: NodeConfig, identity: NodeIdentity) -> tuple[
-        Catalog, PacketDirectory, Holdings]:
+def open_node_storage(
+    config: NodeConfig, identity: NodeIdentity
+) -> tuple[Catalog, PacketDirectory, Holdings]:
     home = config.home
     catalog = Catalog(home / "catalog.sqlite", signing_key=identity.signing_key)
     packets = PacketDirectory(home / "storage", config.allocated_bytes)
@@ -79,8 +80,13 @@ class Node:
             for sid in interrupted:
                 self.catalog.log("backup_interrupted", sid)
         if not self.catalog.profile():
-            self.catalog.set_profile({"node_id": identity.printable_id, "created": time.time(),
-                                      "grid_id": config.grid_id.hex()})
+            self.catalog.set_profile(
+                {
+                    "node_id": identity.printable_id,
+                    "created": time.time(),
+                    "grid_id": config.grid_id.hex(),
+                }
+            )
         self.cpu_limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.disk_limiter = trio.CapacityLimiter(8)
         self.transport = Transport(
@@ -101,8 +107,9 @@ class Node:
 
     # --- peer requests (RequestHandler for the transport) -------------------------------------
 
-    async def handle_request(self, link: PeerLink, msg: Message,
-                             payload_digest: bytes | None) -> Message:
+    async def handle_request(
+        self, link: PeerLink, msg: Message, payload_digest: bytes | None
+    ) -> Message:
         answer: Message = await call(self._store_send, TargetRequest(msg, payload_digest))
         return answer
 
@@ -125,11 +132,12 @@ class Node:
             return link
         address = self.gossiper.address_of(node_id) if self.gossiper else None
         if address is None:
-            raise PeerGone(f"no known address for node {short_node_id(node_id)}",
-                           peer=short_node_id(node_id))
-        return await self.transport.connect(address, expect=node_id)  # type: ignore[no-any-return]
+            raise PeerGone(
+                f"no known address for node {short_node_id(node_id)}", peer=short_node_id(node_id)
+            )
+        return await self.transport.connect(address, expect=node_id)
 
-    # --- lifetime ----------------------------------------------------------------------------------
+    # --- lifetime ---------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         self._shutdown.set()
@@ -139,8 +147,9 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
-                self.log.info("node_started", address=self.transport.address,
-                              control_port=self.control.port)
+                self.log.info(
+                    "node_started", address=self.transport.address, control_port=self.control.port
+                )
                 task_status.started(self)
                 await self._shutdown.wait()
                 self.log.info("node_stopping")
@@ -170,43 +179,72 @@ class Node:
 
         # The transport first: gossip needs our real (possibly ephemeral) address.
         await nursery.start(self.transport.run)
-        membership = build_membership(identity=identity, config=config,
-                                      address=self.transport.address,
-                                      free_bytes=self.packets.free_bytes,
-                                      now=trio.current_time())
-        self.gossiper = Gossiper(membership=membership, inbound=gossip_recv,
-                                 connect=self.transport.connect, link_of=self.transport.link,
-                                 seeds=config.seeds)
+        membership = build_membership(
+            identity=identity,
+            config=config,
+            address=self.transport.address,
+            free_bytes=self.packets.free_bytes,
+            now=trio.current_time(),
+        )
+        self.gossiper = Gossiper(
+            membership=membership,
+            inbound=gossip_recv,
+            connect=self.transport.connect,
+            link_of=self.transport.link,
+            seeds=config.seeds,
+        )
 
         self.packet_store = PacketStore(
-            identity=identity, packets=self.packets, holdings=self.holdings,
-            inbound=store_recv, link_for=self.link_for, replace_target=self._replace,
-            disk_limiter=self.disk_limiter, request_timeout_s=config.request_timeout_s,
+            identity=identity,
+            packets=self.packets,
+            holdings=self.holdings,
+            inbound=store_recv,
+            link_for=self.link_for,
+            replace_target=self._replace,
+            disk_limiter=self.disk_limiter,
+            request_timeout_s=config.request_timeout_s,
             on_free_bytes_changed=self._free_bytes_changed,
         )
         await nursery.start(self.packet_store.run)
-        self.sequencer = Sequencer(key=identity.sequence_key, inbound=seq_recv,
-                                   view=self.gossiper.placement_view, source=self.gossiper.source)
+        self.sequencer = Sequencer(
+            key=identity.sequence_key,
+            inbound=seq_recv,
+            view=self.gossiper.placement_view,
+            source=self.gossiper.source,
+        )
         await nursery.start(self.sequencer.run)
-        self.retriever = Retriever(inbound=retr_recv, link_for=self.link_for,
-                                   is_connected=lambda n: self.transport.link(n) is not None,
-                                   request_timeout_s=config.request_timeout_s)
+        self.retriever = Retriever(
+            inbound=retr_recv,
+            link_for=self.link_for,
+            is_connected=lambda n: self.transport.link(n) is not None,
+            request_timeout_s=config.request_timeout_s,
+        )
         await nursery.start(self.retriever.run)
 
         async def fetch(chunk: Any) -> dict[int, bytes]:
             fetched = await call(self._retr_send, FetchChunk(chunk))
             return fetched.shares  # type: ignore[no-any-return]
 
-        self.assembler = Assembler(inbound=asm_recv, dedup_secret=identity.dedup_secret,
-                                   record_key=identity.record_key,
-                                   cpu_limiter=self.cpu_limiter, disk_limiter=self.disk_limiter,
-                                   fetch=fetch)
+        self.assembler = Assembler(
+            inbound=asm_recv,
+            dedup_secret=identity.dedup_secret,
+            record_key=identity.record_key,
+            cpu_limiter=self.cpu_limiter,
+            disk_limiter=self.disk_limiter,
+            fetch=fetch,
+        )
         await nursery.start(self.assembler.run)
         self.services = Services(
-            identity=identity, config=config, catalog=self.catalog,
-            sequencer=self._seq_send, packet_store=self._store_send, retriever=self._retr_send,
-            assembler=self._asm_send, cpu_limiter=self.cpu_limiter,
-            disk_limiter=self.disk_limiter, alive_members=self.gossiper.alive,
+            identity=identity,
+            config=config,
+            catalog=self.catalog,
+            sequencer=self._seq_send,
+            packet_store=self._store_send,
+            retriever=self._retr_send,
+            assembler=self._asm_send,
+            cpu_limiter=self.cpu_limiter,
+            disk_limiter=self.disk_limiter,
+            alive_members=self.gossiper.alive,
             link_for=self.link_for,
         )
         from .methods import build_methods
@@ -214,24 +252,34 @@ class Node:
         self.request = RequestActor(inbound=req_recv, methods=build_methods(self))
         await nursery.start(self.request.run)
         await nursery.start(self.gossiper.run)
-        self.control = ControlServer(home=config.home, port=config.control_port,
-                                     handler=self._control_job,
-                                     node_id=format_node_id(identity.node_id))
+        self.control = ControlServer(
+            home=config.home,
+            port=config.control_port,
+            handler=self._control_job,
+            node_id=format_node_id(identity.node_id),
+        )
         await nursery.start(self.control.run)
 
     async def _control_job(self, method: str, params: dict[str, Any], emit: Emit) -> Any:
         return await call(self._req_send, ControlJob(method, params, emit))
 
-    async def _replace(self, job: Any, keep: tuple[bytes, ...],
-                       exclude: frozenset[bytes]) -> bytes:
+    async def _replace(self, job: Any, keep: tuple[bytes, ...], exclude: frozenset[bytes]) -> bytes:
         """Packet store -> sequencer: a new target for a packet whose target failed, chosen
         under the chunk's rules together with the targets that already hold its packets."""
         from .actors.sequencer import PlaceChunk
 
-        targets = await call(self._seq_send, PlaceChunk(
-            chunk_id=job.chunk_id, n=len(keep) + 1, packet_bytes=job.packet_bytes,
-            rules=job.rules, exclude=exclude, fixed=keep))
-        fresh = [t for t in targets if t not in keep]
+        targets = await call(
+            self._seq_send,
+            PlaceChunk(
+                chunk_id=job.chunk_id,
+                n=len(keep) + 1,
+                packet_bytes=job.packet_bytes,
+                rules=job.rules,
+                exclude=exclude,
+                fixed=keep,
+            ),
+        )
+        fresh: list[bytes] = [t for t in targets if t not in keep]
         return fresh[0]
 
     def _free_bytes_changed(self, free: int) -> None:
@@ -239,8 +287,12 @@ class Node:
             self.gossiper.update_free_bytes(free)
 
 
-async def run_node(config: NodeConfig, identity: NodeIdentity, *,
-                   task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+async def run_node(
+    config: NodeConfig,
+    identity: NodeIdentity,
+    *,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
     node = Node(config, identity)
     await node.run(task_status=task_status)
 

@@ -64,11 +64,11 @@ async def _recover_async(config: Any, identity: Any, timeout_s: float) -> dict[s
                 await trio.sleep(0.2)
         if scope.cancelled_caught:
             node.shutdown()
-            raise CliError(f"could not reach the grid through {', '.join(config.seeds)} "
-                           f"within {timeout_s:g} s")
+            raise CliError(
+                f"could not reach the grid through {', '.join(config.seeds)} within {timeout_s:g} s"
+            )
         try:
             result = await recover_catalog(node.services)
         finally:
             node.shutdown()
     return result
-

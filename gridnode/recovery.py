@@ -69,8 +69,9 @@ async def publish_root(services: Services) -> dict[str, Any]:
         return catalog.next_root_version(), seal(identity.record_key, root)
 
     version, sealed = await services.db(build)
-    signature = sign(identity.root_signing_key,
-                     root_signature_payload(identity.root_locator, version, sealed))
+    signature = sign(
+        identity.root_signing_key, root_signature_payload(identity.root_locator, version, sealed)
+    )
     verify_key = bytes(identity.root_signing_key.verify_key)
     stored: list[str] = []
     failed: list[str] = []
@@ -79,9 +80,14 @@ async def publish_root(services: Services) -> dict[str, Any]:
         try:
             link = await services.link_for(node_id)
             answer = await link.request(
-                lambda rid: PutRoot(request_id=rid, locator=identity.root_locator,
-                                    version=version, verify_key=verify_key,
-                                    signature=signature, sealed=sealed),
+                lambda rid: PutRoot(
+                    request_id=rid,
+                    locator=identity.root_locator,
+                    version=version,
+                    verify_key=verify_key,
+                    signature=signature,
+                    sealed=sealed,
+                ),
                 timeout_s=ROOT_TIMEOUT_S,
             )
             if isinstance(answer, RootStored) and answer.version == version:
@@ -117,10 +123,15 @@ async def fetch_root(services: Services) -> tuple[int, dict[str, Any]] | None:
             )
         except PeerError:
             return
-        if (isinstance(answer, RootData) and answer.verify_key == verify_key
-                and verify(verify_key,
-                           root_signature_payload(answer.locator, answer.version, answer.sealed),
-                           answer.signature)):
+        if (
+            isinstance(answer, RootData)
+            and answer.verify_key == verify_key
+            and verify(
+                verify_key,
+                root_signature_payload(answer.locator, answer.version, answer.sealed),
+                answer.signature,
+            )
+        ):
             found.append(answer)
 
     async with trio.open_nursery() as nursery:
@@ -154,17 +165,22 @@ async def recover_catalog(services: Services) -> dict[str, Any]:
         refs = [ChunkRecord.from_wire(r) for r in msgpack.unpackb(item["record"], raw=False)]
         record = msgpack.unpackb(await load_blob(services, refs), raw=False)
         snapshot = SnapshotRecord(
-            snapshot_id=snap["snapshot_id"], created=snap["created"], finished=snap["finished"],
-            state="complete", parent=snap["parent"], roots=tuple(snap["roots"]),
-            files=snap["files"], bytes=snap["bytes"], params=snap["redundancy"],
-            rules=snap["rules"], record=item["record"],
+            snapshot_id=snap["snapshot_id"],
+            created=snap["created"],
+            finished=snap["finished"],
+            state="complete",
+            parent=snap["parent"],
+            roots=tuple(snap["roots"]),
+            files=snap["files"],
+            total_bytes=snap["bytes"],
+            params=snap["redundancy"],
+            rules=snap["rules"],
+            record=item["record"],
         )
         entries = [EntryRecord.from_wire(e) for e in record["entries"]]
         chunks = [ChunkRecord.from_wire(c) for c in record["chunks"]]
         await services.db(catalog.import_snapshot, snapshot, entries, chunks + refs)
         imported.append(snapshot.snapshot_id)
     await services.db(catalog.set_root_version, version)
-    await services.db(lambda: catalog.log("recover", None, root_version=version,
-                                          imported=imported))
+    await services.db(lambda: catalog.log("recover", None, root_version=version, imported=imported))
     return {"root_version": version, "snapshots": imported, "already_present": skipped}
-

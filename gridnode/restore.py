@@ -13,6 +13,7 @@ chunks no other snapshot uses (with the per-packet delete secret; see holdings.p
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ from .storage.catalog import ChunkRecord, EntryRecord, SnapshotRecord
 from .trioutil import collapse_groups
 
 __all__ = ["forget_snapshot", "restore_snapshot", "verify_snapshot"]
+
+
+def _delete_request(packet_id: bytes, secret: bytes, request_id: int) -> DeletePacket:
+    return DeletePacket(request_id=request_id, packet_id=packet_id, owner_secret=secret)
+
 
 _log = get_logger(actor="request")
 
@@ -67,8 +73,9 @@ def _select(entries: list[EntryRecord], path: str | None) -> list[EntryRecord]:
     return [e for e in entries if e.path in parents and e.kind == "dir"] + chosen
 
 
-async def restore_snapshot(services: Services, snapshot: str, dest: str, path: str | None,
-                           emit: Emit) -> dict[str, Any]:
+async def restore_snapshot(
+    services: Services, snapshot: str, dest: str, path: str | None, emit: Emit
+) -> dict[str, Any]:
     started = time.monotonic()
     snap = await resolve(services, snapshot)
     catalog = services.catalog
@@ -79,8 +86,14 @@ async def restore_snapshot(services: Services, snapshot: str, dest: str, path: s
     )
     total_bytes = sum(e.size for e in entries if e.kind == "file")
     total_files = sum(1 for e in entries if e.kind == "file")
-    await emit({"event": "started", "snapshot_id": snap.snapshot_id, "files_total": total_files,
-                "bytes_total": total_bytes})
+    await emit(
+        {
+            "event": "started",
+            "snapshot_id": snap.snapshot_id,
+            "files_total": total_files,
+            "bytes_total": total_bytes,
+        }
+    )
     last = [0.0]
     pending: list[dict[str, Any]] = []
 
@@ -90,10 +103,17 @@ async def restore_snapshot(services: Services, snapshot: str, dest: str, path: s
             last[0] = now
             elapsed = max(now - started, 1e-6)
             rate = written / elapsed
-            pending.append({"event": "progress", "files": files, "files_total": total_files,
-                            "bytes": written, "bytes_total": total_bytes,
-                            "rate_bps": round(rate),
-                            "eta_s": round((total_bytes - written) / rate, 1) if rate else None})
+            pending.append(
+                {
+                    "event": "progress",
+                    "files": files,
+                    "files_total": total_files,
+                    "bytes": written,
+                    "bytes_total": total_bytes,
+                    "rate_bps": round(rate),
+                    "eta_s": round((total_bytes - written) / rate, 1) if rate else None,
+                }
+            )
 
     async def pump() -> None:
         while True:
@@ -101,29 +121,48 @@ async def restore_snapshot(services: Services, snapshot: str, dest: str, path: s
             while pending:
                 await emit(pending.pop(0))
 
-    dest_path = Path(dest).expanduser().resolve()
+    dest_path = Path(dest)  # absolute: checked by the control method
     try:
         with collapse_groups():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
                 stats = await services.ask(
                     services.assembler,
-                    AssembleTree(entries=entries, chunks=chunks, dest=dest_path,
-                                 progress=progress),
+                    AssembleTree(entries=entries, chunks=chunks, dest=dest_path, progress=progress),
                 )
                 nursery.cancel_scope.cancel()
     except (RestoreFailed, ChunkUnavailable, OSError, GridError) as exc:
-        await services.db(lambda: catalog.log("restore_failed", snap.snapshot_id,
-                                              reason=str(exc)[:500], dest=str(dest_path)))
-        raise RestoreFailed(f"restore of {snap.snapshot_id} failed: {exc}") from None
+        reason = str(exc)
+        await services.db(
+            lambda: catalog.log(
+                "restore_failed", snap.snapshot_id, reason=reason[:500], dest=str(dest_path)
+            )
+        )
+        raise RestoreFailed(f"restore of {snap.snapshot_id} failed: {reason}") from None
     seconds = time.monotonic() - started
-    await services.db(lambda: catalog.log("restore", snap.snapshot_id, dest=str(dest_path),
-                                          path=path, files=stats["files"],
-                                          bytes=stats["bytes"], seconds=round(seconds, 3)))
-    return {"event": "result", "snapshot_id": snap.snapshot_id, "to": str(dest_path),
-            "path": path, "files": stats["files"], "bytes": stats["bytes"],
-            "dirs": stats["dirs"], "symlinks": stats["symlinks"], "chunks": stats["chunks"],
-            "seconds": round(seconds, 3)}
+    await services.db(
+        lambda: catalog.log(
+            "restore",
+            snap.snapshot_id,
+            dest=str(dest_path),
+            path=path,
+            files=stats["files"],
+            bytes=stats["bytes"],
+            seconds=round(seconds, 3),
+        )
+    )
+    return {
+        "event": "result",
+        "snapshot_id": snap.snapshot_id,
+        "to": str(dest_path),
+        "path": path,
+        "files": stats["files"],
+        "bytes": stats["bytes"],
+        "dirs": stats["dirs"],
+        "symlinks": stats["symlinks"],
+        "chunks": stats["chunks"],
+        "seconds": round(seconds, 3),
+    }
 
 
 async def verify_snapshot(services: Services, snapshot: str, emit: Emit) -> dict[str, Any]:
@@ -144,12 +183,23 @@ async def verify_snapshot(services: Services, snapshot: str, emit: Emit) -> dict
         nonlocal healthy, degraded, lost, min_spare, checked_bytes
         async with limiter:
             fetched = await services.ask(services.retriever, FetchChunk(chunk, all_packets=True))
-            await emit({"event": "progress", "chunks_checked": healthy + degraded + lost + 1,
-                        "chunks_total": len(chunks)})
+            await emit(
+                {
+                    "event": "progress",
+                    "chunks_checked": healthy + degraded + lost + 1,
+                    "chunks_total": len(chunks),
+                }
+            )
             good = len(fetched.shares)
             for share, target, why in fetched.missing:
-                problems.append({"chunk_id": chunk.chunk_id.hex(), "share": share,
-                                 "target": target.hex(), "problem": why})
+                problems.append(
+                    {
+                        "chunk_id": chunk.chunk_id.hex(),
+                        "share": share,
+                        "target": target.hex(),
+                        "problem": why,
+                    }
+                )
             if good < chunk.k:
                 lost += 1
                 return
@@ -173,12 +223,24 @@ async def verify_snapshot(services: Services, snapshot: str, emit: Emit) -> dict
                 nursery.start_soon(check, chunk)
     ok = lost == 0
     seconds = time.monotonic() - started
-    await services.db(lambda: catalog.log("verify", snap.snapshot_id, ok=ok, healthy=healthy,
-                                          degraded=degraded, lost=lost))
-    return {"event": "result", "snapshot_id": snap.snapshot_id, "ok": ok,
-            "chunks": len(chunks), "chunks_healthy": healthy, "chunks_degraded": degraded,
-            "chunks_lost": lost, "min_spare_packets": min_spare, "bytes_checked": checked_bytes,
-            "problems": problems[:200], "seconds": round(seconds, 3)}
+    await services.db(
+        lambda: catalog.log(
+            "verify", snap.snapshot_id, ok=ok, healthy=healthy, degraded=degraded, lost=lost
+        )
+    )
+    return {
+        "event": "result",
+        "snapshot_id": snap.snapshot_id,
+        "ok": ok,
+        "chunks": len(chunks),
+        "chunks_healthy": healthy,
+        "chunks_degraded": degraded,
+        "chunks_lost": lost,
+        "min_spare_packets": min_spare,
+        "bytes_checked": checked_bytes,
+        "problems": problems[:200],
+        "seconds": round(seconds, 3),
+    }
 
 
 async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
@@ -196,10 +258,10 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
         nonlocal deleted, failed
         for packet in chunk.packets:
             secret = services.identity.packet_delete_secret(packet.packet_id, chunk.policy)
+            request = functools.partial(_delete_request, packet.packet_id, secret)
             try:
                 link = await services.link_for(packet.target)
-                answer = await link.request(lambda rid, p=packet.packet_id: DeletePacket(
-                    request_id=rid, packet_id=p, owner_secret=secret), timeout_s=10)
+                answer = await link.request(request, timeout_s=10)
                 if isinstance(answer, PacketDeleted):
                     deleted += 1
             except PeerError:
@@ -210,10 +272,23 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
             for chunk in doomed:
                 nursery.start_soon(delete, chunk)
     await services.db(catalog.delete_chunks, [(c.chunk_id, c.policy) for c in doomed])
-    await services.db(lambda: catalog.log("forget", snap.snapshot_id, chunks=len(doomed),
-                                          packets_deleted=deleted, packets_unreachable=failed))
+    await services.db(
+        lambda: catalog.log(
+            "forget",
+            snap.snapshot_id,
+            chunks=len(doomed),
+            packets_deleted=deleted,
+            packets_unreachable=failed,
+        )
+    )
     from .recovery import publish_root
 
     root = await publish_root(services)
-    return {"event": "result", "snapshot_id": snap.snapshot_id, "chunks_freed": len(doomed),
-            "packets_deleted": deleted, "packets_unreachable": failed, "recovery_root": root}
+    return {
+        "event": "result",
+        "snapshot_id": snap.snapshot_id,
+        "chunks_freed": len(doomed),
+        "packets_deleted": deleted,
+        "packets_unreachable": failed,
+        "recovery_root": root,
+    }

@@ -51,8 +51,9 @@ def root_names(roots: Sequence[str]) -> list[tuple[str, str]]:
             raise ScanError(f"no such file or directory: {root}")
         name = os.path.basename(absolute.rstrip("/")) or "root"
         if name in seen:
-            raise ScanError(f"{seen[name]} and {absolute} have the same name {name!r}; "
-                            "back them up separately")
+            raise ScanError(
+                f"{seen[name]} and {absolute} have the same name {name!r}; back them up separately"
+            )
         seen[name] = absolute
         out.append((absolute, name))
     return out
@@ -70,12 +71,22 @@ def _entry(rel: str, source: str, st: os.stat_result) -> ScanEntry | None:
     elif stat.S_ISDIR(mode):
         kind, size = "dir", 0
     elif stat.S_ISLNK(mode):
-        return ScanEntry(rel, source, "symlink", stat.S_IMODE(mode), st.st_mtime_ns, 0,
-                         st.st_ino, st.st_dev, os.readlink(source))
+        return ScanEntry(
+            rel,
+            source,
+            "symlink",
+            stat.S_IMODE(mode),
+            st.st_mtime_ns,
+            0,
+            st.st_ino,
+            st.st_dev,
+            os.readlink(source),
+        )
     else:
         return None
-    return ScanEntry(rel, source, kind, stat.S_IMODE(mode), st.st_mtime_ns, size, st.st_ino,
-                     st.st_dev)
+    return ScanEntry(
+        rel, source, kind, stat.S_IMODE(mode), st.st_mtime_ns, size, st.st_ino, st.st_dev
+    )
 
 
 def iter_tree(

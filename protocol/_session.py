@@ -266,9 +266,7 @@ class Session:
         msg = decode_envelope(memoryview(frame)[1:], limits=self.limits)
         if isinstance(msg, Hello):
             if self.state is not SessionState.HELLO_SENT:
-                raise RemoteProtocolError(
-                    f"hello in state {self.state.value}", code="unexpected"
-                )
+                raise RemoteProtocolError(f"hello in state {self.state.value}", code="unexpected")
             return self._on_hello(msg, frame)
         if isinstance(msg, Auth):
             if self.state is not SessionState.AUTH_SENT:

@@ -32,10 +32,40 @@ from .harness import LocalGrid, NodeSpec
 
 __all__ = ["run_demo"]
 
-CITIES = ["Paris", "Brussels", "Amsterdam", "Berlin", "Madrid", "Rome", "Vienna", "Warsaw",
-          "Prague", "Lisbon"]
-WORDS = ("grid backup packet sequence target source proximity redundancy restore chunk "
-         "erasure gossip member distance encrypt compress archive ledger city river").split()
+CITIES = [
+    "Paris",
+    "Brussels",
+    "Amsterdam",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Vienna",
+    "Warsaw",
+    "Prague",
+    "Lisbon",
+]
+WORDS = [
+    "grid",
+    "backup",
+    "packet",
+    "sequence",
+    "target",
+    "source",
+    "proximity",
+    "redundancy",
+    "restore",
+    "chunk",
+    "erasure",
+    "gossip",
+    "member",
+    "distance",
+    "encrypt",
+    "compress",
+    "archive",
+    "ledger",
+    "city",
+    "river",
+]
 
 
 def make_sample_tree(root: Path, seed: int = 7) -> Path:
@@ -47,13 +77,16 @@ def make_sample_tree(root: Path, seed: int = 7) -> Path:
     for i in range(40):
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(200, 6000)))
         (tree / "documents" / ("reports" if i % 2 else "letters") / f"doc-{i:02d}.txt").write_text(
-            text)
+            text
+        )
     for i in range(6):
         (tree / "photos" / "2026" / f"IMG_{1000 + i}.jpg").write_bytes(
-            rng.randbytes(rng.randint(800_000, 1_800_000)))
+            rng.randbytes(rng.randint(800_000, 1_800_000))
+        )
     for i in range(120):
         (tree / "code" / "src" / f"module_{i:03d}.py").write_text(
-            f"def f{i}(x):\n    return x * {i}\n" * rng.randint(1, 40))
+            f"def f{i}(x):\n    return x * {i}\n" * rng.randint(1, 40)
+        )
     (tree / "README").write_text("A sample tree for the gridnode demo.\n")
     os.symlink("documents/reports", tree / "latest-reports")
     return tree
@@ -81,8 +114,11 @@ def say(text: str = "") -> None:
 
 def run_demo(args: argparse.Namespace) -> bool:
     count = max(7, min(getattr(args, "nodes", 8) or 8, len(CITIES)))
-    base = Path(args.dir) if getattr(args, "dir", None) else Path(
-        tempfile.mkdtemp(prefix="gridnode-demo-"))
+    base = (
+        Path(args.dir)
+        if getattr(args, "dir", None)
+        else Path(tempfile.mkdtemp(prefix="gridnode-demo-"))
+    )
     keep = bool(getattr(args, "keep", False)) or bool(getattr(args, "dir", None))
     started = time.monotonic()
     try:
@@ -110,11 +146,14 @@ def _run(base: Path, count: int, started: float) -> bool:
         say("")
         say("2. backing up a sample tree from Paris: 4-of-6 erasure coding, every packet")
         say("   at least 300 km from the source (--backup-proximity 300km:)")
-        result = grid.cli("paris", "backup", str(tree), "--backup-proximity", "300km:",
-                          "--redundancy", "4/6")
-        say(f"   snapshot {result['snapshot_id']}: {result['files']} files, "
+        result = grid.cli(
+            "paris", "backup", str(tree), "--backup-proximity", "300km:", "--redundancy", "4/6"
+        )
+        say(
+            f"   snapshot {result['snapshot_id']}: {result['files']} files, "
             f"{result['bytes'] / 1e6:.1f} MB read, {result['bytes_uploaded'] / 1e6:.1f} MB "
-            f"uploaded as {result['packets_uploaded']} packets in {result['seconds']:.1f} s")
+            f"uploaded as {result['packets_uploaded']} packets in {result['seconds']:.1f} s"
+        )
 
         placement = grid.cli("paris", "placement", result["snapshot_id"])
         per_target: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
@@ -127,16 +166,22 @@ def _run(base: Path, count: int, started: float) -> bool:
         for m in sorted(status["members"], key=lambda m: m["distance_km"] or 0):
             held = len(per_target.get(m["short_id"], []))
             note = "  <- inside 300 km: none" if (m["distance_km"] or 0) < 300 else ""
-            say(f"     {m['short_id']:<12}{m['city']:<16}{m['distance_km']:>14.0f}{held:>9}"
-                f"{note}")
+            say(f"     {m['short_id']:<12}{m['city']:<16}{m['distance_km']:>14.0f}{held:>9}{note}")
         mins = [c["pairwise_min_km"] for c in placement["chunks"] if c["pairwise_min_km"]]
         closest = min(p["distance_km"] for c in placement["chunks"] for p in c["packets"])
-        say(f"   every packet is {closest:.0f} km or more from Paris; "
+        say(
+            f"   every packet is {closest:.0f} km or more from Paris; "
             f"{len(placement['chunks'])} chunks; closest two holders of one chunk "
-            f"{min(mins):.0f} km apart")
+            f"{min(mins):.0f} km apart"
+        )
 
-        victims = [n for n in sorted(grid.nodes, key=lambda n: -len(
-            per_target.get(grid.status(n)["short_id"], []))) if n != "paris"][:2]
+        victims = [
+            n
+            for n in sorted(
+                grid.nodes, key=lambda n: -len(per_target.get(grid.status(n)["short_id"], []))
+            )
+            if n != "paris"
+        ][:2]
         say("")
         say(f"4. killing two nodes that hold packets: {', '.join(v.title() for v in victims)}")
         for victim in victims:
@@ -147,13 +192,17 @@ def _run(base: Path, count: int, started: float) -> bool:
         say("5. restoring from the survivors (any 4 of each chunk's 6 packets suffice)")
         restored = grid.cli("paris", "restore", result["snapshot_id"], "--to", str(out))
         same, files, size = _same(tree, out / "sample")
-        say(f"   restored {restored['files']} files, {restored['bytes'] / 1e6:.1f} MB "
-            f"in {restored['seconds']:.1f} s")
+        say(
+            f"   restored {restored['files']} files, {restored['bytes'] / 1e6:.1f} MB "
+            f"in {restored['seconds']:.1f} s"
+        )
         verdict = "byte-equal to the original" if same else "DIFFERENT from the original"
         say(f"   compared {files} files, {size / 1e6:.1f} MB: {verdict}")
         log = grid.cli("paris", "log")
-        say(f"   Paris's signed backup log: {len(log['entries'])} entries, "
-            f"chain {'verified' if log['verified'] else 'BROKEN'}")
+        say(
+            f"   Paris's signed backup log: {len(log['entries'])} entries, "
+            f"chain {'verified' if log['verified'] else 'BROKEN'}"
+        )
         say("")
         say(f"== demo {'passed' if same else 'FAILED'} in {time.monotonic() - started:.0f} s ==")
         return same

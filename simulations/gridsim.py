@@ -174,9 +174,26 @@ __all__ = [
 T = TypeVar("T")
 
 EUROPEAN_CAPITALS: Final = (
-    "Paris", "Berlin", "Madrid", "Rome", "Vienna", "Amsterdam", "Warsaw", "Prague",
-    "Lisbon", "Stockholm", "Brussels", "Dublin", "Athens", "Budapest", "Copenhagen",
-    "Helsinki", "Oslo", "Bern", "Bucharest", "Sofia",
+    "Paris",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Vienna",
+    "Amsterdam",
+    "Warsaw",
+    "Prague",
+    "Lisbon",
+    "Stockholm",
+    "Brussels",
+    "Dublin",
+    "Athens",
+    "Budapest",
+    "Copenhagen",
+    "Helsinki",
+    "Oslo",
+    "Bern",
+    "Bucharest",
+    "Sofia",
 )
 INVARIANTS: Final = ("restore", "rules", "processes")
 DATA_KINDS: Final = ("random", "text", "small-files")
@@ -186,8 +203,19 @@ _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _NODE_SELECT: Final = frozenset({"node", "nodes", "holders_of", "count"})
 _COMMON: Final = frozenset({"action", "name", "check"})
 ACTION_KEYS: Final[Mapping[str, frozenset[str]]] = {
-    "backup": frozenset({"node", "path", "generate", "redundancy", "backup_proximity",
-                         "packet_proximity", "distinct", "expect", "not_on"}),
+    "backup": frozenset(
+        {
+            "node",
+            "path",
+            "generate",
+            "redundancy",
+            "backup_proximity",
+            "packet_proximity",
+            "distinct",
+            "expect",
+            "not_on",
+        }
+    ),
     "restore": frozenset({"backup", "expect", "max_seconds"}),
     "verify": frozenset({"backup"}),
     "kill": _NODE_SELECT,
@@ -207,10 +235,33 @@ _READY_TIMEOUT_S: Final = 60.0
 _CONVERGE_TIMEOUT_S: Final = 90.0
 _POLL_S: Final = 0.3
 _WORDS: Final = (
-    "grid", "backup", "packet", "sequence", "target", "source", "proximity", "redundancy",
-    "restore", "chunk", "erasure", "gossip", "member", "distance", "encrypt", "compress",
-    "archive", "ledger", "city", "river", "mountain", "harbour", "winter", "letter", "report",
-    "invoice", "photo",
+    "grid",
+    "backup",
+    "packet",
+    "sequence",
+    "target",
+    "source",
+    "proximity",
+    "redundancy",
+    "restore",
+    "chunk",
+    "erasure",
+    "gossip",
+    "member",
+    "distance",
+    "encrypt",
+    "compress",
+    "archive",
+    "ledger",
+    "city",
+    "river",
+    "mountain",
+    "harbour",
+    "winter",
+    "letter",
+    "report",
+    "invoice",
+    "photo",
 )
 
 
@@ -285,11 +336,14 @@ class Step:
     until: str | None = None
 
     def title(self) -> str:
-        who = self.node or ", ".join(self.nodes) or (
-            f"{self.count} holder(s) of {self.holders_of}" if self.holders_of else "")
+        who = (
+            self.node
+            or ", ".join(self.nodes)
+            or (f"{self.count} holder(s) of {self.holders_of}" if self.holders_of else "")
+        )
         parts = {
             "backup": f"backup {self.name} on {self.node}: "
-                      f"{self.data.describe() if self.data else ''}",
+            f"{self.data.describe() if self.data else ''}",
             "restore": f"restore {self.backup} and compare",
             "verify": f"verify {self.backup or 'every backup'}",
             "partition": "partition " + " | ".join(",".join(g) for g in self.groups),
@@ -297,10 +351,13 @@ class Step:
             "corrupt": f"corrupt {self.packets} packet(s) on {self.node}",
             "delete": f"delete {self.packets} packet(s) on {self.node}",
             "fill": f"fill {self.node}'s allocation",
-            "wait": (f"wait until {self.until}"
-                     f"{' in the views of ' + ', '.join(self.nodes) if self.nodes else ''}"
-                     f" (at most {self.seconds or 60:g} s)"
-                     if self.until else f"wait {self.seconds or 0:g} s"),
+            "wait": (
+                f"wait until {self.until}"
+                f"{' in the views of ' + ', '.join(self.nodes) if self.nodes else ''}"
+                f" (at most {self.seconds or 60:g} s)"
+                if self.until
+                else f"wait {self.seconds or 0:g} s"
+            ),
         }
         return parts.get(self.action, f"{self.action} {who}")
 
@@ -341,16 +398,26 @@ def _table(where: _Where, place: str, value: Any) -> dict[str, Any]:
     return value
 
 
-def _check_keys(where: _Where, place: str, table: Mapping[str, Any],
-                allowed: frozenset[str] | set[str]) -> None:
+def _check_keys(
+    where: _Where, place: str, table: Mapping[str, Any], allowed: frozenset[str] | set[str]
+) -> None:
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise where.error(place, f"unknown key {unknown[0]!r} (allowed: "
-                          f"{', '.join(sorted(allowed)) or 'none'})")
+        raise where.error(
+            place, f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed)) or 'none'})"
+        )
 
 
-def _get(where: _Where, place: str, table: Mapping[str, Any], key: str, kind: type[T],
-         default: T | None = None, *, required: bool = False) -> T | None:
+def _get(
+    where: _Where,
+    place: str,
+    table: Mapping[str, Any],
+    key: str,
+    kind: type[T],
+    default: T | None = None,
+    *,
+    required: bool = False,
+) -> T | None:
     if key not in table:
         if required:
             raise where.error(place, f"missing key {key!r}")
@@ -395,8 +462,9 @@ def _pairs(where: _Where, place: str, key: str, value: Any) -> tuple[str, ...]:
     return items
 
 
-def _parse_node(where: _Where, index: int, raw: Any, defaults: Mapping[str, Any],
-                earlier: Sequence[str]) -> NodeDef:
+def _parse_node(
+    where: _Where, index: int, raw: Any, defaults: Mapping[str, Any], earlier: Sequence[str]
+) -> NodeDef:
     place = f"node {index}"
     table = _table(where, place, raw)
     name = _get(where, place, table, "name", str, required=True)
@@ -406,8 +474,12 @@ def _parse_node(where: _Where, index: int, raw: Any, defaults: Mapping[str, Any]
         raise where.error(place, "a node name is 1-40 letters, digits, - or _")
     if name in earlier:
         raise where.error(place, f"duplicate node name {name!r}")
-    _check_keys(where, place, table, {"name", "city", "lat", "lon", "allocation", "seeds",
-                                      "labels", "location_check", "set"})
+    _check_keys(
+        where,
+        place,
+        table,
+        {"name", "city", "lat", "lon", "allocation", "seeds", "labels", "location_check", "set"},
+    )
     city_text = _get(where, place, table, "city", str)
     has_coords = "lat" in table or "lon" in table
     if (city_text is None) == (not has_coords):
@@ -434,17 +506,29 @@ def _parse_node(where: _Where, index: int, raw: Any, defaults: Mapping[str, Any]
     labels = _pairs(where, place, "labels", table.get("labels", []))
     check = str(table.get("location_check", defaults.get("location_check", "auto")))
     if check not in LOCATION_CHECKS:
-        raise where.error(place, f"location_check {check!r} is not one of "
-                          f"{', '.join(LOCATION_CHECKS)}")
+        raise where.error(
+            place, f"location_check {check!r} is not one of {', '.join(LOCATION_CHECKS)}"
+        )
     settings = _pairs(where, place, "set", defaults.get("set", {})) + _pairs(
-        where, place, "set", table.get("set", {}))
-    return NodeDef(name=name, location=location, lat=lat, lon=lon, city=city or "",
-                   allocation=allocation, seeds=seeds, labels=labels, location_check=check,
-                   settings=settings)
+        where, place, "set", table.get("set", {})
+    )
+    return NodeDef(
+        name=name,
+        location=location,
+        lat=lat,
+        lon=lon,
+        city=city or "",
+        allocation=allocation,
+        seeds=seeds,
+        labels=labels,
+        location_check=check,
+        settings=settings,
+    )
 
 
-def _parse_data(where: _Where, place: str, table: Mapping[str, Any], base_dir: Path,
-                seed: int) -> DataSpec:
+def _parse_data(
+    where: _Where, place: str, table: Mapping[str, Any], base_dir: Path, seed: int
+) -> DataSpec:
     if ("path" in table) == ("generate" in table):
         raise where.error(place, "a backup needs either 'path' or 'generate'")
     if "path" in table:
@@ -470,15 +554,21 @@ def _parse_data(where: _Where, place: str, table: Mapping[str, Any], base_dir: P
     return DataSpec(size=size, kind=kind, files=files, seed=data_seed)
 
 
-def _parse_step(where: _Where, index: int, raw: Any, scenario_nodes: Sequence[NodeDef],
-                earlier: Sequence[Step], state: dict[str, Any], base_dir: Path) -> Step:
+def _parse_step(
+    where: _Where,
+    index: int,
+    raw: Any,
+    scenario_nodes: Sequence[NodeDef],
+    earlier: Sequence[Step],
+    state: dict[str, Any],
+    base_dir: Path,
+) -> Step:
     place = f"step {index}"
     table = _table(where, place, raw)
     action = _get(where, place, table, "action", str, required=True)
     assert action is not None
     if action not in ACTION_KEYS:
-        raise where.error(place, f"unknown action {action!r} (actions: "
-                          f"{', '.join(ACTION_KEYS)})")
+        raise where.error(place, f"unknown action {action!r} (actions: {', '.join(ACTION_KEYS)})")
     place = f"step {index} ({action})"
     _check_keys(where, place, table, ACTION_KEYS[action] | _COMMON)
     name = _get(where, place, table, "name", str, f"{action}-{index}")
@@ -502,17 +592,25 @@ def _parse_step(where: _Where, index: int, raw: Any, scenario_nodes: Sequence[No
         if value is None:
             return None
         if not isinstance(value, str) or value not in backups:
-            raise where.error(place, f"{key} {value!r} does not name an earlier backup step"
-                              f" (backups so far: {', '.join(backups) or 'none'})")
+            raise where.error(
+                place,
+                f"{key} {value!r} does not name an earlier backup step"
+                f" (backups so far: {', '.join(backups) or 'none'})",
+            )
         return value
 
-    kwargs: dict[str, Any] = {"index": index, "action": action, "name": name,
-                              "check": _get(where, place, table, "check", bool, True)}
+    kwargs: dict[str, Any] = {
+        "index": index,
+        "action": action,
+        "name": name,
+        "check": _get(where, place, table, "check", bool, True),
+    }
     if "node" in table:
         kwargs["node"] = node_ref(table["node"], "node")
     if "nodes" in table:
-        kwargs["nodes"] = tuple(node_ref(v, "nodes")
-                                for v in _str_list(where, place, table["nodes"], "nodes"))
+        kwargs["nodes"] = tuple(
+            node_ref(v, "nodes") for v in _str_list(where, place, table["nodes"], "nodes")
+        )
         if not kwargs["nodes"]:
             raise where.error(place, "'nodes' is empty")
     if "holders_of" in table:
@@ -528,14 +626,14 @@ def _parse_step(where: _Where, index: int, raw: Any, scenario_nodes: Sequence[No
     if action in ("kill", "stop", "pause", "resume", "restart"):
         chosen = sum(k in table for k in ("node", "nodes", "holders_of"))
         if chosen != 1:
-            raise where.error(place, "name the nodes with exactly one of 'node', 'nodes', "
-                              "'holders_of'")
+            raise where.error(
+                place, "name the nodes with exactly one of 'node', 'nodes', 'holders_of'"
+            )
     elif action in ("backup", "corrupt", "delete", "fill") and "node" not in table:
         raise where.error(place, "missing key 'node'")
 
     if action == "backup":
-        kwargs["data"] = _parse_data(where, place, table, base_dir,
-                                     state["seed"] * 1000 + index)
+        kwargs["data"] = _parse_data(where, place, table, base_dir, state["seed"] * 1000 + index)
         redundancy = _get(where, place, table, "redundancy", str, state["redundancy"])
         if redundancy is not None:
             try:
@@ -543,13 +641,19 @@ def _parse_step(where: _Where, index: int, raw: Any, scenario_nodes: Sequence[No
             except ValueError as exc:
                 raise where.error(place, str(exc)) from None
             if params.n > len(names) - 1:
-                raise where.error(place, f"redundancy {redundancy} needs {params.n} target "
-                                  f"nodes besides the source, but the scenario has only "
-                                  f"{len(names)} nodes")
+                raise where.error(
+                    place,
+                    f"redundancy {redundancy} needs {params.n} target "
+                    f"nodes besides the source, but the scenario has only "
+                    f"{len(names)} nodes",
+                )
             kwargs["redundancy"] = redundancy
         elif len(names) - 1 < 6:
-            raise where.error(place, f"the default redundancy 4/6 needs 7 nodes, the "
-                              f"scenario has {len(names)}: set 'redundancy'")
+            raise where.error(
+                place,
+                f"the default redundancy 4/6 needs 7 nodes, the "
+                f"scenario has {len(names)}: set 'redundancy'",
+            )
         for key in ("backup_proximity", "packet_proximity"):
             band = _get(where, place, table, key, str)
             if band is not None:
@@ -561,8 +665,9 @@ def _parse_step(where: _Where, index: int, raw: Any, scenario_nodes: Sequence[No
         if "distinct" in table:
             kwargs["distinct"] = _str_list(where, place, table["distinct"], "distinct")
         if "not_on" in table:
-            kwargs["not_on"] = tuple(node_ref(v, "not_on") for v in _str_list(
-                where, place, table["not_on"], "not_on"))
+            kwargs["not_on"] = tuple(
+                node_ref(v, "not_on") for v in _str_list(where, place, table["not_on"], "not_on")
+            )
         expect = _get(where, place, table, "expect", str, "ok")
         if expect not in ("ok", "fail"):
             raise where.error(place, f"expect must be 'ok' or 'fail', got {expect!r}")
@@ -589,9 +694,10 @@ def _parse_step(where: _Where, index: int, raw: Any, scenario_nodes: Sequence[No
         groups = table.get("groups")
         if not isinstance(groups, list) or len(groups) != 2:
             raise where.error(place, "'groups' must be two lists of node names")
-        parsed = tuple(tuple(node_ref(v, "groups") for v in _str_list(where, place, g,
-                                                                        "groups"))
-                       for g in groups)
+        parsed = tuple(
+            tuple(node_ref(v, "groups") for v in _str_list(where, place, g, "groups"))
+            for g in groups
+        )
         if not all(parsed) or set(parsed[0]) & set(parsed[1]):
             raise where.error(place, "the two groups must be non-empty and disjoint")
         kwargs["groups"] = parsed
@@ -622,8 +728,13 @@ def _parse_step(where: _Where, index: int, raw: Any, scenario_nodes: Sequence[No
     return Step(**kwargs)
 
 
-def parse_scenario(data: Mapping[str, Any], *, source: str = "<scenario>",
-                   base_dir: Path | None = None, path: Path | None = None) -> Scenario:
+def parse_scenario(
+    data: Mapping[str, Any],
+    *,
+    source: str = "<scenario>",
+    base_dir: Path | None = None,
+    path: Path | None = None,
+) -> Scenario:
     """Validate a decoded scenario.
 
     Raises:
@@ -632,8 +743,12 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<scenario>",
     where = _Where(source)
     _check_keys(where, "top level", data, {"scenario", "defaults", "nodes", "steps"})
     head = _table(where, "[scenario]", data.get("scenario", {}))
-    _check_keys(where, "[scenario]", head, {"name", "description", "redundancy", "seed",
-                                            "timeout_s", "log_level", "invariants"})
+    _check_keys(
+        where,
+        "[scenario]",
+        head,
+        {"name", "description", "redundancy", "seed", "timeout_s", "log_level", "invariants"},
+    )
     defaults = _table(where, "[defaults]", data.get("defaults", {}))
     _check_keys(where, "[defaults]", defaults, {"allocation", "location_check", "set"})
     seed = _get(where, "[scenario]", head, "seed", int, 1)
@@ -647,16 +762,19 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<scenario>",
             ErasureParams.parse(redundancy)
         except ValueError as exc:
             raise where.error("[scenario]", str(exc)) from None
-    invariants = _str_list(where, "[scenario]", head.get("invariants", list(INVARIANTS)),
-                           "invariants")
+    invariants = _str_list(
+        where, "[scenario]", head.get("invariants", list(INVARIANTS)), "invariants"
+    )
     for name in invariants:
         if name not in INVARIANTS:
-            raise where.error("[scenario]", f"unknown invariant {name!r} "
-                              f"(invariants: {', '.join(INVARIANTS)})")
+            raise where.error(
+                "[scenario]", f"unknown invariant {name!r} (invariants: {', '.join(INVARIANTS)})"
+            )
     log_level = _get(where, "[scenario]", head, "log_level", str, "info")
     if log_level not in ("debug", "info", "warning", "error"):
-        raise where.error("[scenario]", f"log_level {log_level!r} is not debug, info, "
-                          "warning or error")
+        raise where.error(
+            "[scenario]", f"log_level {log_level!r} is not debug, info, warning or error"
+        )
     raw_nodes = data.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise where.error("nodes", "a scenario needs at least one [[nodes]] entry")
@@ -676,9 +794,18 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<scenario>",
     title = _get(where, "[scenario]", head, "name", str, default_name)
     description = _get(where, "[scenario]", head, "description", str, "")
     assert title is not None and description is not None and log_level is not None
-    return Scenario(name=title, description=description, path=path, nodes=tuple(nodes),
-                    steps=tuple(steps), redundancy=redundancy, seed=seed, timeout_s=timeout,
-                    log_level=log_level, invariants=invariants)
+    return Scenario(
+        name=title,
+        description=description,
+        path=path,
+        nodes=tuple(nodes),
+        steps=tuple(steps),
+        redundancy=redundancy,
+        seed=seed,
+        timeout_s=timeout,
+        log_level=log_level,
+        invariants=invariants,
+    )
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -819,22 +946,33 @@ class CliResult:
     def failed_cleanly(self) -> bool:
         """Non-zero exit, no traceback, and a final ``gridnode: error:`` line."""
         lines = [line for line in self.stderr.splitlines() if line.strip()]
-        return (self.returncode not in (None, 0)
-                and "Traceback" not in self.stderr + self.stdout
-                and bool(lines) and lines[-1].startswith("gridnode: error:"))
+        return (
+            self.returncode not in (None, 0)
+            and "Traceback" not in self.stderr + self.stdout
+            and bool(lines)
+            and lines[-1].startswith("gridnode: error:")
+        )
 
 
-def run_cli(grid: LocalGrid, home: Path, *args: str, timeout: float = _CLI_TIMEOUT_S,
-            ) -> CliResult:
+def run_cli(
+    grid: LocalGrid,
+    home: Path,
+    *args: str,
+    timeout: float = _CLI_TIMEOUT_S,
+) -> CliResult:
     """``gridnode ARGS --home HOME --json``, never raising for the command's own failure."""
     argv = grid.command(*args, "--home", str(home), "--json")
     started = time.monotonic()
     try:
-        proc = subprocess.run(argv, capture_output=True, env=grid.env, timeout=timeout,
-                              check=False)
+        proc = subprocess.run(argv, capture_output=True, env=grid.env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return CliResult(None, None, "", f"gridnode {args[0]} timed out after {timeout:g} s",
-                         time.monotonic() - started)
+        return CliResult(
+            None,
+            None,
+            "",
+            f"gridnode {args[0]} timed out after {timeout:g} s",
+            time.monotonic() - started,
+        )
     out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     value: Any = None
     lines = [line for line in out.splitlines() if line.strip()]
@@ -866,8 +1004,9 @@ def add_nodes(grid: LocalGrid, specs: Sequence[tuple[NodeSpec, Sequence[str]]]) 
     for _ in range(len(specs)):
         if not pending:
             break
-        ready = [(spec, seeds) for spec, seeds in pending
-                 if all(seed in grid.nodes for seed in seeds)]
+        ready = [
+            (spec, seeds) for spec, seeds in pending if all(seed in grid.nodes for seed in seeds)
+        ]
         if not ready:
             raise ValueError("node seeds refer to nodes that are never added")
 
@@ -880,8 +1019,11 @@ def add_nodes(grid: LocalGrid, specs: Sequence[tuple[NodeSpec, Sequence[str]]]) 
     grid.nodes = {name: grid.nodes[name] for name in order}
 
 
-def wait_ready(grid: LocalGrid, name: str, timeout: float = _READY_TIMEOUT_S,
-               ) -> dict[str, Any]:
+def wait_ready(
+    grid: LocalGrid,
+    name: str,
+    timeout: float = _READY_TIMEOUT_S,
+) -> dict[str, Any]:
     """Until the node answers ``status``; returns it.
 
     The node writes ``HOME/run/control.json`` with its pid once its control channel
@@ -912,21 +1054,25 @@ def wait_ready(grid: LocalGrid, name: str, timeout: float = _READY_TIMEOUT_S,
     raise TimeoutError(f"node {name} not ready after {timeout:g} s: {last_error}")
 
 
-def start_nodes(grid: LocalGrid, names: Sequence[str], *extra: str,
-                timeout: float = _READY_TIMEOUT_S) -> list[dict[str, Any]]:
+def start_nodes(
+    grid: LocalGrid, names: Sequence[str], *extra: str, timeout: float = _READY_TIMEOUT_S
+) -> list[dict[str, Any]]:
     """Start the nodes and wait until each answers ``status``; returns their statuses."""
     for name in names:
         grid.start(name, *extra)
-    return parallel([functools.partial(wait_ready, grid, name, timeout=timeout)
-                     for name in names], workers=len(names))
+    return parallel(
+        [functools.partial(wait_ready, grid, name, timeout=timeout) for name in names],
+        workers=len(names),
+    )
 
 
 def _alive_addresses(status: Mapping[str, Any]) -> set[str]:
     return {m["address"] for m in status.get("members", []) if m.get("state") == "alive"}
 
 
-def wait_views(grid: LocalGrid, expect: Mapping[str, tuple[set[str], set[str]]],
-               timeout: float) -> tuple[float, dict[str, dict[str, Any]]]:
+def wait_views(
+    grid: LocalGrid, expect: Mapping[str, tuple[set[str], set[str]]], timeout: float
+) -> tuple[float, dict[str, dict[str, Any]]]:
     """Until each observer sees the first set of addresses alive and none of the second.
 
     Returns the seconds it took and the last status of every observer.
@@ -939,8 +1085,12 @@ def wait_views(grid: LocalGrid, expect: Mapping[str, tuple[set[str], set[str]]],
     names = list(expect)
     missing: list[str] = []
     for _ in range(int(timeout / _POLL_S) + 2):
-        results = parallel([functools.partial(run_cli, grid, grid.nodes[name].home, "status",
-                                              timeout=30) for name in names])
+        results = parallel(
+            [
+                functools.partial(run_cli, grid, grid.nodes[name].home, "status", timeout=30)
+                for name in names
+            ]
+        )
         statuses: dict[str, dict[str, Any]] = {}
         missing = []
         for name, result in zip(names, results, strict=True):
@@ -953,8 +1103,7 @@ def wait_views(grid: LocalGrid, expect: Mapping[str, tuple[set[str], set[str]]],
             if not want_alive <= alive:
                 missing.append(f"{name} does not see {', '.join(sorted(want_alive - alive))}")
             if want_gone & alive:
-                missing.append(f"{name} still sees {', '.join(sorted(want_gone & alive))} "
-                               "alive")
+                missing.append(f"{name} still sees {', '.join(sorted(want_gone & alive))} alive")
         if not missing:
             return time.monotonic() - started, statuses
         if time.monotonic() > deadline:
@@ -983,25 +1132,37 @@ class Network:
 
 def choose_network(want_netns: bool) -> Network:
     if not want_netns:
-        return Network("loopback", notes=[
-            "all nodes on 127.0.0.1: round trips are microseconds, so the speed-of-light "
-            "location check is off (use --netns as root for real delays)",
-            "partitions are emulated: without a firewall nothing can drop packets between "
-            "loopback sockets, so the smaller group is stopped (SIGTERM) and restarted on "
-            "heal"])
+        return Network(
+            "loopback",
+            notes=[
+                "all nodes on 127.0.0.1: round trips are microseconds, so the speed-of-light "
+                "location check is off (use --netns as root for real delays)",
+                "partitions are emulated: without a firewall nothing can drop packets between "
+                "loopback sockets, so the smaller group is stopped (SIGTERM) and restarted on "
+                "heal",
+            ],
+        )
     from .netns import probe_support
 
     support = probe_support()
     if not support.usable:
-        return Network("loopback", notes=[
-            f"--netns not possible: {support.reason}; running on 127.0.0.1 instead, so the "
-            "location check is off and partitions are emulated (the smaller group is "
-            "stopped)"])
-    notes = ["each node in its own network namespace, a veth pair per pair of nodes; "
-             "partitions drop packets on the links between the groups (pfifo limit 0)"]
+        return Network(
+            "loopback",
+            notes=[
+                f"--netns not possible: {support.reason}; running on 127.0.0.1 instead, so the "
+                "location check is off and partitions are emulated (the smaller group is "
+                "stopped)"
+            ],
+        )
+    notes = [
+        "each node in its own network namespace, a veth pair per pair of nodes; "
+        "partitions drop packets on the links between the groups (pfifo limit 0)"
+    ]
     if support.delay:
-        notes.append("links delayed by distance (netem, distance/200 ms each way, so "
-                     "1 ms of round trip per 100 km): the location check is enforced")
+        notes.append(
+            "links delayed by distance (netem, distance/200 ms each way, so "
+            "1 ms of round trip per 100 km): the location check is enforced"
+        )
     else:
         notes.append(f"no link delay: {support.reason}; the location check is off")
     return Network("netns", delay=support.delay, notes=notes)
@@ -1023,8 +1184,13 @@ class Check:
         self.problems.append(problem)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "problems": self.problems,
-                "notes": self.notes, "detail": self.detail}
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "problems": self.problems,
+            "notes": self.notes,
+            "detail": self.detail,
+        }
 
 
 @attrs.define
@@ -1048,12 +1214,22 @@ class StepReport:
         return self.status == "passed"
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "action": self.action, "name": self.name,
-                "title": self.title, "status": self.status, "ok": self.ok,
-                "action_ok": self.action_ok, "seconds": round(self.seconds, 3),
-                "check_seconds": round(self.check_seconds, 3), "summary": self.summary,
-                "error": self.error, "detail": self.detail, "notes": self.notes,
-                "invariants": [c.to_json() for c in self.invariants]}
+        return {
+            "index": self.index,
+            "action": self.action,
+            "name": self.name,
+            "title": self.title,
+            "status": self.status,
+            "ok": self.ok,
+            "action_ok": self.action_ok,
+            "seconds": round(self.seconds, 3),
+            "check_seconds": round(self.check_seconds, 3),
+            "summary": self.summary,
+            "error": self.error,
+            "detail": self.detail,
+            "notes": self.notes,
+            "invariants": [c.to_json() for c in self.invariants],
+        }
 
 
 @attrs.define
@@ -1073,8 +1249,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return (self.setup_ok and not self.interrupted
-                and all(step.ok for step in self.steps))
+        return self.setup_ok and not self.interrupted and all(step.ok for step in self.steps)
 
     def problems(self) -> list[str]:
         out = [f"setup: {self.setup_error}"] if self.setup_error else []
@@ -1083,8 +1258,9 @@ class Report:
                 if step.action_ok is False:
                     out.append(f"step {step.index} ({step.name}): {step.error}")
                 for check in step.invariants:
-                    out += [f"step {step.index} ({step.name}) {check.name}: {p}"
-                            for p in check.problems]
+                    out += [
+                        f"step {step.index} ({step.name}) {check.name}: {p}" for p in check.problems
+                    ]
         if self.interrupted:
             out.append("interrupted")
         return out
@@ -1092,17 +1268,26 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         scenario = self.scenario
         return {
-            "scenario": {"name": scenario.name, "description": scenario.description,
-                         "file": str(scenario.path) if scenario.path else None},
+            "scenario": {
+                "name": scenario.name,
+                "description": scenario.description,
+                "file": str(scenario.path) if scenario.path else None,
+            },
             "ok": self.ok,
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 3),
             "dir": self.dir,
-            "network": {"mode": self.network.mode, "delay": self.network.delay,
-                        "location_check": self.network.location_check,
-                        "notes": self.network.notes},
-            "setup": {"ok": self.setup_ok, "seconds": round(self.setup_seconds, 3),
-                      "error": self.setup_error},
+            "network": {
+                "mode": self.network.mode,
+                "delay": self.network.delay,
+                "location_check": self.network.location_check,
+                "notes": self.network.notes,
+            },
+            "setup": {
+                "ok": self.setup_ok,
+                "seconds": round(self.setup_seconds, 3),
+                "error": self.setup_error,
+            },
             "nodes": self.nodes,
             "steps": [step.to_json() for step in self.steps],
             "problems": self.problems(),
@@ -1112,20 +1297,28 @@ class Report:
 
 def render_text(report: Report) -> str:
     scenario = report.scenario
-    lines = [f"gridsim scenario {scenario.name!r}: {len(scenario.nodes)} nodes, "
-             f"{len(scenario.steps)} steps"]
+    lines = [
+        f"gridsim scenario {scenario.name!r}: {len(scenario.nodes)} nodes, "
+        f"{len(scenario.steps)} steps"
+    ]
     if scenario.description:
         lines.append(f"  {scenario.description}")
-    lines.append(f"network: {report.network.mode}"
-                 f"{' with distance delays' if report.network.delay else ''}, "
-                 f"location check {report.network.location_check}")
+    lines.append(
+        f"network: {report.network.mode}"
+        f"{' with distance delays' if report.network.delay else ''}, "
+        f"location check {report.network.location_check}"
+    )
     lines += [f"  - {note}" for note in report.network.notes]
     if report.setup_ok:
-        lines.append(f"setup: {len(report.nodes)} nodes started and converged in "
-                     f"{report.setup_seconds:.1f} s")
+        lines.append(
+            f"setup: {len(report.nodes)} nodes started and converged in "
+            f"{report.setup_seconds:.1f} s"
+        )
         for node in report.nodes:
-            lines.append(f"  {node['name']:<12} {node['city'] or '':<18} "
-                         f"{node['address']:<22} {node['short_id'] or ''}")
+            lines.append(
+                f"  {node['name']:<12} {node['city'] or '':<18} "
+                f"{node['address']:<22} {node['short_id'] or ''}"
+            )
     else:
         lines.append(f"setup FAILED after {report.setup_seconds:.1f} s: {report.setup_error}")
     for step in report.steps:
@@ -1137,11 +1330,12 @@ def render_text(report: Report) -> str:
             lines.append(f"         error: {step.error}")
         lines += [f"         note: {note}" for note in step.notes]
         if step.invariants:
-            parts = [f"{c.name} {'ok' if c.ok else 'FAILED'}"
-                     + (f" ({c.detail['summary']})" if c.detail.get("summary") else "")
-                     for c in step.invariants]
-            lines.append(f"         invariants ({step.check_seconds:.1f} s): "
-                         + "; ".join(parts))
+            parts = [
+                f"{c.name} {'ok' if c.ok else 'FAILED'}"
+                + (f" ({c.detail['summary']})" if c.detail.get("summary") else "")
+                for c in step.invariants
+            ]
+            lines.append(f"         invariants ({step.check_seconds:.1f} s): " + "; ".join(parts))
             for check in step.invariants:
                 lines += [f"           {check.name}: {p}" for p in check.problems]
                 lines += [f"           {check.name} note: {n}" for n in check.notes]
@@ -1150,8 +1344,9 @@ def render_text(report: Report) -> str:
         lines.append(f"files kept in {report.dir}")
     verdict = "PASSED" if report.ok else ("INTERRUPTED" if report.interrupted else "FAILED")
     failed = sum(step.status == "failed" for step in report.steps)
-    lines.append(f"result: {verdict}: {len(report.steps)} steps, {failed} failed, "
-                 f"{report.seconds:.1f} s")
+    lines.append(
+        f"result: {verdict}: {len(report.steps)} steps, {failed} failed, {report.seconds:.1f} s"
+    )
     return "\n".join(lines)
 
 
@@ -1202,8 +1397,9 @@ def _band(wire: Any) -> Band:
 class Simulation:
     """One scenario run: the grid, what the steps did to it, and the invariant checks."""
 
-    def __init__(self, scenario: Scenario, base: Path, network: Network,
-                 progress: Callable[[str], None]) -> None:
+    def __init__(
+        self, scenario: Scenario, base: Path, network: Network, progress: Callable[[str], None]
+    ) -> None:
         self.scenario = scenario
         self.base = base
         self.network = network
@@ -1221,38 +1417,52 @@ class Simulation:
     # --- setup and teardown ---------------------------------------------------------------
 
     def _node_check(self, node: NodeDef) -> str:
-        return self.network.location_check if node.location_check == "auto" \
-            else node.location_check
+        return self.network.location_check if node.location_check == "auto" else node.location_check
 
     def setup(self) -> dict[str, Any]:
         root = self.base / "grid"
         if self.network.mode == "netns":
             from .netns import Netns, NetnsGrid, plan_netns
 
-            plan = plan_netns([(n.name, n.lat, n.lon) for n in self.scenario.nodes],
-                              tag=f"gs{os.getpid()}")
+            plan = plan_netns(
+                [(n.name, n.lat, n.lon) for n in self.scenario.nodes], tag=f"gs{os.getpid()}"
+            )
             netns = Netns(plan, delay=self.network.delay)
             self.network.netns = netns
             netns.open()
-            self.grid = NetnsGrid(root, netns, name=self.scenario.name,
-                                  log_level=self.scenario.log_level)
+            self.grid = NetnsGrid(
+                root, netns, name=self.scenario.name, log_level=self.scenario.log_level
+            )
         else:
-            self.grid = LocalGrid(root, name=self.scenario.name,
-                                  log_level=self.scenario.log_level)
+            self.grid = LocalGrid(root, name=self.scenario.name, log_level=self.scenario.log_level)
         for node in self.scenario.nodes:
             if node.location_check == "enforce" and not self.network.delay:
                 self.network.notes.append(
                     f"{node.name} enforces the location check without real delays: it will "
-                    "distrust every peer's distance")
+                    "distrust every peer's distance"
+                )
         started = time.monotonic()
-        add_nodes(self.grid, [
-            (NodeSpec(name=n.name, location=n.location, allocate=n.allocation,
-                      location_check=self._node_check(n), labels=n.labels,
-                      extra=n.settings), n.seeds)
-            for n in self.scenario.nodes])
+        add_nodes(
+            self.grid,
+            [
+                (
+                    NodeSpec(
+                        name=n.name,
+                        location=n.location,
+                        allocate=n.allocation,
+                        location_check=self._node_check(n),
+                        labels=n.labels,
+                        extra=n.settings,
+                    ),
+                    n.seeds,
+                )
+                for n in self.scenario.nodes
+            ],
+        )
         initialised = time.monotonic()
-        self.progress(f"setup: {len(self.nodes)} homes initialised in "
-                      f"{initialised - started:.1f} s")
+        self.progress(
+            f"setup: {len(self.nodes)} homes initialised in {initialised - started:.1f} s"
+        )
         statuses = self._start_processes(list(self.nodes))
         ready = time.monotonic()
         self.progress(f"setup: {len(self.nodes)} nodes answering in {ready - initialised:.1f} s")
@@ -1264,8 +1474,11 @@ class Simulation:
             self.by_id[sim_node.node_id] = name
         seconds = self.converge(_CONVERGE_TIMEOUT_S)
         self.progress(f"setup: converged in {seconds:.1f} s")
-        return {"init_s": round(initialised - started, 2), "start_s": round(ready - initialised, 2),
-                "converged_s": round(seconds, 2)}
+        return {
+            "init_s": round(initialised - started, 2),
+            "start_s": round(ready - initialised, 2),
+            "converged_s": round(seconds, 2),
+        }
 
     def close(self) -> None:
         if self.grid is not None:
@@ -1277,14 +1490,22 @@ class Simulation:
         rows = []
         for name, node in self.nodes.items():
             proc = self.grid.nodes.get(name) if self.grid else None
-            rows.append({"name": name, "city": node.defn.city or None,
-                         "lat": node.defn.lat, "lon": node.defn.lon,
-                         "address": node.address or (proc.address if proc else None),
-                         "node_id": node.node_id or None, "short_id": node.short_id or None,
-                         "allocation": node.defn.allocation,
-                         "location_check": self._node_check(node.defn),
-                         "labels": list(node.defn.labels), "state": node.state,
-                         "pids": list(node.pids)})
+            rows.append(
+                {
+                    "name": name,
+                    "city": node.defn.city or None,
+                    "lat": node.defn.lat,
+                    "lon": node.defn.lon,
+                    "address": node.address or (proc.address if proc else None),
+                    "node_id": node.node_id or None,
+                    "short_id": node.short_id or None,
+                    "allocation": node.defn.allocation,
+                    "location_check": self._node_check(node.defn),
+                    "labels": list(node.defn.labels),
+                    "state": node.state,
+                    "pids": list(node.pids),
+                }
+            )
         return rows
 
     # --- helpers --------------------------------------------------------------------------
@@ -1306,8 +1527,9 @@ class Simulation:
     def up(self) -> list[str]:
         return [name for name, node in self.nodes.items() if node.state == "up"]
 
-    def converge(self, timeout: float, *, settled: bool = False,
-                 observers: Sequence[str] = ()) -> float:
+    def converge(
+        self, timeout: float, *, settled: bool = False, observers: Sequence[str] = ()
+    ) -> float:
         """Until every running node sees the nodes it can reach alive (and, settled, no others).
 
         ``observers`` limits whose view must get there (default: every running node).
@@ -1317,8 +1539,7 @@ class Simulation:
         for name in up:
             if observers and name not in observers:
                 continue
-            reach = {self.nodes[o].address for o in up if o != name
-                     and not self.separated(name, o)}
+            reach = {self.nodes[o].address for o in up if o != name and not self.separated(name, o)}
             others = {n.address for o, n in self.nodes.items() if o != name} - reach
             expect[name] = (reach, others if settled else set())
         seconds, _ = wait_views(self.g, expect, timeout)
@@ -1338,17 +1559,23 @@ class Simulation:
             shares = self.share_sums(backup)
             # Most packets first; among equals, the lowest shares: a restore asks for
             # shares in order, so those holders are the ones it meets first.
-            candidates = sorted((name for name in counts if name != backup.source
-                                 and self.nodes[name].state in states),
-                                key=lambda n: (-counts[n], shares.get(n, 0), n))
+            candidates = sorted(
+                (
+                    name
+                    for name in counts
+                    if name != backup.source and self.nodes[name].state in states
+                ),
+                key=lambda n: (-counts[n], shares.get(n, 0), n),
+            )
             if len(candidates) < step.count:
-                raise StepFailed(f"only {len(candidates)} node(s) in state "
-                                 f"{'/'.join(states)} hold packets of {backup.name}")
-            chosen = candidates[:step.count]
+                raise StepFailed(
+                    f"only {len(candidates)} node(s) in state "
+                    f"{'/'.join(states)} hold packets of {backup.name}"
+                )
+            chosen = candidates[: step.count]
         for name in chosen:
             if self.nodes[name].state not in states:
-                raise StepFailed(f"{name} is {self.nodes[name].state}, not "
-                                 f"{' or '.join(states)}")
+                raise StepFailed(f"{name} is {self.nodes[name].state}, not {' or '.join(states)}")
         return chosen
 
     def holder_counts(self, backup: BackupState) -> dict[str, int]:
@@ -1376,9 +1603,12 @@ class Simulation:
             alive = 0
             for packet in chunk["packets"]:
                 name = self.by_id.get(packet["target"])
-                if (name is not None and self.nodes[name].state == "up"
-                        and not self.separated(backup.source, name)
-                        and (packet["target"], packet["packet_id"]) not in self.damaged):
+                if (
+                    name is not None
+                    and self.nodes[name].state == "up"
+                    and not self.separated(backup.source, name)
+                    and (packet["target"], packet["packet_id"]) not in self.damaged
+                ):
                     alive += 1
             per_chunk.append((alive, int(chunk["k"]), int(chunk["n"])))
         lost = sum(alive < k for alive, k, _ in per_chunk)
@@ -1395,15 +1625,27 @@ class Simulation:
             restore = "fail"
         else:
             restore = "either"
-        return {"chunks": len(per_chunk), "record_chunks": record_chunks, "lost": lost,
-                "healthy": healthy, "degraded": len(per_chunk) - lost - healthy,
-                "min_survivors": min((a for a, _, _ in per_chunk), default=None),
-                "min_spare": min((a - k for a, k, _ in per_chunk), default=None),
-                "all_chunks_ok": lost == 0, "restore": restore}
+        return {
+            "chunks": len(per_chunk),
+            "record_chunks": record_chunks,
+            "lost": lost,
+            "healthy": healthy,
+            "degraded": len(per_chunk) - lost - healthy,
+            "min_survivors": min((a for a, _, _ in per_chunk), default=None),
+            "min_spare": min((a - k for a, k, _ in per_chunk), default=None),
+            "all_chunks_ok": lost == 0,
+            "restore": restore,
+        }
 
     def packet_path(self, name: str, packet_id: str) -> Path:
-        return (self.g.nodes[name].home / "storage" / "packets" / packet_id[:2]
-                / packet_id[2:4] / packet_id)
+        return (
+            self.g.nodes[name].home
+            / "storage"
+            / "packets"
+            / packet_id[:2]
+            / packet_id[2:4]
+            / packet_id
+        )
 
     def signal_name(self, name: str, sig: signal.Signals) -> None:
         proc = self.g.nodes[name].process
@@ -1430,17 +1672,26 @@ class Simulation:
         files = sum(1 for v in manifest.values() if v[0] == "file")
         size = sum(v[1] for v in manifest.values() if v[0] == "file")
         args = ["backup", str(root)]
-        for flag, value in (("--redundancy", step.redundancy),
-                            ("--backup-proximity", step.backup_proximity),
-                            ("--packet-proximity", step.packet_proximity)):
+        for flag, value in (
+            ("--redundancy", step.redundancy),
+            ("--backup-proximity", step.backup_proximity),
+            ("--packet-proximity", step.packet_proximity),
+        ):
             if value is not None:
                 args += [flag, value]
         for label in step.distinct:
             args += ["--distinct", label]
         result = self.cli(step.node, *args)
-        report.detail.update({"source": step.node, "root": str(root), "files": files,
-                              "bytes": size, "expect": step.expect, "outcome":
-                              "ok" if result.ok else "fail"})
+        report.detail.update(
+            {
+                "source": step.node,
+                "root": str(root),
+                "files": files,
+                "bytes": size,
+                "expect": step.expect,
+                "outcome": "ok" if result.ok else "fail",
+            }
+        )
         if not result.ok:
             report.detail["error"] = result.error
             report.summary = f"backup failed: {result.error}"
@@ -1448,26 +1699,39 @@ class Simulation:
                 raise StepFailed(f"backup failed: {result.error}")
             return
         value = result.value
-        earlier = {c["chunk_id"] for b in self.backups.values()
-                   for c in b.placement.get("chunks", [])}
+        earlier = {
+            c["chunk_id"] for b in self.backups.values() for c in b.placement.get("chunks", [])
+        }
         placement = self.cli(step.node, "placement", value["snapshot_id"])
         if not placement.ok:
             raise StepFailed(f"placement of {value['snapshot_id']} failed: {placement.error}")
-        backup = BackupState(name=step.name, source=step.node,
-                             snapshot_id=value["snapshot_id"], root=root, manifest=manifest,
-                             placement=placement.value)
+        backup = BackupState(
+            name=step.name,
+            source=step.node,
+            snapshot_id=value["snapshot_id"],
+            root=root,
+            manifest=manifest,
+            placement=placement.value,
+        )
         self.backups[step.name] = backup
         holders = self.holder_counts(backup)
-        report.detail.update({
-            "snapshot_id": value["snapshot_id"], "bytes_uploaded": value.get("bytes_uploaded"),
-            "packets_uploaded": value.get("packets_uploaded"),
-            "packets_replaced": value.get("packets_replaced"),
-            "node_seconds": value.get("seconds"), "chunks": len(placement.value["chunks"]),
-            "holders": holders})
-        report.summary = (f"snapshot {value['snapshot_id']}: {files} files, {size / 1e6:.2f} MB, "
-                          f"{len(placement.value['chunks'])} chunks, "
-                          f"{value.get('packets_uploaded')} packets on "
-                          + ", ".join(f"{n} {c}" for n, c in sorted(holders.items())))
+        report.detail.update(
+            {
+                "snapshot_id": value["snapshot_id"],
+                "bytes_uploaded": value.get("bytes_uploaded"),
+                "packets_uploaded": value.get("packets_uploaded"),
+                "packets_replaced": value.get("packets_replaced"),
+                "node_seconds": value.get("seconds"),
+                "chunks": len(placement.value["chunks"]),
+                "holders": holders,
+            }
+        )
+        report.summary = (
+            f"snapshot {value['snapshot_id']}: {files} files, {size / 1e6:.2f} MB, "
+            f"{len(placement.value['chunks'])} chunks, "
+            f"{value.get('packets_uploaded')} packets on "
+            + ", ".join(f"{n} {c}" for n, c in sorted(holders.items()))
+        )
         if step.expect == "fail":
             raise StepFailed("the backup succeeded, but the scenario expected it to fail")
         # Deduplicated chunks keep the packets placed by an earlier backup.
@@ -1490,11 +1754,13 @@ class Simulation:
         """Restore on the source into a fresh directory; compare; keep it only if different."""
         out = self.base / "restores" / f"{backup.name}-{next(self._restores)}"
         result = self.cli(backup.source, "restore", backup.snapshot_id, "--to", str(out))
-        outcome: dict[str, Any] = {"ok": result.ok, "seconds": round(result.seconds, 3),
-                                   "clean_failure": result.failed_cleanly}
+        outcome: dict[str, Any] = {
+            "ok": result.ok,
+            "seconds": round(result.seconds, 3),
+            "clean_failure": result.failed_cleanly,
+        }
         if result.ok:
-            differences = compare_manifest(backup.manifest,
-                                           build_manifest(out / backup.root.name))
+            differences = compare_manifest(backup.manifest, build_manifest(out / backup.root.name))
             outcome["differences"] = differences
             value = result.value if isinstance(result.value, dict) else {}
             outcome["node_seconds"] = value.get("seconds")
@@ -1518,15 +1784,17 @@ class Simulation:
         predicted = model["restore"]
         expect = predicted if step.expect == "auto" else step.expect
         if predicted == "either":
-            report.notes.append(f"{model['lost']} chunk(s) have fewer than k surviving "
-                                "packets, but they may all be snapshot-record chunks, which a "
-                                "restore does not read: either outcome is possible")
+            report.notes.append(
+                f"{model['lost']} chunk(s) have fewer than k surviving "
+                "packets, but they may all be snapshot-record chunks, which a "
+                "restore does not read: either outcome is possible"
+            )
         elif expect != predicted:
-            report.notes.append(f"the survival model predicts {predicted}, the scenario "
-                                f"expects {expect}")
+            report.notes.append(
+                f"the survival model predicts {predicted}, the scenario expects {expect}"
+            )
         outcome = self.restore_and_compare(backup)
-        report.detail.update({"expect": expect, "predicted": predicted, "model": model,
-                              **outcome})
+        report.detail.update({"expect": expect, "predicted": predicted, "model": model, **outcome})
         took = outcome["seconds"]
         if outcome["ok"]:
             if outcome["differences"]:
@@ -1561,11 +1829,18 @@ class Simulation:
             if "ok" not in value:
                 problems.append(f"{name}: verify gave no result: {result.error}")
                 continue
-            got = {"ok": value["ok"], "lost": value.get("chunks_lost"),
-                   "healthy": value.get("chunks_healthy"),
-                   "degraded": value.get("chunks_degraded")}
-            want = {"ok": model["all_chunks_ok"], "lost": model["lost"],
-                    "healthy": model["healthy"], "degraded": model["degraded"]}
+            got = {
+                "ok": value["ok"],
+                "lost": value.get("chunks_lost"),
+                "healthy": value.get("chunks_healthy"),
+                "degraded": value.get("chunks_degraded"),
+            }
+            want = {
+                "ok": model["all_chunks_ok"],
+                "lost": model["lost"],
+                "healthy": model["healthy"],
+                "degraded": model["degraded"],
+            }
             results[name] = {"verify": got, "model": want}
             if got != want:
                 problems.append(f"{name}: verify says {got}, the model {want}")
@@ -1573,7 +1848,8 @@ class Simulation:
         report.summary = "; ".join(
             f"{n}: ok={r['verify']['ok']} healthy={r['verify']['healthy']} "
             f"degraded={r['verify']['degraded']} lost={r['verify']['lost']}"
-            for n, r in results.items())
+            for n, r in results.items()
+        )
         if problems:
             raise StepFailed("; ".join(problems))
 
@@ -1618,8 +1894,11 @@ class Simulation:
         report.detail["nodes"] = chosen
         report.summary = f"resumed {', '.join(chosen)} (SIGCONT)"
 
-    def _start_processes(self, names: Sequence[str], extra: Sequence[str] = (),
-                         ) -> list[dict[str, Any]]:
+    def _start_processes(
+        self,
+        names: Sequence[str],
+        extra: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
         try:
             return start_nodes(self.g, names, *extra)
         finally:
@@ -1640,8 +1919,9 @@ class Simulation:
         chosen = self.select(step, states=("killed", "stopped"))
         extra = ("--allocate", step.allocation) if step.allocation else ()
         seconds = self._start(chosen, extra)
-        report.detail.update({"nodes": chosen, "converged_s": round(seconds, 2),
-                              "run_args": list(extra)})
+        report.detail.update(
+            {"nodes": chosen, "converged_s": round(seconds, 2), "run_args": list(extra)}
+        )
         report.summary = f"restarted {', '.join(chosen)}; converged in {seconds:.1f} s"
 
     def step_partition(self, step: Step, report: StepReport) -> None:
@@ -1651,18 +1931,28 @@ class Simulation:
             self.network.netns.cut(left, right)
             self.emulated_partition = False
             report.detail.update({"emulated": False, "groups": [sorted(left), sorted(right)]})
-            report.summary = (f"links between {','.join(sorted(left))} and "
-                              f"{','.join(sorted(right))} drop every packet")
+            report.summary = (
+                f"links between {','.join(sorted(left))} and "
+                f"{','.join(sorted(right))} drop every packet"
+            )
             return
         self.emulated_partition = True
         minority = right if len(right) <= len(left) else left
         stopped = [n for n in sorted(minority) if self.nodes[n].state == "up"]
         codes = self._stop(stopped, "cut")
-        report.detail.update({"emulated": True, "groups": [sorted(left), sorted(right)],
-                              "stopped": stopped, "exit_codes": codes})
-        report.notes.append("emulated partition (loopback, no packet filter): the smaller "
-                            f"group {', '.join(sorted(minority))} is stopped until heal, so "
-                            "it cannot act on its own side meanwhile")
+        report.detail.update(
+            {
+                "emulated": True,
+                "groups": [sorted(left), sorted(right)],
+                "stopped": stopped,
+                "exit_codes": codes,
+            }
+        )
+        report.notes.append(
+            "emulated partition (loopback, no packet filter): the smaller "
+            f"group {', '.join(sorted(minority))} is stopped until heal, so "
+            "it cannot act on its own side meanwhile"
+        )
         report.summary = f"emulated: stopped {', '.join(stopped) or 'nothing'}"
 
     def step_heal(self, step: Step, report: StepReport) -> None:
@@ -1676,17 +1966,26 @@ class Simulation:
             self.partition = None
             self.emulated_partition = False
             seconds = self._start(cut, ()) if cut else self.converge(_CONVERGE_TIMEOUT_S)
-            report.summary = (f"restarted {', '.join(cut) or 'nothing'}; converged in "
-                              f"{seconds:.1f} s")
+            report.summary = (
+                f"restarted {', '.join(cut) or 'nothing'}; converged in {seconds:.1f} s"
+            )
         report.detail["converged_s"] = round(seconds, 2)
 
     def _packets_on(self, name: str, backup: str | None) -> list[str]:
         node_id = self.nodes[name].node_id
         chosen = [self.backups[backup]] if backup else list(self.backups.values())
-        ids = {p["packet_id"] for b in chosen for c in b.placement.get("chunks", [])
-               for p in c["packets"] if p["target"] == node_id}
-        return sorted(i for i in ids if (node_id, i) not in self.damaged
-                      and self.packet_path(name, i).is_file())
+        ids = {
+            p["packet_id"]
+            for b in chosen
+            for c in b.placement.get("chunks", [])
+            for p in c["packets"]
+            if p["target"] == node_id
+        }
+        return sorted(
+            i
+            for i in ids
+            if (node_id, i) not in self.damaged and self.packet_path(name, i).is_file()
+        )
 
     def _damage(self, step: Step, report: StepReport, what: str) -> None:
         assert step.node is not None
@@ -1694,8 +1993,10 @@ class Simulation:
             raise StepFailed(f"backup {step.backup} made no snapshot")
         candidates = self._packets_on(step.node, step.backup)
         if len(candidates) < step.packets:
-            raise StepFailed(f"{step.node} holds only {len(candidates)} undamaged packet(s) "
-                             f"of {step.backup or 'the scenario backups'}")
+            raise StepFailed(
+                f"{step.node} holds only {len(candidates)} undamaged packet(s) "
+                f"of {step.backup or 'the scenario backups'}"
+            )
         chosen = sorted(self.rng.sample(candidates, step.packets))
         node_id = self.nodes[step.node].node_id
         for packet_id in chosen:
@@ -1735,22 +2036,35 @@ class Simulation:
         address = self.nodes[step.node].address
         heard = time.monotonic()
         waited = self._wait_free(address, step.free, _CONVERGE_TIMEOUT_S)
-        report.detail.update({"used_bytes": used, "allocation_bytes": allocation,
-                              "converged_s": round(seconds, 2),
-                              "heard_s": round(time.monotonic() - heard, 2)})
-        report.summary = (f"restarted {step.node} with --allocate {allocation} (stores {used} "
-                          f"bytes); every node heard in {waited:.1f} s")
+        report.detail.update(
+            {
+                "used_bytes": used,
+                "allocation_bytes": allocation,
+                "converged_s": round(seconds, 2),
+                "heard_s": round(time.monotonic() - heard, 2),
+            }
+        )
+        report.summary = (
+            f"restarted {step.node} with --allocate {allocation} (stores {used} "
+            f"bytes); every node heard in {waited:.1f} s"
+        )
 
     def _wait_free(self, address: str, free: int, timeout: float) -> float:
         """Until every running node's view gives ``address`` at most ``free`` free bytes."""
         started = time.monotonic()
         names = [n for n in self.up() if self.nodes[n].address != address]
         for _ in range(int(timeout / _POLL_S) + 2):
-            results = parallel([functools.partial(self.cli, n, "status", timeout=30)
-                                for n in names])
-            if all(r.ok and any(m["address"] == address and (m.get("free_bytes") or 0) <= free
-                                for m in r.value.get("members", []))
-                   for r in results):
+            results = parallel(
+                [functools.partial(self.cli, n, "status", timeout=30) for n in names]
+            )
+            if all(
+                r.ok
+                and any(
+                    m["address"] == address and (m.get("free_bytes") or 0) <= free
+                    for m in r.value.get("members", [])
+                )
+                for r in results
+            ):
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
                 break
@@ -1762,8 +2076,9 @@ class Simulation:
             time.sleep(step.seconds or 0)
             report.summary = f"slept {step.seconds or 0:g} s"
             return
-        seconds = self.converge(step.seconds or 60.0, settled=step.until == "settled",
-                                observers=step.nodes)
+        seconds = self.converge(
+            step.seconds or 60.0, settled=step.until == "settled", observers=step.nodes
+        )
         report.detail[f"{step.until}_s"] = round(seconds, 2)
         report.summary = f"{step.until} in {seconds:.1f} s"
 
@@ -1773,8 +2088,7 @@ class Simulation:
         wanted = self.scenario.invariants
         checks: list[Check] = []
         if "restore" in wanted or "rules" in wanted:
-            checks += self._check_snapshots(restore="restore" in wanted,
-                                            rules="rules" in wanted)
+            checks += self._check_snapshots(restore="restore" in wanted, rules="rules" in wanted)
         if "processes" in wanted:
             checks.append(self._check_processes())
         return checks
@@ -1786,8 +2100,10 @@ class Simulation:
             if self.nodes[backup.source].state == "up":
                 by_source.setdefault(backup.source, []).append(backup)
             else:
-                note = (f"{backup.name}: source {backup.source} is "
-                        f"{self.nodes[backup.source].state}; not checked")
+                note = (
+                    f"{backup.name}: source {backup.source} is "
+                    f"{self.nodes[backup.source].state}; not checked"
+                )
                 restore_check.notes.append(note)
                 rules_check.notes.append(note)
 
@@ -1806,16 +2122,18 @@ class Simulation:
         tasks: list[Callable[[], Any]] = [functools.partial(snapshots_of, s) for s in sources]
         tasks += [functools.partial(per_backup, b) for b in backups]
         results = parallel(tasks)
-        listings: dict[str, CliResult] = dict(zip(sources, results[:len(sources)], strict=True))
-        checked: list[tuple[CliResult, dict[str, Any] | None]] = results[len(sources):]
+        listings: dict[str, CliResult] = dict(zip(sources, results[: len(sources)], strict=True))
+        checked: list[tuple[CliResult, dict[str, Any] | None]] = results[len(sources) :]
         restored = good_rules = 0
         for backup, (placement, outcome) in zip(backups, checked, strict=True):
             listing = listings[backup.source]
             rows = listing.value if listing.ok and isinstance(listing.value, list) else []
             row = next((r for r in rows if r.get("snapshot_id") == backup.snapshot_id), None)
             if row is None or row.get("complete") is not True:
-                restore_check.fail(f"{backup.name}: snapshot {backup.snapshot_id} is not "
-                                   f"listed complete on {backup.source}")
+                restore_check.fail(
+                    f"{backup.name}: snapshot {backup.snapshot_id} is not "
+                    f"listed complete on {backup.source}"
+                )
             if not placement.ok:
                 rules_check.fail(f"{backup.name}: placement failed: {placement.error}")
             elif rules:
@@ -1841,28 +2159,36 @@ class Simulation:
         check.detail[backup.name] = {"model": model, **outcome}
         if outcome["ok"]:
             if outcome["differences"]:
-                check.fail(f"{backup.name}: restored data differs: "
-                           + "; ".join(outcome["differences"]))
+                check.fail(
+                    f"{backup.name}: restored data differs: " + "; ".join(outcome["differences"])
+                )
                 return False
             if model["restore"] == "fail":
-                check.fail(f"{backup.name}: restored although {model['lost']} chunk(s) have "
-                           f"fewer than k surviving packets, more than the "
-                           f"{model['record_chunks']} snapshot-record chunk(s)")
+                check.fail(
+                    f"{backup.name}: restored although {model['lost']} chunk(s) have "
+                    f"fewer than k surviving packets, more than the "
+                    f"{model['record_chunks']} snapshot-record chunk(s)"
+                )
                 return False
             if model["restore"] == "either":
                 check.notes.append(
                     f"{backup.name}: restored byte-equal with {model['lost']} chunk(s) below "
                     "k surviving packets: they must be snapshot-record chunks, which a "
-                    "restore does not read")
+                    "restore does not read"
+                )
             return True
         if model["restore"] == "ok":
-            check.fail(f"{backup.name}: restore failed although every chunk has at least k "
-                       f"surviving packets (fewest spare: {model['min_spare']}): "
-                       f"{outcome['error']}")
+            check.fail(
+                f"{backup.name}: restore failed although every chunk has at least k "
+                f"surviving packets (fewest spare: {model['min_spare']}): "
+                f"{outcome['error']}"
+            )
             return False
         if not outcome["clean_failure"]:
-            check.fail(f"{backup.name}: restore failed, as the model predicts, but not cleanly:"
-                       f" {outcome['error']}")
+            check.fail(
+                f"{backup.name}: restore failed, as the model predicts, but not cleanly:"
+                f" {outcome['error']}"
+            )
             return False
         return True
 
@@ -1890,29 +2216,37 @@ class Simulation:
             for packet in packets:
                 name = self.by_id.get(packet["target"])
                 if name is None:
-                    problems.append(f"chunk {cid}: target {packet['target'][:10]} is not a "
-                                    "scenario node")
+                    problems.append(
+                        f"chunk {cid}: target {packet['target'][:10]} is not a scenario node"
+                    )
                     continue
                 target = self.nodes[name].defn
                 defs.append(target)
                 km = haversine_km(source.lat, source.lon, target.lat, target.lon)
                 if not near.contains(km):
-                    problems.append(f"chunk {cid}: {name} is {km:.0f} km from the source, "
-                                    f"outside backup proximity {near.describe()}")
+                    problems.append(
+                        f"chunk {cid}: {name} is {km:.0f} km from the source, "
+                        f"outside backup proximity {near.describe()}"
+                    )
                 reported = packet.get("distance_km")
                 if reported is not None and abs(reported - km) > 1 + km * 1e-3:
-                    problems.append(f"chunk {cid}: placement says {name} is {reported} km "
-                                    f"away, it is {km:.1f} km")
+                    problems.append(
+                        f"chunk {cid}: placement says {name} is {reported} km "
+                        f"away, it is {km:.1f} km"
+                    )
             for a, b in itertools.combinations(defs, 2):
                 km = haversine_km(a.lat, a.lon, b.lat, b.lon)
                 if not pair.contains(km):
-                    problems.append(f"chunk {cid}: {a.name} and {b.name} are {km:.0f} km "
-                                    f"apart, outside packet proximity {pair.describe()}")
+                    problems.append(
+                        f"chunk {cid}: {a.name} and {b.name} are {km:.0f} km "
+                        f"apart, outside packet proximity {pair.describe()}"
+                    )
             for label in distinct:
                 values = [d.label(label) for d in defs]
                 if None in values or len(set(values)) != len(values):
-                    problems.append(f"chunk {cid}: targets do not have distinct {label!r} "
-                                    f"labels: {values}")
+                    problems.append(
+                        f"chunk {cid}: targets do not have distinct {label!r} labels: {values}"
+                    )
         return problems
 
     def _check_processes(self) -> Check:
@@ -1926,8 +2260,10 @@ class Simulation:
                     running += 1
                 else:
                     code = proc.process.returncode if proc.process is not None else None
-                    check.fail(f"{name} is not running (exit code {code}); nothing stopped it"
-                               f": {self.g.log_tail(name, 3)}")
+                    check.fail(
+                        f"{name} is not running (exit code {code}); nothing stopped it"
+                        f": {self.g.log_tail(name, 3)}"
+                    )
                     node.state = "crashed"
             elif alive:
                 check.fail(f"{name} should be {node.state} but is running")
@@ -1983,12 +2319,15 @@ def _signals_ignored() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def run_scenario(scenario: Scenario, *, base: Path, network: Network,
-                 progress: Callable[[str], None]) -> Report:
+def run_scenario(
+    scenario: Scenario, *, base: Path, network: Network, progress: Callable[[str], None]
+) -> Report:
     """Run every step, checking invariants after each; always stops what it started."""
     report = Report(scenario=scenario, network=network)
-    report.steps = [StepReport(index=step.index, action=step.action, name=step.name,
-                               title=step.title()) for step in scenario.steps]
+    report.steps = [
+        StepReport(index=step.index, action=step.action, name=step.name, title=step.title())
+        for step in scenario.steps
+    ]
     sim = Simulation(scenario, base, network, progress)
     deadline = report.started + scenario.timeout_s
     try:
@@ -2033,11 +2372,13 @@ def run_scenario(scenario: Scenario, *, base: Path, network: Network,
                         failed.fail(f"{type(exc).__name__}: {exc}")
                         entry.invariants = [failed]
                     entry.check_seconds = time.monotonic() - checked
-                entry.status = "passed" if entry.action_ok and all(
-                    c.ok for c in entry.invariants) else "failed"
+                entry.status = (
+                    "passed"
+                    if entry.action_ok and all(c.ok for c in entry.invariants)
+                    else "failed"
+                )
                 if entry.status == "failed":
-                    progress(f"  step {step.index} FAILED: "
-                             + "; ".join(report.problems()[-3:]))
+                    progress(f"  step {step.index} FAILED: " + "; ".join(report.problems()[-3:]))
     except KeyboardInterrupt:
         report.interrupted = True
         for entry in report.steps:
@@ -2065,8 +2406,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dir:
         base = Path(args.dir).absolute()
         if base.exists() and any(base.iterdir()):
-            print(f"gridsim: error: {base} is not empty; give a new or empty --dir",
-                  file=sys.stderr)
+            print(
+                f"gridsim: error: {base} is not empty; give a new or empty --dir", file=sys.stderr
+            )
             return 2
         base.mkdir(parents=True, exist_ok=True)
     else:
@@ -2126,8 +2468,9 @@ def pid_alive(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-            errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -2148,8 +2491,11 @@ def _node_name(city: str, taken: set[str]) -> str:
 def _up_cities(args: argparse.Namespace) -> list[str]:
     # Commas separate cities, unless there is a semicolon: then "Oslo;59.9,10.7" works.
     separator = ";" if args.cities and ";" in args.cities else ","
-    cities = ([c.strip() for c in args.cities.split(separator) if c.strip()] if args.cities
-              else list(EUROPEAN_CAPITALS))
+    cities = (
+        [c.strip() for c in args.cities.split(separator) if c.strip()]
+        if args.cities
+        else list(EUROPEAN_CAPITALS)
+    )
     if not cities:
         raise ValueError("--cities is empty")
     for city in set(cities):
@@ -2170,23 +2516,51 @@ def cmd_up(args: argparse.Namespace) -> int:
     previous = _read_state(directory)
     if previous is not None:
         running = pid_alive(int(previous.get("supervisor_pid", 0)))
-        print(f"gridsim: error: {directory} already holds a grid"
-              f"{' that is running; gridsim down --dir first' if running else ''}; "
-              "use another --dir", file=sys.stderr)
+        print(
+            f"gridsim: error: {directory} already holds a grid"
+            f"{' that is running; gridsim down --dir first' if running else ''}; "
+            "use another --dir",
+            file=sys.stderr,
+        )
         return 1
     directory.mkdir(parents=True, exist_ok=True)
     if args.location_check == "off":
-        print("gridsim: all nodes listen on 127.0.0.1: the speed-of-light location check "
-              "is off (give --location-check to change it)", file=sys.stderr, flush=True)
-    argv = [sys.executable, "-m", "simulations.gridsim", "_supervise", "--dir", str(directory),
-            "--nodes", str(args.nodes), "--location-check", args.location_check,
-            "--allocate", args.allocate, "--lifetime", str(args.lifetime),
-            "--timeout", str(args.timeout), "--log-level", args.log_level]
+        print(
+            "gridsim: all nodes listen on 127.0.0.1: the speed-of-light location check "
+            "is off (give --location-check to change it)",
+            file=sys.stderr,
+            flush=True,
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "simulations.gridsim",
+        "_supervise",
+        "--dir",
+        str(directory),
+        "--nodes",
+        str(args.nodes),
+        "--location-check",
+        args.location_check,
+        "--allocate",
+        args.allocate,
+        "--lifetime",
+        str(args.lifetime),
+        "--timeout",
+        str(args.timeout),
+        "--log-level",
+        args.log_level,
+    ]
     if args.cities:
         argv += ["--cities", args.cities]
     with (directory / "gridsim-supervisor.log").open("ab") as log:
-        supervisor = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        supervisor = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + args.timeout + 60
     state: dict[str, Any] | None = None
     try:
@@ -2209,11 +2583,28 @@ def cmd_up(args: argparse.Namespace) -> int:
             supervisor.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 supervisor.wait(timeout=_DOWN_GRACE_S + 10)
-        print(f"gridsim: error: grid did not start: {why} (see "
-              f"{directory / 'gridsim-supervisor.log'})", file=sys.stderr)
+        print(
+            f"gridsim: error: grid did not start: {why} (see "
+            f"{directory / 'gridsim-supervisor.log'})",
+            file=sys.stderr,
+        )
         return 1
-    print(json.dumps({k: state[k] for k in ("dir", "grid_file", "supervisor_pid", "nodes",
-                                            "location_check", "converged_s")}), flush=True)
+    print(
+        json.dumps(
+            {
+                k: state[k]
+                for k in (
+                    "dir",
+                    "grid_file",
+                    "supervisor_pid",
+                    "nodes",
+                    "location_check",
+                    "converged_s",
+                )
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -2224,10 +2615,15 @@ class _Stop(BaseException):
 def cmd_supervise(args: argparse.Namespace) -> int:
     """The detached owner of an ``up`` grid: starts it, reaps it, stops it on SIGTERM."""
     directory = Path(args.dir).absolute()
-    state: dict[str, Any] = {"state": "starting", "dir": str(directory),
-                             "supervisor_pid": os.getpid(), "nodes": [],
-                             "location_check": args.location_check,
-                             "lifetime_s": args.lifetime, "started_at": time.time()}
+    state: dict[str, Any] = {
+        "state": "starting",
+        "dir": str(directory),
+        "supervisor_pid": os.getpid(),
+        "nodes": [],
+        "location_check": args.location_check,
+        "lifetime_s": args.lifetime,
+        "started_at": time.time(),
+    }
     _write_state(directory, state)
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -2239,39 +2635,67 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     state["grid_file"] = str(grid.grid_file)
     cities = _up_cities(args)
     taken: set[str] = set()
-    names = [_node_name(city if parse_location(city)[2] else f"node {i + 1}", taken)
-             for i, city in enumerate(cities)]
+    names = [
+        _node_name(city if parse_location(city)[2] else f"node {i + 1}", taken)
+        for i, city in enumerate(cities)
+    ]
     exited: dict[str, int] = {}
     try:
         try:
             first = names[0]
-            add_nodes(grid, [(NodeSpec(name=name, location=city, allocate=args.allocate,
-                                       location_check=args.location_check),
-                              [first] if name != first else [])
-                             for name, city in zip(names, cities, strict=True)])
+            add_nodes(
+                grid,
+                [
+                    (
+                        NodeSpec(
+                            name=name,
+                            location=city,
+                            allocate=args.allocate,
+                            location_check=args.location_check,
+                        ),
+                        [first] if name != first else [],
+                    )
+                    for name, city in zip(names, cities, strict=True)
+                ],
+            )
             statuses = start_nodes(grid, names)
-            seconds, _ = wait_views(grid, {
-                n: ({grid.nodes[o].address for o in names if o != n}, set()) for n in names},
-                args.timeout)
+            seconds, _ = wait_views(
+                grid,
+                {n: ({grid.nodes[o].address for o in names if o != n}, set()) for n in names},
+                args.timeout,
+            )
         except Exception as exc:
             state.update(state="failed", error=f"{type(exc).__name__}: {exc}")
             _write_state(directory, state)
             return 1
-        pids = {name: proc.pid for name, node in grid.nodes.items()
-                if (proc := node.process) is not None}
+        pids = {
+            name: proc.pid
+            for name, node in grid.nodes.items()
+            if (proc := node.process) is not None
+        }
         state["nodes"] = [
-            {"name": name, "home": str(grid.nodes[name].home),
-             "address": grid.nodes[name].address, "pid": pids.get(name),
-             "city": city, "node_id": status["node_id"], "lat": status.get("lat"),
-             "lon": status.get("lon")}
-            for name, city, status in zip(names, cities, statuses, strict=True)]
+            {
+                "name": name,
+                "home": str(grid.nodes[name].home),
+                "address": grid.nodes[name].address,
+                "pid": pids.get(name),
+                "city": city,
+                "node_id": status["node_id"],
+                "lat": status.get("lat"),
+                "lon": status.get("lon"),
+            }
+            for name, city, status in zip(names, cities, statuses, strict=True)
+        ]
         state.update(state="ready", converged_s=round(seconds, 2))
         _write_state(directory, state)
         for _ in range(int(args.lifetime / 0.5) + 1):
             time.sleep(0.5)
             for name, node in grid.nodes.items():
-                if name not in exited and node.process is not None and \
-                        node.process.poll() is not None:
+                if (
+                    name not in exited
+                    and node.process is not None
+                    and node.process.poll() is not None
+                ):
                     exited[name] = node.process.returncode
                     state.setdefault("exited", {})[name] = node.process.returncode
                     _write_state(directory, state)
@@ -2296,8 +2720,9 @@ def _stop_children(grid: LocalGrid, exited: Mapping[str, int]) -> list[dict[str,
             continue
         summary[name] = {"name": name, "pid": proc.pid}
         if proc.poll() is not None:
-            summary[name].update(exit_code=proc.returncode, how="exited before down"
-                                 if name in exited else "exited")
+            summary[name].update(
+                exit_code=proc.returncode, how="exited before down" if name in exited else "exited"
+            )
             continue
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGCONT)
@@ -2327,8 +2752,13 @@ def cmd_down(args: argparse.Namespace) -> int:
     supervisor = int(state.get("supervisor_pid") or 0)
     via = "supervisor"
     already = state.get("state") == "stopped"
-    if state.get("state") != "stopped" and supervisor and pid_alive(supervisor) and \
-            "_supervise" in _cmdline(supervisor) and str(directory) in _cmdline(supervisor):
+    if (
+        state.get("state") != "stopped"
+        and supervisor
+        and pid_alive(supervisor)
+        and "_supervise" in _cmdline(supervisor)
+        and str(directory) in _cmdline(supervisor)
+    ):
         os.kill(supervisor, signal.SIGTERM)
         for _ in range(int((_DOWN_GRACE_S + 20) / 0.1)):
             if not pid_alive(supervisor):
@@ -2340,8 +2770,13 @@ def cmd_down(args: argparse.Namespace) -> int:
         state["down"] = _stop_pids(state.get("nodes", []))
         state["state"] = "stopped"
         _write_state(directory, state)
-    summary = {"dir": str(directory), "stopped": True, "via": via,
-               "already_stopped": already, "nodes": state.get("down", [])}
+    summary = {
+        "dir": str(directory),
+        "stopped": True,
+        "via": via,
+        "already_stopped": already,
+        "nodes": state.get("down", []),
+    }
     print(json.dumps(summary), flush=True)
     return 0
 
@@ -2384,18 +2819,30 @@ def build_parser() -> argparse.ArgumentParser:
     def grid_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dir", required=True, help="where the grid's homes and state live")
         p.add_argument("--nodes", type=int, required=True)
-        p.add_argument("--cities", help="comma-separated, or semicolon-separated to mix in "
-                       "LAT,LON (default: European capitals)")
-        p.add_argument("--location-check", nargs="?", const="enforce", default="off",
-                       choices=["enforce", "warn", "off"],
-                       help="default off: every node is on 127.0.0.1")
+        p.add_argument(
+            "--cities",
+            help="comma-separated, or semicolon-separated to mix in "
+            "LAT,LON (default: European capitals)",
+        )
+        p.add_argument(
+            "--location-check",
+            nargs="?",
+            const="enforce",
+            default="off",
+            choices=["enforce", "warn", "off"],
+            help="default off: every node is on 127.0.0.1",
+        )
         p.add_argument("--allocate", default="2GB")
-        p.add_argument("--lifetime", type=float, default=86_400.0,
-                       help="stop the grid after this many seconds (default a day)")
-        p.add_argument("--timeout", type=float, default=120.0,
-                       help="seconds to wait for the grid to converge")
-        p.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error"])
+        p.add_argument(
+            "--lifetime",
+            type=float,
+            default=86_400.0,
+            help="stop the grid after this many seconds (default a day)",
+        )
+        p.add_argument(
+            "--timeout", type=float, default=120.0, help="seconds to wait for the grid to converge"
+        )
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     up = sub.add_parser("up", help="start a grid in the background")
     grid_options(up)
@@ -2413,8 +2860,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="one JSON report on stdout")
     run.add_argument("--dir", help="keep the grid's files here (new or empty directory)")
     run.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    run.add_argument("--netns", action="store_true",
-                     help="one network namespace per node, delays from distance (root)")
+    run.add_argument(
+        "--netns",
+        action="store_true",
+        help="one network namespace per node, delays from distance (root)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.set_defaults(fn=cmd_run)
     return parser

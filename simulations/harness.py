@@ -72,8 +72,15 @@ class NodeProc:
 class LocalGrid:
     """A grid of node processes under ``root``; use as a context manager."""
 
-    def __init__(self, root: Path, *, name: str = "local", log_level: str = "info",
-                 env: dict[str, str] | None = None, probe_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        name: str = "local",
+        log_level: str = "info",
+        env: dict[str, str] | None = None,
+        probe_interval_s: float = 0.5,
+    ) -> None:
         self.root = root
         self.name = name
         self.log_level = log_level
@@ -91,15 +98,29 @@ class LocalGrid:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "gridnode", *args]
 
-    def gridnode(self, *args: str, json_out: bool = True, timeout: float = 300,
-                 stdin: str | None = None, check: bool = True) -> Any:
-        proc = subprocess.run(self.command(*args), capture_output=True, env=self.env,
-                              timeout=timeout, input=stdin.encode() if stdin else None)
+    def gridnode(
+        self,
+        *args: str,
+        json_out: bool = True,
+        timeout: float = 300,
+        stdin: str | None = None,
+        check: bool = True,
+    ) -> Any:
+        proc = subprocess.run(
+            self.command(*args),
+            capture_output=True,
+            env=self.env,
+            timeout=timeout,
+            input=stdin.encode() if stdin else None,
+        )
         out, err = proc.stdout.decode(), proc.stderr.decode()
         if check and proc.returncode != 0:
             raise GridCommandError(
                 f"gridnode {' '.join(args[:3])} failed ({proc.returncode}): {err.strip()[-500:]}",
-                returncode=proc.returncode, stderr=err, stdout=out)
+                returncode=proc.returncode,
+                stderr=err,
+                stdout=out,
+            )
         if not json_out:
             return out
         lines = [line for line in out.splitlines() if line.strip()]
@@ -111,8 +132,9 @@ class LocalGrid:
 
     def events(self, name: str, *args: str, timeout: float = 600) -> list[dict[str, Any]]:
         """All JSON lines of a long job (progress events and the final result)."""
-        out = self.gridnode(*args, "--home", str(self.nodes[name].home), "--json",
-                            json_out=False, timeout=timeout)
+        out = self.gridnode(
+            *args, "--home", str(self.nodes[name].home), "--json", json_out=False, timeout=timeout
+        )
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     # --- nodes ---------------------------------------------------------------------------------
@@ -120,12 +142,27 @@ class LocalGrid:
     def add(self, spec: NodeSpec, *, seeds: Sequence[str] = ()) -> NodeProc:
         home = self.root / spec.name
         port = free_port()
-        args = ["init", "--home", str(home), "--grid", str(self.grid_file),
-                "--listen", f"127.0.0.1:{port}", "--allocate", spec.allocate,
-                "--location-check", spec.location_check,
-                "--set", f"gossip_probe_interval_s={self.probe_interval_s}",
-                "--set", "gossip_sync_interval_s=5", "--set", "gossip_dead_reap_s=600",
-                "--set", "grace_period_s=2"]
+        args = [
+            "init",
+            "--home",
+            str(home),
+            "--grid",
+            str(self.grid_file),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--allocate",
+            spec.allocate,
+            "--location-check",
+            spec.location_check,
+            "--set",
+            f"gossip_probe_interval_s={self.probe_interval_s}",
+            "--set",
+            "gossip_sync_interval_s=5",
+            "--set",
+            "gossip_dead_reap_s=600",
+            "--set",
+            "grace_period_s=2",
+        ]
         for seed in seeds:
             args += ["--seed", seed]
         if spec.location:
@@ -154,9 +191,13 @@ class LocalGrid:
         node.log_path = node.home / "node.log"
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child process
         node.process = subprocess.Popen(
-            self.command("run", "--home", str(node.home), "--quiet", "--log-level",
-                         self.log_level, *extra),
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            self.command(
+                "run", "--home", str(node.home), "--quiet", "--log-level", self.log_level, *extra
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         log.close()
         return node
@@ -167,8 +208,9 @@ class LocalGrid:
         last_error = ""
         while time.monotonic() < deadline:
             if node.process is not None and node.process.poll() is not None:
-                raise RuntimeError(f"node {name} exited with {node.process.returncode}: "
-                                   f"{self.log_tail(name)}")
+                raise RuntimeError(
+                    f"node {name} exited with {node.process.returncode}: {self.log_tail(name)}"
+                )
             try:
                 return dict(self.cli(name, "status", timeout=20))
             except GridCommandError as exc:

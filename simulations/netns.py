@@ -113,8 +113,9 @@ class NetnsLink:
         return link_delay_ms(self.distance_km)
 
     def joins(self, left: Collection[str], right: Collection[str]) -> bool:
-        return ((self.a.name in left and self.b.name in right)
-                or (self.a.name in right and self.b.name in left))
+        return (self.a.name in left and self.b.name in right) or (
+            self.a.name in right and self.b.name in left
+        )
 
 
 def _ip(index: int) -> str:
@@ -148,20 +149,55 @@ class NetnsPlan:
         commands: list[list[str]] = []
         for node in self.nodes:
             ns = node.namespace
-            commands += [["ip", "netns", "add", ns],
-                         ["ip", "-n", ns, "link", "set", "lo", "up"],
-                         ["ip", "-n", ns, "addr", "add", f"{node.ip}/32", "dev", "lo"]]
+            commands += [
+                ["ip", "netns", "add", ns],
+                ["ip", "-n", ns, "link", "set", "lo", "up"],
+                ["ip", "-n", ns, "addr", "add", f"{node.ip}/32", "dev", "lo"],
+            ]
         for link in self.links:
             a, b = link.a, link.b
             commands += [
-                ["ip", "link", "add", link.dev_a, "netns", a.namespace, "type", "veth",
-                 "peer", "name", link.dev_b, "netns", b.namespace],
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    link.dev_a,
+                    "netns",
+                    a.namespace,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    link.dev_b,
+                    "netns",
+                    b.namespace,
+                ],
                 ["ip", "-n", a.namespace, "link", "set", link.dev_a, "up"],
                 ["ip", "-n", b.namespace, "link", "set", link.dev_b, "up"],
-                ["ip", "-n", a.namespace, "route", "add", f"{b.ip}/32", "dev", link.dev_a,
-                 "src", a.ip],
-                ["ip", "-n", b.namespace, "route", "add", f"{a.ip}/32", "dev", link.dev_b,
-                 "src", b.ip],
+                [
+                    "ip",
+                    "-n",
+                    a.namespace,
+                    "route",
+                    "add",
+                    f"{b.ip}/32",
+                    "dev",
+                    link.dev_a,
+                    "src",
+                    a.ip,
+                ],
+                [
+                    "ip",
+                    "-n",
+                    b.namespace,
+                    "route",
+                    "add",
+                    f"{a.ip}/32",
+                    "dev",
+                    link.dev_b,
+                    "src",
+                    b.ip,
+                ],
             ]
             if delay:
                 commands += self._normal_qdisc(link, delay=True)
@@ -177,12 +213,26 @@ class NetnsPlan:
         for link in self.links:
             if link.joins(left, right):
                 for ns, dev in ((link.a.namespace, link.dev_a), (link.b.namespace, link.dev_b)):
-                    commands.append(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root",
-                                     "pfifo", "limit", "0"])
+                    commands.append(
+                        [
+                            "tc",
+                            "-n",
+                            ns,
+                            "qdisc",
+                            "replace",
+                            "dev",
+                            dev,
+                            "root",
+                            "pfifo",
+                            "limit",
+                            "0",
+                        ]
+                    )
         return commands
 
-    def mend_commands(self, left: Collection[str], right: Collection[str], *,
-                      delay: bool) -> list[list[str]]:
+    def mend_commands(
+        self, left: Collection[str], right: Collection[str], *, delay: bool
+    ) -> list[list[str]]:
         """Undo :meth:`cut_commands`: each link gets its normal qdisc back."""
         commands: list[list[str]] = []
         for link in self.links:
@@ -196,8 +246,23 @@ class NetnsPlan:
         for ns, dev in ((link.a.namespace, link.dev_a), (link.b.namespace, link.dev_b)):
             if delay:
                 micros = max(1, round(link.delay_ms * 1000))
-                out.append(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "netem",
-                            "delay", f"{micros}us", "limit", str(NETEM_LIMIT)])
+                out.append(
+                    [
+                        "tc",
+                        "-n",
+                        ns,
+                        "qdisc",
+                        "replace",
+                        "dev",
+                        dev,
+                        "root",
+                        "netem",
+                        "delay",
+                        f"{micros}us",
+                        "limit",
+                        str(NETEM_LIMIT),
+                    ]
+                )
             else:
                 # The veth default (noqueue) comes back when the root qdisc is deleted.
                 out.append(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"])
@@ -218,12 +283,18 @@ def plan_netns(nodes: Sequence[tuple[str, float, float]], *, tag: str) -> NetnsP
         raise ValueError(f"at most {_MAX_NODES} nodes fit in {_SUBNET}.0.0/16")
     if not tag or not all(c.isalnum() or c in "-_" for c in tag):
         raise ValueError(f"namespace tag must be letters, digits, - or _: {tag!r}")
-    planned = tuple(NetnsNode(name=name, index=i, namespace=f"{tag}-{i}", ip=_ip(i),
-                              lat=lat, lon=lon)
-                    for i, (name, lat, lon) in enumerate(nodes))
+    planned = tuple(
+        NetnsNode(name=name, index=i, namespace=f"{tag}-{i}", ip=_ip(i), lat=lat, lon=lon)
+        for i, (name, lat, lon) in enumerate(nodes)
+    )
     links = tuple(
-        NetnsLink(a=a, b=b, dev_a=_device(b.index), dev_b=_device(a.index),
-                  distance_km=haversine_km(a.lat, a.lon, b.lat, b.lon))
+        NetnsLink(
+            a=a,
+            b=b,
+            dev_a=_device(b.index),
+            dev_b=_device(a.index),
+            distance_km=haversine_km(a.lat, a.lon, b.lat, b.lon),
+        )
         for a, b in itertools.combinations(planned, 2)
     )
     return NetnsPlan(nodes=planned, links=links)
@@ -248,8 +319,11 @@ class Support:
 def probe_support(run: Runner = _run) -> Support:
     """Check root, iproute2, namespaces and netem, changing nothing that outlives the call."""
     if os.geteuid() != 0:
-        return Support(False, False, "not running as root: network namespaces need root "
-                       "(CAP_SYS_ADMIN and CAP_NET_ADMIN)")
+        return Support(
+            False,
+            False,
+            "not running as root: network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN)",
+        )
     missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
     if missing:
         return Support(False, False, f"{' and '.join(missing)} not found: install iproute2")
@@ -257,15 +331,24 @@ def probe_support(run: Runner = _run) -> Support:
     try:
         made = run(["ip", "netns", "add", probe])
         if made.returncode != 0:
-            return Support(False, False, "cannot create a network namespace: "
-                           + made.stderr.decode(errors="replace").strip())
+            return Support(
+                False,
+                False,
+                "cannot create a network namespace: "
+                + made.stderr.decode(errors="replace").strip(),
+            )
         run(["ip", "-n", probe, "link", "set", "lo", "up"])
-        netem = run(["tc", "-n", probe, "qdisc", "add", "dev", "lo", "root", "netem",
-                     "delay", "1ms"])
+        netem = run(
+            ["tc", "-n", probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
+        )
         if netem.returncode != 0:
             why = netem.stderr.decode(errors="replace").strip().splitlines()
-            return Support(True, False, "the kernel has no netem qdisc (sch_netem) "
-                           f"({why[0] if why else 'tc failed'}): links carry no added delay")
+            return Support(
+                True,
+                False,
+                "the kernel has no netem qdisc (sch_netem) "
+                f"({why[0] if why else 'tc failed'}): links carry no added delay",
+            )
         return Support(True, True, "namespaces and netem delays available")
     except (OSError, subprocess.SubprocessError) as exc:
         return Support(False, False, f"cannot run ip/tc: {exc}")
@@ -289,8 +372,9 @@ class Netns:
             done = self._run(argv)
             self.commands_run += 1
             if done.returncode != 0:
-                raise NetnsError(f"{' '.join(argv)} failed: "
-                                 f"{done.stderr.decode(errors='replace').strip()}")
+                raise NetnsError(
+                    f"{' '.join(argv)} failed: {done.stderr.decode(errors='replace').strip()}"
+                )
 
     def open(self) -> None:
         try:
@@ -358,12 +442,27 @@ class NetnsGrid(LocalGrid):
         planned = self.netns.plan.node(spec.name)
         home = self.root / spec.name
         self._namespace_of_home[str(home)] = planned.namespace
-        args = ["init", "--home", str(home), "--grid", str(self.grid_file),
-                "--listen", planned.address, "--allocate", spec.allocate,
-                "--location-check", spec.location_check,
-                "--set", f"gossip_probe_interval_s={self.probe_interval_s}",
-                "--set", "gossip_sync_interval_s=5", "--set", "gossip_dead_reap_s=600",
-                "--set", "grace_period_s=2"]
+        args = [
+            "init",
+            "--home",
+            str(home),
+            "--grid",
+            str(self.grid_file),
+            "--listen",
+            planned.address,
+            "--allocate",
+            spec.allocate,
+            "--location-check",
+            spec.location_check,
+            "--set",
+            f"gossip_probe_interval_s={self.probe_interval_s}",
+            "--set",
+            "gossip_sync_interval_s=5",
+            "--set",
+            "gossip_dead_reap_s=600",
+            "--set",
+            "grace_period_s=2",
+        ]
         for seed in seeds:
             args += ["--seed", seed]
         if spec.location:

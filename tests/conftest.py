@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from gridnode.log import configure_logging
 
 configure_logging("warning", json=False)

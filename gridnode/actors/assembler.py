@@ -34,11 +34,11 @@ import trio
 from ..errors import GridError
 from ..logic.packing import ChunkIntegrityError, ErasureParams, decode_chunk
 from ..scanner import ScanError, safe_join
-from ..trioutil import collapse_groups
 from ..storage.catalog import ChunkRecord, EntryRecord
+from ..trioutil import collapse_groups
 from .base import Call, serve_calls
 
-__all__ = ["Assembler", "AssembleTree", "DecodeChunk", "RestoreFailed", "TreeWriter"]
+__all__ = ["AssembleTree", "Assembler", "DecodeChunk", "RestoreFailed", "TreeWriter"]
 
 #: Files at most this big are written whole, several per worker-thread hop.
 SMALL_FILE_BYTES = 4 * 1024 * 1024
@@ -118,7 +118,9 @@ class TreeWriter:
             fh.close()
             written = temp.stat().st_size
             if written != entry.size:
-                raise RestoreFailed(f"{entry.path}: assembled {written} bytes, expected {entry.size}")
+                raise RestoreFailed(
+                    f"{entry.path}: assembled {written} bytes, expected {entry.size}"
+                )
             os.chmod(temp, entry.mode & 0o7777)
             os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
             os.replace(temp, final)
@@ -206,7 +208,9 @@ class Assembler:
         try:
             data = await trio.to_thread.run_sync(work, limiter=self.cpu_limiter)
         except ChunkIntegrityError as exc:
-            raise RestoreFailed(f"chunk {chunk.chunk_id.hex()[:12]} failed its checks: {exc}") from None
+            raise RestoreFailed(
+                f"chunk {chunk.chunk_id.hex()[:12]} failed its checks: {exc}"
+            ) from None
         self.chunks_decoded += 1
         return data
 
@@ -326,12 +330,16 @@ class Assembler:
         await trio.to_thread.run_sync(writer.sync)
         if job.progress:
             job.progress(files_done, bytes_done)
-        return {"files": files_done, "bytes": bytes_done, "dirs": len(dirs),
-                "symlinks": len(links), "chunks": len(sequence)}
+        return {
+            "files": files_done,
+            "bytes": bytes_done,
+            "dirs": len(dirs),
+            "symlinks": len(links),
+            "chunks": len(sequence),
+        }
 
 
 def _discard(fh: BinaryIO, temp: Path) -> None:
     with contextlib.suppress(OSError):
         fh.close()
     temp.unlink(missing_ok=True)
-

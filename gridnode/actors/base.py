@@ -9,6 +9,7 @@ and the callers block: backpressure instead of a growing queue.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -58,10 +59,9 @@ async def serve_calls(
                 result: Any = await handle(item.payload)
             except Exception as exc:  # delivered to the caller, who decides; never lost
                 result = _Failure(exc)
-            try:
+            # The caller may have been cancelled and gone away: nobody to tell.
+            with contextlib.suppress(trio.BrokenResourceError, trio.WouldBlock):
                 item.reply.send_nowait(result)
-            except (trio.BrokenResourceError, trio.WouldBlock):
-                pass  # the caller was cancelled and went away
         finally:
             limiter.release()
 

@@ -23,13 +23,11 @@ from typing import Any
 import attrs
 import trio
 
-from protocol import Message
+from protocol import Message, sign_record
 
 from ..errors import PeerError
 from ..log import get_logger
 from ..logic.placement import Member, Source
-from protocol import sign_record
-
 from ..logic.swim import GossipConfig, Membership, MemberView, Outgoing
 
 __all__ = ["GossipIn", "Gossiper", "build_membership"]
@@ -110,25 +108,24 @@ class Gossiper:
     connect: Callable[..., Any]  # Transport.connect(address, expect=node_id)
     link_of: Callable[[bytes], Any]  # Transport.link(node_id): an open session or None
     seeds: tuple[str, ...]
-    senders: int = 8
     outbox_size: int = 256
+    per_peer_in_flight: int = 2
+    connect_timeout_s: float = 2.0
+    _in_flight: dict[bytes, int] = attrs.field(factory=dict)
     dropped_outgoing: int = 0
     send_failures: int = 0
     _outbox_send: trio.MemorySendChannel[Outgoing] | None = None
-    _wake: trio.Event = attrs.field(factory=trio.Event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, receive = trio.open_memory_channel[Outgoing](self.outbox_size)
         self._outbox_send = send
         async with trio.open_nursery() as nursery:
-            for _ in range(self.senders):
-                nursery.start_soon(self._sender, receive.clone())
-            receive.close()
+            nursery.start_soon(self._dispatch, receive, nursery)
             self._deliver(self.membership.join(trio.current_time(), list(self.seeds)))
             task_status.started()
-            await self._loop(nursery)
+            await self._loop()
 
-    async def _loop(self, nursery: trio.Nursery) -> None:
+    async def _loop(self) -> None:
         # The state machine rejoins through its seeds by itself while it knows nobody.
         async with self.inbound:
             while True:
@@ -151,21 +148,47 @@ class Gossiper:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the actor has stopped (shutdown); gossip is best effort
 
-    async def _sender(self, outbox: trio.MemoryReceiveChannel[Outgoing]) -> None:
+    async def _dispatch(
+        self, outbox: trio.MemoryReceiveChannel[Outgoing], nursery: trio.Nursery
+    ) -> None:
+        """Hand each message to its own small task and never wait here.
+
+        One unreachable member (a partition, a half-open TCP connection) must not delay
+        probes to the others: a dial can take seconds and a send to a stalled peer waits
+        for its TCP window, and a delayed probe answer is what makes a live member look
+        suspect.  So every send runs in its own task, at most ``per_peer_in_flight`` per
+        member and one dial per address at a time; anything beyond is dropped and
+        counted (SWIM tolerates loss; it does not tolerate delay).
+        """
         async with outbox:
             async for out in outbox:
-                try:
-                    link = self.link_of(out.node_id) if out.node_id is not None else None
-                    if link is None:
-                        if not out.address:
-                            continue  # an answer to a peer whose session is gone: drop it
-                        link = await self.connect(out.address, expect=out.node_id)
-                    await link.send(out.message)
-                except PeerError as exc:
-                    self.send_failures += 1
-                    if out.node_id is not None:
-                        self._deliver(self.membership.unreachable(trio.current_time(), out.node_id))
-                    _log.debug("gossip_send_failed", address=out.address, error=str(exc))
+                key = out.node_id if out.node_id is not None else out.address.encode()
+                if not out.address and self.link_of(key) is None:
+                    continue  # an answer to a peer whose session is gone
+                if self._in_flight.get(key, 0) >= self.per_peer_in_flight:
+                    self.dropped_outgoing += 1
+                    continue
+                self._in_flight[key] = self._in_flight.get(key, 0) + 1
+                nursery.start_soon(self._send_one, key, out)
+
+    async def _send_one(self, key: bytes, out: Outgoing) -> None:
+        try:
+            link = self.link_of(out.node_id) if out.node_id is not None else None
+            if link is None:
+                with trio.fail_after(self.connect_timeout_s):
+                    link = await self.connect(out.address, expect=out.node_id)
+            await link.send(out.message)
+        except (PeerError, trio.TooSlowError) as exc:
+            self.send_failures += 1
+            if out.node_id is not None:
+                self._deliver(self.membership.unreachable(trio.current_time(), out.node_id))
+            _log.debug("gossip_send_failed", address=out.address, error=str(exc))
+        finally:
+            left = self._in_flight.get(key, 1) - 1
+            if left <= 0:
+                self._in_flight.pop(key, None)
+            else:
+                self._in_flight[key] = left
 
     # --- views for the rest of the node ----------------------------------------------------------
 

@@ -104,8 +104,11 @@ class TargetRequest:
 def root_signature_payload(locator: bytes, version: int, sealed: bytes) -> bytes:
     import blake3
 
-    return b"gridnode recovery root v1\x00" + locator + version.to_bytes(8, "big") + (
-        blake3.blake3(sealed).digest()
+    return (
+        b"gridnode recovery root v1\x00"
+        + locator
+        + version.to_bytes(8, "big")
+        + (blake3.blake3(sealed).digest())
     )
 
 
@@ -174,11 +177,18 @@ class PacketStore:
                     except (PeerError, UploadFailed) as exc:
                         failed.add(target)
                         errors.append(f"{target.hex()[:8]}: {exc}")
-                        _log.info("target_failed", chunk=job.chunk_id.hex()[:12], share=share,
-                                  target=target.hex()[:12], error=str(exc))
-                        current = dict(enumerate(job.targets)) | {
-                            p.share: p.target for p in placed if p is not None
-                        } | assigned
+                        _log.info(
+                            "target_failed",
+                            chunk=job.chunk_id.hex()[:12],
+                            share=share,
+                            target=target.hex()[:12],
+                            error=str(exc),
+                        )
+                        current = (
+                            dict(enumerate(job.targets))
+                            | {p.share: p.target for p in placed if p is not None}
+                            | assigned
+                        )
                         current.pop(share, None)
                         keep = tuple(t for t in current.values() if t not in failed)
                         try:
@@ -208,8 +218,7 @@ class PacketStore:
         self._count("packets_replaced", replaced)
         return ChunkUploaded(placed=result, replaced=replaced, bytes_sent=sent)
 
-    async def _store_on(self, target: bytes, packet_id: bytes, data: bytes,
-                        policy: str) -> bytes:
+    async def _store_on(self, target: bytes, packet_id: bytes, data: bytes, policy: str) -> bytes:
         link = await self.link_for(target)
         owner_tag = self.identity.packet_owner_tag(packet_id, policy)
         answer = await link.request(

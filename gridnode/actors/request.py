@@ -48,8 +48,10 @@ def as_control_error(method: str, exc: Exception) -> ControlError:
     if isinstance(real, ValueError | LookupError):
         return ControlError("bad_request", str(real))
     if isinstance(real, OSError):
-        return ControlError("os_error", f"{real.strerror or real}"
-                            f"{': ' + str(real.filename) if real.filename else ''}")
+        return ControlError(
+            "os_error",
+            f"{real.strerror or real}{': ' + str(real.filename) if real.filename else ''}",
+        )
     _log.error("job_crashed", method=method, exc_info=exc)
     return ControlError("internal_error", f"{method} failed: {type(real).__name__}: {real}")
 
@@ -73,8 +75,9 @@ class RequestActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._idle.set()
-        await serve_calls(self.inbound, self._handle, concurrency=self.concurrency,
-                          task_status=task_status)
+        await serve_calls(
+            self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+        )
 
     async def wait_idle(self) -> None:
         """Shutdown waits here (under a grace deadline) for running jobs to finish."""

@@ -67,8 +67,9 @@ class Retriever:
     stats: dict[str, int] = attrs.field(factory=dict)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_calls(self.inbound, self._handle, concurrency=self.concurrency,
-                          task_status=task_status)
+        await serve_calls(
+            self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+        )
 
     async def _handle(self, cmd: Any) -> FetchedChunk:
         if not isinstance(cmd, FetchChunk):

@@ -79,8 +79,9 @@ class Sequencer:
         view = self.placement_view(cmd.rules)
         self.placements += 1
         if cmd.fixed:
-            targets = view.place(cmd.chunk_id, cmd.n, cmd.packet_bytes, exclude=cmd.exclude,
-                                 fixed=cmd.fixed)
+            targets = view.place(
+                cmd.chunk_id, cmd.n, cmd.packet_bytes, exclude=cmd.exclude, fixed=cmd.fixed
+            )
         else:
             targets = view.place(cmd.chunk_id, cmd.n, cmd.packet_bytes, exclude=cmd.exclude)
         return tuple(targets)

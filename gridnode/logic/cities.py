@@ -185,8 +185,11 @@ def resolve_city(text: str) -> City:
         return group[0]
     # "Frankfurt" for "Frankfurt am Main": accept a word prefix when it names one city.
     prefixed = {
-        c for k, cities in index.by_key.items() if k.startswith(key + " ")
-        for c in cities if country is None or c.country == country
+        c
+        for k, cities in index.by_key.items()
+        if k.startswith(key + " ")
+        for c in cities
+        if country is None or c.country == country
     }
     if len(prefixed) == 1:
         return prefixed.pop()

@@ -135,6 +135,8 @@ _GENESIS: Final = b"\x00" * 32
 def policy_key(k: int, n: int, rules: dict[str, Any]) -> str:
     """The placement policy a chunk was stored under: the dedup key beside its id."""
     return f"{k}/{n} " + json.dumps(rules, sort_keys=True, separators=(",", ":"))
+
+
 _LOG_CONTEXT: Final = b"gridnode backup log v1\x00"
 
 
@@ -147,7 +149,7 @@ class SnapshotRecord:
     parent: str | None
     roots: tuple[str, ...]
     files: int
-    bytes: int
+    total_bytes: int
     params: str
     rules: dict[str, Any]
     record: bytes | None  # msgpack of the sealed record's chunk refs on the grid
@@ -171,7 +173,7 @@ class SnapshotRecord:
             "parent": self.parent,
             "roots": list(self.roots),
             "files": self.files,
-            "bytes": self.bytes,
+            "bytes": self.total_bytes,
             "redundancy": self.params,
             "rules": self.rules,
         }
@@ -190,14 +192,32 @@ class EntryRecord:
     extents: tuple[tuple[bytes, int, int], ...] = ()
 
     def to_wire(self) -> list[Any]:
-        return [self.path, self.kind, self.mode, self.mtime_ns, self.size, self.inode,
-                self.device, self.link_target, [list(e) for e in self.extents]]
+        return [
+            self.path,
+            self.kind,
+            self.mode,
+            self.mtime_ns,
+            self.size,
+            self.inode,
+            self.device,
+            self.link_target,
+            [list(e) for e in self.extents],
+        ]
 
     @classmethod
     def from_wire(cls, raw: Sequence[Any]) -> EntryRecord:
         path, kind, mode, mtime_ns, size, inode, device, link_target, extents = raw
-        return cls(path, kind, mode, mtime_ns, size, inode, device, link_target,
-                   tuple((bytes(c), int(o), int(n)) for c, o, n in extents))
+        return cls(
+            path,
+            kind,
+            mode,
+            mtime_ns,
+            size,
+            inode,
+            device,
+            link_target,
+            tuple((bytes(c), int(o), int(n)) for c, o, n in extents),
+        )
 
 
 @attrs.frozen
@@ -223,9 +243,17 @@ class ChunkRecord:
     domain: str = "data"
 
     def to_wire(self) -> list[Any]:
-        return [self.chunk_id, self.plain_size, self.cipher_size, self.compressed, self.k,
-                self.n, [[p.share, p.packet_id, p.target, p.receipt] for p in self.packets],
-                json.dumps(self.rules, sort_keys=True), self.domain]
+        return [
+            self.chunk_id,
+            self.plain_size,
+            self.cipher_size,
+            self.compressed,
+            self.k,
+            self.n,
+            [[p.share, p.packet_id, p.target, p.receipt] for p in self.packets],
+            json.dumps(self.rules, sort_keys=True),
+            self.domain,
+        ]
 
     @property
     def policy(self) -> str:
@@ -234,10 +262,17 @@ class ChunkRecord:
     @classmethod
     def from_wire(cls, raw: Sequence[Any]) -> ChunkRecord:
         chunk_id, plain, cipher, compressed, k, n, packets, rules, domain = raw
-        return cls(bytes(chunk_id), int(plain), int(cipher), bool(compressed), int(k), int(n),
-                   tuple(PacketRecord(int(s), bytes(p), bytes(t), bytes(r))
-                         for s, p, t, r in packets),
-                   json.loads(rules), str(domain))
+        return cls(
+            bytes(chunk_id),
+            int(plain),
+            int(cipher),
+            bool(compressed),
+            int(k),
+            int(n),
+            tuple(PacketRecord(int(s), bytes(p), bytes(t), bytes(r)) for s, p, t, r in packets),
+            json.loads(rules),
+            str(domain),
+        )
 
 
 @attrs.frozen
@@ -252,13 +287,19 @@ class LogEntry:
     signature: bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "at": self.at, "event": self.event,
-                "snapshot_id": self.snapshot_id, "detail": self.detail,
-                "hash": self.hash.hex()}
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "event": self.event,
+            "snapshot_id": self.snapshot_id,
+            "detail": self.detail,
+            "hash": self.hash.hex(),
+        }
 
 
-def _log_hash(prev: bytes, seq: int, at: float, event: str, snapshot_id: str | None,
-              detail: str) -> bytes:
+def _log_hash(
+    prev: bytes, seq: int, at: float, event: str, snapshot_id: str | None, detail: str
+) -> bytes:
     body = msgpack.packb([seq, at, event, snapshot_id, detail], use_bin_type=True)
     return blake3.blake3(_LOG_CONTEXT + prev + body).digest()
 
@@ -320,8 +361,10 @@ class Catalog:
         with db:
             db.execute("BEGIN IMMEDIATE")
             for key, value in values.items():
-                db.execute("INSERT OR REPLACE INTO profile(key, value) VALUES (?, ?)",
-                           (key, json.dumps(value)))
+                db.execute(
+                    "INSERT OR REPLACE INTO profile(key, value) VALUES (?, ?)",
+                    (key, json.dumps(value)),
+                )
 
     def profile(self) -> dict[str, Any]:
         rows = self._db().execute("SELECT key, value FROM profile").fetchall()
@@ -329,16 +372,29 @@ class Catalog:
 
     # --- snapshots ---------------------------------------------------------------------------
 
-    def begin_snapshot(self, snapshot_id: str, *, roots: Sequence[str], parent: str | None,
-                       params: str, rules: dict[str, Any]) -> None:
+    def begin_snapshot(
+        self,
+        snapshot_id: str,
+        *,
+        roots: Sequence[str],
+        parent: str | None,
+        params: str,
+        rules: dict[str, Any],
+    ) -> None:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
                 "INSERT INTO snapshots(snapshot_id, created, state, parent, roots, params, rules)"
                 " VALUES (?, ?, 'running', ?, ?, ?, ?)",
-                (snapshot_id, time.time(), parent, json.dumps(list(roots)), params,
-                 json.dumps(rules)),
+                (
+                    snapshot_id,
+                    time.time(),
+                    parent,
+                    json.dumps(list(roots)),
+                    params,
+                    json.dumps(rules),
+                ),
             )
 
     def mark_interrupted(self) -> list[str]:
@@ -346,13 +402,19 @@ class Catalog:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            ids = [r[0] for r in db.execute(
-                "SELECT snapshot_id FROM snapshots WHERE state = 'running'").fetchall()]
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT snapshot_id FROM snapshots WHERE state = 'running'"
+                ).fetchall()
+            ]
             for sid in ids:
                 db.execute("DELETE FROM entries WHERE snapshot_id = ?", (sid,))
                 db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (sid,))
-            db.execute("UPDATE snapshots SET state = 'interrupted', finished = ?"
-                       " WHERE state = 'running'", (time.time(),))
+            db.execute(
+                "UPDATE snapshots SET state = 'interrupted', finished = ? WHERE state = 'running'",
+                (time.time(),),
+            )
         return ids
 
     def fail_snapshot(self, snapshot_id: str) -> None:
@@ -363,11 +425,18 @@ class Catalog:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
             db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
-            db.execute("DELETE FROM snapshots WHERE snapshot_id = ? AND state = 'running'",
-                       (snapshot_id,))
+            db.execute(
+                "DELETE FROM snapshots WHERE snapshot_id = ? AND state = 'running'", (snapshot_id,)
+            )
 
-    def add_entries(self, snapshot_id: str, entries: Iterable[EntryRecord],
-                    chunk_ids: Iterable[bytes] = (), *, policy: str = "") -> None:
+    def add_entries(
+        self,
+        snapshot_id: str,
+        entries: Iterable[EntryRecord],
+        chunk_ids: Iterable[bytes] = (),
+        *,
+        policy: str = "",
+    ) -> None:
         """Record part of a running snapshot's tree; written in batches so memory stays flat.
 
         Rows of a snapshot that never completes are deleted when it is failed or found
@@ -379,27 +448,42 @@ class Catalog:
             self._insert_entries(db, snapshot_id, entries, chunk_ids, policy)
 
     @staticmethod
-    def _insert_entries(db: sqlite3.Connection, snapshot_id: str, entries: Iterable[EntryRecord],
-                        chunk_ids: Iterable[bytes], policy: str) -> None:
+    def _insert_entries(
+        db: sqlite3.Connection,
+        snapshot_id: str,
+        entries: Iterable[EntryRecord],
+        chunk_ids: Iterable[bytes],
+        policy: str,
+    ) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO entries(snapshot_id, path, kind, mode, mtime_ns, size,"
             " inode, device, link_target, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (snapshot_id, e.path, e.kind, e.mode, e.mtime_ns, e.size, e.inode, e.device,
-                 e.link_target,
-                 msgpack.packb([list(x) for x in e.extents], use_bin_type=True)
-                 if e.kind == "file" else None)
+                (
+                    snapshot_id,
+                    e.path,
+                    e.kind,
+                    e.mode,
+                    e.mtime_ns,
+                    e.size,
+                    e.inode,
+                    e.device,
+                    e.link_target,
+                    msgpack.packb([list(x) for x in e.extents], use_bin_type=True)
+                    if e.kind == "file"
+                    else None,
+                )
                 for e in entries
             ),
         )
         db.executemany(
-            "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id, policy)"
-            " VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id, policy) VALUES (?, ?, ?)",
             ((snapshot_id, c, policy) for c in chunk_ids),
         )
 
-    def complete_snapshot(self, snapshot_id: str, *, files: int, size_bytes: int,
-                          record: bytes | None) -> None:
+    def complete_snapshot(
+        self, snapshot_id: str, *, files: int, size_bytes: int, record: bytes | None
+    ) -> None:
         """One transaction flips the snapshot to complete: before it, restore ignores it."""
         db = self._db()
         with db:
@@ -412,8 +496,12 @@ class Catalog:
             if cur.rowcount != 1:
                 raise RuntimeError(f"snapshot {snapshot_id} is not running; cannot complete it")
 
-    def import_snapshot(self, snapshot: SnapshotRecord, entries: Sequence[EntryRecord],
-                        chunks: Sequence[ChunkRecord]) -> None:
+    def import_snapshot(
+        self,
+        snapshot: SnapshotRecord,
+        entries: Sequence[EntryRecord],
+        chunks: Sequence[ChunkRecord],
+    ) -> None:
         """Recovery: a snapshot read back from its sealed record on the grid, in one go.
 
         ``chunks`` are its data chunks and the pieces of its record; all are referenced
@@ -425,35 +513,64 @@ class Catalog:
                 "INSERT INTO snapshots(snapshot_id, created, finished, state, parent, roots,"
                 " files, bytes, params, rules, record) VALUES (?, ?, ?, 'complete', ?, ?, ?, ?,"
                 " ?, ?, ?)",
-                (snapshot.snapshot_id, snapshot.created, snapshot.finished, snapshot.parent,
-                 json.dumps(list(snapshot.roots)), snapshot.files, snapshot.bytes,
-                 snapshot.params, json.dumps(snapshot.rules), snapshot.record),
+                (
+                    snapshot.snapshot_id,
+                    snapshot.created,
+                    snapshot.finished,
+                    snapshot.parent,
+                    json.dumps(list(snapshot.roots)),
+                    snapshot.files,
+                    snapshot.total_bytes,
+                    snapshot.params,
+                    json.dumps(snapshot.rules),
+                    snapshot.record,
+                ),
             )
             self._insert_chunks(db, chunks, snapshot.snapshot_id)
             chunk_ids = sorted({c for e in entries for c, _, _ in e.extents})
             self._insert_entries(db, snapshot.snapshot_id, entries, chunk_ids, snapshot.policy)
 
     def set_snapshot_record(self, snapshot_id: str, record: bytes) -> None:
-        self._db().execute("UPDATE snapshots SET record = ? WHERE snapshot_id = ?",
-                           (record, snapshot_id))
+        self._db().execute(
+            "UPDATE snapshots SET record = ? WHERE snapshot_id = ?", (record, snapshot_id)
+        )
 
     def _snapshot_from_row(self, row: Sequence[Any]) -> SnapshotRecord:
         (sid, created, finished, state, parent, roots, files, size, params, rules, record) = row
-        return SnapshotRecord(sid, created, finished, state, parent, tuple(json.loads(roots)),
-                              files, size, params, json.loads(rules), record)
+        return SnapshotRecord(
+            sid,
+            created,
+            finished,
+            state,
+            parent,
+            tuple(json.loads(roots)),
+            files,
+            size,
+            params,
+            json.loads(rules),
+            record,
+        )
 
-    _SNAP_COLS: Final = ("snapshot_id, created, finished, state, parent, roots, files, bytes,"
-                         " params, rules, record")
+    _SNAP_COLS: Final = (
+        "snapshot_id, created, finished, state, parent, roots, files, bytes, params, rules, record"
+    )
 
     def snapshots(self) -> list[SnapshotRecord]:
-        rows = self._db().execute(
-            f"SELECT {self._SNAP_COLS} FROM snapshots ORDER BY created").fetchall()
+        rows = (
+            self._db()
+            .execute(f"SELECT {self._SNAP_COLS} FROM snapshots ORDER BY created")
+            .fetchall()
+        )
         return [self._snapshot_from_row(r) for r in rows]
 
     def snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
-        row = self._db().execute(
-            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id = ?",
-            (snapshot_id,)).fetchone()
+        row = (
+            self._db()
+            .execute(
+                f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id = ?", (snapshot_id,)
+            )
+            .fetchone()
+        )
         return self._snapshot_from_row(row) if row else None
 
     def resolve_snapshot(self, prefix: str) -> SnapshotRecord:
@@ -463,9 +580,14 @@ class Catalog:
             if not done:
                 raise LookupError("there is no complete snapshot yet")
             return done[-1]
-        rows = self._db().execute(
-            f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id LIKE ? || '%'",
-            (prefix,)).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id LIKE ? || '%'",
+                (prefix,),
+            )
+            .fetchall()
+        )
         if not rows:
             raise LookupError(f"no snapshot {prefix!r}")
         if len(rows) > 1:
@@ -483,10 +605,11 @@ class Catalog:
     def entries(self, snapshot_id: str) -> Iterator[EntryRecord]:
         cur = self._db().execute(
             "SELECT path, kind, mode, mtime_ns, size, inode, device, link_target, extents"
-            " FROM entries WHERE snapshot_id = ? ORDER BY path", (snapshot_id,))
+            " FROM entries WHERE snapshot_id = ? ORDER BY path",
+            (snapshot_id,),
+        )
         for path, kind, mode, mtime_ns, size, inode, device, link_target, extents in cur:
-            ext = tuple((bytes(c), o, n) for c, o, n in msgpack.unpackb(extents)) \
-                if extents else ()
+            ext = tuple((bytes(c), o, n) for c, o, n in msgpack.unpackb(extents)) if extents else ()
             yield EntryRecord(path, kind, mode, mtime_ns, size, inode, device, link_target, ext)
 
     def forget_snapshot(self, snapshot_id: str) -> list[tuple[bytes, str]]:
@@ -494,11 +617,16 @@ class Catalog:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            orphans = [(bytes(r[0]), str(r[1])) for r in db.execute(
-                "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc WHERE sc.snapshot_id = ?"
-                " AND NOT EXISTS (SELECT 1 FROM snapshot_chunks o WHERE o.chunk_id = sc.chunk_id"
-                " AND o.policy = sc.policy AND o.snapshot_id != ?)",
-                (snapshot_id, snapshot_id)).fetchall()]
+            orphans = [
+                (bytes(r[0]), str(r[1]))
+                for r in db.execute(
+                    "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc WHERE sc.snapshot_id = ?"
+                    " AND NOT EXISTS (SELECT 1 FROM snapshot_chunks o"
+                    " WHERE o.chunk_id = sc.chunk_id"
+                    " AND o.policy = sc.policy AND o.snapshot_id != ?)",
+                    (snapshot_id, snapshot_id),
+                ).fetchall()
+            ]
             db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
             db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
             db.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (snapshot_id,))
@@ -507,8 +635,12 @@ class Catalog:
     # --- chunks and packets ----------------------------------------------------------------------
 
     def has_chunk(self, chunk_id: bytes, policy: str) -> bool:
-        return self._db().execute("SELECT 1 FROM chunks WHERE chunk_id = ? AND policy = ?",
-                                  (chunk_id, policy)).fetchone() is not None
+        return (
+            self._db()
+            .execute("SELECT 1 FROM chunks WHERE chunk_id = ? AND policy = ?", (chunk_id, policy))
+            .fetchone()
+            is not None
+        )
 
     def add_chunks(self, chunks: Iterable[ChunkRecord], *, snapshot_id: str | None = None) -> None:
         """Record stored chunks (all n packets acknowledged) in one transaction."""
@@ -518,8 +650,9 @@ class Catalog:
             self._insert_chunks(db, chunks, snapshot_id)
 
     @staticmethod
-    def _insert_chunks(db: sqlite3.Connection, chunks: Iterable[ChunkRecord],
-                       snapshot_id: str | None) -> None:
+    def _insert_chunks(
+        db: sqlite3.Connection, chunks: Iterable[ChunkRecord], snapshot_id: str | None
+    ) -> None:
         now = time.time()
         for c in chunks:
             policy = c.policy
@@ -527,41 +660,77 @@ class Catalog:
                 "INSERT OR REPLACE INTO chunks(chunk_id, policy, plain_size, cipher_size,"
                 " compressed, k, n, stored_at, rules, domain)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (c.chunk_id, policy, c.plain_size, c.cipher_size, int(c.compressed), c.k,
-                 c.n, now, json.dumps(c.rules, sort_keys=True), c.domain),
+                (
+                    c.chunk_id,
+                    policy,
+                    c.plain_size,
+                    c.cipher_size,
+                    int(c.compressed),
+                    c.k,
+                    c.n,
+                    now,
+                    json.dumps(c.rules, sort_keys=True),
+                    c.domain,
+                ),
             )
-            db.execute("DELETE FROM packets WHERE chunk_id = ? AND policy = ?",
-                       (c.chunk_id, policy))
+            db.execute(
+                "DELETE FROM packets WHERE chunk_id = ? AND policy = ?", (c.chunk_id, policy)
+            )
             db.executemany(
                 "INSERT INTO packets(chunk_id, policy, share, packet_id, target, receipt)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                ((c.chunk_id, policy, p.share, p.packet_id, p.target, p.receipt)
-                 for p in c.packets),
+                (
+                    (c.chunk_id, policy, p.share, p.packet_id, p.target, p.receipt)
+                    for p in c.packets
+                ),
             )
             if snapshot_id is not None:
-                db.execute("INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id,"
-                           " policy) VALUES (?, ?, ?)", (snapshot_id, c.chunk_id, policy))
+                db.execute(
+                    "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id,"
+                    " policy) VALUES (?, ?, ?)",
+                    (snapshot_id, c.chunk_id, policy),
+                )
 
     def chunk(self, chunk_id: bytes, policy: str) -> ChunkRecord | None:
         db = self._db()
-        row = db.execute("SELECT chunk_id, plain_size, cipher_size, compressed, k, n, rules,"
-                         " domain FROM chunks WHERE chunk_id = ? AND policy = ?",
-                         (chunk_id, policy)).fetchone()
+        row = db.execute(
+            "SELECT chunk_id, plain_size, cipher_size, compressed, k, n, rules,"
+            " domain FROM chunks WHERE chunk_id = ? AND policy = ?",
+            (chunk_id, policy),
+        ).fetchone()
         if row is None:
             return None
-        packets = tuple(PacketRecord(s, bytes(p), bytes(t), bytes(r)) for s, p, t, r in db.execute(
-            "SELECT share, packet_id, target, receipt FROM packets WHERE chunk_id = ?"
-            " AND policy = ? ORDER BY share", (chunk_id, policy)))
-        return ChunkRecord(bytes(row[0]), row[1], row[2], bool(row[3]), row[4], row[5], packets,
-                           json.loads(row[6]), row[7])
+        packets = tuple(
+            PacketRecord(s, bytes(p), bytes(t), bytes(r))
+            for s, p, t, r in db.execute(
+                "SELECT share, packet_id, target, receipt FROM packets WHERE chunk_id = ?"
+                " AND policy = ? ORDER BY share",
+                (chunk_id, policy),
+            )
+        )
+        return ChunkRecord(
+            bytes(row[0]),
+            row[1],
+            row[2],
+            bool(row[3]),
+            row[4],
+            row[5],
+            packets,
+            json.loads(row[6]),
+            row[7],
+        )
 
     def chunks_of(self, snapshot_id: str) -> list[ChunkRecord]:
         """The data chunks of a snapshot (not its record), in chunk id order."""
-        ids = [(bytes(r[0]), str(r[1])) for r in self._db().execute(
-            "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc JOIN chunks c"
-            " ON c.chunk_id = sc.chunk_id AND c.policy = sc.policy"
-            " WHERE sc.snapshot_id = ? AND c.domain = 'data' ORDER BY sc.chunk_id",
-            (snapshot_id,))]
+        ids = [
+            (bytes(r[0]), str(r[1]))
+            for r in self._db().execute(
+                "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc JOIN chunks c"
+                " ON c.chunk_id = sc.chunk_id AND c.policy = sc.policy"
+                " WHERE sc.snapshot_id = ? AND c.domain = 'data' ORDER BY sc.chunk_id",
+                (snapshot_id,),
+            )
+        ]
         out = [self.chunk(c, p) for c, p in ids]
         return [c for c in out if c is not None]
 
@@ -570,14 +739,19 @@ class Catalog:
         with db:
             db.execute("BEGIN IMMEDIATE")
             for chunk_id, policy in chunks:
-                db.execute("DELETE FROM packets WHERE chunk_id = ? AND policy = ?",
-                           (chunk_id, policy))
-                db.execute("DELETE FROM chunks WHERE chunk_id = ? AND policy = ?",
-                           (chunk_id, policy))
+                db.execute(
+                    "DELETE FROM packets WHERE chunk_id = ? AND policy = ?", (chunk_id, policy)
+                )
+                db.execute(
+                    "DELETE FROM chunks WHERE chunk_id = ? AND policy = ?", (chunk_id, policy)
+                )
 
     def packets_on(self, target: bytes) -> int:
-        return int(self._db().execute("SELECT COUNT(*) FROM packets WHERE target = ?",
-                                      (target,)).fetchone()[0])
+        return int(
+            self._db()
+            .execute("SELECT COUNT(*) FROM packets WHERE target = ?", (target,))
+            .fetchone()[0]
+        )
 
     # --- the global backup log -------------------------------------------------------------------
 
@@ -587,29 +761,46 @@ class Catalog:
         db = self._db()
         with self._log_lock, db:
             db.execute("BEGIN IMMEDIATE")
-            last = db.execute("SELECT seq, hash FROM backup_log ORDER BY seq DESC LIMIT 1"
-                              ).fetchone()
+            last = db.execute(
+                "SELECT seq, hash FROM backup_log ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
             seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, _GENESIS)
             at = time.time()
             digest = _log_hash(prev, seq, at, event, snapshot_id, text)
             signature = sign(self._signing_key, digest)
-            db.execute("INSERT INTO backup_log(seq, at, event, snapshot_id, detail, prev_hash,"
-                       " hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (seq, at, event, snapshot_id, text, prev, digest, signature))
+            db.execute(
+                "INSERT INTO backup_log(seq, at, event, snapshot_id, detail, prev_hash,"
+                " hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, at, event, snapshot_id, text, prev, digest, signature),
+            )
         return LogEntry(seq, at, event, snapshot_id, detail, prev, digest, signature)
 
     def log_entries(self) -> list[LogEntry]:
-        rows = self._db().execute("SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                                  " signature FROM backup_log ORDER BY seq").fetchall()
-        return [LogEntry(s, a, e, sid, json.loads(d), bytes(p), bytes(h), bytes(sig))
-                for s, a, e, sid, d, p, h, sig in rows]
+        rows = (
+            self._db()
+            .execute(
+                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
+                " signature FROM backup_log ORDER BY seq"
+            )
+            .fetchall()
+        )
+        return [
+            LogEntry(s, a, e, sid, json.loads(d), bytes(p), bytes(h), bytes(sig))
+            for s, a, e, sid, d, p, h, sig in rows
+        ]
 
     def verify_log(self) -> tuple[bool, str]:
         """Walk the chain; returns (ok, what is wrong or how many entries verified)."""
         prev = _GENESIS
         expected_seq = 1
-        rows = self._db().execute("SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                                  " signature FROM backup_log ORDER BY seq").fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
+                " signature FROM backup_log ORDER BY seq"
+            )
+            .fetchall()
+        )
         for seq, at, event, sid, detail, prev_hash, digest, signature in rows:
             if seq != expected_seq:
                 return False, f"entry {expected_seq} is missing (next is {seq})"
@@ -631,10 +822,14 @@ class Catalog:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT version FROM recovery_root WHERE id = 1").fetchone()
             version = (row[0] + 1) if row else 1
-            db.execute("INSERT OR REPLACE INTO recovery_root(id, version, published)"
-                       " VALUES (1, ?, NULL)", (version,))
+            db.execute(
+                "INSERT OR REPLACE INTO recovery_root(id, version, published) VALUES (1, ?, NULL)",
+                (version,),
+            )
         return int(version)
 
     def set_root_version(self, version: int) -> None:
-        self._db().execute("INSERT OR REPLACE INTO recovery_root(id, version, published)"
-                           " VALUES (1, ?, ?)", (version, time.time()))
+        self._db().execute(
+            "INSERT OR REPLACE INTO recovery_root(id, version, published) VALUES (1, ?, ?)",
+            (version, time.time()),
+        )

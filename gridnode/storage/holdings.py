@@ -86,10 +86,15 @@ class Holdings:
         return cur.rowcount > 0, int(left)
 
     def get_root(self, locator: bytes) -> StoredRoot | None:
-        row = self._db().execute(
-            "SELECT locator, version, verify_key, signature, sealed FROM roots WHERE locator = ?",
-            (locator,),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT locator, version, verify_key, signature, sealed FROM roots"
+                " WHERE locator = ?",
+                (locator,),
+            )
+            .fetchone()
+        )
         return StoredRoot(*row) if row else None
 
     def put_root(self, root: StoredRoot) -> str | None:

@@ -17,6 +17,7 @@ dropped.  When the connection ends, every waiter fails at once with ``PeerGone``
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable
@@ -136,7 +137,8 @@ class PeerLink:
             if self.closed.is_set() or not self.session.is_ready:
                 raise PeerGone(
                     f"connection to {self.short_id} is closed: {self.close_reason or 'closing'}",
-                    peer=self.short_id)
+                    peer=self.short_id,
+                )
             frame = self.session.send(msg)
             try:
                 await self.ws.send_message(frame)
@@ -213,7 +215,8 @@ class PeerLink:
                 reason = exc.reason
                 self.close_reason = self.close_reason or (
                     f"connection closed ({reason.code} {reason.reason or reason.name})"
-                    if reason is not None else "connection closed"
+                    if reason is not None
+                    else "connection closed"
                 )
                 return
             if isinstance(frame, str):
@@ -242,10 +245,9 @@ class PeerLink:
         if msg.RESPONSE:
             waiter = self._pending.get(request_id)
             if waiter is not None:
-                try:
+                # The waiter may have timed out in the meantime: a late answer is dropped.
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                     waiter.send_nowait(msg)
-                except (trio.WouldBlock, trio.BrokenResourceError):
-                    pass  # the waiter timed out in the meantime: a late answer is dropped
             return
         if request_id is None:
             handler.handle_oneway(self, msg)
@@ -266,14 +268,18 @@ class PeerLink:
                 answer = Error(request_id=request_id, code=exc.code, message=exc.remote_message)
             except Exception as exc:  # a bug serving one request must not kill the link
                 self.log.error("request_handler_crashed", kind=msg.KIND, exc_info=exc)
-                answer = Error(request_id=request_id, code="internal_error",
-                               message=f"{type(exc).__name__} while serving {msg.KIND}")
+                answer = Error(
+                    request_id=request_id,
+                    code="internal_error",
+                    message=f"{type(exc).__name__} while serving {msg.KIND}",
+                )
             self._requests_served += 1
             try:
                 await self.send(answer)
             except LocalProtocolError as exc:  # e.g. an answer over the frame limit
-                await self.send(Error(request_id=request_id, code=exc.code,
-                                      message=exc.message[:500]))
+                await self.send(
+                    Error(request_id=request_id, code=exc.code, message=exc.message[:500])
+                )
         except PeerGone:
             pass  # the requester went away; nobody is left to answer
         finally:
@@ -294,10 +300,8 @@ class PeerLink:
             f"connection to {self.short_id} closed: {self.close_reason}", peer=self.short_id
         )
         for waiter in list(self._pending.values()):
-            try:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                 waiter.send_nowait(gone)
-            except (trio.WouldBlock, trio.BrokenResourceError):
-                pass
 
     async def aclose(self, code: str = "normal", reason: str = "") -> None:
         """Say goodbye (sealed) and close; idempotent."""
@@ -307,10 +311,10 @@ class PeerLink:
             async with self._send_lock:
                 frame = self.session.close(code, reason)
                 if frame is not None:
-                    try:
+                    with contextlib.suppress(
+                        ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError
+                    ):
                         await self.ws.send_message(frame)
-                    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
         self.close_reason = self.close_reason or f"closed by us: {code} {reason}".strip()
         with trio.CancelScope(shield=True):
             with trio.move_on_after(1):

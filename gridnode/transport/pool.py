@@ -173,10 +173,10 @@ class Transport:
                 for frame in session.data_to_send():
                     await ws.send_message(frame)
                 while not session.is_ready:
-                    frame = await ws.get_message()
-                    if isinstance(frame, str):
+                    received = await ws.get_message()
+                    if isinstance(received, str):
                         raise HandshakeFailed("text frame during handshake", peer=where)
-                    session.receive(frame)
+                    session.receive(received)
                     for out in session.data_to_send():
                         await ws.send_message(out)
         except ProtocolError as exc:
@@ -202,16 +202,17 @@ class Transport:
         if self._admit is not None:
             refusal = await self._admit(session.peer_id, where)
             if refusal:
-                frame = session.close("not_admitted", refusal)
+                goodbye = session.close("not_admitted", refusal)
                 with trio.move_on_after(1):
-                    if frame is not None:
-                        await ws.send_message(frame)
+                    if goodbye is not None:
+                        await ws.send_message(goodbye)
                     await ws.aclose(code=CLOSE_POLICY, reason=refusal[:120])
                 raise HandshakeFailed(refusal, peer=where, code="not_admitted")
         return session
 
-    def _make_link(self, ws: WebSocketConnection, session: Session, *, dialed: bool,
-                   address: str) -> PeerLink:
+    def _make_link(
+        self, ws: WebSocketConnection, session: Session, *, dialed: bool, address: str
+    ) -> PeerLink:
         return PeerLink(
             ws=ws,
             session=session,
@@ -234,8 +235,9 @@ class Transport:
         self._by_address[link.peer_address] = link.peer_id
         if self.link_added is not None:
             self.link_added(link)
-        self.log.info("peer_connected", peer=link.short_id, address=link.peer_address,
-                      dialed=link.dialed)
+        self.log.info(
+            "peer_connected", peer=link.short_id, address=link.peer_address, dialed=link.dialed
+        )
         return True
 
     def _nursery_spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -331,8 +333,9 @@ class Transport:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
             if isinstance(exc, OSError | HandshakeError | ConnectionClosed | trio.TooSlowError):
-                raise PeerGone(f"cannot connect to {address}: {exc!r}"[:200],
-                               peer=address) from None
+                raise PeerGone(
+                    f"cannot connect to {address}: {exc!r}"[:200], peer=address
+                ) from None
             raise
         try:
             session = await self._handshake(ws, Role.INITIATOR, address)
@@ -344,8 +347,7 @@ class Transport:
             with trio.move_on_after(1):
                 await ws.aclose(code=CLOSE_POLICY, reason="unexpected node id")
             raise PeerGone(
-                f"{address} is node {short_node_id(session.peer_id)}, "
-                f"not {short_node_id(expect)}",
+                f"{address} is node {short_node_id(session.peer_id)}, not {short_node_id(expect)}",
                 peer=address,
             )
         link = self._make_link(ws, session, dialed=True, address=address)

@@ -17,8 +17,20 @@ from gridnode.config import build_config
 from gridnode.identity import NodeIdentity
 from gridnode.node import Node
 
-CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Amsterdam", "Warsaw", "Prague",
-          "Lisbon", "Stockholm", "Dublin", "Athens"]
+CITIES = [
+    "Paris",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Vienna",
+    "Amsterdam",
+    "Warsaw",
+    "Prague",
+    "Lisbon",
+    "Stockholm",
+    "Dublin",
+    "Athens",
+]
 
 
 class Grid:
@@ -31,12 +43,14 @@ class Grid:
         async def emit(event: dict[str, Any]) -> None:
             events.append(event)
 
-        return await self.nodes[index]._control_job(method, params, emit)  # noqa: SLF001
+        return await self.nodes[index]._control_job(method, params, emit)
 
     async def wait_converged(self, timeout: float = 20) -> None:
         with trio.fail_after(timeout):
-            while any(len(n.gossiper.alive()) < len(self.nodes) - 1  # type: ignore[union-attr]
-                      for n in self.nodes):
+            while any(
+                len(n.gossiper.alive()) < len(self.nodes) - 1  # type: ignore[union-attr]
+                for n in self.nodes
+            ):
                 await trio.sleep(0.05)
 
 
@@ -58,11 +72,15 @@ async def open_grid(
         seeds: list[str] = []
         for i in range(count):
             values: dict[str, Any] = {
-                "grid_id": grid_id, "listen": "127.0.0.1:0", "seeds": seeds,
+                "grid_id": grid_id,
+                "listen": "127.0.0.1:0",
+                "seeds": seeds,
                 "location": (locations or CITIES)[i % len(locations or CITIES)],
                 "allocate": allocations[i] if allocations else "1GB",
-                "location_check": "off", "gossip_probe_interval_s": 0.5,
-                "gossip_sync_interval_s": 2, "grace_period_s": 0.5,
+                "location_check": "off",
+                "gossip_probe_interval_s": 0.5,
+                "gossip_sync_interval_s": 2,
+                "grace_period_s": 0.5,
                 **(settings or {}),
             }
             config = build_config(tmp_path / f"n{i}", values)

@@ -14,8 +14,16 @@ from gridnode.units import format_bytes, parse_size
 GRID = {"grid_id": "00" * 16}
 
 
-@pytest.mark.parametrize(("text", "value"), [("50GB", 50 * 10**9), ("1.5TiB", int(1.5 * 2**40)),
-                                             ("4096", 4096), ("10 MiB", 10 * 2**20), (7, 7)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("50GB", 50 * 10**9),
+        ("1.5TiB", int(1.5 * 2**40)),
+        ("4096", 4096),
+        ("10 MiB", 10 * 2**20),
+        (7, 7),
+    ],
+)
 def test_sizes(text: str | int, value: int) -> None:
     assert parse_size(text) == value
 
@@ -48,17 +56,25 @@ def test_format_bytes() -> None:
         ({"seeds": ["x"]}, "'seeds'"),
     ],
 )
-def test_invalid_values_name_their_key(tmp_path: Path, values: dict[str, object],
-                                       key: str) -> None:
+def test_invalid_values_name_their_key(tmp_path: Path, values: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_config(tmp_path, {**GRID, **values})
     assert key in str(info.value)
 
 
 def test_config_round_trips_through_toml(tmp_path: Path) -> None:
-    config = build_config(tmp_path, {**GRID, "listen": "127.0.0.1:9000", "location": "Zürich",
-                                     "allocate": "2GB", "seeds": ["127.0.0.1:9001"],
-                                     "labels": ["site=a"], "location_check": "warn"})
+    config = build_config(
+        tmp_path,
+        {
+            **GRID,
+            "listen": "127.0.0.1:9000",
+            "location": "Zürich",
+            "allocate": "2GB",
+            "seeds": ["127.0.0.1:9001"],
+            "labels": ["site=a"],
+            "location_check": "warn",
+        },
+    )
     assert config.city.startswith("Z") and 47 < (config.lat or 0) < 48
     config.save()
     again = load_config(tmp_path)
@@ -88,8 +104,17 @@ def test_key_file_is_private_and_recovers_every_secret(tmp_path: Path) -> None:
     again = load_identity(path)
     for attr in ("node_id", "dedup_secret", "sequence_key", "record_key", "root_locator"):
         assert getattr(again, attr) == getattr(identity, attr)
-    assert len({identity.dedup_secret, identity.sequence_key, identity.record_key,
-                identity.root_locator}) == 4
+    assert (
+        len(
+            {
+                identity.dedup_secret,
+                identity.sequence_key,
+                identity.record_key,
+                identity.root_locator,
+            }
+        )
+        == 4
+    )
     os.chmod(path, 0o644)
     with pytest.raises(KeyError_) as info:
         load_identity(path)

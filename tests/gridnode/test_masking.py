@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from hypothesis import given, settings
@@ -11,13 +12,17 @@ from gridnode.transport.masking import ORIGINAL_MASKER, FastXorMasker, install
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=4, max_size=4), st.binary(max_size=5000),
-       st.lists(st.integers(min_value=0, max_value=5000), max_size=6))
-def test_same_bytes_as_wsproto_across_partial_payloads(key: bytes, data: bytes,
-                                                       cuts: list[int]) -> None:
+@given(
+    st.binary(min_size=4, max_size=4),
+    st.binary(max_size=5000),
+    st.lists(st.integers(min_value=0, max_value=5000), max_size=6),
+)
+def test_same_bytes_as_wsproto_across_partial_payloads(
+    key: bytes, data: bytes, cuts: list[int]
+) -> None:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     ours, theirs = FastXorMasker(key), ORIGINAL_MASKER(key)
-    for start, stop in zip(points, points[1:], strict=False):
+    for start, stop in itertools.pairwise(points):
         piece = data[start:stop]
         assert ours.process(piece) == theirs.process(bytearray(piece))
 

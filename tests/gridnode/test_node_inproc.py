@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from gridnode.actors.base import call
 from gridnode.actors.packet_store import UploadChunk
@@ -33,8 +34,9 @@ async def test_backup_and_restore_in_process(tmp_path: Path) -> None:
     async with open_grid(tmp_path / "grid", 7) as grid:
         result = await grid.call(0, "backup", paths=[str(tree)])
         assert result["files"] == 2
-        restored = await grid.call(0, "restore", snapshot=result["snapshot_id"],
-                                   to=str(tmp_path / "out"))
+        restored = await grid.call(
+            0, "restore", snapshot=result["snapshot_id"], to=str(tmp_path / "out")
+        )
         assert restored["bytes"] == result["bytes"]
         for rel in ("sub/quarterly-report-zebra.txt", "random.bin"):
             assert (tmp_path / "out" / "tree" / rel).read_bytes() == (tree / rel).read_bytes()
@@ -45,14 +47,28 @@ async def test_full_target_refuses_and_its_packet_is_placed_elsewhere(tmp_path: 
     allocations[3] = "300kB"  # smaller than one packet of a 2 MiB chunk
     async with open_grid(tmp_path / "grid", 8, allocations=allocations) as grid:
         source, full = grid.nodes[0], grid.nodes[3]
-        encoded = encode_chunk(os.urandom(2 * 1024 * 1024), dedup_secret=source.identity.dedup_secret,
-                               params=ErasureParams(4, 6))
+        encoded = encode_chunk(
+            os.urandom(2 * 1024 * 1024),
+            dedup_secret=source.identity.dedup_secret,
+            params=ErasureParams(4, 6),
+        )
         assert encoded.packet_size > 300_000
-        targets = (full.identity.node_id,) + tuple(n.identity.node_id for n in grid.nodes[4:8]) + (
-            grid.nodes[1].identity.node_id,)
-        uploaded = await call(source._store_send, UploadChunk(  # noqa: SLF001
-            encoded.chunk_id, encoded.packets, encoded.packet_ids, targets, PlacementRules(),
-            encoded.packet_size))
+        targets = (
+            full.identity.node_id,
+            *tuple(n.identity.node_id for n in grid.nodes[4:8]),
+            grid.nodes[1].identity.node_id,
+        )
+        uploaded = await call(
+            source._store_send,
+            UploadChunk(
+                encoded.chunk_id,
+                encoded.packets,
+                encoded.packet_ids,
+                targets,
+                PlacementRules(),
+                encoded.packet_size,
+            ),
+        )
         assert uploaded.replaced == 1
         holders = {p.target for p in uploaded.placed}
         assert full.identity.node_id not in holders
@@ -126,17 +142,28 @@ async def test_targets_learn_nothing_about_the_source_or_the_data(tmp_path: Path
         result = await grid.call(0, "backup", paths=[str(tree)])
         placement = await grid.call(0, "placement", snapshot=result["snapshot_id"])
         source = grid.nodes[0]
-        secrets_ = [source.identity.node_id, source.identity.node_id.hex().encode(),
-                    format_node_id(source.identity.node_id).encode(), b"quarterly-report-zebra",
-                    b"confidential zebra", b"sub/", plaintext[1000:1064],
-                    plaintext[-64:]]
+        secrets_ = [
+            source.identity.node_id,
+            source.identity.node_id.hex().encode(),
+            format_node_id(source.identity.node_id).encode(),
+            b"quarterly-report-zebra",
+            b"confidential zebra",
+            b"sub/",
+            plaintext[1000:1064],
+            plaintext[-64:],
+        ]
         for node, recorder in recorders.items():
             data_msgs = [m for m in recorder.messages if not m.KIND.startswith("gossip_")]
             assert data_msgs, "every target received packets"
-            mine = {bytes.fromhex(p["packet_id"]) for c in placement["chunks"]
-                    for p in c["packets"] if p["target"] == format_node_id(node.identity.node_id)}
-            others = {bytes.fromhex(p["packet_id"]) for c in placement["chunks"]
-                      for p in c["packets"]} - mine
+            mine = {
+                bytes.fromhex(p["packet_id"])
+                for c in placement["chunks"]
+                for p in c["packets"]
+                if p["target"] == format_node_id(node.identity.node_id)
+            }
+            others = {
+                bytes.fromhex(p["packet_id"]) for c in placement["chunks"] for p in c["packets"]
+            } - mine
             other_targets = {n.identity.node_id for n in grid.nodes[1:]} - {node.identity.node_id}
             blob = b"".join(_flatten(m) for m in data_msgs)
             for secret in secrets_:
@@ -145,8 +172,9 @@ async def test_targets_learn_nothing_about_the_source_or_the_data(tmp_path: Path
                 assert packet_id not in blob
             for target in other_targets:
                 assert target not in blob
-            stored = b"".join(p.read_bytes() for p in (node.config.home / "storage").rglob("*")
-                              if p.is_file())
+            stored = b"".join(
+                p.read_bytes() for p in (node.config.home / "storage").rglob("*") if p.is_file()
+            )
             for secret in secrets_ + list(other_targets):
                 assert secret not in stored
             assert {m.packet_id for m in data_msgs if m.KIND == "store_packet"} <= mine  # type: ignore[attr-defined]
@@ -159,15 +187,14 @@ async def test_placement_error_names_the_rule(tmp_path: Path) -> None:
             await grid.call(0, "backup", paths=[str(tree)], backup_proximity="20000km:")
         assert "backup proximity" in str(info.value)
         assert await grid.call(0, "snapshots") == []
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
 
 
 def _held(grid: Any) -> int:
     return sum(n.packets.packet_count for n in grid.nodes[1:])
 
 
-async def test_dedup_is_per_policy_and_forget_frees_only_unshared_packets(
-        tmp_path: Path) -> None:
+async def test_dedup_is_per_policy_and_forget_frees_only_unshared_packets(tmp_path: Path) -> None:
     tree = write_tree(tmp_path)
     async with open_grid(tmp_path / "grid", 7) as grid:
         first = await grid.call(0, "backup", paths=[str(tree)])
@@ -183,8 +210,9 @@ async def test_dedup_is_per_policy_and_forget_frees_only_unshared_packets(
         # `first` and `same` share every data chunk: forgetting `first` frees none of them.
         result = await grid.call(0, "forget", snapshot=first["snapshot_id"])
         assert result["packets_unreachable"] == 0
-        restored = await grid.call(0, "restore", snapshot=same["snapshot_id"],
-                                   to=str(tmp_path / "o1"))
+        restored = await grid.call(
+            0, "restore", snapshot=same["snapshot_id"], to=str(tmp_path / "o1")
+        )
         assert restored["files"] == 2
         # Forgetting the 2/3 snapshot frees its packets on the targets.
         freed = await grid.call(0, "forget", snapshot=other_rules["snapshot_id"])

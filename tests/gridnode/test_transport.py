@@ -36,13 +36,15 @@ class Handler:
                 if msg.packet_id == b"s" * 32:
                     self.stalled += 1
                     await self.stall.wait()
-                    return PacketData(request_id=msg.request_id, packet_id=msg.packet_id,
-                                      data=b"late")
+                    return PacketData(
+                        request_id=msg.request_id, packet_id=msg.packet_id, data=b"late"
+                    )
                 if msg.packet_id == b"e" * 32:
                     raise RemoteError("not_found", "no such packet")
                 size = int.from_bytes(msg.packet_id[:4], "big")
-                return PacketData(request_id=msg.request_id, packet_id=msg.packet_id,
-                                  data=b"x" * size)
+                return PacketData(
+                    request_id=msg.request_id, packet_id=msg.packet_id, data=b"x" * size
+                )
             return Pong(request_id=getattr(msg, "request_id", 0))
         finally:
             self.current -= 1
@@ -52,20 +54,29 @@ class Handler:
 
 
 def settings(**kwargs: Any) -> TransportSettings:
-    values: dict[str, Any] = {"grid_id": GRID, "listen_host": "127.0.0.1", "listen_port": 0,
-                              "max_frame_bytes": 4 * 1024 * 1024, "seal_payloads": False,
-                              "request_timeout_s": 5.0}
+    values: dict[str, Any] = {
+        "grid_id": GRID,
+        "listen_host": "127.0.0.1",
+        "listen_port": 0,
+        "max_frame_bytes": 4 * 1024 * 1024,
+        "seal_payloads": False,
+        "request_timeout_s": 5.0,
+    }
     values.update(kwargs)
     return TransportSettings(**values)
 
 
 @asynccontextmanager
-async def pair(b_settings: dict[str, Any] | None = None,
-               **kwargs: Any) -> AsyncIterator[tuple[Transport, Transport, Handler, Handler]]:
+async def pair(
+    b_settings: dict[str, Any] | None = None, **kwargs: Any
+) -> AsyncIterator[tuple[Transport, Transport, Handler, Handler]]:
     ha, hb = Handler(), Handler()
     a = Transport(identity=NodeIdentity.generate(), settings=settings(**kwargs), handler=ha)
-    b = Transport(identity=NodeIdentity.generate(),
-                  settings=settings(**{**kwargs, **(b_settings or {})}), handler=hb)
+    b = Transport(
+        identity=NodeIdentity.generate(),
+        settings=settings(**{**kwargs, **(b_settings or {})}),
+        handler=hb,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(a.run)
         await nursery.start(b.run)
@@ -83,10 +94,12 @@ async def test_request_response_and_one_session_per_pair() -> None:
         assert link.peer_id == b.identity.node_id
         answers = []
         async with trio.open_nursery() as nursery:
+
             async def one(size: int) -> None:
                 answer = await link.request(fetch(size))
                 assert isinstance(answer, PacketData)
                 answers.append(len(answer.data))
+
             for size in (10, 2000, 300_000, 5):
                 nursery.start_soon(one, size)
         assert sorted(answers) == [5, 10, 2000, 300_000]
@@ -111,8 +124,9 @@ async def test_request_timeout_then_the_link_still_works() -> None:
     async with pair() as (a, b, _, hb):
         link = await a.connect(b.address)
         with pytest.raises(RequestTimeout):
-            await link.request(lambda rid: FetchPacket(request_id=rid, packet_id=b"s" * 32),
-                               timeout_s=0.3)
+            await link.request(
+                lambda rid: FetchPacket(request_id=rid, packet_id=b"s" * 32), timeout_s=0.3
+            )
         hb.stall.set()
         answer = await link.request(fetch(7))
         assert isinstance(answer, PacketData) and len(answer.data) == 7
@@ -127,15 +141,15 @@ async def test_peer_vanishing_mid_request_fails_it_promptly() -> None:
                 await trio.sleep(0.01)
             # b dies without a goodbye: its sockets close under the pending request.
             for other in b.links():
-                await trio.aclose_forcefully(other.ws._stream)  # noqa: SLF001
+                await trio.aclose_forcefully(other.ws._stream)
 
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(vanish)
                 with pytest.raises(PeerGone):
-                    await link.request(lambda rid: FetchPacket(request_id=rid,
-                                                               packet_id=b"s" * 32),
-                                       timeout_s=30)
+                    await link.request(
+                        lambda rid: FetchPacket(request_id=rid, packet_id=b"s" * 32), timeout_s=30
+                    )
         assert not link.is_open
 
 
@@ -144,8 +158,9 @@ async def test_in_flight_window_bounds_what_a_peer_is_asked() -> None:
         link = await a.connect(b.address)
         async with trio.open_nursery() as nursery:
             for _ in range(10):
-                nursery.start_soon(link.request, lambda rid: FetchPacket(
-                    request_id=rid, packet_id=b"s" * 32))
+                nursery.start_soon(
+                    link.request, lambda rid: FetchPacket(request_id=rid, packet_id=b"s" * 32)
+                )
             await trio.sleep(0.5)
             assert hb.stalled == 3  # the other 7 wait on our side, not in the peer's queue
             assert link.statistics().in_flight == 3
@@ -158,8 +173,9 @@ async def test_oversized_message_is_refused_before_it_is_buffered() -> None:
     # the message while it arrives (close code 1009) instead of buffering it.
     async with pair(b_settings={"max_frame_bytes": 1024 * 1024}) as (a, b, _, hb):
         link = await a.connect(b.address)
-        big = StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32,
-                          data=b"x" * (3 * 1024 * 1024))
+        big = StorePacket(
+            request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=b"x" * (3 * 1024 * 1024)
+        )
         with pytest.raises(PeerGone):
             await link.request(lambda rid: big, timeout_s=5)
         assert hb.current == 0 and not link.is_open
@@ -172,8 +188,11 @@ async def test_oversized_message_is_refused_before_it_is_buffered() -> None:
 
 async def test_wrong_grid_is_refused_at_the_handshake() -> None:
     async with pair() as (a, _, _, _):
-        other = Transport(identity=NodeIdentity.generate(),
-                          settings=settings(grid_id=os.urandom(16)), handler=Handler())
+        other = Transport(
+            identity=NodeIdentity.generate(),
+            settings=settings(grid_id=os.urandom(16)),
+            handler=Handler(),
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(other.run)
             with pytest.raises(HandshakeFailed) as info:

@@ -9,13 +9,27 @@ import pytest
 
 from simulations.harness import LocalGrid, NodeSpec
 
-CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Amsterdam", "Warsaw", "Prague",
-          "Lisbon", "Stockholm", "Dublin", "Athens"]
+CITIES = [
+    "Paris",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Vienna",
+    "Amsterdam",
+    "Warsaw",
+    "Prague",
+    "Lisbon",
+    "Stockholm",
+    "Dublin",
+    "Athens",
+]
 
 
 def specs(count: int, **kwargs: object) -> list[NodeSpec]:
-    return [NodeSpec(name=f"n{i}", location=CITIES[i % len(CITIES)], **kwargs)  # type: ignore[arg-type]
-            for i in range(count)]
+    return [
+        NodeSpec(name=f"n{i}", location=CITIES[i % len(CITIES)], **kwargs)  # type: ignore[arg-type]
+        for i in range(count)
+    ]
 
 
 @pytest.fixture

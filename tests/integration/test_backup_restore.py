@@ -15,15 +15,20 @@ from .trees import assert_same_tree, make_mixed_tree
 pytestmark = pytest.mark.slow
 
 
-def test_mixed_tree_round_trip_single_file_and_incremental(make_grid: Any,
-                                                            tmp_path: Path) -> None:
+def test_mixed_tree_round_trip_single_file_and_incremental(make_grid: Any, tmp_path: Path) -> None:
     grid: LocalGrid = make_grid(7)
     tree = make_mixed_tree(tmp_path / "src")
     events = grid.events("n0", "backup", str(tree))
     result = events[-1]
     assert result["event"] == "result"
-    for key in ("snapshot_id", "files", "bytes_read", "bytes_uploaded", "packets_uploaded",
-                "seconds"):
+    for key in (
+        "snapshot_id",
+        "files",
+        "bytes_read",
+        "bytes_uploaded",
+        "packets_uploaded",
+        "seconds",
+    ):
         assert key in result
     assert any(e["event"] == "progress" for e in events[:-1])
     assert result["files"] == 207
@@ -40,12 +45,20 @@ def test_mixed_tree_round_trip_single_file_and_incremental(make_grid: Any,
     assert restored["bytes"] == result["bytes"]
     assert_same_tree(tree, tmp_path / "out" / "tree")
 
-    one = grid.cli("n0", "restore", snapshot, "--to", str(tmp_path / "one"),
-                   "--path", "tree/nested/deeper/deepest/note.md")
+    one = grid.cli(
+        "n0",
+        "restore",
+        snapshot,
+        "--to",
+        str(tmp_path / "one"),
+        "--path",
+        "tree/nested/deeper/deepest/note.md",
+    )
     assert one["files"] == 1
     files = [p for p in (tmp_path / "one").rglob("*") if p.is_file()]
     assert [p.relative_to(tmp_path / "one").as_posix() for p in files] == [
-        "tree/nested/deeper/deepest/note.md"]
+        "tree/nested/deeper/deepest/note.md"
+    ]
     assert files[0].read_bytes() == (tree / "nested/deeper/deepest/note.md").read_bytes()
 
     # Unchanged tree: nothing read, nothing uploaded.
@@ -64,7 +77,7 @@ def test_mixed_tree_round_trip_single_file_and_incremental(make_grid: Any,
     assert first["bytes_uploaded"] > len(data) * 1.4  # n/k = 1.5x of incompressible data
     change = len(data) // 100
     start = len(data) // 3
-    data[start:start + change] = os.urandom(change)
+    data[start : start + change] = os.urandom(change)
     (large / "disk.img").write_bytes(bytes(data))
     changed = grid.cli("n0", "backup", str(large))
     assert changed["bytes_read"] == len(data)

@@ -31,7 +31,10 @@ def test_sigkill_mid_backup_leaves_a_consistent_catalog(make_grid: Any, tmp_path
         (big / f"part{i}.bin").write_bytes(os.urandom(16 * 1024 * 1024))
     backup = subprocess.Popen(
         grid.command("backup", str(big), "--home", str(grid.nodes["n0"].home), "--json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=grid.env)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=grid.env,
+    )
     assert backup.stdout is not None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -70,8 +73,15 @@ def test_sigkill_mid_backup_leaves_a_consistent_catalog(make_grid: Any, tmp_path
     grid.wait_converged(timeout=60)
     again = grid.cli("n0", "backup", str(big), timeout=600)
     assert again["files"] == 3
-    grid.cli("n0", "restore", again["snapshot_id"], "--to", str(tmp_path / "rb"),
-             "--path", "big/part2.bin")
+    grid.cli(
+        "n0",
+        "restore",
+        again["snapshot_id"],
+        "--to",
+        str(tmp_path / "rb"),
+        "--path",
+        "big/part2.bin",
+    )
     assert (tmp_path / "rb" / "big" / "part2.bin").read_bytes() == (big / "part2.bin").read_bytes()
     grid.cli("n0", "restore", first, "--to", str(tmp_path / "rs"))
     assert_same_tree(small, tmp_path / "rs" / "tree")
@@ -84,8 +94,9 @@ def test_recover_with_only_the_key_after_losing_the_home(make_grid: Any, tmp_pat
     grid: LocalGrid = make_grid(7)
     tree = make_mixed_tree(tmp_path / "src", big_bytes=3 * 1024 * 1024, small_files=40)
     snap = grid.cli("n0", "backup", str(tree))["snapshot_id"]
-    phrase = grid.gridnode("key", "phrase", "--home", str(grid.nodes["n0"].home),
-                           json_out=False).strip()
+    phrase = grid.gridnode(
+        "key", "phrase", "--home", str(grid.nodes["n0"].home), json_out=False
+    ).strip()
     seed = grid.nodes["n1"].address
 
     # The machine is lost: the node stops and its whole home is gone.
@@ -93,9 +104,20 @@ def test_recover_with_only_the_key_after_losing_the_home(make_grid: Any, tmp_pat
     shutil.rmtree(grid.nodes["n0"].home)
 
     new_home = tmp_path / "recovered"
-    result = grid.gridnode("recover", "--home", str(new_home), "--key", "-", "--grid",
-                           str(grid.grid_file), "--seed", seed, "--json", stdin=phrase + "\n",
-                           timeout=120)
+    result = grid.gridnode(
+        "recover",
+        "--home",
+        str(new_home),
+        "--key",
+        "-",
+        "--grid",
+        str(grid.grid_file),
+        "--seed",
+        seed,
+        "--json",
+        stdin=phrase + "\n",
+        timeout=120,
+    )
     assert result["snapshots"] == [snap]
     node = NodeProc(spec=NodeSpec(name="recovered"), home=new_home, port=0)
     grid.nodes["recovered"] = node

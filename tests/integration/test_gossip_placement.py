@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,8 +14,20 @@ from .trees import make_mixed_tree
 
 pytestmark = pytest.mark.slow
 
-CITIES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Amsterdam", "Warsaw", "Prague",
-          "Lisbon", "Stockholm", "Dublin", "Athens"]
+CITIES = [
+    "Paris",
+    "Berlin",
+    "Madrid",
+    "Rome",
+    "Vienna",
+    "Amsterdam",
+    "Warsaw",
+    "Prague",
+    "Lisbon",
+    "Stockholm",
+    "Dublin",
+    "Athens",
+]
 
 
 def views(grid: LocalGrid) -> dict[str, dict[str, str]]:
@@ -61,8 +72,15 @@ def test_twelve_nodes_converge_detect_a_death_and_rejoin(tmp_path: Path) -> None
 
         # Placement under a backup-proximity band, audited through `placement --json`.
         tree = make_mixed_tree(tmp_path / "src", big_bytes=2 * 1024 * 1024, small_files=10)
-        result = grid.cli("n0", "backup", str(tree), "--backup-proximity", "800km:1600km",
-                          "--packet-proximity", ":2500km")
+        result = grid.cli(
+            "n0",
+            "backup",
+            str(tree),
+            "--backup-proximity",
+            "800km:1600km",
+            "--packet-proximity",
+            ":2500km",
+        )
         placement = grid.cli("n0", "placement", result["snapshot_id"])
         assert placement["source"]["node_id"] == grid.status("n0")["node_id"]
         assert placement["chunks"]
@@ -87,8 +105,9 @@ def test_twelve_nodes_converge_detect_a_death_and_rejoin(tmp_path: Path) -> None
 
 def test_a_node_lying_about_its_location_is_not_trusted(tmp_path: Path) -> None:
     with LocalGrid(tmp_path / "g") as grid:
-        specs = [NodeSpec(name=f"f{i}", location="Frankfurt", location_check="enforce")
-                 for i in range(7)]
+        specs = [
+            NodeSpec(name=f"f{i}", location="Frankfurt", location_check="enforce") for i in range(7)
+        ]
         specs.append(NodeSpec(name="liar", location="Sydney", location_check="enforce"))
         grid.add_many(specs)
         grid.start_all(timeout=90)

@@ -38,8 +38,16 @@ def test_two_nodes_then_five_see_each_other(make_grid: Any) -> None:
         seen = {m["node_id"] for m in status["members"] if m["state"] == "alive"}
         assert seen == ids - {status["node_id"]}
         for member in status["members"]:
-            for key in ("node_id", "state", "lat", "lon", "distance_km", "free_bytes",
-                        "rtt_ms", "trusted"):
+            for key in (
+                "node_id",
+                "state",
+                "lat",
+                "lon",
+                "distance_km",
+                "free_bytes",
+                "rtt_ms",
+                "trusted",
+            ):
                 assert key in member
 
 
@@ -86,15 +94,42 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     assert info.value.stderr.strip().count("\n") == 0
     assert info.value.stderr.startswith("gridnode: error:")
     with pytest.raises(GridCommandError) as info:
-        grid.gridnode("init", "--home", str(tmp_path / "h"), "--grid", str(grid.grid_file),
-                      "--listen", "127.0.0.1:1", "--allocate", "5 parsecs", json_out=False)
+        grid.gridnode(
+            "init",
+            "--home",
+            str(tmp_path / "h"),
+            "--grid",
+            str(grid.grid_file),
+            "--listen",
+            "127.0.0.1:1",
+            "--allocate",
+            "5 parsecs",
+            json_out=False,
+        )
     assert "'allocate'" in info.value.stderr
     with pytest.raises(GridCommandError) as info:
-        grid.gridnode("init", "--home", str(tmp_path / "h"), "--grid", str(grid.grid_file),
-                      "--listen", "nowhere", json_out=False)
+        grid.gridnode(
+            "init",
+            "--home",
+            str(tmp_path / "h"),
+            "--grid",
+            str(grid.grid_file),
+            "--listen",
+            "nowhere",
+            json_out=False,
+        )
     assert "'listen'" in info.value.stderr
     with pytest.raises(GridCommandError) as info:
-        grid.gridnode("init", "--home", str(tmp_path / "h"), "--grid", str(grid.grid_file),
-                      "--listen", "127.0.0.1:1", "--location", "Atlantis Prime",
-                      json_out=False)
+        grid.gridnode(
+            "init",
+            "--home",
+            str(tmp_path / "h"),
+            "--grid",
+            str(grid.grid_file),
+            "--listen",
+            "127.0.0.1:1",
+            "--location",
+            "Atlantis Prime",
+            json_out=False,
+        )
     assert "'location'" in info.value.stderr

@@ -7,8 +7,9 @@ import random
 from pathlib import Path
 
 
-def make_mixed_tree(root: Path, *, big_bytes: int = 20 * 1024 * 1024, small_files: int = 200,
-                    seed: int = 1) -> Path:
+def make_mixed_tree(
+    root: Path, *, big_bytes: int = 20 * 1024 * 1024, small_files: int = 200, seed: int = 1
+) -> Path:
     rng = random.Random(seed)
     tree = root / "tree"
     (tree / "nested" / "deeper" / "deepest").mkdir(parents=True)

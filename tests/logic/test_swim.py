@@ -202,7 +202,7 @@ async def _wait_for(predicate: Callable[[], bool], *, poll_s: float = 0.05) -> f
     """Poll in simulated time; the caller bounds it with ``trio.fail_after``."""
     start = trio.current_time()
     # Polling is the point: the state lives in pure objects with no events to wait on.
-    while not predicate():  # noqa: ASYNC110
+    while not predicate():
         await trio.sleep(poll_s)
     return trio.current_time() - start
 

@@ -1,6 +1,6 @@
 """Regenerate tests/protocol/vectors/messages.json (only when a wire change is intended).
 
-    .venv/bin/python -m tests.protocol.make_vectors
+.venv/bin/python -m tests.protocol.make_vectors
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ import functools
 from typing import Any
 
 import attrs
-
 from hypothesis import strategies as st
 
 from protocol import MESSAGE_TYPES, Message
@@ -83,7 +82,8 @@ def record_strategy(cls: type) -> st.SearchStrategy[Any]:
         options = _choices(cls, f.name)
         fields[f.name] = st.sampled_from(options) if options else strategy_for(f.node, f)
     return st.builds(functools.partial(_build_or_none, cls), **fields).filter(
-        lambda v: v is not None)
+        lambda v: v is not None
+    )
 
 
 def message_strategy() -> st.SearchStrategy[Message]:

@@ -9,11 +9,16 @@ from protocol import Event, Role, Session
 GRID = b"test-grid-000001"
 
 
-def make(role: Role, *, grid: bytes = GRID, key: SigningKey | None = None,
-         seal_payloads: bool = False) -> Session:
-    return Session(role=role, grid_id=grid, signing_key=key or SigningKey.generate(),
-                   listen_address=f"127.0.0.1:{1 if role is Role.INITIATOR else 2}",
-                   seal_payloads=seal_payloads)
+def make(
+    role: Role, *, grid: bytes = GRID, key: SigningKey | None = None, seal_payloads: bool = False
+) -> Session:
+    return Session(
+        role=role,
+        grid_id=grid,
+        signing_key=key or SigningKey.generate(),
+        listen_address=f"127.0.0.1:{1 if role is Role.INITIATOR else 2}",
+        seal_payloads=seal_payloads,
+    )
 
 
 def pump(src: Session, dst: Session) -> list[Event]:

@@ -49,8 +49,15 @@ def _envelope(kind: str, body: object, version: int = PROTOCOL_VERSION) -> bytes
 
 
 def _hello_body() -> dict[str, object]:
-    return {"grid_id": b"g" * 16, "node_id": b"n" * 32, "version": 1, "nonce": b"x" * 32,
-            "kx_public": b"k" * 32, "listen_address": "127.0.0.1:1", "software": ""}
+    return {
+        "grid_id": b"g" * 16,
+        "node_id": b"n" * 32,
+        "version": 1,
+        "nonce": b"x" * 32,
+        "kx_public": b"k" * 32,
+        "listen_address": "127.0.0.1:1",
+        "software": "",
+    }
 
 
 @pytest.mark.parametrize(
@@ -60,8 +67,7 @@ def _hello_body() -> dict[str, object]:
         (_envelope("hello", _hello_body(), version=99), "unsupported_version"),
         (_envelope("hello", {**_hello_body(), "version": "1"}), "bad_field"),
         (_envelope("hello", {**_hello_body(), "version": True}), "bad_field"),
-        (_envelope("hello", {k: v for k, v in _hello_body().items() if k != "nonce"}),
-         "bad_field"),
+        (_envelope("hello", {k: v for k, v in _hello_body().items() if k != "nonce"}), "bad_field"),
         (_envelope("hello", {**_hello_body(), "extra": 1}), "bad_field"),
         (_envelope("hello", {**_hello_body(), "node_id": b"short"}), "bad_field"),
         (_envelope("hello", {**_hello_body(), "listen_address": "a" * 5000}), "bad_field"),
@@ -103,8 +109,16 @@ def test_our_own_bad_message_is_a_local_error() -> None:
     with pytest.raises(LocalProtocolError):
         encode(bad)
     with pytest.raises(LocalProtocolError):
-        encode(Hello(grid_id=b"g" * 16, node_id=b"short", version=1, nonce=b"x" * 32,
-                     kx_public=b"k" * 32, listen_address="a"))
+        encode(
+            Hello(
+                grid_id=b"g" * 16,
+                node_id=b"short",
+                version=1,
+                nonce=b"x" * 32,
+                kx_public=b"k" * 32,
+                listen_address="a",
+            )
+        )
 
 
 def test_unregistered_class_cannot_be_sent() -> None:

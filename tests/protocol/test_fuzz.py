@@ -81,12 +81,18 @@ def test_session_survives_garbage(data: bytes, when: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=0, max_value=10_000), st.integers(min_value=0, max_value=255),
-       st.booleans())
+@given(
+    st.integers(min_value=0, max_value=10_000),
+    st.integers(min_value=0, max_value=255),
+    st.booleans(),
+)
 def test_session_detects_any_single_byte_change(position: int, value: int, big: bool) -> None:
     a, b = pair()
-    msg: Message = (StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32,
-                                data=b"d" * 4000) if big else Ping(request_id=3))
+    msg: Message = (
+        StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=b"d" * 4000)
+        if big
+        else Ping(request_id=3)
+    )
     frame = bytearray(a.send(msg))
     position %= len(frame)
     if frame[position] == value:

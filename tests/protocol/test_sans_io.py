@@ -7,8 +7,22 @@ from pathlib import Path
 
 import protocol
 
-FORBIDDEN = {"trio", "trio_websocket", "socket", "asyncio", "time", "os", "pathlib", "io",
-             "shutil", "tempfile", "selectors", "datetime", "open", "subprocess"}
+FORBIDDEN = {
+    "trio",
+    "trio_websocket",
+    "socket",
+    "asyncio",
+    "time",
+    "os",
+    "pathlib",
+    "io",
+    "shutil",
+    "tempfile",
+    "selectors",
+    "datetime",
+    "open",
+    "subprocess",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -19,8 +33,11 @@ def _imports(path: Path) -> set[str]:
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (
-                node.func.id == "open"):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and (node.func.id == "open")
+        ):
             names.add("open")
     return names
 

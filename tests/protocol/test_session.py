@@ -54,7 +54,7 @@ def test_detached_payload_is_outside_the_cipher_but_bound_to_it() -> None:
 
 
 def test_sealed_mode_hides_the_payload() -> None:
-    a, b = pair(seal_payloads=True)
+    a, _b = pair(seal_payloads=True)
     data = b"secret-payload-" * 100
     frame = a.send(StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=data))
     assert b"secret-payload-" not in frame
@@ -96,8 +96,10 @@ def test_impostor_with_another_key_is_refused() -> None:
     transcript_signer = SigningKey.generate()
     auth = decode(frames[1][1:])
     assert isinstance(auth, Auth)
-    fake = Auth(answered_nonce=auth.answered_nonce,
-                signature=bytes(transcript_signer.sign(b"whatever").signature))
+    fake = Auth(
+        answered_nonce=auth.answered_nonce,
+        signature=bytes(transcript_signer.sign(b"whatever").signature),
+    )
     with pytest.raises(RemoteProtocolError) as info:
         a.receive(b"P" + encode(fake))
     assert info.value.code == "bad_signature"
@@ -151,7 +153,7 @@ def test_reordered_frame_is_refused() -> None:
 
 
 def test_frame_from_the_wrong_direction_is_refused() -> None:
-    a, b = pair()
+    a, _b = pair()
     own = a.send(Ping(request_id=1))
     with pytest.raises(RemoteProtocolError) as info:
         a.receive(own)  # our own frame reflected back at us
@@ -160,8 +162,9 @@ def test_frame_from_the_wrong_direction_is_refused() -> None:
 
 def test_truncated_frame_is_refused() -> None:
     a, b = pair()
-    frame = a.send(StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32,
-                               data=b"x" * 1000))
+    frame = a.send(
+        StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=b"x" * 1000)
+    )
     with pytest.raises(RemoteProtocolError) as info:
         b.receive(frame[:-10])
     assert info.value.code == "truncated"
@@ -172,7 +175,7 @@ def test_truncated_frame_is_refused() -> None:
 
 
 def test_clear_message_after_handshake_is_refused() -> None:
-    a, b = pair()
+    _a, b = pair()
     with pytest.raises(RemoteProtocolError) as info:
         b.receive(b"P" + encode(Ping(request_id=1)))
     assert info.value.code == "unexpected"
@@ -228,8 +231,9 @@ def test_message_received_carries_payload_digest() -> None:
 
     a, b = pair()
     data = b"z" * 777
-    (event,) = b.receive(a.send(StorePacket(request_id=1, packet_id=b"p" * 32,
-                                            owner_tag=b"o" * 32, data=data)))
+    (event,) = b.receive(
+        a.send(StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=data))
+    )
     assert isinstance(event, MessageReceived)
     assert event.payload_digest == blake3.blake3(data).digest()
     assert GRID

@@ -16,8 +16,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_quick_placement_writes_json_with_figures(tmp_path: Path) -> None:
@@ -37,8 +43,9 @@ def test_quick_placement_writes_json_with_figures(tmp_path: Path) -> None:
     assert len(figures) == 9
     for figure in figures:
         assert figure["value"] > 0 and figure["baseline_value"] > 0
-        assert math.isclose(figure["ratio"], figure["value"] / figure["baseline_value"],
-                            rel_tol=1e-6)
+        assert math.isclose(
+            figure["ratio"], figure["value"] / figure["baseline_value"], rel_tol=1e-6
+        )
     # The summary prints each figure beside its baseline.
     assert "plain hash selection" in proc.stdout
     assert str(out) in proc.stdout

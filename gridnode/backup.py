@@ -62,8 +62,11 @@ SMALL_FILE_BYTES: Final = 256 * 1024
 #: A pack is sealed into a chunk once it holds this much.
 PACK_TARGET_BYTES: Final = CHUNK_AVG
 ENTRY_BATCH: Final = 512
-CHUNK_RECORD_BATCH: Final = 16
-WORKERS: Final = 6
+#: Stored chunks are recorded in the catalog in batches (a crash loses at most one batch
+#: of records: those packets are orphans on their targets, never a wrong catalog).
+CHUNK_RECORD_BATCH: Final = 64
+CHUNK_RECORD_INTERVAL_S: Final = 2.0
+WORKERS: Final = 3
 PROGRESS_INTERVAL_S: Final = 0.5
 
 
@@ -118,6 +121,25 @@ def secret_for(services: Services, domain: str) -> bytes:
     return identity.record_key if domain == "record" else identity.dedup_secret
 
 
+async def encode_in_thread(
+    services: Services,
+    data: bytes,
+    *,
+    chunk_id: bytes | None,
+    params: ErasureParams,
+    domain: str = "data",
+) -> EncodedChunk:
+    """Hash, compress, encrypt and erasure-code one chunk in a worker thread."""
+    secret = secret_for(services, domain)
+    encoded: EncodedChunk = await trio.to_thread.run_sync(
+        functools.partial(encode_chunk, data, dedup_secret=secret, params=params),
+        limiter=services.cpu_limiter,
+    )
+    if chunk_id is not None and encoded.chunk_id != chunk_id:
+        raise BackupFailed("chunk id changed between reading and encoding (memory corruption?)")
+    return encoded
+
+
 async def store_chunk(
     services: Services,
     data: bytes,
@@ -128,13 +150,22 @@ async def store_chunk(
     domain: str = "data",
 ) -> tuple[ChunkRecord, ChunkUploaded]:
     """Encode, place and upload one chunk; returns its record (not yet in the catalog)."""
-    secret = secret_for(services, domain)
-    encoded: EncodedChunk = await trio.to_thread.run_sync(
-        lambda: encode_chunk(data, dedup_secret=secret, params=params),
-        limiter=services.cpu_limiter,
+    encoded = await encode_in_thread(
+        services, data, chunk_id=chunk_id, params=params, domain=domain
     )
-    if chunk_id is not None and encoded.chunk_id != chunk_id:
-        raise BackupFailed("chunk id changed between reading and encoding (memory corruption?)")
+    del data
+    return await upload_encoded(services, encoded, params=params, rules=rules, domain=domain)
+
+
+async def upload_encoded(
+    services: Services,
+    encoded: EncodedChunk,
+    *,
+    params: ErasureParams,
+    rules: PlacementRules,
+    domain: str = "data",
+) -> tuple[ChunkRecord, ChunkUploaded]:
+    """Place one encoded chunk by the sequence and upload its packets."""
     try:
         targets = await services.ask(
             services.sequencer,
@@ -262,6 +293,7 @@ class BackupJob:
         self.notes: list[str] = []
         self.started = time.monotonic()
         self._chunk_records: list[ChunkRecord] = []
+        self._last_flush = time.monotonic()
         self.log = _log.bind(node=services.identity.short_id, snapshot=self.snapshot_id)
         self.policy = policy_key(request.params.k, request.params.n, request.rules.to_wire())
 
@@ -374,7 +406,7 @@ class BackupJob:
                 "bytes_total": self.counters.bytes_total,
             }
         )
-        chunk_send, chunk_recv = trio.open_memory_channel[_Chunk](2)
+        chunk_send, chunk_recv = trio.open_memory_channel[_Chunk](0)
         entry_send, entry_recv = trio.open_memory_channel[_Entries](4)
         with collapse_groups():
             await self._run_stages(chunk_send, chunk_recv, entry_send, entry_recv, parent_index)
@@ -560,20 +592,26 @@ class BackupJob:
     async def _chunk_worker(self, inbound: trio.MemoryReceiveChannel[_Chunk]) -> None:
         async with inbound:
             async for item in inbound:
-                record, uploaded = await store_chunk(
-                    self.services,
-                    item.data,
-                    chunk_id=item.chunk_id,
-                    params=self.request.params,
-                    rules=self.request.rules,
+                encoded = await encode_in_thread(
+                    self.services, item.data, chunk_id=item.chunk_id, params=self.request.params
                 )
+                del item  # the plaintext is not needed while the packets travel
+                record, uploaded = await upload_encoded(
+                    self.services, encoded, params=self.request.params, rules=self.request.rules
+                )
+                del encoded
                 c = self.counters
                 c.chunks_stored += 1
                 c.bytes_uploaded += uploaded.bytes_sent
                 c.packets_uploaded += len(uploaded.placed)
                 c.packets_replaced += uploaded.replaced
                 self._chunk_records.append(record)
-                if len(self._chunk_records) >= CHUNK_RECORD_BATCH:
+                now = time.monotonic()
+                if (
+                    len(self._chunk_records) >= CHUNK_RECORD_BATCH
+                    or now - self._last_flush >= CHUNK_RECORD_INTERVAL_S
+                ):
+                    self._last_flush = now
                     await self.services.db(self._flush_records_blocking)
 
     def _flush_records_blocking(self) -> None:

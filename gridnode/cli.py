@@ -264,8 +264,10 @@ async def serve_until_signalled(node_run: Callable[..., Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from .memory import tune_allocator
     from .node import Node
 
+    tune_allocator()
     home = resolve_home(args)
     config = load_config(home, _run_overrides(args))
     configure_logging(config.log_level)

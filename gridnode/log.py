@@ -55,4 +55,7 @@ def configure_logging(
 
 
 def get_logger(**bindings: Any) -> Any:
-    return structlog.get_logger().bind(**bindings)
+    """A lazy logger: modules create theirs at import, before ``configure_logging`` runs,
+    so it must resolve the configuration on first use, not now (``bind()`` on structlog's
+    proxy would freeze the defaults: info level, console format)."""
+    return structlog.get_logger(**bindings)

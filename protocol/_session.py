@@ -176,13 +176,18 @@ class Session:
         out, self._outbox = self._outbox, []
         return out
 
-    def send(self, msg: Message) -> bytes:
-        """Seal ``msg`` into one frame (Rules 5 and 6)."""
+    def send(self, msg: Message, *, payload_digest: bytes | None = None) -> bytes:
+        """Seal ``msg`` into one frame (Rules 5 and 6).
+
+        ``payload_digest``: the BLAKE3 of the detached payload when the caller already has
+        it (a packet's id is exactly that), so the payload is not hashed a second time.
+        The caller vouches for it; the receiver checks it regardless.
+        """
         if self.state is not SessionState.READY:
             raise LocalProtocolError(
                 f"cannot send {msg.KIND} in state {self.state.value}", code="not_ready"
             )
-        return self._seal(msg)
+        return self._seal(msg, payload_digest)
 
     def close(self, code: str = "normal", reason: str = "") -> bytes | None:
         """Return a sealed Goodbye (Rule 7), or None when the session cannot send any more."""
@@ -196,7 +201,7 @@ class Session:
     def is_ready(self) -> bool:
         return self.state is SessionState.READY
 
-    def _seal(self, msg: Message) -> bytes:
+    def _seal(self, msg: Message, payload_digest: bytes | None = None) -> bytes:
         assert self._tx_key is not None
         counter = self._tx_counter
         self._tx_counter += 1
@@ -210,7 +215,8 @@ class Session:
             return prefix + sealed
         payload = getattr(msg, detached_name)
         header_msg = attrs.evolve(msg, **{detached_name: b""})  # type: ignore[misc]
-        meta = len(payload).to_bytes(8, "big") + blake3.blake3(payload).digest()
+        digest = payload_digest if payload_digest is not None else blake3.blake3(payload).digest()
+        meta = len(payload).to_bytes(8, "big") + digest
         body = meta + encode(header_msg, limits=self.limits)
         sealed_len = len(body) + _TAG_LEN
         prefix = bytes([_DETACHED, self._tx_dir]) + counter.to_bytes(8, "big")

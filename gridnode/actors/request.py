@@ -24,6 +24,7 @@ from trio_websocket import ConnectionClosed
 from ..control import ControlError, Emit
 from ..errors import GridError
 from ..log import get_logger
+from ..memory import release_free_memory
 from ..trioutil import leaves
 from .base import Call, serve_calls
 
@@ -111,5 +112,6 @@ class RequestActor:
             self.running -= 1
             if self.running == 0:
                 self._idle.set()
+                release_free_memory()  # a big job's high-water mark goes back to the system
             if client_gone:
                 _log.info("job_cancelled", method=job.method, reason="client went away")

@@ -259,11 +259,27 @@ def _aad(chunk_id: bytes, compressed: bool, plain_size: int) -> bytes:
     )
 
 
+#: Chunks above this size are first probed with a sample: compressing a whole chunk of
+#: incompressible data (media, archives, encrypted files: most of a typical backup by
+#: bytes) costs about as much CPU as encrypting it, for nothing.
+_SAMPLE_BYTES: Final = 64 * 1024
+_SAMPLE_MIN_SAVING: Final = 0.03
+
+
 def _compress(plaintext: Buffer, level: int) -> tuple[Buffer, bool]:
-    """zstd frame if it is strictly shorter, else the plaintext itself."""
+    """zstd frame if it is strictly shorter, else the plaintext itself.
+
+    Deterministic (the sample is the chunk's first bytes), so the same chunk always gets
+    the same packets: convergence within the dedup domain is kept.
+    """
     if len(plaintext) == 0:
         return plaintext, False
-    frame = _codecs.compressor(level).compress(plaintext)
+    compressor = _codecs.compressor(level)
+    if len(plaintext) > 4 * _SAMPLE_BYTES:
+        sample = memoryview(plaintext)[:_SAMPLE_BYTES]
+        if len(compressor.compress(sample)) > _SAMPLE_BYTES * (1 - _SAMPLE_MIN_SAVING):
+            return plaintext, False
+    frame = compressor.compress(plaintext)
     if len(frame) < len(plaintext):
         return frame, True
     return plaintext, False

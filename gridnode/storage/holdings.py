@@ -66,10 +66,15 @@ class Holdings:
         return db
 
     def add_tag(self, packet_id: bytes, owner_tag: bytes) -> None:
-        self._db().execute(
-            "INSERT OR IGNORE INTO owner_tags(packet_id, owner_tag) VALUES (?, ?)",
-            (packet_id, owner_tag),
-        )
+        self.add_tags([(packet_id, owner_tag)])
+
+    def add_tags(self, tags: list[tuple[bytes, bytes]]) -> None:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR IGNORE INTO owner_tags(packet_id, owner_tag) VALUES (?, ?)", tags
+            )
 
     def remove_tag(self, packet_id: bytes, owner_tag: bytes) -> tuple[bool, int]:
         """Withdraw one tag; returns (was present, tags left)."""

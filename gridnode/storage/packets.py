@@ -300,6 +300,46 @@ class PacketDirectory:
             f"could not store {len(pending)} packet(s): concurrent writers kept failing"
         )
 
+    def put_each(
+        self, items: Sequence[tuple[bytes, Buffer, bytes | None]]
+    ) -> list[bool | PacketStoreError]:
+        """Store independent packets together (group commit), each with its own outcome.
+
+        ``items`` are (packet id, bytes, verified digest or None).  A packet whose bytes do
+        not match its id fails alone; the others share one round of temp-file writes,
+        renames and directory fsyncs, which is what makes a busy target cheap: the
+        journal commit behind a directory fsync then covers every packet of the batch.
+        When the batch does not fit the allocation as a whole, each packet is tried on
+        its own so that those that fit are kept.
+        """
+        results: list[bool | PacketStoreError | None] = [None] * len(items)
+        good: list[int] = []
+        for position, (packet_id, data, digest) in enumerate(items):
+            if digest is None or digest != packet_id:
+                view = memoryview(data)
+                try:
+                    self._verify_id(packet_id, view if view.format == "B" else view.cast("B"))
+                except PacketIdMismatch as exc:
+                    results[position] = exc
+                    continue
+            good.append(position)
+        if good:
+            try:
+                stored = self.put_many([(items[i][0], items[i][1]) for i in good], verified=True)
+                for position, outcome in zip(good, stored, strict=True):
+                    results[position] = outcome
+            except AllocationFull:
+                for position in good:
+                    packet_id, data, _ = items[position]
+                    try:
+                        results[position] = self.put(packet_id, data, verified_digest=packet_id)
+                    except PacketStoreError as exc:
+                        results[position] = exc
+            except PacketStoreError as exc:
+                for position in good:
+                    results[position] = exc
+        return [r if r is not None else PacketStoreError("not stored") for r in results]
+
     def delete(self, packet_id: bytes) -> bool:
         """Drop a packet; True if I held it."""
         path = self.path_for(packet_id)

@@ -104,7 +104,7 @@ class PeerLink:
         self._window = trio.Semaphore(max_in_flight)
         self._serving = trio.Semaphore(max_serving)
         self._ids = itertools.count(1)
-        self._pending: dict[int, trio.MemorySendChannel[Message | BaseException]] = {}
+        self._pending: dict[int, trio.MemorySendChannel[MessageReceived | BaseException]] = {}
         self._requests_sent = 0
         self._requests_served = 0
         self._bytes_sent = 0
@@ -131,7 +131,7 @@ class PeerLink:
 
     # --- sending ----------------------------------------------------------------------------
 
-    async def send(self, msg: Message) -> None:
+    async def send(self, msg: Message, *, payload_digest: bytes | None = None) -> None:
         """Send one message; frames leave in the order their counters were assigned."""
         async with self._send_lock:
             if self.closed.is_set() or not self.session.is_ready:
@@ -139,7 +139,7 @@ class PeerLink:
                     f"connection to {self.short_id} is closed: {self.close_reason or 'closing'}",
                     peer=self.short_id,
                 )
-            frame = self.session.send(msg)
+            frame = self.session.send(msg, payload_digest=payload_digest)
             try:
                 await self.ws.send_message(frame)
             except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -150,7 +150,11 @@ class PeerLink:
             self._bytes_sent += len(frame)
 
     async def request(
-        self, build: Callable[[int], Message], *, timeout_s: float | None = None
+        self,
+        build: Callable[[int], Message],
+        *,
+        timeout_s: float | None = None,
+        payload_digest: bytes | None = None,
     ) -> Message:
         """Send ``build(request_id)`` and wait for its answer.
 
@@ -159,14 +163,29 @@ class PeerLink:
             RequestTimeout: no answer within ``timeout_s``.
             RemoteError: the peer answered with an ``Error``.
         """
+        answer, _ = await self.request_with_digest(
+            build, timeout_s=timeout_s, payload_digest=payload_digest
+        )
+        return answer
+
+    async def request_with_digest(
+        self,
+        build: Callable[[int], Message],
+        *,
+        timeout_s: float | None = None,
+        payload_digest: bytes | None = None,
+    ) -> tuple[Message, bytes | None]:
+        """Like ``request``, also returning the BLAKE3 of the answer's detached payload as
+        the session verified it (None when the answer had none), so the caller need not
+        hash the payload again."""
         timeout = self.default_timeout_s if timeout_s is None else timeout_s
         async with self._window:
             request_id = next(self._ids)
-            send_ch, recv_ch = trio.open_memory_channel[Message | BaseException](1)
+            send_ch, recv_ch = trio.open_memory_channel[MessageReceived | BaseException](1)
             self._pending[request_id] = send_ch
             try:
                 with trio.move_on_after(timeout) as scope:
-                    await self.send(build(request_id))
+                    await self.send(build(request_id), payload_digest=payload_digest)
                     self._requests_sent += 1
                     answer = await recv_ch.receive()
             finally:
@@ -177,9 +196,9 @@ class PeerLink:
                 )
         if isinstance(answer, BaseException):
             raise answer
-        if isinstance(answer, Error):
-            raise RemoteError(answer.code, answer.message, peer=self.short_id)
-        return answer
+        if isinstance(answer.message, Error):
+            raise RemoteError(answer.message.code, answer.message.message, peer=self.short_id)
+        return answer.message, answer.payload_digest
 
     async def ping(self, timeout_s: float = 5.0) -> float:
         """Round trip of a sealed ping through the whole stack, in ms; also kept as ``rtt_ms``."""
@@ -247,7 +266,7 @@ class PeerLink:
             if waiter is not None:
                 # The waiter may have timed out in the meantime: a late answer is dropped.
                 with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                    waiter.send_nowait(msg)
+                    waiter.send_nowait(event)
             return
         if request_id is None:
             handler.handle_oneway(self, msg)

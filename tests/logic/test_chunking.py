@@ -33,7 +33,7 @@ def _random_bytes(size: int, seed: int) -> bytes:
 def test_default_params_are_the_documented_bounds() -> None:
     params = ChunkingParams()
     assert (params.min_size, params.avg_size, params.max_size) == (CHUNK_MIN, CHUNK_AVG, CHUNK_MAX)
-    assert params == ChunkingParams(256 * KiB, 1 * MiB, 4 * MiB)
+    assert params == ChunkingParams(256 * KiB, 1 * MiB, 2 * MiB)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from ._identity import receipt_payload as receipt_payload
 from ._identity import short_node_id as short_node_id
 from ._identity import sign as sign
 from ._identity import verify as verify
+from ._messages import MAX_PACKETS_PER_BATCH as MAX_PACKETS_PER_BATCH
 from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._messages import Auth as Auth
@@ -36,13 +37,17 @@ from ._messages import Hello as Hello
 from ._messages import Message as Message
 from ._messages import PacketData as PacketData
 from ._messages import PacketDeleted as PacketDeleted
+from ._messages import PacketPart as PacketPart
+from ._messages import PacketsStored as PacketsStored
 from ._messages import PacketStored as PacketStored
+from ._messages import PartStored as PartStored
 from ._messages import Ping as Ping
 from ._messages import Pong as Pong
 from ._messages import PutRoot as PutRoot
 from ._messages import RootData as RootData
 from ._messages import RootStored as RootStored
 from ._messages import StorePacket as StorePacket
+from ._messages import StorePackets as StorePackets
 from ._messages import message as message
 from ._messages import record as record
 from ._session import Event as Event

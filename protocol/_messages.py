@@ -43,13 +43,17 @@ __all__ = [
     "Message",
     "PacketData",
     "PacketDeleted",
+    "PacketPart",
     "PacketStored",
+    "PacketsStored",
+    "PartStored",
     "Ping",
     "Pong",
     "PutRoot",
     "RootData",
     "RootStored",
     "StorePacket",
+    "StorePackets",
     "message",
     "record",
 ]
@@ -58,6 +62,8 @@ PROTOCOL_VERSION: Final = 1
 #: Upper bound of one packet's payload; chunks are at most 4 MiB before coding.
 MAX_PACKET_BYTES: Final = 8 * 1024 * 1024
 MAX_ROOT_BYTES: Final = 8 * 1024 * 1024
+#: A batch of packets must fit a frame with room for its header.
+MAX_BATCH_BYTES: Final = 15 * 1024 * 1024
 #: Local control calls carry JSON text; a snapshot listing can be long.
 MAX_CONTROL_TEXT: Final = 4 * 1024 * 1024
 
@@ -192,6 +198,57 @@ class PacketStored(Message):
     packet_id: bytes = _id32()
     size_bytes: int = attrs.field(metadata=bounded(min_value=0))
     receipt: bytes = attrs.field(metadata=bounded(exact_len=64))
+    free_bytes: int = attrs.field(metadata=bounded(min_value=0))
+
+
+#: Packets per StorePackets message: enough to amortise a frame, a task and a journal
+#: commit over a few packets, small enough that one slow batch does not hold many.
+MAX_PACKETS_PER_BATCH: Final = 16
+
+
+@record
+@attrs.frozen(kw_only=True)
+class PacketPart:
+    """One packet of a StorePackets batch; its bytes are ``size_bytes`` of the payload."""
+
+    packet_id: bytes = _id32()
+    owner_tag: bytes = _id32()
+    size_bytes: int = attrs.field(metadata=bounded(min_value=0, max_value=MAX_PACKET_BYTES))
+
+
+@record
+@attrs.frozen(kw_only=True)
+class PartStored:
+    """Per-packet outcome: an empty ``code`` and a receipt, or an error code and sentence."""
+
+    packet_id: bytes = _id32()
+    code: str = attrs.field(default="", metadata=bounded(max_len=64))
+    message: str = attrs.field(default="", metadata=bounded(max_len=500))
+    receipt: bytes = attrs.field(default=b"", metadata=bounded(max_len=64))
+
+
+@message("store_packets")
+@attrs.frozen(kw_only=True)
+class StorePackets(Message):
+    """Several packets for one target in one frame: the parts' bytes, concatenated in
+    order, are the detached payload.  Each packet is verified, stored and answered on
+    its own: one bad packet does not fail the others."""
+
+    DETACHED_FIELD: ClassVar[str | None] = "data"
+    request_id: int = _request_id()
+    parts: tuple[PacketPart, ...] = attrs.field(
+        metadata=bounded(min_len=1, max_len=MAX_PACKETS_PER_BATCH)
+    )
+    data: bytes = attrs.field(metadata=bounded(max_len=MAX_BATCH_BYTES))
+
+
+@message("packets_stored")
+@attrs.frozen(kw_only=True)
+class PacketsStored(Message):
+    RESPONSE: ClassVar[bool] = True
+
+    request_id: int = _request_id()
+    results: tuple[PartStored, ...] = attrs.field(metadata=bounded(max_len=MAX_PACKETS_PER_BATCH))
     free_bytes: int = attrs.field(metadata=bounded(min_value=0))
 
 

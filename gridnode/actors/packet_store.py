@@ -19,6 +19,7 @@ complete packets on targets (they write atomically); the caller records nothing.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ import attrs
 import trio
 
 from protocol import (
+    MAX_PACKETS_PER_BATCH,
     DeletePacket,
     Error,
     FetchPacket,
@@ -34,11 +36,15 @@ from protocol import (
     Message,
     PacketData,
     PacketDeleted,
+    PacketPart,
+    PacketsStored,
     PacketStored,
+    PartStored,
     PutRoot,
     RootData,
     RootStored,
     StorePacket,
+    StorePackets,
     receipt_payload,
     sign,
     verify,
@@ -100,9 +106,27 @@ WRITE_BATCH = 32
 
 @attrs.frozen
 class _Write:
-    msg: StorePacket
+    packet_id: bytes
+    owner_tag: bytes
+    data: bytes | memoryview
     digest: bytes | None
     reply: trio.MemorySendChannel[bool | PacketStoreError]
+
+
+@attrs.frozen
+class _Outgoing:
+    packet_id: bytes
+    owner_tag: bytes
+    data: bytes
+    reply: trio.MemorySendChannel[bytes | Exception]
+
+
+#: One batch in flight per target: packets that arrive meanwhile form the next batch, so
+#: a slow target (a busy disk, a long link) is sent fewer, larger frames, and a fast one
+#: is never kept waiting (there is no artificial delay).
+SENDERS_PER_TARGET = 1
+#: Stop adding packets to a batch beyond this many bytes.
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 @attrs.frozen
@@ -148,6 +172,9 @@ class PacketStore:
     stats: dict[str, int] = attrs.field(factory=dict)
     _writes_send: trio.MemorySendChannel[_Write] = attrs.field(init=False)
     _writes_recv: trio.MemoryReceiveChannel[_Write] = attrs.field(init=False)
+    _waiting: dict[bytes, collections.deque[_Outgoing]] = attrs.field(factory=dict)
+    _senders: dict[bytes, int] = attrs.field(factory=dict)
+    _nursery: trio.Nursery | None = None
 
     def __attrs_post_init__(self) -> None:
         self._budget = ByteBudget(self.upload_budget_bytes)
@@ -155,6 +182,7 @@ class PacketStore:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._write_batches)
             await serve_calls(
                 self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
@@ -179,10 +207,8 @@ class PacketStore:
                         break
 
                 def write(items: list[_Write] = batch) -> list[bool | PacketStoreError]:
-                    self.holdings.add_tags([(w.msg.packet_id, w.msg.owner_tag) for w in items])
-                    return self.packets.put_each(
-                        [(w.msg.packet_id, w.msg.data, w.digest) for w in items]
-                    )
+                    self.holdings.add_tags([(w.packet_id, w.owner_tag) for w in items])
+                    return self.packets.put_each([(w.packet_id, w.data, w.digest) for w in items])
 
                 try:
                     outcomes = await trio.to_thread.run_sync(write, limiter=self.disk_limiter)
@@ -269,26 +295,114 @@ class PacketStore:
         return ChunkUploaded(placed=result, replaced=replaced, bytes_sent=sent)
 
     async def _store_on(self, target: bytes, packet_id: bytes, data: bytes, policy: str) -> bytes:
-        link = await self.link_for(target)
+        """Queue one packet for ``target`` and wait for its receipt.
+
+        Packets for one target wait in that target's queue; its senders take whatever is
+        queued and send it as one StorePackets frame.  With several chunks uploading at
+        once, every target has a few packets waiting, so batches form without any added
+        delay, and the per-packet costs of a frame, a task and a journal commit on the
+        target are shared.
+        """
         owner_tag = self.identity.packet_owner_tag(packet_id, policy)
-        answer = await link.request(
-            lambda rid: StorePacket(
-                request_id=rid, packet_id=packet_id, owner_tag=owner_tag, data=data
-            ),
-            timeout_s=self.request_timeout_s,
-            payload_digest=packet_id,  # computed from these bytes by encode_chunk
+        reply_send, reply_recv = trio.open_memory_channel[bytes | Exception](1)
+        self._waiting.setdefault(target, collections.deque()).append(
+            _Outgoing(packet_id, owner_tag, data, reply_send)
         )
-        if not isinstance(answer, PacketStored) or answer.packet_id != packet_id:
-            raise UploadFailed(f"target answered {answer.KIND} to store_packet")
-        if not verify(target, receipt_payload(packet_id, len(data)), answer.receipt):
-            raise UploadFailed("target's receipt does not verify under its node id")
-        return answer.receipt
+        if self._senders.get(target, 0) < SENDERS_PER_TARGET:
+            self._senders[target] = self._senders.get(target, 0) + 1
+            assert self._nursery is not None, "PacketStore.run() must be started first"
+            self._nursery.start_soon(self._drain, target)
+        outcome = await reply_recv.receive()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _drain(self, target: bytes) -> None:
+        """Send what waits for ``target`` in batches; exit when nothing is left.
+
+        Started on demand (at most ``SENDERS_PER_TARGET`` per target), so an idle target
+        costs nothing.  Between the emptiness check and the exit there is no checkpoint,
+        so a packet queued meanwhile always finds a running sender or starts one.
+        """
+        try:
+            while queue := self._waiting.get(target):
+                batch = [queue.popleft()]
+                size = len(batch[0].data)
+                while queue and len(batch) < MAX_PACKETS_PER_BATCH and size < BATCH_BYTES:
+                    batch.append(queue.popleft())
+                    size += len(batch[-1].data)
+                try:
+                    outcomes = await self._send_batch(target, batch)
+                except (PeerError, UploadFailed) as exc:
+                    outcomes = [exc] * len(batch)
+                except BaseException as exc:  # cancelled or a bug: nobody may wait forever
+                    gone = UploadFailed(f"upload to {target.hex()[:10]} stopped: {exc!r}")
+                    for item in batch:
+                        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                            item.reply.send_nowait(gone)
+                    raise
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                        item.reply.send_nowait(outcome)
+        finally:
+            left = self._senders.get(target, 1) - 1
+            if left > 0:
+                self._senders[target] = left
+            else:
+                self._senders.pop(target, None)
+                if not self._waiting.get(target):
+                    self._waiting.pop(target, None)
+
+    async def _send_batch(self, target: bytes, batch: list[_Outgoing]) -> list[bytes | Exception]:
+        link = await self.link_for(target)
+        if len(batch) == 1:
+            item = batch[0]
+            answer = await link.request(
+                lambda rid: StorePacket(
+                    request_id=rid,
+                    packet_id=item.packet_id,
+                    owner_tag=item.owner_tag,
+                    data=item.data,
+                ),
+                timeout_s=self.request_timeout_s,
+                payload_digest=item.packet_id,  # computed from these bytes by encode_chunk
+            )
+            if not isinstance(answer, PacketStored) or answer.packet_id != item.packet_id:
+                raise UploadFailed(f"target answered {answer.KIND} to store_packet")
+            parts = [PartStored(packet_id=item.packet_id, receipt=answer.receipt)]
+        else:
+            parts_out = tuple(
+                PacketPart(packet_id=i.packet_id, owner_tag=i.owner_tag, size_bytes=len(i.data))
+                for i in batch
+            )
+            payload = b"".join(i.data for i in batch)
+            batched = await link.request(
+                lambda rid: StorePackets(request_id=rid, parts=parts_out, data=payload),
+                timeout_s=self.request_timeout_s,
+            )
+            if not isinstance(batched, PacketsStored) or [r.packet_id for r in batched.results] != [
+                i.packet_id for i in batch
+            ]:
+                raise UploadFailed(f"target answered {batched.KIND} to store_packets")
+            parts = list(batched.results)
+        outcomes: list[bytes | Exception] = []
+        for item, part in zip(batch, parts, strict=True):
+            if part.code:
+                outcomes.append(RemoteError(part.code, part.message, peer=target.hex()[:10]))
+            elif not verify(target, receipt_payload(item.packet_id, len(item.data)), part.receipt):
+                outcomes.append(UploadFailed("target's receipt does not verify under its node id"))
+            else:
+                outcomes.append(part.receipt)
+        self._count("store_batches")
+        return outcomes
 
     # --- target side --------------------------------------------------------------------------
 
     async def _serve_peer(self, msg: Message, digest: bytes | None) -> Message:
         if isinstance(msg, StorePacket):
             return await self._keep(msg, digest)
+        if isinstance(msg, StorePackets):
+            return await self._keep_many(msg)
         if isinstance(msg, FetchPacket):
             data = await trio.to_thread.run_sync(
                 self.packets.get, msg.packet_id, limiter=self.disk_limiter
@@ -322,14 +436,60 @@ class PacketStore:
             message=f"{msg.KIND} is not a request this node serves",
         )
 
+    async def _write(
+        self, packet_id: bytes, owner_tag: bytes, data: bytes | memoryview, digest: bytes | None
+    ) -> bool | PacketStoreError:
+        reply_send, reply_recv = trio.open_memory_channel[bool | PacketStoreError](1)
+        await self._writes_send.send(_Write(packet_id, owner_tag, data, digest, reply_send))
+        return await reply_recv.receive()
+
+    async def _keep_many(self, msg: StorePackets) -> PacketsStored:
+        if sum(p.size_bytes for p in msg.parts) != len(msg.data):
+            raise RemoteError("malformed", "part sizes do not add up to the payload")
+        view = memoryview(msg.data)
+        offset = 0
+        slices = []
+        for part in msg.parts:
+            slices.append(view[offset : offset + part.size_bytes])
+            offset += part.size_bytes
+        outcomes: list[bool | PacketStoreError | None] = [None] * len(msg.parts)
+
+        async def one(index: int) -> None:
+            part = msg.parts[index]
+            outcomes[index] = await self._write(part.packet_id, part.owner_tag, slices[index], None)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(msg.parts)):
+                nursery.start_soon(one, index)
+        results = []
+        for part, outcome in zip(msg.parts, outcomes, strict=True):
+            if isinstance(outcome, PacketStoreError) or outcome is None:
+                code, text = self._refusal(outcome)
+                results.append(PartStored(packet_id=part.packet_id, code=code, message=text[:500]))
+            else:
+                self._count("packets_stored")
+                receipt = sign(
+                    self.identity.signing_key, receipt_payload(part.packet_id, part.size_bytes)
+                )
+                results.append(PartStored(packet_id=part.packet_id, receipt=receipt))
+        free = self.packets.free_bytes
+        if self.on_free_bytes_changed is not None:
+            self.on_free_bytes_changed(free)
+        return PacketsStored(request_id=msg.request_id, results=tuple(results), free_bytes=free)
+
+    def _refusal(self, outcome: PacketStoreError | None) -> tuple[str, str]:
+        if isinstance(outcome, AllocationFull):
+            self._count("store_refused_full")
+            return "allocation_full", str(outcome)
+        if isinstance(outcome, PacketIdMismatch):
+            return "id_mismatch", str(outcome)
+        return "storage_error", str(outcome) if outcome is not None else "not stored"
+
     async def _keep(self, msg: StorePacket, digest: bytes | None) -> PacketStored:
         if digest is not None and digest != msg.packet_id:
             # The session already hashed the payload; a mismatch needs no second hash.
             raise RemoteError("id_mismatch", "packet bytes do not hash to its id")
-
-        reply_send, reply_recv = trio.open_memory_channel[bool | PacketStoreError](1)
-        await self._writes_send.send(_Write(msg, digest, reply_send))
-        outcome = await reply_recv.receive()
+        outcome = await self._write(msg.packet_id, msg.owner_tag, msg.data, digest)
         try:
             if isinstance(outcome, PacketStoreError):
                 raise outcome

@@ -13,6 +13,7 @@ import trio.lowlevel
 from gridnode.actors.base import call
 from gridnode.actors.packet_store import UploadChunk
 from gridnode.control import ControlError
+from gridnode.errors import RemoteError
 from gridnode.logic.packing import ErasureParams, encode_chunk
 from gridnode.logic.placement import PlacementRules
 from gridnode.node import Node
@@ -222,3 +223,33 @@ async def test_dedup_is_per_policy_and_forget_frees_only_unshared_packets(tmp_pa
         assert verify["ok"] and verify["chunks_degraded"] == 0
         listing = await grid.call(0, "snapshots")
         assert [s["snapshot_id"] for s in listing] == [same["snapshot_id"]]
+
+
+async def test_a_batch_of_packets_is_answered_packet_by_packet(tmp_path: Path) -> None:
+    import blake3
+
+    from protocol import PacketPart, PacketsStored, StorePackets
+
+    async with open_grid(tmp_path / "grid", 2) as grid:
+        source, target = grid.nodes
+        link = await source.link_for(target.identity.node_id)
+        good = [os.urandom(1000), os.urandom(2000), os.urandom(3000)]
+        ids = [blake3.blake3(d).digest() for d in good]
+        ids[1] = bytes(32)  # the second packet lies about its id
+        parts = tuple(
+            PacketPart(packet_id=i, owner_tag=b"t" * 32, size_bytes=len(d))
+            for i, d in zip(ids, good, strict=True)
+        )
+        answer = await link.request(
+            lambda rid: StorePackets(request_id=rid, parts=parts, data=b"".join(good))
+        )
+        assert isinstance(answer, PacketsStored)
+        assert [r.code for r in answer.results] == ["", "id_mismatch", ""]
+        assert len(answer.results[0].receipt) == 64 and answer.results[1].receipt == b""
+        assert target.packets.has(ids[0]) and target.packets.has(ids[2])
+        assert not target.packets.has(ids[1])
+        # Sizes that do not add up are refused as a whole.
+        bad = (PacketPart(packet_id=ids[0], owner_tag=b"t" * 32, size_bytes=5),)
+        with pytest.raises(RemoteError) as info:
+            await link.request(lambda rid: StorePackets(request_id=rid, parts=bad, data=b"xx"))
+        assert info.value.code == "malformed"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -36,10 +37,40 @@ class GridCommandError(RuntimeError):
         self.stdout = stdout
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that is free now and will stay free until a node binds it.
+
+    A port the kernel hands out for ``bind(0)`` comes from the ephemeral range, which is
+    also where every outgoing connection gets its local port. Between ``init`` and ``run``
+    another node's dial can take that very port and the node then fails with EADDRINUSE
+    (seen in CI). So ports come from below the ephemeral range, chosen at random so that
+    two harnesses on one machine rarely meet, and never twice from one process.
+    """
+    low, high = _ephemeral_range()
+    start, stop = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    for _ in range(200):
+        port = random.randrange(start, stop)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {start}..{stop}")
 
 
 @attrs.define

@@ -153,6 +153,7 @@ def _init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
     }
     for key, attr in (
         ("listen", "listen"),
+        ("advertise", "advertise"),
         ("allocate", "allocate"),
         ("location", "location"),
         ("location_check", "location_check"),
@@ -229,6 +230,7 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, attr in (
         ("listen", "listen"),
+        ("advertise", "advertise"),
         ("allocate", "allocate"),
         ("location", "location"),
         ("location_check", "location_check"),
@@ -529,6 +531,7 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 def _add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
     p.add_argument("--listen", help="HOST:PORT to listen on for peers")
+    p.add_argument("--advertise", help="HOST:PORT other members dial (with --listen 0.0.0.0)")
     p.add_argument("--seed", action="append", help="HOST:PORT of a member to join through")
     p.add_argument("--location", help='"CITY" or LAT,LON')
     p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB or 1.5TiB")
@@ -624,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", required=True)
     p.add_argument("--seed", action="append", required=True)
     p.add_argument("--listen", default="127.0.0.1:0")
+    p.add_argument("--advertise")
     p.add_argument("--location")
     p.add_argument("--allocate")
     p.add_argument("--location-check", choices=["enforce", "warn", "off"])

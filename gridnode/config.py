@@ -134,6 +134,8 @@ class NodeConfig:
     grid_name: str = ""
     listen_host: str = "127.0.0.1"
     listen_port: int = 7400
+    #: The address other members dial; needed when listening on a wildcard address.
+    advertise: str = ""
     seeds: tuple[str, ...] = ()
     lat: float | None = None
     lon: float | None = None
@@ -172,6 +174,7 @@ class NodeConfig:
             "grid_id": self.grid_id.hex(),
             "grid_name": self.grid_name,
             "listen": self.listen_address,
+            "advertise": self.advertise,
             "seeds": list(self.seeds),
             "city": self.city,
             "latitude": self.lat,
@@ -282,6 +285,16 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
     if "listen" in raw:
         kwargs["listen_host"], kwargs["listen_port"] = parse_address(
             str(raw["listen"]), key="listen"
+        )
+    if raw.get("advertise"):
+        parse_address(str(raw["advertise"]), key="advertise")
+        kwargs["advertise"] = str(raw["advertise"])
+    if kwargs.get("listen_host", "127.0.0.1") in ("0.0.0.0", "::", "*") and not kwargs.get(
+        "advertise"
+    ):
+        raise ConfigError(
+            "config key 'advertise': required when listening on all interfaces "
+            "(the address other members should dial, e.g. 10.0.0.5:7400)"
         )
     if "seeds" in raw:
         seeds = _str_list("seeds", raw["seeds"])

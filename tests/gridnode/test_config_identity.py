@@ -130,3 +130,13 @@ def test_recovery_phrase_round_trip_and_typo_detection() -> None:
         parse_recovery_phrase(typo)
     with pytest.raises(KeyError_):
         parse_recovery_phrase("too-short")
+
+
+def test_wildcard_listen_needs_an_advertised_address(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(tmp_path, {**GRID, "listen": "0.0.0.0:7400"})
+    assert "'advertise'" in str(info.value)
+    config = build_config(
+        tmp_path, {**GRID, "listen": "0.0.0.0:7400", "advertise": "10.0.0.7:7400"}
+    )
+    assert config.advertise == "10.0.0.7:7400"

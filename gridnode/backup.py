@@ -45,9 +45,10 @@ from .actors.sequencer import PlaceChunk
 from .control import Emit
 from .errors import GridError
 from .log import get_logger
-from .logic.chunking import CHUNK_AVG, iter_buffer_chunks, iter_file_chunks
+from .logic.chunking import CHUNK_AVG, iter_file_chunks
 from .logic.packing import EncodedChunk, ErasureParams, chunk_id_for, encode_chunk
 from .logic.placement import PlacementError, PlacementRules
+from .memory import release_free_memory
 from .scanner import ScanEntry, ScanError, iter_tree, root_names
 from .services import Services
 from .storage.catalog import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord, policy_key
@@ -66,7 +67,7 @@ ENTRY_BATCH: Final = 512
 #: of records: those packets are orphans on their targets, never a wrong catalog).
 CHUNK_RECORD_BATCH: Final = 64
 CHUNK_RECORD_INTERVAL_S: Final = 2.0
-WORKERS: Final = 3
+WORKERS: Final = 2
 PROGRESS_INTERVAL_S: Final = 0.5
 
 
@@ -221,11 +222,11 @@ def unseal(key: bytes, sealed: bytes, *, max_bytes: int = 1 << 31) -> Any:
 
 
 async def store_blob(
-    services: Services, blob: bytes, *, params: ErasureParams, rules: PlacementRules
+    services: Services, path: Path, *, params: ErasureParams, rules: PlacementRules
 ) -> tuple[list[ChunkRecord], int]:
-    """Store a data assembly record on the grid, sealed with the node's record key.
+    """Store a data assembly record (a file) on the grid, sealed with the node's record key.
 
-    The blob is cut by content (FastCDC) and each piece goes through the normal chunk
+    The file is cut by content (FastCDC) and each piece goes through the normal chunk
     pipeline keyed by the record key, which makes the encryption convergent *within this
     node only*: an unchanged tree yields the same pieces, already stored, so a re-backup
     of an unchanged tree uploads nothing, and a small change re-uploads only the pieces
@@ -234,8 +235,15 @@ async def store_blob(
     secret = services.identity.record_key
     records: list[ChunkRecord] = []
     uploaded = 0
-    pieces = [bytes(p) for p in iter_buffer_chunks(blob)] or [b""]
-    for piece in pieces:
+    pieces = iter_file_chunks(path)
+    empty = True
+    while True:
+        piece = await trio.to_thread.run_sync(next, pieces, None, limiter=services.disk_limiter)
+        if piece is None:
+            if not empty:
+                break
+            piece = b""  # an empty record is still one (empty) piece
+        empty = False
         chunk_id = chunk_id_for(piece, secret)
         known: ChunkRecord | None = await services.db(
             services.catalog.chunk, chunk_id, policy_key(params.k, params.n, rules.to_wire())
@@ -251,33 +259,68 @@ async def store_blob(
     return records, uploaded
 
 
-async def load_blob(services: Services, records: Sequence[ChunkRecord]) -> bytes:
+async def load_blob(services: Services, records: Sequence[ChunkRecord], path: Path) -> None:
+    """Fetch a record's pieces, in order, into ``path`` (one piece in memory at a time)."""
     from .actors.assembler import DecodeChunk
     from .actors.retriever import FetchChunk
 
-    pieces: list[bytes] = []
-    for record in records:
-        fetched = await services.ask(services.retriever, FetchChunk(record))
-        pieces.append(await services.ask(services.assembler, DecodeChunk(record, fetched.shares)))
-    return b"".join(pieces)
+    with open(path, "wb") as fh:  # noqa: ASYNC230 - small sequential writes of fetched pieces
+        for record in records:
+            fetched = await services.ask(services.retriever, FetchChunk(record))
+            piece = await services.ask(services.assembler, DecodeChunk(record, fetched.shares))
+            await trio.to_thread.run_sync(fh.write, piece, limiter=services.disk_limiter)
 
 
-def build_record(entries: Iterator[EntryRecord], chunks: Sequence[ChunkRecord]) -> bytes:
+RECORD_VERSION: Final = 2
+
+
+def write_record(path: Path, entries: Iterator[EntryRecord], chunks: Iterator[ChunkRecord]) -> None:
     """The data assembly record: the tree, the chunk list and the sequence of every chunk.
 
-    Deterministic for the same tree (sorted entries and chunks, no timestamps of its own:
-    the snapshot's header lives in the recovery root), so unchanged trees deduplicate.
+    A msgpack *stream* (a header, then one item per entry and per chunk), written to a
+    file and read back item by item: memory stays flat whatever the number of files and
+    chunks.  Deterministic for the same tree (sorted entries and chunks, no timestamps
+    of its own: the snapshot's header lives in the recovery root), so unchanged trees
+    deduplicate.
     """
-    return bytes(
-        msgpack.packb(
-            {
-                "v": 1,
-                "entries": [e.to_wire() for e in entries],
-                "chunks": [c.to_wire() for c in chunks],
-            },
-            use_bin_type=True,
-        )
-    )
+    packer = msgpack.Packer(use_bin_type=True)
+    with open(path, "wb") as fh:
+        fh.write(packer.pack({"v": RECORD_VERSION}))
+        for entry in entries:
+            fh.write(packer.pack(["e", entry.to_wire()]))
+        for chunk in chunks:
+            fh.write(packer.pack(["c", chunk.to_wire()]))
+
+
+def read_record(path: Path) -> Iterator[EntryRecord | ChunkRecord]:
+    """Items of a record file, one at a time.
+
+    Reads the version-1 layout (one map holding everything) too, so snapshots taken
+    before the stream format still restore after an upgrade.  The record was sealed by
+    this node's own key, so a bad item means a bug or a format from the future; either
+    way the answer is a clear error, never a half-imported catalog (the import runs in
+    one transaction).
+    """
+    with open(path, "rb") as fh:
+        unpacker = msgpack.Unpacker(fh, raw=False, max_buffer_size=64 * 1024 * 1024)
+        try:
+            header = next(unpacker, None)
+            if isinstance(header, dict) and header.get("v") == 1:
+                yield from (EntryRecord.from_wire(e) for e in header["entries"])
+                yield from (ChunkRecord.from_wire(c) for c in header["chunks"])
+                return
+            if not isinstance(header, dict) or header.get("v") != RECORD_VERSION:
+                raise BackupFailed(f"unknown data assembly record format: {str(header)[:80]}")
+            for item in unpacker:
+                match item:
+                    case ["e", raw]:
+                        yield EntryRecord.from_wire(raw)
+                    case ["c", raw]:
+                        yield ChunkRecord.from_wire(raw)
+                    case _:
+                        raise BackupFailed(f"bad item in a data assembly record: {str(item)[:80]}")
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+            raise BackupFailed(f"damaged data assembly record: {exc}") from exc
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -613,6 +656,9 @@ class BackupJob:
                 ):
                     self._last_flush = now
                     await self.services.db(self._flush_records_blocking)
+                    # Hand freed buffers back now and then, so fragmentation cannot make
+                    # the resident size grow with the length of the backup.
+                    release_free_memory()
 
     def _flush_records_blocking(self) -> None:
         records, self._chunk_records = self._chunk_records, []
@@ -623,16 +669,24 @@ class BackupJob:
         """Store the data assembly record on the grid; returns its chunk refs (for the root)."""
         svc = self.services
 
-        def build() -> bytes:
-            return build_record(
-                svc.catalog.entries(self.snapshot_id), svc.catalog.chunks_of(self.snapshot_id)
+        path = svc.config.home / "tmp" / f"record-{self.snapshot_id}.msgpack"
+        path.parent.mkdir(exist_ok=True)
+
+        def build() -> None:
+            write_record(
+                path,
+                svc.catalog.entries(self.snapshot_id),
+                svc.catalog.iter_chunks_of(self.snapshot_id),
             )
 
-        blob = await svc.db(build)
-        await self._emit_progress("record")
-        records, uploaded = await store_blob(
-            svc, blob, params=self.request.params, rules=self.request.rules
-        )
+        try:
+            await svc.db(build)
+            await self._emit_progress("record")
+            records, uploaded = await store_blob(
+                svc, path, params=self.request.params, rules=self.request.rules
+            )
+        finally:
+            path.unlink(missing_ok=True)
         # Referenced by the snapshot like its data, so forget frees them only when no other
         # snapshot shares them (an unchanged tree's record is shared).
         await svc.db(lambda: svc.catalog.add_chunks(records, snapshot_id=self.snapshot_id))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import structlog
 import trio
 
 from protocol import Message, format_node_id, short_node_id
@@ -75,6 +76,12 @@ class Node:
         self.log = _log.bind(node=identity.short_id)
         self.catalog, self.packets, self.holdings = open_node_storage(config, identity)
         interrupted = self.catalog.mark_interrupted()
+        # Scratch files (data assembly records being stored or recovered) of a process
+        # that died mid-job: nothing refers to them any more.
+        scratch = config.home / "tmp"
+        if scratch.is_dir():
+            for stale in scratch.glob("*.msgpack"):
+                stale.unlink(missing_ok=True)
         if interrupted:
             self.log.warning("interrupted_snapshots", snapshots=interrupted)
             for sid in interrupted:
@@ -100,6 +107,7 @@ class Node:
                 request_timeout_s=config.request_timeout_s,
             ),
             handler=self,
+            advertised_address=config.advertise or None,
         )
         self._shutdown = trio.Event()
         self.gossiper: Gossiper | None = None
@@ -144,6 +152,9 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
+        # Every line any task of this node logs carries the node id: tasks inherit the
+        # context of the task that started them (style.md, structlog contextvars).
+        structlog.contextvars.bind_contextvars(node=self.identity.short_id)
         try:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)

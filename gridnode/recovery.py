@@ -16,6 +16,7 @@ catalog.  Restores then work as before the loss.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any, Final
 
@@ -29,7 +30,7 @@ from .actors.packet_store import root_signature_payload
 from .errors import GridError, PeerError
 from .log import get_logger
 from .services import Services
-from .storage.catalog import ChunkRecord, EntryRecord, SnapshotRecord
+from .storage.catalog import ChunkRecord, SnapshotRecord
 
 __all__ = ["RecoveryFailed", "fetch_root", "publish_root", "recover_catalog"]
 
@@ -145,7 +146,7 @@ async def fetch_root(services: Services) -> tuple[int, dict[str, Any]] | None:
 
 async def recover_catalog(services: Services) -> dict[str, Any]:
     """Rebuild the catalog from the grid.  Snapshots already in the catalog are skipped."""
-    from .backup import load_blob
+    from .backup import load_blob, read_record
 
     fetched = await fetch_root(services)
     if fetched is None:
@@ -163,7 +164,8 @@ async def recover_catalog(services: Services) -> dict[str, Any]:
             skipped.append(snap["snapshot_id"])
             continue
         refs = [ChunkRecord.from_wire(r) for r in msgpack.unpackb(item["record"], raw=False)]
-        record = msgpack.unpackb(await load_blob(services, refs), raw=False)
+        path = services.config.home / "tmp" / f"recover-{snap['snapshot_id']}.msgpack"
+        path.parent.mkdir(exist_ok=True)
         snapshot = SnapshotRecord(
             snapshot_id=snap["snapshot_id"],
             created=snap["created"],
@@ -177,9 +179,15 @@ async def recover_catalog(services: Services) -> dict[str, Any]:
             rules=snap["rules"],
             record=item["record"],
         )
-        entries = [EntryRecord.from_wire(e) for e in record["entries"]]
-        chunks = [ChunkRecord.from_wire(c) for c in record["chunks"]]
-        await services.db(catalog.import_snapshot, snapshot, entries, chunks + refs)
+        try:
+            await load_blob(services, refs, path)
+            await services.db(
+                lambda s=snapshot, r=refs, p=path: catalog.import_snapshot(
+                    s, itertools.chain(read_record(p), r)
+                )
+            )
+        finally:
+            path.unlink(missing_ok=True)
         imported.append(snapshot.snapshot_id)
     await services.db(catalog.set_root_version, version)
     await services.db(lambda: catalog.log("recover", None, root_version=version, imported=imported))

@@ -126,7 +126,7 @@ class _Outgoing:
 #: is never kept waiting (there is no artificial delay).
 SENDERS_PER_TARGET = 1
 #: Stop adding packets to a batch beyond this many bytes.
-BATCH_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 1024 * 1024
 
 
 @attrs.frozen

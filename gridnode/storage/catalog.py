@@ -330,6 +330,9 @@ class Catalog:
             # are committed under FULL (``_durable``), which makes the WAL durable up to them.
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
+            # One connection per worker thread that ever touches the catalog: keep each
+            # page cache small (1 MiB) so a long backup's memory does not grow with it.
+            db.execute("PRAGMA cache_size=-1024")
             self._local.db = db
         return db
 
@@ -515,13 +518,13 @@ class Catalog:
     def import_snapshot(
         self,
         snapshot: SnapshotRecord,
-        entries: Sequence[EntryRecord],
-        chunks: Sequence[ChunkRecord],
+        items: Iterable[EntryRecord | ChunkRecord],
     ) -> None:
-        """Recovery: a snapshot read back from its sealed record on the grid, in one go.
+        """Recovery: a snapshot read back from its sealed record on the grid, in one
+        transaction, streamed (a record can describe millions of files and chunks).
 
-        ``chunks`` are its data chunks and the pieces of its record; all are referenced
-        by the snapshot, so ``forget`` accounts for both."""
+        ``items`` are its entries and chunks, and the pieces of its record; every chunk
+        is referenced by the snapshot, so ``forget`` accounts for all of them."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
@@ -542,9 +545,12 @@ class Catalog:
                     snapshot.record,
                 ),
             )
-            self._insert_chunks(db, chunks, snapshot.snapshot_id)
-            chunk_ids = sorted({c for e in entries for c, _, _ in e.extents})
-            self._insert_entries(db, snapshot.snapshot_id, entries, chunk_ids, snapshot.policy)
+            policy = snapshot.policy
+            for item in items:
+                if isinstance(item, EntryRecord):
+                    self._insert_entries(db, snapshot.snapshot_id, [item], (), policy)
+                else:
+                    self._insert_chunks(db, [item], snapshot.snapshot_id)
 
     def set_snapshot_record(self, snapshot_id: str, record: bytes) -> None:
         self._db().execute(
@@ -738,17 +744,38 @@ class Catalog:
 
     def chunks_of(self, snapshot_id: str) -> list[ChunkRecord]:
         """The data chunks of a snapshot (not its record), in chunk id order."""
-        ids = [
-            (bytes(r[0]), str(r[1]))
-            for r in self._db().execute(
-                "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc JOIN chunks c"
-                " ON c.chunk_id = sc.chunk_id AND c.policy = sc.policy"
-                " WHERE sc.snapshot_id = ? AND c.domain = 'data' ORDER BY sc.chunk_id",
-                (snapshot_id,),
+        return list(self.iter_chunks_of(snapshot_id))
+
+    def iter_chunks_of(self, snapshot_id: str) -> Iterator[ChunkRecord]:
+        """Like ``chunks_of`` but one at a time: a snapshot may have millions of chunks."""
+        db = self._db()
+        cur = db.execute(
+            "SELECT c.chunk_id, c.plain_size, c.cipher_size, c.compressed, c.k, c.n, c.rules,"
+            " c.domain, c.policy FROM snapshot_chunks sc JOIN chunks c"
+            " ON c.chunk_id = sc.chunk_id AND c.policy = sc.policy"
+            " WHERE sc.snapshot_id = ? AND c.domain = 'data' ORDER BY sc.chunk_id",
+            (snapshot_id,),
+        )
+        for chunk_id, plain, cipher, compressed, k, n, rules, domain, policy in cur:
+            packets = tuple(
+                PacketRecord(s, bytes(p), bytes(t), bytes(r))
+                for s, p, t, r in db.execute(
+                    "SELECT share, packet_id, target, receipt FROM packets WHERE chunk_id = ?"
+                    " AND policy = ? ORDER BY share",
+                    (chunk_id, policy),
+                )
             )
-        ]
-        out = [self.chunk(c, p) for c, p in ids]
-        return [c for c in out if c is not None]
+            yield ChunkRecord(
+                bytes(chunk_id),
+                plain,
+                cipher,
+                bool(compressed),
+                k,
+                n,
+                packets,
+                json.loads(rules),
+                domain,
+            )
 
     def delete_chunks(self, chunks: Sequence[tuple[bytes, str]]) -> None:
         db = self._db()

@@ -62,6 +62,17 @@ class Progress:
         if now - self._last < 0.1:
             return
         self._last = now
+        if "chunks_checked" in event and "bytes_total" not in event:  # verify, repair
+            total = event.get("chunks_total")
+            frac = min(event["chunks_checked"] / total, 1.0) if total else None
+            line = f"\r{event.get('phase', 'checking')}: {event['chunks_checked']}"
+            line += f"/{total} chunks ({frac * 100:5.1f}%)" if frac is not None else " chunks"
+            if "chunks_repaired" in event:
+                line += f", {event['chunks_repaired']} repaired"
+            self.stream.write(line[:160].ljust(100))
+            self.stream.flush()
+            self._drawn = True
+            return
         done = event.get("bytes_read", event.get("bytes", 0)) or 0
         total = event.get("bytes_total") or 0
         frac = min(done / total, 1.0) if total else 0.0
@@ -434,6 +445,23 @@ def cmd_forget(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_repair(args: argparse.Namespace) -> None:
+    params = {} if args.snapshot in (None, "all") else {"snapshot": args.snapshot}
+    result = call(args, "repair", params, long_job=True)
+    _finish(
+        args,
+        result,
+        lambda r: (
+            f"checked {r['chunks_checked']} chunks: {r['chunks_healthy']} healthy, "
+            f"{r['chunks_repaired']} repaired ({r['packets_rebuilt']} packets rebuilt), "
+            f"{r['chunks_lost']} lost, {r['chunks_unrepaired']} could not be repaired; "
+            f"{len(r['records_rewritten'])} snapshot records rewritten"
+        ),
+    )
+    if not result["ok"]:
+        raise CliError("some chunks could not be brought back to full redundancy")
+
+
 def cmd_placement(args: argparse.Namespace) -> None:
     result = call(args, "placement", {"snapshot": args.snapshot})
     if args.json:
@@ -614,6 +642,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("snapshot")
         _add_json(p)
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser("repair", help="rebuild lost packets on new holders, under the rules")
+    _add_home(p)
+    p.add_argument("snapshot", nargs="?", help="one snapshot (default: every complete one)")
+    _add_json(p)
+    p.set_defaults(fn=cmd_repair)
 
     p = sub.add_parser("key", help="show or export this node's key")
     _add_home(p)

@@ -156,6 +156,10 @@ class NodeConfig:
     gossip_probe_interval_s: float = 1.0
     gossip_sync_interval_s: float = 30.0
     gossip_dead_reap_s: float = 120.0
+    #: A holder of this node's packets that has been out of the member view this long is
+    #: taken for gone: its packets are rebuilt on other holders (0 turns it off).  An hour
+    #: rides out a reboot or an update; much longer leaves chunks at k-of-n for long.
+    repair_after_s: float = 3600.0
 
     @property
     def listen_address(self) -> str:
@@ -194,6 +198,7 @@ class NodeConfig:
             "gossip_probe_interval_s": self.gossip_probe_interval_s,
             "gossip_sync_interval_s": self.gossip_sync_interval_s,
             "gossip_dead_reap_s": self.gossip_dead_reap_s,
+            "repair_after_s": self.repair_after_s,
         }
         return dump_toml(values, header="gridnode node configuration (written by gridnode init)")
 
@@ -359,6 +364,7 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         ("gossip_probe_interval_s", 0.05, 60.0),
         ("gossip_sync_interval_s", 0.5, 3600.0),
         ("gossip_dead_reap_s", 1.0, 86400.0 * 7),
+        ("repair_after_s", 0.0, 86400.0 * 365),
     ):
         if key in raw:
             kwargs[key] = _float(key, raw[key], lo, hi)

@@ -177,6 +177,14 @@ def build_methods(node: Node) -> dict[str, Method]:
     async def verify(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         return await verify_snapshot(services, _str(params, "snapshot"), emit)
 
+    async def repair(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        from .repair import repair as repair_job
+
+        snapshot = params.get("snapshot")
+        if snapshot is not None and not isinstance(snapshot, str):
+            raise ControlError("bad_params", "parameter 'snapshot' must be a string")
+        return await repair_job(services, snapshot, emit)
+
     async def forget(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         return await forget_snapshot(services, _str(params, "snapshot"))
 
@@ -263,6 +271,7 @@ def build_methods(node: Node) -> dict[str, Method]:
         "restore": restore,
         "verify": verify,
         "forget": forget,
+        "repair": repair,
         "placement": placement,
         "log": backup_log,
         "recover_catalog": recover_catalog,

@@ -41,6 +41,7 @@ from .control import ControlServer, Emit
 from .errors import PeerGone
 from .identity import NodeIdentity
 from .log import get_logger
+from .repair import AutoRepair
 from .services import Services
 from .storage.catalog import Catalog
 from .storage.holdings import Holdings
@@ -111,6 +112,7 @@ class Node:
         )
         self._shutdown = trio.Event()
         self.gossiper: Gossiper | None = None
+        self.auto_repair: AutoRepair | None = None
         self.stopped = trio.Event()
 
     # --- peer requests (RequestHandler for the transport) -------------------------------------
@@ -270,6 +272,17 @@ class Node:
             node_id=format_node_id(identity.node_id),
         )
         await nursery.start(self.control.run)
+        if config.repair_after_s > 0:
+            gossiper = self.gossiper
+            self.auto_repair = AutoRepair(
+                services=self.services,
+                present=lambda: {
+                    v.record.node_id for v in gossiper.members() if v.state in ("alive", "suspect")
+                },
+                after_s=config.repair_after_s,
+                tick_s=min(60.0, max(0.2, config.repair_after_s / 4)),
+            )
+            await nursery.start(self.auto_repair.run)
 
     async def _control_job(self, method: str, params: dict[str, Any], emit: Emit) -> Any:
         return await call(self._req_send, ControlJob(method, params, emit))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from .control import Emit
 from .errors import GridError, PeerError
 from .log import get_logger
 from .services import Services
-from .storage.catalog import ChunkRecord, EntryRecord, SnapshotRecord
+from .storage.catalog import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
 from .trioutil import collapse_groups
 
 __all__ = ["forget_snapshot", "restore_snapshot", "verify_snapshot"]
@@ -243,6 +244,41 @@ async def verify_snapshot(services: Services, snapshot: str, emit: Emit) -> dict
     }
 
 
+async def delete_packet(
+    services: Services, packet: PacketRecord, policy: str, *, timeout_s: float = 10
+) -> bool:
+    """Ask a packet's holder to drop it (with the per-packet delete secret); True if it did.
+
+    Raises PeerError when the holder cannot be reached."""
+    secret = services.identity.packet_delete_secret(packet.packet_id, policy)
+    link = await services.link_for(packet.target)
+    answer = await link.request(
+        functools.partial(_delete_request, packet.packet_id, secret), timeout_s=timeout_s
+    )
+    return isinstance(answer, PacketDeleted)
+
+
+async def delete_on_grid(services: Services, chunks: Sequence[ChunkRecord]) -> tuple[int, int]:
+    """Delete every packet of ``chunks`` on its holder; returns (deleted, unreachable)."""
+    deleted = failed = 0
+    limiter = trio.Semaphore(16)
+
+    async def delete(chunk: ChunkRecord, packet: PacketRecord) -> None:
+        nonlocal deleted, failed
+        async with limiter:
+            try:
+                deleted += await delete_packet(services, packet, chunk.policy)
+            except PeerError:
+                failed += 1
+
+    with collapse_groups():
+        async with trio.open_nursery() as nursery:
+            for chunk in chunks:
+                for packet in chunk.packets:
+                    nursery.start_soon(delete, chunk, packet)
+    return deleted, failed
+
+
 async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
     snap = await resolve(services, snapshot, complete=False)
     catalog = services.catalog
@@ -252,25 +288,7 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
         return [r for c, p in orphans if (r := catalog.chunk(c, p)) is not None]
 
     doomed: list[ChunkRecord] = await services.db(drop)
-    deleted = failed = 0
-
-    async def delete(chunk: ChunkRecord) -> None:
-        nonlocal deleted, failed
-        for packet in chunk.packets:
-            secret = services.identity.packet_delete_secret(packet.packet_id, chunk.policy)
-            request = functools.partial(_delete_request, packet.packet_id, secret)
-            try:
-                link = await services.link_for(packet.target)
-                answer = await link.request(request, timeout_s=10)
-                if isinstance(answer, PacketDeleted):
-                    deleted += 1
-            except PeerError:
-                failed += 1
-
-    with collapse_groups():
-        async with trio.open_nursery() as nursery:
-            for chunk in doomed:
-                nursery.start_soon(delete, chunk)
+    deleted, failed = await delete_on_grid(services, doomed)
     await services.db(catalog.delete_chunks, [(c.chunk_id, c.policy) for c in doomed])
     await services.db(
         lambda: catalog.log(

@@ -70,6 +70,10 @@ Actions and their keys:
   survival model below); ``max_seconds`` (fail if slower, e.g. to show hedging).
 - ``verify``: ``gridnode verify`` of ``backup`` (or of every backup), compared with the
   survival model: ``ok``, and chunks healthy / degraded / lost.
+- ``repair``: ``gridnode repair`` of ``backup`` (or of every backup) on its source: lost
+  packets rebuilt on new holders under the backup's rules.  Checked against the model:
+  a chunk the model counts lost must be reported lost, no other; afterwards the model
+  reads the new placement, and with enough nodes up every chunk is back to n packets.
 - ``kill`` (SIGKILL), ``stop`` (SIGTERM; exit code 0 expected), ``pause`` (SIGSTOP),
   ``resume`` (SIGCONT), ``restart`` (start a killed or stopped node again, its disk
   intact; ``allocation`` restarts it with another ``--allocate``): the nodes are
@@ -218,6 +222,7 @@ ACTION_KEYS: Final[Mapping[str, frozenset[str]]] = {
     ),
     "restore": frozenset({"backup", "expect", "max_seconds"}),
     "verify": frozenset({"backup"}),
+    "repair": frozenset({"backup"}),
     "kill": _NODE_SELECT,
     "stop": _NODE_SELECT,
     "pause": _NODE_SELECT,
@@ -346,6 +351,7 @@ class Step:
             f"{self.data.describe() if self.data else ''}",
             "restore": f"restore {self.backup} and compare",
             "verify": f"verify {self.backup or 'every backup'}",
+            "repair": f"repair {self.backup or 'every backup'}",
             "partition": "partition " + " | ".join(",".join(g) for g in self.groups),
             "heal": "heal the partition",
             "corrupt": f"corrupt {self.packets} packet(s) on {self.node}",
@@ -672,7 +678,7 @@ def _parse_step(
         if expect not in ("ok", "fail"):
             raise where.error(place, f"expect must be 'ok' or 'fail', got {expect!r}")
         kwargs["expect"] = expect
-    elif action in ("restore", "verify"):
+    elif action in ("restore", "verify", "repair"):
         kwargs["backup"] = backup_ref("backup")
         if action == "restore":
             if kwargs["backup"] is None:
@@ -1596,21 +1602,26 @@ class Simulation:
                     sums[name] = sums.get(name, 0) + int(packet.get("share", 0))
         return sums
 
+    def chunk_survivors(self, backup: BackupState, chunk: dict[str, Any]) -> int:
+        """Packets of one chunk (from a placement report) a restore on the source can get."""
+        alive = 0
+        for packet in chunk["packets"]:
+            name = self.by_id.get(packet["target"])
+            if (
+                name is not None
+                and self.nodes[name].state == "up"
+                and not self.separated(backup.source, name)
+                and (packet["target"], packet["packet_id"]) not in self.damaged
+            ):
+                alive += 1
+        return alive
+
     def survival(self, backup: BackupState) -> dict[str, Any]:
         """The model: how many packets of each chunk a restore on the source can still get."""
-        per_chunk: list[tuple[int, int, int]] = []  # (survivors, k, n)
-        for chunk in backup.placement.get("chunks", []):
-            alive = 0
-            for packet in chunk["packets"]:
-                name = self.by_id.get(packet["target"])
-                if (
-                    name is not None
-                    and self.nodes[name].state == "up"
-                    and not self.separated(backup.source, name)
-                    and (packet["target"], packet["packet_id"]) not in self.damaged
-                ):
-                    alive += 1
-            per_chunk.append((alive, int(chunk["k"]), int(chunk["n"])))
+        per_chunk: list[tuple[int, int, int]] = [  # (survivors, k, n)
+            (self.chunk_survivors(backup, chunk), int(chunk["k"]), int(chunk["n"]))
+            for chunk in backup.placement.get("chunks", [])
+        ]
         lost = sum(alive < k for alive, k, _ in per_chunk)
         healthy = sum(alive == n for alive, _, n in per_chunk)
         # Placement does not say which chunks hold the snapshot record (needed to
@@ -1848,6 +1859,66 @@ class Simulation:
         report.summary = "; ".join(
             f"{n}: ok={r['verify']['ok']} healthy={r['verify']['healthy']} "
             f"degraded={r['verify']['degraded']} lost={r['verify']['lost']}"
+            for n, r in results.items()
+        )
+        if problems:
+            raise StepFailed("; ".join(problems))
+
+    def step_repair(self, step: Step, report: StepReport) -> None:
+        names = [step.backup] if step.backup else list(self.backups)
+        problems: list[str] = []
+        results: dict[str, Any] = {}
+        for name in names:
+            backup = self.backups.get(name)
+            if backup is None:
+                problems.append(f"backup {name} made no snapshot")
+                continue
+            if self.nodes[backup.source].state != "up":
+                report.notes.append(f"{name}: source {backup.source} is not up; not repaired")
+                continue
+            model = self.survival(backup)
+            result = self.cli(backup.source, "repair", backup.snapshot_id)
+            value = result.value if isinstance(result.value, dict) else {}
+            if "chunks_lost" not in value:
+                problems.append(f"{name}: repair gave no result: {result.error}")
+                continue
+            if value["chunks_unrepaired"] == 0:
+                # Every chunk that still had k packets now has n: a damaged copy was
+                # rewritten (on its holder, when that answered) or moved elsewhere.
+                for chunk in backup.placement.get("chunks", []):
+                    if self.chunk_survivors(backup, chunk) >= int(chunk["k"]):
+                        for packet in chunk["packets"]:
+                            self.damaged.pop((packet["target"], packet["packet_id"]), None)
+            placement = self.cli(backup.source, "placement", backup.snapshot_id, timeout=60)
+            if placement.ok and isinstance(placement.value, dict):
+                backup.placement = placement.value
+            after = self.survival(backup)
+            results[name] = {
+                "repaired": value["chunks_repaired"],
+                "packets_rebuilt": value["packets_rebuilt"],
+                "lost": value["chunks_lost"],
+                "unrepaired": value["chunks_unrepaired"],
+                "model_lost_before": model["lost"],
+                "degraded_after": after["degraded"],
+            }
+            if value["chunks_lost"] != model["lost"]:
+                problems.append(
+                    f"{name}: repair found {value['chunks_lost']} chunks lost, "
+                    f"the model {model['lost']}"
+                )
+            up_targets = sum(
+                1 for n, node in self.nodes.items() if node.state == "up" and n != backup.source
+            )
+            widest = max((int(c["n"]) for c in backup.placement.get("chunks", [])), default=0)
+            if model["lost"] == 0 and up_targets >= widest and after["degraded"]:
+                problems.append(
+                    f"{name}: {after['degraded']} chunks still short of n packets after "
+                    f"repair with {up_targets} nodes up"
+                )
+        report.detail["backups"] = results
+        report.summary = "; ".join(
+            f"{n}: {r['repaired']} chunks repaired ({r['packets_rebuilt']} packets), "
+            f"{r['lost']} lost"
             for n, r in results.items()
         )
         if problems:

@@ -91,6 +91,9 @@ class UploadChunk:
     rules: Any  # PlacementRules: the same rules govern any replacement target
     packet_bytes: int
     policy: str = ""  # the catalog's policy key: scopes the packets' delete secrets
+    #: Targets already holding other packets of this chunk (repair uploads only the lost
+    #: ones): a replacement must obey the pairwise rules together with them too.
+    held: tuple[bytes, ...] = ()
 
 
 @attrs.frozen
@@ -266,7 +269,7 @@ class PacketStore:
                             | assigned
                         )
                         current.pop(share, None)
-                        keep = tuple(t for t in current.values() if t not in failed)
+                        keep = job.held + tuple(t for t in current.values() if t not in failed)
                         try:
                             target = await self.replace_target(job, keep, frozenset(failed))
                         except Exception as placement_error:

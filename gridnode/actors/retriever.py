@@ -27,7 +27,7 @@ import trio
 
 from protocol import FetchPacket, PacketData
 
-from ..errors import GridError, PeerError, PeerGone
+from ..errors import GridError, PeerError, PeerGone, RemoteError
 from ..storage.catalog import ChunkRecord, PacketRecord
 from .base import Call, serve_calls
 
@@ -49,6 +49,9 @@ class FetchedChunk:
     shares: dict[int, bytes]
     missing: tuple[tuple[int, bytes, str], ...]  # (share, target, why)
     bytes_fetched: int
+    #: Missing shares whose holder *answered* (not held, or bytes that fail their id):
+    #: the holder is there but its copy is not, so repair can put the packet back on it.
+    answered: frozenset[int] = frozenset()
 
 
 LinkFor = Callable[[bytes], Awaitable[Any]]
@@ -181,13 +184,17 @@ class Retriever:
     async def _fetch_all(self, chunk: ChunkRecord) -> FetchedChunk:
         shares: dict[int, bytes] = {}
         missing: list[tuple[int, bytes, str]] = []
+        answered: set[int] = set()
         fetched = 0
 
         async def attempt(packet: PacketRecord) -> None:
             nonlocal fetched
             try:
                 data = await self._fetch_one(packet)
-            except (PeerError, ValueError) as exc:
+            except (RemoteError, ValueError) as exc:
+                missing.append((packet.share, packet.target, str(exc)))
+                answered.add(packet.share)
+            except PeerError as exc:
                 missing.append((packet.share, packet.target, str(exc)))
             else:
                 shares[packet.share] = data
@@ -196,4 +203,9 @@ class Retriever:
         async with trio.open_nursery() as nursery:
             for packet in chunk.packets:
                 nursery.start_soon(attempt, packet)
-        return FetchedChunk(shares=shares, missing=tuple(sorted(missing)), bytes_fetched=fetched)
+        return FetchedChunk(
+            shares=shares,
+            missing=tuple(sorted(missing)),
+            bytes_fetched=fetched,
+            answered=frozenset(answered),
+        )

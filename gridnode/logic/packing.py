@@ -72,6 +72,7 @@ __all__ = [
     "decode_chunk",
     "encode_chunk",
     "packet_id_for",
+    "rebuild_shares",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -491,6 +492,56 @@ def decode_chunk(
     if chunk_id_for(plaintext, dedup_secret) != chunk_id:
         raise ChunkIntegrityError(f"chunk {chunk_hex}: rebuilt plaintext has another chunk id")
     return plaintext
+
+
+def rebuild_shares(
+    shares: Mapping[int, Buffer],
+    *,
+    params: ErasureParams,
+    cipher_size: int,
+    packet_ids: Sequence[bytes],
+    wanted: Sequence[int],
+) -> dict[int, bytes]:
+    """Recreate lost packets of a chunk from any ``k`` surviving ones (repair).
+
+    Works on ciphertext blocks only: no key is needed, nothing is decrypted, so repair
+    never holds a chunk's plaintext.  zfec is deterministic, so a rebuilt share is
+    byte-identical to the lost one and must hash to the packet id recorded at backup;
+    that check is what proves the rebuild right (every given share is checked first).
+
+    Raises:
+        ChunkIntegrityError: too few or bad shares, or a rebuilt share whose id differs.
+        ValueError: a wanted share number outside ``range(n)`` or wrong ``packet_ids``.
+    """
+    if len(packet_ids) != params.n:
+        raise ValueError(f"expected {params.n} packet ids for {params}, got {len(packet_ids)}")
+    for index in wanted:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < params.n:
+            raise ValueError(f"share {index!r} is out of range for {params}")
+    chunk_hex = "(repair)"
+    block_size = _block_size(cipher_size, params.k)
+    for index, share in shares.items():
+        if not isinstance(index, int) or not 0 <= index < params.n or len(share) != block_size:
+            raise ChunkIntegrityError(f"share {index!r} does not fit a {params} chunk")
+        if packet_id_for(share) != packet_ids[index]:
+            raise ChunkIntegrityError(f"share {index} does not match its packet id")
+    chosen, chosen_blocks = _select_shares(shares, params, chunk_hex)
+    if chosen == list(range(params.k)):
+        data_blocks = [bytes(b) for b in chosen_blocks]
+    else:
+        data_blocks = [bytes(b) for b in _codecs.decoder(params).decode(chosen_blocks, chosen)]
+    rebuilt: dict[int, bytes] = {}
+    redundant = tuple(i for i in wanted if i >= params.k)
+    if redundant:
+        made = _codecs.encoder(params).encode(data_blocks, redundant)
+        rebuilt.update(zip(redundant, (bytes(b) for b in made), strict=True))
+    rebuilt.update((i, data_blocks[i]) for i in wanted if i < params.k)
+    for index, block in rebuilt.items():
+        if packet_id_for(block) != packet_ids[index]:
+            raise ChunkIntegrityError(
+                f"rebuilt share {index} does not match its packet id {packet_ids[index].hex()}"
+            )
+    return rebuilt
 
 
 def _decompress(frame: bytes, plain_size: int, chunk_hex: str) -> bytes:

@@ -747,14 +747,31 @@ class Catalog:
         return list(self.iter_chunks_of(snapshot_id))
 
     def iter_chunks_of(self, snapshot_id: str) -> Iterator[ChunkRecord]:
-        """Like ``chunks_of`` but one at a time: a snapshot may have millions of chunks."""
+        """Like ``chunks_of`` but one at a time: a snapshot may have millions of chunks.
+
+        The iterator holds a cursor of this thread's connection: drain it in one thread."""
+        return self._chunks_where(snapshot_id, b"", -1, "('data')")
+
+    def chunk_page(
+        self, snapshot_id: str, *, after: bytes = b"", limit: int = 256
+    ) -> list[ChunkRecord]:
+        """The next ``limit`` chunks (data and record pieces) with ids above ``after``.
+
+        For jobs that walk a snapshot across many worker-thread calls (repair), where a
+        cursor cannot follow; memory stays one page whatever the snapshot's size."""
+        return list(self._chunks_where(snapshot_id, after, limit, "('data', 'record')"))
+
+    def _chunks_where(
+        self, snapshot_id: str, after: bytes, limit: int, domains: str
+    ) -> Iterator[ChunkRecord]:
         db = self._db()
         cur = db.execute(
             "SELECT c.chunk_id, c.plain_size, c.cipher_size, c.compressed, c.k, c.n, c.rules,"
             " c.domain, c.policy FROM snapshot_chunks sc JOIN chunks c"
             " ON c.chunk_id = sc.chunk_id AND c.policy = sc.policy"
-            " WHERE sc.snapshot_id = ? AND c.domain = 'data' ORDER BY sc.chunk_id",
-            (snapshot_id,),
+            f" WHERE sc.snapshot_id = ? AND sc.chunk_id > ? AND c.domain IN {domains}"
+            " ORDER BY sc.chunk_id LIMIT ?",
+            (snapshot_id, after, limit),
         )
         for chunk_id, plain, cipher, compressed, k, n, rules, domain, policy in cur:
             packets = tuple(
@@ -788,6 +805,88 @@ class Catalog:
                 db.execute(
                     "DELETE FROM chunks WHERE chunk_id = ? AND policy = ?", (chunk_id, policy)
                 )
+
+    def holders(self) -> set[bytes]:
+        """Every node that holds a packet of a chunk some snapshot uses."""
+        return {
+            bytes(r[0])
+            for r in self._db().execute(
+                "SELECT DISTINCT p.target FROM packets p WHERE EXISTS (SELECT 1 FROM"
+                " snapshot_chunks sc WHERE sc.chunk_id = p.chunk_id AND sc.policy = p.policy)"
+            )
+        }
+
+    def chunks_on_page(
+        self, targets: Sequence[bytes], *, after: tuple[bytes, str] = (b"", ""), limit: int = 256
+    ) -> list[ChunkRecord]:
+        """Chunks in use with a packet on any of ``targets``, in (chunk id, policy) order."""
+        if not targets:
+            return []
+        db = self._db()
+        marks = ", ".join("?" for _ in targets)
+        keys = db.execute(
+            "SELECT DISTINCT p.chunk_id, p.policy FROM packets p"
+            f" WHERE p.target IN ({marks}) AND (p.chunk_id, p.policy) > (?, ?)"
+            " AND EXISTS (SELECT 1 FROM snapshot_chunks sc"
+            " WHERE sc.chunk_id = p.chunk_id AND sc.policy = p.policy)"
+            " ORDER BY p.chunk_id, p.policy LIMIT ?",
+            (*targets, after[0], after[1], limit),
+        ).fetchall()
+        return [c for k, pol in keys if (c := self.chunk(bytes(k), pol)) is not None]
+
+    def snapshots_using(self, chunks: Iterable[tuple[bytes, str]]) -> list[str]:
+        """Complete snapshots that reference any of these (chunk id, policy) pairs."""
+        db = self._db()
+        found: set[str] = set()
+        for chunk_id, policy in chunks:
+            found.update(
+                r[0]
+                for r in db.execute(
+                    "SELECT sc.snapshot_id FROM snapshot_chunks sc JOIN snapshots s"
+                    " ON s.snapshot_id = sc.snapshot_id"
+                    " WHERE sc.chunk_id = ? AND sc.policy = ? AND s.state = 'complete'",
+                    (chunk_id, policy),
+                )
+            )
+        return sorted(found)
+
+    def replace_record(
+        self, snapshot_id: str, pieces: Sequence[ChunkRecord], record: bytes
+    ) -> list[tuple[bytes, str]]:
+        """Point a snapshot at a rewritten data assembly record, in one transaction.
+
+        Returns the old record pieces that no snapshot references any more; the caller
+        deletes their packets on the grid and then their rows (as forget does).
+        """
+        db = self._db()
+        with self._durable(db):
+            db.execute("BEGIN IMMEDIATE")
+            old = [
+                (bytes(r[0]), str(r[1]))
+                for r in db.execute(
+                    "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc JOIN chunks c"
+                    " ON c.chunk_id = sc.chunk_id AND c.policy = sc.policy"
+                    " WHERE sc.snapshot_id = ? AND c.domain = 'record'",
+                    (snapshot_id,),
+                )
+            ]
+            db.executemany(
+                "DELETE FROM snapshot_chunks WHERE snapshot_id = ? AND chunk_id = ?",
+                ((snapshot_id, chunk_id) for chunk_id, _ in old),
+            )
+            self._insert_chunks(db, pieces, snapshot_id)
+            db.execute(
+                "UPDATE snapshots SET record = ? WHERE snapshot_id = ?", (record, snapshot_id)
+            )
+            return [
+                (chunk_id, policy)
+                for chunk_id, policy in old
+                if db.execute(
+                    "SELECT 1 FROM snapshot_chunks WHERE chunk_id = ? AND policy = ?",
+                    (chunk_id, policy),
+                ).fetchone()
+                is None
+            ]
 
     def packets_on(self, target: bytes) -> int:
         return int(

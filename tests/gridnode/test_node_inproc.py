@@ -253,3 +253,94 @@ async def test_a_batch_of_packets_is_answered_packet_by_packet(tmp_path: Path) -
         with pytest.raises(RemoteError) as info:
             await link.request(lambda rid: StorePackets(request_id=rid, parts=bad, data=b"xx"))
         assert info.value.code == "malformed"
+
+
+async def test_repair_puts_rotten_packets_back_and_rewrites_every_record_using_them(
+    tmp_path: Path,
+) -> None:
+    import blake3
+
+    tree = write_tree(tmp_path)
+    async with open_grid(tmp_path / "grid", 7) as grid:
+        source = grid.nodes[0]
+        first = await grid.call(0, "backup", paths=[str(tree)])
+        (tree / "extra.txt").write_text("another file " * 100)
+        second = await grid.call(0, "backup", paths=[str(tree)])
+        ids = [first["snapshot_id"], second["snapshot_id"]]
+
+        def chunk_ids(snapshot_id: str) -> set[bytes]:
+            return {c.chunk_id for c in source.catalog.iter_chunks_of(snapshot_id)}
+
+        shared = sorted(chunk_ids(ids[0]) & chunk_ids(ids[1]))
+        assert shared  # random.bin is unchanged: its chunks are in both snapshots
+        chunk = next(c for c in source.catalog.iter_chunks_of(ids[0]) if c.chunk_id == shared[0])
+        by_id = {n.identity.node_id: n for n in grid.nodes}
+        rotten, deleted = chunk.packets[0], chunk.packets[4]
+        rotten_path = by_id[rotten.target].packets.path_for(rotten.packet_id)
+        data = bytearray(rotten_path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        rotten_path.write_bytes(bytes(data))
+        by_id[deleted.target].packets.path_for(deleted.packet_id).unlink()
+        before = await grid.call(0, "verify", snapshot=ids[0])
+        assert before["chunks_degraded"] == 1
+
+        result = await grid.call(0, "repair")
+        assert result["ok"] is True
+        assert result["chunks_repaired"] == 1 and result["packets_rebuilt"] == 2
+        assert result["records_rewritten"] == sorted(ids)
+        after = source.catalog.chunk(chunk.chunk_id, chunk.policy)
+        assert after is not None
+        # The holders answered (their copies were gone or rotten): the packets went back
+        # to them, so the chunk keeps the holders its rules were checked against.
+        assert [p.target for p in after.packets] == [p.target for p in chunk.packets]
+        for packet in (rotten, deleted):
+            stored = by_id[packet.target].packets.get(packet.packet_id)
+            assert stored is not None
+            assert blake3.blake3(stored).digest() == packet.packet_id
+        for snapshot_id in ids:
+            verified = await grid.call(0, "verify", snapshot=snapshot_id)
+            assert verified["ok"] and verified["chunks_degraded"] == 0
+        log = await grid.call(0, "log")
+        assert log["entries"][-3]["event"] == "repair"
+
+
+async def test_a_holder_gone_for_repair_after_s_has_its_packets_rebuilt_elsewhere(
+    tmp_path: Path,
+) -> None:
+    tree = write_tree(tmp_path)
+    settings = {"repair_after_s": 1.0}
+    async with open_grid(tmp_path / "grid", 8, settings=settings) as grid:
+        source = grid.nodes[0]
+        snap = (await grid.call(0, "backup", paths=[str(tree)]))["snapshot_id"]
+        chunks = list(source.catalog.iter_chunks_of(snap))
+        holders = {p.target for c in chunks for p in c.packets}
+        # The node holding the most packets leaves the grid for good.
+        leaving = max(
+            grid.nodes[1:],
+            key=lambda n: sum(p.target == n.identity.node_id for c in chunks for p in c.packets),
+        )
+        gone = leaving.identity.node_id
+        assert gone in holders
+        on_gone = source.catalog.packets_on(gone)
+        assert on_gone > 0
+        leaving.shutdown()
+        await leaving.stopped.wait()
+        with trio.fail_after(30):
+            while source.catalog.packets_on(gone):
+                await trio.sleep(0.2)
+        assert source.auto_repair is not None
+        run = source.auto_repair.runs[-1]
+        assert run["ok"] is True and run["packets_rebuilt"] >= on_gone
+        assert run["records_rewritten"] == [snap]
+        entry = next(
+            e for e in reversed((await grid.call(0, "log"))["entries"]) if e["event"] == "repair"
+        )
+        assert entry["detail"]["automatic"] is True
+        verified = await grid.call(0, "verify", snapshot=snap)
+        assert verified["ok"] and verified["chunks_degraded"] == 0
+        # Nothing else moved: the other holders kept their packets.
+        for before in chunks:
+            after = source.catalog.chunk(before.chunk_id, before.policy)
+            assert after is not None
+            for old, new in zip(before.packets, after.packets, strict=True):
+                assert new.target == old.target or old.target == gone

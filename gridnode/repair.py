@@ -1,0 +1,397 @@
+"""Repair: put back the redundancy that lost, corrupt or departed holders took away.
+
+Erasure coding only buys time.  A chunk stored k-of-n survives n-k losses, and nodes
+leave a grid for good (a disk dies, a machine is retired): without repair every chunk
+drifts towards k and then past it.  ``gridnode repair`` checks every packet of every
+chunk (data and data-assembly-record pieces) the way ``verify`` does, and for a chunk
+with at least k good packets and some missing:
+
+1. rebuilds the missing packets from any k survivors at the erasure level
+   (``packing.rebuild_shares``): no key, no plaintext; the rebuilt bytes must hash to the
+   packet ids recorded at backup, which proves them right;
+2. asks the sequencer for new targets under the chunk's own rules (the snapshot's
+   proximity bands and distinct labels), keeping the surviving holders fixed so the
+   pairwise rules hold for the chunk's whole set of targets, never relaxing a rule;
+3. uploads them through the packet store (receipts as at backup) and records the new
+   holders in the catalog, one transaction per chunk;
+4. asks an old holder that still answers but lost or damaged its copy to delete it.
+
+Every complete snapshot that uses a repaired chunk then gets its data assembly record
+rewritten (the record names every packet's holder, and a recovered catalog must point at
+the new ones), old record pieces no snapshot uses are deleted, and the recovery root is
+published again.  The run is logged in the backup log.
+
+Repair takes the backup lock: a backup deduplicating against a chunk while its holders
+change would record the old holders.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import attrs
+import msgpack
+import trio
+
+from .actors.packet_store import UploadChunk, UploadFailed
+from .actors.retriever import FetchChunk
+from .actors.sequencer import PlaceChunk
+from .backup import store_blob, write_record
+from .control import Emit
+from .errors import GridError, PeerError
+from .log import get_logger
+from .logic.packing import ChunkIntegrityError, ErasureParams, rebuild_shares
+from .logic.placement import PlacementError, PlacementRules
+from .restore import delete_on_grid, delete_packet, resolve
+from .services import Services
+from .storage.catalog import ChunkRecord, PacketRecord, SnapshotRecord
+from .trioutil import collapse_groups
+
+__all__ = ["AutoRepair", "RepairFailed", "repair", "repair_holders"]
+
+_log = get_logger(actor="request")
+
+#: Chunks checked at once: each holds up to n packets in memory while it is checked.
+CONCURRENCY = 8
+
+
+class RepairFailed(GridError):
+    pass
+
+
+@attrs.define
+class _Tally:
+    chunks_checked: int = 0
+    chunks_healthy: int = 0
+    chunks_repaired: int = 0
+    chunks_lost: int = 0
+    chunks_unrepaired: int = 0
+    packets_rebuilt: int = 0
+    stale_copies_deleted: int = 0
+    problems: list[dict[str, Any]] = attrs.field(factory=list)
+
+    def problem(self, chunk: ChunkRecord, text: str) -> None:
+        if len(self.problems) < 200:
+            self.problems.append({"chunk_id": chunk.chunk_id.hex(), "problem": text})
+
+
+def _rules_of(chunk: ChunkRecord) -> PlacementRules:
+    return PlacementRules.from_wire(chunk.rules) if chunk.rules else PlacementRules()
+
+
+async def _repair_chunk(services: Services, chunk: ChunkRecord, tally: _Tally) -> bool:
+    """Check one chunk and restore its n packets; True when the catalog changed."""
+    fetched = await services.ask(services.retriever, FetchChunk(chunk, all_packets=True))
+    if not fetched.missing:
+        tally.chunks_healthy += 1
+        return False
+    lost_shares = sorted({share for share, _, _ in fetched.missing})
+    if len(fetched.shares) < chunk.k:
+        tally.chunks_lost += 1
+        tally.problem(chunk, f"only {len(fetched.shares)} of the {chunk.k} packets needed survive")
+        return False
+    by_share = {p.share: p for p in chunk.packets}
+    params = ErasureParams(chunk.k, chunk.n)
+    packet_ids = [by_share[i].packet_id for i in range(chunk.n)]
+    try:
+        rebuilt = await trio.to_thread.run_sync(
+            functools.partial(
+                rebuild_shares,
+                fetched.shares,
+                params=params,
+                cipher_size=chunk.cipher_size,
+                packet_ids=packet_ids,
+                wanted=lost_shares,
+            ),
+            limiter=services.cpu_limiter,
+        )
+    except ChunkIntegrityError as exc:
+        tally.chunks_unrepaired += 1
+        tally.problem(chunk, f"cannot rebuild: {exc}")
+        return False
+    # A holder that answered (its copy is gone or rotten) gets the packet back: it met the
+    # rules already, and bit rot must not push packets off a grid that has no other room.
+    # Packets of unreachable holders move to new ones, placed under the chunk's rules with
+    # every other holder fixed.
+    same = [i for i in lost_shares if i in fetched.answered]
+    moving = [i for i in lost_shares if i not in fetched.answered]
+    del fetched
+    kept = tuple(by_share[i].target for i in range(chunk.n) if i not in rebuilt)
+    held = kept + tuple(by_share[i].target for i in same)
+    rules = _rules_of(chunk)
+    packet_bytes = len(next(iter(rebuilt.values())))
+    new_target = {i: by_share[i].target for i in same}
+    try:
+        if moving:
+            targets = await services.ask(
+                services.sequencer,
+                PlaceChunk(
+                    chunk_id=chunk.chunk_id,
+                    n=chunk.n,
+                    packet_bytes=packet_bytes,
+                    rules=rules,
+                    exclude=frozenset(by_share[i].target for i in moving),
+                    fixed=held,
+                ),
+            )
+            fresh = [t for t in targets if t not in held]
+            new_target.update(zip(moving, fresh, strict=True))
+        uploaded = await services.ask(
+            services.packet_store,
+            UploadChunk(
+                chunk_id=chunk.chunk_id,
+                packets=tuple(rebuilt[i] for i in lost_shares),
+                packet_ids=tuple(packet_ids[i] for i in lost_shares),
+                targets=tuple(new_target[i] for i in lost_shares),
+                rules=rules,
+                packet_bytes=packet_bytes,
+                policy=chunk.policy,
+                held=kept,
+            ),
+        )
+    except (PlacementError, UploadFailed) as exc:
+        tally.chunks_unrepaired += 1
+        tally.problem(chunk, f"no new holders: {exc}")
+        return False
+    new_packets = {
+        lost_shares[p.share]: PacketRecord(lost_shares[p.share], p.packet_id, p.target, p.receipt)
+        for p in uploaded.placed
+    }
+    repaired = attrs.evolve(
+        chunk,
+        packets=tuple(new_packets.get(i, by_share[i]) for i in range(chunk.n)),
+    )
+    await services.db(services.catalog.add_chunks, [repaired])
+    tally.chunks_repaired += 1
+    tally.packets_rebuilt += len(new_packets)
+    # A packet that moved may still sit on its old holder (it was only unreachable for a
+    # while): ask it to drop the copy.  Best effort; a holder still gone costs only space.
+    for share in moving:
+        old = by_share[share]
+        if new_packets[share].target == old.target:
+            continue
+        try:
+            if await delete_packet(services, old, chunk.policy, timeout_s=5):
+                tally.stale_copies_deleted += 1
+        except PeerError:
+            pass
+    return True
+
+
+async def _rewrite_record(services: Services, snap: SnapshotRecord) -> int:
+    """Store a fresh data assembly record for ``snap``; returns the old pieces freed."""
+    catalog = services.catalog
+    path = services.config.home / "tmp" / f"record-repair-{snap.snapshot_id}.msgpack"
+    path.parent.mkdir(exist_ok=True)
+    try:
+        await services.db(
+            lambda: write_record(
+                path,
+                catalog.entries(snap.snapshot_id),
+                catalog.iter_chunks_of(snap.snapshot_id),
+            )
+        )
+        pieces, _ = await store_blob(
+            services,
+            path,
+            params=ErasureParams.parse(snap.params),
+            rules=PlacementRules.from_wire(snap.rules) if snap.rules else PlacementRules(),
+        )
+    finally:
+        path.unlink(missing_ok=True)
+    ref = bytes(msgpack.packb([p.to_wire() for p in pieces], use_bin_type=True))
+    orphans = await services.db(catalog.replace_record, snap.snapshot_id, pieces, ref)
+    doomed = await services.db(
+        lambda: [r for c, p in orphans if (r := catalog.chunk(c, p)) is not None]
+    )
+    await delete_on_grid(services, doomed)
+    await services.db(catalog.delete_chunks, [(c.chunk_id, c.policy) for c in doomed])
+    return len(doomed)
+
+
+async def repair(services: Services, snapshot: str | None, emit: Emit) -> dict[str, Any]:
+    """Repair one snapshot (``snapshot``) or every complete one (``None``)."""
+    async with services.backup_lock:
+        catalog = services.catalog
+        if snapshot is not None:
+            scope = [(await resolve(services, snapshot)).snapshot_id]
+        else:
+            scope = [s.snapshot_id for s in await services.db(catalog.snapshots) if s.complete]
+
+        async def pages() -> AsyncIterator[list[ChunkRecord]]:
+            for snapshot_id in scope:
+                after = b""
+                while page := await services.db(
+                    lambda s=snapshot_id, a=after: catalog.chunk_page(s, after=a)
+                ):
+                    after = page[-1].chunk_id
+                    yield page
+
+        await emit({"event": "started", "snapshots": scope})
+        result = await _repair(services, pages(), emit, log_as=snapshot)
+        return {**result, "snapshots": scope}
+
+
+async def repair_holders(services: Services, gone: Sequence[bytes]) -> dict[str, Any]:
+    """Repair only the chunks with a packet on ``gone`` (the automatic repair)."""
+
+    async def pages() -> AsyncIterator[list[ChunkRecord]]:
+        after = (b"", "")
+        while page := await services.db(
+            lambda a=after: services.catalog.chunks_on_page(gone, after=a)
+        ):
+            after = (page[-1].chunk_id, page[-1].policy)
+            yield page
+
+    async def quiet(event: dict[str, Any]) -> None:
+        pass
+
+    async with services.backup_lock:
+        return await _repair(services, pages(), quiet, log_as=None, gone=gone)
+
+
+async def _repair(
+    services: Services,
+    pages: AsyncIterator[list[ChunkRecord]],
+    emit: Emit,
+    *,
+    log_as: str | None,
+    gone: Sequence[bytes] = (),
+) -> dict[str, Any]:
+    from .recovery import publish_root
+
+    started = time.monotonic()
+    catalog = services.catalog
+    tally = _Tally()
+    changed: list[tuple[bytes, str]] = []
+    seen: set[tuple[bytes, str]] = set()
+    limiter = trio.Semaphore(CONCURRENCY)
+    last_progress = [0.0]
+
+    async def one(chunk: ChunkRecord) -> None:
+        try:
+            if await _repair_chunk(services, chunk, tally):
+                changed.append((chunk.chunk_id, chunk.policy))
+        finally:
+            tally.chunks_checked += 1
+            limiter.release()
+        now = time.monotonic()
+        if now - last_progress[0] >= 0.5:
+            last_progress[0] = now
+            await emit(
+                {
+                    "event": "progress",
+                    "phase": "check",
+                    "chunks_checked": tally.chunks_checked,
+                    "chunks_repaired": tally.chunks_repaired,
+                    "packets_rebuilt": tally.packets_rebuilt,
+                }
+            )
+
+    with collapse_groups():
+        async with trio.open_nursery() as nursery:
+            async for page in pages:
+                for chunk in page:
+                    key = (chunk.chunk_id, chunk.policy)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    await limiter.acquire()
+                    nursery.start_soon(one, chunk)
+
+    rewritten: list[str] = []
+    pieces_freed = 0
+    if changed:
+        await emit({"event": "progress", "phase": "records", "chunks_repaired": len(changed)})
+        for snapshot_id in await services.db(catalog.snapshots_using, changed):
+            snap = await services.db(catalog.snapshot, snapshot_id)
+            if snap is None or not snap.record:
+                continue
+            pieces_freed += await _rewrite_record(services, snap)
+            rewritten.append(snapshot_id)
+    root = await publish_root(services) if rewritten else None
+    seconds = round(time.monotonic() - started, 3)
+    ok = tally.chunks_lost == 0 and tally.chunks_unrepaired == 0
+    await services.db(
+        lambda: catalog.log(
+            "repair",
+            log_as,
+            ok=ok,
+            automatic=bool(gone),
+            gone_holders=[g.hex()[:12] for g in gone],
+            checked=tally.chunks_checked,
+            repaired=tally.chunks_repaired,
+            packets_rebuilt=tally.packets_rebuilt,
+            lost=tally.chunks_lost,
+            unrepaired=tally.chunks_unrepaired,
+            records_rewritten=len(rewritten),
+        )
+    )
+    _log.info("repair_done", repaired=tally.chunks_repaired, lost=tally.chunks_lost)
+    return {
+        "event": "result",
+        "ok": ok,
+        "chunks_checked": tally.chunks_checked,
+        "chunks_healthy": tally.chunks_healthy,
+        "chunks_repaired": tally.chunks_repaired,
+        "chunks_lost": tally.chunks_lost,
+        "chunks_unrepaired": tally.chunks_unrepaired,
+        "packets_rebuilt": tally.packets_rebuilt,
+        "stale_copies_deleted": tally.stale_copies_deleted,
+        "records_rewritten": rewritten,
+        "record_pieces_freed": pieces_freed,
+        "recovery_root": root,
+        "problems": tally.problems,
+        "seconds": seconds,
+    }
+
+
+@attrs.define
+class AutoRepair:
+    """The node's own repair: packets whose holder stayed out of the view too long move.
+
+    Every ``tick_s`` it compares the holders of this node's packets with the members
+    gossip reports alive or suspect.  A holder missing for ``after_s`` in a row is taken
+    for gone and only the chunks with a packet on it are repaired (a targeted fetch, not
+    a full verify: a nightly full check of every packet would cost a full download).  A
+    holder whose chunks could not all be repaired is retried after another ``after_s``.
+    """
+
+    services: Services
+    present: Callable[[], set[bytes]]
+    after_s: float
+    tick_s: float
+    missing_since: dict[bytes, float] = attrs.field(factory=dict)
+    runs: list[dict[str, Any]] = attrs.field(factory=list)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(self.tick_s)
+            try:
+                await self.tick()
+            except (GridError, OSError) as exc:
+                _log.warning("auto_repair_failed", error=str(exc))
+
+    async def tick(self) -> dict[str, Any] | None:
+        holders: set[bytes] = await self.services.db(self.services.catalog.holders)
+        now = trio.current_time()
+        present = self.present()
+        for node_id in list(self.missing_since):
+            if node_id not in holders or node_id in present:
+                del self.missing_since[node_id]
+        for node_id in holders - present:
+            self.missing_since.setdefault(node_id, now)
+        gone = sorted(n for n, since in self.missing_since.items() if now - since >= self.after_s)
+        if not gone or self.services.backup_lock.locked():
+            return None  # a backup or a manual repair is running: next tick
+        _log.info("auto_repair", gone=[g.hex()[:12] for g in gone])
+        result = await repair_holders(self.services, gone)
+        for node_id in gone:  # retried after another full wait if anything was left
+            self.missing_since[node_id] = trio.current_time()
+        self.runs.append(result)
+        del self.runs[:-10]
+        return result

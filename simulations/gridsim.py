@@ -1822,18 +1822,23 @@ class Simulation:
         if step.max_seconds is not None and took > step.max_seconds:
             raise StepFailed(f"restore took {took:.1f} s, more than {step.max_seconds:g} s")
 
-    def step_verify(self, step: Step, report: StepReport) -> None:
-        names = [step.backup] if step.backup else list(self.backups)
-        results: dict[str, Any] = {}
-        problems: list[str] = []
-        for name in names:
+    def backups_to_check(
+        self, step: Step, report: StepReport, problems: list[str], verb: str
+    ) -> Iterator[tuple[str, BackupState]]:
+        """The step's backup (or every one) whose source is up to run ``verb`` on."""
+        for name in [step.backup] if step.backup else list(self.backups):
             backup = self.backups.get(name)
             if backup is None:
                 problems.append(f"backup {name} made no snapshot")
-                continue
-            if self.nodes[backup.source].state != "up":
-                report.notes.append(f"{name}: source {backup.source} is not up; not verified")
-                continue
+            elif self.nodes[backup.source].state != "up":
+                report.notes.append(f"{name}: source {backup.source} is not up; not {verb}")
+            else:
+                yield name, backup
+
+    def step_verify(self, step: Step, report: StepReport) -> None:
+        results: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, backup in self.backups_to_check(step, report, problems, "verified"):
             model = self.survival(backup)
             result = self.cli(backup.source, "verify", backup.snapshot_id)
             value = result.value if isinstance(result.value, dict) else {}
@@ -1865,17 +1870,9 @@ class Simulation:
             raise StepFailed("; ".join(problems))
 
     def step_repair(self, step: Step, report: StepReport) -> None:
-        names = [step.backup] if step.backup else list(self.backups)
         problems: list[str] = []
         results: dict[str, Any] = {}
-        for name in names:
-            backup = self.backups.get(name)
-            if backup is None:
-                problems.append(f"backup {name} made no snapshot")
-                continue
-            if self.nodes[backup.source].state != "up":
-                report.notes.append(f"{name}: source {backup.source} is not up; not repaired")
-                continue
+        for name, backup in self.backups_to_check(step, report, problems, "repaired"):
             model = self.survival(backup)
             result = self.cli(backup.source, "repair", backup.snapshot_id)
             value = result.value if isinstance(result.value, dict) else {}

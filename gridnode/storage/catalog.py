@@ -722,6 +722,12 @@ class Catalog:
         ).fetchone()
         if row is None:
             return None
+        return self._chunk_from_row(db, (*row, policy))
+
+    @staticmethod
+    def _chunk_from_row(db: sqlite3.Connection, row: Sequence[Any]) -> ChunkRecord:
+        """(chunk_id, plain, cipher, compressed, k, n, rules, domain, policy) + its packets."""
+        chunk_id, plain, cipher, compressed, k, n, rules, domain, policy = row
         packets = tuple(
             PacketRecord(s, bytes(p), bytes(t), bytes(r))
             for s, p, t, r in db.execute(
@@ -731,15 +737,15 @@ class Catalog:
             )
         )
         return ChunkRecord(
-            bytes(row[0]),
-            row[1],
-            row[2],
-            bool(row[3]),
-            row[4],
-            row[5],
+            bytes(chunk_id),
+            plain,
+            cipher,
+            bool(compressed),
+            k,
+            n,
             packets,
-            json.loads(row[6]),
-            row[7],
+            json.loads(rules),
+            domain,
         )
 
     def chunks_of(self, snapshot_id: str) -> list[ChunkRecord]:
@@ -773,26 +779,8 @@ class Catalog:
             " ORDER BY sc.chunk_id LIMIT ?",
             (snapshot_id, after, limit),
         )
-        for chunk_id, plain, cipher, compressed, k, n, rules, domain, policy in cur:
-            packets = tuple(
-                PacketRecord(s, bytes(p), bytes(t), bytes(r))
-                for s, p, t, r in db.execute(
-                    "SELECT share, packet_id, target, receipt FROM packets WHERE chunk_id = ?"
-                    " AND policy = ? ORDER BY share",
-                    (chunk_id, policy),
-                )
-            )
-            yield ChunkRecord(
-                bytes(chunk_id),
-                plain,
-                cipher,
-                bool(compressed),
-                k,
-                n,
-                packets,
-                json.loads(rules),
-                domain,
-            )
+        for row in cur:
+            yield self._chunk_from_row(db, row)
 
     def delete_chunks(self, chunks: Sequence[tuple[bytes, str]]) -> None:
         db = self._db()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import Any
 import blake3
 import pytest
 
-from simulations.harness import LocalGrid, NodeProc, NodeSpec
+from simulations.harness import LocalGrid
 
-from .trees import assert_same_tree, make_mixed_tree
+from .trees import assert_same_tree, lose_and_recover, make_mixed_tree
 
 pytestmark = pytest.mark.slow
 
@@ -94,35 +93,9 @@ def test_recover_with_only_the_key_after_losing_the_home(make_grid: Any, tmp_pat
     grid: LocalGrid = make_grid(7)
     tree = make_mixed_tree(tmp_path / "src", big_bytes=3 * 1024 * 1024, small_files=40)
     snap = grid.cli("n0", "backup", str(tree))["snapshot_id"]
-    phrase = grid.gridnode(
-        "key", "phrase", "--home", str(grid.nodes["n0"].home), json_out=False
-    ).strip()
-    seed = grid.nodes["n1"].address
-
     # The machine is lost: the node stops and its whole home is gone.
-    grid.kill("n0")
-    shutil.rmtree(grid.nodes["n0"].home)
-
-    new_home = tmp_path / "recovered"
-    result = grid.gridnode(
-        "recover",
-        "--home",
-        str(new_home),
-        "--key",
-        "-",
-        "--grid",
-        str(grid.grid_file),
-        "--seed",
-        seed,
-        "--json",
-        stdin=phrase + "\n",
-        timeout=120,
-    )
+    result = lose_and_recover(grid, "n0", tmp_path / "recovered", seed="n1")
     assert result["snapshots"] == [snap]
-    node = NodeProc(spec=NodeSpec(name="recovered"), home=new_home, port=0)
-    grid.nodes["recovered"] = node
-    grid.start("recovered")
-    grid.wait_ready("recovered")
     listing = grid.cli("recovered", "snapshots")
     assert [s["snapshot_id"] for s in listing] == [snap]
     assert listing[0]["complete"] is True

@@ -3,15 +3,14 @@ survives losses that would have destroyed it without repair."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from simulations.harness import LocalGrid, NodeProc, NodeSpec
+from simulations.harness import LocalGrid
 
-from .trees import assert_same_tree, make_mixed_tree
+from .trees import assert_same_tree, lose_and_recover, make_mixed_tree
 
 pytestmark = pytest.mark.slow
 
@@ -64,30 +63,8 @@ def test_repair_restores_redundancy_and_outlives_further_losses(
 
     # The source machine is lost too: its recovered catalog must name the *new* holders
     # (the rewritten record and the republished root), or the next losses are fatal.
-    phrase = grid.gridnode(
-        "key", "phrase", "--home", str(grid.nodes["n0"].home), json_out=False
-    ).strip()
-    grid.kill("n0")
-    shutil.rmtree(grid.nodes["n0"].home)
-    new_home = tmp_path / "recovered"
-    recovered = grid.gridnode(
-        "recover",
-        "--home",
-        str(new_home),
-        "--key",
-        "-",
-        "--grid",
-        str(grid.grid_file),
-        "--seed",
-        grid.nodes["n5"].address,
-        "--json",
-        stdin=phrase + "\n",
-        timeout=120,
-    )
+    recovered = lose_and_recover(grid, "n0", tmp_path / "recovered", seed="n5")
     assert recovered["snapshots"] == [snap]
-    grid.nodes["recovered"] = NodeProc(spec=NodeSpec(name="recovered"), home=new_home, port=0)
-    grid.start("recovered")
-    grid.wait_ready("recovered")
 
     # Two more holders die: every chunk keeps exactly k = 2 packets (on n5 and n6).
     # Without the repair above, chunks with packets on both n1/n2 and n3/n4 would be lost.

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
+from typing import Any
+
+from simulations.harness import LocalGrid, NodeProc, NodeSpec
 
 
 def make_mixed_tree(
@@ -59,3 +63,31 @@ def assert_same_tree(original: Path, restored: Path) -> None:
         if a[rel] != b[rel]:
             left, right = a[rel], b[rel]
             raise AssertionError(f"{rel!r} differs: {str(left)[:120]} != {str(right)[:120]}")
+
+
+def lose_and_recover(grid: LocalGrid, name: str, new_home: Path, *, seed: str) -> Any:
+    """The machine of node ``name`` is lost (killed, home deleted); a new node comes back
+    from the recovery phrase alone as node "recovered".  Returns `recover`'s JSON."""
+    phrase = grid.gridnode(
+        "key", "phrase", "--home", str(grid.nodes[name].home), json_out=False
+    ).strip()
+    grid.kill(name)
+    shutil.rmtree(grid.nodes[name].home)
+    result = grid.gridnode(
+        "recover",
+        "--home",
+        str(new_home),
+        "--key",
+        "-",
+        "--grid",
+        str(grid.grid_file),
+        "--seed",
+        grid.nodes[seed].address,
+        "--json",
+        stdin=phrase + "\n",
+        timeout=120,
+    )
+    grid.nodes["recovered"] = NodeProc(spec=NodeSpec(name="recovered"), home=new_home, port=0)
+    grid.start("recovered")
+    grid.wait_ready("recovered")
+    return result

@@ -16,6 +16,10 @@ run, on the same files:
   files and encoding the packs on 2 threads; walking the tree with ``lstat`` (what an
   incremental scan cannot avoid); decoding the packs and writing the files.
 
+- repair (last, since it kills a node): a 4-of-5 snapshot of 64 MiB (quick: 16 MiB)
+  after the storage node holding most of its packets is killed, against a restore of the
+  same snapshot just before.
+
 Grid rates use the node's own ``seconds`` (the job inside the node); the wall clock of
 the CLI call (process start, control session) is kept beside it, with the cost of a
 no-op CLI call (``status``).  CPU seconds per GB of the source (all threads and its
@@ -278,6 +282,10 @@ class _Probe:
                 "bytes_uploaded",
                 "packets_uploaded",
                 "chunks_new",
+                "chunks_checked",
+                "chunks_repaired",
+                "packets_rebuilt",
+                "ok",
                 "seconds",
             ),
             "wall_s": round(wall, 3),
@@ -412,6 +420,43 @@ def _bench_small(probe: _Probe, root: Path, work: Path) -> dict[str, Any]:
     }
 
 
+REPAIR_PARAMS: Final = ErasureParams(4, 5)
+
+
+def _bench_repair(probe: _Probe, path: Path, work: Path) -> dict[str, Any]:
+    """Lose the busiest of the 6 storage nodes and repair a 4-of-5 snapshot.
+
+    4-of-5 leaves one storage node free for each chunk, so every lost packet has a new
+    home.  Repair reads every surviving packet (it checks them all) and rebuilds and
+    uploads the lost ones; its baseline is a restore of the same snapshot, measured just
+    before, which reads k packets of each chunk and writes the file.
+    """
+    size = path.stat().st_size
+    backup = probe.job("backup", str(path.parent), "--redundancy", str(REPAIR_PARAMS))
+    snapshot = str(backup["snapshot_id"])
+    out = work / "restore-repair"
+    restore = _with_rates(probe.job("restore", snapshot, "--to", str(out)), size)
+    shutil.rmtree(out)
+    placement = probe.grid.cli(SOURCE, "placement", snapshot)
+    counts: dict[str, int] = {}
+    for chunk in placement["chunks"]:
+        for packet in chunk["packets"]:
+            counts[packet["target"]] = counts.get(packet["target"], 0) + 1
+    ids = {probe.grid.status(n)["node_id"]: n for n in probe.grid.nodes if n != SOURCE}
+    victim_id = max(counts, key=lambda t: counts[t])
+    probe.grid.kill(ids[victim_id])
+    repair = _with_rates(probe.job("repair", snapshot), size)
+    verify = probe.grid.cli(SOURCE, "verify", snapshot)
+    return {
+        "bytes": size,
+        "redundancy": str(REPAIR_PARAMS),
+        "packets_lost": counts[victim_id],
+        "restore": restore,
+        "repair": repair,
+        "healthy_after": bool(verify["ok"] and verify["chunks_degraded"] == 0),
+    }
+
+
 def calibrate_disk(directory: Path, *, packets: int = 48) -> dict[str, float]:
     """How fast this disk keeps packets the way a target does, for reading the grid rows.
 
@@ -471,6 +516,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "text": write_text_file(data / "text" / "data.bin", size, seed=2),
         }
         make_small_tree(data / "small", files, seed=3)
+        write_random_file(data / "repair" / "data.bin", size // 4, seed=4)
         phases["generate_data"] = time.perf_counter() - started
         started = time.perf_counter()
         results["disk_packets_fsynced"] = calibrate_disk(work / "calibration")
@@ -492,6 +538,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 )
             results["small_files"] = _bench_small(probe, data / "small", work)
             results["source_peak_rss_kib"] = proc_memory_kib(source_pid(grid))["VmHWM"]
+            # Last: it kills a storage node.
+            results["repair"] = _bench_repair(probe, data / "repair" / "data.bin", work)
             phases["grid_jobs"] = time.perf_counter() - started
     finally:
         discard_tree(work)
@@ -548,6 +596,17 @@ def _figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             pipe["restore_s"],
         ),
     ]
+    repair = results["repair"]
+    figures.append(
+        Figure(
+            f"repair after losing 1 of 6 holders ({repair['redundancy']}, "
+            f"{repair['packets_lost']} packets rebuilt)",
+            repair["repair"]["mb_s"],
+            "MB/s",
+            "restore of the same snapshot",
+            repair["restore"]["mb_s"],
+        )
+    )
     disk = results["disk_packets_fsynced"]
     figures.append(
         Figure(
@@ -607,6 +666,14 @@ def format_table(results: dict[str, Any]) -> str:
         )
     lines.append(
         f"source peak RSS over the whole run: {results['source_peak_rss_kib'] / 1024:.0f} MiB"
+    )
+    repair = results["repair"]
+    lines.append(
+        f"repair, {repair['redundancy']} snapshot of {repair['bytes'] // MiB} MiB, 1 of 6 "
+        f"storage nodes killed: {repair['packets_lost']} packets rebuilt in "
+        f"{repair['repair']['seconds']:.2f} s ({repair['repair']['mb_s']:.1f} MB/s of snapshot "
+        f"checked; restore {repair['restore']['mb_s']:.1f} MB/s); all healthy after: "
+        f"{repair['healthy_after']}"
     )
     disk = results["disk_packets_fsynced"]
     lines.append(

@@ -344,3 +344,28 @@ async def test_a_holder_gone_for_repair_after_s_has_its_packets_rebuilt_elsewher
             assert after is not None
             for old, new in zip(before.packets, after.packets, strict=True):
                 assert new.target == old.target or old.target == gone
+
+
+async def test_repair_reports_chunks_it_cannot_save_and_keeps_their_records(
+    tmp_path: Path,
+) -> None:
+    """Below k survivors nothing can be rebuilt: said plainly, and the catalog keeps the
+    old holders (they may come back), so nothing is lost by trying."""
+    tree = tmp_path / "one"
+    tree.mkdir()
+    (tree / "data.bin").write_bytes(os.urandom(1024 * 1024))
+    async with open_grid(tmp_path / "grid", 5) as grid:
+        source = grid.nodes[0]
+        snap = (await grid.call(0, "backup", paths=[str(tree)], redundancy="3/4"))["snapshot_id"]
+        before = list(source.catalog.iter_chunks_of(snap))
+        for node in grid.nodes[1:3]:
+            node.shutdown()
+            await node.stopped.wait()
+        result = await grid.call(0, "repair", snapshot=snap)
+        assert result["ok"] is False
+        # Every chunk (the data and the record's pieces) has 2 of its 4 packets left.
+        assert result["chunks_checked"] > len(before)
+        assert result["chunks_lost"] == result["chunks_checked"]
+        assert result["chunks_repaired"] == 0 and result["records_rewritten"] == []
+        assert all("survive" in p["problem"] for p in result["problems"])
+        assert list(source.catalog.iter_chunks_of(snap)) == before

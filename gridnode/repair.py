@@ -82,9 +82,14 @@ def _rules_of(chunk: ChunkRecord) -> PlacementRules:
     return PlacementRules.from_wire(chunk.rules) if chunk.rules else PlacementRules()
 
 
-async def _repair_chunk(services: Services, chunk: ChunkRecord, tally: _Tally) -> bool:
-    """Check one chunk and restore its n packets; True when the catalog changed."""
-    fetched = await services.ask(services.retriever, FetchChunk(chunk, all_packets=True))
+async def _repair_chunk(
+    services: Services, chunk: ChunkRecord, tally: _Tally, gone: frozenset[bytes]
+) -> bool:
+    """Check one chunk and restore its n packets; True when the catalog changed.
+
+    Holders in ``gone`` (out of the view for ``repair_after_s``) are not asked: a dead
+    address costs a connect timeout per chunk."""
+    fetched = await services.ask(services.retriever, FetchChunk(chunk, all_packets=True, skip=gone))
     if not fetched.missing:
         tally.chunks_healthy += 1
         return False
@@ -164,14 +169,15 @@ async def _repair_chunk(services: Services, chunk: ChunkRecord, tally: _Tally) -
         chunk,
         packets=tuple(new_packets.get(i, by_share[i]) for i in range(chunk.n)),
     )
-    await services.db(services.catalog.add_chunks, [repaired])
+    await services.db(services.catalog.repair_chunk, repaired)
     tally.chunks_repaired += 1
     tally.packets_rebuilt += len(new_packets)
     # A packet that moved may still sit on its old holder (it was only unreachable for a
     # while): ask it to drop the copy.  Best effort; a holder still gone costs only space.
+    present = {node_id for node_id, _ in services.alive_members()}
     for share in moving:
         old = by_share[share]
-        if new_packets[share].target == old.target:
+        if new_packets[share].target == old.target or old.target not in present:
             continue
         try:
             if await delete_packet(services, old, chunk.policy, timeout_s=5):
@@ -266,15 +272,13 @@ async def _repair(
     started = time.monotonic()
     catalog = services.catalog
     tally = _Tally()
-    changed: list[tuple[bytes, str]] = []
     seen: set[tuple[bytes, str]] = set()
     limiter = trio.Semaphore(CONCURRENCY)
     last_progress = [0.0]
 
     async def one(chunk: ChunkRecord) -> None:
         try:
-            if await _repair_chunk(services, chunk, tally):
-                changed.append((chunk.chunk_id, chunk.policy))
+            await _repair_chunk(services, chunk, tally, frozenset(gone))
         finally:
             tally.chunks_checked += 1
             limiter.release()
@@ -302,19 +306,31 @@ async def _repair(
                     await limiter.acquire()
                     nursery.start_soon(one, chunk)
 
+    # Records marked stale by this run's repairs, or left stale by an earlier run that
+    # crashed or could not store them.
     rewritten: list[str] = []
     pieces_freed = 0
-    if changed:
-        await emit({"event": "progress", "phase": "records", "chunks_repaired": len(changed)})
-        for snapshot_id in await services.db(catalog.snapshots_using, changed):
-            snap = await services.db(catalog.snapshot, snapshot_id)
-            if snap is None or not snap.record:
+    records_failed = 0
+    stale: list[str] = await services.db(catalog.stale_records)
+    if stale:
+        await emit({"event": "progress", "phase": "records", "records": len(stale)})
+    for snapshot_id in stale:
+        snap = await services.db(catalog.snapshot, snapshot_id)
+        if snap is not None and snap.complete and snap.record:
+            try:
+                pieces_freed += await _rewrite_record(services, snap)
+            except (GridError, PlacementError) as exc:
+                records_failed += 1
+                if len(tally.problems) < 200:
+                    tally.problems.append(
+                        {"snapshot_id": snapshot_id, "problem": f"record not rewritten: {exc}"}
+                    )
                 continue
-            pieces_freed += await _rewrite_record(services, snap)
             rewritten.append(snapshot_id)
+        await services.db(catalog.record_rewritten, snapshot_id)
     root = await publish_root(services) if rewritten else None
     seconds = round(time.monotonic() - started, 3)
-    ok = tally.chunks_lost == 0 and tally.chunks_unrepaired == 0
+    ok = tally.chunks_lost == 0 and tally.chunks_unrepaired == 0 and records_failed == 0
     await services.db(
         lambda: catalog.log(
             "repair",
@@ -342,6 +358,7 @@ async def _repair(
         "packets_rebuilt": tally.packets_rebuilt,
         "stale_copies_deleted": tally.stale_copies_deleted,
         "records_rewritten": rewritten,
+        "records_failed": records_failed,
         "record_pieces_freed": pieces_freed,
         "recovery_root": root,
         "problems": tally.problems,

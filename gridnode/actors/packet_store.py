@@ -238,6 +238,7 @@ class PacketStore:
         placed: list[PlacedPacket | None] = [None] * len(job.packets)
         failed: set[bytes] = set()
         assigned: dict[int, bytes] = {}
+        replacing = trio.Lock()
         replaced = 0
         sent = 0
         errors: list[str] = []
@@ -263,21 +264,24 @@ class PacketStore:
                             target=target.hex()[:12],
                             error=str(exc),
                         )
-                        current = (
-                            dict(enumerate(job.targets))
-                            | {p.share: p.target for p in placed if p is not None}
-                            | assigned
-                        )
-                        current.pop(share, None)
-                        keep = job.held + tuple(t for t in current.values() if t not in failed)
-                        try:
-                            target = await self.replace_target(job, keep, frozenset(failed))
-                        except Exception as placement_error:
-                            raise UploadFailed(
-                                f"packet {share} of chunk {job.chunk_id.hex()[:12]}: "
-                                f"{errors[-1]}; and no replacement target: {placement_error}"
-                            ) from None
-                        assigned[share] = target
+                        # One replacement at a time: two packets whose targets failed together must
+                        # each see the other's new target, or both could be sent to the same node.
+                        async with replacing:
+                            current = (
+                                dict(enumerate(job.targets))
+                                | {p.share: p.target for p in placed if p is not None}
+                                | assigned
+                            )
+                            current.pop(share, None)
+                            keep = job.held + tuple(t for t in current.values() if t not in failed)
+                            try:
+                                target = await self.replace_target(job, keep, frozenset(failed))
+                            except Exception as placement_error:
+                                raise UploadFailed(
+                                    f"packet {share} of chunk {job.chunk_id.hex()[:12]}: "
+                                    f"{errors[-1]}; and no replacement target: {placement_error}"
+                                ) from None
+                            assigned[share] = target
                         replaced += 1
                 raise UploadFailed(
                     f"packet {share} of chunk {job.chunk_id.hex()[:12]} found no target after "

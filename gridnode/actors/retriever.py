@@ -42,6 +42,8 @@ class ChunkUnavailable(GridError):
 class FetchChunk:
     chunk: ChunkRecord
     all_packets: bool = False
+    #: Holders not to ask (``all_packets`` only): their packets count as missing.
+    skip: frozenset[bytes] = frozenset()
 
 
 @attrs.frozen
@@ -78,7 +80,7 @@ class Retriever:
         if not isinstance(cmd, FetchChunk):
             raise TypeError(f"retriever cannot handle {type(cmd).__name__}")
         if cmd.all_packets:
-            return await self._fetch_all(cmd.chunk)
+            return await self._fetch_all(cmd.chunk, cmd.skip)
         return await self._fetch_k(cmd.chunk)
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -181,7 +183,9 @@ class Retriever:
             )
         return FetchedChunk(shares=shares, missing=tuple(missing), bytes_fetched=fetched)
 
-    async def _fetch_all(self, chunk: ChunkRecord) -> FetchedChunk:
+    async def _fetch_all(
+        self, chunk: ChunkRecord, skip: frozenset[bytes] = frozenset()
+    ) -> FetchedChunk:
         shares: dict[int, bytes] = {}
         missing: list[tuple[int, bytes, str]] = []
         answered: set[int] = set()
@@ -202,7 +206,10 @@ class Retriever:
 
         async with trio.open_nursery() as nursery:
             for packet in chunk.packets:
-                nursery.start_soon(attempt, packet)
+                if packet.target in skip:
+                    missing.append((packet.share, packet.target, "holder is gone"))
+                else:
+                    nursery.start_soon(attempt, packet)
         return FetchedChunk(
             shares=shares,
             missing=tuple(sorted(missing)),

@@ -822,21 +822,47 @@ class Catalog:
         ).fetchall()
         return [c for k, pol in keys if (c := self.chunk(bytes(k), pol)) is not None]
 
-    def snapshots_using(self, chunks: Iterable[tuple[bytes, str]]) -> list[str]:
-        """Complete snapshots that reference any of these (chunk id, policy) pairs."""
+    def repair_chunk(self, chunk: ChunkRecord) -> None:
+        """Record a repaired chunk's new holders and, in the same transaction, mark every
+        complete snapshot that uses it: its data assembly record on the grid names the old
+        holders until rewritten.  The marks outlive a crash or a failed rewrite, so the
+        next repair finishes the job (``stale_records``/``record_rewritten``)."""
         db = self._db()
-        found: set[str] = set()
-        for chunk_id, policy in chunks:
-            found.update(
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            self._insert_chunks(db, [chunk], None)
+            using = {
                 r[0]
                 for r in db.execute(
                     "SELECT sc.snapshot_id FROM snapshot_chunks sc JOIN snapshots s"
                     " ON s.snapshot_id = sc.snapshot_id"
                     " WHERE sc.chunk_id = ? AND sc.policy = ? AND s.state = 'complete'",
-                    (chunk_id, policy),
+                    (chunk.chunk_id, chunk.policy),
                 )
+            }
+            row = db.execute("SELECT value FROM profile WHERE key = 'stale_records'").fetchone()
+            stale = set(json.loads(row[0])) if row else set()
+            if not using <= stale:
+                db.execute(
+                    "INSERT OR REPLACE INTO profile(key, value) VALUES ('stale_records', ?)",
+                    (json.dumps(sorted(stale | using)),),
+                )
+
+    def stale_records(self) -> list[str]:
+        """Complete snapshots whose record on the grid still names replaced holders."""
+        row = self._db().execute("SELECT value FROM profile WHERE key = 'stale_records'").fetchone()
+        return [str(s) for s in json.loads(row[0])] if row else []
+
+    def record_rewritten(self, snapshot_id: str) -> None:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT value FROM profile WHERE key = 'stale_records'").fetchone()
+            stale = [s for s in (json.loads(row[0]) if row else []) if s != snapshot_id]
+            db.execute(
+                "INSERT OR REPLACE INTO profile(key, value) VALUES ('stale_records', ?)",
+                (json.dumps(stale),),
             )
-        return sorted(found)
 
     def replace_record(
         self, snapshot_id: str, pieces: Sequence[ChunkRecord], record: bytes

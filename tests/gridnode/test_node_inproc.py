@@ -325,10 +325,11 @@ async def test_a_holder_gone_for_repair_after_s_has_its_packets_rebuilt_elsewher
         assert on_gone > 0
         leaving.shutdown()
         await leaving.stopped.wait()
-        with trio.fail_after(30):
-            while source.catalog.packets_on(gone):
-                await trio.sleep(0.2)
         assert source.auto_repair is not None
+        with trio.fail_after(30):
+            # Chunks move one by one; the run ends after the records are rewritten.
+            while source.catalog.packets_on(gone) or not source.auto_repair.runs:
+                await trio.sleep(0.2)
         run = source.auto_repair.runs[-1]
         assert run["ok"] is True and run["packets_rebuilt"] >= on_gone
         assert run["records_rewritten"] == [snap]
@@ -369,3 +370,33 @@ async def test_repair_reports_chunks_it_cannot_save_and_keeps_their_records(
         assert result["chunks_repaired"] == 0 and result["records_rewritten"] == []
         assert all("survive" in p["problem"] for p in result["problems"])
         assert list(source.catalog.iter_chunks_of(snap)) == before
+
+
+async def test_targets_failing_together_are_replaced_by_distinct_nodes(tmp_path: Path) -> None:
+    """Two of a chunk's targets refuse at once; with exactly two spare nodes left, each
+    replacement must see the other's choice or both packets land on one node."""
+    allocations = ["1GB"] * 9
+    allocations[1] = allocations[2] = "300kB"  # smaller than one packet of a 2 MiB chunk
+    async with open_grid(tmp_path / "grid", 9, allocations=allocations) as grid:
+        source = grid.nodes[0]
+        for _ in range(5):  # the race needs both failures in flight together: try a few
+            encoded = encode_chunk(
+                os.urandom(2 * 1024 * 1024),
+                dedup_secret=source.identity.dedup_secret,
+                params=ErasureParams(4, 6),
+            )
+            targets = tuple(n.identity.node_id for n in grid.nodes[1:7])
+            uploaded = await call(
+                source._store_send,
+                UploadChunk(
+                    encoded.chunk_id,
+                    encoded.packets,
+                    encoded.packet_ids,
+                    targets,
+                    PlacementRules(),
+                    encoded.packet_size,
+                ),
+            )
+            holders = [p.target for p in uploaded.placed]
+            assert len(set(holders)) == 6, holders
+            assert set(holders) == {n.identity.node_id for n in grid.nodes[3:9]}

@@ -51,7 +51,7 @@ def test_repair_restores_redundancy_and_outlives_further_losses(
     survivors = {ids[n] for n in ("n3", "n4", "n5", "n6")}
     for chunk_id, targets in after.items():
         # Every chunk is back to 4 distinct holders, all of them alive.
-        assert targets == survivors, chunk_id
+        assert targets == survivors, (chunk_id, before.get(chunk_id), after, ids, result)
     verified = grid.cli("n0", "verify", snap)
     assert verified["ok"] is True and verified["chunks_degraded"] == 0
 

@@ -50,16 +50,12 @@ from .services import Services
 from .storage.catalog import ChunkRecord, PacketRecord, SnapshotRecord
 from .trioutil import collapse_groups
 
-__all__ = ["AutoRepair", "RepairFailed", "repair", "repair_holders"]
+__all__ = ["AutoRepair", "repair", "repair_holders"]
 
 _log = get_logger(actor="request")
 
 #: Chunks checked at once: each holds up to n packets in memory while it is checked.
 CONCURRENCY = 8
-
-
-class RepairFailed(GridError):
-    pass
 
 
 @attrs.define
@@ -237,7 +233,8 @@ async def repair(services: Services, snapshot: str | None, emit: Emit) -> dict[s
                     yield page
 
         await emit({"event": "started", "snapshots": scope})
-        result = await _repair(services, pages(), emit, log_as=snapshot)
+        log_as = scope[0] if snapshot is not None else None  # the full id, not a prefix
+        result = await _repair(services, pages(), emit, log_as=log_as)
         return {**result, "snapshots": scope}
 
 

@@ -54,6 +54,7 @@ def test_format_bytes() -> None:
         ({"log_level": "loud"}, "'log_level'"),
         ({"no_such_key": 1}, "no_such_key"),
         ({"seeds": ["x"]}, "'seeds'"),
+        ({"repair_after_s": -1}, "'repair_after_s'"),
     ],
 )
 def test_invalid_values_name_their_key(tmp_path: Path, values: dict[str, object], key: str) -> None:

@@ -156,34 +156,37 @@ def cmd_grid_create(args: argparse.Namespace) -> None:
         print(f"grid {grid.name!r} ({grid.grid_id.hex()}) written to {out}")
 
 
-def _init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "grid_id": grid.grid_id.hex(),
-        "grid_name": grid.name,
-        "seeds": list(args.seed or grid.seeds),
-    }
-    for key, attr in (
-        ("listen", "listen"),
-        ("advertise", "advertise"),
-        ("allocate", "allocate"),
-        ("location", "location"),
-        ("location_check", "location_check"),
-        ("log_level", "log_level"),
-        ("redundancy", "redundancy"),
-        ("backup_proximity", "backup_proximity"),
-        ("packet_proximity", "packet_proximity"),
-    ):
-        value = getattr(args, attr, None)
-        if value is not None:
-            values[key] = value
-    if getattr(args, "label", None):
-        values["labels"] = list(args.label)
+#: Flags shared by ``init`` and ``run`` that map one to one onto config keys.
+_RUN_KEYS = ("listen", "advertise", "allocate", "location", "location_check", "log_level")
+_INIT_KEYS = (*_RUN_KEYS, "redundancy", "backup_proximity", "packet_proximity")
+
+
+def _given(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
+    """The config values given as flags (a flag left out keeps the file's value)."""
+    return {key: value for key in keys if (value := getattr(args, key, None)) is not None}
+
+
+def _set_items(args: argparse.Namespace) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs; validated by the config, so any key may be set."""
+    values: dict[str, Any] = {}
     for item in getattr(args, "set", None) or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise CliError(f"--set expects KEY=VALUE, got {item!r}")
         values[key.strip()] = value.strip()
     return values
+
+
+def _init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "grid_id": grid.grid_id.hex(),
+        "grid_name": grid.name,
+        "seeds": list(args.seed or grid.seeds),
+        **_given(args, _INIT_KEYS),
+    }
+    if getattr(args, "label", None):
+        values["labels"] = list(args.label)
+    return values | _set_items(args)
 
 
 def init_home(home: Path, args: argparse.Namespace, identity: NodeIdentity) -> dict[str, Any]:
@@ -238,26 +241,10 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, attr in (
-        ("listen", "listen"),
-        ("advertise", "advertise"),
-        ("allocate", "allocate"),
-        ("location", "location"),
-        ("location_check", "location_check"),
-        ("log_level", "log_level"),
-    ):
-        value = getattr(args, attr, None)
-        if value is not None:
-            values[key] = value
+    values = _given(args, _RUN_KEYS)
     if getattr(args, "seed", None):
         values["seeds"] = list(args.seed)
-    for item in getattr(args, "set", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
-        values[key.strip()] = value.strip()
-    return values
+    return values | _set_items(args)
 
 
 async def serve_until_signalled(node_run: Callable[..., Any]) -> None:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import LocalGrid, NodeSpec
+from .harness import SAMPLE_WORDS, LocalGrid, NodeSpec
 
 __all__ = ["run_demo"]
 
@@ -44,28 +44,6 @@ CITIES = [
     "Prague",
     "Lisbon",
 ]
-WORDS = [
-    "grid",
-    "backup",
-    "packet",
-    "sequence",
-    "target",
-    "source",
-    "proximity",
-    "redundancy",
-    "restore",
-    "chunk",
-    "erasure",
-    "gossip",
-    "member",
-    "distance",
-    "encrypt",
-    "compress",
-    "archive",
-    "ledger",
-    "city",
-    "river",
-]
 
 
 def make_sample_tree(root: Path, seed: int = 7) -> Path:
@@ -75,7 +53,7 @@ def make_sample_tree(root: Path, seed: int = 7) -> Path:
     for folder in ("documents/reports", "documents/letters", "photos/2026", "code/src"):
         (tree / folder).mkdir(parents=True, exist_ok=True)
     for i in range(40):
-        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(200, 6000)))
+        text = " ".join(rng.choice(SAMPLE_WORDS) for _ in range(rng.randint(200, 6000)))
         (tree / "documents" / ("reports" if i % 2 else "letters") / f"doc-{i:02d}.txt").write_text(
             text
         )

@@ -155,7 +155,7 @@ from gridnode.logic.distance import Band, haversine_km, parse_band
 from gridnode.logic.packing import ErasureParams
 from gridnode.units import parse_size
 
-from .harness import LocalGrid, NodeSpec
+from .harness import SAMPLE_WORDS, LocalGrid, NodeSpec
 
 if TYPE_CHECKING:
     from .netns import Netns
@@ -239,35 +239,6 @@ _CLI_TIMEOUT_S: Final = 180.0
 _READY_TIMEOUT_S: Final = 60.0
 _CONVERGE_TIMEOUT_S: Final = 90.0
 _POLL_S: Final = 0.3
-_WORDS: Final = (
-    "grid",
-    "backup",
-    "packet",
-    "sequence",
-    "target",
-    "source",
-    "proximity",
-    "redundancy",
-    "restore",
-    "chunk",
-    "erasure",
-    "gossip",
-    "member",
-    "distance",
-    "encrypt",
-    "compress",
-    "archive",
-    "ledger",
-    "city",
-    "river",
-    "mountain",
-    "harbour",
-    "winter",
-    "letter",
-    "report",
-    "invoice",
-    "photo",
-)
 
 
 # --- the scenario model ------------------------------------------------------------------------
@@ -846,7 +817,7 @@ def _text(rng: random.Random, size: int) -> bytes:
     for _ in range(size // 8 + 2):  # every round adds at least 8 bytes
         if len(out) >= size:
             break
-        out += (" ".join(rng.choices(_WORDS, k=64)) + "\n").encode()
+        out += (" ".join(rng.choices(SAMPLE_WORDS, k=64)) + "\n").encode()
     return bytes(out[:size])
 
 

@@ -22,11 +22,11 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
-__all__ = ["GridCommandError", "LocalGrid", "NodeSpec", "free_port"]
+__all__ = ["SAMPLE_WORDS", "GridCommandError", "LocalGrid", "NodeSpec", "free_port"]
 
 
 class GridCommandError(RuntimeError):
@@ -35,6 +35,38 @@ class GridCommandError(RuntimeError):
         self.returncode = returncode
         self.stderr = stderr
         self.stdout = stdout
+
+
+#: Words for generated English-like sample text (the demo's tree, gridsim's text data).
+SAMPLE_WORDS: Final = (
+    "grid",
+    "backup",
+    "packet",
+    "sequence",
+    "target",
+    "source",
+    "proximity",
+    "redundancy",
+    "restore",
+    "chunk",
+    "erasure",
+    "gossip",
+    "member",
+    "distance",
+    "encrypt",
+    "compress",
+    "archive",
+    "ledger",
+    "city",
+    "river",
+    "mountain",
+    "harbour",
+    "winter",
+    "letter",
+    "report",
+    "invoice",
+    "photo",
+)
 
 
 _handed_out: set[int] = set()
@@ -173,6 +205,13 @@ class LocalGrid:
     def add(self, spec: NodeSpec, *, seeds: Sequence[str] = ()) -> NodeProc:
         home = self.root / spec.name
         port = free_port()
+        self.init_node(spec, home, f"127.0.0.1:{port}", seeds)
+        node = NodeProc(spec=spec, home=home, port=port)
+        self.nodes[spec.name] = node
+        return node
+
+    def init_node(self, spec: NodeSpec, home: Path, listen: str, seeds: Sequence[str]) -> None:
+        """``gridnode init`` with the harness's fast gossip settings and the spec's extras."""
         args = [
             "init",
             "--home",
@@ -180,7 +219,7 @@ class LocalGrid:
             "--grid",
             str(self.grid_file),
             "--listen",
-            f"127.0.0.1:{port}",
+            listen,
             "--allocate",
             spec.allocate,
             "--location-check",
@@ -203,9 +242,6 @@ class LocalGrid:
         for item in spec.extra:
             args += ["--set", item]
         self.gridnode(*args, json_out=False)
-        node = NodeProc(spec=spec, home=home, port=port)
-        self.nodes[spec.name] = node
-        return node
 
     def add_many(self, specs: Sequence[NodeSpec]) -> list[NodeProc]:
         """The first node is every other node's seed."""

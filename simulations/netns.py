@@ -442,36 +442,7 @@ class NetnsGrid(LocalGrid):
         planned = self.netns.plan.node(spec.name)
         home = self.root / spec.name
         self._namespace_of_home[str(home)] = planned.namespace
-        args = [
-            "init",
-            "--home",
-            str(home),
-            "--grid",
-            str(self.grid_file),
-            "--listen",
-            planned.address,
-            "--allocate",
-            spec.allocate,
-            "--location-check",
-            spec.location_check,
-            "--set",
-            f"gossip_probe_interval_s={self.probe_interval_s}",
-            "--set",
-            "gossip_sync_interval_s=5",
-            "--set",
-            "gossip_dead_reap_s=600",
-            "--set",
-            "grace_period_s=2",
-        ]
-        for seed in seeds:
-            args += ["--seed", seed]
-        if spec.location:
-            args += ["--location", spec.location]
-        for label in spec.labels:
-            args += ["--label", label]
-        for item in spec.extra:
-            args += ["--set", item]
-        self.gridnode(*args, json_out=False)
+        self.init_node(spec, home, planned.address, seeds)
         node = NetnsNodeProc(spec=spec, home=home, port=NODE_PORT, host=planned.ip)
         self.nodes[spec.name] = node
         return node

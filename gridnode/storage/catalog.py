@@ -840,29 +840,31 @@ class Catalog:
                     (chunk.chunk_id, chunk.policy),
                 )
             }
-            row = db.execute("SELECT value FROM profile WHERE key = 'stale_records'").fetchone()
-            stale = set(json.loads(row[0])) if row else set()
+            stale = set(self._stale(db))
             if not using <= stale:
-                db.execute(
-                    "INSERT OR REPLACE INTO profile(key, value) VALUES ('stale_records', ?)",
-                    (json.dumps(sorted(stale | using)),),
-                )
+                self._set_stale(db, stale | using)
+
+    @staticmethod
+    def _stale(db: sqlite3.Connection) -> list[str]:
+        row = db.execute("SELECT value FROM profile WHERE key = 'stale_records'").fetchone()
+        return [str(s) for s in json.loads(row[0])] if row else []
+
+    @staticmethod
+    def _set_stale(db: sqlite3.Connection, snapshot_ids: Iterable[str]) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO profile(key, value) VALUES ('stale_records', ?)",
+            (json.dumps(sorted(snapshot_ids)),),
+        )
 
     def stale_records(self) -> list[str]:
         """Complete snapshots whose record on the grid still names replaced holders."""
-        row = self._db().execute("SELECT value FROM profile WHERE key = 'stale_records'").fetchone()
-        return [str(s) for s in json.loads(row[0])] if row else []
+        return self._stale(self._db())
 
     def record_rewritten(self, snapshot_id: str) -> None:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT value FROM profile WHERE key = 'stale_records'").fetchone()
-            stale = [s for s in (json.loads(row[0]) if row else []) if s != snapshot_id]
-            db.execute(
-                "INSERT OR REPLACE INTO profile(key, value) VALUES ('stale_records', ?)",
-                (json.dumps(stale),),
-            )
+            self._set_stale(db, (s for s in self._stale(db) if s != snapshot_id))
 
     def replace_record(
         self, snapshot_id: str, pieces: Sequence[ChunkRecord], record: bytes

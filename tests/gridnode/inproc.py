@@ -17,20 +17,7 @@ from gridnode.config import build_config
 from gridnode.identity import NodeIdentity
 from gridnode.node import Node
 
-CITIES = [
-    "Paris",
-    "Berlin",
-    "Madrid",
-    "Rome",
-    "Vienna",
-    "Amsterdam",
-    "Warsaw",
-    "Prague",
-    "Lisbon",
-    "Stockholm",
-    "Dublin",
-    "Athens",
-]
+from ..cities import CITIES
 
 
 class Grid:

@@ -9,20 +9,7 @@ import pytest
 
 from simulations.harness import LocalGrid, NodeSpec
 
-CITIES = [
-    "Paris",
-    "Berlin",
-    "Madrid",
-    "Rome",
-    "Vienna",
-    "Amsterdam",
-    "Warsaw",
-    "Prague",
-    "Lisbon",
-    "Stockholm",
-    "Dublin",
-    "Athens",
-]
+from ..cities import CITIES
 
 
 def specs(count: int, **kwargs: object) -> list[NodeSpec]:

@@ -10,24 +10,10 @@ import pytest
 
 from simulations.harness import GridCommandError, LocalGrid, NodeSpec
 
+from ..cities import CITIES
 from .trees import make_mixed_tree
 
 pytestmark = pytest.mark.slow
-
-CITIES = [
-    "Paris",
-    "Berlin",
-    "Madrid",
-    "Rome",
-    "Vienna",
-    "Amsterdam",
-    "Warsaw",
-    "Prague",
-    "Lisbon",
-    "Stockholm",
-    "Dublin",
-    "Athens",
-]
 
 
 def views(grid: LocalGrid) -> dict[str, dict[str, str]]:

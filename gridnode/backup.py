@@ -45,13 +45,29 @@ from .actors.sequencer import PlaceChunk
 from .control import Emit
 from .errors import GridError
 from .log import get_logger
-from .logic.chunking import CHUNK_AVG, iter_file_chunks
+from .logic.chunking import CHUNK_AVG, iter_file_chunks, iter_file_pieces, open_regular
 from .logic.packing import EncodedChunk, ErasureParams, chunk_id_for, encode_chunk
 from .logic.placement import PlacementError, PlacementRules
 from .memory import release_free_memory
-from .scanner import ScanEntry, ScanError, iter_tree, root_names
+from .names import escape
+from .scanner import (
+    ScanEntry,
+    ScanError,
+    group_name,
+    iter_tree,
+    read_xattrs,
+    root_names,
+    user_name,
+)
 from .services import Services
-from .storage.catalog import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord, policy_key
+from .storage.catalog import (
+    HOLE,
+    ChunkRecord,
+    EntryRecord,
+    PacketRecord,
+    SnapshotRecord,
+    policy_key,
+)
 from .trioutil import collapse_groups
 
 __all__ = ["BackupFailed", "BackupJob", "BackupRequest", "load_blob", "store_blob"]
@@ -102,6 +118,8 @@ class _Counters:
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
+    specials: int = 0
+    skipped: int = 0
     files_unchanged: int = 0
     bytes_read: int = 0
     logical_bytes: int = 0
@@ -271,7 +289,7 @@ async def load_blob(services: Services, records: Sequence[ChunkRecord], path: Pa
             await trio.to_thread.run_sync(fh.write, piece, limiter=services.disk_limiter)
 
 
-RECORD_VERSION: Final = 2
+RECORD_VERSION: Final = 3
 
 
 def write_record(path: Path, entries: Iterator[EntryRecord], chunks: Iterator[ChunkRecord]) -> None:
@@ -309,7 +327,7 @@ def read_record(path: Path) -> Iterator[EntryRecord | ChunkRecord]:
                 yield from (EntryRecord.from_wire(e) for e in header["entries"])
                 yield from (ChunkRecord.from_wire(c) for c in header["chunks"])
                 return
-            if not isinstance(header, dict) or header.get("v") != RECORD_VERSION:
+            if not isinstance(header, dict) or header.get("v") not in (2, RECORD_VERSION):
                 raise BackupFailed(f"unknown data assembly record format: {str(header)[:80]}")
             for item in unpacker:
                 match item:
@@ -393,6 +411,8 @@ class BackupJob:
             "files": c.files,
             "dirs": c.dirs,
             "symlinks": c.symlinks,
+            "specials": c.specials,
+            "skipped": c.skipped,
             "bytes": c.logical_bytes,
             "files_unchanged": c.files_unchanged,
             "bytes_read": c.bytes_read,
@@ -433,7 +453,7 @@ class BackupJob:
 
     async def _pipeline(self, roots: list[str], parent: SnapshotRecord | None) -> None:
         svc = self.services
-        parent_index: dict[str, EntryRecord] = {}
+        parent_index: dict[bytes, EntryRecord] = {}
         if parent is not None:
             parent_index = await svc.db(
                 lambda: {
@@ -461,7 +481,7 @@ class BackupJob:
         chunk_recv: trio.MemoryReceiveChannel[_Chunk],
         entry_send: trio.MemorySendChannel[_Entries],
         entry_recv: trio.MemoryReceiveChannel[_Entries],
-        parent_index: dict[str, EntryRecord],
+        parent_index: dict[bytes, EntryRecord],
     ) -> None:
         svc = self.services
         async with trio.open_nursery() as nursery:
@@ -488,7 +508,7 @@ class BackupJob:
         self,
         chunk_send: trio.MemorySendChannel[_Chunk],
         entry_send: trio.MemorySendChannel[_Entries],
-        parent_index: dict[str, EntryRecord],
+        parent_index: dict[bytes, EntryRecord],
     ) -> None:
         """Runs in one worker thread for the whole job; blocks when the grid is slower."""
         catalog = self.services.catalog
@@ -498,7 +518,11 @@ class BackupJob:
         batch: list[EntryRecord] = []
         batch_chunks: list[bytes] = []
         pack = bytearray()
-        pack_members: list[tuple[ScanEntry, int, int]] = []  # entry, offset, length
+        # entry, its metadata, offset and length in the pack
+        pack_members: list[tuple[ScanEntry, _Meta, int, int]] = []
+        # (device, inode) of a file with more than one link -> the first path seen, and its
+        # extents once they are known (None while its bytes wait in the pack).
+        link_groups: dict[tuple[int, int], tuple[bytes, list[tuple[bytes, int, int]] | None]] = {}
 
         def submit(chunk_id: bytes, data: bytes) -> None:
             batch_chunks.append(chunk_id)
@@ -520,20 +544,46 @@ class BackupJob:
                 batch.clear()
                 batch_chunks.clear()
 
-        def file_record(
-            entry: ScanEntry, size: int, extents: Sequence[tuple[bytes, int, int]]
+        def record_of(
+            entry: ScanEntry,
+            meta: _Meta,
+            size: int = 0,
+            extents: Sequence[tuple[bytes, int, int]] = (),
+            hardlink: bytes | None = None,
         ) -> EntryRecord:
             return EntryRecord(
                 entry.path,
-                "file",
+                entry.kind,
                 entry.mode,
                 entry.mtime_ns,
                 size,
                 entry.inode,
                 entry.device,
-                None,
+                entry.link_target,
                 tuple(extents),
+                entry.uid,
+                entry.gid,
+                user_name(entry.uid),
+                group_name(entry.gid),
+                entry.rdev,
+                meta.xattrs,
+                hardlink,
             )
+
+        def add_file(
+            entry: ScanEntry, meta: _Meta, size: int, extents: Sequence[tuple[bytes, int, int]]
+        ) -> None:
+            hardlink = None
+            if entry.nlink > 1:
+                key = (entry.device, entry.inode)
+                first = link_groups.get(key)
+                if first is not None and first[0] != entry.path:
+                    hardlink = first[0]
+                else:
+                    link_groups[key] = (entry.path, list(extents))
+            c.files += 1
+            c.logical_bytes += size
+            add(record_of(entry, meta, size, extents, hardlink))
 
         def seal_pack() -> None:
             if not pack_members:
@@ -541,29 +591,40 @@ class BackupJob:
             data = bytes(pack)
             chunk_id = chunk_id_for(data, secret)
             submit(chunk_id, data)
-            for entry, offset, length in pack_members:
-                add(file_record(entry, length, [(chunk_id, offset, length)] if length else []))
+            for entry, meta, offset, length in pack_members:
+                add_file(entry, meta, length, [(chunk_id, offset, length)] if length else [])
             pack.clear()
             pack_members.clear()
 
+        def skip(entry: ScanEntry, why: str) -> None:
+            c.skipped += 1
+            self.notes.append(f"skipped {escape(entry.path)}: {why}")
+
         for entry in iter_tree(self.request.paths, self.request.excludes, self.notes):
-            if entry.kind == "dir":
-                c.dirs += 1
-                add(EntryRecord(entry.path, "dir", entry.mode, entry.mtime_ns, 0))
+            meta = self._meta(entry)
+            if entry.kind != "file":
+                if entry.kind == "dir":
+                    c.dirs += 1
+                elif entry.kind == "symlink":
+                    c.symlinks += 1
+                else:
+                    c.specials += 1
+                add(record_of(entry, meta))
                 continue
-            if entry.kind == "symlink":
-                c.symlinks += 1
-                add(
-                    EntryRecord(
-                        entry.path,
-                        "symlink",
-                        entry.mode,
-                        entry.mtime_ns,
-                        0,
-                        link_target=entry.link_target,
-                    )
-                )
-                continue
+            if entry.nlink > 1:
+                # A second name of a file already read: the same bytes, not read again.
+                first = link_groups.get((entry.device, entry.inode))
+                if first is not None:
+                    first_path, first_extents = first
+                    if first_extents is None:  # still in the pack: shares its slot
+                        slot = next(m for m in pack_members if m[0].path == first_path)
+                        pack_members.append((entry, meta, slot[2], slot[3]))
+                        continue
+                    c.files += 1
+                    size = sum(length for _, _, length in first_extents)
+                    c.logical_bytes += size
+                    add(record_of(entry, meta, size, first_extents, first_path))
+                    continue
             before = parent_index.get(entry.path)
             if (
                 before is not None
@@ -571,52 +632,59 @@ class BackupJob:
                 and before.mtime_ns == entry.mtime_ns
                 and before.inode == entry.inode
             ):
-                c.files += 1
                 c.files_unchanged += 1
-                c.logical_bytes += entry.size
-                batch_chunks.extend({cid for cid, _, _ in before.extents})
-                add(file_record(entry, before.size, before.extents))
+                batch_chunks.extend({cid for cid, _, _ in before.extents if cid != HOLE})
+                add_file(entry, meta, before.size, before.extents)
                 continue
             try:
                 if entry.size <= SMALL_FILE_BYTES:
-                    with open(entry.source, "rb") as fh:
+                    with open(open_regular(entry.source), "rb") as fh:
                         data = fh.read(SMALL_FILE_BYTES + 1)
                     if len(data) > SMALL_FILE_BYTES:  # grew since the walk: chunk it instead
                         raise _Grew
                     c.bytes_read += len(data)
-                    pack_members.append((entry, len(pack), len(data)))
+                    if entry.nlink > 1:
+                        link_groups[(entry.device, entry.inode)] = (entry.path, None)
+                    pack_members.append((entry, meta, len(pack), len(data)))
                     pack += data
-                    c.files += 1
-                    c.logical_bytes += len(data)
                     if len(pack) >= PACK_TARGET_BYTES:
                         seal_pack()
                     continue
             except _Grew:
                 pass
             except OSError as exc:
-                self.notes.append(f"skipped {entry.path}: {exc.strerror}")
+                skip(entry, exc.strerror or str(exc))
                 continue
             extents: list[tuple[bytes, int, int]] = []
             size = 0
             try:
-                chunks = iter_file_chunks(Path(entry.source))
-                with contextlib.closing(chunks):  # type: ignore[type-var]
-                    for data in chunks:
-                        chunk_id = chunk_id_for(data, secret)
-                        extents.append((chunk_id, 0, len(data)))
-                        size += len(data)
-                        c.bytes_read += len(data)
-                        submit(chunk_id, data)
+                pieces = iter_file_pieces(entry.source)
+                with contextlib.closing(pieces):  # type: ignore[type-var]
+                    for piece in pieces:
+                        if isinstance(piece, int):  # a hole: nothing to read or store
+                            extents.append((HOLE, 0, piece))
+                            size += piece
+                            continue
+                        chunk_id = chunk_id_for(piece, secret)
+                        extents.append((chunk_id, 0, len(piece)))
+                        size += len(piece)
+                        c.bytes_read += len(piece)
+                        submit(chunk_id, piece)
             except OSError as exc:
-                self.notes.append(f"skipped {entry.path}: {exc.strerror}")
+                skip(entry, exc.strerror or str(exc))
                 continue
             if size != entry.size:
-                self.notes.append(f"{entry.path} changed while it was read")
-            c.files += 1
-            c.logical_bytes += size
-            add(file_record(entry, size, extents))
+                self.notes.append(f"{escape(entry.path)} changed while it was read")
+            add_file(entry, meta, size, extents)
         seal_pack()
         flush_entries()
+
+    def _meta(self, entry: ScanEntry) -> _Meta:
+        """What an entry carries beside its bytes; a part that cannot be read is noted."""
+        xattrs, problem = read_xattrs(entry.source)
+        if problem is not None:
+            self.notes.append(f"{escape(entry.path)}: {problem}")
+        return _Meta(xattrs)
 
     async def _entries_writer(self, inbound: trio.MemoryReceiveChannel[_Entries]) -> None:
         svc = self.services
@@ -727,3 +795,8 @@ class BackupJob:
 
 class _Grew(Exception):
     pass
+
+
+@attrs.frozen
+class _Meta:
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()

@@ -96,6 +96,10 @@ class Progress:
             self.stream.flush()
 
 
+#: A backup that completed but could not read some entries (they are named in its notes).
+EXIT_INCOMPLETE = 3
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value) + "\n")
     sys.stdout.flush()
@@ -365,6 +369,14 @@ def cmd_backup(args: argparse.Namespace) -> None:
             + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])
         ),
     )
+    if result.get("skipped"):
+        # Completed, but not everything is in it: a script must be able to tell.
+        print(
+            f"gridnode: warning: {result['skipped']} entries could not be read and are not "
+            "in the snapshot (see the notes)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_INCOMPLETE)
 
 
 def cmd_snapshots(args: argparse.Namespace) -> None:
@@ -394,15 +406,59 @@ def cmd_restore(args: argparse.Namespace) -> None:
     params: dict[str, Any] = {"snapshot": args.snapshot, "to": _abs(args.to)}
     if args.path:
         params["path"] = args.path
+    if args.numeric_owner:
+        params["numeric_owner"] = True
     result = call(args, "restore", params, long_job=True)
     _finish(
         args,
         result,
         lambda r: (
             f"restored {r['files']} files, {format_bytes(r['bytes'])} to {r['to']} "
-            f"in {r['seconds']:.1f} s"
+            f"in {r['seconds']:.1f} s" + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])
         ),
     )
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    params: dict[str, Any] = {"snapshot": args.snapshot}
+    if args.path:
+        params["path"] = args.path
+    rows = call(args, "ls", params)
+    if args.json:
+        _print_json(rows)
+        return
+    for r in rows:
+        if not args.long:
+            print(r["path"])
+            continue
+        owner = f"{r.get('user') or r.get('uid')}/{r.get('group') or r.get('gid')}"
+        target = f" -> {r['link_target']}" if "link_target" in r else ""
+        print(
+            f"{_TYPE_LETTER.get(r['type'], '?')}{r['mode']} {owner:>16} {r['size']:>12} "
+            f"{r['mtime'][:19].replace('T', ' ')} {r['path']}{target}"
+        )
+
+
+_TYPE_LETTER = {
+    "file": "-",
+    "dir": "d",
+    "symlink": "l",
+    "fifo": "p",
+    "chardev": "c",
+    "blockdev": "b",
+    "socket": "s",
+}
+
+
+def cmd_diff(args: argparse.Namespace) -> None:
+    result = call(args, "diff", {"from": args.first, "to": args.second})
+    if args.json:
+        _print_json(result)
+        return
+    fields = {c["path"]: ",".join(c["fields"]) for c in result["changes"]}
+    for mark, key in (("+", "added"), ("-", "removed"), ("M", "changed")):
+        for path in result[key]:
+            print(f"{mark} {path}" + (f"  ({fields[path]})" if mark == "M" else ""))
 
 
 def cmd_verify(args: argparse.Namespace) -> None:
@@ -615,9 +671,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(p)
     p.add_argument("snapshot")
     p.add_argument("--to", required=True)
-    p.add_argument("--path")
+    p.add_argument("--path", help="one file or sub-tree (as `ls` shows it; \\xHH for a byte)")
+    p.add_argument(
+        "--numeric-owner",
+        action="store_true",
+        help="as root, set owners by recorded number, not by user and group name",
+    )
     _add_json(p)
     p.set_defaults(fn=cmd_restore)
+
+    p = sub.add_parser("ls", help="list what a snapshot holds (or one path of it)")
+    _add_home(p)
+    p.add_argument("snapshot")
+    p.add_argument("path", nargs="?", help="a file or sub-tree (as `ls` shows it)")
+    p.add_argument("--long", "-l", action="store_true", help="type, mode, owner, size, mtime")
+    _add_json(p)
+    p.set_defaults(fn=cmd_ls)
+
+    p = sub.add_parser("diff", help="what changed between two snapshots")
+    _add_home(p)
+    p.add_argument("first")
+    p.add_argument("second")
+    _add_json(p)
+    p.set_defaults(fn=cmd_diff)
 
     for name, fn, helptext in (
         ("verify", cmd_verify, "fetch and check every packet"),

@@ -20,6 +20,7 @@ from protocol import format_node_id, short_node_id
 from .backup import BackupJob, BackupRequest
 from .control import ControlError, Emit
 from .errors import PeerError
+from .listing import diff_snapshots, list_snapshot
 from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
 from .logic.placement import PlacementRules
@@ -36,6 +37,13 @@ __all__ = ["build_methods"]
 def _str(params: dict[str, Any], key: str, default: str | None = None) -> str:
     value = params.get(key, default)
     if not isinstance(value, str):
+        raise ControlError("bad_params", f"parameter {key!r} must be a string")
+    return value
+
+
+def _opt_str(params: dict[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, str):
         raise ControlError("bad_params", f"parameter {key!r} must be a string")
     return value
 
@@ -169,10 +177,19 @@ def build_methods(node: Node) -> dict[str, Method]:
         dest = _str(params, "to")
         if not os.path.isabs(dest):
             raise ControlError("bad_params", "the destination must be an absolute path")
-        path = params.get("path")
-        if path is not None and not isinstance(path, str):
-            raise ControlError("bad_params", "parameter 'path' must be a string")
-        return await restore_snapshot(services, _str(params, "snapshot"), dest, path, emit)
+        path = _opt_str(params, "path")
+        numeric_owner = params.get("numeric_owner", False)
+        if not isinstance(numeric_owner, bool):
+            raise ControlError("bad_params", "parameter 'numeric_owner' must be a boolean")
+        return await restore_snapshot(
+            services, _str(params, "snapshot"), dest, path, emit, numeric_owner=numeric_owner
+        )
+
+    async def ls(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
+        return await list_snapshot(services, _str(params, "snapshot"), _opt_str(params, "path"))
+
+    async def diff(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        return await diff_snapshots(services, _str(params, "from"), _str(params, "to"))
 
     async def verify(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         return await verify_snapshot(services, _str(params, "snapshot"), emit)
@@ -269,6 +286,8 @@ def build_methods(node: Node) -> dict[str, Method]:
         "snapshots": snapshots,
         "backup": backup,
         "restore": restore,
+        "ls": ls,
+        "diff": diff,
         "verify": verify,
         "forget": forget,
         "repair": repair,

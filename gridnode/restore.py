@@ -14,6 +14,7 @@ chunks no other snapshot uses (with the per-packet delete secret; see holdings.p
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +30,9 @@ from .actors.retriever import ChunkUnavailable, FetchChunk
 from .control import Emit
 from .errors import GridError, PeerError
 from .log import get_logger
+from .names import escape, from_arg
 from .services import Services
-from .storage.catalog import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
+from .storage.catalog import HOLE, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
 from .trioutil import collapse_groups
 
 __all__ = ["forget_snapshot", "restore_snapshot", "verify_snapshot"]
@@ -59,29 +61,36 @@ async def resolve(services: Services, snapshot: str, *, complete: bool = True) -
     return record
 
 
-def _select(entries: list[EntryRecord], path: str | None) -> list[EntryRecord]:
-    """A whole snapshot, or one file or sub-tree plus the directories above it."""
+def select(entries: list[EntryRecord], path: str | None) -> list[EntryRecord]:
+    """A whole snapshot, or one file or sub-tree plus the directories above it.
+
+    ``path`` is as a user typed it: the literal bytes, or the escaped form ``ls`` shows
+    (see :mod:`gridnode.names`)."""
     if not path:
         return entries
-    path = path.strip("/")
-    chosen = [e for e in entries if e.path == path or e.path.startswith(path + "/")]
+    wanted = from_arg(path.strip("/"), {e.path for e in entries})
+    chosen = [e for e in entries if e.path == wanted or e.path.startswith(wanted + b"/")]
     if not chosen:
-        raise SnapshotNotFound(f"no path {path!r} in this snapshot")
-    parents = set()
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        parents.add("/".join(parts[:i]))
+        raise SnapshotNotFound(f"no path {escape(wanted)!r} in this snapshot")
+    parts = wanted.split(b"/")
+    parents = {b"/".join(parts[:i]) for i in range(1, len(parts))}
     return [e for e in entries if e.path in parents and e.kind == "dir"] + chosen
 
 
 async def restore_snapshot(
-    services: Services, snapshot: str, dest: str, path: str | None, emit: Emit
+    services: Services,
+    snapshot: str,
+    dest: str,
+    path: str | None,
+    emit: Emit,
+    *,
+    numeric_owner: bool = False,
 ) -> dict[str, Any]:
     started = time.monotonic()
     snap = await resolve(services, snapshot)
     catalog = services.catalog
-    entries = _select(await services.db(lambda: list(catalog.entries(snap.snapshot_id))), path)
-    needed = {c for e in entries for c, _, _ in e.extents}
+    entries = select(await services.db(lambda: list(catalog.entries(snap.snapshot_id))), path)
+    needed = {c for e in entries for c, _, _ in e.extents if c != HOLE}
     chunks: dict[bytes, ChunkRecord] = await services.db(
         lambda: {c: r for c in needed if (r := catalog.chunk(c, snap.policy)) is not None}
     )
@@ -129,7 +138,13 @@ async def restore_snapshot(
                 nursery.start_soon(pump)
                 stats = await services.ask(
                     services.assembler,
-                    AssembleTree(entries=entries, chunks=chunks, dest=dest_path, progress=progress),
+                    AssembleTree(
+                        entries=entries,
+                        chunks=chunks,
+                        dest=dest_path,
+                        progress=progress,
+                        numeric_owner=numeric_owner,
+                    ),
                 )
                 nursery.cancel_scope.cancel()
     except (RestoreFailed, ChunkUnavailable, OSError, GridError) as exc:
@@ -155,13 +170,16 @@ async def restore_snapshot(
     return {
         "event": "result",
         "snapshot_id": snap.snapshot_id,
-        "to": str(dest_path),
+        "to": escape(os.fsencode(dest_path)),
         "path": path,
         "files": stats["files"],
         "bytes": stats["bytes"],
         "dirs": stats["dirs"],
         "symlinks": stats["symlinks"],
+        "hardlinks": stats["hardlinks"],
+        "specials": stats["specials"],
         "chunks": stats["chunks"],
+        "notes": stats["notes"][:100],
         "seconds": round(seconds, 3),
     }
 

@@ -113,6 +113,9 @@ class NodeSpec:
     location_check: str = "off"
     labels: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()  # more `--set KEY=VALUE` for init
+    #: A command the node process runs under, e.g. ``("setpriv", "--reuid", "65534", ...)``
+    #: to run it as another user or with fewer capabilities.
+    wrapper: tuple[str, ...] = ()
 
 
 @attrs.define
@@ -258,9 +261,18 @@ class LocalGrid:
         node.log_path = node.home / "node.log"
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child process
         node.process = subprocess.Popen(
-            self.command(
-                "run", "--home", str(node.home), "--quiet", "--log-level", self.log_level, *extra
-            ),
+            [
+                *node.spec.wrapper,
+                *self.command(
+                    "run",
+                    "--home",
+                    str(node.home),
+                    "--quiet",
+                    "--log-level",
+                    self.log_level,
+                    *extra,
+                ),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

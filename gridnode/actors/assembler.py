@@ -3,13 +3,11 @@
 For a restore it walks the snapshot's entries in order and, for each file, the chunks its
 extents point to: a prefetcher asks the retriever for upcoming chunks (a bounded window
 ahead of the writer), each chunk is erasure-decoded, decrypted, decompressed and checked
-against its unique data identifier in a worker thread, and the writer assembles files
-through a temporary file and a rename, then restores modes, mtimes and symlinks.
-
-Safety: every path is checked before anything is written: absolute paths, ``..``,
-empty components, and parents that resolve outside the destination (say, through a
-symlink already there) are refused.  A file appears under its final name only once it is
-complete; the restore ends with a sync so "restore finished" means "on disk".
+against its unique data identifier in a worker thread, and the tree writer
+(``gridnode/tree_writer.py``: the blocking file-system half, which also checks every path)
+assembles files through a temporary file and a rename, then makes hard links, symlinks
+and special files, and finishes directories.  A file appears under its final name only
+once it is complete; the restore ends with a sync so "restore finished" means "on disk".
 
 Small files (the usual case by count) are written in batches, one worker-thread hop per
 batch, because a thread hop costs about as much as writing a 4 KiB file.
@@ -22,8 +20,7 @@ never a truncated file under a real name.
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,10 +28,9 @@ from typing import Any, BinaryIO
 import attrs
 import trio
 
-from ..errors import GridError
 from ..logic.packing import ChunkIntegrityError, ErasureParams, decode_chunk
-from ..scanner import ScanError, safe_join
-from ..storage.catalog import ChunkRecord, EntryRecord
+from ..storage.catalog import HOLE, ChunkRecord, EntryRecord
+from ..tree_writer import Piece, RestoreFailed, TreeWriter
 from ..trioutil import collapse_groups
 from .base import Call, serve_calls
 
@@ -44,10 +40,6 @@ __all__ = ["AssembleTree", "Assembler", "DecodeChunk", "RestoreFailed", "TreeWri
 SMALL_FILE_BYTES = 4 * 1024 * 1024
 BATCH_FILES = 64
 BATCH_BYTES = 8 * 1024 * 1024
-
-
-class RestoreFailed(GridError):
-    pass
 
 
 @attrs.frozen
@@ -62,111 +54,10 @@ class AssembleTree:
     chunks: dict[bytes, ChunkRecord]
     dest: Path
     progress: Callable[[int, int], None] | None = None  # (files done, bytes written)
+    numeric_owner: bool = False
 
 
 FetchChunk = Callable[[ChunkRecord], Awaitable[dict[int, bytes]]]
-
-
-# --- blocking file writing ---------------------------------------------------------------
-
-
-class TreeWriter:
-    """Blocking helpers; every method runs in a worker thread."""
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        dest.mkdir(parents=True, exist_ok=True)
-        self._real_dest = os.path.realpath(dest)
-        self._checked: set[str] = set()
-
-    def target(self, rel: str) -> Path:
-        path = safe_join(self.dest, rel)
-        parent = str(path.parent)
-        if parent not in self._checked:
-            real = os.path.realpath(parent)
-            if real != self._real_dest and not real.startswith(self._real_dest + os.sep):
-                raise ScanError(f"refusing {rel!r}: its directory resolves outside {self.dest}")
-            self._checked.add(parent)
-        return path
-
-    def make_dirs(self, entries: Sequence[EntryRecord]) -> None:
-        for entry in entries:
-            path = self.target(entry.path)
-            if path.is_symlink():
-                raise ScanError(f"refusing {entry.path!r}: a symlink is in the way")
-            path.mkdir(mode=0o700, exist_ok=True)
-
-    def ensure_parent(self, rel: str) -> Path:
-        path = self.target(rel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return self.target(rel)  # re-check now that the parent exists
-
-    def open_temp(self, rel: str) -> tuple[Path, Path, BinaryIO]:
-        final = self.ensure_parent(rel)
-        temp = final.with_name(f".gridnode-{secrets.token_hex(6)}.tmp")
-        fh = open(temp, "xb")  # noqa: SIM115 - closed in finish()
-        return final, temp, fh
-
-    @staticmethod
-    def append(fh: BinaryIO, pieces: Sequence[memoryview | bytes]) -> None:
-        for piece in pieces:
-            fh.write(piece)
-
-    @staticmethod
-    def finish(entry: EntryRecord, final: Path, temp: Path, fh: BinaryIO) -> None:
-        try:
-            fh.close()
-            written = temp.stat().st_size
-            if written != entry.size:
-                raise RestoreFailed(
-                    f"{entry.path}: assembled {written} bytes, expected {entry.size}"
-                )
-            os.chmod(temp, entry.mode & 0o7777)
-            os.utime(temp, ns=(entry.mtime_ns, entry.mtime_ns))
-            os.replace(temp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                fh.close()
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-            raise
-
-    def write_small(self, batch: Sequence[tuple[EntryRecord, list[memoryview | bytes]]]) -> int:
-        written = 0
-        for entry, pieces in batch:
-            final, temp, fh = self.open_temp(entry.path)
-            try:
-                self.append(fh, pieces)
-            except BaseException:
-                fh.close()
-                temp.unlink(missing_ok=True)
-                raise
-            self.finish(entry, final, temp, fh)
-            written += entry.size
-        return written
-
-    def make_symlinks(self, entries: Sequence[EntryRecord]) -> None:
-        for entry in entries:
-            path = self.ensure_parent(entry.path)
-            if path.is_symlink() or path.exists():
-                if path.is_dir() and not path.is_symlink():
-                    raise ScanError(f"refusing to replace directory {entry.path!r} with a symlink")
-                path.unlink()
-            os.symlink(entry.link_target or "", path)
-            with contextlib.suppress(OSError, NotImplementedError):
-                os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-
-    def finish_dirs(self, entries: Sequence[EntryRecord]) -> None:
-        """Modes and mtimes of directories last, deepest first: writing into a directory
-        changes its mtime, and a read-only mode would stop the restore."""
-        for entry in sorted(entries, key=lambda e: e.path.count("/"), reverse=True):
-            path = self.target(entry.path)
-            os.chmod(path, entry.mode & 0o7777)
-            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
-
-    @staticmethod
-    def sync() -> None:
-        os.sync()
 
 
 # --- the actor -------------------------------------------------------------------------------
@@ -218,19 +109,28 @@ class Assembler:
         shares = await self.fetch(chunk)
         return await self.decode(chunk, shares)
 
-    async def assemble(self, job: AssembleTree) -> dict[str, int]:
-        writer = await trio.to_thread.run_sync(TreeWriter, job.dest)
+    async def assemble(self, job: AssembleTree) -> dict[str, Any]:
+        writer = await trio.to_thread.run_sync(
+            functools.partial(TreeWriter, job.dest, numeric_owner=job.numeric_owner)
+        )
         dirs = [e for e in job.entries if e.kind == "dir"]
         links = [e for e in job.entries if e.kind == "symlink"]
-        files = [e for e in job.entries if e.kind == "file"]
+        specials = [e for e in job.entries if e.kind not in ("dir", "symlink", "file")]
+        all_files = [e for e in job.entries if e.kind == "file"]
+        # A later name of a hard-link group whose first name is restored too becomes a link
+        # to it; otherwise it is written from its own extents (the same bytes).
+        names = {e.path for e in all_files}
+        linked = [e for e in all_files if e.hardlink is not None and e.hardlink in names]
+        writer.link_firsts = {e.hardlink for e in linked if e.hardlink is not None}
+        files = [e for e in all_files if e.hardlink is None or e.hardlink not in names]
         await trio.to_thread.run_sync(writer.make_dirs, dirs, limiter=self.disk_limiter)
 
         # The order in which the writer will need chunks; consecutive repeats (small files
-        # packed in one chunk) are one fetch.
+        # packed in one chunk) are one fetch.  Holes need no chunk.
         sequence: list[bytes] = []
         for entry in files:
             for chunk_id, _, _ in entry.extents:
-                if not sequence or sequence[-1] != chunk_id:
+                if chunk_id != HOLE and (not sequence or sequence[-1] != chunk_id):
                     sequence.append(chunk_id)
         for chunk_id in set(sequence):
             if chunk_id not in job.chunks:
@@ -267,11 +167,13 @@ class Assembler:
                 position = -1
                 current: bytes = b""
                 current_id: bytes | None = None
-                batch: list[tuple[EntryRecord, list[memoryview | bytes]]] = []
+                batch: list[tuple[EntryRecord, list[Piece]]] = []
                 batch_bytes = 0
 
-                async def advance(chunk_id: bytes) -> memoryview:
+                async def piece(chunk_id: bytes, offset: int, length: int) -> Piece:
                     nonlocal position, current, current_id
+                    if chunk_id == HOLE:
+                        return length
                     if current_id != chunk_id:
                         if position >= 0:
                             data.pop(position, None)
@@ -279,7 +181,7 @@ class Assembler:
                         position += 1
                         current = await take(position)
                         current_id = chunk_id
-                    return memoryview(current)
+                    return memoryview(current)[offset : offset + length]
 
                 async def flush() -> None:
                     nonlocal batch, batch_bytes, files_done, bytes_done
@@ -294,11 +196,11 @@ class Assembler:
 
                 for entry in files:
                     if entry.size <= SMALL_FILE_BYTES:
-                        pieces: list[memoryview | bytes] = []
-                        for chunk_id, offset, length in entry.extents:
-                            view = await advance(chunk_id)
+                        pieces: list[Piece] = []
+                        for extent in entry.extents:
+                            view = await piece(*extent)
                             # bytes(): the chunk buffer is dropped once the writer moves on.
-                            pieces.append(bytes(view[offset : offset + length]))
+                            pieces.append(view if isinstance(view, int) else bytes(view))
                         batch.append((entry, pieces))
                         batch_bytes += entry.size
                         if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
@@ -307,13 +209,12 @@ class Assembler:
                     await flush()
                     final, temp, fh = await trio.to_thread.run_sync(writer.open_temp, entry.path)
                     try:
-                        for chunk_id, offset, length in entry.extents:
-                            view = await advance(chunk_id)
-                            piece = view[offset : offset + length]
+                        for extent in entry.extents:
+                            view = await piece(*extent)
                             await trio.to_thread.run_sync(
-                                writer.append, fh, [piece], limiter=self.disk_limiter
+                                writer.append, fh, [view], limiter=self.disk_limiter
                             )
-                            bytes_done += length
+                            bytes_done += extent[2]
                             if job.progress:
                                 job.progress(files_done, bytes_done)
                     except BaseException:
@@ -325,7 +226,14 @@ class Assembler:
                 await flush()
                 nursery.cancel_scope.cancel()
 
+        bytes_done += await trio.to_thread.run_sync(
+            writer.make_links, linked, limiter=self.disk_limiter
+        )
+        files_done += len(linked)
         await trio.to_thread.run_sync(writer.make_symlinks, links, limiter=self.disk_limiter)
+        made = await trio.to_thread.run_sync(
+            writer.make_specials, specials, limiter=self.disk_limiter
+        )
         await trio.to_thread.run_sync(writer.finish_dirs, dirs, limiter=self.disk_limiter)
         await trio.to_thread.run_sync(writer.sync)
         if job.progress:
@@ -335,7 +243,10 @@ class Assembler:
             "bytes": bytes_done,
             "dirs": len(dirs),
             "symlinks": len(links),
+            "hardlinks": len(linked),
+            "specials": made,
             "chunks": len(sequence),
+            "notes": writer.notes,
         }
 
 

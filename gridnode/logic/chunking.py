@@ -20,6 +20,9 @@ threads), so callers may run several iterators in worker threads at once.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, Literal, cast
@@ -34,6 +37,8 @@ __all__ = [
     "ChunkingParams",
     "iter_buffer_chunks",
     "iter_file_chunks",
+    "iter_file_pieces",
+    "open_regular",
 ]
 
 KiB: Final = 1024
@@ -125,6 +130,114 @@ def iter_file_chunks(path: Path, params: ChunkingParams = DEFAULT_PARAMS) -> Ite
     with open(path, "rb", buffering=0) as stream:
         for chunk in chunker.cut_stream(stream):
             yield bytes(chunk.data)
+
+
+#: Compared against with ``startswith`` (a memcmp); chunks are at most 16 MiB.
+_ZEROS: Final = bytes(_MAX_RANGE[1])
+
+
+class _Region:
+    """A readable window ``[start, start + length)`` of an open file, for ``cut_stream``."""
+
+    def __init__(self, fd: int, start: int, length: int) -> None:
+        self._fd = fd
+        self._pos = start
+        self._left = length
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        want = min(len(buffer), self._left)
+        if want <= 0:
+            return 0
+        view = memoryview(buffer)[:want]
+        got = os.preadv(self._fd, [view], self._pos)
+        self._pos += got
+        self._left -= got
+        return got
+
+
+def _data_regions(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, length) of the parts of a file that hold data; the gaps are holes.
+
+    Uses ``SEEK_DATA``/``SEEK_HOLE``; where the file system or the platform cannot say,
+    the whole file is one region (and runs of zeros are still found by content).
+    """
+    seek_data = getattr(os, "SEEK_DATA", None)
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_data is None or seek_hole is None:
+        yield 0, size
+        return
+    position = 0
+    while position < size:
+        try:
+            start = os.lseek(fd, position, seek_data)
+        except OSError:  # ENXIO: only a hole is left (or the call is not supported)
+            if position == 0 and not _is_sparse(fd, size):
+                yield 0, size
+            return
+        end = min(os.lseek(fd, start, seek_hole), size)
+        if end <= start:
+            return
+        yield start, end - start
+        position = end
+
+
+def _is_sparse(fd: int, size: int) -> bool:
+    return os.fstat(fd).st_blocks * 512 < size
+
+
+def open_regular(path: Path | bytes) -> int:
+    """Open a file for reading only if it is (still) a regular file; returns the fd.
+
+    Between the walk and the read, a name can be swapped for a symlink (which would read
+    something outside the tree) or a FIFO (whose ``open`` blocks forever and would hang
+    the backup): neither is followed or waited for.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "no longer a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def iter_file_pieces(
+    path: Path | bytes, params: ChunkingParams = DEFAULT_PARAMS
+) -> Iterator[bytes | int]:
+    """A file's content as content-defined chunks (``bytes``) and holes (``int``: a length
+    of zero bytes), in file order, up to the size it has when opened.
+
+    Holes of a sparse file are never read, and a chunk that is all zero bytes is given as
+    a hole too, so zeros cost nothing to store and restore as holes.  Adjacent holes are
+    merged.  Chunk boundaries restart at each data region, which keeps them a function of
+    the file's content and layout alone.
+    """
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        hole = 0
+        position = 0
+        for start, length in _data_regions(fd, size):
+            hole += start - position
+            chunker = params.make_chunker()
+            for chunk in chunker.cut_stream(_Region(fd, start, length)):
+                data = bytes(chunk.data)
+                if _ZEROS.startswith(data):  # a memcmp, no copy: all zero bytes
+                    hole += len(data)
+                    continue
+                if hole:
+                    yield hole
+                    hole = 0
+                yield data
+            position = start + length
+        hole += max(size - position, 0)
+        if hole:
+            yield hole
+    finally:
+        os.close(fd)
 
 
 def iter_buffer_chunks(

@@ -3,8 +3,9 @@
 Tables and the claim element each one is:
 
 - ``profile``: the source client profile (who this node is, when it started backing up).
-- ``entries``: source data records, one row per backed-up file, directory or symlink of a
-  snapshot, with its metadata and its extents (chunk id, offset, length).
+- ``entries``: source data records, one row per backed-up entry of a snapshot (file,
+  directory, symlink, FIFO, device, socket; the path as bytes), with its metadata (owner,
+  extended attributes, hard-link group) and its extents (chunk id, offset, length).
 - ``chunks``: the unique data identifiers (keyed BLAKE3) of every chunk this node has
   stored on the grid, with the coding parameters needed to decode it.  A chunk is kept
   once per *policy* (erasure parameters + placement rules): data stored 4-of-6 within
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -44,7 +46,10 @@ from nacl.signing import SigningKey
 
 from protocol import sign, verify
 
+from ..names import escape
+
 __all__ = [
+    "HOLE",
     "Catalog",
     "ChunkRecord",
     "EntryRecord",
@@ -129,6 +134,28 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         published REAL
     );
     """,
+    # 2: names are bytes (a file name need not be UTF-8); owners, device numbers, extended
+    # attributes and hard-link groups ride in ``meta`` (msgpack), NULL when there are none.
+    """
+    CREATE TABLE entries_v2 (
+        snapshot_id TEXT NOT NULL,
+        path BLOB NOT NULL,
+        kind TEXT NOT NULL,
+        mode INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        inode INTEGER NOT NULL DEFAULT 0,
+        device INTEGER NOT NULL DEFAULT 0,
+        link_target BLOB,
+        extents BLOB,
+        meta BLOB,
+        PRIMARY KEY (snapshot_id, path)
+    ) WITHOUT ROWID;
+    INSERT INTO entries_v2 SELECT snapshot_id, CAST(path AS BLOB), kind, mode, mtime_ns, size,
+        inode, device, CAST(link_target AS BLOB), extents, NULL FROM entries;
+    DROP TABLE entries;
+    ALTER TABLE entries_v2 RENAME TO entries
+    """,
 )
 
 _GENESIS: Final = b"\x00" * 32
@@ -173,7 +200,8 @@ class SnapshotRecord:
             "state": self.state,
             "complete": self.complete,
             "parent": self.parent,
-            "roots": list(self.roots),
+            # Shown escaped: a root's name need not be UTF-8 (see gridnode.names).
+            "roots": [escape(os.fsencode(r)) for r in self.roots],
             "files": self.files,
             "bytes": self.total_bytes,
             "redundancy": self.params,
@@ -181,17 +209,63 @@ class SnapshotRecord:
         }
 
 
+#: The chunk id of a hole: an extent that is all zero bytes, stored nowhere and restored
+#: as a hole (sparse files, and runs of zeros in any large file, cost nothing to keep).
+HOLE: Final = b""
+
+
+def _name_bytes(value: str | bytes | None) -> bytes | None:
+    """Paths of records written before names were bytes (version 1 and 2) were text."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return value.encode("utf-8", "surrogateescape")
+
+
 @attrs.frozen
 class EntryRecord:
-    path: str
-    kind: str  # file | dir | symlink
+    """One entry of a snapshot's tree: the source data record of claims 2-3.
+
+    ``uid``/``gid`` are None for entries recorded before owners were kept.  ``hardlink``
+    names the first entry (in path order) of the hard-link group this file belongs to;
+    such a file still carries its extents, so restoring it alone still gives its bytes.
+    """
+
+    path: bytes
+    kind: str  # file | dir | symlink | fifo | chardev | blockdev | socket
     mode: int
     mtime_ns: int
     size: int
     inode: int = 0
     device: int = 0
-    link_target: str | None = None
+    link_target: bytes | None = None
     extents: tuple[tuple[bytes, int, int], ...] = ()
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None
+    group: str | None = None
+    rdev: int = 0
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    hardlink: bytes | None = None
+
+    def meta(self) -> list[Any] | None:
+        """The fields beyond the first nine, or None when there are none to keep."""
+        if (
+            self.uid is None
+            and self.gid is None
+            and not self.rdev
+            and not self.xattrs
+            and self.hardlink is None
+        ):
+            return None
+        return [
+            self.uid,
+            self.gid,
+            self.user,
+            self.group,
+            self.rdev,
+            [list(x) for x in self.xattrs],
+            self.hardlink,
+        ]
 
     def to_wire(self) -> list[Any]:
         return [
@@ -204,21 +278,62 @@ class EntryRecord:
             self.device,
             self.link_target,
             [list(e) for e in self.extents],
+            *(self.meta() or [None, None, None, None, 0, [], None]),
         ]
 
     @classmethod
     def from_wire(cls, raw: Sequence[Any]) -> EntryRecord:
-        path, kind, mode, mtime_ns, size, inode, device, link_target, extents = raw
+        """Reads every version: nine fields (text names) before record version 3."""
+        path, kind, mode, mtime_ns, size, inode, device, link_target, extents = raw[:9]
+        meta = raw[9:] if len(raw) > 9 else None
+        return cls.build(
+            path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta
+        )
+
+    @classmethod
+    def build(
+        cls,
+        path: str | bytes,
+        kind: str,
+        mode: int,
+        mtime_ns: int,
+        size: int,
+        inode: int,
+        device: int,
+        link_target: str | bytes | None,
+        extents: Sequence[Sequence[Any]] | None,
+        meta: Sequence[Any] | None,
+    ) -> EntryRecord:
+        """From stored fields (a record item or a catalog row), checking their types."""
+        name = _name_bytes(path)
+        if not name or not isinstance(kind, str):
+            raise ValueError(f"bad entry: {str(path)[:80]}")
+        uid = gid = None
+        user = group = None
+        rdev = 0
+        xattrs: tuple[tuple[bytes, bytes], ...] = ()
+        hardlink = None
+        if meta is not None:
+            uid, gid, user, group, rdev, raw_xattrs, raw_hardlink = meta
+            xattrs = tuple((bytes(k), bytes(v)) for k, v in raw_xattrs)
+            hardlink = _name_bytes(raw_hardlink)
         return cls(
-            path,
+            name,
             kind,
-            mode,
-            mtime_ns,
-            size,
-            inode,
-            device,
-            link_target,
-            tuple((bytes(c), int(o), int(n)) for c, o, n in extents),
+            int(mode),
+            int(mtime_ns),
+            int(size),
+            int(inode),
+            int(device),
+            _name_bytes(link_target),
+            tuple((bytes(c), int(o), int(n)) for c, o, n in extents or ()),
+            uid,
+            gid,
+            user,
+            group,
+            int(rdev),
+            xattrs,
+            hardlink,
         )
 
 
@@ -476,7 +591,7 @@ class Catalog:
     ) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO entries(snapshot_id, path, kind, mode, mtime_ns, size,"
-            " inode, device, link_target, extents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " inode, device, link_target, extents, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 (
                     snapshot_id,
@@ -491,6 +606,7 @@ class Catalog:
                     msgpack.packb([list(x) for x in e.extents], use_bin_type=True)
                     if e.kind == "file"
                     else None,
+                    None if (meta := e.meta()) is None else msgpack.packb(meta, use_bin_type=True),
                 )
                 for e in entries
             ),
@@ -626,13 +742,23 @@ class Catalog:
 
     def entries(self, snapshot_id: str) -> Iterator[EntryRecord]:
         cur = self._db().execute(
-            "SELECT path, kind, mode, mtime_ns, size, inode, device, link_target, extents"
+            "SELECT path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta"
             " FROM entries WHERE snapshot_id = ? ORDER BY path",
             (snapshot_id,),
         )
-        for path, kind, mode, mtime_ns, size, inode, device, link_target, extents in cur:
-            ext = tuple((bytes(c), o, n) for c, o, n in msgpack.unpackb(extents)) if extents else ()
-            yield EntryRecord(path, kind, mode, mtime_ns, size, inode, device, link_target, ext)
+        for path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta in cur:
+            yield EntryRecord.build(
+                path,
+                kind,
+                mode,
+                mtime_ns,
+                size,
+                inode,
+                device,
+                link_target,
+                msgpack.unpackb(extents) if extents else None,
+                msgpack.unpackb(meta, raw=False) if meta else None,
+            )
 
     def forget_snapshot(self, snapshot_id: str) -> list[tuple[bytes, str]]:
         """Drop a snapshot; returns the (chunk id, policy) pairs no other snapshot uses."""

@@ -1,0 +1,112 @@
+"""What a snapshot holds, without restoring it: ``ls`` and ``diff``.
+
+Both read the catalog only (no packet is fetched).  Paths are shown in the escaped text
+form of :mod:`gridnode.names`, which the same commands and ``restore --path`` accept back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .names import escape, from_arg
+from .restore import SnapshotNotFound, resolve
+from .services import Services
+from .storage.catalog import HOLE, EntryRecord
+
+__all__ = ["diff_snapshots", "entry_json", "list_snapshot"]
+
+#: Fields whose difference makes an entry "changed" in a diff.
+_COMPARED = (
+    "kind",
+    "size",
+    "mtime_ns",
+    "mode",
+    "extents",
+    "link_target",
+    "uid",
+    "gid",
+    "rdev",
+    "xattrs",
+    "hardlink",
+)
+
+
+def _rfc3339(ns: int) -> str:
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    stamp = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:09d}Z"
+
+
+def entry_json(e: EntryRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": escape(e.path),
+        "type": e.kind,
+        "size": e.size,
+        "mtime": _rfc3339(e.mtime_ns),
+        "mtime_ns": e.mtime_ns,
+        "mode": f"{e.mode:04o}",
+        "uid": e.uid,
+        "gid": e.gid,
+        "user": e.user,
+        "group": e.group,
+    }
+    if e.link_target is not None:
+        out["link_target"] = escape(e.link_target)
+    if e.hardlink is not None:
+        out["hardlink"] = escape(e.hardlink)
+    if e.kind in ("chardev", "blockdev"):
+        out["device"] = [os.major(e.rdev), os.minor(e.rdev)]
+    if e.xattrs:
+        out["xattrs"] = [escape(name) for name, _ in e.xattrs]
+    if e.kind == "file":
+        out["allocated_bytes"] = sum(n for c, _, n in e.extents if c != HOLE)
+    return out
+
+
+def _under(entries: Iterable[EntryRecord], path: str | None) -> Iterator[EntryRecord]:
+    listed = list(entries)
+    if not path:
+        yield from listed
+        return
+    wanted = from_arg(path.strip("/"), {e.path for e in listed})
+    found = False
+    for e in listed:
+        if e.path == wanted or e.path.startswith(wanted + b"/"):
+            found = True
+            yield e
+    if not found:
+        raise SnapshotNotFound(f"no path {escape(wanted)!r} in this snapshot")
+
+
+async def list_snapshot(
+    services: Services, snapshot: str, path: str | None
+) -> list[dict[str, Any]]:
+    snap = await resolve(services, snapshot)
+    catalog = services.catalog
+    entries = await services.db(lambda: list(catalog.entries(snap.snapshot_id)))
+    return [entry_json(e) for e in _under(entries, path)]
+
+
+async def diff_snapshots(services: Services, first: str, second: str) -> dict[str, Any]:
+    a = await resolve(services, first)
+    b = await resolve(services, second)
+    catalog = services.catalog
+    old = await services.db(lambda: {e.path: e for e in catalog.entries(a.snapshot_id)})
+    new = await services.db(lambda: {e.path: e for e in catalog.entries(b.snapshot_id)})
+    changes = []
+    for path in sorted(old.keys() & new.keys()):
+        fields = [f for f in _COMPARED if getattr(old[path], f) != getattr(new[path], f)]
+        if fields:
+            changes.append({"path": escape(path), "fields": fields})
+    return {
+        "event": "result",
+        "from": a.snapshot_id,
+        "to": b.snapshot_id,
+        "added": [escape(p) for p in sorted(new.keys() - old.keys())],
+        "removed": [escape(p) for p in sorted(old.keys() - new.keys())],
+        "changed": [c["path"] for c in changes],
+        "changes": changes,
+    }

@@ -1,0 +1,317 @@
+"""Writing a restored tree to disk: every kind of entry, with what it carried.
+
+The assembler (an actor) decides *what* to write and in which order; this module does the
+blocking file-system work, one call per worker-thread hop.  What a restore gives back:
+
+- bytes, through a temporary file and a rename, so a file appears under its name only
+  once it is complete; holes (``HOLE`` extents) are skipped with a seek, so a sparse file
+  comes back sparse;
+- hard links: the first name of a link group is written, later names are linked to it
+  (a link group is only rebuilt among the entries being restored; a name whose first
+  name is not among them gets its own copy of the bytes, which it carries);
+- directories, symlinks, FIFOs and devices (devices need root; sockets are noted, never
+  made: a socket belongs to the process that listens on it);
+- owners: as root, by name where the name exists here, else by number
+  (``numeric_owner`` forces numbers); as anyone else, files belong to the restoring user;
+- extended attributes (so POSIX ACLs and SELinux labels): ``user.*`` always, the rest
+  when the system lets this process; what cannot be set is noted, never fatal;
+- modes, with one rule: setuid and setgid bits are kept only when the file ends up
+  owned by the recorded user (and group), so a restore never hands out privileges;
+- nanosecond mtimes, directories last and deepest first.
+
+Safety: every path is checked before anything is written: absolute paths, ``..``, empty
+components, and parents that resolve outside the destination (say, through a symlink
+already there) are refused; directories are finished through a file descriptor opened
+with ``O_NOFOLLOW``, so a symlink swapped in cannot redirect a chmod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import os
+import pwd
+import secrets
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO, Final
+
+from .errors import GridError
+from .names import escape
+from .scanner import ScanError, safe_join
+from .storage.catalog import EntryRecord
+
+__all__ = ["Piece", "RestoreFailed", "TreeWriter"]
+
+#: A piece of a file being written: bytes, or an int, the length of a hole.
+Piece = memoryview | bytes | int
+
+_SPECIAL_FORMAT: Final = {
+    "fifo": stat.S_IFIFO,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+}
+#: Whole blocks of zeros this large inside restored data become holes.
+SPARSE_BLOCK: Final = 64 * 1024
+_ZEROS: Final = bytes(SPARSE_BLOCK)
+
+
+class RestoreFailed(GridError):
+    pass
+
+
+class TreeWriter:
+    """Blocking helpers; every method runs in a worker thread."""
+
+    def __init__(self, dest: Path, *, numeric_owner: bool = False) -> None:
+        self.dest = dest
+        dest.mkdir(parents=True, exist_ok=True)
+        self._real_dest = os.path.realpath(dest)
+        self._checked: set[str] = set()
+        self.numeric_owner = numeric_owner
+        self.as_root = os.geteuid() == 0
+        self.uid = os.geteuid()
+        self.gid = os.getegid()
+        #: What was not restored as recorded (an xattr, a device as a normal user, ...).
+        self.notes: list[str] = []
+        #: First names of the hard-link groups being restored, and where each was written.
+        self.link_firsts: set[bytes] = set()
+        self.written: dict[bytes, Path] = {}
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def target(self, rel: bytes) -> Path:
+        path = safe_join(self.dest, rel)
+        parent = str(path.parent)
+        if parent not in self._checked:
+            real = os.path.realpath(parent)
+            if real != self._real_dest and not real.startswith(self._real_dest + os.sep):
+                raise ScanError(
+                    f"refusing {escape(rel)!r}: its directory resolves outside {self.dest}"
+                )
+            self._checked.add(parent)
+        return path
+
+    def ensure_parent(self, rel: bytes) -> Path:
+        path = self.target(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return self.target(rel)  # re-check now that the parent exists
+
+    def _clear(self, path: Path, rel: bytes) -> None:
+        """Make room for a non-directory entry; a directory in the way is never removed."""
+        if path.is_symlink() or path.exists():
+            if path.is_dir() and not path.is_symlink():
+                raise ScanError(f"refusing to replace directory {escape(rel)!r}")
+            path.unlink()
+
+    def note(self, rel: bytes, what: str) -> None:
+        if len(self.notes) < 1000:
+            self.notes.append(f"{escape(rel)}: {what}")
+
+    # --- owners, attributes, modes ---------------------------------------------------------
+
+    def owner_for(self, entry: EntryRecord) -> tuple[int, int] | None:
+        """The (uid, gid) to give an entry, or None to leave it to the restoring user."""
+        if not self.as_root or entry.uid is None or entry.gid is None:
+            return None
+        uid, gid = entry.uid, entry.gid
+        if not self.numeric_owner:
+            if entry.user:
+                with contextlib.suppress(KeyError):
+                    uid = pwd.getpwnam(entry.user).pw_uid
+            if entry.group:
+                with contextlib.suppress(KeyError):
+                    gid = grp.getgrnam(entry.group).gr_gid
+        return uid, gid
+
+    def _apply(self, entry: EntryRecord, target: int | Path, *, symlink: bool = False) -> None:
+        """Owner, extended attributes, mode and mtime, in the order that keeps each: a
+        chown clears setuid bits and file capabilities, so it comes first."""
+        follow = not symlink
+        owner = self.owner_for(entry)
+        final_uid, final_gid = self.uid, self.gid
+        if owner is not None:
+            try:
+                if isinstance(target, int):
+                    os.fchown(target, *owner)
+                else:
+                    os.chown(target, *owner, follow_symlinks=follow)
+                final_uid, final_gid = owner
+            except OSError as exc:
+                self.note(entry.path, f"owner not set: {exc.strerror}")
+        for name, value in entry.xattrs:
+            try:
+                os.setxattr(target, name, value, follow_symlinks=follow)
+            except OSError as exc:
+                self.note(entry.path, f"extended attribute {escape(name)} not set: {exc.strerror}")
+        if not symlink:
+            mode = entry.mode & 0o7777
+            if mode & stat.S_ISUID and final_uid != entry.uid:
+                mode &= ~stat.S_ISUID
+                self.note(entry.path, "setuid bit dropped: the recorded owner was not restored")
+            # On a directory setgid only passes the group on to new entries: no privilege.
+            if mode & stat.S_ISGID and final_gid != entry.gid and entry.kind != "dir":
+                mode &= ~stat.S_ISGID
+                self.note(entry.path, "setgid bit dropped: the recorded group was not restored")
+            os.chmod(target, mode)
+        with contextlib.suppress(OSError, NotImplementedError):
+            os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=follow)
+
+    # --- directories -------------------------------------------------------------------------
+
+    def make_dirs(self, entries: Sequence[EntryRecord]) -> None:
+        for entry in entries:
+            path = self.target(entry.path)
+            if path.is_symlink():
+                raise ScanError(f"refusing {escape(entry.path)!r}: a symlink is in the way")
+            path.mkdir(mode=0o700, exist_ok=True)
+
+    def finish_dirs(self, entries: Sequence[EntryRecord]) -> None:
+        """Modes and mtimes of directories last, deepest first: writing into a directory
+        changes its mtime, and a read-only mode would stop the restore.  Each directory is
+        opened with O_NOFOLLOW and changed through its descriptor: never through a link."""
+        for entry in sorted(entries, key=lambda e: e.path.count(b"/"), reverse=True):
+            path = self.target(entry.path)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise ScanError(
+                    f"refusing {escape(entry.path)!r}: not a directory any more ({exc.strerror})"
+                ) from None
+            try:
+                self._apply(entry, fd)
+            finally:
+                os.close(fd)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def open_temp(self, rel: bytes) -> tuple[Path, Path, BinaryIO]:
+        final = self.ensure_parent(rel)
+        temp = final.with_name(f".gridnode-{secrets.token_hex(6)}.tmp")
+        fh = open(temp, "xb")  # noqa: SIM115 - closed in finish()
+        return final, temp, fh
+
+    @staticmethod
+    def append(fh: BinaryIO, pieces: Sequence[Piece]) -> None:
+        """Write pieces in order; holes, and whole blocks of zeros inside data, are skipped
+        with a seek so they take no disk (as ``cp --sparse=always`` does): a chunk that
+        straddles data and a run of zeros still restores the zeros as a hole."""
+        for piece in pieces:
+            if isinstance(piece, int):
+                fh.seek(piece, os.SEEK_CUR)  # a hole: never written, never allocated
+                continue
+            view = memoryview(piece)
+            written = 0
+            for start in range(0, len(view) - SPARSE_BLOCK + 1, SPARSE_BLOCK):
+                if _ZEROS.startswith(view[start : start + SPARSE_BLOCK]):  # memcmp
+                    if start > written:
+                        fh.write(view[written:start])
+                    fh.seek(SPARSE_BLOCK, os.SEEK_CUR)
+                    written = start + SPARSE_BLOCK
+            if written < len(view):
+                fh.write(view[written:])
+
+    def finish(self, entry: EntryRecord, final: Path, temp: Path, fh: BinaryIO) -> None:
+        try:
+            if fh.tell() == entry.size:
+                fh.truncate()  # a file that ends in a hole: the size, still unallocated
+            fh.close()
+            written = temp.stat().st_size
+            if written != entry.size:
+                raise RestoreFailed(
+                    f"{escape(entry.path)}: assembled {written} bytes, expected {entry.size}"
+                )
+            self._apply(entry, temp)
+            self._clear(final, entry.path)
+            os.replace(temp, final)
+            if entry.path in self.link_firsts:
+                self.written[entry.path] = final
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fh.close()
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
+
+    def write_small(self, batch: Sequence[tuple[EntryRecord, list[Piece]]]) -> int:
+        written = 0
+        for entry, pieces in batch:
+            final, temp, fh = self.open_temp(entry.path)
+            try:
+                self.append(fh, pieces)
+            except BaseException:
+                fh.close()
+                temp.unlink(missing_ok=True)
+                raise
+            self.finish(entry, final, temp, fh)
+            written += entry.size
+        return written
+
+    def make_links(self, entries: Sequence[EntryRecord]) -> int:
+        """Later names of hard-link groups, linked to the first name's restored file.
+
+        Where the file system refuses a link, the name gets a copy of the bytes instead:
+        the data is the same, only the sharing is lost (and noted)."""
+        copied = 0
+        for entry in entries:
+            assert entry.hardlink is not None
+            first = self.written[entry.hardlink]
+            path = self.ensure_parent(entry.path)
+            self._clear(path, entry.path)
+            try:
+                os.link(first, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP):
+                    raise
+                self.note(entry.path, f"restored as a copy, not a hard link: {exc.strerror}")
+                final, temp, fh = self.open_temp(entry.path)
+                with open(first, "rb") as src:
+                    while block := src.read(1 << 20):
+                        fh.write(block)
+                self.finish(entry, final, temp, fh)
+                copied += entry.size
+        return copied
+
+    # --- symlinks and special files ----------------------------------------------------------
+
+    def make_symlinks(self, entries: Sequence[EntryRecord]) -> None:
+        for entry in entries:
+            path = self.ensure_parent(entry.path)
+            self._clear(path, entry.path)
+            os.symlink(entry.link_target or b"", path)
+            self._apply(entry, path, symlink=True)
+
+    def make_specials(self, entries: Sequence[EntryRecord]) -> int:
+        """FIFOs and devices; returns how many were made.  Sockets are noted."""
+        made = 0
+        for entry in entries:
+            if entry.kind == "socket":
+                self.note(entry.path, "a socket is not recreated (it belongs to its server)")
+                continue
+            fmt = _SPECIAL_FORMAT.get(entry.kind)
+            if fmt is None:
+                self.note(entry.path, f"unknown kind {entry.kind!r} not restored")
+                continue
+            path = self.ensure_parent(entry.path)
+            self._clear(path, entry.path)
+            try:
+                if entry.kind == "fifo":
+                    os.mkfifo(path, 0o600)
+                else:
+                    os.mknod(path, 0o600 | fmt, entry.rdev)
+            except PermissionError as exc:
+                self.note(
+                    entry.path,
+                    f"{entry.kind} {os.major(entry.rdev)},{os.minor(entry.rdev)} not made: "
+                    f"{exc.strerror} (devices need root)",
+                )
+                continue
+            self._apply(entry, path)
+            made += 1
+        return made
+
+    @staticmethod
+    def sync() -> None:
+        os.sync()

@@ -34,6 +34,7 @@ from .control import ControlError, NodeNotRunning, call_node
 from .errors import GridError
 from .identity import KeyError_, NodeIdentity, load_identity, read_key_argument
 from .log import configure_logging
+from .trioutil import collapse_groups
 from .units import format_bytes
 
 __all__ = ["main"]
@@ -284,7 +285,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
-    trio.run(serve_until_signalled, node.run)
+    # A node that cannot start (another one answers on this home's control socket, a
+    # port in use) says why in one line, not as a group of one from the root nursery.
+    with collapse_groups():
+        trio.run(serve_until_signalled, node.run)
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -149,9 +149,14 @@ class NodeConfig:
     packet_proximity: str = ""
     seal_payloads: bool = False
     bandwidth_bps: int = 100_000_000
+    #: Unused since the control channel became a Unix socket (``gridnode/control.py``);
+    #: still read and written so that existing config files load unchanged.
     control_port: int = 0
     grace_period_s: float = 3.0
     request_timeout_s: float = 30.0
+    #: Time a new connection gets for the websocket upgrade and the session handshake
+    #: together; a stranger that sends nothing, or drips, is cut off after it.
+    handshake_timeout_s: float = 10.0
     max_frame_bytes: int = 16 * 1024 * 1024
     gossip_probe_interval_s: float = 1.0
     gossip_sync_interval_s: float = 30.0
@@ -195,6 +200,7 @@ class NodeConfig:
             "control_port": self.control_port,
             "grace_period_s": self.grace_period_s,
             "request_timeout_s": self.request_timeout_s,
+            "handshake_timeout_s": self.handshake_timeout_s,
             "gossip_probe_interval_s": self.gossip_probe_interval_s,
             "gossip_sync_interval_s": self.gossip_sync_interval_s,
             "gossip_dead_reap_s": self.gossip_dead_reap_s,
@@ -361,6 +367,7 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
     for key, lo, hi in (
         ("grace_period_s", 0.0, 60.0),
         ("request_timeout_s", 0.1, 3600.0),
+        ("handshake_timeout_s", 0.5, 120.0),
         ("gossip_probe_interval_s", 0.05, 60.0),
         ("gossip_sync_interval_s", 0.5, 3600.0),
         ("gossip_dead_reap_s", 1.0, 86400.0 * 7),

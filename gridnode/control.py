@@ -1,22 +1,57 @@
 """The local control channel: how the ``gridnode`` CLI talks to its own running node.
 
-A websocket on 127.0.0.1 (never another interface), guarded by a random token in
-``HOME/control.token`` that only the node's owner can read (mode 0600): being able to
-read the token is the proof of being the owner.  The running node writes
-``HOME/run/control.json`` (address, pid, node id) so the CLI can find it; a stale file
-from a killed node is detected by a failed connection and reported as "not running".
+**Where.** A Unix domain socket, ``HOME/run/control.sock``, in a directory the node keeps
+owner-only (0700).  It used to be a websocket on 127.0.0.1: any local user may listen on
+a port, and after a crash the CLI, following the dead node's ``control.json``, handed the
+token to whoever listened there.  A name in an owner-only directory can be bound only by
+the owner (or root).  The CLI takes that name from the home, never from a file a node
+wrote, and before sending anything asks the kernel who listens (``SO_PEERCRED``): a
+listener of another user gets nothing.  A socket left by a crashed node refuses
+connections and reads as "not running"; a starting node removes it only after such a
+refusal shows nobody listens, and refuses to start while a live node answers there.
 
-Frames are the protocol codec's ``Control*`` messages; parameters and results are JSON
-objects so the CLI's ``--json`` output is the node's answer verbatim.
+**Long homes.** ``sun_path`` holds 108 bytes, and a deep home (pytest's
+``/tmp/pytest-of-USER/...``, a long home directory) passes that.  Both sides then name the
+socket through a descriptor of its directory, ``/proc/self/fd/N/control.sock``: Linux
+resolves that link to the directory itself, so the name is ~30 bytes whatever the home,
+the socket stays inside the home under its permissions, and nothing else changes.  The
+alternatives were worse: ``chdir`` is process-wide (the node runs worker threads, the
+CLI's callers may not expect it), and a fallback socket under /tmp or $XDG_RUNTIME_DIR is
+a second place to create, check, record and clean up.  Without /proc, a home too long for
+a socket name is refused with a message saying so.
+
+**The token.** ``HOME/control.token``: 32 random bytes in hex, written afresh (mode 0600)
+every time a node starts, so a token read in the past opens nothing after a restart.
+The CLI re-checks the file as it reads it (a regular file, not a link, owned by the
+user, no group or other permission bits) and refuses a token anyone else could have
+read or planted.  The socket's permissions and the peer check keep other users out;
+the token is the second lock, and the one that would still hold if a socket became
+reachable by mistake (a home made world-readable, a copy of the home).
+
+**Before the token.** A connection that has not presented a valid ``ControlHello``
+within ``PREAUTH_DEADLINE_S`` is closed, and at most ``MAX_PENDING`` such connections are
+held at once (more are closed as they are accepted): a stuck or runaway client can
+neither pile up connections nor hold one open for nothing.
+
+Frames are the protocol codec's ``Control*`` messages over a websocket on that socket;
+parameters and results are JSON objects so the CLI's ``--json`` output is the node's
+answer verbatim.  ``HOME/run/control.json`` (socket, pid, node id) tells scripts that the
+node is up; the CLI does not need it.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hmac
 import json
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -24,9 +59,9 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
-    WebSocketRequest,
-    open_websocket,
-    serve_websocket,
+    WebSocketConnection,
+    wrap_client_stream,
+    wrap_server_stream,
 )
 
 from protocol import (
@@ -45,12 +80,34 @@ from protocol import (
 from .errors import GridError
 from .fsutil import atomic_write
 from .log import get_logger
+from .trioutil import collapse_groups
 
-__all__ = ["ControlServer", "JobHandler", "NodeNotRunning", "call_node", "read_token"]
+__all__ = [
+    "MAX_PENDING",
+    "PREAUTH_DEADLINE_S",
+    "ControlError",
+    "ControlServer",
+    "JobHandler",
+    "NodeNotRunning",
+    "call_node",
+    "read_token",
+    "socket_path",
+]
 
 _log = get_logger(actor="control")
 _LIMITS: Final = Limits(max_frame_bytes=8 * 1024 * 1024)
 _MAX_WS: Final = 9 * 1024 * 1024
+
+#: Seconds a connection may take, from accept, to present a valid token.  The CLI does it
+#: in milliseconds; a few seconds leave room for a loaded two-core machine.
+PREAUTH_DEADLINE_S: Final = 3.0
+#: Connections held at once that have not yet presented a valid token.  CLI calls
+#: authenticate at once, so even a script running many in parallel stays far below it.
+MAX_PENDING: Final = 16
+#: Seconds the CLI waits for the socket to accept and the websocket upgrade to finish.
+_CONNECT_TIMEOUT_S: Final = 5.0
+#: The longest socket name bound or connected directly (``sun_path`` is 108 bytes).
+_SUN_PATH_MAX: Final = 107
 
 #: An event sink handed to a job: ``await emit({"event": "progress", ...})``.
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
@@ -63,7 +120,9 @@ class NodeNotRunning(GridError):
 
 
 class ControlError(GridError):
-    """The node answered a control call with an error; ``code`` is machine-readable."""
+    """A control call failed with a machine-readable ``code``: the node answered with an
+    error, or the CLI refused to go on before sending the token (``unsafe_token``,
+    ``foreign_socket``)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -78,75 +137,310 @@ def run_info_path(home: Path) -> Path:
     return home / "run" / "control.json"
 
 
+def socket_path(home: Path) -> Path:
+    return home / "run" / "control.sock"
+
+
 def ensure_token(home: Path) -> bytes:
     path = token_path(home)
     if not path.exists():
-        atomic_write(path, secrets.token_hex(32).encode("ascii"), mode=0o600)
+        return rotate_token(home)
     return read_token(home)
 
 
+def rotate_token(home: Path) -> bytes:
+    """A fresh token for this run; the previous one stops working."""
+    token = secrets.token_hex(32).encode("ascii")
+    atomic_write(token_path(home), token, mode=0o600)
+    return token
+
+
 def read_token(home: Path) -> bytes:
+    """The token, only from a file nobody but this user could have read or written."""
+    path = token_path(home)
     try:
-        return token_path(home).read_bytes().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NodeNotRunning(f"no control token in {home} (is this a node home?)") from None
     except PermissionError:
-        raise NodeNotRunning(f"cannot read {token_path(home)}: only the node's owner may") from None
+        raise NodeNotRunning(f"cannot read {path}: only the node's owner may") from None
+    except OSError as exc:  # ELOOP: a symbolic link where the token should be
+        raise ControlError("unsafe_token", f"refusing {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        me = node_owner(home)
+        if not stat.S_ISREG(info.st_mode):
+            raise ControlError("unsafe_token", f"refusing {path}: not a regular file")
+        if info.st_uid != me:
+            raise ControlError(
+                "unsafe_token",
+                f"refusing {path}: owned by uid {info.st_uid}, not by the node's owner "
+                f"(uid {me})",
+            )
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise ControlError(
+                "unsafe_token",
+                f"refusing {path}: mode {mode:04o} lets others read it; it must be 0600 "
+                "(chmod 600 it; the node writes a new token when it restarts)",
+            )
+        return os.read(fd, 4096).strip()
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _socket_name(path: Path) -> Iterator[str]:
+    """A name for ``path`` that fits in ``sun_path`` (see the module docstring)."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    if not os.path.isdir("/proc/self/fd"):
+        raise GridError(
+            f"{path} is too long for a Unix socket ({len(os.fsencode(path))} bytes, at most "
+            f"{_SUN_PATH_MAX}) and /proc is not there to reach it another way; "
+            "use a shorter --home"
+        )
+    flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open(path.parent, flags)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def node_owner(home: Path) -> int:
+    """Whose node the CLI may talk to: its own user's, or, for root (an administrator
+    driving a service account's node), the owner of the home's 0700 ``run`` directory,
+    where only that user or root can have put a socket or a token."""
+    me = os.geteuid()
+    if me != 0:
+        return me
+    try:
+        return socket_path(home).parent.lstat().st_uid
+    except OSError:
+        return me
+
+
+def _peer_uid(sock: trio.socket.SocketType) -> int | None:
+    """The uid of the process at the other end, from the kernel (None where the platform
+    has no ``SO_PEERCRED``; the socket directory's permissions still hold there)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+async def _connect(path: Path, *, timeout_s: float) -> trio.SocketStream:
+    """Raises ``ConnectionRefusedError`` (nobody listens), ``FileNotFoundError``,
+    ``trio.TooSlowError`` or another ``OSError``."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _socket_name(path) as name, trio.fail_after(timeout_s):
+            await sock.connect(name)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+class _WatchedStream(trio.abc.Stream):
+    """A socket stream that says when its peer has gone.
+
+    trio-websocket's server side waits for the upgrade request without noticing a peer
+    that hung up, so a departed client would hold its pre-authentication slot until the
+    deadline; ``on_gone`` runs when a read finds the stream ended.  Not being a
+    ``trio.SocketStream`` also keeps trio-websocket from describing the ends as
+    (host, port) pairs, which a Unix socket's names are not."""
+
+    def __init__(self, stream: trio.SocketStream, on_gone: Callable[[], None]) -> None:
+        self._stream = stream
+        self._on_gone = on_gone
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._on_gone()
+            raise
+        if not data:
+            self._on_gone()
+        return data
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class ControlServer:
-    """Accepts CLI connections and runs their calls through ``handler`` (the request actor)."""
+    """Accepts CLI connections on the home's socket and runs their calls through
+    ``handler`` (the request actor)."""
 
-    def __init__(self, *, home: Path, port: int, handler: JobHandler, node_id: str) -> None:
+    def __init__(
+        self,
+        *,
+        home: Path,
+        handler: JobHandler,
+        node_id: str,
+        preauth_deadline_s: float = PREAUTH_DEADLINE_S,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         self.home = home
-        self.port = port
         self.handler = handler
         self.node_id = node_id
-        self._token = ensure_token(home)
+        self.preauth_deadline_s = preauth_deadline_s
+        self.max_pending = max_pending
+        self.socket_path = socket_path(home)
+        #: Connections closed before authenticating, by reason (``cap``, ``deadline``,
+        #: ``token``, ``peer``, ``malformed``).
+        self.refused: collections.Counter[str] = collections.Counter()
+        self._pending = 0
+        self._token = b""
         self._scope = trio.CancelScope()
 
+    @property
+    def pending_auth(self) -> int:
+        """Connections accepted that have not yet presented a valid token."""
+        return self._pending
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                server = await nursery.start(
-                    lambda task_status: serve_websocket(
-                        self._accept,
-                        "127.0.0.1",
-                        self.port,
-                        ssl_context=None,
-                        handler_nursery=nursery,
-                        max_message_size=_MAX_WS,
-                        task_status=task_status,
-                    )
-                )
-                self.port = server.port
+        self._prepare_run_dir()
+        await self._clear_stale_socket()
+        # Only now: a live node found above must keep its token.
+        self._token = rotate_token(self.home)
+        listener, inode = await self._listen()
+        try:
+            with self._scope:
                 info = {
-                    "address": f"127.0.0.1:{self.port}",
+                    "socket": str(self.socket_path),
                     "pid": os.getpid(),
                     "node_id": self.node_id,
                 }
                 atomic_write(run_info_path(self.home), json.dumps(info).encode(), mode=0o600)
-                task_status.started()
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    run_info_path(self.home).unlink(missing_ok=True)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(partial(trio.serve_listeners, self._handle, [listener]))
+                    task_status.started()
+        finally:
+            run_info_path(self.home).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                if self.socket_path.lstat().st_ino == inode:  # not a successor's socket
+                    self.socket_path.unlink()
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
 
     def stop(self) -> None:
         self._scope.cancel()
 
-    async def _accept(self, request: WebSocketRequest) -> None:
+    def _prepare_run_dir(self) -> None:
+        run_dir = self.socket_path.parent
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = run_dir.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise GridError(f"{run_dir} must be a directory owned by you; remove it and retry")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            run_dir.chmod(0o700)
+
+    async def _clear_stale_socket(self) -> None:
+        """Remove a socket a crashed node left, after checking nobody answers on it."""
+        path = self.socket_path
         try:
-            ws = await request.accept()
-        except (ConnectionClosed, trio.BrokenResourceError):
+            info = path.lstat()
+        except FileNotFoundError:
             return
+        if not stat.S_ISSOCK(info.st_mode):
+            raise GridError(f"{path} is not a socket; remove it and retry")
         try:
-            hello = decode(await ws.get_message(), limits=_LIMITS)  # type: ignore[arg-type]
-            if not isinstance(hello, ControlHello) or not hmac.compare_digest(
-                hello.token, self._token
-            ):
-                await ws.aclose(code=1008, reason="bad control token")
+            stream = await _connect(path, timeout_s=1.0)
+        except ConnectionRefusedError:
+            path.unlink(missing_ok=True)
+            _log.info("control_stale_socket_removed", path=str(path))
+            return
+        except trio.TooSlowError:
+            pass  # a live node too busy to accept: running all the same
+        except FileNotFoundError:
+            return
+        else:
+            await trio.aclose_forcefully(stream)
+        raise GridError(f"another node is already running for {self.home} (it answers on {path})")
+
+    async def _listen(self) -> tuple[trio.SocketListener, int]:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with _socket_name(self.socket_path) as name:
+                await sock.bind(name)
+            os.chmod(self.socket_path, 0o600)
+            sock.listen(2 * self.max_pending)
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketListener(sock), self.socket_path.lstat().st_ino
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        self.refused[reason] += 1
+        _log.warning("control_refused", reason=reason, detail=detail)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        if self._pending >= self.max_pending:
+            self._refuse("cap", f"{self._pending} connections are waiting to authenticate")
+            await trio.aclose_forcefully(stream)
+            return
+        self._pending += 1
+        pending = True
+        try:
+            uid = _peer_uid(stream.socket)
+            # This user's processes, and root (who can read the token anyway).
+            if uid is not None and uid not in (os.geteuid(), 0):
+                self._refuse("peer", f"a process of uid {uid} connected")
+                await trio.aclose_forcefully(stream)
                 return
+            async with trio.open_nursery() as nursery:
+                try:
+                    ws = None
+                    auth = trio.CancelScope(deadline=trio.current_time() + self.preauth_deadline_s)
+                    with auth:
+                        ws = await self._authenticate(nursery, _WatchedStream(stream, auth.cancel))
+                    self._pending -= 1
+                    pending = False
+                    if ws is not None:
+                        await self._serve(ws)
+                    elif auth.cancelled_caught and trio.current_time() >= auth.deadline:
+                        self._refuse("deadline", f"no token within {self.preauth_deadline_s:g} s")
+                finally:
+                    nursery.cancel_scope.cancel()
+                    await trio.aclose_forcefully(stream)
+        finally:
+            if pending:
+                self._pending -= 1
+
+    async def _authenticate(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream
+    ) -> WebSocketConnection | None:
+        """The websocket, once its first frame carried this run's token; else None."""
+        try:
+            request = await wrap_server_stream(nursery, stream, max_message_size=_MAX_WS)
+            ws = await request.accept()
+            hello = decode(await ws.get_message(), limits=_LIMITS)  # type: ignore[arg-type]
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        except (ProtocolError, TypeError) as exc:
+            self._refuse("malformed", str(exc)[:200])
+            return None
+        if not isinstance(hello, ControlHello) or not hmac.compare_digest(hello.token, self._token):
+            self._refuse("token", "bad control token")
+            with trio.move_on_after(1):
+                await ws.aclose(code=1008, reason="bad control token")
+            return None
+        return ws
+
+    async def _serve(self, ws: WebSocketConnection) -> None:
+        try:
             while True:
                 frame = await ws.get_message()
                 msg = decode(frame, limits=_LIMITS)  # type: ignore[arg-type]
@@ -189,16 +483,6 @@ class ControlServer:
         await ws.send_message(encode(reply))
 
 
-def read_run_info(home: Path) -> dict[str, Any]:
-    try:
-        info = json.loads(run_info_path(home).read_text())
-    except (FileNotFoundError, ValueError):
-        raise NodeNotRunning(f"no node is running for {home}") from None
-    if not isinstance(info, dict) or "address" not in info:
-        raise NodeNotRunning(f"{run_info_path(home)} is damaged; restart the node")
-    return info
-
-
 async def call_node(
     home: Path,
     method: str,
@@ -207,19 +491,81 @@ async def call_node(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     timeout_s: float | None = None,
 ) -> Any:
-    """Run one control call against the node of ``home``; returns its JSON result."""
-    info = read_run_info(home)
-    token = read_token(home)
-    host, _, port = str(info["address"]).rpartition(":")
+    """Run one control call against the node of ``home``; returns its JSON result.
+
+    The token leaves this process only after the connection is known to reach a process
+    of this user listening on the home's own socket."""
+    path = socket_path(home)
     try:
-        async with open_websocket(
-            host, int(port), "/control", use_ssl=False, max_message_size=_MAX_WS
-        ) as ws:
-            await ws.send_message(encode(ControlHello(token=token, version=PROTOCOL_VERSION)))
-            await ws.send_message(
-                encode(ControlCall(request_id=1, method=method, params=json.dumps(params or {})))
+        kind = path.lstat().st_mode
+    except FileNotFoundError:
+        raise NodeNotRunning(f"no node is running for {home}") from None
+    if not stat.S_ISSOCK(kind):
+        raise NodeNotRunning(f"no node is running for {home} ({path} is not a socket)")
+    try:
+        stream = await _connect(path, timeout_s=_CONNECT_TIMEOUT_S)
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise NodeNotRunning(
+            f"the node of {home} is not running (nobody listens on {path})"
+        ) from None
+    except trio.TooSlowError:
+        raise NodeNotRunning(f"the node of {home} does not accept connections") from None
+    except OSError as exc:
+        raise NodeNotRunning(f"cannot reach the node of {home}: {exc}"[:300]) from None
+    try:
+        uid = _peer_uid(stream.socket)
+        owner = node_owner(home)
+        if uid is not None and uid != owner:
+            raise ControlError(
+                "foreign_socket",
+                f"{path} is served by uid {uid}, not by the node's owner (uid {owner}); "
+                "the control token was not sent",
             )
-            with trio.fail_after(timeout_s) if timeout_s else _null_scope():
+        token = read_token(home)
+        with collapse_groups():
+            async with trio.open_nursery() as nursery:
+                try:
+                    return await _converse(
+                        nursery, stream, token, method, params, on_event, timeout_s
+                    )
+                finally:
+                    nursery.cancel_scope.cancel()
+    except HandshakeError as exc:
+        raise NodeNotRunning(f"the node of {home} refused the control channel: {exc}") from None
+    except ConnectionClosed as exc:
+        reason = exc.reason.reason if exc.reason is not None else "connection closed"
+        raise NodeNotRunning(f"the node closed the control connection: {reason}") from None
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _converse(
+    nursery: trio.Nursery,
+    stream: trio.SocketStream,
+    token: bytes,
+    method: str,
+    params: dict[str, Any] | None,
+    on_event: Callable[[dict[str, Any]], None] | None,
+    timeout_s: float | None,
+) -> Any:
+    try:
+        with trio.fail_after(_CONNECT_TIMEOUT_S):
+            ws = await wrap_client_stream(
+                nursery,
+                _WatchedStream(stream, on_gone=lambda: None),  # type: ignore[arg-type]
+                "localhost",
+                "/control",
+                max_message_size=_MAX_WS,
+            )
+    except trio.TooSlowError:
+        raise NodeNotRunning("the node did not answer the control handshake") from None
+    try:
+        await ws.send_message(encode(ControlHello(token=token, version=PROTOCOL_VERSION)))
+        await ws.send_message(
+            encode(ControlCall(request_id=1, method=method, params=json.dumps(params or {})))
+        )
+        try:
+            with trio.fail_after(timeout_s) if timeout_s else contextlib.nullcontext():
                 while True:
                     msg = decode(await ws.get_message(), limits=_LIMITS)  # type: ignore[arg-type]
                     if isinstance(msg, ControlEvent):
@@ -229,20 +575,8 @@ async def call_node(
                         return json.loads(msg.result)
                     elif isinstance(msg, Error):
                         raise ControlError(msg.code, msg.message)
-    except (OSError, HandshakeError) as exc:
-        raise NodeNotRunning(
-            f"the node of {home} is not running (cannot reach {info['address']}: {exc})"[:300]
-        ) from None
-    except ConnectionClosed as exc:
-        reason = exc.reason.reason if exc.reason is not None else "connection closed"
-        raise NodeNotRunning(f"the node closed the control connection: {reason}") from None
-    except trio.TooSlowError:
-        raise ControlError("timeout", f"{method} did not finish within {timeout_s} s") from None
-
-
-class _null_scope:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+        except trio.TooSlowError:
+            raise ControlError("timeout", f"{method} did not finish within {timeout_s} s") from None
+    finally:
+        with trio.move_on_after(1):
+            await ws.aclose()

@@ -2,9 +2,10 @@
 
 Why one seed: a node that loses its disk must come back with its key alone (issue 2,
 disaster recovery in issue 3).  So the Ed25519 identity, the dedup secret, the secret
-sequence key, the record-sealing key and the recovery-root locator are all derived
-from the 32-byte seed with BLAKE3 in key-derivation mode (distinct context strings),
-and the key file or the recovery phrase holds only that seed plus a checksum.
+sequence key, the record-sealing key and the recovery-root signing key (the hash of
+its verification key is the root's locator) are all derived from the 32-byte seed
+with BLAKE3 in key-derivation mode (distinct context strings), and the key file or
+the recovery phrase holds only that seed plus a checksum.
 
 The key file is written atomically with mode 0600 and refused on load when other
 users can read it: a readable key would let anyone read and delete this node's backups.
@@ -23,7 +24,7 @@ import blake3
 import nacl.utils
 from nacl.signing import SigningKey
 
-from protocol import format_node_id, short_node_id
+from protocol import format_node_id, root_locator, short_node_id
 
 from .fsutil import atomic_write
 
@@ -90,13 +91,26 @@ class NodeIdentity:
 
     @cached_property
     def root_locator(self) -> bytes:
-        """Where on the grid this node's recovery root lives; unlinkable to the node id."""
-        return _derive(self._seed, "recovery root locator")
+        """Where on the grid this node's recovery root lives: the hash of the root's
+        verification key (holders check it, so only this key can write there); like that
+        key, unlinkable to the node id."""
+        return root_locator(bytes(self.root_signing_key.verify_key))
 
     @cached_property
     def root_signing_key(self) -> SigningKey:
         """Signs recovery roots so only this node can replace them; unlinkable to the node id."""
         return SigningKey(_derive(self._seed, "recovery root signing key"))
+
+    @cached_property
+    def root_owner_key(self) -> bytes:
+        """Keys what this node records, as a holder, of the peer that delivered a root."""
+        return _derive(self._seed, "recovery root owner key")
+
+    def root_owner_tag(self, peer_id: bytes) -> bytes:
+        """How a held recovery root names the peer it is charged to (the per-owner limits):
+        a keyed hash, so the holdings file alone does not name the node whose root it is;
+        this node, holding the key, can of course tell its peers' tags apart."""
+        return blake3.blake3(peer_id, key=self.root_owner_key).digest()
 
     @cached_property
     def delete_secret_base(self) -> bytes:

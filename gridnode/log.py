@@ -3,6 +3,13 @@
 Configured once per process (style.md 5.6/5.7).  Every actor binds ``node``,
 ``actor`` and, per connection, ``peer`` so one grep follows one request across
 actors; bindings flow down to child tasks through contextvars, never up.
+
+Tracebacks are rendered without the frames' local variables, in both formats: a node's
+frames hold its seed, its dedup secret and packet keys, and a log is read, shipped and
+kept by people who must never see those.  structlog's defaults would print them (its
+dict transformer shows locals unless told not to, and the console picks rich or
+better-exceptions, which do too, whenever they happen to be installed), so both
+renderers are pinned here rather than left to whatever is importable.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ _LEVELS = {
 }
 
 
+#: ``exc_info`` as structured frames (file, line, function), never their locals.
+_JSON_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
 def level_number(name: str) -> int:
     try:
         return _LEVELS[name.lower()]
@@ -43,9 +56,13 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if use_json:
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        processors += [_JSON_TRACEBACKS, structlog.processors.JSONRenderer()]
     else:
-        processors += [structlog.dev.ConsoleRenderer(colors=False)]
+        processors += [
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level_number(level)),

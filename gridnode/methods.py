@@ -134,6 +134,8 @@ def build_methods(node: Node) -> dict[str, Method]:
             "storage": {
                 "allocated_bytes": stats.allocation_bytes,
                 "used_bytes": stats.used_bytes,
+                # Recovery roots held for others: inside the allocation, beside packets.
+                "root_bytes": stats.other_bytes,
                 "free_bytes": stats.free_bytes,
                 "packets": stats.packet_count,
                 "quarantined": stats.quarantined_count,
@@ -146,7 +148,9 @@ def build_methods(node: Node) -> dict[str, Method]:
                 **node.packet_store.stats,
                 **node.retriever.stats,
                 "refused_handshakes": node.transport.refused_handshakes,
+                "refused_connections": node.transport.refused_connections,
                 "gossip_dropped": node.gossip_dropped,
+                **node.gossiper.counters(),
             },
         }
 

@@ -62,8 +62,12 @@ def open_node_storage(
 ) -> tuple[Catalog, PacketDirectory, Holdings]:
     home = config.home
     catalog = Catalog(home / "catalog.sqlite", signing_key=identity.signing_key)
-    packets = PacketDirectory(home / "storage", config.allocated_bytes)
+    (home / "storage").mkdir(parents=True, exist_ok=True)
     holdings = Holdings(home / "storage" / "holdings.sqlite")
+    # The recovery roots held for others count against the allocation like packets.
+    packets = PacketDirectory(
+        home / "storage", config.allocated_bytes, other_bytes=holdings.root_bytes()
+    )
     return catalog, packets, holdings
 
 
@@ -106,6 +110,7 @@ class Node:
                 max_frame_bytes=config.max_frame_bytes,
                 seal_payloads=config.seal_payloads,
                 request_timeout_s=config.request_timeout_s,
+                handshake_timeout_s=config.handshake_timeout_s,
             ),
             handler=self,
             advertised_address=config.advertise or None,
@@ -120,7 +125,9 @@ class Node:
     async def handle_request(
         self, link: PeerLink, msg: Message, payload_digest: bytes | None
     ) -> Message:
-        answer: Message = await call(self._store_send, TargetRequest(msg, payload_digest))
+        answer: Message = await call(
+            self._store_send, TargetRequest(msg, payload_digest, link.peer_id)
+        )
         return answer
 
     def handle_oneway(self, link: PeerLink, msg: Message) -> None:
@@ -161,7 +168,9 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
                 self.log.info(
-                    "node_started", address=self.transport.address, control_port=self.control.port
+                    "node_started",
+                    address=self.transport.address,
+                    control_socket=str(self.control.socket_path),
                 )
                 task_status.started(self)
                 await self._shutdown.wait()
@@ -267,7 +276,6 @@ class Node:
         await nursery.start(self.gossiper.run)
         self.control = ControlServer(
             home=config.home,
-            port=config.control_port,
             handler=self._control_job,
             node_id=format_node_id(identity.node_id),
         )

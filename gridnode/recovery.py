@@ -3,10 +3,12 @@
 After each backup the node publishes a *recovery root*: the list of its complete
 snapshots and, for each, where the sealed data assembly record lives on the grid (its
 chunk records, i.e. the record's own packet sequence).  The root is sealed with the
-record key and stored at a *locator* derived from the node's seed, on the members that
-rank first for that locator; it is signed with a root key also derived from the seed, so
-a holder can refuse to let anyone else overwrite it, yet learns neither the node id nor
-anything inside.
+record key and signed with a root key derived from the node's seed; its *locator* is
+the hash of that key's verification key (``protocol.root_locator``), and it is stored on
+the members that rank first for that locator.  A holder checks that the locator is its
+key's and the signature, so nobody but this key can take or overwrite the locator, nor
+roll it back to an older version.  A holder learns nothing inside the root, and no key
+that names the node, but it does know which authenticated peer delivered it.
 
 ``gridnode recover`` derives the same locator and keys from the key file or recovery
 phrase, asks every member it can reach for the root, keeps the newest validly signed
@@ -126,6 +128,7 @@ async def fetch_root(services: Services) -> tuple[int, dict[str, Any]] | None:
             return
         if (
             isinstance(answer, RootData)
+            and answer.locator == identity.root_locator
             and answer.verify_key == verify_key
             and verify(
                 verify_key,

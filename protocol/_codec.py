@@ -18,9 +18,23 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 from ._messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
 from ._schema import DEFAULT_MAX_LIST_LEN, Schema, decode_record, encode_value
 
-__all__ = ["DEFAULT_MAX_FRAME_BYTES", "Limits", "decode", "decode_envelope", "encode"]
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_OBJECTS",
+    "Limits",
+    "decode",
+    "decode_envelope",
+    "encode",
+]
 
 DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
+#: Containers and their items in one frame, all nesting levels together.  msgpack's own
+#: limits bound each array's length and the nesting depth but not the total, so a 1.9 MiB
+#: frame of nested empty arrays cost 140 MiB and 1.6 s before it was refused.  Counted
+#: as each array or map completes (1 + its length), so at most this many objects are
+#: ever alive (about 8 MiB of Python objects); the largest legitimate frame, a gossip
+#: sync page of 4096 member updates of at most 54 each, stays below it.
+DEFAULT_MAX_OBJECTS: Final = 1 << 18
 
 
 @attrs.frozen
@@ -29,6 +43,7 @@ class Limits:
 
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_list_len: int = DEFAULT_MAX_LIST_LEN
+    max_objects: int = DEFAULT_MAX_OBJECTS
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -64,6 +79,7 @@ def _unpack(data: bytes | memoryview, limits: Limits) -> Any:
             f"frame of {len(data)} bytes exceeds the limit of {limits.max_frame_bytes}",
             code="too_large",
         )
+    budget = _Budget(limits.max_objects)
     try:
         return msgpack.unpackb(
             data,
@@ -75,13 +91,38 @@ def _unpack(data: bytes | memoryview, limits: Limits) -> Any:
             max_array_len=limits.max_list_len,
             max_map_len=limits.max_list_len,
             max_ext_len=0,
+            list_hook=budget.take,
+            object_hook=budget.take,
         )
+    except _OverBudget:
+        raise RemoteProtocolError(
+            f"frame holds more than {limits.max_objects} objects", code="too_complex"
+        ) from None
     # msgpack raises a zoo of types (ValueError, ExtraData, FormatError, StackError,
     # UnicodeDecodeError, OverflowError...): at this boundary any of them means "malformed".
     except Exception as exc:
         raise RemoteProtocolError(
             f"malformed frame: {type(exc).__name__}: {exc}"[:300], code="malformed"
         ) from None
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Budget:
+    """Counts objects as msgpack completes each container; stops the unpacking early."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, objects: int) -> None:
+        self.left = objects
+
+    def take(self, container: Any) -> Any:
+        self.left -= 1 + len(container)
+        if self.left < 0:
+            raise _OverBudget
+        return container
 
 
 def decode_envelope(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> Message:

@@ -12,6 +12,10 @@ Rules of this module (the state machine that uses them is ``gridnode.logic.swim`
    others (``reporter``), not signed by the subject; they refer to the subject's
    incarnation, which is the one in the enclosed record.  ``left`` is only honoured
    with an owner-signed record whose ``leaving`` flag is set.
+3a. A claim carries ``proof``: the reporter's signature over (subject, incarnation,
+   state) under its own context string.  Claims travel through many members, and an
+   authenticated session only says who *relayed* one; the proof says who *made* it, so
+   a member can neither put words in another's mouth nor count one accuser as many.
 4. Lists of updates are bounded: a few piggybacked on probe traffic, at most
    ``MAX_RECORDS_PER_MESSAGE`` in one page of a full state exchange.
 5. ``encoded_size`` gives the exact frame length without building the frame, so the
@@ -35,6 +39,7 @@ from ._messages import PROTOCOL_VERSION, Message, message, record
 from ._schema import Schema, TypeNode, bounded, record_to_raw
 
 __all__ = [
+    "CLAIM_STATES",
     "MAX_PIGGYBACK_UPDATES",
     "MAX_RECORDS_PER_MESSAGE",
     "MEMBER_STATES",
@@ -48,10 +53,14 @@ __all__ = [
     "GossipUpdates",
     "MemberRecord",
     "MemberUpdate",
+    "claim_digest",
+    "claim_is_valid",
+    "claim_signing_payload",
     "encoded_size",
     "record_digest",
     "record_is_valid",
     "record_signing_payload",
+    "sign_claim",
     "sign_record",
 ]
 
@@ -64,6 +73,9 @@ MAX_CERTIFICATE_BYTES: Final = 16 * 1024
 MAX_LABELS: Final = 32
 
 _RECORD_CONTEXT: Final = b"gridnode member record v1\x00"
+_CLAIM_CONTEXT: Final = b"gridnode member claim v1\x00"
+#: States another member may claim about a subject (Rule 3a).
+CLAIM_STATES: Final = ("suspect", "dead")
 
 
 def _optional_float(value: Any) -> Any:
@@ -112,16 +124,23 @@ def _check_reporter(
         raise ValueError("reporter must be empty or a 32-byte node id")
 
 
+def _check_proof(instance: MemberUpdate, attribute: attrs.Attribute[bytes], value: bytes) -> None:
+    if len(value) not in (0, 64):
+        raise ValueError("proof must be empty or a 64-byte signature")
+
+
 @record
 @attrs.frozen(kw_only=True, cache_hash=True)
 class MemberUpdate:
-    """A (record, state) pair as gossiped; ``reporter`` names who claims suspect/dead."""
+    """A (record, state) pair as gossiped; ``reporter`` names who claims suspect/dead and
+    ``proof`` is that reporter's signature of the claim (Rule 3a)."""
 
     record: MemberRecord
     state: str = attrs.field(
         validator=attrs.validators.in_(MEMBER_STATES), metadata=bounded(max_len=16)
     )
     reporter: bytes = attrs.field(default=b"", validator=_check_reporter)
+    proof: bytes = attrs.field(default=b"", validator=_check_proof, metadata=bounded(max_len=64))
 
 
 def _updates(max_len: int) -> Any:
@@ -259,6 +278,49 @@ def record_digest(rec: MemberRecord) -> bytes:
     return hashlib.blake2b(record_signing_payload(rec) + rec.signature, digest_size=20).digest()
 
 
+def claim_signing_payload(subject: bytes, incarnation: int, state: str) -> bytes:
+    """What a reporter signs to claim ``subject`` is ``state`` at ``incarnation`` (Rule 3a).
+
+    The incarnation is the claim's freshness: once the subject refutes (a higher
+    incarnation), every claim signed against the old one is stale, so no nonce or clock
+    is needed and a replayed claim can say nothing its reporter did not say.
+    """
+    packed: bytes = msgpack.packb([subject, incarnation, state], use_bin_type=True)
+    return _CLAIM_CONTEXT + packed
+
+
+def sign_claim(signing_key: SigningKey, subject: bytes, incarnation: int, state: str) -> bytes:
+    """The ``proof`` for a claim by the key's owner.
+
+    Raises:
+        ValueError: for a state nobody but the subject may announce (alive, left).
+    """
+    if state not in CLAIM_STATES:
+        raise ValueError(f"only {' and '.join(CLAIM_STATES)} are claims, not {state!r}")
+    return sign(signing_key, claim_signing_payload(subject, incarnation, state))
+
+
+def claim_is_valid(update: MemberUpdate) -> bool:
+    """True when ``update`` is a suspect/dead claim its ``reporter`` signed.
+
+    A reporter claiming something about itself is not a claim worth a signature check.
+    """
+    if update.state not in CLAIM_STATES or len(update.reporter) != 32 or len(update.proof) != 64:
+        return False
+    subject = update.record.node_id
+    if update.reporter == subject:
+        return False
+    payload = claim_signing_payload(subject, update.record.incarnation, update.state)
+    return verify(update.reporter, payload, update.proof)
+
+
+def claim_digest(update: MemberUpdate) -> bytes:
+    """A key for caching ``claim_is_valid``; it cannot collide with a ``record_digest``
+    (another context string), so one cache serves both."""
+    payload = claim_signing_payload(update.record.node_id, update.record.incarnation, update.state)
+    return hashlib.blake2b(payload + update.reporter + update.proof, digest_size=20).digest()
+
+
 # --- exact encoded sizes without encoding ---------------------------------------------------
 # msgpack's sizes are simple functions of the value (see the msgpack spec, "formats");
 # the tests compare every one of them with ``len(encode(msg))``.
@@ -328,7 +390,9 @@ def _record_size(rec: MemberRecord) -> int:
     return _packed_len(record_to_raw(rec))
 
 
-_UPDATE_FIXED: Final = 1 + _str_len("record") + _str_len("state") + _str_len("reporter")
+_UPDATE_FIXED: Final = (
+    1 + _str_len("record") + _str_len("state") + _str_len("reporter") + _str_len("proof")
+)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -338,6 +402,7 @@ def _update_size(update: MemberUpdate) -> int:
         + _record_size(update.record)
         + _str_len(update.state)
         + _bytes_len(update.reporter)
+        + _bytes_len(update.proof)
     )
 
 

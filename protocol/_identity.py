@@ -21,13 +21,15 @@ __all__ = [
     "handshake_transcript",
     "parse_node_id",
     "receipt_payload",
+    "root_locator",
     "short_node_id",
     "sign",
     "verify",
 ]
 
-_HANDSHAKE_CONTEXT: Final = b"gridnode handshake v1\x00"
+_HANDSHAKE_CONTEXT: Final = b"gridnode handshake v2\x00"
 _RECEIPT_CONTEXT: Final = b"gridnode packet receipt v1\x00"
+_ROOT_LOCATOR_CONTEXT: Final = b"gridnode recovery root locator v1\x00"
 
 
 def format_node_id(node_id: bytes) -> str:
@@ -52,29 +54,65 @@ def parse_node_id(text: str) -> bytes:
 
 
 def handshake_transcript(
-    *, grid_id: bytes, signer_is_initiator: bool, initiator_hello: bytes, responder_hello: bytes
+    *,
+    grid_id: bytes,
+    signer_is_initiator: bool,
+    initiator_offer: bytes,
+    responder_offer: bytes,
+    node_id: bytes,
+    version: int,
+    listen_address: str,
+    software: str,
+    sealed_payloads: bool,
 ) -> bytes:
-    """What each side signs: the grid id, its role and both Hello frames exactly as sent.
+    """What each side signs: the grid id, its role, both Offer frames exactly as sent and
+    its own identity fields.
 
-    Signing the raw Hello bytes binds the peer's fresh nonce (so an old Auth cannot be
-    replayed), both X25519 public keys (so nobody in the middle can swap them) and the
-    grid id (so a signature from another grid is worthless here).
+    Signing the raw Offers binds both fresh nonces and both X25519 public keys, so an old
+    Hello cannot be replayed into a new session and nobody in the middle can swap keys
+    (a relay has other keys on each side, so a signature from one side does not verify on
+    the other); the grid id makes a signature from another grid worthless here; the role
+    stops a Hello being reflected back at its sender.
     """
     role = b"I" if signer_is_initiator else b"R"
+    identity = b"".join(
+        (
+            node_id,
+            version.to_bytes(4, "big"),
+            _lp(listen_address.encode()),
+            _lp(software.encode()),
+            b"\x01" if sealed_payloads else b"\x00",
+        )
+    )
     return b"".join(
         (
             _HANDSHAKE_CONTEXT,
-            len(grid_id).to_bytes(1, "big"),
-            grid_id,
+            _lp(grid_id),
             role,
-            hashlib.blake2b(initiator_hello, digest_size=32).digest(),
-            hashlib.blake2b(responder_hello, digest_size=32).digest(),
+            hashlib.blake2b(initiator_offer, digest_size=32).digest(),
+            hashlib.blake2b(responder_offer, digest_size=32).digest(),
+            hashlib.blake2b(identity, digest_size=32).digest(),
         )
     )
 
 
+def _lp(value: bytes) -> bytes:
+    """Length-prefixed, so two fields can never run into each other."""
+    return len(value).to_bytes(2, "big") + value
+
+
 def receipt_payload(packet_id: bytes, size_bytes: int) -> bytes:
     return _RECEIPT_CONTEXT + packet_id + size_bytes.to_bytes(8, "big")
+
+
+def root_locator(verify_key: bytes) -> bytes:
+    """Where the recovery root signed by ``verify_key`` lives: a hash of that key.
+
+    A holder recomputes it from the key a ``PutRoot`` carries and refuses a mismatch, so
+    a locator can only ever hold roots signed by the one key it was derived from:
+    learning a locator (every holder sees it) does not let anyone squat or overwrite it.
+    """
+    return hashlib.blake2b(_ROOT_LOCATOR_CONTEXT + verify_key, digest_size=32).digest()
 
 
 def sign(signing_key: SigningKey, payload: bytes) -> bytes:

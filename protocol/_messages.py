@@ -29,7 +29,6 @@ from ._schema import bounded, compile_schema
 __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
-    "Auth",
     "ControlCall",
     "ControlEvent",
     "ControlHello",
@@ -41,6 +40,7 @@ __all__ = [
     "Goodbye",
     "Hello",
     "Message",
+    "Offer",
     "PacketData",
     "PacketDeleted",
     "PacketPart",
@@ -58,7 +58,7 @@ __all__ = [
     "record",
 ]
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 #: Upper bound of one packet's payload; chunks are at most 4 MiB before coding.
 MAX_PACKET_BYTES: Final = 8 * 1024 * 1024
 MAX_ROOT_BYTES: Final = 8 * 1024 * 1024
@@ -114,26 +114,35 @@ def _request_id() -> Any:
 # --- session handshake ------------------------------------------------------------------
 
 
+@message("offer")
+@attrs.frozen(kw_only=True)
+class Offer(Message):
+    """First frame of each side, in the clear: fresh key-exchange values and nothing else.
+
+    It names no grid, node or version, so a stranger who opens a socket learns nothing
+    that helps it join (issue 8); who is who travels sealed, in ``Hello``."""
+
+    nonce: bytes = _id32()
+    kx_public: bytes = _id32()
+
+
 @message("hello")
 @attrs.frozen(kw_only=True)
 class Hello(Message):
-    """First frame of each side, in the clear: who I am and my fresh handshake values."""
+    """Who I am, sealed under the exchanged keys; the initiator sends it first, and the
+    responder answers with its own only once the initiator's has verified.
+
+    ``signature`` is over the handshake transcript (both Offers as sent, the grid id, the
+    signer's role and its identity fields), made with the key ``node_id`` names."""
 
     grid_id: bytes = attrs.field(metadata=bounded(min_len=8, max_len=32))
     node_id: bytes = _id32()
     version: int
-    nonce: bytes = _id32()
-    kx_public: bytes = _id32()
     listen_address: str = attrs.field(metadata=bounded(max_len=300))
     software: str = attrs.field(default="", metadata=bounded(max_len=100))
-
-
-@message("auth")
-@attrs.frozen(kw_only=True)
-class Auth(Message):
-    """Proof of identity: a signature over both Hellos, echoing the nonce it answers."""
-
-    answered_nonce: bytes = _id32()
+    #: The sender refuses packet payloads that travel outside the AEAD (Rule 6): the
+    #: receiver must seal them.
+    sealed_payloads: bool = False
     signature: bytes = attrs.field(metadata=bounded(exact_len=64))
 
 

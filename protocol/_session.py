@@ -4,15 +4,21 @@ The I/O layer feeds each received websocket message to ``receive()`` and writes
 whatever ``data_to_send()`` returns; it never interprets bytes itself.  All rules of
 the session live in this file (after h11's ``_state.py``):
 
-Rule 1. Both sides call ``start()`` and send a ``Hello`` in the clear: grid id, node id
-        (an Ed25519 public key), protocol version, a fresh 32-byte nonce and a fresh
-        X25519 public key.
-Rule 2. On the peer's Hello each side checks grid id, version and that the peer is
-        not itself, then sends ``Auth``: the peer's nonce echoed and an Ed25519
-        signature over the transcript (grid id, role, both Hello frames as sent).
-Rule 3. On the peer's Auth: an echo of anything but our current nonce is a stale or
-        replayed handshake ("stale_nonce"); a signature that does not verify under
-        the node id of the peer's Hello is "bad_signature".  Then the session is READY.
+Rule 1. Both sides call ``start()``; each sends an ``Offer`` in the clear: a fresh
+        32-byte nonce and a fresh X25519 public key, nothing else.  Until the session
+        is READY a frame may be at most ``HANDSHAKE_MAX_FRAME_BYTES`` (refused before it
+        is decoded), so a stranger costs a few KiB at most.
+Rule 2. On the peer's Offer both sides derive the session keys (Rule 4).  The
+        initiator then sends its ``Hello`` sealed (Rule 5): grid id, node id (an
+        Ed25519 public key), protocol version, listen address, and a signature over the
+        transcript (grid id, role, both Offers as sent, its identity fields).
+Rule 3. The responder checks the initiator's Hello (grid id: "wrong_grid"; version;
+        not itself; the signature under the node id it names: "bad_signature") and
+        only then answers with its own sealed Hello, which the initiator checks the
+        same way.  The initiator proves first: a peer that does not know the grid id
+        learns neither the grid id nor the responder's node id or version, and a
+        network observer learns no identity at all.  An old Hello replayed into a new
+        session fails its seal (other keys) or its signature (other Offers).
 Rule 4. Session keys come from libsodium's ``crypto_kx`` over the two ephemeral X25519
         keys: one key per direction.  The initiator is kx "client", the responder
         kx "server".
@@ -26,7 +32,10 @@ Rule 6. A message with a ``DETACHED_FIELD`` (packet payloads) may travel with th
         field outside the AEAD: the sealed header then carries the payload's length
         and BLAKE3 digest, so a changed, cut or swapped payload is still detected
         ("tampered"/"truncated") at the cost of one hash instead of one cipher pass.
-        Packet payloads are end-to-end encrypted already (design brief).
+        Packet payloads are end-to-end encrypted already (design brief), but a packet
+        id is the BLAKE3 of its bytes: an observer who sees them recomputes which
+        target holds which packet.  So a side that says ``sealed_payloads`` in its
+        Hello gets every payload sealed, and refuses a detached one ("unsealed").
 Rule 7. ``close()`` sends a sealed ``Goodbye``; receiving one ends the session.  A
         connection that just stops is therefore distinguishable from a close.
 Rule 8. Any refused input moves the session to ERROR and raises
@@ -48,9 +57,10 @@ from nacl.signing import SigningKey
 from ._codec import DEFAULT_LIMITS, Limits, decode_envelope, encode
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._identity import handshake_transcript, sign, verify
-from ._messages import PROTOCOL_VERSION, Auth, Goodbye, Hello, Message
+from ._messages import PROTOCOL_VERSION, Goodbye, Hello, Message, Offer
 
 __all__ = [
+    "HANDSHAKE_MAX_FRAME_BYTES",
     "Event",
     "HandshakeComplete",
     "MessageReceived",
@@ -66,6 +76,9 @@ _DETACHED: Final = 0x44  # "D": sealed header + payload outside it (Rule 6)
 _DIR_FROM_INITIATOR: Final = 0x49  # "I"
 _DIR_FROM_RESPONDER: Final = 0x52  # "R"
 _PREFIX_LEN: Final = 10  # type, direction, counter
+#: Largest frame accepted before the session is READY: an Offer is about 120 bytes and a
+#: Hello under 700; anything bigger is refused before a byte of it is decoded.
+HANDSHAKE_MAX_FRAME_BYTES: Final = 2048
 _TAG_LEN: Final = 16
 _DETACHED_META_LEN: Final = 8 + 32  # payload length + BLAKE3 digest
 
@@ -77,8 +90,8 @@ class Role(enum.Enum):
 
 class SessionState(enum.Enum):
     START = "start"
-    HELLO_SENT = "hello_sent"
-    AUTH_SENT = "auth_sent"
+    OFFER_SENT = "offer_sent"  # waiting for the peer's Offer
+    HELLO_WAIT = "hello_wait"  # keys agreed; waiting for the peer's sealed Hello
     READY = "ready"
     CLOSED = "closed"
     ERROR = "error"
@@ -125,13 +138,15 @@ class Session:
         software: str = "",
         limits: Limits = DEFAULT_LIMITS,
         seal_payloads: bool = False,
+        require_sealed: bool = False,
         random: Callable[[int], bytes] = nacl.utils.random,
     ) -> None:
         self.role = role
         self.grid_id = grid_id
         self.node_id = bytes(signing_key.verify_key)
         self.limits = limits
-        self.seal_payloads = seal_payloads
+        self.seal_payloads = seal_payloads or require_sealed
+        self.require_sealed = require_sealed
         self.state = SessionState.START
         self.peer_id: bytes | None = None
         self.peer_address: str = ""
@@ -142,8 +157,8 @@ class Session:
         self._software = software
         self._nonce = random(32)
         self._kx_public, self._kx_secret = sodium.crypto_kx_seed_keypair(random(32))
-        self._my_hello: bytes | None = None
-        self._peer_hello: bytes | None = None
+        self._my_offer: bytes | None = None
+        self._peer_offer: bytes | None = None
         self._tx_key: bytes | None = None
         self._rx_key: bytes | None = None
         self._tx_counter = 0
@@ -156,20 +171,12 @@ class Session:
     # --- outbound -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Queue our Hello (Rule 1)."""
+        """Queue our Offer (Rule 1)."""
         self._require(SessionState.START, "start")
-        hello = Hello(
-            grid_id=self.grid_id,
-            node_id=self.node_id,
-            version=PROTOCOL_VERSION,
-            nonce=self._nonce,
-            kx_public=self._kx_public,
-            listen_address=self._listen_address,
-            software=self._software,
-        )
-        self._my_hello = bytes([_PLAIN]) + encode(hello, limits=self.limits)
-        self._outbox.append(self._my_hello)
-        self.state = SessionState.HELLO_SENT
+        offer = Offer(nonce=self._nonce, kx_public=self._kx_public)
+        self._my_offer = bytes([_PLAIN]) + encode(offer, limits=self.limits)
+        self._outbox.append(self._my_offer)
+        self.state = SessionState.OFFER_SENT
 
     def data_to_send(self) -> list[bytes]:
         """Frames the I/O layer must write, in order; drains the queue."""
@@ -249,6 +256,11 @@ class Session:
             raise
 
     def _receive(self, frame: bytes | memoryview) -> list[Event]:
+        if self.state is not SessionState.READY and len(frame) > HANDSHAKE_MAX_FRAME_BYTES:
+            raise RemoteProtocolError(
+                f"handshake frame of {len(frame)} bytes exceeds {HANDSHAKE_MAX_FRAME_BYTES}",
+                code="too_large",
+            )
         if len(frame) > self.limits.max_frame_bytes:
             raise RemoteProtocolError(
                 f"frame of {len(frame)} bytes exceeds the limit of {self.limits.max_frame_bytes}",
@@ -259,6 +271,8 @@ class Session:
         kind = frame[0]
         if kind == _PLAIN:
             return self._receive_handshake(bytes(frame))
+        if kind == _SEALED and self.state is SessionState.HELLO_WAIT:
+            return self._receive_sealed(frame, detached=False)
         if kind in (_SEALED, _DETACHED):
             if self.state is not SessionState.READY:
                 raise RemoteProtocolError(
@@ -270,19 +284,77 @@ class Session:
 
     def _receive_handshake(self, frame: bytes) -> list[Event]:
         msg = decode_envelope(memoryview(frame)[1:], limits=self.limits)
-        if isinstance(msg, Hello):
-            if self.state is not SessionState.HELLO_SENT:
-                raise RemoteProtocolError(f"hello in state {self.state.value}", code="unexpected")
-            return self._on_hello(msg, frame)
-        if isinstance(msg, Auth):
-            if self.state is not SessionState.AUTH_SENT:
-                raise RemoteProtocolError(f"auth in state {self.state.value}", code="unexpected")
-            return self._on_auth(msg)
-        raise RemoteProtocolError(
-            f"{msg.KIND} sent in the clear; only hello and auth may be", code="unexpected"
+        if not isinstance(msg, Offer):
+            raise RemoteProtocolError(
+                f"{msg.KIND} sent in the clear; only an offer may be", code="unexpected"
+            )
+        if self.state is not SessionState.OFFER_SENT:
+            raise RemoteProtocolError(f"offer in state {self.state.value}", code="unexpected")
+        if msg.kx_public == self._kx_public or msg.nonce == self._nonce:
+            raise RemoteProtocolError("peer echoed our own handshake values", code="reflected")
+        self._peer_offer = frame
+        try:
+            if self.role is Role.INITIATOR:
+                rx, tx = sodium.crypto_kx_client_session_keys(
+                    self._kx_public, self._kx_secret, msg.kx_public
+                )
+            else:
+                rx, tx = sodium.crypto_kx_server_session_keys(
+                    self._kx_public, self._kx_secret, msg.kx_public
+                )
+        except Exception as exc:  # libsodium refuses degenerate public keys
+            raise RemoteProtocolError(f"bad key exchange value: {exc}", code="bad_key") from None
+        self._rx_key, self._tx_key = rx, tx
+        self.state = SessionState.HELLO_WAIT
+        if self.role is Role.INITIATOR:  # Rule 2: the initiator proves first
+            self._outbox.append(self._seal(self._hello()))
+        return []
+
+    def _hello(self) -> Hello:
+        transcript = self._transcript(
+            signer_is_initiator=self.role is Role.INITIATOR,
+            node_id=self.node_id,
+            version=PROTOCOL_VERSION,
+            listen_address=self._listen_address,
+            software=self._software,
+            sealed_payloads=self.require_sealed,
+        )
+        return Hello(
+            grid_id=self.grid_id,
+            node_id=self.node_id,
+            version=PROTOCOL_VERSION,
+            listen_address=self._listen_address,
+            software=self._software,
+            sealed_payloads=self.require_sealed,
+            signature=sign(self._signing_key, transcript),
         )
 
-    def _on_hello(self, hello: Hello, frame: bytes) -> list[Event]:
+    def _transcript(
+        self,
+        *,
+        signer_is_initiator: bool,
+        node_id: bytes,
+        version: int,
+        listen_address: str,
+        software: str,
+        sealed_payloads: bool,
+    ) -> bytes:
+        assert self._my_offer is not None and self._peer_offer is not None
+        me_initiator = self.role is Role.INITIATOR
+        return handshake_transcript(
+            grid_id=self.grid_id,
+            signer_is_initiator=signer_is_initiator,
+            initiator_offer=self._my_offer if me_initiator else self._peer_offer,
+            responder_offer=self._peer_offer if me_initiator else self._my_offer,
+            node_id=node_id,
+            version=version,
+            listen_address=listen_address,
+            software=software,
+            sealed_payloads=sealed_payloads,
+        )
+
+    def _on_hello(self, hello: Hello) -> list[Event]:
+        """Rule 3: check the peer's sealed Hello; the responder answers only after it."""
         if hello.grid_id != self.grid_id:
             raise RemoteProtocolError(
                 f"peer belongs to grid {hello.grid_id.hex()[:16]}, not {self.grid_id.hex()[:16]}",
@@ -295,55 +367,25 @@ class Session:
             )
         if hello.node_id == self.node_id:
             raise RemoteProtocolError("connected to itself", code="self_connection")
-        if hello.kx_public == self._kx_public or hello.nonce == self._nonce:
-            raise RemoteProtocolError("peer echoed our own handshake values", code="reflected")
-        assert self._my_hello is not None
-        self._peer_hello = frame
+        transcript = self._transcript(
+            signer_is_initiator=self.role is not Role.INITIATOR,
+            node_id=hello.node_id,
+            version=hello.version,
+            listen_address=hello.listen_address,
+            software=hello.software,
+            sealed_payloads=hello.sealed_payloads,
+        )
+        if not verify(hello.node_id, transcript, hello.signature):
+            raise RemoteProtocolError(
+                "hello signature does not verify under the node id it names",
+                code="bad_signature",
+            )
         self.peer_id = hello.node_id
         self.peer_address = hello.listen_address
         self.peer_software = hello.software
-        try:
-            if self.role is Role.INITIATOR:
-                rx, tx = sodium.crypto_kx_client_session_keys(
-                    self._kx_public, self._kx_secret, hello.kx_public
-                )
-            else:
-                rx, tx = sodium.crypto_kx_server_session_keys(
-                    self._kx_public, self._kx_secret, hello.kx_public
-                )
-        except Exception as exc:  # libsodium refuses degenerate public keys
-            raise RemoteProtocolError(f"bad key exchange value: {exc}", code="bad_key") from None
-        self._rx_key, self._tx_key = rx, tx
-        self._peer_nonce = hello.nonce
-        signature = sign(self._signing_key, self._transcript(signer_is_me=True))
-        auth = Auth(answered_nonce=hello.nonce, signature=signature)
-        self._outbox.append(bytes([_PLAIN]) + encode(auth, limits=self.limits))
-        self.state = SessionState.AUTH_SENT
-        return []
-
-    def _transcript(self, *, signer_is_me: bool) -> bytes:
-        assert self._my_hello is not None and self._peer_hello is not None
-        me_initiator = self.role is Role.INITIATOR
-        initiator_hello = self._my_hello if me_initiator else self._peer_hello
-        responder_hello = self._peer_hello if me_initiator else self._my_hello
-        return handshake_transcript(
-            grid_id=self.grid_id,
-            signer_is_initiator=me_initiator if signer_is_me else not me_initiator,
-            initiator_hello=initiator_hello,
-            responder_hello=responder_hello,
-        )
-
-    def _on_auth(self, auth: Auth) -> list[Event]:
-        if auth.answered_nonce != self._nonce:
-            raise RemoteProtocolError(
-                "auth answers a nonce this session never sent (stale or replayed handshake)",
-                code="stale_nonce",
-            )
-        assert self.peer_id is not None
-        if not verify(self.peer_id, self._transcript(signer_is_me=False), auth.signature):
-            raise RemoteProtocolError(
-                "auth signature does not verify under the peer's node id", code="bad_signature"
-            )
+        self.seal_payloads = self.seal_payloads or hello.sealed_payloads
+        if self.role is Role.RESPONDER:
+            self._outbox.append(self._seal(self._hello()))
         self.state = SessionState.READY
         return [HandshakeComplete(self.peer_id, self.peer_address, self.peer_software)]
 
@@ -369,6 +411,11 @@ class Session:
             )
         assert self._rx_key is not None
         payload: bytes | memoryview = b""
+        if detached and self.require_sealed:
+            raise RemoteProtocolError(
+                "payload outside the AEAD on a link that asked for sealed payloads",
+                code="unsealed",
+            )
         if detached:
             sealed_len = int.from_bytes(frame[10:14], "big")
             if sealed_len < _TAG_LEN + _DETACHED_META_LEN or header_len + sealed_len > len(frame):
@@ -411,6 +458,12 @@ class Session:
                     f"{msg.KIND} cannot carry a detached payload", code="malformed"
                 )
             msg = attrs.evolve(msg, **{name: bytes(payload)})  # type: ignore[misc]
+        if self.state is SessionState.HELLO_WAIT:
+            if not isinstance(msg, Hello):
+                raise RemoteProtocolError(f"{msg.KIND} before the peer's hello", code="unexpected")
+            return self._on_hello(msg)
+        if isinstance(msg, Hello):
+            raise RemoteProtocolError("hello after the handshake", code="unexpected")
         if isinstance(msg, Goodbye):
             self.state = SessionState.CLOSED
             self.close_reason = f"peer closed: {msg.code} {msg.reason}".strip()

@@ -185,6 +185,10 @@ class Gossiper:
             if link is None:
                 with trio.fail_after(self.connect_timeout_s):
                     link = await self.connect(out.address, expect=out.node_id)
+                if out.node_id is None:
+                    # A seed, dialled by address: the handshake proved who is there, and
+                    # that (not a record claiming the address) is who the seed is.
+                    self.membership.seed_reached(out.address, link.peer_id)
             await link.send(out.message)
         except (PeerError, trio.TooSlowError) as exc:
             self.send_failures += 1
@@ -224,6 +228,21 @@ class Gossiper:
 
     def members(self) -> list[MemberView]:
         return self.membership.members()
+
+    def counters(self) -> dict[str, int]:
+        """What ``status`` shows of the membership's defences: a peer that forges records
+        or claims, accuses falsely or floods the node with records shows up here."""
+        stats = self.membership.statistics()
+        return {
+            "gossip_forged_records": stats.forged_records_dropped,
+            "gossip_forged_claims": stats.forged_claims_dropped,
+            "gossip_false_accusations": stats.false_accusations,
+            "gossip_accusations_rate_limited": stats.accusations_rate_limited,
+            "gossip_updates_deferred": stats.updates_deferred,
+            "gossip_updates_over_budget": stats.updates_over_budget,
+            "gossip_sync_answers_refused": stats.sync_answers_refused,
+            "gossip_probe_requests_refused": stats.probe_requests_refused,
+        }
 
     def placement_view(self) -> tuple[int, list[Member]]:
         members = [

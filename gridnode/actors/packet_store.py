@@ -8,9 +8,12 @@ excluding every one that failed, and the change is part of the returned placemen
 
 Target side: ``StorePacket`` from a peer is verified (the id is the BLAKE3 of the
 bytes), checked against the allocation and written atomically into the packet
-directory; the answer is a receipt signed with this node's key.  ``FetchPacket`` serves
-a packet only if it still hashes to its id.  ``DeletePacket`` needs the delete secret
-whose hash came with the packet.  Recovery roots (``PutRoot``/``GetRoot``) live here too.
+directory; only then is its owner tag recorded, and the answer is a receipt signed
+with this node's key.  ``FetchPacket`` serves a packet only if it still hashes to its
+id.  ``DeletePacket`` needs the delete secret whose hash came with the packet.
+Recovery roots (``PutRoot``/``GetRoot``) live here too: a root is kept only at the
+locator derived from its verification key and signed by it, counts against the
+allocation, and is charged to the peer that delivered it (see ``storage.holdings``).
 
 Backpressure: every call holds a slot of ``concurrency``; disk work runs in worker
 threads under a shared limiter.  Cancellation: an upload cancelled mid-way leaves only
@@ -46,6 +49,7 @@ from protocol import (
     StorePacket,
     StorePackets,
     receipt_payload,
+    root_locator,
     sign,
     verify,
 )
@@ -53,7 +57,7 @@ from protocol import (
 from ..errors import GridError, PeerError, RemoteError
 from ..identity import NodeIdentity
 from ..log import get_logger
-from ..storage.holdings import Holdings, StoredRoot
+from ..storage.holdings import Holdings, RootRefused, StoredRoot
 from ..storage.packets import AllocationFull, PacketDirectory, PacketIdMismatch, PacketStoreError
 from ..trioutil import collapse_groups
 from .base import ByteBudget, Call, serve_calls
@@ -138,6 +142,9 @@ class TargetRequest:
 
     msg: Message
     payload_digest: bytes | None
+    #: The node id of the authenticated session it came on: what a held recovery root is
+    #: charged to (a target does not record who sent a packet).
+    peer: bytes
 
 
 def root_signature_payload(locator: bytes, version: int, sealed: bytes) -> bytes:
@@ -210,8 +217,27 @@ class PacketStore:
                         break
 
                 def write(items: list[_Write] = batch) -> list[bool | PacketStoreError]:
-                    self.holdings.add_tags([(w.packet_id, w.owner_tag) for w in items])
-                    return self.packets.put_each([(w.packet_id, w.data, w.digest) for w in items])
+                    outcomes = self.packets.put_each(
+                        [(w.packet_id, w.data, w.digest) for w in items]
+                    )
+                    # Tags only for packets verified and held (stored now or already):
+                    # a refused packet must not leave a tag that keeps a packet alive.
+                    held = [
+                        (w.packet_id, w.owner_tag)
+                        for w, outcome in zip(items, outcomes, strict=True)
+                        if isinstance(outcome, bool)
+                    ]
+                    try:
+                        self.holdings.add_tags(held)
+                    except Exception:
+                        # Nobody could ever delete a packet stored now without its tag:
+                        # drop it again; the source is told and places it elsewhere.
+                        for w, outcome in zip(items, outcomes, strict=True):
+                            if outcome is True:
+                                with contextlib.suppress(OSError):
+                                    self.packets.delete(w.packet_id)
+                        raise
+                    return outcomes
 
                 try:
                     outcomes = await trio.to_thread.run_sync(write, limiter=self.disk_limiter)
@@ -226,7 +252,7 @@ class PacketStore:
         if isinstance(payload, UploadChunk):
             return await self._upload_chunk(payload)
         if isinstance(payload, TargetRequest):
-            return await self._serve_peer(payload.msg, payload.payload_digest)
+            return await self._serve_peer(payload.msg, payload.payload_digest, payload.peer)
         raise TypeError(f"packet store cannot handle {type(payload).__name__}")
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -405,7 +431,7 @@ class PacketStore:
 
     # --- target side --------------------------------------------------------------------------
 
-    async def _serve_peer(self, msg: Message, digest: bytes | None) -> Message:
+    async def _serve_peer(self, msg: Message, digest: bytes | None, peer: bytes) -> Message:
         if isinstance(msg, StorePacket):
             return await self._keep(msg, digest)
         if isinstance(msg, StorePackets):
@@ -422,7 +448,7 @@ class PacketStore:
         if isinstance(msg, DeletePacket):
             return await self._delete(msg)
         if isinstance(msg, PutRoot):
-            return await self._put_root(msg)
+            return await self._put_root(msg, peer)
         if isinstance(msg, GetRoot):
             root = await trio.to_thread.run_sync(
                 self.holdings.get_root, msg.locator, limiter=self.disk_limiter
@@ -538,18 +564,44 @@ class PacketStore:
             self.on_free_bytes_changed(self.packets.free_bytes)
         return PacketDeleted(request_id=msg.request_id, packet_id=msg.packet_id, removed=removed)
 
-    async def _put_root(self, msg: PutRoot) -> RootStored:
+    async def _put_root(self, msg: PutRoot, peer: bytes) -> RootStored:
+        """Keep a recovery root: only at its key's locator, only signed by that key, within
+        the allocation and the delivering peer's limits (``storage.holdings``)."""
+        if msg.locator != root_locator(msg.verify_key):
+            raise RemoteError(
+                "bad_locator", "a root's locator must be the hash of its verification key"
+            )
         payload = root_signature_payload(msg.locator, msg.version, msg.sealed)
         if not verify(msg.verify_key, payload, msg.signature):
             raise RemoteError("bad_signature", "root signature does not verify")
-        if len(msg.sealed) > self.packets.free_bytes:
-            raise RemoteError("allocation_full", "no room for a recovery root")
         root = StoredRoot(msg.locator, msg.version, msg.verify_key, msg.signature, msg.sealed)
-        refusal = await trio.to_thread.run_sync(
-            self.holdings.put_root, root, limiter=self.disk_limiter
-        )
-        if refusal is not None:
-            raise RemoteError("refused", refusal)
+        owner = self.identity.root_owner_tag(peer)
+
+        def keep() -> None:
+            reserved = grown = 0
+
+            def charge(delta: int) -> None:
+                nonlocal reserved
+                if delta > 0:
+                    self.packets.reserve(delta)
+                    reserved = delta
+
+            try:
+                grown = self.holdings.put_root(root, owner=owner, charge=charge)
+            finally:
+                self.packets.settle(reserved, grown)
+
+        try:
+            await trio.to_thread.run_sync(keep, limiter=self.disk_limiter)
+        except AllocationFull as exc:
+            self._count("roots_refused_full")
+            raise RemoteError("allocation_full", f"no room for this recovery root: {exc}") from None
+        except RootRefused as exc:
+            self._count("roots_refused")
+            raise RemoteError(exc.code, str(exc)) from None
+        self._count("roots_stored")
+        if self.on_free_bytes_changed is not None:
+            self.on_free_bytes_changed(self.packets.free_bytes)
         return RootStored(request_id=msg.request_id, locator=msg.locator, version=msg.version)
 
 

@@ -16,7 +16,22 @@ Rule 1. Every probe interval (scaled by the local health score, Lifeguard's "loc
 Rule 2. A suspicion refers to the subject's incarnation.  It expires into ``dead``
         after a timeout that starts at ``suspicion_max_timeout_mult`` times the minimum
         and shrinks towards the minimum (``suspicion_mult * log10(N) * probe_interval``)
-        with each independent confirmation (Lifeguard's dynamic suspicion).
+        with each independent confirmation (Lifeguard's dynamic suspicion).  Only this
+        member's own timer declares a death: a "dead" claim from anyone else counts as
+        one more confirmation, so no single member moves another from alive to dead
+        without the whole suspicion period, and a lone accuser always meets the maximum.
+Rule 2a. Suspect and dead claims are signed by their reporter (``proof``), so who said
+        what survives relaying.  A claim counts only when its proof verifies and its
+        reporter is a member held alive or suspect here, other than the subject; each
+        reporter counts once per suspicion, so confirmations are independent
+        authenticated members.  A forged claim drops its whole update and is counted.
+Rule 2b. A reporter is struck for a false accusation when a suspicion it made or
+        confirmed is refuted, or when it accuses this member.  With
+        ``accuser_strike_limit`` strikes inside ``accuser_strike_window_s`` its claims
+        are accepted at most once per ``accuser_cooldown_s`` (none for that long after
+        a strike) and the rest are dropped and counted.  A claim about ourselves is
+        always refuted, whoever made it: keeping quiet would let the others' timers
+        run out.
 Rule 3. A member that hears itself suspected or declared dead at its current
         incarnation (or newer, a leftover of a previous life) refutes: it signs its
         record again with a higher incarnation and gossips it.  Only a higher
@@ -25,6 +40,15 @@ Rule 4. Records are owner-signed.  A record newer than the one held is verified 
         it is used (a shared cache remembers verdicts: validity is a property of the
         bytes); a bad signature is dropped and counted, an older record ignored.
         ``left`` needs the owner's own record with ``leaving`` set.
+Rule 4a. Signature checks are the expensive part of gossip, so they are budgeted: at
+        most ``max_verifications_per_message`` per message (or per tick), and token
+        buckets per authenticated sender (``peer_verify_per_s``, ``peer_verify_burst``)
+        and overall (``verify_per_s``, ``verify_burst``).  An update that would
+        exceed a budget waits in a bounded queue (``max_pending_per_peer``,
+        ``max_pending_updates``) and is applied by later ticks; beyond that it is
+        dropped and counted (anti-entropy brings it again).  A sync page therefore
+        costs bounded work however many new records it carries, and a peer that
+        sends fresh forgeries spends only its own bucket.
 Rule 5. Every change is queued for dissemination and piggybacked on probes, acks and
         gossip rounds (``gossip_fanout`` random members every ``gossip_interval_s``)
         at most ``retransmit_mult * ceil(log10(N + 1))`` times, fewest-sent first.
@@ -33,16 +57,23 @@ Rule 5a. A suspect or dead claim older than the alive record we hold (about a me
         the claim's sender missed the refutation, and maybe others did too.
 Rule 6. Anti-entropy: every ``sync_interval_s`` (scaled up above 32 members like
         memberlist's push/pull) a member exchanges its full state with one random
-        member, in pages of at most ``max_records_per_message``.  A "dead" heard in a
-        full state exchange only counts as "suspect", so the subject gets a chance to
-        refute.  To heal partitions, a member also syncs with a dead member or a seed
-        that is not alive, with probability (those) / (alive members + 1), like
-        serf's reconnect; a member alone re-joins through its seeds.
+        member, in pages of at most ``max_records_per_message``.  A member answers
+        one sender's request at most once per ``sync_answer_interval_s``.  To heal
+        partitions, a member also syncs with a dead member or a seed that is not
+        alive, with probability (those) / (alive members + 1), like serf's reconnect;
+        a member alone re-joins through its seeds.  A seed is known by the node id
+        the transport met when it dialled the seed's address (``seed_reached``),
+        never by whichever record claims that address.
 Rule 7. Dead and left members are forgotten ``dead_reap_s`` after the transition.
 Rule 8. Probe round trips are recorded; a member whose claimed distance could not be
         covered by light in fibre within its best recent round trip has an implausible
         location: untrusted under ``enforce``, flagged under ``warn``, ignored under
-        ``off``.
+        ``off``.  Under ``enforce`` a member is not trusted on location either until
+        it has at least one round-trip sample: a claim nothing has measured is no
+        better than an implausible one for a distance rule.
+Rule 9. A probe request (ping-req) is served only for a member we know, at the address
+        of its signed record; the address the requester supplies is never dialled, so
+        no peer can point this node at an arbitrary host.
 
 Memory: ``shared_view`` lets thousands of instances in one process share the initial
 records; each instance keeps only what differs (an overlay), so a 10,000-member
@@ -51,11 +82,12 @@ simulation does not hold 100 million entries.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import random
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any, Final, TypeVar
 
 import attrs
 import nacl.signing
@@ -74,10 +106,13 @@ from protocol import (
     MemberRecord,
     MemberUpdate,
     Message,
+    claim_digest,
+    claim_is_valid,
     encode,
     encoded_size,
     record_digest,
     record_is_valid,
+    sign_claim,
     sign_record,
 )
 
@@ -100,9 +135,13 @@ _SUSPECT: Final = "suspect"
 _DEAD: Final = "dead"
 _LEFT: Final = "left"
 _GONE: Final = (_DEAD, _LEFT)
+_CLAIMS: Final = (_SUSPECT, _DEAD)
 #: memberlist's pushPullScaleThreshold: full syncs slow down above this many members.
 _OWN_VERIFY_CACHE_MAX: Final = 1 << 16
 _PROBE_ID_WRAP: Final = 1 << 62
+#: Bounds on the per-peer tables (buckets, accusers, sync answers): above this many
+#: entries the idle ones are purged, then the oldest.
+_PEER_TABLE_MAX: Final = 4096
 _UNSETTABLE: Final = frozenset({"node_id", "signature", "sequence", "incarnation", "leaving"})
 _RECORD_FIELDS: Final = tuple(f.name for f in attrs.fields(MemberRecord) if f.name != "signature")
 
@@ -164,6 +203,26 @@ class GossipConfig:
     rtt_samples: int = attrs.field(default=8, validator=_count)
     #: Own record changes are disseminated at most this often (latest value wins).
     self_update_min_interval_s: float = attrs.field(default=1.0, validator=_non_negative)
+    #: Rule 4a: fresh signature checks per message (and per tick for waiting updates);
+    #: about 110 us each, so 128 keep one message under ~15 ms of CPU.
+    max_verifications_per_message: int = attrs.field(default=128, validator=_count)
+    #: Rule 4a: fresh signature checks one sender may cause: a burst (a join into a
+    #: grid of 4,096) and a sustained rate (~3% of a core).
+    peer_verify_burst: int = attrs.field(default=4096, validator=_count)
+    peer_verify_per_s: float = attrs.field(default=256.0, validator=_positive)
+    #: Rule 4a: the same over every sender together (~25% of a core).
+    verify_burst: int = attrs.field(default=2048, validator=_count)
+    verify_per_s: float = attrs.field(default=2048.0, validator=_positive)
+    #: Rule 4a: updates waiting for a budget, in all and from one sender.
+    max_pending_updates: int = attrs.field(default=8192, validator=_count)
+    max_pending_per_peer: int = attrs.field(default=4096, validator=_count)
+    #: Rule 6: one sender gets a full state answer at most this often.
+    sync_answer_interval_s: float = attrs.field(default=5.0, validator=_non_negative)
+    #: Rule 2b: false accusations within a window that get a reporter rate-limited,
+    #: and how often a limited reporter's claims are still heard.
+    accuser_strike_limit: int = attrs.field(default=3, validator=_count)
+    accuser_strike_window_s: float = attrs.field(default=300.0, validator=_positive)
+    accuser_cooldown_s: float = attrs.field(default=30.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.max_piggyback > 64:
@@ -234,6 +293,21 @@ class MembershipStatistics:
     syncs_answered: int
     broadcasts_pending: int
     health_score: int
+    #: Suspect/dead claims whose reporter's signature did not verify (Rule 2a).
+    forged_claims_dropped: int
+    #: Strikes given to reporters whose accusations proved false (Rule 2b).
+    false_accusations: int
+    #: Claims dropped because their reporter is rate-limited (Rule 2b).
+    accusations_rate_limited: int
+    #: Updates that waited for a verification budget, and that were dropped because
+    #: the queue was full (Rule 4a); updates waiting now.
+    updates_deferred: int
+    updates_over_budget: int
+    updates_pending: int
+    #: Full state requests left unanswered: the sender asked too often (Rule 6).
+    sync_answers_refused: int
+    #: Probe requests for a member we do not know (Rule 9).
+    probe_requests_refused: int
 
 
 class SharedView(Mapping[bytes, MemberRecord]):
@@ -299,8 +373,11 @@ class _Member:
     #: The gossip form of (record, state, reporter), reused so identical updates are
     #: recognised by identity and not rebuilt per message.
     update: MemberUpdate | None = None
-    #: Who made the suspect or dead claim currently held.
+    #: The suspect or dead claim currently held: who made it, which of the two it
+    #: claims (a "dead" claim may back a suspicion here) and its signature.
     reporter: bytes = b""
+    claim_state: str = ""
+    proof: bytes = b""
     rtts_ms: list[float] | None = None
     plausible: bool = True
 
@@ -312,15 +389,19 @@ class _Suspicion:
     max_s: float
     #: Independent confirmations wanted to reach the minimum timeout.
     wanted: int
-    reporters: set[bytes]
+    #: reporter -> (claimed state, proof): kept so each claim can be relayed as signed.
+    reporters: dict[bytes, tuple[str, bytes]]
     confirmations: int
     deadline: float
 
-    def confirm(self, reporter: bytes) -> bool:
+    def would_confirm(self, reporter: bytes) -> bool:
+        return self.confirmations < self.wanted and reporter not in self.reporters
+
+    def confirm(self, reporter: bytes, claim: tuple[str, bytes]) -> bool:
         """Count a new independent suspector; True when it shortened the timeout."""
-        if self.confirmations >= self.wanted or reporter in self.reporters:
+        if not self.would_confirm(reporter):
             return False
-        self.reporters.add(reporter)
+        self.reporters[reporter] = claim
         self.confirmations += 1
         fraction = math.log(self.confirmations + 1.0) / math.log(self.wanted + 1.0)
         timeout = max(self.min_s, self.max_s - fraction * (self.max_s - self.min_s))
@@ -350,6 +431,50 @@ class _Relay:
     target: bytes
     sent_at: float
     deadline: float
+
+
+@attrs.define(slots=True)
+class _Bucket:
+    """A token bucket: ``tokens`` as of time ``at``."""
+
+    tokens: float
+    at: float
+
+    def refill(self, now: float, rate: float, burst: float) -> None:
+        if now > self.at:
+            self.tokens = min(burst, self.tokens + (now - self.at) * rate)
+            self.at = now
+
+    def ready_at(self, rate: float) -> float:
+        """When one token will be there (``at`` itself when one already is)."""
+        return self.at if self.tokens >= 1.0 else self.at + (1.0 - self.tokens) / rate
+
+
+@attrs.define(slots=True)
+class _Accuser:
+    """Rule 2b: when one reporter's latest false accusations were, and when its next
+    claim may count."""
+
+    strikes: collections.deque[float]
+    allowed_at: float = -math.inf
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _trim(table: dict[_K, _V], idle: Callable[[_V], bool]) -> None:
+    """Keep a per-peer table under ``_PEER_TABLE_MAX``: idle entries go, then the oldest."""
+    if len(table) < _PEER_TABLE_MAX:
+        return
+    for key in [key for key, value in table.items() if idle(value)]:
+        del table[key]
+    while len(table) >= _PEER_TABLE_MAX:
+        del table[next(iter(table))]
+
+
+class _OverBudget(Exception):
+    """A signature check would exceed a budget (Rule 4a): the update has to wait."""
 
 
 class _BroadcastQueue:
@@ -533,6 +658,29 @@ class Membership:
             ),
             0,
         )
+        self._n.update(
+            dict.fromkeys(
+                (
+                    "forged_claims",
+                    "false_accusations",
+                    "rate_limited",
+                    "deferred",
+                    "over_budget",
+                    "sync_refused",
+                    "relay_refused",
+                ),
+                0,
+            )
+        )
+        # Rule 4a: who caused the signature checks now being made, and what is left.
+        self._sender: bytes | None = None
+        self._msg_budget = config.max_verifications_per_message
+        self._buckets: dict[bytes | None, _Bucket] = {}
+        self._global_bucket = _Bucket(tokens=float(config.verify_burst), at=now)
+        self._pending: dict[bytes | None, collections.deque[MemberUpdate]] = {}
+        self._pending_total = 0
+        self._accusers: dict[bytes, _Accuser] = {}
+        self._answered_at: dict[bytes | None, float] = {}
         self._sent_msgs: dict[str, int] = {}
         self._sent_bytes: dict[str, int] = {}
         self._recv_msgs: dict[str, int] = {}
@@ -571,11 +719,26 @@ class Membership:
         self._rejoin_at = now + self._cfg.rejoin_interval_s
         return out
 
+    def seed_reached(self, address: str, node_id: bytes) -> None:
+        """The transport dialled seed ``address`` and the handshake proved ``node_id``.
+
+        Only this binds a seed to a member (Rule 6): a record claiming the seed's
+        address is its owner's word, and any member may sign any address.
+        """
+        if address in self._seeds:
+            self._seed_ids[address] = node_id
+
+    def seed_id(self, address: str) -> bytes | None:
+        """The node met at seed ``address``, once the transport has reached it."""
+        return self._seed_ids.get(address)
+
     def tick(self, now: float) -> list[Outgoing]:
         """Run whatever is due: timeouts, probes, gossip rounds, anti-entropy, reaping."""
         self._now = now
         cfg = self._cfg
         out: list[Outgoing] = []
+        if self._pending:
+            self._drain_pending(now)
         for node_id, suspicion in list(self._suspicions.items()):
             if now >= suspicion.deadline:
                 self._suspicion_expired(now, node_id)
@@ -650,6 +813,8 @@ class Membership:
             deadline = min(deadline, min(self._reap_at.values()))
         if self._seeds and not self._leaving and self._counts[_ALIVE] + self._counts[_SUSPECT] == 0:
             deadline = min(deadline, self._rejoin_at)
+        if self._pending:
+            deadline = min(deadline, self._pending_ready_at())
         return deadline
 
     def handle(self, now: float, sender: bytes | None, message: Message) -> list[Outgoing]:
@@ -659,12 +824,14 @@ class Membership:
         record the message itself carries, when it carries one.
         """
         self._now = now
+        self._sender = sender
+        self._msg_budget = self._cfg.max_verifications_per_message
         kind = message.KIND
         self._recv_msgs[kind] = self._recv_msgs.get(kind, 0) + 1
         self._recv_bytes[kind] = self._recv_bytes.get(kind, 0) + encoded_size(message)
         out: list[Outgoing] = []
         if isinstance(message, GossipProbe):
-            self._apply_all(now, message.updates, from_sync=False)
+            self._apply_all(now, sender, message.updates)
             if message.target != self._id:
                 self._n["invalid"] += 1  # a probe for someone else: stay silent
             elif sender is not None:
@@ -674,26 +841,26 @@ class Membership:
                     GossipProbeAck(probe_id=message.probe_id, updates=self._piggyback(sender)),
                 )
         elif isinstance(message, GossipProbeAck):
-            self._apply_all(now, message.updates, from_sync=False)
+            self._apply_all(now, sender, message.updates)
             self._on_ack(now, sender, message.probe_id, out)
         elif isinstance(message, GossipProbeRequest):
-            self._apply_all(now, message.updates, from_sync=False)
+            self._apply_all(now, sender, message.updates)
             if sender is not None:
                 self._relay(now, sender, message, out)
         elif isinstance(message, GossipIndirectAck):
-            self._apply_all(now, message.updates, from_sync=False)
+            self._apply_all(now, sender, message.updates)
             self._on_indirect_ack(now, message)
         elif isinstance(message, GossipUpdates):
-            self._apply_all(now, message.updates, from_sync=False)
+            self._apply_all(now, sender, message.updates)
         elif isinstance(message, GossipSync):
-            self._apply_all(now, message.updates, from_sync=True)
+            self._apply_all(now, sender, message.updates)
             if message.page == 0:
-                self._answer_sync(sender, message, out)
+                self._answer_sync(now, sender, message, out)
         elif isinstance(message, GossipSyncReply):
-            self._apply_all(now, message.updates, from_sync=True)
+            self._apply_all(now, sender, message.updates)
         elif isinstance(message, GossipLeave):
             if message.record.leaving:
-                self._apply(now, MemberUpdate(record=message.record, state=_LEFT), False)
+                self._apply_all(now, sender, (MemberUpdate(record=message.record, state=_LEFT),))
             else:
                 self._n["invalid"] += 1
         else:
@@ -855,6 +1022,14 @@ class Membership:
             syncs_answered=n["syncs_answered"],
             broadcasts_pending=len(self._queue),
             health_score=self._awareness,
+            forged_claims_dropped=n["forged_claims"],
+            false_accusations=n["false_accusations"],
+            accusations_rate_limited=n["rate_limited"],
+            updates_deferred=n["deferred"],
+            updates_over_budget=n["over_budget"],
+            updates_pending=self._pending_total,
+            sync_answers_refused=n["sync_refused"],
+            probe_requests_refused=n["relay_refused"],
         )
 
     # --- lookups ---------------------------------------------------------------------------
@@ -1003,19 +1178,27 @@ class Membership:
             if node_id in self._forgotten:
                 return None
             return self._shared.updates.get(node_id)
-        if member.state in (_SUSPECT, _DEAD):
-            claimant = member.reporter if reporter is None else reporter
-        else:
-            claimant = b""
+        state = member.state
+        claimant = proof = b""
+        if state in _CLAIMS:
+            # A claim travels as its reporter signed it, with the state it claimed (a
+            # "dead" claim may be what backs a suspicion here): Rule 2a.
+            claimant, state, proof = member.reporter, member.claim_state or state, member.proof
+            if reporter is not None and reporter != claimant and member.state == _SUSPECT:
+                suspicion = self._suspicions.get(node_id)
+                held = None if suspicion is None else suspicion.reporters.get(reporter)
+                if held is not None:
+                    claimant, (state, proof) = reporter, held
         cached = member.update
         if (
             cached is not None
             and cached.record is member.record
-            and cached.state == member.state
+            and cached.state == state
             and cached.reporter == claimant
+            and cached.proof == proof
         ):
             return cached
-        cached = MemberUpdate(record=member.record, state=member.state, reporter=claimant)
+        cached = MemberUpdate(record=member.record, state=state, reporter=claimant, proof=proof)
         member.update = cached
         return cached
 
@@ -1039,23 +1222,130 @@ class Membership:
 
     # --- merging updates -------------------------------------------------------------------
 
+    def _verify(self, key: bytes, check: Callable[[], bool]) -> bool:
+        """A signature verdict from the cache, or checked now within the budgets (Rule 4a).
+
+        Raises:
+            _OverBudget: a fresh check would exceed this message's, the sender's or the
+                node's budget.  Callers check signatures before they change anything,
+                so the whole update can simply be applied again later.
+        """
+        cache = self._verify_cache
+        ok = cache.get(key)
+        if ok is not None:
+            return ok
+        self._spend()
+        if self._own_cache and len(cache) >= _OWN_VERIFY_CACHE_MAX:
+            cache.clear()
+        ok = check()
+        cache[key] = ok
+        return ok
+
+    def _spend(self) -> None:
+        cfg = self._cfg
+        now = self._now
+        if self._msg_budget < 1:
+            raise _OverBudget
+        overall = self._global_bucket
+        overall.refill(now, cfg.verify_per_s, cfg.verify_burst)
+        bucket = self._buckets.get(self._sender)
+        if bucket is None:
+            bucket = _Bucket(tokens=float(cfg.peer_verify_burst), at=now)
+        else:
+            bucket.refill(now, cfg.peer_verify_per_s, cfg.peer_verify_burst)
+        if overall.tokens < 1.0 or bucket.tokens < 1.0:
+            raise _OverBudget
+        overall.tokens -= 1.0
+        bucket.tokens -= 1.0
+        self._msg_budget -= 1
+        if self._sender not in self._buckets:
+
+            def idle(b: _Bucket) -> bool:
+                b.refill(now, cfg.peer_verify_per_s, cfg.peer_verify_burst)
+                return b.tokens >= cfg.peer_verify_burst
+
+            _trim(self._buckets, idle)
+            self._buckets[self._sender] = bucket
+
     def _verified(self, record: MemberRecord) -> bool:
-        if self._own_cache and len(self._verify_cache) >= _OWN_VERIFY_CACHE_MAX:
-            self._verify_cache.clear()
-        ok = _verified(record, self._verify_cache)
+        ok = self._verify(record_digest(record), lambda: record_is_valid(record))
         if not ok:
             self._n["forged"] += 1
         return ok
 
-    def _apply_all(self, now: float, updates: Iterable[MemberUpdate], from_sync: bool) -> None:
-        for update in updates:
-            self._apply(now, update, from_sync)
+    def _claim_verified(self, update: MemberUpdate) -> bool:
+        ok = self._verify(claim_digest(update), lambda: claim_is_valid(update))
+        if not ok:
+            self._n["forged_claims"] += 1
+        return ok
 
-    def _apply(self, now: float, update: MemberUpdate, from_sync: bool) -> None:
+    def _apply_all(self, now: float, sender: bytes | None, updates: Iterable[MemberUpdate]) -> None:
+        for update in updates:
+            try:
+                self._apply(now, update)
+            except _OverBudget:
+                self._defer(sender, update)
+
+    def _defer(self, sender: bytes | None, update: MemberUpdate) -> None:
+        """Rule 4a: keep an update until the budgets allow its signature checks."""
+        cfg = self._cfg
+        queue = self._pending.get(sender)
+        if self._pending_total >= cfg.max_pending_updates or (
+            queue is not None and len(queue) >= cfg.max_pending_per_peer
+        ):
+            self._n["over_budget"] += 1
+            return
+        if queue is None:
+            queue = self._pending[sender] = collections.deque()
+        queue.append(update)
+        self._pending_total += 1
+        self._n["deferred"] += 1
+
+    def _drain_pending(self, now: float) -> None:
+        """Apply waiting updates, one sender after another, within one tick's budget."""
+        self._msg_budget = self._cfg.max_verifications_per_message
+        # Bounded: every pass applies at least one update or ends the loop.
+        for _ in range(self._pending_total):
+            progressed = False
+            for sender in list(self._pending):
+                queue = self._pending[sender]
+                self._sender = sender
+                try:
+                    self._apply(now, queue[0])
+                except _OverBudget:
+                    continue
+                queue.popleft()
+                self._pending_total -= 1
+                progressed = True
+                if not queue:
+                    del self._pending[sender]
+            if not progressed or not self._pending:
+                break
+        self._sender = None
+
+    def _pending_ready_at(self) -> float:
+        """When a waiting update may next get a signature check."""
+        cfg = self._cfg
+        now = self._now
+        overall = self._global_bucket
+        overall.refill(now, cfg.verify_per_s, cfg.verify_burst)
+        soonest = math.inf
+        for sender in self._pending:
+            bucket = self._buckets.get(sender)
+            if bucket is None:
+                soonest = now
+                break
+            bucket.refill(now, cfg.peer_verify_per_s, cfg.peer_verify_burst)
+            soonest = min(soonest, bucket.ready_at(cfg.peer_verify_per_s))
+        return max(soonest, overall.ready_at(cfg.verify_per_s))
+
+    def _apply(self, now: float, update: MemberUpdate) -> None:
+        """Merge one update.  Every signature check comes before any change of state
+        (Rule 4a: an update over budget is retried whole)."""
         record = update.record
         node_id = record.node_id
         if node_id == self._id:
-            self._apply_about_self(update)
+            self._apply_about_self(now, update)
             return
         member = self._overlay.get(node_id)
         if member is None:
@@ -1073,8 +1363,6 @@ class Membership:
         elif state == _LEFT:
             self._n["invalid"] += 1  # "left" without the owner's signed leaving record
             return
-        if state == _DEAD and from_sync:
-            state = _SUSPECT  # Rule 6: give the subject a chance to refute
         if member is None:
             self._learn(now, update, state)
             return
@@ -1092,9 +1380,9 @@ class Membership:
                 if self._verified(record):
                     self._n["stale"] += 1
                 return
-        elif not (state in (_SUSPECT, _DEAD) and record.incarnation == known.incarnation):
+        elif not (state in _CLAIMS and record.incarnation == known.incarnation):
             self._n["stale"] += 1
-            if state in (_SUSPECT, _DEAD) and member.state == _ALIVE:
+            if state in _CLAIMS and member.state == _ALIVE:
                 self._regossip(node_id)
             return
         self._merge(now, node_id, member, update, state, newer)
@@ -1121,9 +1409,34 @@ class Membership:
             self._extra_ids.append(node_id)
         self._counts[_ALIVE] += 1
         self._version += 1
-        self._note_seed(record)
         member.update = update if update.state == _ALIVE and not update.reporter else None
         self._queue_update(node_id, b"")
+
+    def _judge_claim(
+        self, now: float, node_id: bytes, current: str, update: MemberUpdate
+    ) -> bool | None:
+        """Rules 2a and 2b: does this suspect/dead claim count, the subject being
+        ``current`` here?
+
+        False: it changes nothing (already counted, a reporter we do not hold alive or
+        suspect, a rate-limited one); None: forged, and nothing of the update is used.
+        The cheap tests come first, so only a claim that would count costs a check.
+        """
+        reporter = update.reporter
+        if current in _GONE or reporter == self._id:
+            return False
+        if current == _SUSPECT:
+            suspicion = self._suspicions.get(node_id)
+            if suspicion is None or not suspicion.would_confirm(reporter):
+                return False
+        if reporter == node_id or self._state_of(reporter) not in (_ALIVE, _SUSPECT):
+            return False
+        if self._limited(now, reporter):
+            self._n["rate_limited"] += 1
+            return False
+        if not self._claim_verified(update):
+            return None
+        return True
 
     def _merge(
         self,
@@ -1137,41 +1450,61 @@ class Membership:
         record = update.record
         current = member.state
         refutes = newer and (record.incarnation > member.record.incarnation or current == _LEFT)
+        # A claim about a newer incarnation than the suspicion or death held here: the
+        # subject has refuted since, so what we hold is over (its claims are signed for
+        # the old incarnation) and this claim is news about a live member.
+        renewed = refutes and state in _CLAIMS and current in _CLAIMS
+        counts: bool | None = False
+        if state in _CLAIMS:
+            counts = self._judge_claim(now, node_id, _ALIVE if renewed else current, update)
+            if counts is None:
+                return
         if newer:
             self._set_record(member, record)
+        if renewed:
+            self._refuted(now, node_id, member, current)
+            current = _ALIVE
         if state == _ALIVE:
             if not newer:
                 return
             if current != _ALIVE and refutes:
-                if current == _SUSPECT:
-                    self._n["suspicions_refuted"] += 1
-                self._set_state(now, node_id, member, _ALIVE, b"")
+                self._refuted(now, node_id, member, current)
             self._queue_update(node_id, member.reporter)
-        elif state == _SUSPECT:
-            if current in _GONE:
-                return
-            if current == _ALIVE:
-                self._suspect(now, node_id, member, update.reporter)
-            else:
-                suspicion = self._suspicions.get(node_id)
-                if suspicion is not None and suspicion.confirm(update.reporter):
-                    self._queue_update(node_id, update.reporter)
-                elif newer:
-                    self._queue_update(node_id, member.reporter)
-        elif state == _DEAD:
-            if current in _GONE:
-                return
-            self._set_state(now, node_id, member, _DEAD, update.reporter)
-            self._queue_update(node_id, update.reporter)
+        elif state in _CLAIMS:
+            # A "dead" claim counts as one more confirmation: Rule 2.
+            if counts:
+                claim = (update.state, update.proof)
+                if current == _ALIVE:
+                    self._suspect(now, node_id, member, update.reporter, claim)
+                else:
+                    suspicion = self._suspicions.get(node_id)
+                    if suspicion is not None and suspicion.confirm(update.reporter, claim):
+                        self._queue_update(node_id, update.reporter)
+                self._heard(now, update.reporter)
+            elif newer and current not in _GONE:
+                self._queue_update(node_id, member.reporter)
         else:  # left
             if current == _LEFT and not newer:
                 return
-            self._set_state(now, node_id, member, _LEFT, b"")
+            self._set_state(now, node_id, member, _LEFT)
             self._queue_update(node_id, b"")
-        if update.record is member.record and update.state == member.state:
+        if self._is_held(member, update):
             member.update = update
 
-    def _apply_about_self(self, update: MemberUpdate) -> None:
+    @staticmethod
+    def _is_held(member: _Member, update: MemberUpdate) -> bool:
+        """Is ``update`` exactly what we would gossip about ``member`` (so it is reused)?"""
+        if update.record is not member.record:
+            return False
+        if member.state in _CLAIMS:
+            return (
+                update.reporter == member.reporter
+                and update.state == member.claim_state
+                and update.proof == member.proof
+            )
+        return update.state == member.state and not update.reporter and not update.proof
+
+    def _apply_about_self(self, now: float, update: MemberUpdate) -> None:
         """Rule 3: refute suspicion, death, a stale leave or a record of a past life."""
         if self._leaving:
             return
@@ -1187,11 +1520,73 @@ class Membership:
             if self._verified(record):
                 self._refute(record.incarnation)
             return
-        claim = update.state in (_SUSPECT, _DEAD) or record.leaving
-        if claim and record.incarnation >= mine.incarnation:
+        claim = update.state in _CLAIMS and not record.leaving
+        if not claim and not record.leaving:
+            return
+        if record.incarnation < mine.incarnation:
+            self._regossip(self._id)  # its sender missed our refutation
+            return
+        if claim:
+            # Always refuted when genuine, even from a rate-limited reporter (Rule 2b):
+            # others may have heard it.  Unsigned or forged, it costs us nothing more.
+            if update.reporter == self._id or not self._claim_verified(update):
+                return
             self._refute(record.incarnation)
-        elif claim:
-            self._regossip(self._id)
+            if self._state_of(update.reporter) is not None:
+                self._strike(now, update.reporter)
+        elif self._verified(record):  # a leave of ours, signed in a past life
+            self._refute(record.incarnation)
+
+    # --- false accusers (Rule 2b) -------------------------------------------------------------
+
+    def _at_limit(self, accuser: _Accuser, now: float) -> bool:
+        strikes = accuser.strikes
+        return (
+            len(strikes) >= self._cfg.accuser_strike_limit
+            and now - strikes[0] < self._cfg.accuser_strike_window_s
+        )
+
+    def _limited(self, now: float, reporter: bytes) -> bool:
+        accuser = self._accusers.get(reporter)
+        return accuser is not None and self._at_limit(accuser, now) and now < accuser.allowed_at
+
+    def _heard(self, now: float, reporter: bytes) -> None:
+        """A claim of ``reporter`` counted: a limited reporter waits before the next."""
+        accuser = self._accusers.get(reporter)
+        if accuser is not None and self._at_limit(accuser, now):
+            accuser.allowed_at = now + self._cfg.accuser_cooldown_s
+
+    def _strike(self, now: float, reporter: bytes) -> None:
+        cfg = self._cfg
+        accuser = self._accusers.get(reporter)
+        if accuser is None:
+            window = cfg.accuser_strike_window_s
+            _trim(self._accusers, lambda a: not a.strikes or now - a.strikes[-1] >= window)
+            accuser = _Accuser(strikes=collections.deque(maxlen=cfg.accuser_strike_limit))
+            self._accusers[reporter] = accuser
+        accuser.strikes.append(now)
+        self._n["false_accusations"] += 1
+        if self._at_limit(accuser, now):
+            accuser.allowed_at = max(accuser.allowed_at, now + cfg.accuser_cooldown_s)
+
+    def _refuted(self, now: float, node_id: bytes, member: _Member, current: str) -> None:
+        """The subject signed a higher incarnation: alive again, its accusers were wrong."""
+        if current == _SUSPECT:
+            self._n["suspicions_refuted"] += 1
+            self._strike_suspectors(now, node_id)
+        self._set_state(now, node_id, member, _ALIVE)
+
+    def _strike_suspectors(self, now: float, node_id: bytes) -> None:
+        """The subject refuted: everyone who suspected or confirmed it was wrong."""
+        suspicion = self._suspicions.get(node_id)
+        if suspicion is not None:
+            for reporter in suspicion.reporters:
+                if reporter != self._id:
+                    self._strike(now, reporter)
+
+    def _own_claim(self, member: _Member, state: str) -> tuple[str, bytes]:
+        record = member.record
+        return state, sign_claim(self._key, record.node_id, record.incarnation, state)
 
     def _regossip(self, node_id: bytes) -> None:
         """Rule 5a: a claim older than our news means its sender missed the news.
@@ -1209,19 +1604,21 @@ class Membership:
         old = member.record
         member.record = record
         self._version += 1
-        self._note_seed(record)
         if member.rtts_ms and (old.lat, old.lon) != (record.lat, record.lon):
             self._recheck(member)
 
-    def _note_seed(self, record: MemberRecord) -> None:
-        if self._seeds and record.address in self._seeds:
-            self._seed_ids[record.address] = record.node_id
-
     def _set_state(
-        self, now: float, node_id: bytes, member: _Member, state: str, reporter: bytes
+        self,
+        now: float,
+        node_id: bytes,
+        member: _Member,
+        state: str,
+        reporter: bytes = b"",
+        claim: tuple[str, bytes] = ("", b""),
     ) -> None:
         old = member.state
         member.reporter = reporter
+        member.claim_state, member.proof = claim
         if old == state:
             return
         self._counts[old] -= 1
@@ -1236,7 +1633,14 @@ class Membership:
         elif old in _GONE:
             self._reap_at.pop(node_id, None)
 
-    def _suspect(self, now: float, node_id: bytes, member: _Member, reporter: bytes) -> None:
+    def _suspect(
+        self,
+        now: float,
+        node_id: bytes,
+        member: _Member,
+        reporter: bytes,
+        claim: tuple[str, bytes],
+    ) -> None:
         """Rule 2: start a Lifeguard suspicion timer."""
         cfg = self._cfg
         n = self._member_count()
@@ -1246,13 +1650,13 @@ class Membership:
         if n - 2 < wanted:
             wanted = 0
         timeout = min_s if wanted < 1 else max_s
-        self._set_state(now, node_id, member, _SUSPECT, reporter)
+        self._set_state(now, node_id, member, _SUSPECT, reporter, claim)
         self._suspicions[node_id] = _Suspicion(
             start=now,
             min_s=min_s,
             max_s=max_s,
             wanted=wanted,
-            reporters={reporter},
+            reporters={reporter: claim},
             confirmations=0,
             deadline=now + timeout,
         )
@@ -1265,7 +1669,7 @@ class Membership:
         if member is None or member.state != _SUSPECT:
             return
         self._n["deaths"] += 1
-        self._set_state(now, node_id, member, _DEAD, self._id)
+        self._set_state(now, node_id, member, _DEAD, self._id, self._own_claim(member, _DEAD))
         self._queue_update(node_id, self._id)
 
     def _forget(self, node_id: bytes) -> None:
@@ -1339,6 +1743,8 @@ class Membership:
         member = self._materialize(node_id)
         if member is None:
             return
+        if not member.rtts_ms and self._cfg.location_check == "enforce":
+            self._version += 1  # a first sample makes the location trustworthy (Rule 8)
         if member.rtts_ms is None:
             member.rtts_ms = []
         member.rtts_ms.append(rtt_s * 1000.0)
@@ -1353,7 +1759,8 @@ class Membership:
             state=member.state,
             rtt_ms=rtt,
             distance_km=self._distance(member.record),
-            location_trusted=member.plausible or self._cfg.location_check != "enforce",
+            location_trusted=self._cfg.location_check != "enforce"
+            or (member.plausible and bool(member.rtts_ms)),
             location_plausible=member.plausible,
             state_since=member.state_since,
         )
@@ -1364,7 +1771,8 @@ class Membership:
             state=_ALIVE,
             rtt_ms=None,
             distance_km=self._distance(record),
-            location_trusted=True,
+            # Never probed: nothing backs the claimed location yet (Rule 8).
+            location_trusted=self._cfg.location_check != "enforce",
             location_plausible=True,
             state_since=self._t0,
         )
@@ -1454,11 +1862,13 @@ class Membership:
         if state == _ALIVE:
             member = self._materialize(probe.target)
             assert member is not None
-            self._suspect(now, probe.target, member, self._id)
+            self._suspect(now, probe.target, member, self._id, self._own_claim(member, _SUSPECT))
         elif state == _SUSPECT:
             # Our own failed probe is an independent confirmation (Lifeguard).
             suspicion = self._suspicions.get(probe.target)
-            if suspicion is not None and suspicion.confirm(self._id):
+            if suspicion is not None and suspicion.would_confirm(self._id):
+                member = self._overlay[probe.target]
+                suspicion.confirm(self._id, self._own_claim(member, _SUSPECT))
                 self._queue_update(probe.target, self._id)
 
     def _probe_succeeded(self, probe: _Probe) -> None:
@@ -1518,6 +1928,22 @@ class Membership:
                 ),
             )
             return
+        known = self._record_of(message.target)
+        if known is None:
+            # Rule 9: never dial an address a peer hands us.  The nack is the truth: we
+            # could not reach it.
+            self._n["relay_refused"] += 1
+            self._send_to_member(
+                out,
+                sender,
+                GossipIndirectAck(
+                    probe_id=message.probe_id,
+                    target=message.target,
+                    reached=False,
+                    updates=self._piggyback(sender),
+                ),
+            )
+            return
         self._n["relays"] += 1
         relay_id = self._new_id()
         self._relays[relay_id] = _Relay(
@@ -1527,11 +1953,9 @@ class Membership:
             sent_at=now,
             deadline=now + self._cfg.probe_timeout_s,
         )
-        # Prefer the address we hold (signed by the target) over the one we were told.
-        known = self._record_of(message.target)
-        address = message.target_address if known is None else known.address
-        first = self._update_for(message.target) if known is not None else None
-        if first is not None and first.state != _SUSPECT:
+        address = known.address  # signed by the target, unlike the requester's hint
+        first = self._update_for(message.target)
+        if first is not None and first.state not in _CLAIMS:
             first = None
         self._send(
             out,
@@ -1591,12 +2015,23 @@ class Membership:
                 ),
             )
 
-    def _answer_sync(self, sender: bytes | None, message: GossipSync, out: list[Outgoing]) -> None:
+    def _answer_sync(
+        self, now: float, sender: bytes | None, message: GossipSync, out: list[Outgoing]
+    ) -> None:
         if sender is None:
             # Unauthenticated (tests only): answer the record the request carried.
             if not message.updates:
                 return
             sender = message.updates[0].record.node_id
+        # Rule 6: a full state is thousands of records for one small request; one
+        # sender gets it at most once per interval.
+        interval = self._cfg.sync_answer_interval_s
+        last = self._answered_at.get(sender)
+        if last is not None and now - last < interval:
+            self._n["sync_refused"] += 1
+            return
+        _trim(self._answered_at, lambda at: now - at >= interval)
+        self._answered_at[sender] = now
         known = self._record_of(sender)
         address = "" if known is None else known.address
         self._n["syncs_answered"] += 1

@@ -4,40 +4,100 @@ Owner tags: when a source stores a packet it sends the hash of a per-packet dele
 secret; presenting the secret later proves the right to delete, without the target ever
 learning who the owner is (design brief: a target cannot tell whose data it holds).
 Two sources in one dedup domain may store the same packet: each adds its own tag and
-the packet goes only when the last tag is withdrawn.
+the packet goes only when the last tag is withdrawn.  A tag is recorded only for a
+packet the target verified and holds: a tag offered with a refused packet would let
+anyone who knows a packet id keep that packet alive against its owners' deletes, and
+would grow this database outside the allocation.
 
-Recovery roots: sealed blobs at key-derived locators (see ``gridnode.recovery``).
-A newer version replaces an older one only when signed by the same root key.
+Recovery roots: sealed blobs at locators derived from their verification keys (see
+``gridnode.recovery``, ``protocol.root_locator``).  The packet store checks the
+locator and the signature; here a root is only replaced by the same key, never by an
+older version, and each root is charged to the peer whose authenticated session
+delivered it (recorded as the holder's keyed hash of that peer's node id, see
+``NodeIdentity.root_owner_tag``), within the per-owner limits below.  Roots count
+against the node's allocation (the packet store charges :func:`root_cost` to the
+packet directory).
 
-SQLite in WAL mode; every change is one transaction.  Blocking: call through
-``trio.to_thread``.  One connection per thread (sqlite3 objects are not shareable).
+SQLite in WAL mode; every change is one transaction; schema changes are numbered
+migrations under ``PRAGMA user_version``.  Blocking: call through ``trio.to_thread``.
+One connection per thread (sqlite3 objects are not shareable).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 import attrs
 
-__all__ = ["Holdings", "StoredRoot"]
+from protocol import MAX_ROOT_BYTES
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS owner_tags (
-    packet_id BLOB NOT NULL,
-    owner_tag BLOB NOT NULL,
-    PRIMARY KEY (packet_id, owner_tag)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS roots (
-    locator BLOB PRIMARY KEY,
-    version INTEGER NOT NULL,
-    verify_key BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    sealed BLOB NOT NULL
-);
-"""
+__all__ = [
+    "MAX_ROOTS_PER_OWNER",
+    "MAX_ROOT_BYTES_PER_OWNER",
+    "ROOT_RECORD_BYTES",
+    "Holdings",
+    "RootRefused",
+    "StoredRoot",
+    "root_cost",
+]
+
+#: What holding one root costs beyond its sealed bytes: locator, verification key,
+#: signature, version and owner (about 170 bytes) plus SQLite's row and index, rounded
+#: up.  Charged so that many tiny roots cannot hold space for free.
+ROOT_RECORD_BYTES: Final = 256
+#: Roots one peer may have this node keep.  A node publishes exactly one root (one
+#: locator per seed); the second slot lets it move to a new root key or locator without
+#: being refused, since there is no message to withdraw the old one.
+MAX_ROOTS_PER_OWNER: Final = 2
+#: Root bytes (``root_cost`` summed) one peer may have this node keep: one root as large
+#: as the wire allows (``MAX_ROOT_BYTES``, 8 MiB, enough to list thousands of snapshots)
+#: plus the record cost of each root it may have.  So 100 peers can hold at most about
+#: 800 MiB of roots here, and never more than the allocation, which roots count against.
+MAX_ROOT_BYTES_PER_OWNER: Final = MAX_ROOT_BYTES + MAX_ROOTS_PER_OWNER * ROOT_RECORD_BYTES
+
+#: Numbered schema migrations, applied in order under ``PRAGMA user_version``.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: owner tags and recovery roots.  IF NOT EXISTS: a database made before there were
+    # migrations (user_version 0, these tables already there) is adopted as it is.
+    """
+    CREATE TABLE IF NOT EXISTS owner_tags (
+        packet_id BLOB NOT NULL,
+        owner_tag BLOB NOT NULL,
+        PRIMARY KEY (packet_id, owner_tag)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS roots (
+        locator BLOB PRIMARY KEY,
+        version INTEGER NOT NULL,
+        verify_key BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        sealed BLOB NOT NULL
+    )
+    """,
+    # 2: the peer that delivered each root (its owner tag), for the per-owner limits.
+    # Roots held before it have no known owner (empty): they count against the
+    # allocation, not against a peer.
+    """
+    ALTER TABLE roots ADD COLUMN owner BLOB NOT NULL DEFAULT x'';
+    CREATE INDEX roots_by_owner ON roots(owner)
+    """,
+)
+
+
+def root_cost(sealed_bytes: int) -> int:
+    """Bytes of the allocation one held root takes."""
+    return sealed_bytes + ROOT_RECORD_BYTES
+
+
+class RootRefused(Exception):
+    """A recovery root this node will not keep; ``code`` is the wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @attrs.frozen
@@ -53,8 +113,27 @@ class Holdings:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db().execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        db = self._db()
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"holdings {self.path} has schema version {current}, newer than this software "
+                f"({len(MIGRATIONS)}); upgrade gridnode"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -70,6 +149,7 @@ class Holdings:
         self.add_tags([(packet_id, owner_tag)])
 
     def add_tags(self, tags: list[tuple[bytes, bytes]]) -> None:
+        """Record (packet id, owner tag) pairs; only for packets verified and held here."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
@@ -103,27 +183,94 @@ class Holdings:
         )
         return StoredRoot(*row) if row else None
 
-    def put_root(self, root: StoredRoot) -> str | None:
-        """Store ``root`` unless refused; returns the refusal reason or None."""
+    def put_root(
+        self,
+        root: StoredRoot,
+        *,
+        owner: bytes,
+        charge: Callable[[int], None] | None = None,
+    ) -> int:
+        """Keep ``root`` for the peer whose owner tag is ``owner``, replacing an older version.
+
+        The caller has checked the locator and the signature.  Refused here: a root at a
+        locator held by another key (only roots kept from before locators were bound to
+        keys), an older version than the one held (an equal one replaces it: a publish
+        that reached no holder reuses its version number), and a new root past the
+        owner's limits.  ``charge(delta)`` is called inside the transaction, just before
+        the write, with the bytes the holdings grow by (``root_cost``; negative when a
+        smaller version replaces a larger one); it raises to refuse (a full allocation),
+        and nothing is written.  Writes are serialised by the transaction, so the delta
+        is exact however many puts run at once.
+
+        Returns:
+            The bytes the holdings grew by, as passed to ``charge``.
+
+        Raises:
+            RootRefused: with the wire error code and a sentence saying why.
+        """
+        cost = root_cost(len(root.sealed))
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute(
-                "SELECT version, verify_key FROM roots WHERE locator = ?", (root.locator,)
+                "SELECT version, verify_key, LENGTH(sealed) FROM roots WHERE locator = ?",
+                (root.locator,),
             ).fetchone()
+            held_cost = 0
             if row is not None:
-                version, verify_key = row
+                version, verify_key, held_bytes = row
                 if verify_key != root.verify_key:
-                    return "locator is held by a different root key"
+                    raise RootRefused("refused", "locator is held by a different root key")
                 if root.version < version:
-                    return f"stale root version {root.version} (holding {version})"
+                    raise RootRefused(
+                        "stale_version", f"stale root version {root.version} (holding {version})"
+                    )
+                held_cost = root_cost(int(held_bytes))
+            count, sealed_total = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(sealed)), 0) FROM roots"
+                " WHERE owner = ? AND locator != ?",
+                (owner, root.locator),
+            ).fetchone()
+            if count + 1 > MAX_ROOTS_PER_OWNER:
+                raise RootRefused(
+                    "root_limit",
+                    f"this peer already has {count} recovery root(s) held here; "
+                    f"at most {MAX_ROOTS_PER_OWNER} roots per peer",
+                )
+            owner_bytes = int(sealed_total) + int(count) * ROOT_RECORD_BYTES
+            if owner_bytes + cost > MAX_ROOT_BYTES_PER_OWNER:
+                raise RootRefused(
+                    "root_limit",
+                    f"this root takes {cost} bytes beside the {owner_bytes} this peer's other "
+                    f"roots take; at most {MAX_ROOT_BYTES_PER_OWNER} bytes of roots per peer",
+                )
+            if charge is not None:
+                charge(cost - held_cost)
             db.execute(
-                "INSERT OR REPLACE INTO roots(locator, version, verify_key, signature, sealed) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (root.locator, root.version, root.verify_key, root.signature, root.sealed),
+                "INSERT OR REPLACE INTO roots"
+                "(locator, version, verify_key, signature, sealed, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (root.locator, root.version, root.verify_key, root.signature, root.sealed, owner),
             )
-        return None
+        return cost - held_cost
 
     def root_bytes(self) -> int:
-        row = self._db().execute("SELECT COALESCE(SUM(LENGTH(sealed)), 0) FROM roots").fetchone()
+        """Bytes of the allocation the held roots take (``root_cost`` summed)."""
+        row = (
+            self._db()
+            .execute("SELECT COALESCE(SUM(LENGTH(sealed)), 0), COUNT(*) FROM roots")
+            .fetchone()
+        )
+        return int(row[0]) + int(row[1]) * ROOT_RECORD_BYTES
+
+    def root_count(self, owner: bytes | None = None) -> int:
+        """Roots held, all of them or those charged to the owner tag ``owner``."""
+        if owner is None:
+            row = self._db().execute("SELECT COUNT(*) FROM roots").fetchone()
+        else:
+            row = (
+                self._db()
+                .execute("SELECT COUNT(*) FROM roots WHERE owner = ?", (owner,))
+                .fetchone()
+            )
         return int(row[0])

@@ -30,11 +30,17 @@ it is never served. A write that fails (disk full, quota, I/O error) removes
 its temp file and raises :class:`PacketStoreError`.
 
 Accounting: ``used_bytes`` is the sum of the committed packet files' lengths
-(what the allocation limits; file-system block overhead is not counted). I
-compute it by scanning ``packets/`` when I open, and then keep it exact under
-a lock, including across concurrent puts of the same packet, deletes and
-quarantines. A file truncated or extended behind my back skews the counter by
-the difference until the next open.
+(file-system block overhead is not counted). I compute it by scanning
+``packets/`` when I open, and then keep it exact under a lock, including
+across concurrent puts of the same packet, deletes and quarantines. A file
+truncated or extended behind my back skews the counter by the difference until
+the next open.  The allocation also covers what the node keeps for others
+outside ``packets/`` (recovery roots in ``holdings.sqlite``): ``other_bytes``,
+given when I open and changed by :meth:`reserve`/:meth:`settle`, so that a
+peer cannot fill the disk past the allocation by another door.  Free space is
+the allocation minus used, other and *reserved* bytes: bytes still being
+written are reserved before the first byte hits the disk, so two writes that
+each fit but not together can never both be accepted.
 
 Threading: every method is synchronous, blocking, and safe to call from
 several threads at once (the node calls them through ``trio.to_thread``).
@@ -92,6 +98,8 @@ class PacketDirectoryStatistics:
     free_bytes: int
     packet_count: int
     quarantined_count: int
+    #: Allocated bytes held outside ``packets/`` (recovery roots).
+    other_bytes: int = 0
 
 
 def _is_packet_name(name: str) -> bool:
@@ -129,18 +137,24 @@ def _describe_os_error(exc: OSError) -> str:
 class PacketDirectory:
     """A quota-bounded, content-addressed directory of packets (see the module docstring)."""
 
-    def __init__(self, root: Path, allocation_bytes: int) -> None:
+    def __init__(self, root: Path, allocation_bytes: int, *, other_bytes: int = 0) -> None:
         """Open (creating if needed) the packet directory at ``root``.
+
+        ``other_bytes`` is what the node already keeps for others outside
+        ``packets/`` (the recovery roots it holds): it counts against the
+        allocation like packets do.
 
         Startup deletes everything left in ``incoming/`` by a previous run and
         scans ``packets/`` for the used bytes, so it takes time proportional
         to the number of stored packets.
 
         Raises:
-            ValueError: a negative allocation.
+            ValueError: a negative allocation or ``other_bytes``.
         """
         if isinstance(allocation_bytes, bool) or allocation_bytes < 0:
             raise ValueError(f"allocation_bytes must be >= 0, got {allocation_bytes!r}")
+        if isinstance(other_bytes, bool) or other_bytes < 0:
+            raise ValueError(f"other_bytes must be >= 0, got {other_bytes!r}")
         self._root = Path(root)
         self._packets = self._root / "packets"
         self._incoming = self._root / "incoming"
@@ -150,6 +164,7 @@ class PacketDirectory:
         self._allocation_bytes = allocation_bytes
         self._lock = threading.Lock()
         self._reserved_bytes = 0
+        self._other_bytes = other_bytes
         self._in_flight: dict[bytes, threading.Event] = {}
         self._clear_incoming()
         self._used_bytes, self._packet_count = self._scan()
@@ -172,7 +187,7 @@ class PacketDirectory:
 
     @property
     def free_bytes(self) -> int:
-        """Room for new packets: the allocation minus committed and in-flight bytes."""
+        """Room left: the allocation minus committed, other and in-flight bytes."""
         with self._lock:
             return self._free_locked()
 
@@ -190,10 +205,43 @@ class PacketDirectory:
                 free_bytes=self._free_locked(),
                 packet_count=self._packet_count,
                 quarantined_count=self._quarantined_count,
+                other_bytes=self._other_bytes,
             )
 
     def _free_locked(self) -> int:
-        return max(self._allocation_bytes - self._used_bytes - self._reserved_bytes, 0)
+        taken = self._used_bytes + self._other_bytes + self._reserved_bytes
+        return max(self._allocation_bytes - taken, 0)
+
+    def reserve(self, nbytes: int) -> None:
+        """Set aside ``nbytes`` of the allocation for a write outside ``packets/``.
+
+        The caller (the packet store, for a recovery root) reserves before it writes and
+        calls :meth:`settle` afterwards whatever happened, so the room is held while the
+        write runs and packets being written at the same time see it taken.
+
+        Raises:
+            AllocationFull: fewer than ``nbytes`` are free (counting bytes in flight).
+            ValueError: a negative size.
+        """
+        if nbytes < 0:
+            raise ValueError(f"cannot reserve a negative size ({nbytes})")
+        with self._lock:
+            free = self._free_locked()
+            if nbytes > free:
+                raise AllocationFull(
+                    f"allocation full: {nbytes} bytes needed but only {free} of "
+                    f"{self._allocation_bytes} are free ({self._used_bytes} in packets, "
+                    f"{self._other_bytes} in recovery roots, {self._reserved_bytes} being written)"
+                )
+            self._reserved_bytes += nbytes
+
+    def settle(self, reserved: int, other_delta: int) -> None:
+        """End a :meth:`reserve` of ``reserved`` bytes (0 if none): the write it was for
+        changed the bytes kept outside ``packets/`` by ``other_delta`` (0 if it failed,
+        negative if it replaced something larger)."""
+        with self._lock:
+            self._reserved_bytes -= reserved
+            self._other_bytes = max(self._other_bytes + other_delta, 0)
 
     # -- paths --------------------------------------------------------------
 
@@ -391,8 +439,8 @@ class PacketDirectory:
             if needed > free:
                 raise AllocationFull(
                     f"allocation full: {len(mine)} new packet(s) need {needed} bytes but only "
-                    f"{free} of {self._allocation_bytes} are free "
-                    f"({self._used_bytes} used, {self._reserved_bytes} being written)"
+                    f"{free} of {self._allocation_bytes} are free ({self._used_bytes} used, "
+                    f"{self._other_bytes} in recovery roots, {self._reserved_bytes} being written)"
                 )
             self._reserved_bytes += needed
             for position in mine:

@@ -49,6 +49,8 @@ _log = get_logger()
 
 #: RFC 6455 close code for "policy violation": we use it for protocol refusals.
 CLOSE_POLICY = 1008
+#: Frames larger than this are opened in a worker thread (see ``_read_loop``).
+THREAD_DECODE_BYTES = 64 * 1024
 
 
 class RequestHandler(Protocol):
@@ -243,7 +245,14 @@ class PeerLink:
                 return
             self._bytes_received += len(frame)
             try:
-                events = self.session.receive(frame)
+                if len(frame) > THREAD_DECODE_BYTES:
+                    # Decrypting, hashing and decoding a large frame takes milliseconds
+                    # (a hostile one up to the object budget): off the event loop, so
+                    # probes and other links are answered meanwhile.  The reader waits,
+                    # so frames are still processed in order, one at a time.
+                    events = await trio.to_thread.run_sync(self.session.receive, frame)
+                else:
+                    events = self.session.receive(frame)
             except RemoteProtocolError as exc:
                 await self._refuse(f"{exc.code}: {exc.message}")
                 return

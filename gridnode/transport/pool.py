@@ -9,6 +9,7 @@ about it.  Connection tasks live in the transport's own nursery (trio-websocket'
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -17,12 +18,18 @@ from trio_websocket import (
     ConnectionClosed,
     HandshakeError,
     WebSocketConnection,
-    WebSocketRequest,
-    serve_websocket,
     wrap_client_stream,
+    wrap_server_stream,
 )
 
-from protocol import Limits, ProtocolError, Role, Session, short_node_id
+from protocol import (
+    HANDSHAKE_MAX_FRAME_BYTES,
+    Limits,
+    ProtocolError,
+    Role,
+    Session,
+    short_node_id,
+)
 
 from ..config import parse_address
 from ..errors import HandshakeFailed, PeerGone
@@ -43,6 +50,17 @@ RECEIVE_BUFFER_BYTES: Final = 256 * 1024
 #: Slack above the protocol's frame limit for the session header and websocket framing.
 FRAME_SLACK_BYTES: Final = 64 * 1024
 SOFTWARE: Final = "gridnode/0.1"
+#: Connections still in the websocket upgrade or the session handshake, in all and from
+#: one address.  Each costs at most a few KiB (handshake messages are capped at
+#: ``HANDSHAKE_MAX_FRAME_BYTES``) and ends by ``handshake_timeout_s``; over the caps a new
+#: connection is closed at once and the ones already there go on.
+MAX_PREAUTH: Final = 64
+MAX_PREAUTH_PER_IP: Final = 8
+#: Authenticated sessions; a grid larger than this still works (sessions are opened on
+#: demand and idle ones dropped), this only stops one host from holding every slot.
+MAX_SESSIONS: Final = 512
+#: Websocket messages before authentication: a session handshake frame plus framing.
+PREAUTH_MESSAGE_BYTES: Final = HANDSHAKE_MAX_FRAME_BYTES + 256
 
 
 class TransportSettings:
@@ -59,6 +77,9 @@ class TransportSettings:
         connect_timeout_s: float = 5.0,
         max_in_flight: int = 32,
         max_serving: int = 16,
+        max_preauth: int = MAX_PREAUTH,
+        max_preauth_per_ip: int = MAX_PREAUTH_PER_IP,
+        max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self.grid_id = grid_id
         self.listen_host = listen_host
@@ -70,6 +91,16 @@ class TransportSettings:
         self.connect_timeout_s = connect_timeout_s
         self.max_in_flight = max_in_flight
         self.max_serving = max_serving
+        self.max_preauth = max_preauth
+        self.max_preauth_per_ip = max_preauth_per_ip
+        self.max_sessions = max_sessions
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a Unix socket path or a name: not an address on the network
+        return host in ("localhost", "")
 
 
 class Transport:
@@ -98,6 +129,9 @@ class Transport:
         self.link_added: Callable[[PeerLink], None] | None = None
         self.link_removed: Callable[[PeerLink], None] | None = None
         self.refused_handshakes = 0
+        self.refused_connections = 0
+        self._preauth = 0
+        self._preauth_by_ip: dict[str, int] = {}
         self.log = _log.bind(node=identity.short_id)
 
     @property
@@ -120,25 +154,21 @@ class Transport:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._server_scope = trio.CancelScope()
-            server = await nursery.start(self._serve)
-            self.port = server.port
+            listeners = await nursery.start(self._serve)
+            self.port = listeners[0].socket.getsockname()[1]
             task_status.started()
             await trio.sleep_forever()
 
     async def _serve(self, *, task_status: trio.TaskStatus[Any]) -> None:
         assert self._nursery is not None and self._server_scope is not None
+        listeners = await trio.open_tcp_listeners(
+            self.settings.listen_port, host=self.settings.listen_host
+        )
         with self._server_scope:
-            await serve_websocket(
-                self._accept,
-                self.settings.listen_host,
-                self.settings.listen_port,
-                ssl_context=None,
+            await trio.serve_listeners(
+                self._on_connection,
+                listeners,
                 handler_nursery=self._nursery,
-                max_message_size=self.settings.limits.max_frame_bytes + FRAME_SLACK_BYTES,
-                message_queue_size=4,
-                receive_buffer_size=RECEIVE_BUFFER_BYTES,
-                connect_timeout=self.settings.handshake_timeout_s,
-                disconnect_timeout=2,
                 task_status=task_status,
             )
 
@@ -154,7 +184,10 @@ class Transport:
 
     # --- handshake ----------------------------------------------------------------------------
 
-    def _new_session(self, role: Role) -> Session:
+    def _new_session(self, role: Role, *, loopback: bool) -> Session:
+        """Payloads are sealed on every link that leaves the machine (and on loopback too
+        with ``seal_payloads``): both ends of a connection see the same addresses, so
+        both ask for sealing, and each refuses a payload that arrives detached."""
         return Session(
             role=role,
             grid_id=self.settings.grid_id,
@@ -163,10 +196,14 @@ class Transport:
             software=SOFTWARE,
             limits=self.settings.limits,
             seal_payloads=self.settings.seal_payloads,
+            require_sealed=self.settings.seal_payloads or not loopback,
         )
 
     async def _handshake(self, ws: WebSocketConnection, role: Role, where: str) -> Session:
-        session = self._new_session(role)
+        remote = ws.remote
+        session = self._new_session(
+            role, loopback=_is_loopback(remote if isinstance(remote, str) else str(remote.address))
+        )
         session.start()
         try:
             with trio.fail_after(self.settings.handshake_timeout_s):
@@ -232,7 +269,6 @@ class Transport:
                 return False
             self._nursery_spawn(current.aclose, "duplicate", "a newer session replaced this one")
         self._links[link.peer_id] = link
-        self._by_address[link.peer_address] = link.peer_id
         if self.link_added is not None:
             self.link_added(link)
         self.log.info(
@@ -260,17 +296,44 @@ class Transport:
                     self.link_removed(link)
             self.log.info("peer_disconnected", peer=link.short_id, reason=link.close_reason)
 
-    async def _accept(self, request: WebSocketRequest) -> None:
+    async def _on_connection(self, stream: trio.SocketStream) -> None:
+        """One inbound TCP connection, from the first byte to the end of its link.
+
+        Until the peer has proven itself it may cost only a slot under the caps, a few KiB
+        of buffers and ``handshake_timeout_s`` of time for the websocket upgrade and the
+        session handshake together (a slow drip or an idle socket simply times out)."""
         try:
-            ws = await request.accept()
-        except (ConnectionClosed, trio.BrokenResourceError):
+            ip = str(stream.socket.getpeername()[0])
+        except OSError:
+            await trio.aclose_forcefully(stream)
             return
-        remote = ws.remote
-        where = f"{remote.address}:{remote.port}" if not isinstance(remote, str) else remote
+        settings = self.settings
+        if (
+            self._preauth >= settings.max_preauth
+            or self._preauth_by_ip.get(ip, 0) >= settings.max_preauth_per_ip
+            or len(self._links) >= settings.max_sessions
+        ):
+            self.refused_connections += 1
+            await trio.aclose_forcefully(stream)
+            return
+        self._preauth += 1
+        self._preauth_by_ip[ip] = self._preauth_by_ip.get(ip, 0) + 1
         try:
-            session = await self._handshake(ws, Role.RESPONDER, where)
-        except HandshakeFailed:
+            accepted = await self._authenticate(stream, ip)
+        finally:
+            self._preauth -= 1
+            left = self._preauth_by_ip[ip] - 1
+            if left:
+                self._preauth_by_ip[ip] = left
+            else:
+                del self._preauth_by_ip[ip]
+        if accepted is None:
+            await trio.aclose_forcefully(stream)
             return
+        ws, session, where = accepted
+        # Authenticated: now, and only now, frames may be full size and reads large.
+        ws._max_message_size = settings.limits.max_frame_bytes + FRAME_SLACK_BYTES
+        ws._receive_buffer_size = RECEIVE_BUFFER_BYTES
         # The peer's advertised listen address, not its ephemeral source port, is how we
         # (and gossip) reach it later.
         address = session.peer_address or where
@@ -280,21 +343,50 @@ class Transport:
             return
         await self._run_link(link)
 
+    async def _authenticate(
+        self, stream: trio.SocketStream, ip: str
+    ) -> tuple[WebSocketConnection, Session, str] | None:
+        """The websocket upgrade and the session handshake, under one deadline."""
+        assert self._nursery is not None
+        where = ip
+        with trio.move_on_after(self.settings.handshake_timeout_s):
+            try:
+                request = await wrap_server_stream(
+                    self._nursery,
+                    stream,
+                    message_queue_size=1,
+                    max_message_size=PREAUTH_MESSAGE_BYTES,
+                    receive_buffer_size=4096,
+                )
+                ws = await request.accept()
+            except (ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError):
+                return None
+            remote = ws.remote
+            where = f"{remote.address}:{remote.port}" if not isinstance(remote, str) else remote
+            try:
+                session = await self._handshake(ws, Role.RESPONDER, where)
+            except HandshakeFailed:
+                return None
+            return ws, session, where
+        self.refused_handshakes += 1
+        self.log.info("handshake_timeout", peer=where)
+        return None
+
     # --- dialing ------------------------------------------------------------------------------
 
     async def connect(self, address: str, *, expect: bytes | None = None) -> PeerLink:
         """The live link to the node at ``address``, dialing it if needed.
 
         Concurrent callers for one address share one dial.  ``expect`` refuses a node whose
-        id differs (an address reused by another node).
+        id differs (an address reused by another node).  Without it (a seed) the address
+        stands for the node this transport met there when it last dialled it: a link is
+        reused, and a new dial accepted, only for that node.  The listen address a peer
+        claims in its own Hello is never taken for where it is: anyone may claim a seed's
+        address, and our dials to the seed would go to it.
         """
         for _ in range(3):  # bounded: a dial that loses a tie-break is retried once or twice
-            known = self._by_address.get(address)
-            if known is not None:
-                link = self.link(known)
-                if link is not None and (expect is None or link.peer_id == expect):
-                    return link
-            if expect is not None and (link := self.link(expect)) is not None:
+            want = expect if expect is not None else self._by_address.get(address)
+            if want is not None and (link := self.link(want)) is not None:
                 return link
             pending = self._dialing.get(address)
             if pending is not None:
@@ -303,7 +395,7 @@ class Transport:
             done = trio.Event()
             self._dialing[address] = done
             try:
-                return await self._dial(address, expect)
+                return await self._dial(address, want)
             except _LostTieBreak:
                 continue
             finally:
@@ -323,7 +415,7 @@ class Transport:
                     stream,
                     host,
                     "/gridnode",
-                    message_queue_size=4,
+                    message_queue_size=1,
                     max_message_size=self.settings.limits.max_frame_bytes + FRAME_SLACK_BYTES,
                     receive_buffer_size=RECEIVE_BUFFER_BYTES,
                 )
@@ -350,6 +442,7 @@ class Transport:
                 f"{address} is node {short_node_id(session.peer_id)}, not {short_node_id(expect)}",
                 peer=address,
             )
+        self._bind_address(address, session.peer_id)
         link = self._make_link(ws, session, dialed=True, address=address)
         link.stream = stream
         if not self._register(link):
@@ -357,6 +450,23 @@ class Transport:
             raise _LostTieBreak
         self._nursery.start_soon(self._run_link, link)
         return link
+
+    def _bind_address(self, address: str, node_id: bytes) -> None:
+        """Remember who answered our own dial to ``address``: the handshake proved it.
+
+        Kept for the run (the seed list is the configuration's; nothing is written), most
+        recently dialled last, at most ``_MAX_ADDRESS_BINDINGS`` addresses.
+        """
+        bindings = self._by_address
+        bindings.pop(address, None)
+        while len(bindings) >= _MAX_ADDRESS_BINDINGS:
+            del bindings[next(iter(bindings))]
+        bindings[address] = node_id
+
+
+#: Addresses whose node this transport has met by dialling them (members come and go;
+#: one entry is ~150 bytes).
+_MAX_ADDRESS_BINDINGS: Final = 65536
 
 
 class _LostTieBreak(Exception):

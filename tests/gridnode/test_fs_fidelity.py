@@ -215,3 +215,19 @@ def test_finishing_a_directory_never_follows_a_symlink_swapped_in(tmp_path: Path
         writer.finish_dirs([entry])
     assert stat.S_IMODE(outside.stat().st_mode) == 0o755
     assert outside.stat().st_mtime_ns != 0
+
+
+def test_a_symlink_inside_the_destination_cannot_lead_a_restore_outside(tmp_path: Path) -> None:
+    """The guard resolves links (realpath): with abspath, ``dest/evil/file`` looks inside
+    the destination while it lands in ``outside``."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "evil")
+    writer = TreeWriter(dest)
+    with pytest.raises(ScanError, match="resolves outside"):
+        writer.open_temp(b"evil/file")
+    with pytest.raises(ScanError, match="resolves outside"):
+        writer.make_specials([EntryRecord(b"evil/fifo", "fifo", 0o600, 0, 0)])
+    assert list(outside.iterdir()) == []

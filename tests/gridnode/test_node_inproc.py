@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.lowlevel
@@ -17,15 +18,19 @@ from gridnode.errors import RemoteError
 from gridnode.logic.packing import ErasureParams, encode_chunk
 from gridnode.logic.placement import PlacementRules
 from gridnode.node import Node
-from protocol import Message, format_node_id
+from protocol import Message, PacketData, format_node_id
 
 from .inproc import open_grid
+
+#: A directory name long and random enough that random ciphertext never contains it by
+#: chance (a 4-byte marker like "sub/" did, once in two full runs).
+SUB = "sub-dir-7c1e94a2d05b"
 
 
 def write_tree(root: Path) -> Path:
     tree = root / "tree"
-    (tree / "sub").mkdir(parents=True)
-    (tree / "sub" / "quarterly-report-zebra.txt").write_text("confidential zebra numbers " * 500)
+    (tree / SUB).mkdir(parents=True)
+    (tree / SUB / "quarterly-report-zebra.txt").write_text("confidential zebra numbers " * 500)
     (tree / "random.bin").write_bytes(os.urandom(3 * 1024 * 1024))
     return tree
 
@@ -39,7 +44,7 @@ async def test_backup_and_restore_in_process(tmp_path: Path) -> None:
             0, "restore", snapshot=result["snapshot_id"], to=str(tmp_path / "out")
         )
         assert restored["bytes"] == result["bytes"]
-        for rel in ("sub/quarterly-report-zebra.txt", "random.bin"):
+        for rel in (f"{SUB}/quarterly-report-zebra.txt", "random.bin"):
             assert (tmp_path / "out" / "tree" / rel).read_bytes() == (tree / rel).read_bytes()
 
 
@@ -149,7 +154,7 @@ async def test_targets_learn_nothing_about_the_source_or_the_data(tmp_path: Path
             format_node_id(source.identity.node_id).encode(),
             b"quarterly-report-zebra",
             b"confidential zebra",
-            b"sub/",
+            f"{SUB}/".encode(),
             plaintext[1000:1064],
             plaintext[-64:],
         ]
@@ -400,3 +405,67 @@ async def test_targets_failing_together_are_replaced_by_distinct_nodes(tmp_path:
             holders = [p.target for p in uploaded.placed]
             assert len(set(holders)) == 6, holders
             assert set(holders) == {n.identity.node_id for n in grid.nodes[3:9]}
+
+
+class LyingHolder:
+    """A holder that sends wrong bytes for every packet it serves (its disk is fine: the
+    lie is on the wire, where the holder's own checks cannot catch it)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.lies = 0
+
+    async def handle_request(self, link: Any, msg: Message, digest: bytes | None) -> Message:
+        answer = await self.node.handle_request(link, msg, digest)
+        if isinstance(answer, PacketData):
+            self.lies += 1
+            data = bytearray(answer.data)
+            data[len(data) // 2] ^= 0x01
+            return attrs.evolve(answer, data=bytes(data))
+        return answer
+
+    def handle_oneway(self, link: Any, msg: Message) -> None:
+        self.node.handle_oneway(link, msg)
+
+
+async def test_a_holder_sending_wrong_bytes_costs_one_packet_not_the_chunk(
+    tmp_path: Path,
+) -> None:
+    tree = write_tree(tmp_path)
+    liars: list[LyingHolder] = []
+
+    def wrap(node: Node) -> Any:
+        if len(liars) == 0 and node.config.home.name == "n1":
+            liars.append(LyingHolder(node))
+            return liars[0]
+        return node
+
+    async with open_grid(tmp_path / "grid", 4, wrap_handler=wrap) as grid:
+        result = await grid.call(0, "backup", paths=[str(tree)], redundancy="2/3")
+        verify = await grid.call(0, "verify", snapshot=result["snapshot_id"])
+        assert verify["ok"] is True
+        assert verify["chunks_degraded"] >= 1
+        assert any("corrupt" in p["problem"] for p in verify["problems"])
+        await grid.call(0, "restore", snapshot=result["snapshot_id"], to=str(tmp_path / "out"))
+        assert liars[0].lies >= 1
+        for rel in (f"{SUB}/quarterly-report-zebra.txt", "random.bin"):
+            assert (tmp_path / "out" / "tree" / rel).read_bytes() == (tree / rel).read_bytes()
+
+
+async def test_a_snapshot_is_complete_only_once_its_record_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gridnode.backup
+
+    async def record_storage_fails(*args: Any, **kwargs: Any) -> Any:
+        raise gridnode.backup.BackupFailed("the grid refused the record (test)")
+
+    tree = write_tree(tmp_path)
+    async with open_grid(tmp_path / "grid", 4) as grid:
+        monkeypatch.setattr(gridnode.backup, "store_blob", record_storage_fails)
+        with pytest.raises(Exception, match="refused the record"):
+            await grid.call(0, "backup", paths=[str(tree)], redundancy="2/3")
+        snapshots = await grid.call(0, "snapshots")
+        assert not any(s["complete"] for s in snapshots)
+        with pytest.raises(Exception, match=r"no complete snapshot|not complete|no snapshot"):
+            await grid.call(0, "restore", snapshot="latest", to=str(tmp_path / "out"))

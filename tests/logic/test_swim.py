@@ -20,6 +20,7 @@ import nacl.signing
 import pytest
 import trio
 
+from gridnode.logic import swim
 from gridnode.logic.distance import haversine_km
 from gridnode.logic.swim import (
     GossipConfig,
@@ -40,9 +41,12 @@ from protocol import (
     MemberRecord,
     MemberUpdate,
     Message,
+    claim_is_valid,
     encoded_size,
+    record_is_valid,
     record_signing_payload,
     sign,
+    sign_claim,
     sign_record,
 )
 
@@ -839,3 +843,311 @@ def test_sync_answer_contains_the_whole_view() -> None:
     assert all(isinstance(r, GossipSyncReply) and r.sync_id == 7 for r in replies)
     ids = {u.record.node_id for r in replies if isinstance(r, GossipSyncReply) for u in r.updates}
     assert ids == {m.node_id for m in members}
+
+
+# --- who said what: signed claims, the suspicion period, false accusers ----------------------
+
+
+def _claim(
+    subject: MemberRecord, reporter: int, state: str, *, signer: int | None = None
+) -> MemberUpdate:
+    """``reporter``'s claim that ``subject`` is ``state``, signed by ``signer`` (a forger)
+    or by the reporter itself."""
+    key = _key(reporter if signer is None else signer)
+    return MemberUpdate(
+        record=subject,
+        state=state,
+        reporter=bytes(_key(reporter).verify_key),
+        proof=sign_claim(key, subject.node_id, subject.incarnation, state),
+    )
+
+
+def _suspicion_bounds(config: GossipConfig, members: int) -> tuple[float, float]:
+    minimum = config.suspicion_mult * max(1.0, math.log10(members)) * config.probe_interval_s
+    return minimum, config.suspicion_max_timeout_mult * minimum
+
+
+def _say(observer: Membership, now: float, sender: int, *updates: MemberUpdate) -> None:
+    observer.handle(now, bytes(_key(sender).verify_key), GossipUpdates(updates=updates))
+
+
+def test_one_member_cannot_declare_another_dead() -> None:
+    """A "dead" claim is one accuser's word: it starts a suspicion, never a death, and a
+    claim put in another member's mouth is dropped."""
+    observer, _, victim, *_ = _members(6, now=0.0)
+    record = victim.self_record
+    minimum, maximum = _suspicion_bounds(CFG, 6)
+    # Member 1 claims that member 3 saw the victim dead: 3 never signed that.
+    _say(observer, 1.0, 1, _claim(record, 3, "dead", signer=1))
+    assert observer.state_of(victim.node_id) == "alive"
+    assert observer.statistics().forged_claims_dropped == 1
+    # Member 1's own dead claim, sent again and again: a suspicion, not a death.
+    for step in range(5):
+        _say(observer, 1.0 + step * 0.1, 1, _claim(record, 1, "dead"))
+        assert observer.state_of(victim.node_id) == "suspect"
+    # Past the minimum suspicion period (which would take independent confirmations)
+    # but within the maximum: a lone accuser has not had its way yet.
+    observer.tick(1.0 + minimum + 1.0)
+    assert observer.state_of(victim.node_id) == "suspect"
+    assert 1.0 + minimum + 1.0 < 1.0 + maximum
+    assert observer.statistics().deaths_declared == 0
+
+
+def test_confirmations_come_from_independent_signed_members() -> None:
+    observer, _, victim, *_ = _members(6, now=0.0)
+    record = victim.self_record
+    minimum, _ = _suspicion_bounds(CFG, 6)
+    stranger = 30  # a valid key, but not a member here
+    _say(observer, 1.0, 1, _claim(record, 1, "suspect"))
+    _say(
+        observer,
+        1.1,
+        1,
+        _claim(record, 3, "suspect", signer=1),  # forged in member 3's name
+        _claim(record, 4, "dead", signer=1),  # forged in member 4's name
+        _claim(record, stranger, "suspect"),  # signed, by a non-member
+        _claim(record, 1, "suspect"),  # the same accuser again
+    )
+    observer.tick(1.0 + minimum + 0.5)
+    assert observer.state_of(victim.node_id) == "suspect"
+    assert observer.statistics().forged_claims_dropped == 2
+    # Two genuine, independent members: the suspicion shrinks to its minimum (this is
+    # what the forgeries above would have bought).
+    _say(observer, 1.2, 3, _claim(record, 3, "suspect"))
+    _say(observer, 1.3, 4, _claim(record, 4, "dead"))
+    observer.tick(1.0 + minimum + 0.6)
+    assert observer.state_of(victim.node_id) == "dead"
+
+
+def test_false_accusers_are_counted_and_rate_limited() -> None:
+    config = CFG
+    observer, _, victim, *_ = _members(6, config, now=0.0)
+    now = 1.0
+    for incarnation in range(config.accuser_strike_limit):
+        accused = _record(2, incarnation=incarnation)
+        _say(observer, now, 1, _claim(accused, 1, "suspect"))
+        assert observer.state_of(victim.node_id) == "suspect"
+        # The victim refutes: the accusation was false.
+        _say(
+            observer,
+            now + 0.1,
+            2,
+            MemberUpdate(record=_record(2, incarnation=incarnation + 1), state="alive"),
+        )
+        assert observer.state_of(victim.node_id) == "alive"
+        now += 1.0
+    # A fourth accusation from the same reporter is not heard.
+    current = _record(2, incarnation=config.accuser_strike_limit)
+    _say(observer, now, 1, _claim(current, 1, "suspect"))
+    assert observer.state_of(victim.node_id) == "alive"
+    stats = observer.statistics()
+    assert stats.false_accusations == config.accuser_strike_limit
+    assert stats.suspicions_refuted == config.accuser_strike_limit
+    assert stats.accusations_rate_limited == 1
+    # Only that accuser is limited: another member's claim is heard.
+    _say(observer, now + 0.1, 3, _claim(current, 3, "suspect"))
+    assert observer.state_of(victim.node_id) == "suspect"
+    # Accusing the observer itself is false by definition: refuted and counted.
+    own = observer.self_record
+    _say(observer, now + 0.2, 1, _claim(own, 1, "dead"))
+    assert observer.self_record.incarnation > own.incarnation
+    assert observer.statistics().false_accusations == config.accuser_strike_limit + 1
+    # An unsigned claim about the observer makes it do nothing.
+    before = observer.self_record
+    unsigned = MemberUpdate(record=before, state="suspect", reporter=bytes(_key(3).verify_key))
+    _say(observer, now + 0.3, 3, unsigned)
+    assert observer.self_record == before
+
+
+# --- speed of light: nothing measured, nothing trusted ---------------------------------------
+
+
+def test_a_member_never_probed_is_not_trusted_on_location() -> None:
+    config = attrs.evolve(CFG, location_check="enforce")
+    observer, basel = _members(2, config, locations={0: ZURICH, 1: BASEL}, now=0.0)
+    view = observer.member(basel.node_id)
+    assert view is not None and view.rtt_ms is None
+    assert not view.location_trusted and view.location_plausible
+    # Under warn or off an unmeasured location is used as claimed.
+    warned, _ = _members(
+        2, attrs.evolve(CFG, location_check="warn"), locations={0: ZURICH, 1: BASEL}, now=0.0
+    )
+    warned_view = warned.member(basel.node_id)
+    assert warned_view is not None and warned_view.location_trusted
+    version = observer.version
+    now = observer.next_deadline()
+    probes = [o for o in observer.tick(now) if isinstance(o.message, GossipProbe)]
+    assert len(probes) == 1
+    (answer,) = basel.handle(now + 0.0005, observer.node_id, probes[0].message)
+    observer.handle(now + 0.001, basel.node_id, answer.message)  # 1 ms: 100 km of fibre
+    view = observer.member(basel.node_id)
+    assert view is not None and view.rtt_ms == pytest.approx(1.0)
+    assert view.location_trusted
+    assert observer.version > version  # placement caches on it
+
+
+# --- bounded work ----------------------------------------------------------------------------
+
+
+def test_a_sync_page_costs_bounded_signature_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = attrs.evolve(
+        CFG,
+        max_verifications_per_message=16,
+        peer_verify_burst=64,
+        peer_verify_per_s=32.0,
+        max_pending_per_peer=150,
+    )
+    observer, peer, forger = _members(3, config, now=0.0)
+    checks: list[int] = [0]
+    real = record_is_valid
+
+    def counting(record: MemberRecord) -> bool:
+        checks[0] += 1
+        return real(record)
+
+    monkeypatch.setattr(swim, "record_is_valid", counting)
+    fresh = [_record(100 + i) for i in range(100)]
+    page = GossipSync(
+        sync_id=1, updates=tuple(MemberUpdate(record=r, state="alive") for r in fresh)
+    )
+    observer.handle(0.0, peer.node_id, page)
+    assert checks[0] <= config.max_verifications_per_message
+    assert observer.statistics().updates_pending == 100 - checks[0]
+    # Later ticks apply the rest, never more checks per tick than per message, and no
+    # faster than the sender's bucket allows.
+    now = 0.0
+    for _ in range(1000):
+        if observer.statistics().updates_pending == 0:
+            break
+        before = checks[0]
+        now = max(now, observer.next_deadline())
+        observer.tick(now)
+        assert checks[0] - before <= config.max_verifications_per_message
+    learned = {v.node_id for v in observer.members()}
+    assert {r.node_id for r in fresh} <= learned
+    assert checks[0] == 100
+    assert now <= (100 - config.peer_verify_burst) / config.peer_verify_per_s + 1.0
+    # A flood of fresh forgeries from another peer: its own bucket, and a bounded queue.
+    base = _record(230)
+    forged = [_forge(base, _key(231), sequence=i, free_bytes=i) for i in range(200)]
+    checks[0] = 0
+    observer.handle(
+        now,
+        forger.node_id,
+        GossipSync(
+            sync_id=2,
+            page=1,
+            pages=2,
+            updates=tuple(MemberUpdate(record=r, state="alive") for r in forged),
+        ),
+    )
+    stats = observer.statistics()
+    assert checks[0] <= config.max_verifications_per_message
+    assert stats.updates_pending <= config.max_pending_per_peer
+    assert stats.updates_over_budget == 200 - checks[0] - stats.updates_pending
+    for _ in range(100):
+        now += 0.5
+        observer.tick(now)
+    assert checks[0] <= config.peer_verify_burst + config.peer_verify_per_s * 50 + 1
+    assert not {r.node_id for r in forged} & {v.node_id for v in observer.members()}
+
+
+def test_one_sender_gets_a_full_state_answer_at_most_once_per_interval() -> None:
+    observer, peer, *_ = _members(3, now=0.0)
+    request = GossipSync(sync_id=7, updates=(MemberUpdate(record=peer.self_record, state="alive"),))
+    first = observer.handle(0.0, peer.node_id, request)
+    assert any(isinstance(o.message, GossipSyncReply) for o in first)
+    again = observer.handle(1.0, peer.node_id, attrs.evolve(request, sync_id=8))
+    assert not any(isinstance(o.message, GossipSyncReply) for o in again)
+    assert observer.statistics().sync_answers_refused == 1
+    later = observer.handle(
+        1.0 + CFG.sync_answer_interval_s, peer.node_id, attrs.evolve(request, sync_id=9)
+    )
+    assert any(isinstance(o.message, GossipSyncReply) for o in later)
+
+
+# --- where a node dials --------------------------------------------------------------------
+
+
+def test_a_probe_request_dials_only_a_known_member_at_its_recorded_address() -> None:
+    observer, requester, known = _members(3, now=0.0)
+    stranger = bytes(_key(60).verify_key)
+    out = observer.handle(
+        0.0,
+        requester.node_id,
+        GossipProbeRequest(probe_id=5, target=stranger, target_address="victim.example:80"),
+    )
+    assert all(o.address != "victim.example:80" for o in out)
+    assert not any(isinstance(o.message, GossipProbe) for o in out)
+    nacks = [o.message for o in out if isinstance(o.message, GossipIndirectAck)]
+    assert [(n.probe_id, n.reached) for n in nacks] == [(5, False)]
+    assert observer.statistics().probe_requests_refused == 1
+    out = observer.handle(
+        0.1,
+        requester.node_id,
+        GossipProbeRequest(probe_id=6, target=known.node_id, target_address="victim.example:80"),
+    )
+    probes = [o for o in out if isinstance(o.message, GossipProbe)]
+    assert [(p.node_id, p.address) for p in probes] == [(known.node_id, "node2:7700")]
+
+
+def test_a_seed_is_known_by_the_node_the_transport_met_there() -> None:
+    """A member whose signed record claims the seed's address is not taken for the seed."""
+    observer, seed, impostor = _members(3, shared=False, now=0.0)
+    observer.join(0.0, ["node1:7700"])
+    squatter = sign_record(_key(2), address="node1:7700", sequence=1)
+    observer.handle(
+        0.5,
+        impostor.node_id,
+        GossipUpdates(updates=(MemberUpdate(record=squatter, state="alive"),)),
+    )
+    assert observer.state_of(impostor.node_id) == "alive"
+    rejoin = [o for o in observer.join(1.0, ["node1:7700"]) if isinstance(o.message, GossipSync)]
+    assert [(o.node_id, o.address) for o in rejoin] == [(None, "node1:7700")]
+    observer.seed_reached("node1:7700", seed.node_id)
+    rejoin = [o for o in observer.join(2.0, ["node1:7700"]) if isinstance(o.message, GossipSync)]
+    assert [(o.node_id, o.address) for o in rejoin] == [(seed.node_id, "node1:7700")]
+
+
+def test_a_record_of_a_new_member_is_verified_before_it_is_learned() -> None:
+    observer, peer = _members(2, now=0.0)
+    genuine = _record(50)
+    forged = _forge(genuine, _key(51), free_bytes=1 << 50)
+    _say(observer, 0.0, 1, MemberUpdate(record=forged, state="alive"))
+    observer.handle(
+        0.1,
+        peer.node_id,
+        GossipSync(
+            sync_id=1, page=1, pages=2, updates=(MemberUpdate(record=forged, state="alive"),)
+        ),
+    )
+    assert observer.member(genuine.node_id) is None
+    assert observer.statistics().forged_records_dropped == 2
+    _say(observer, 0.2, 1, MemberUpdate(record=genuine, state="alive"))
+    view = observer.member(genuine.node_id)
+    assert view is not None and view.record == genuine
+
+
+def test_a_claim_about_a_newer_incarnation_is_a_new_suspicion() -> None:
+    """The subject refuted (incarnation 1) and is suspected again before we heard the
+    refutation: what we hold is over, and what we relay must still verify."""
+    observer, peer, victim, *_ = _members(6, now=0.0)
+    _say(observer, 1.0, 1, _claim(victim.self_record, 1, "suspect"))
+    assert observer.state_of(victim.node_id) == "suspect"
+    reborn = _record(2, incarnation=1)
+    _say(observer, 2.0, 3, _claim(reborn, 3, "suspect"))
+    view = observer.member(victim.node_id)
+    assert view is not None and view.state == "suspect" and view.record == reborn
+    stats = observer.statistics()
+    assert stats.suspicions_refuted == 1 and stats.false_accusations == 1
+    request = GossipSync(sync_id=3, updates=(MemberUpdate(record=peer.self_record, state="alive"),))
+    pages = [o.message for o in observer.handle(2.1, peer.node_id, request)]
+    about = [
+        u
+        for p in pages
+        if isinstance(p, GossipSyncReply)
+        for u in p.updates
+        if u.record.node_id == victim.node_id
+    ]
+    assert [(u.state, u.record.incarnation) for u in about] == [("suspect", 1)]
+    assert all(claim_is_valid(u) for u in about)

@@ -10,7 +10,12 @@ GRID = b"test-grid-000001"
 
 
 def make(
-    role: Role, *, grid: bytes = GRID, key: SigningKey | None = None, seal_payloads: bool = False
+    role: Role,
+    *,
+    grid: bytes = GRID,
+    key: SigningKey | None = None,
+    seal_payloads: bool = False,
+    require_sealed: bool = False,
 ) -> Session:
     return Session(
         role=role,
@@ -18,6 +23,7 @@ def make(
         signing_key=key or SigningKey.generate(),
         listen_address=f"127.0.0.1:{1 if role is Role.INITIATOR else 2}",
         seal_payloads=seal_payloads,
+        require_sealed=require_sealed,
     )
 
 
@@ -28,12 +34,20 @@ def pump(src: Session, dst: Session) -> list[Event]:
     return events
 
 
+def pump_frames(frames: list[bytes], dst: Session) -> list[Event]:
+    events: list[Event] = []
+    for frame in frames:
+        events += dst.receive(frame)
+    return events
+
+
 def handshake(a: Session, b: Session) -> tuple[list[Event], list[Event]]:
     a.start()
     b.start()
-    ev_b = pump(a, b)  # a's hello -> b (b answers auth)
-    ev_a = pump(b, a)  # b's hello + auth -> a
-    ev_b += pump(a, b)  # a's auth -> b
+    ev_b = pump(a, b)  # a's offer -> b (keys agreed; b waits for a's hello)
+    ev_a = pump(b, a)  # b's offer -> a (a answers with its sealed hello)
+    ev_b += pump(a, b)  # a's hello -> b (b is ready and answers with its hello)
+    ev_a += pump(b, a)  # b's hello -> a
     return ev_a, ev_b
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import attrs
 import msgpack
@@ -21,6 +22,13 @@ from protocol import (
     StorePacket,
     decode,
     encode,
+)
+from protocol._gossip import (
+    MAX_LABELS,
+    MAX_RECORDS_PER_MESSAGE,
+    GossipSyncReply,
+    MemberRecord,
+    MemberUpdate,
 )
 
 from .make_vectors import VECTORS, build
@@ -53,10 +61,9 @@ def _hello_body() -> dict[str, object]:
         "grid_id": b"g" * 16,
         "node_id": b"n" * 32,
         "version": 1,
-        "nonce": b"x" * 32,
-        "kx_public": b"k" * 32,
         "listen_address": "127.0.0.1:1",
         "software": "",
+        "signature": b"s" * 64,
     }
 
 
@@ -67,7 +74,10 @@ def _hello_body() -> dict[str, object]:
         (_envelope("hello", _hello_body(), version=99), "unsupported_version"),
         (_envelope("hello", {**_hello_body(), "version": "1"}), "bad_field"),
         (_envelope("hello", {**_hello_body(), "version": True}), "bad_field"),
-        (_envelope("hello", {k: v for k, v in _hello_body().items() if k != "nonce"}), "bad_field"),
+        (
+            _envelope("hello", {k: v for k, v in _hello_body().items() if k != "signature"}),
+            "bad_field",
+        ),
         (_envelope("hello", {**_hello_body(), "extra": 1}), "bad_field"),
         (_envelope("hello", {**_hello_body(), "node_id": b"short"}), "bad_field"),
         (_envelope("hello", {**_hello_body(), "listen_address": "a" * 5000}), "bad_field"),
@@ -114,9 +124,8 @@ def test_our_own_bad_message_is_a_local_error() -> None:
                 grid_id=b"g" * 16,
                 node_id=b"short",
                 version=1,
-                nonce=b"x" * 32,
-                kx_public=b"k" * 32,
                 listen_address="a",
+                signature=b"s" * 64,
             )
         )
 
@@ -128,3 +137,43 @@ def test_unregistered_class_cannot_be_sent() -> None:
 
     with pytest.raises(LocalProtocolError):
         encode(Rogue())
+
+
+def _nested_empty_arrays(n_outer: int, n_inner: int) -> bytes:
+    """A frame of arrays of empty arrays: one byte each on the wire, ~64 in memory."""
+    inner = b"\xdc" + n_inner.to_bytes(2, "big") + b"\x90" * n_inner
+    body = b"\xdc" + n_outer.to_bytes(2, "big") + inner * n_outer
+    return b"\x83\xa1v" + bytes([PROTOCOL_VERSION]) + b"\xa1k\xa4ping\xa1b" + body
+
+
+def test_a_frame_of_nested_empty_arrays_is_refused_cheaply() -> None:
+    frame = _nested_empty_arrays(60_000, 30)  # 1.9 MiB: cost 140 MiB and 1.6 s before
+    assert len(frame) > 1_800_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(RemoteProtocolError) as info:
+            decode(frame)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.code == "too_complex"
+    assert peak < 10 * 1024 * 1024
+
+
+def test_the_largest_legitimate_sync_page_fits_the_object_budget() -> None:
+    record = MemberRecord(
+        node_id=b"n" * 32,
+        address="127.0.0.1:1",
+        lat=1.0,
+        lon=2.0,
+        labels=tuple(f"l{i}" for i in range(MAX_LABELS)),
+        signature=b"s" * 64,
+    )
+    page = GossipSyncReply(
+        sync_id=1,
+        updates=tuple(
+            MemberUpdate(record=attrs.evolve(record, incarnation=i), state="alive")
+            for i in range(MAX_RECORDS_PER_MESSAGE)
+        ),
+    )
+    assert decode(encode(page)) == page

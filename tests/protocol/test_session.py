@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
+import attrs
 import pytest
 from nacl.signing import SigningKey
 
 from protocol import (
-    Auth,
+    HANDSHAKE_MAX_FRAME_BYTES,
     HandshakeComplete,
+    Hello,
     LocalProtocolError,
     MessageReceived,
+    Offer,
     PacketData,
     Ping,
     RemoteProtocolError,
     Role,
+    Session,
     SessionClosed,
     SessionState,
     StorePacket,
@@ -21,7 +27,7 @@ from protocol import (
     encode,
 )
 
-from .sessions import GRID, handshake, make, pair, pump
+from .sessions import GRID, handshake, make, pair, pump, pump_frames
 
 
 def test_handshake_authenticates_both_sides() -> None:
@@ -60,69 +66,119 @@ def test_sealed_mode_hides_the_payload() -> None:
     assert b"secret-payload-" not in frame
 
 
-def test_wrong_grid_is_refused() -> None:
-    a, b = make(Role.INITIATOR), make(Role.RESPONDER, grid=b"another-grid-0001")
-    a.start()
-    b.start()
-    with pytest.raises(RemoteProtocolError) as info:
-        pump(a, b)
-    assert info.value.code == "wrong_grid"
-    assert "grid" in str(info.value)
-
-
-def test_bad_signature_is_refused() -> None:
-    a, b = make(Role.INITIATOR), make(Role.RESPONDER)
+def test_wrong_grid_is_refused_by_the_responder_before_it_says_anything() -> None:
+    a, b = make(Role.INITIATOR, grid=b"another-grid-0001"), make(Role.RESPONDER)
     a.start()
     b.start()
     pump(a, b)
-    frames = b.data_to_send()  # b's hello, then b's auth
-    a.receive(frames[0])
-    auth = decode(frames[1][1:])
-    assert isinstance(auth, Auth)
-    forged = Auth(answered_nonce=auth.answered_nonce, signature=bytes(64))
+    offer_b = b.data_to_send()
+    pump_frames(offer_b, a)
     with pytest.raises(RemoteProtocolError) as info:
-        a.receive(b"P" + encode(forged))
+        pump(a, b)  # a's sealed hello names another grid
+    assert info.value.code == "wrong_grid"
+    assert b.data_to_send() == []  # b never sends its hello
+
+
+def test_a_stranger_learns_no_identity_and_no_grid_id() -> None:
+    """What a responder sends to someone who opens a socket: one Offer of random values.
+
+    The grid id, the node id and the version are never in the clear, and the responder's
+    Hello comes only after the initiator's has verified (issue 8: the Hello leak)."""
+    key = SigningKey.generate()
+    b = make(Role.RESPONDER, key=key)
+    b.start()
+    stranger = make(Role.INITIATOR, grid=b"guessed-grid-id-1")
+    stranger.start()
+    pump(stranger, b)
+    sent = b.data_to_send()
+    assert len(sent) == 1
+    offer = decode(sent[0][1:])
+    assert isinstance(offer, Offer)
+    for secret in (GRID, bytes(key.verify_key)):
+        assert secret not in sent[0]
+    pump_frames(sent, stranger)
+    with pytest.raises(RemoteProtocolError):
+        pump(stranger, b)
+    assert b.data_to_send() == []
+
+
+def test_a_passive_observer_sees_no_identity() -> None:
+    ka, kb = SigningKey.generate(), SigningKey.generate()
+    a, b = make(Role.INITIATOR, key=ka), make(Role.RESPONDER, key=kb)
+    a.start()
+    b.start()
+    wire: list[bytes] = []
+    for _ in range(2):
+        frames = a.data_to_send()
+        wire += frames
+        pump_frames(frames, b)
+        frames = b.data_to_send()
+        wire += frames
+        pump_frames(frames, a)
+    assert a.is_ready and b.is_ready
+    seen = b"".join(wire)
+    for secret in (GRID, bytes(ka.verify_key), bytes(kb.verify_key), b"127.0.0.1"):
+        assert secret not in seen
+
+
+def _hello_from(session_key: SigningKey, **overrides: object) -> tuple[Session, Session, Hello]:
+    """A handshake stopped where the initiator's sealed hello is about to reach b."""
+    a, b = make(Role.INITIATOR, key=session_key), make(Role.RESPONDER)
+    a.start()
+    b.start()
+    pump(a, b)
+    pump(b, a)
+    a.data_to_send()  # a's real sealed hello, not delivered
+    hello = a._hello()  # what a sealed, to be altered by the test
+    return a, b, attrs.evolve(hello, **overrides)  # type: ignore[arg-type]
+
+
+def _seal_from(a: Session, msg: object) -> bytes:
+    a._tx_counter = 0  # the altered hello takes the place of the real one
+    return a._seal(msg)  # type: ignore[arg-type]
+
+
+def test_bad_signature_is_refused() -> None:
+    a, b, forged = _hello_from(SigningKey.generate(), signature=bytes(64))
+    with pytest.raises(RemoteProtocolError) as info:
+        b.receive(_seal_from(a, forged))
     assert info.value.code == "bad_signature"
 
 
 def test_impostor_with_another_key_is_refused() -> None:
-    # b claims node id X in its hello but signs with key Y.
-    a, b = make(Role.INITIATOR), make(Role.RESPONDER)
-    a.start()
-    b.start()
-    pump(a, b)
-    frames = b.data_to_send()
-    a.receive(frames[0])
-    transcript_signer = SigningKey.generate()
-    auth = decode(frames[1][1:])
-    assert isinstance(auth, Auth)
-    fake = Auth(
-        answered_nonce=auth.answered_nonce,
-        signature=bytes(transcript_signer.sign(b"whatever").signature),
-    )
+    # a claims node id X in its hello but signs with key Y.
+    claimed = SigningKey.generate()
+    a, b, hello = _hello_from(SigningKey.generate(), node_id=bytes(claimed.verify_key))
     with pytest.raises(RemoteProtocolError) as info:
-        a.receive(b"P" + encode(fake))
+        b.receive(_seal_from(a, hello))
     assert info.value.code == "bad_signature"
 
 
-def test_stale_nonce_from_an_old_session_is_refused() -> None:
-    key_b = SigningKey.generate()
-    # An attacker recorded b's auth in an earlier session with a ...
-    a1, b1 = make(Role.INITIATOR), make(Role.RESPONDER, key=key_b)
-    a1.start()
-    b1.start()
-    pump(a1, b1)
-    old_auth = b1.data_to_send()[1]
-    # ... and replays it in a new session with a fresh nonce.
-    a2, b2 = make(Role.INITIATOR), make(Role.RESPONDER, key=key_b)
-    a2.start()
-    b2.start()
-    pump(a2, b2)
-    frames = b2.data_to_send()
-    a2.receive(frames[0])
+def test_a_hello_signed_for_other_offers_is_refused() -> None:
+    """An attacker who recorded a's hello in one session replays its signature into a new
+    one (sealed correctly: the attacker is the initiator there)."""
+    key_a = SigningKey.generate()
+    _a1, _b1, old = _hello_from(key_a)
+    a2, b2, _ = _hello_from(key_a)
     with pytest.raises(RemoteProtocolError) as info:
-        a2.receive(old_auth)
-    assert info.value.code == "stale_nonce"
+        b2.receive(_seal_from(a2, old))
+    assert info.value.code == "bad_signature"
+
+
+def test_handshake_frames_are_small_and_refused_before_decoding() -> None:
+    b = make(Role.RESPONDER)
+    b.start()
+    huge = b"P" + encode(Ping(request_id=1)) + b"\x00" * HANDSHAKE_MAX_FRAME_BYTES
+    with pytest.raises(RemoteProtocolError) as info:
+        b.receive(huge)
+    assert info.value.code == "too_large"
+
+
+def test_a_hello_in_the_clear_is_refused() -> None:
+    _a, b, hello = _hello_from(SigningKey.generate())
+    with pytest.raises(RemoteProtocolError) as info:
+        b.receive(b"P" + encode(hello))
+    assert info.value.code == "unexpected"
 
 
 def test_tampered_frame_is_refused() -> None:
@@ -219,10 +275,8 @@ def test_session_refuses_everything_after_an_error() -> None:
 def test_self_connection_is_refused() -> None:
     key = SigningKey.generate()
     a, b = make(Role.INITIATOR, key=key), make(Role.RESPONDER, key=key)
-    a.start()
-    b.start()
     with pytest.raises(RemoteProtocolError) as info:
-        pump(a, b)
+        handshake(a, b)
     assert info.value.code == "self_connection"
 
 
@@ -237,3 +291,27 @@ def test_message_received_carries_payload_digest() -> None:
     assert isinstance(event, MessageReceived)
     assert event.payload_digest == blake3.blake3(data).digest()
     assert GRID
+
+
+def test_a_side_that_asks_for_sealed_payloads_gets_them_and_refuses_detached_ones() -> None:
+    """The network observer of issue 8: a packet id is the BLAKE3 of the packet, so a
+    payload on the wire names its packet.  b asks for sealed payloads in its hello."""
+    a, b = make(Role.INITIATOR), make(Role.RESPONDER, require_sealed=True)
+    handshake(a, b)
+    assert a.seal_payloads  # a learned it from b's hello
+    data = os.urandom(4096)
+    frame = a.send(StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=data))
+    assert data[:64] not in frame
+    (event,) = b.receive(frame)
+    assert isinstance(event, MessageReceived) and event.message.data == data  # type: ignore[attr-defined]
+    # A peer that sends a payload outside the AEAD anyway is refused.
+    c, d = make(Role.INITIATOR), make(Role.RESPONDER, require_sealed=True)
+    handshake(c, d)
+    c.seal_payloads = False  # a lying or broken peer
+    detached = c.send(
+        StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=data)
+    )
+    assert detached.endswith(data)
+    with pytest.raises(RemoteProtocolError) as info:
+        d.receive(detached)
+    assert info.value.code == "unsealed"

@@ -174,8 +174,7 @@ def read_token(home: Path) -> bytes:
         if info.st_uid != me:
             raise ControlError(
                 "unsafe_token",
-                f"refusing {path}: owned by uid {info.st_uid}, not by the node's owner "
-                f"(uid {me})",
+                f"refusing {path}: owned by uid {info.st_uid}, not by the node's owner (uid {me})",
             )
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:

@@ -20,6 +20,7 @@ transactional, so a cut at any point loses nothing that was reported done.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from .storage.catalog import Catalog
 from .storage.holdings import Holdings
 from .storage.packets import PacketDirectory
 from .transport import PeerLink, Transport, TransportSettings
+from .transport.pool import MAX_PREAUTH, MAX_SESSIONS
 
 __all__ = ["Node", "open_node_storage", "run_node"]
 
@@ -69,6 +71,26 @@ def open_node_storage(
         home / "storage", config.allocated_bytes, other_bytes=holdings.root_bytes()
     )
     return catalog, packets, holdings
+
+
+#: File descriptors kept for the catalog, holdings, packet files, logs and threads: the
+#: network may use the rest, so sockets never starve the disk.
+FDS_FOR_FILES = 256
+
+
+def sessions_for_fd_limit() -> int:
+    """How many authenticated sessions fit the process's descriptor limit (raised to its
+    hard limit first): each session is one socket, and the pre-authentication cap and the
+    files need their share."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    except (OSError, ValueError):
+        soft = 1024
+    return max(8, min(MAX_SESSIONS, soft - MAX_PREAUTH - FDS_FOR_FILES))
 
 
 class Node:
@@ -111,6 +133,7 @@ class Node:
                 seal_payloads=config.seal_payloads,
                 request_timeout_s=config.request_timeout_s,
                 handshake_timeout_s=config.handshake_timeout_s,
+                max_sessions=sessions_for_fd_limit(),
             ),
             handler=self,
             advertised_address=config.advertise or None,

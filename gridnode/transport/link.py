@@ -42,6 +42,7 @@ from protocol import (
 
 from ..errors import PeerGone, RemoteError, RequestTimeout
 from ..log import get_logger
+from .metered import MeteredStream
 
 __all__ = ["LinkStatistics", "PeerLink", "RequestHandler"]
 
@@ -51,6 +52,8 @@ _log = get_logger()
 CLOSE_POLICY = 1008
 #: Frames larger than this are opened in a worker thread (see ``_read_loop``).
 THREAD_DECODE_BYTES = 64 * 1024
+#: A link holding shared read budget with no message finished for this long is closed.
+STALL_TIMEOUT_S = 60.0
 
 
 class RequestHandler(Protocol):
@@ -86,6 +89,7 @@ class PeerLink:
         max_in_flight: int = 32,
         max_serving: int = 16,
         default_timeout_s: float = 30.0,
+        metered: MeteredStream | None = None,
     ) -> None:
         assert session.peer_id is not None and session.is_ready
         self.ws = ws
@@ -100,6 +104,11 @@ class PeerLink:
         #: stream itself, but a client stream is ours to close, also when the graceful
         #: websocket close times out.
         self.stream: trio.abc.Stream | None = None
+        #: The budgeted stream under ``ws`` (see metered.py): told when bytes are handled.
+        self.metered = metered
+        self.stall_timeout_s = STALL_TIMEOUT_S
+        self._serving_bytes = 0
+        self._last_message_at = trio.current_time()
         self.closed = trio.Event()
         self.close_reason = ""
         self._send_lock = trio.StrictFIFOLock()
@@ -218,10 +227,14 @@ class PeerLink:
         peer's misbehaviour: that closes the link with a reason instead."""
         try:
             async with trio.open_nursery() as serving:
+                if self.metered is not None:
+                    serving.start_soon(self._watch_stalls)
                 await self._read_loop(handler, serving)
                 serving.cancel_scope.cancel()
         finally:
             self._mark_closed(self.close_reason or "connection ended")
+            if self.metered is not None:
+                self.metered.release_all()
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(1):
                     await self.ws.aclose()
@@ -244,6 +257,7 @@ class PeerLink:
                 await self._refuse("text frames are not part of the protocol")
                 return
             self._bytes_received += len(frame)
+            self._last_message_at = trio.current_time()
             try:
                 if len(frame) > THREAD_DECODE_BYTES:
                     # Decrypting, hashing and decoding a large frame takes milliseconds
@@ -263,13 +277,47 @@ class PeerLink:
                     self.close_reason = f"peer closed the session ({event.code} {event.reason})"
                     return
                 if isinstance(event, MessageReceived):
-                    await self._dispatch(handler, serving, event)
+                    await self._dispatch(handler, serving, event, len(frame))
+            if self.metered is not None:
+                self._settle_reads()
+
+    async def _watch_stalls(self) -> None:
+        """Close a link that holds part of the shared read budget (see metered.py) for a
+        message it never finishes: a member that starts frames and stalls would otherwise
+        keep that budget from everyone else for as long as its TCP connection lives."""
+        assert self.metered is not None
+        while True:
+            await trio.sleep(min(5.0, self.stall_timeout_s / 4))
+            idle = trio.current_time() - self._last_message_at
+            if self.metered.granted > 0 and idle > self.stall_timeout_s and not self._serving_bytes:
+                await self._refuse(
+                    f"stalled: {self.metered.held} bytes of an unfinished message held for "
+                    f"{idle:.0f} s"
+                )
+                return
+
+    def _settle_reads(self) -> None:
+        """Hand read bytes back to the budget: exactly when the websocket buffers nothing
+        (framing and control frames included), else what has been handled so far."""
+        assert self.metered is not None
+        ws = self.ws
+        if not ws._message_parts and ws._recv_channel.statistics().current_buffer_used == 0:
+            self.metered.all_consumed(self._serving_bytes)
 
     async def _dispatch(
-        self, handler: RequestHandler, serving: trio.Nursery, event: MessageReceived
+        self,
+        handler: RequestHandler,
+        serving: trio.Nursery,
+        event: MessageReceived,
+        size: int = 0,
     ) -> None:
         msg = event.message
         request_id: Any = getattr(msg, "request_id", None)
+        served = not msg.RESPONSE and request_id is not None and not isinstance(msg, Ping)
+        if not served and self.metered is not None:
+            # An answer goes to a request of ours (bounded by our own windows), a one-way
+            # message to a lossy queue: the read bytes are handled.
+            self.metered.consumed(size)
         if msg.RESPONSE:
             waiter = self._pending.get(request_id)
             if waiter is not None:
@@ -284,10 +332,16 @@ class PeerLink:
             await self.send(Pong(request_id=msg.request_id))
             return
         await self._serving.acquire()  # blocks the reader when the receive window is full
-        serving.start_soon(self._serve, handler, msg, event.payload_digest, request_id)
+        self._serving_bytes += size  # held until served, in the budget's count too
+        serving.start_soon(self._serve, handler, msg, event.payload_digest, request_id, size)
 
     async def _serve(
-        self, handler: RequestHandler, msg: Message, digest: bytes | None, request_id: int
+        self,
+        handler: RequestHandler,
+        msg: Message,
+        digest: bytes | None,
+        request_id: int,
+        size: int = 0,
     ) -> None:
         try:
             try:
@@ -312,6 +366,9 @@ class PeerLink:
             pass  # the requester went away; nobody is left to answer
         finally:
             self._serving.release()
+            self._serving_bytes -= size
+            if self.metered is not None:
+                self.metered.consumed(size)
 
     async def _refuse(self, reason: str) -> None:
         self.close_reason = f"refused: {reason}"

@@ -9,6 +9,7 @@ about it.  Connection tasks live in the transport's own nursery (trio-websocket'
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -31,12 +32,14 @@ from protocol import (
     short_node_id,
 )
 
+from ..actors.base import ByteBudget
 from ..config import parse_address
 from ..errors import HandshakeFailed, PeerGone
 from ..identity import NodeIdentity
 from ..log import get_logger
 from .link import CLOSE_POLICY, PeerLink, RequestHandler
 from .masking import install as install_fast_masking
+from .metered import INBOUND_BUDGET_BYTES, MeteredStream
 
 __all__ = ["Transport", "TransportSettings"]
 
@@ -80,6 +83,7 @@ class TransportSettings:
         max_preauth: int = MAX_PREAUTH,
         max_preauth_per_ip: int = MAX_PREAUTH_PER_IP,
         max_sessions: int = MAX_SESSIONS,
+        inbound_budget_bytes: int = INBOUND_BUDGET_BYTES,
     ) -> None:
         self.grid_id = grid_id
         self.listen_host = listen_host
@@ -94,6 +98,19 @@ class TransportSettings:
         self.max_preauth = max_preauth
         self.max_preauth_per_ip = max_preauth_per_ip
         self.max_sessions = max_sessions
+        self.inbound_budget_bytes = inbound_budget_bytes
+
+
+def _peer_host(ws: WebSocketConnection) -> str:
+    """The peer's IP address; the stream under ``ws`` is a MeteredStream, which
+    trio-websocket cannot ask for its addresses, so ask its socket."""
+    sock = getattr(ws._stream, "socket", None)
+    if sock is None:
+        return ""
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return ""
 
 
 def _is_loopback(host: str) -> bool:
@@ -130,6 +147,8 @@ class Transport:
         self.link_removed: Callable[[PeerLink], None] | None = None
         self.refused_handshakes = 0
         self.refused_connections = 0
+        #: Bytes read from all peers and not yet handled, beyond each link's free share.
+        self.inbound = ByteBudget(settings.inbound_budget_bytes)
         self._preauth = 0
         self._preauth_by_ip: dict[str, int] = {}
         self.log = _log.bind(node=identity.short_id)
@@ -200,10 +219,7 @@ class Transport:
         )
 
     async def _handshake(self, ws: WebSocketConnection, role: Role, where: str) -> Session:
-        remote = ws.remote
-        session = self._new_session(
-            role, loopback=_is_loopback(remote if isinstance(remote, str) else str(remote.address))
-        )
+        session = self._new_session(role, loopback=_is_loopback(_peer_host(ws)))
         session.start()
         try:
             with trio.fail_after(self.settings.handshake_timeout_s):
@@ -248,9 +264,16 @@ class Transport:
         return session
 
     def _make_link(
-        self, ws: WebSocketConnection, session: Session, *, dialed: bool, address: str
+        self,
+        ws: WebSocketConnection,
+        session: Session,
+        *,
+        dialed: bool,
+        address: str,
+        metered: MeteredStream | None = None,
     ) -> PeerLink:
         return PeerLink(
+            metered=metered,
             ws=ws,
             session=session,
             peer_address=address,
@@ -330,14 +353,14 @@ class Transport:
         if accepted is None:
             await trio.aclose_forcefully(stream)
             return
-        ws, session, where = accepted
+        ws, session, where, metered = accepted
         # Authenticated: now, and only now, frames may be full size and reads large.
         ws._max_message_size = settings.limits.max_frame_bytes + FRAME_SLACK_BYTES
         ws._receive_buffer_size = RECEIVE_BUFFER_BYTES
         # The peer's advertised listen address, not its ephemeral source port, is how we
         # (and gossip) reach it later.
         address = session.peer_address or where
-        link = self._make_link(ws, session, dialed=False, address=address)
+        link = self._make_link(ws, session, dialed=False, address=address, metered=metered)
         if not self._register(link):
             await link.aclose("duplicate", "an older session to this peer is kept")
             return
@@ -345,15 +368,16 @@ class Transport:
 
     async def _authenticate(
         self, stream: trio.SocketStream, ip: str
-    ) -> tuple[WebSocketConnection, Session, str] | None:
+    ) -> tuple[WebSocketConnection, Session, str, MeteredStream] | None:
         """The websocket upgrade and the session handshake, under one deadline."""
         assert self._nursery is not None
         where = ip
+        metered = MeteredStream(stream, self.inbound)
         with trio.move_on_after(self.settings.handshake_timeout_s):
             try:
                 request = await wrap_server_stream(
                     self._nursery,
-                    stream,
+                    metered,
                     message_queue_size=1,
                     max_message_size=PREAUTH_MESSAGE_BYTES,
                     receive_buffer_size=4096,
@@ -361,13 +385,13 @@ class Transport:
                 ws = await request.accept()
             except (ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError):
                 return None
-            remote = ws.remote
-            where = f"{remote.address}:{remote.port}" if not isinstance(remote, str) else remote
+            with contextlib.suppress(OSError):
+                where = "{}:{}".format(*stream.socket.getpeername()[:2])
             try:
                 session = await self._handshake(ws, Role.RESPONDER, where)
             except HandshakeFailed:
                 return None
-            return ws, session, where
+            return ws, session, where, metered
         self.refused_handshakes += 1
         self.log.info("handshake_timeout", peer=where)
         return None
@@ -410,9 +434,10 @@ class Transport:
         try:
             with trio.fail_after(self.settings.connect_timeout_s):
                 stream = await trio.open_tcp_stream(host, port)
+                metered = MeteredStream(stream, self.inbound)
                 ws = await wrap_client_stream(
                     self._nursery,
-                    stream,
+                    metered,  # type: ignore[arg-type]  # any trio Stream works at run time
                     host,
                     "/gridnode",
                     message_queue_size=1,
@@ -443,7 +468,7 @@ class Transport:
                 peer=address,
             )
         self._bind_address(address, session.peer_id)
-        link = self._make_link(ws, session, dialed=True, address=address)
+        link = self._make_link(ws, session, dialed=True, address=address, metered=metered)
         link.stream = stream
         if not self._register(link):
             await link.aclose("duplicate", "an older session to this peer is kept")

@@ -275,3 +275,74 @@ async def test_a_member_sending_a_frame_of_nested_arrays_costs_little_and_stalls
         await attacker.close_all()
         await friend.close_all()
         nursery.cancel_scope.cancel()
+
+
+async def test_members_sending_half_frames_hold_at_most_the_inbound_budget() -> None:
+    """Six authenticated members each start a 3.5 MiB frame, send 3 MiB of it and stall:
+    the node reads no more than its shared budget plus each link's free MiB, and a
+    friend's pings still get through (they fit in its link's free share)."""
+    budget = 8 * 1024 * 1024
+    async with (
+        serving(inbound_budget_bytes=budget) as node,
+        trio.open_nursery() as nursery,
+    ):
+        attackers = []
+        for _ in range(6):
+            t = Transport(identity=NodeIdentity.generate(), settings=settings(), handler=Handler())
+            await nursery.start(t.run)
+            attackers.append((t, await t.connect(f"127.0.0.1:{node.port}")))
+        friend = Transport(identity=NodeIdentity.generate(), settings=settings(), handler=Handler())
+        await nursery.start(friend.run)
+        good = await friend.connect(f"127.0.0.1:{node.port}")
+        claimed = 3 * 1024 * 1024 + 512 * 1024
+        header = b"\x82\xff" + claimed.to_bytes(8, "big") + b"\x00\x00\x00\x00"  # mask 0
+
+        async def half_frame(stream: trio.abc.Stream) -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(header)
+                for _ in range(48):  # 3 MiB in 64 KiB pieces, then silence
+                    await stream.send_all(b"\x00" * 65536)
+
+        async with trio.open_nursery() as senders:
+            for _, link in attackers:
+                assert link.stream is not None
+                senders.start_soon(half_frame, link.stream)
+            with trio.move_on_after(2):
+                await trio.sleep_forever()  # let the node read all it will
+            held = sum(link.metered.held for link in node.links() if link.metered is not None)
+            assert node.inbound.used_bytes <= budget
+            assert held <= budget + len(node.links()) * 1024 * 1024
+            assert held >= budget  # it did read up to the budget: the test measures it
+            with trio.fail_after(2):
+                await good.ping()
+            # A link that holds the budget for a message it never finishes is closed.
+            for link in node.links():
+                link.stall_timeout_s = 0.5
+            with trio.fail_after(12):
+                while node.inbound.used_bytes:
+                    assert node.inbound.used_bytes >= 0  # never released twice
+                    await trio.sleep(0.1)
+            assert good.is_open
+            senders.cancel_scope.cancel()
+        for t, _ in attackers:
+            await t.close_all()
+        await friend.close_all()
+        nursery.cancel_scope.cancel()
+
+
+def test_sessions_are_capped_so_sockets_never_starve_the_disk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import resource
+
+    from gridnode.node import FDS_FOR_FILES, sessions_for_fd_limit
+    from gridnode.transport.pool import MAX_PREAUTH, MAX_SESSIONS
+
+    raised: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (600, 600))
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: raised.append(limits))
+    assert sessions_for_fd_limit() == 600 - MAX_PREAUTH - FDS_FOR_FILES
+    assert raised == []  # already at the hard limit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 1 << 20))
+    assert sessions_for_fd_limit() == MAX_SESSIONS
+    assert raised == [(1 << 20, 1 << 20)]  # the soft limit is raised first

@@ -148,6 +148,12 @@ def call(
 
 
 def cmd_grid_create(args: argparse.Namespace) -> None:
+    if not args.open:
+        raise CliError(
+            "a grid is created with `gridnode authority init` (its authority admits nodes by "
+            "invitation); `gridnode grid create NAME --out FILE --open` writes an open grid, "
+            "which admits anyone who can reach one of its nodes"
+        )
     grid = GridFile(name=args.name, grid_id=os.urandom(16), seeds=tuple(args.seed or ()))
     for seed in grid.seeds:
         parse_address(seed, key="seed")
@@ -156,9 +162,11 @@ def cmd_grid_create(args: argparse.Namespace) -> None:
         raise CliError(f"{out} exists; use --force to overwrite")
     grid.save(out)
     if args.json:
-        _print_json({"name": grid.name, "grid_id": grid.grid_id.hex(), "file": str(out)})
+        _print_json(
+            {"name": grid.name, "grid_id": grid.grid_id.hex(), "file": str(out), "open": True}
+        )
     else:
-        print(f"grid {grid.name!r} ({grid.grid_id.hex()}) written to {out}")
+        print(f"open grid {grid.name!r} ({grid.grid_id.hex()}) written to {out}")
 
 
 #: Flags shared by ``init`` and ``run`` that map one to one onto config keys.
@@ -187,6 +195,8 @@ def _init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
         "grid_id": grid.grid_id.hex(),
         "grid_name": grid.name,
         "seeds": list(args.seed or grid.seeds),
+        "authority_key": grid.authority_key.hex(),
+        "authority_address": grid.authority_address,
         **_given(args, _INIT_KEYS),
     }
     if getattr(args, "label", None):
@@ -194,8 +204,12 @@ def _init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
     return values | _set_items(args)
 
 
-def init_home(home: Path, args: argparse.Namespace, identity: NodeIdentity) -> dict[str, Any]:
-    grid = GridFile.load(Path(args.grid))
+def init_home(
+    home: Path, args: argparse.Namespace, identity: NodeIdentity, *, grid: GridFile | None = None
+) -> dict[str, Any]:
+    """Create a node home (config, key, control token); ``grid`` defaults to ``--grid``."""
+    if grid is None:
+        grid = GridFile.load(Path(args.grid))
     values = _init_values(args, grid)
     config = build_config(home, values)
     home.mkdir(parents=True, exist_ok=True)
@@ -230,7 +244,17 @@ def cmd_init(args: argparse.Namespace) -> None:
         identity = load_identity(home / "node.key")
     else:
         identity = NodeIdentity.generate()
+    if args.invite and GridFile.load(Path(args.grid)).open:
+        raise CliError("--invite: this grid file is an open grid's; it has no authority")
+    if args.plan and not args.invite:
+        raise CliError("--plan goes with --invite")
     info = init_home(home, args, identity)
+    if args.invite:
+        from .authority.client import save_pending_invite
+
+        # Used on the node's first start: subscribing needs the node running.
+        save_pending_invite(home, args.invite, args.plan or "")
+        info["invite_pending"] = True
     if args.json:
         _print_json(info)
     else:
@@ -631,17 +655,32 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--out", required=True)
     create.add_argument("--seed", action="append")
     create.add_argument("--force", action="store_true")
+    create.add_argument(
+        "--open",
+        action="store_true",
+        help="an open grid, without an authority: admits anyone who can reach a node",
+    )
     _add_json(create)
     create.set_defaults(fn=cmd_grid_create)
 
     p = sub.add_parser("init", help="create a node home")
     _add_home(p)
-    p.add_argument("--grid", required=True, help="grid file from `gridnode grid create`")
+    p.add_argument(
+        "--grid",
+        required=True,
+        help="grid file from `gridnode authority init` (or `gridnode grid create --open`)",
+    )
     p.add_argument("--key", help="reuse a key file (or - for a recovery phrase on stdin)")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--invite", help="invite code from the grid authority (used on first start)")
+    p.add_argument("--plan", help="plan to subscribe under (with --invite)")
     _add_node_settings(p, init=True)
     _add_json(p)
     p.set_defaults(fn=cmd_init)
+
+    from .authority.cli import add_parsers as add_authority_parsers
+
+    add_authority_parsers(sub)
 
     p = sub.add_parser("run", help="run the node until SIGINT/SIGTERM")
     _add_home(p)

@@ -84,11 +84,22 @@ def dump_toml(values: Mapping[str, Any], header: str = "") -> str:
 
 @attrs.frozen
 class GridFile:
-    """What a node needs to join a grid: its id, its name and where to find members."""
+    """What a node needs to join a grid: its id, its name and where to find members.
+
+    A grid has an authority (``authority_key``, the grid key's public half, and
+    ``authority_address``, where nodes subscribe: ``gridnode authority init``) or is
+    ``open`` (``gridnode grid create --open``): it admits anyone who can reach a node.
+    A grid file with neither predates authorities and is read as open."""
 
     name: str
     grid_id: bytes
     seeds: tuple[str, ...] = ()
+    authority_key: bytes = b""
+    authority_address: str = ""
+
+    @property
+    def open(self) -> bool:
+        return not self.authority_key
 
     @classmethod
     def load(cls, path: Path) -> GridFile:
@@ -109,11 +120,40 @@ class GridFile:
             raise ConfigError(f"grid file {path}: key 'seeds' must be a list of HOST:PORT")
         for seed in seeds:
             parse_address(seed, key="seeds")
-        return cls(name=str(data.get("name", "")), grid_id=grid_id, seeds=tuple(seeds))
+        try:
+            authority_key = bytes.fromhex(str(data.get("authority_key", "")))
+        except ValueError:
+            raise ConfigError(f"grid file {path}: key 'authority_key' is not hex") from None
+        if authority_key and len(authority_key) != 32:
+            raise ConfigError(f"grid file {path}: key 'authority_key' must be 32 bytes")
+        authority_address = str(data.get("authority_address", ""))
+        if authority_address:
+            parse_address(authority_address, key="authority_address")
+        if bool(authority_key) != bool(authority_address):
+            raise ConfigError(
+                f"grid file {path}: keys 'authority_key' and 'authority_address' go together"
+            )
+        return cls(
+            name=str(data.get("name", "")),
+            grid_id=grid_id,
+            seeds=tuple(seeds),
+            authority_key=authority_key,
+            authority_address=authority_address,
+        )
 
     def save(self, path: Path) -> None:
+        values: dict[str, Any] = {
+            "name": self.name,
+            "grid_id": self.grid_id.hex(),
+            "seeds": list(self.seeds),
+        }
+        if self.authority_key:
+            values["authority_key"] = self.authority_key.hex()
+            values["authority_address"] = self.authority_address
+        else:
+            values["open"] = True
         text = dump_toml(
-            {"name": self.name, "grid_id": self.grid_id.hex(), "seeds": list(self.seeds)},
+            values,
             header="gridnode grid file: give it to every node that should join this grid.",
         )
         atomic_write(path, text.encode("utf-8"))
@@ -165,6 +205,14 @@ class NodeConfig:
     #: taken for gone: its packets are rebuilt on other holders (0 turns it off).  An hour
     #: rides out a reboot or an update; much longer leaves chunks at k-of-n for long.
     repair_after_s: float = 3600.0
+    #: The grid authority (from the grid file): the grid key's public half (hex) and where
+    #: to subscribe.  Empty on an open grid (``gridnode grid create --open``).
+    authority_key: str = ""
+    authority_address: str = ""
+    #: Authority side: how long a certificate it issues is valid (nodes renew at half).
+    certificate_lifetime_s: float = 30 * 86400.0
+    #: The billing period of metering and fees (one month by default).
+    billing_period_s: float = 30 * 86400.0
 
     @property
     def listen_address(self) -> str:
@@ -205,6 +253,10 @@ class NodeConfig:
             "gossip_sync_interval_s": self.gossip_sync_interval_s,
             "gossip_dead_reap_s": self.gossip_dead_reap_s,
             "repair_after_s": self.repair_after_s,
+            "authority_key": self.authority_key,
+            "authority_address": self.authority_address,
+            "certificate_lifetime_s": self.certificate_lifetime_s,
+            "billing_period_s": self.billing_period_s,
         }
         return dump_toml(values, header="gridnode node configuration (written by gridnode init)")
 
@@ -356,6 +408,21 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
                 except ValueError as exc:
                     raise ConfigError(f"config key {key!r}: {exc}") from None
             kwargs[key] = text
+    if raw.get("authority_key"):
+        try:
+            grid_key = bytes.fromhex(str(raw["authority_key"]))
+        except ValueError:
+            raise ConfigError("config key 'authority_key': not hex") from None
+        if len(grid_key) != 32:
+            raise ConfigError("config key 'authority_key': must be 32 bytes (64 hex digits)")
+        kwargs["authority_key"] = grid_key.hex()
+    if raw.get("authority_address"):
+        parse_address(str(raw["authority_address"]), key="authority_address")
+        kwargs["authority_address"] = str(raw["authority_address"])
+    if bool(kwargs.get("authority_key")) != bool(kwargs.get("authority_address")):
+        raise ConfigError(
+            "config keys 'authority_key' and 'authority_address' must be set together"
+        )
     if "seal_payloads" in raw:
         kwargs["seal_payloads"] = _bool("seal_payloads", raw["seal_payloads"])
     if "bandwidth_bps" in raw:
@@ -372,6 +439,8 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         ("gossip_sync_interval_s", 0.5, 3600.0),
         ("gossip_dead_reap_s", 1.0, 86400.0 * 7),
         ("repair_after_s", 0.0, 86400.0 * 365),
+        ("certificate_lifetime_s", 2.0, 86400.0 * 3650),
+        ("billing_period_s", 1.0, 86400.0 * 3650),
     ):
         if key in raw:
             kwargs[key] = _float(key, raw[key], lo, hi)

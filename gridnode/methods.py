@@ -152,6 +152,12 @@ def build_methods(node: Node) -> dict[str, Method]:
                 "gossip_dropped": node.gossip_dropped,
                 **node.gossiper.counters(),
             },
+            **(
+                {"subscription": sub}
+                if node.subscription is not None
+                and (sub := node.subscription.status_json()) is not None
+                else {}
+            ),
         }
 
     async def snapshots(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
@@ -281,6 +287,21 @@ def build_methods(node: Node) -> dict[str, Method]:
 
         return await recover(services)
 
+    async def subscribe(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        from .authority.client import SubscriptionFailed
+
+        if node.subscription is None:
+            raise ControlError(
+                "open_grid", "this node's grid has no authority (an open grid): nothing to join"
+            )
+        invite = _str(params, "invite")
+        plan = _str(params, "plan", "")
+        try:
+            cert = await node.subscription.subscribe(invite, plan)
+        except SubscriptionFailed as exc:
+            raise ControlError(exc.code, str(exc)) from None
+        return cert.to_json()
+
     async def shutdown(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         node.shutdown()
         return {"stopping": True}
@@ -298,5 +319,6 @@ def build_methods(node: Node) -> dict[str, Method]:
         "placement": placement,
         "log": backup_log,
         "recover_catalog": recover_catalog,
+        "subscribe": subscribe,
         "shutdown": shutdown,
     }

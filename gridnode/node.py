@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 import trio
 
-from protocol import Message, format_node_id, short_node_id
+from protocol import Message, RenewCertificate, Subscribe, format_node_id, short_node_id
 
 from .actors.assembler import Assembler
 from .actors.base import call
@@ -37,9 +37,13 @@ from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
 from .actors.retriever import FetchChunk, Retriever
 from .actors.sequencer import Sequencer
+from .admission import Admission
+from .authority import AUTHORITY_KEY_NAME
+from .authority.client import SubscriptionClient
+from .authority.subscriptions import SubscriptionManager
 from .config import NodeConfig
 from .control import ControlServer, Emit
-from .errors import PeerGone
+from .errors import PeerGone, RemoteError
 from .identity import NodeIdentity
 from .log import get_logger
 from .repair import AutoRepair
@@ -73,6 +77,8 @@ def open_node_storage(
     return catalog, packets, holdings
 
 
+#: How often sessions are checked against their peers' certificates (seconds).
+CERTIFICATE_SWEEP_S = 10.0
 #: File descriptors kept for the catalog, holdings, packet files, logs and threads: the
 #: network may use the rest, so sockets never starve the disk.
 FDS_FOR_FILES = 256
@@ -123,8 +129,17 @@ class Node:
             )
         self.cpu_limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.disk_limiter = trio.CapacityLimiter(8)
+        is_authority = (config.home / AUTHORITY_KEY_NAME).exists()
+        self.admission = Admission(
+            grid_id=config.grid_id,
+            authority_key=bytes.fromhex(config.authority_key) if config.authority_key else None,
+            home=config.home,
+            node_id=identity.node_id,
+            is_authority=is_authority,
+        )
         self.transport = Transport(
             identity=identity,
+            admission=self.admission,
             settings=TransportSettings(
                 grid_id=config.grid_id,
                 listen_host=config.listen_host,
@@ -138,6 +153,25 @@ class Node:
             handler=self,
             advertised_address=config.advertise or None,
         )
+        # The grid authority role (issue 9): a home holding the grid key also serves the
+        # subscription manager.  Every node of a grid with an authority keeps a certificate.
+        self.authority: SubscriptionManager | None = None
+        if is_authority:
+            self.authority = SubscriptionManager(
+                config.home, lifetime_s=config.certificate_lifetime_s
+            )
+        self.subscription: SubscriptionClient | None = None
+        if config.authority_key:
+            self.subscription = SubscriptionClient(
+                home=config.home,
+                grid_id=config.grid_id,
+                node_id=identity.node_id,
+                authority_key=bytes.fromhex(config.authority_key),
+                authority_address=config.authority_address,
+                connect=self.transport.connect,
+                local=self.authority,
+                request_timeout_s=config.request_timeout_s,
+            )
         self._shutdown = trio.Event()
         self.gossiper: Gossiper | None = None
         self.auto_repair: AutoRepair | None = None
@@ -148,12 +182,55 @@ class Node:
     async def handle_request(
         self, link: PeerLink, msg: Message, payload_digest: bytes | None
     ) -> Message:
+        if isinstance(msg, Subscribe | RenewCertificate):
+            if self.authority is None:
+                raise RemoteError("not_authority", "this node is not the grid authority")
+            return await self.authority.serve(msg, link.peer_id, self.disk_limiter)
+        if not self._certified(link):
+            raise RemoteError(
+                "not_admitted", "this node has no valid subscription certificate: subscribe first"
+            )
         answer: Message = await call(
             self._store_send, TargetRequest(msg, payload_digest, link.peer_id)
         )
         return answer
 
+    async def _watch_certificates(self) -> None:
+        """Certificates run out and get renewed while sessions live on: a session whose
+        peer's certificate no longer holds (expired, revoked) is closed, so the peer comes
+        back with its renewed one or not at all; our own renewed certificate goes into our
+        member record so gossip keeps admitting us."""
+        last_sweep = trio.current_time()
+        while True:
+            await trio.sleep(1.0)
+            own = self.admission.own_certificate()  # a stat: cheap every second
+            gossiper = self.gossiper
+            if gossiper is not None and own and own != gossiper.membership.self_record.certificate:
+                gossiper.membership.update_self(trio.current_time(), certificate=own)
+            now = trio.current_time()
+            if now - last_sweep < CERTIFICATE_SWEEP_S:
+                continue
+            last_sweep = now
+            for link in self.transport.links():
+                # The authority keeps an uncertified session a little while: its peer came
+                # to subscribe, and reconnects with the certificate it got.
+                if self._certified(link) or (
+                    self.admission.is_authority and now - link.opened_at < CERTIFICATE_SWEEP_S
+                ):
+                    continue
+                await link.aclose("not_admitted", "the peer's certificate no longer holds")
+
+    def _certified(self, link: PeerLink) -> bool:
+        """Only the authority lets uncertified sessions in (to subscribe); nothing else
+        may come over them."""
+        return self.admission.open or self.admission.certified(
+            link.peer_id, link.session.peer_certificate
+        )
+
     def handle_oneway(self, link: PeerLink, msg: Message) -> None:
+        if not self._certified(link):
+            self.log.info("uncertified_oneway", kind=msg.KIND, peer=link.short_id)
+            return
         if msg.KIND.startswith("gossip_"):
             try:
                 self._gossip_send.send_nowait(GossipIn(link.peer_id, msg))
@@ -190,6 +267,12 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
+                if not config.authority_key:
+                    self.log.warning(
+                        "open_grid",
+                        message="this grid has no authority: it admits anyone who can reach "
+                        "one of its nodes (create grids with `gridnode authority init`)",
+                    )
                 self.log.info(
                     "node_started",
                     address=self.transport.address,
@@ -210,6 +293,8 @@ class Node:
                 nursery.cancel_scope.cancel()
         finally:
             self.catalog.close()
+            if self.authority is not None:
+                self.authority.close()
             self.stopped.set()
             self.log.info("node_stopped")
 
@@ -230,6 +315,8 @@ class Node:
             address=self.transport.address,
             free_bytes=self.packets.free_bytes,
             now=trio.current_time(),
+            certificate=self.admission.own_certificate(),
+            admit=None if self.admission.open else self.admission.admits_record,
         )
         self.gossiper = Gossiper(
             membership=membership,
@@ -237,6 +324,7 @@ class Node:
             connect=self.transport.connect,
             link_of=self.transport.link,
             seeds=config.seeds,
+            allotted=self.admission.allotted_bytes,
         )
 
         self.packet_store = PacketStore(
@@ -297,6 +385,8 @@ class Node:
         self.request = RequestActor(inbound=req_recv, methods=build_methods(self))
         await nursery.start(self.request.run)
         await nursery.start(self.gossiper.run)
+        if not self.admission.open:
+            nursery.start_soon(self._watch_certificates)
         self.control = ControlServer(
             home=config.home,
             handler=self._control_job,
@@ -314,6 +404,8 @@ class Node:
                 tick_s=min(60.0, max(0.2, config.repair_after_s / 4)),
             )
             await nursery.start(self.auto_repair.run)
+        if self.subscription is not None:
+            await nursery.start(self.subscription.run)
 
     async def _control_job(self, method: str, params: dict[str, Any], emit: Emit) -> Any:
         return await call(self._req_send, ControlJob(method, params, emit))

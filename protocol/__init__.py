@@ -5,6 +5,12 @@ enforces it), so everything here can be unit-tested, fuzzed and simulated withou
 network.  The I/O lives in ``gridnode.transport``.
 """
 
+from ._authority import MAX_CERTIFICATE_BYTES as MAX_CERTIFICATE_BYTES
+from ._authority import Allocations as Allocations
+from ._authority import Certificate as Certificate
+from ._authority import Revocation as Revocation
+from ._authority import issue_certificate as issue_certificate
+from ._authority import issue_revocation as issue_revocation
 from ._codec import DEFAULT_LIMITS as DEFAULT_LIMITS
 from ._codec import DEFAULT_MAX_FRAME_BYTES as DEFAULT_MAX_FRAME_BYTES
 from ._codec import Limits as Limits
@@ -46,10 +52,13 @@ from ._messages import PartStored as PartStored
 from ._messages import Ping as Ping
 from ._messages import Pong as Pong
 from ._messages import PutRoot as PutRoot
+from ._messages import RenewCertificate as RenewCertificate
 from ._messages import RootData as RootData
 from ._messages import RootStored as RootStored
 from ._messages import StorePacket as StorePacket
 from ._messages import StorePackets as StorePackets
+from ._messages import Subscribe as Subscribe
+from ._messages import Subscribed as Subscribed
 from ._messages import message as message
 from ._messages import record as record
 from ._session import HANDSHAKE_MAX_FRAME_BYTES as HANDSHAKE_MAX_FRAME_BYTES

@@ -64,6 +64,7 @@ def handshake_transcript(
     listen_address: str,
     software: str,
     sealed_payloads: bool,
+    certificate: bytes = b"",
 ) -> bytes:
     """What each side signs: the grid id, its role, both Offer frames exactly as sent and
     its own identity fields.
@@ -82,6 +83,7 @@ def handshake_transcript(
             _lp(listen_address.encode()),
             _lp(software.encode()),
             b"\x01" if sealed_payloads else b"\x00",
+            hashlib.blake2b(certificate, digest_size=32).digest(),
         )
     )
     return b"".join(

@@ -50,10 +50,13 @@ __all__ = [
     "Ping",
     "Pong",
     "PutRoot",
+    "RenewCertificate",
     "RootData",
     "RootStored",
     "StorePacket",
     "StorePackets",
+    "Subscribe",
+    "Subscribed",
     "message",
     "record",
 ]
@@ -143,6 +146,9 @@ class Hello(Message):
     #: The sender refuses packet payloads that travel outside the AEAD (Rule 6): the
     #: receiver must seal them.
     sealed_payloads: bool = False
+    #: The sender's subscription certificate (``protocol.Certificate``, encoded); empty
+    #: on an open grid, or for a node that comes to the authority to subscribe.
+    certificate: bytes = attrs.field(default=b"", metadata=bounded(max_len=2048))
     signature: bytes = attrs.field(metadata=bounded(exact_len=64))
 
 
@@ -379,3 +385,39 @@ class ControlResult(Message):
     RESPONSE: ClassVar[bool] = True
     request_id: int = _request_id()
     result: str = attrs.field(metadata=bounded(max_len=MAX_CONTROL_TEXT))
+
+
+# --- subscription: a node and the grid authority (issue 9, claims 21, 26, 27, 34) ----------
+
+#: Same bound as ``_authority.MAX_CERTIFICATE_BYTES`` (a test keeps them equal); spelled out
+#: here so this module needs no import from ``_authority``.
+_MAX_CERTIFICATE_BYTES: Final = 2048
+
+
+@message("subscribe")
+@attrs.frozen(kw_only=True)
+class Subscribe(Message):
+    """Subscribe the sending node (its authenticated session's node id) under ``plan`` with
+    a one-time invite code; empty ``plan`` takes the invite's plan or the default one."""
+
+    request_id: int = _request_id()
+    invite: str = attrs.field(metadata=bounded(min_len=1, max_len=128))
+    plan: str = attrs.field(default="", metadata=bounded(max_len=64))
+
+
+@message("renew_certificate")
+@attrs.frozen(kw_only=True)
+class RenewCertificate(Message):
+    """A new certificate for the sender's existing subscription (refused once revoked)."""
+
+    request_id: int = _request_id()
+
+
+@message("subscribed")
+@attrs.frozen(kw_only=True)
+class Subscribed(Message):
+    """The answer to ``Subscribe`` and ``RenewCertificate``: an encoded ``Certificate``."""
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    certificate: bytes = attrs.field(metadata=bounded(min_len=1, max_len=_MAX_CERTIFICATE_BYTES))

@@ -77,8 +77,9 @@ _DIR_FROM_INITIATOR: Final = 0x49  # "I"
 _DIR_FROM_RESPONDER: Final = 0x52  # "R"
 _PREFIX_LEN: Final = 10  # type, direction, counter
 #: Largest frame accepted before the session is READY: an Offer is about 120 bytes and a
-#: Hello under 700; anything bigger is refused before a byte of it is decoded.
-HANDSHAKE_MAX_FRAME_BYTES: Final = 2048
+#: Hello under 3 KiB with its certificate; anything bigger is refused before a byte of it
+#: is decoded.
+HANDSHAKE_MAX_FRAME_BYTES: Final = 4096  # a Hello with a 2 KiB certificate fits
 _TAG_LEN: Final = 16
 _DETACHED_META_LEN: Final = 8 + 32  # payload length + BLAKE3 digest
 
@@ -139,6 +140,8 @@ class Session:
         limits: Limits = DEFAULT_LIMITS,
         seal_payloads: bool = False,
         require_sealed: bool = False,
+        certificate: bytes = b"",
+        check_peer: Callable[[bytes, bytes], str | None] | None = None,
         random: Callable[[int], bytes] = nacl.utils.random,
     ) -> None:
         self.role = role
@@ -147,6 +150,12 @@ class Session:
         self.limits = limits
         self.seal_payloads = seal_payloads or require_sealed
         self.require_sealed = require_sealed
+        self.certificate = certificate
+        #: ``check_peer(node_id, certificate)``: why the peer may not join, or None.  The
+        #: I/O layer's (it knows the authority key, the revocations and the time); called
+        #: before this side reveals anything of itself to an initiator.
+        self._check_peer = check_peer
+        self.peer_certificate = b""
         self.state = SessionState.START
         self.peer_id: bytes | None = None
         self.peer_address: str = ""
@@ -318,6 +327,7 @@ class Session:
             listen_address=self._listen_address,
             software=self._software,
             sealed_payloads=self.require_sealed,
+            certificate=self.certificate,
         )
         return Hello(
             grid_id=self.grid_id,
@@ -326,6 +336,7 @@ class Session:
             listen_address=self._listen_address,
             software=self._software,
             sealed_payloads=self.require_sealed,
+            certificate=self.certificate,
             signature=sign(self._signing_key, transcript),
         )
 
@@ -338,6 +349,7 @@ class Session:
         listen_address: str,
         software: str,
         sealed_payloads: bool,
+        certificate: bytes,
     ) -> bytes:
         assert self._my_offer is not None and self._peer_offer is not None
         me_initiator = self.role is Role.INITIATOR
@@ -351,6 +363,7 @@ class Session:
             listen_address=listen_address,
             software=software,
             sealed_payloads=sealed_payloads,
+            certificate=certificate,
         )
 
     def _on_hello(self, hello: Hello) -> list[Event]:
@@ -374,13 +387,19 @@ class Session:
             listen_address=hello.listen_address,
             software=hello.software,
             sealed_payloads=hello.sealed_payloads,
+            certificate=hello.certificate,
         )
         if not verify(hello.node_id, transcript, hello.signature):
             raise RemoteProtocolError(
                 "hello signature does not verify under the node id it names",
                 code="bad_signature",
             )
+        if self._check_peer is not None:
+            refusal = self._check_peer(hello.node_id, hello.certificate)
+            if refusal is not None:
+                raise RemoteProtocolError(refusal, code="not_admitted")
         self.peer_id = hello.node_id
+        self.peer_certificate = hello.certificate
         self.peer_address = hello.listen_address
         self.peer_software = hello.software
         self.seal_payloads = self.seal_payloads or hello.sealed_payloads

@@ -146,7 +146,10 @@ class LocalGrid:
         log_level: str = "info",
         env: dict[str, str] | None = None,
         probe_interval_s: float = 0.5,
+        authority: bool = False,
     ) -> None:
+        """``authority=True``: the grid is created by ``add_authority`` (``gridnode
+        authority init``) instead of as an open grid."""
         self.root = root
         self.name = name
         self.log_level = log_level
@@ -156,8 +159,10 @@ class LocalGrid:
         self.nodes: dict[str, NodeProc] = {}
         self.grid_file = root / "grid.toml"
         root.mkdir(parents=True, exist_ok=True)
-        if not self.grid_file.exists():
-            self.gridnode("grid", "create", name, "--out", str(self.grid_file), json_out=False)
+        if not self.grid_file.exists() and not authority:
+            self.gridnode(
+                "grid", "create", name, "--out", str(self.grid_file), "--open", json_out=False
+            )
 
     # --- running the CLI ---------------------------------------------------------------------
 
@@ -205,24 +210,53 @@ class LocalGrid:
 
     # --- nodes ---------------------------------------------------------------------------------
 
-    def add(self, spec: NodeSpec, *, seeds: Sequence[str] = ()) -> NodeProc:
+    def add(
+        self, spec: NodeSpec, *, seeds: Sequence[str] = (), invite: str | None = None
+    ) -> NodeProc:
+        """``invite``: subscribe with this code on first start (a grid with an authority)."""
         home = self.root / spec.name
         port = free_port()
-        self.init_node(spec, home, f"127.0.0.1:{port}", seeds)
+        more = ("--invite", invite) if invite else ()
+        self.init_node(spec, home, f"127.0.0.1:{port}", seeds, more)
         node = NodeProc(spec=spec, home=home, port=port)
         self.nodes[spec.name] = node
         return node
 
-    def init_node(self, spec: NodeSpec, home: Path, listen: str, seeds: Sequence[str]) -> None:
+    def add_authority(self, spec: NodeSpec) -> NodeProc:
+        """The grid's authority node (``gridnode authority init``), which writes the grid
+        file; the grid must have been opened with ``authority=True``."""
+        home = self.root / spec.name
+        port = free_port()
+        out = ("--out", str(self.grid_file), "--name", self.name)
+        self.init_node(spec, home, f"127.0.0.1:{port}", (), out, command=("authority", "init"))
+        node = NodeProc(spec=spec, home=home, port=port)
+        self.nodes[spec.name] = node
+        return node
+
+    def invite(self, authority: str, plan: str | None = None) -> str:
+        """A one-time invite code from the authority node's home."""
+        more = ("--plan", plan) if plan else ()
+        return str(self.cli(authority, "authority", "invite", *more)["invite"])
+
+    def init_node(
+        self,
+        spec: NodeSpec,
+        home: Path,
+        listen: str,
+        seeds: Sequence[str],
+        more: Sequence[str] = (),
+        *,
+        command: Sequence[str] = ("init",),
+    ) -> None:
         """``gridnode init`` with the harness's fast gossip settings and the spec's extras."""
         args = [
-            "init",
+            *command,
+            *more,
             "--home",
             str(home),
-            "--grid",
-            str(self.grid_file),
             "--listen",
             listen,
+            *(("--grid", str(self.grid_file)) if tuple(command) == ("init",) else ()),
             "--allocate",
             spec.allocate,
             "--location-check",

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from protocol import Message, sign_record
+from protocol._gossip import MemberRecord
 
 from ..errors import PeerError
 from ..log import get_logger
@@ -63,6 +64,7 @@ def build_membership(
     now: float,
     certificate: bytes = b"",
     rng: random.Random | None = None,
+    admit: Callable[[MemberRecord], bool] | None = None,
 ) -> Membership:
     """The node's own signed record and a fresh state machine.
 
@@ -102,6 +104,7 @@ def build_membership(
         config=gossip_config,
         rng=rng or random.Random(),
         now=now,
+        admit=admit,
     )
 
 
@@ -115,6 +118,8 @@ class Gossiper:
     outbox_size: int = 256
     per_peer_in_flight: int = 2
     connect_timeout_s: float = 2.0
+    #: The target storage a member's certificate allots (None: not capped; open grid).
+    allotted: Callable[[MemberRecord], int | None] | None = None
     _in_flight: dict[bytes, int] = attrs.field(factory=dict)
     _free_bytes_pending: int | None = None
     _free_bytes_sent_at: float = -1e9
@@ -235,6 +240,7 @@ class Gossiper:
         stats = self.membership.statistics()
         return {
             "gossip_forged_records": stats.forged_records_dropped,
+            "gossip_unadmitted_records": stats.unadmitted_records_dropped,
             "gossip_forged_claims": stats.forged_claims_dropped,
             "gossip_false_accusations": stats.false_accusations,
             "gossip_accusations_rate_limited": stats.accusations_rate_limited,
@@ -250,7 +256,7 @@ class Gossiper:
                 node_id=view.record.node_id,
                 lat=view.record.lat,
                 lon=view.record.lon,
-                free_bytes=view.record.free_bytes,
+                free_bytes=self._capacity(view.record),
                 alive=True,
                 location_trusted=view.location_trusted,
                 labels=parse_labels(view.record.labels),
@@ -261,6 +267,13 @@ class Gossiper:
             if view.state in ("alive", "suspect")
         ]
         return self.membership.version, members
+
+    def _capacity(self, record: MemberRecord) -> int:
+        """What placement weighs a member by: its free space, but never more than the
+        target storage its certificate allots (three liars claiming huge free space must
+        not take half of every chunk)."""
+        allotted = self.allotted(record) if self.allotted is not None else None
+        return record.free_bytes if allotted is None else min(record.free_bytes, allotted)
 
     def source(self) -> Source:
         record = self.membership.self_record

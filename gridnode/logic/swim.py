@@ -278,6 +278,8 @@ class MembershipStatistics:
     messages_received: dict[str, int]
     bytes_received: dict[str, int]
     forged_records_dropped: int
+    #: Correctly signed records without a valid subscription certificate (issue 9).
+    unadmitted_records_dropped: int
     stale_updates_ignored: int
     invalid_messages_dropped: int
     probes_sent: int
@@ -580,6 +582,7 @@ class Membership:
         now: float,
         shared_view: Mapping[bytes, MemberRecord] | None = None,
         verify_cache: MutableMapping[bytes, bool] | None = None,
+        admit: Callable[[MemberRecord], bool] | None = None,
     ) -> None:
         if self_record.node_id != bytes(signing_key.verify_key):
             raise ValueError("self_record.node_id is not the public half of signing_key")
@@ -587,6 +590,9 @@ class Membership:
             raise ValueError("self_record's signature does not verify")
         _check_wire(self_record)
         self._key = signing_key
+        #: The grid's admission rule for member records (a valid subscription
+        #: certificate); None admits every correctly signed record (an open grid).
+        self._admit = admit
         self._cfg = config
         self._rng = rng
         self._id = self_record.node_id
@@ -642,6 +648,7 @@ class Membership:
         self._n: dict[str, int] = dict.fromkeys(
             (
                 "forged",
+                "unadmitted",
                 "stale",
                 "invalid",
                 "probes_sent",
@@ -1007,6 +1014,7 @@ class Membership:
             messages_received=dict(self._recv_msgs),
             bytes_received=dict(self._recv_bytes),
             forged_records_dropped=n["forged"],
+            unadmitted_records_dropped=n["unadmitted"],
             stale_updates_ignored=n["stale"],
             invalid_messages_dropped=n["invalid"],
             probes_sent=n["probes_sent"],
@@ -1271,6 +1279,9 @@ class Membership:
         ok = self._verify(record_digest(record), lambda: record_is_valid(record))
         if not ok:
             self._n["forged"] += 1
+        elif self._admit is not None and not self._admit(record):
+            self._n["unadmitted"] += 1
+            return False
         return ok
 
     def _claim_verified(self, update: MemberUpdate) -> bool:

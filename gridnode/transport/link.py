@@ -100,6 +100,7 @@ class PeerLink:
         self.dialer_id = session.node_id if dialed else session.peer_id
         self.default_timeout_s = default_timeout_s
         self.rtt_ms: float | None = None
+        self.opened_at = trio.current_time()
         #: The TCP stream under a dialed websocket: trio-websocket closes a server-side
         #: stream itself, but a client stream is ours to close, also when the graceful
         #: websocket close times out.

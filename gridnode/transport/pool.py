@@ -33,6 +33,7 @@ from protocol import (
 )
 
 from ..actors.base import ByteBudget
+from ..admission import Admission
 from ..config import parse_address
 from ..errors import HandshakeFailed, PeerGone
 from ..identity import NodeIdentity
@@ -131,6 +132,7 @@ class Transport:
         handler: RequestHandler,
         advertised_address: str | None = None,
         admit: Callable[[bytes, str], Awaitable[str | None]] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.identity = identity
         self.settings = settings
@@ -138,6 +140,8 @@ class Transport:
         self.port = settings.listen_port
         self._advertised = advertised_address
         self._admit = admit
+        #: The grid's subscription rules (None: everyone is admitted, as in tests).
+        self.admission = admission
         self._links: dict[bytes, PeerLink] = {}
         self._dialing: dict[str, trio.Event] = {}
         self._by_address: dict[str, bytes] = {}
@@ -216,6 +220,8 @@ class Transport:
             limits=self.settings.limits,
             seal_payloads=self.settings.seal_payloads,
             require_sealed=self.settings.seal_payloads or not loopback,
+            certificate=self.admission.own_certificate() if self.admission else b"",
+            check_peer=self.admission.check if self.admission else None,
         )
 
     async def _handshake(self, ws: WebSocketConnection, role: Role, where: str) -> Session:

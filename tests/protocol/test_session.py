@@ -315,3 +315,45 @@ def test_a_side_that_asks_for_sealed_payloads_gets_them_and_refuses_detached_one
     with pytest.raises(RemoteProtocolError) as info:
         d.receive(detached)
     assert info.value.code == "unsealed"
+
+
+def test_a_peer_the_grid_does_not_admit_is_refused_before_it_learns_anything() -> None:
+    """``check_peer`` sees the peer's node id and certificate (both sealed in its Hello)
+    and refuses before the responder says who it is; the initiator checks the responder
+    the same way."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    def refuse_all(node_id: bytes, certificate: bytes) -> str | None:
+        seen.append((node_id, certificate))
+        return "no valid certificate"
+
+    a = make(Role.INITIATOR)
+    a.certificate = b"not-a-real-certificate"
+    b = Session(
+        role=Role.RESPONDER,
+        grid_id=GRID,
+        signing_key=SigningKey.generate(),
+        listen_address="127.0.0.1:2",
+        check_peer=refuse_all,
+    )
+    a.start()
+    b.start()
+    pump(a, b)
+    pump(b, a)
+    with pytest.raises(RemoteProtocolError) as info:
+        pump(a, b)
+    assert info.value.code == "not_admitted"
+    assert seen == [(a.node_id, b"not-a-real-certificate")]
+    assert b.data_to_send() == []  # b never sent its hello
+    # And the other way round: the initiator refuses a responder it does not admit.
+    c = Session(
+        role=Role.INITIATOR,
+        grid_id=GRID,
+        signing_key=SigningKey.generate(),
+        listen_address="127.0.0.1:1",
+        check_peer=refuse_all,
+    )
+    d = make(Role.RESPONDER)
+    with pytest.raises(RemoteProtocolError) as info:
+        handshake(c, d)
+    assert info.value.code == "not_admitted"

@@ -1,0 +1,234 @@
+"""``gridnode authority init|invite|revoke|clients`` and ``gridnode subscribe``.
+
+The ``authority`` commands work on the authority's home directly (its database, its key),
+so an operator can hand out invites or revoke a node whether or not the authority node
+runs; SQLite transactions keep them safe beside a running node.  ``subscribe`` asks the
+running node of a home to subscribe with an invite (it dials the authority).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from protocol import format_node_id, parse_node_id
+
+from ..config import CONFIG_NAME, ConfigError, GridFile, load_config, parse_address
+from . import AUTHORITY_KEY_NAME, CERTIFICATE_NAME
+from .client import write_certificate
+from .pricebook import DEFAULT_PRICE_BOOK_TOML, PriceBook, PriceBookError
+from .subscriptions import SubscriptionManager, create_authority_home
+
+__all__ = ["add_parsers"]
+
+
+def _cli() -> Any:
+    from .. import cli
+
+    return cli
+
+
+def _manager(home: Path) -> SubscriptionManager:
+    if not (home / AUTHORITY_KEY_NAME).exists():
+        raise _cli().CliError(
+            f"{home} is not a grid authority's home (no {AUTHORITY_KEY_NAME}; "
+            "a grid with an authority is created with `gridnode authority init`)"
+        )
+    try:
+        lifetime = load_config(home).certificate_lifetime_s
+    except ConfigError:
+        lifetime = 30 * 86400.0
+    try:
+        return SubscriptionManager(home, lifetime_s=lifetime)
+    except PriceBookError as exc:
+        raise _cli().CliError(str(exc)) from None
+
+
+def cmd_authority_init(args: argparse.Namespace) -> None:
+    cli = _cli()
+    home = cli.resolve_home(args)
+    if (home / AUTHORITY_KEY_NAME).exists() or (home / CONFIG_NAME).exists():
+        raise cli.CliError(f"{home} is already a node home; choose an empty directory")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise cli.CliError(f"{out} exists; use --force to overwrite")
+    if not args.listen:
+        raise cli.CliError("--listen HOST:PORT is required (the authority's address)")
+    address = args.advertise or args.listen
+    host, port = parse_address(address, key="advertise" if args.advertise else "listen")
+    if port == 0 or host in ("0.0.0.0", "::", "*"):
+        raise cli.CliError(
+            f"{address} cannot be dialled: nodes subscribe there (give --advertise HOST:PORT)"
+        )
+    if args.price_book:
+        try:
+            price_text = Path(args.price_book).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise cli.CliError(f"cannot read price book {args.price_book}: {exc}") from None
+    else:
+        price_text = DEFAULT_PRICE_BOOK_TOML
+    try:
+        book = PriceBook.parse(price_text, source=args.price_book or "default price book")
+    except PriceBookError as exc:
+        raise cli.CliError(str(exc)) from None
+    key = SigningKey.generate()
+    grid = GridFile(
+        name=args.name or home.name,
+        grid_id=os.urandom(16),
+        seeds=(address,),
+        authority_key=bytes(key.verify_key),
+        authority_address=address,
+    )
+    from ..identity import NodeIdentity
+
+    identity = NodeIdentity.generate()
+    # Check every node setting before anything is written (a typo leaves no half grid).
+    config = cli.build_config(home, cli._init_values(args, grid))
+    create_authority_home(
+        home, grid_id=grid.grid_id, key=key, price_book_text=price_text, now=time.time()
+    )
+    info = cli.init_home(home, args, identity, grid=grid)
+    manager = SubscriptionManager(home, lifetime_s=config.certificate_lifetime_s)
+    try:
+        # The authority's node is a member like any other: it holds a certificate too.
+        write_certificate(home, manager.enrol(identity.node_id))
+    finally:
+        manager.close()
+    grid.save(out)
+    result = {
+        **info,
+        "grid_file": str(out),
+        "grid_name": grid.name,
+        "authority_key": grid.authority_key.hex(),
+        "authority_address": address,
+        "plans": sorted(book.plans),
+        "default_plan": book.default_plan,
+        "certificate": str(home / CERTIFICATE_NAME),
+    }
+    if args.json:
+        cli._print_json(result)
+    else:
+        print(f"grid {grid.name!r} ({grid.grid_id.hex()}) created; grid file {out}")
+        print(f"  authority node {info['short_id']} in {home}, at {address}")
+        print(f"  run it with: gridnode run --home {home}")
+        print(f"  back up {home}: {AUTHORITY_KEY_NAME} signs every certificate of the grid")
+
+
+def cmd_authority_invite(args: argparse.Namespace) -> None:
+    cli = _cli()
+    manager = _manager(cli.resolve_home(args))
+    try:
+        code = manager.create_invite(args.plan)
+        plan = args.plan or manager.price_book.default_plan
+    finally:
+        manager.close()
+    if args.json:
+        cli._print_json({"invite": code, "plan": plan})
+    else:
+        print(code)
+
+
+def cmd_authority_revoke(args: argparse.Namespace) -> None:
+    cli = _cli()
+    try:
+        node_id = parse_node_id(args.node_id)
+    except ValueError as exc:
+        raise cli.CliError(str(exc)) from None
+    manager = _manager(cli.resolve_home(args))
+    try:
+        revocations = manager.revoke(node_id)
+    finally:
+        manager.close()
+    result = {
+        "node_id": format_node_id(node_id),
+        "status": "revoked",
+        "revoked_serials": [r.serial for r in revocations],
+    }
+    if args.json:
+        cli._print_json(result)
+    else:
+        print(f"node {result['node_id']} revoked ({len(revocations)} certificate(s))")
+
+
+def cmd_authority_clients(args: argparse.Namespace) -> None:
+    cli = _cli()
+    manager = _manager(cli.resolve_home(args))
+    try:
+        rows = manager.clients()
+    finally:
+        manager.close()
+    if args.json:
+        cli._print_json(rows)
+        return
+    print(
+        cli._table(
+            [
+                (
+                    r["short_id"],
+                    r["plan"],
+                    r["status"],
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["expires"]))
+                    if r["expires"]
+                    else "",
+                )
+                for r in rows
+            ],
+            ["node", "plan", "status", "expires"],
+        )
+    )
+
+
+def cmd_subscribe(args: argparse.Namespace) -> None:
+    cli = _cli()
+    result = cli.call(args, "subscribe", {"invite": args.invite, "plan": args.plan or ""})
+    if args.json:
+        cli._print_json(result)
+    else:
+        expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["expires"]))
+        print(f"subscribed under plan {result['plan']!r}; certificate valid until {expires}")
+
+
+def add_parsers(sub: Any) -> None:
+    """The ``authority`` and ``subscribe`` commands (``sub``: the top-level subparsers)."""
+    cli = _cli()
+    authority = sub.add_parser("authority", help="the grid authority: create a grid, invite")
+    asub = authority.add_subparsers(dest="authority_command", required=True)
+
+    p = asub.add_parser("init", help="create a grid with an authority (this home runs it)")
+    cli._add_home(p)
+    p.add_argument("--out", required=True, help="the grid file to write (give it to nodes)")
+    p.add_argument("--name", help="the grid's name (default: the home's name)")
+    p.add_argument("--price-book", help="TOML price book with [plans.NAME] (default: built in)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing grid file")
+    cli._add_node_settings(p, init=True)
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_init)
+
+    p = asub.add_parser("invite", help="a one-time invite code for one node")
+    cli._add_home(p)
+    p.add_argument("--plan", help="the plan the invite is for (default: the node's choice)")
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_invite)
+
+    p = asub.add_parser("revoke", help="end a node's subscription (signed revocations)")
+    cli._add_home(p)
+    p.add_argument("node_id", help="the node id as `gridnode status` prints it")
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_revoke)
+
+    p = asub.add_parser("clients", help="subscribed nodes, their plans and status")
+    cli._add_home(p)
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_clients)
+
+    p = sub.add_parser("subscribe", help="subscribe this node with an invite code")
+    cli._add_home(p)
+    p.add_argument("--invite", required=True)
+    p.add_argument("--plan", help="plan name from the grid's price book")
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_subscribe)

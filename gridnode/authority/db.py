@@ -1,0 +1,277 @@
+"""The grid authority's database: one SQLite file, ``HOME/authority.sqlite``.
+
+Tables (numbered migrations under ``PRAGMA user_version``, as in the node's catalog):
+
+- ``meta``: the grid id and the authority's public key, so the CLI can sign revocations
+  without the node running;
+- ``plans``: what each plan of the price book allotted when it was last synced;
+- ``invites``: one-time invite codes, kept only as their BLAKE3 hash (a copy of the
+  database must not let anyone subscribe), with the plan they are for and who used them;
+- ``subscriptions``: one contract per node (claims 21, 34): plan, allocations, status;
+- ``certificates``: every certificate issued (serial, node, plan, allocations, validity,
+  the encoded certificate);
+- ``revocations``: every signed revocation (by certificate serial).
+
+Why SQLite with ``BEGIN IMMEDIATE``: the running authority node and the ``gridnode
+authority`` commands write the same file; each change (use an invite and record its
+contract and certificate; revoke a node and all its certificates) is one transaction, so
+an invite can never be used twice, even by two requests at the same instant.  WAL lets
+the CLI read while the node writes.  Blocking: call through ``trio.to_thread``; one
+connection per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from protocol import Allocations
+
+__all__ = ["AuthorityDB", "CertificateRow", "SubscriptionRow"]
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE plans (
+        name TEXT PRIMARY KEY,
+        allocations TEXT NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE invites (
+        code_hash BLOB PRIMARY KEY,
+        plan TEXT,
+        created REAL NOT NULL,
+        expires REAL,
+        used_by BLOB,
+        used_at REAL
+    ) WITHOUT ROWID;
+    CREATE TABLE subscriptions (
+        node_id BLOB PRIMARY KEY,
+        plan TEXT NOT NULL,
+        allocations TEXT NOT NULL,
+        invite_hash BLOB,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        status TEXT NOT NULL,
+        revoked_at REAL
+    ) WITHOUT ROWID;
+    CREATE TABLE certificates (
+        serial INTEGER PRIMARY KEY AUTOINCREMENT,
+        node_id BLOB NOT NULL,
+        plan TEXT NOT NULL,
+        allocations TEXT NOT NULL,
+        issued INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        encoded BLOB
+    );
+    CREATE INDEX certificates_by_node ON certificates(node_id, serial);
+    CREATE TABLE revocations (
+        serial INTEGER PRIMARY KEY,
+        node_id BLOB NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        encoded BLOB NOT NULL
+    );
+    """,
+)
+
+
+def allocations_text(allocations: Allocations) -> str:
+    return json.dumps(allocations.to_json(), sort_keys=True)
+
+
+def allocations_from(text: str) -> Allocations:
+    return Allocations(**json.loads(text))
+
+
+@attrs.frozen
+class SubscriptionRow:
+    node_id: bytes
+    plan: str
+    allocations: Allocations
+    created: float
+    status: str  # "active" or "revoked" (expiry is the latest certificate's)
+    revoked_at: float | None
+
+
+@attrs.frozen
+class CertificateRow:
+    serial: int
+    node_id: bytes
+    plan: str
+    allocations: Allocations
+    issued: int
+    expires: int
+    encoded: bytes
+
+
+class AuthorityDB:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.touch(mode=0o600)
+        self._migrate()
+
+    # --- connections and schema ----------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: every change here is a promise to a node or to the operator (a contract,
+            # a revocation); it is small and rare, so make each durable when committed.
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at its start (``BEGIN IMMEDIATE``) so that a
+        check-then-write (is this invite unused?) cannot interleave with another writer."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db().execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"authority database {self.path} has schema version {current}, newer than "
+                f"this software ({len(MIGRATIONS)}); upgrade gridnode"
+            )
+        for version in range(current, len(MIGRATIONS)):
+            with self.transaction() as db:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+
+    # --- meta and plans --------------------------------------------------------------------
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(values.items())
+            )
+
+    def meta(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def sync_plans(self, plans: Mapping[str, Allocations], now: float) -> None:
+        """Record the price book's plans (a plan removed from it stays, for old contracts)."""
+        with self.transaction() as db:
+            for name, allocations in plans.items():
+                db.execute(
+                    "INSERT INTO plans(name, allocations, updated) VALUES (?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET allocations = excluded.allocations, "
+                    "updated = excluded.updated WHERE allocations != excluded.allocations",
+                    (name, allocations_text(allocations), now),
+                )
+
+    def plans(self) -> dict[str, Allocations]:
+        rows = self._db().execute("SELECT name, allocations FROM plans ORDER BY name")
+        return {name: allocations_from(text) for name, text in rows}
+
+    # --- invites ------------------------------------------------------------------------------
+
+    def add_invite(self, code_hash: bytes, plan: str | None, now: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO invites(code_hash, plan, created) VALUES (?, ?, ?)",
+                (code_hash, plan, now),
+            )
+
+    def invite_count(self) -> int:
+        return int(self._db().execute("SELECT count(*) FROM invites").fetchone()[0])
+
+    # --- reading contracts and certificates ------------------------------------------------
+
+    @staticmethod
+    def subscription_in(db: sqlite3.Connection, node_id: bytes) -> SubscriptionRow | None:
+        row = db.execute(
+            "SELECT node_id, plan, allocations, created, status, revoked_at "
+            "FROM subscriptions WHERE node_id = ?",
+            (node_id,),
+        ).fetchone()
+        return None if row is None else _subscription(row)
+
+    def subscriptions(self) -> list[SubscriptionRow]:
+        rows = self._db().execute(
+            "SELECT node_id, plan, allocations, created, status, revoked_at "
+            "FROM subscriptions ORDER BY created, node_id"
+        )
+        return [_subscription(row) for row in rows]
+
+    @staticmethod
+    def latest_certificate_in(db: sqlite3.Connection, node_id: bytes) -> CertificateRow | None:
+        row = db.execute(
+            "SELECT serial, node_id, plan, allocations, issued, expires, encoded "
+            "FROM certificates WHERE node_id = ? ORDER BY serial DESC LIMIT 1",
+            (node_id,),
+        ).fetchone()
+        return None if row is None else _certificate(row)
+
+    def latest_certificate(self, node_id: bytes) -> CertificateRow | None:
+        return self.latest_certificate_in(self._db(), node_id)
+
+    def certificates(self, node_id: bytes) -> list[CertificateRow]:
+        rows = self._db().execute(
+            "SELECT serial, node_id, plan, allocations, issued, expires, encoded "
+            "FROM certificates WHERE node_id = ? ORDER BY serial",
+            (node_id,),
+        )
+        return [_certificate(row) for row in rows]
+
+    def revocations(self) -> list[tuple[int, bytes, int, bytes]]:
+        """(serial, node id, revoked at, encoded signed revocation), oldest first."""
+        rows = self._db().execute(
+            "SELECT serial, node_id, revoked_at, encoded FROM revocations ORDER BY serial"
+        )
+        return [(int(s), bytes(n), int(at), bytes(e)) for s, n, at, e in rows]
+
+
+def _subscription(row: Any) -> SubscriptionRow:
+    node_id, plan, allocations, created, status, revoked_at = row
+    return SubscriptionRow(
+        node_id=bytes(node_id),
+        plan=str(plan),
+        allocations=allocations_from(allocations),
+        created=float(created),
+        status=str(status),
+        revoked_at=None if revoked_at is None else float(revoked_at),
+    )
+
+
+def _certificate(row: Any) -> CertificateRow:
+    serial, node_id, plan, allocations, issued, expires, encoded = row
+    return CertificateRow(
+        serial=int(serial),
+        node_id=bytes(node_id),
+        plan=str(plan),
+        allocations=allocations_from(allocations),
+        issued=int(issued),
+        expires=int(expires),
+        encoded=bytes(encoded or b""),
+    )

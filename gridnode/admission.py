@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from protocol import Certificate, Revocation
+from protocol import Allocations, Certificate, Revocation
 from protocol._gossip import MemberRecord
 
+from .errors import GridError
 from .log import get_logger
 
 __all__ = ["CERTIFICATE_FILE", "Admission"]
@@ -36,6 +37,10 @@ __all__ = ["CERTIFICATE_FILE", "Admission"]
 CERTIFICATE_FILE = "certificate"
 
 _log = get_logger(actor="admission")
+
+
+class NotSubscribed(GridError):
+    pass
 
 
 class Admission:
@@ -86,6 +91,23 @@ class Admission:
             self._own = path.read_bytes()
             self._own_mtime = mtime
         return self._own
+
+    def own_allocations(self) -> Allocations | None:
+        """What this node's subscription allots it (None on an open grid).
+
+        Raises:
+            NotSubscribed: the grid has an authority and this node holds no valid
+                certificate (never subscribed, expired, revoked).
+        """
+        if self.open:
+            return None
+        raw = self.own_certificate()
+        problem = self.problem(self.node_id, raw)
+        if problem is not None:
+            raise NotSubscribed(f"no active subscription: {problem}")
+        cert = self.certificate(raw)
+        assert cert is not None
+        return cert.allocations
 
     # --- checking others ----------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ from .storage.catalog import (
     policy_key,
 )
 from .trioutil import collapse_groups
+from .units import format_bytes
 
 __all__ = ["BackupFailed", "BackupJob", "BackupRequest", "load_blob", "store_blob"]
 
@@ -115,6 +116,7 @@ class _Entries:
 class _Counters:
     files_total: int = 0
     bytes_total: int = 0
+    bytes_changed: int = 0
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
@@ -357,6 +359,8 @@ class BackupJob:
         self._last_flush = time.monotonic()
         self.log = _log.bind(node=services.identity.short_id, snapshot=self.snapshot_id)
         self.policy = policy_key(request.params.k, request.params.n, request.rules.to_wire())
+        #: Source quota left for this backup's uploads (None: no quota).
+        self._quota_left: int | None = None
 
     async def run(self) -> dict[str, Any]:
         async with self.services.backup_lock:
@@ -460,7 +464,8 @@ class BackupJob:
                     e.path: e for e in svc.catalog.entries(parent.snapshot_id) if e.kind == "file"
                 }
             )
-        await trio.to_thread.run_sync(self._count_totals)
+        await trio.to_thread.run_sync(self._count_totals, parent_index)
+        await self._check_quota()
         await self.emit(
             {
                 "event": "started",
@@ -498,11 +503,61 @@ class BackupJob:
             await svc.db(self._flush_records_blocking)
             nursery.cancel_scope.cancel()
 
-    def _count_totals(self) -> None:
+    def _count_totals(self, parent_index: dict[bytes, EntryRecord]) -> None:
+        """Files and bytes to read, and of those the bytes of files new or changed since
+        the parent snapshot: the upper bound of what this backup adds (before dedup and
+        compression), which the quota check weighs."""
+        c = self.counters
         for entry in iter_tree(self.request.paths, self.request.excludes, []):
             if entry.kind == "file":
-                self.counters.files_total += 1
-                self.counters.bytes_total += entry.size
+                c.files_total += 1
+                c.bytes_total += entry.size
+                before = parent_index.get(entry.path)
+                if before is None or (before.size, before.mtime_ns, before.inode) != (
+                    entry.size,
+                    entry.mtime_ns,
+                    entry.inode,
+                ):
+                    c.bytes_changed += entry.size
+
+    async def _check_quota(self) -> None:
+        """Before anything is uploaded (claims 26, 27, 36): the subscription must be
+        active and the backup must fit the source quota, erasure expansion counted.
+
+        The estimate takes every new or changed byte times n/k, so it can refuse a
+        backup that compression or dedup would have squeezed in; the upload itself is
+        held to the quota exactly, chunk by chunk (``_take_quota``)."""
+        svc = self.services
+        try:
+            allocations = svc.allocations()
+        except GridError as exc:
+            raise BackupFailed(f"backup refused: {exc}") from None
+        if allocations is None:
+            return  # an open grid: no quota
+        quota = int(allocations.source_bytes)
+        used: int = await svc.db(svc.catalog.source_bytes)
+        k, n = self.request.params.k, self.request.params.n
+        changed = self.counters.bytes_changed
+        estimate = -(-changed * n // k)
+        if used + estimate > quota:
+            raise BackupFailed(
+                f"backup refused: it may store up to {format_bytes(estimate)} on the grid "
+                f"({format_bytes(changed)} new or changed, times {n}/{k} for redundancy), and "
+                f"{format_bytes(used)} of the subscription's source quota of "
+                f"{format_bytes(quota)} is in use"
+            )
+        self._quota_left = quota - used
+
+    def _take_quota(self, stored_bytes: int) -> None:
+        if self._quota_left is None:
+            return
+        if stored_bytes > self._quota_left:
+            raise BackupFailed(
+                "backup stopped: the subscription's source quota is used up "
+                f"({format_bytes(self._quota_left)} left, the next chunk needs "
+                f"{format_bytes(stored_bytes)})"
+            )
+        self._quota_left -= stored_bytes
 
     def _read_tree(
         self,
@@ -707,6 +762,7 @@ class BackupJob:
                     self.services, item.data, chunk_id=item.chunk_id, params=self.request.params
                 )
                 del item  # the plaintext is not needed while the packets travel
+                self._take_quota(encoded.packet_size * self.request.params.n)
                 record, uploaded = await upload_encoded(
                     self.services, encoded, params=self.request.params, rules=self.request.rules
                 )

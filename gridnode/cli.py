@@ -679,8 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_init)
 
     from .authority.cli import add_parsers as add_authority_parsers
+    from .authority.reporting import add_account_parser
 
     add_authority_parsers(sub)
+    add_account_parser(sub)
 
     p = sub.add_parser("run", help="run the node until SIGINT/SIGTERM")
     _add_home(p)

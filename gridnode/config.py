@@ -211,8 +211,16 @@ class NodeConfig:
     authority_address: str = ""
     #: Authority side: how long a certificate it issues is valid (nodes renew at half).
     certificate_lifetime_s: float = 30 * 86400.0
+    #: How often a node asks the authority for new revocations (a revoked peer is refused
+    #: within about this long, not when its certificate expires).
+    revocation_poll_s: float = 300.0
+    #: How often a node forwards its backup log to the authority's global log (also
+    #: after each job).
+    log_forward_s: float = 300.0
     #: The billing period of metering and fees (one month by default).
     billing_period_s: float = 30 * 86400.0
+    #: How often a node of a grid with an authority sends it a signed usage report.
+    usage_report_interval_s: float = 3600.0
 
     @property
     def listen_address(self) -> str:
@@ -256,7 +264,10 @@ class NodeConfig:
             "authority_key": self.authority_key,
             "authority_address": self.authority_address,
             "certificate_lifetime_s": self.certificate_lifetime_s,
+            "revocation_poll_s": self.revocation_poll_s,
+            "log_forward_s": self.log_forward_s,
             "billing_period_s": self.billing_period_s,
+            "usage_report_interval_s": self.usage_report_interval_s,
         }
         return dump_toml(values, header="gridnode node configuration (written by gridnode init)")
 
@@ -440,7 +451,10 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         ("gossip_dead_reap_s", 1.0, 86400.0 * 7),
         ("repair_after_s", 0.0, 86400.0 * 365),
         ("certificate_lifetime_s", 2.0, 86400.0 * 3650),
+        ("revocation_poll_s", 0.2, 86400.0),
+        ("log_forward_s", 0.2, 86400.0),
         ("billing_period_s", 1.0, 86400.0 * 3650),
+        ("usage_report_interval_s", 1.0, 86400.0 * 31),
     ):
         if key in raw:
             kwargs[key] = _float(key, raw[key], lo, hi)

@@ -285,7 +285,8 @@ def build_methods(node: Node) -> dict[str, Method]:
     async def recover_catalog(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         from .recovery import recover_catalog as recover
 
-        return await recover(services)
+        forwarder = node.log_forwarder
+        return await recover(services, forwarder.authority_head if forwarder else None)
 
     async def subscribe(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         from .authority.client import SubscriptionFailed
@@ -301,6 +302,16 @@ def build_methods(node: Node) -> dict[str, Method]:
         except SubscriptionFailed as exc:
             raise ControlError(exc.code, str(exc)) from None
         return cert.to_json()
+
+    async def account(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """The node's account with the grid authority (``gridnode account``)."""
+        reporter = node.reporter
+        if reporter is None or node.subscription is None:
+            raise ControlError(
+                "open_grid", "this node's grid has no authority (an open grid): no account"
+            )
+        result: dict[str, Any] = await reporter.account(node.subscription.status_json())
+        return result
 
     async def shutdown(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         node.shutdown()
@@ -320,5 +331,6 @@ def build_methods(node: Node) -> dict[str, Method]:
         "log": backup_log,
         "recover_catalog": recover_catalog,
         "subscribe": subscribe,
+        "account": account,
         "shutdown": shutdown,
     }

@@ -37,7 +37,7 @@ from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
 from .actors.retriever import FetchChunk, Retriever
 from .actors.sequencer import Sequencer
-from .admission import Admission
+from .admission import Admission, NotSubscribed
 from .authority import AUTHORITY_KEY_NAME
 from .authority.client import SubscriptionClient
 from .authority.subscriptions import SubscriptionManager
@@ -46,6 +46,7 @@ from .control import ControlServer, Emit
 from .errors import PeerGone, RemoteError
 from .identity import NodeIdentity
 from .log import get_logger
+from .ratelimit import RateLimiter
 from .repair import AutoRepair
 from .services import Services
 from .storage.catalog import Catalog
@@ -172,6 +173,8 @@ class Node:
                 local=self.authority,
                 request_timeout_s=config.request_timeout_s,
             )
+        self._build_global_log_and_revocations()
+        self._build_metering()
         self._shutdown = trio.Event()
         self.gossiper: Gossiper | None = None
         self.auto_repair: AutoRepair | None = None
@@ -190,6 +193,12 @@ class Node:
             raise RemoteError(
                 "not_admitted", "this node has no valid subscription certificate: subscribe first"
             )
+        if msg.KIND in ("forward_log", "get_revocations"):
+            return await self._serve_authority(link, msg)
+        if msg.KIND in ("usage_report", "get_account"):
+            if self.metering is None:
+                raise RemoteError("not_authority", "this node is not the grid authority")
+            return await self.metering.serve(msg, link.peer_id, self.disk_limiter)
         answer: Message = await call(
             self._store_send, TargetRequest(msg, payload_digest, link.peer_id)
         )
@@ -219,6 +228,104 @@ class Node:
                 ):
                     continue
                 await link.aclose("not_admitted", "the peer's certificate no longer holds")
+
+    def _bandwidth_bps(self) -> int | None:
+        """The upload rate the subscription allots (None: open grid or not subscribed;
+        an unsubscribed node cannot back up anyway)."""
+        try:
+            allocations = self.admission.own_allocations()
+        except NotSubscribed:
+            return None
+        return allocations.bandwidth_bps if allocations is not None else None
+
+    # --- the global backup log and revocations (issue 9) -------------------------------------
+
+    def _build_global_log_and_revocations(self) -> None:
+        """A grid with an authority: this node forwards its backup log to the authority's
+        global log and polls it for revocations; the authority's node serves both (and
+        reaches its own database directly)."""
+        from .authority.globallog import GlobalLog, LogForwarder
+        from .authority.revocations import RevocationPoller
+
+        config = self.config
+        self.global_log: GlobalLog | None = None
+        self.log_forwarder: LogForwarder | None = None
+        self.revocation_poller: RevocationPoller | None = None
+        if self.authority is not None:
+            self.global_log = GlobalLog(self.authority.db)
+        if not config.authority_key:
+            return
+        self.log_forwarder = LogForwarder(
+            catalog=self.catalog,
+            node_id=self.identity.node_id,
+            authority_address=config.authority_address,
+            connect=self.transport.connect,
+            local=self.global_log,
+            interval_s=config.log_forward_s,
+            request_timeout_s=config.request_timeout_s,
+        )
+        self.revocation_poller = RevocationPoller(
+            admission=self.admission,
+            authority_address=config.authority_address,
+            connect=self.transport.connect,
+            on_revoked=self._close_revoked,
+            local=self.authority.db if self.authority is not None else None,
+            interval_s=config.revocation_poll_s,
+            request_timeout_s=config.request_timeout_s,
+        )
+
+    # --- metering (issue 9) -----------------------------------------------------------------
+
+    def _build_metering(self) -> None:
+        """A grid with an authority: this node sends it signed usage reports; the
+        authority's node also keeps the usage history and issues invoices each period."""
+        from .authority.metering import Metering
+        from .authority.reporting import TrafficMeter, UsageReporter
+
+        config = self.config
+        self.metering: Metering | None = None
+        self.reporter: UsageReporter | None = None
+        if self.authority is not None:
+            self.metering = Metering(
+                config.home,
+                billing_period_s=config.billing_period_s,
+                report_interval_s=config.usage_report_interval_s,
+            )
+        if not config.authority_key:
+            return
+        traffic = TrafficMeter()
+        traffic.attach(self.transport)
+        subscription = self.subscription
+        self.reporter = UsageReporter(
+            home=config.home,
+            grid_id=config.grid_id,
+            signing_key=self.identity.signing_key,
+            authority_key=bytes.fromhex(config.authority_key),
+            authority_address=config.authority_address,
+            connect=self.transport.connect,
+            traffic=traffic,
+            target_bytes=lambda: self.packets.used_bytes,
+            interval_s=config.usage_report_interval_s,
+            ready=lambda: subscription is not None and subscription.certificate is not None,
+            local=self.metering,
+            request_timeout_s=config.request_timeout_s,
+        )
+
+    async def _serve_authority(self, link: PeerLink, msg: Message) -> Message:
+        from .authority.revocations import serve_revocations
+
+        if self.authority is None or self.global_log is None:
+            raise RemoteError("not_authority", "this node is not the grid authority")
+        if msg.KIND == "forward_log":
+            return await self.global_log.serve(msg, link.peer_id, self.disk_limiter)
+        return await serve_revocations(self.authority.db, msg, self.disk_limiter)
+
+    async def _close_revoked(self, node_ids: set[bytes]) -> None:
+        """Close the sessions of peers whose certificate was just revoked, now rather than
+        at the next certificate sweep; their handshakes are refused from now on."""
+        for link in self.transport.links():
+            if link.peer_id in node_ids and not self._certified(link):
+                await link.aclose("not_admitted", "the peer's certificate was revoked")
 
     def _certified(self, link: PeerLink) -> bool:
         """Only the authority lets uncertified sessions in (to subscribe); nothing else
@@ -295,6 +402,8 @@ class Node:
             self.catalog.close()
             if self.authority is not None:
                 self.authority.close()
+            if self.metering is not None:
+                self.metering.close()
             self.stopped.set()
             self.log.info("node_stopped")
 
@@ -337,6 +446,7 @@ class Node:
             disk_limiter=self.disk_limiter,
             request_timeout_s=config.request_timeout_s,
             on_free_bytes_changed=self._free_bytes_changed,
+            rate=RateLimiter(self._bandwidth_bps),
         )
         await nursery.start(self.packet_store.run)
         self.sequencer = Sequencer(
@@ -379,6 +489,7 @@ class Node:
             disk_limiter=self.disk_limiter,
             alive_members=self.gossiper.alive,
             link_for=self.link_for,
+            allocations=self.admission.own_allocations,
         )
         from .methods import build_methods
 
@@ -406,9 +517,21 @@ class Node:
             await nursery.start(self.auto_repair.run)
         if self.subscription is not None:
             await nursery.start(self.subscription.run)
+        if self.log_forwarder is not None:
+            await nursery.start(self.log_forwarder.run)
+        if self.revocation_poller is not None:
+            await nursery.start(self.revocation_poller.run)
+        if self.metering is not None:
+            await nursery.start(self.metering.run)
+        if self.reporter is not None:
+            await nursery.start(self.reporter.run)
 
     async def _control_job(self, method: str, params: dict[str, Any], emit: Emit) -> Any:
-        return await call(self._req_send, ControlJob(method, params, emit))
+        try:
+            return await call(self._req_send, ControlJob(method, params, emit))
+        finally:
+            if self.log_forwarder is not None and method != "status":
+                self.log_forwarder.wake()  # the job's log entry goes to the global log
 
     async def _replace(self, job: Any, keep: tuple[bytes, ...], exclude: frozenset[bytes]) -> bytes:
         """Packet store -> sequencer: a new target for a packet whose target failed, chosen

@@ -68,7 +68,10 @@ async def _recover_async(config: Any, identity: Any, timeout_s: float) -> dict[s
                 f"could not reach the grid through {', '.join(config.seeds)} within {timeout_s:g} s"
             )
         try:
-            result = await recover_catalog(node.services)
+            forwarder = node.log_forwarder
+            result = await recover_catalog(
+                node.services, forwarder.authority_head if forwarder is not None else None
+            )
         finally:
             node.shutdown()
     return result

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import blake3
@@ -63,11 +64,15 @@ async def publish_root(services: Services) -> dict[str, Any]:
 
     def build() -> tuple[int, bytes]:
         snapshots = [s for s in catalog.snapshots() if s.complete and s.record]
+        head_seq, head_hash = catalog.log_head()
         root = {
             "v": 1,
             "node_id": identity.node_id,
             "published": time.time(),
             "snapshots": [{"snapshot": s.to_json(), "record": s.record} for s in snapshots],
+            # The backup log's chain head, so a node recovered from its key continues its
+            # chain (roots published before it was added have none).
+            "log_head": {"seq": head_seq, "hash": head_hash},
         }
         return catalog.next_root_version(), seal(identity.record_key, root)
 
@@ -147,8 +152,26 @@ async def fetch_root(services: Services) -> tuple[int, dict[str, Any]] | None:
     return best.version, unseal(identity.record_key, best.sealed)
 
 
-async def recover_catalog(services: Services) -> dict[str, Any]:
-    """Rebuild the catalog from the grid.  Snapshots already in the catalog are skipped."""
+def log_head_of(root: dict[str, Any]) -> tuple[int, bytes] | None:
+    """The backup log head a root carries, or None (a root from before it had one)."""
+    head = root.get("log_head")
+    if not isinstance(head, dict):
+        return None
+    seq, digest = head.get("seq"), head.get("hash")
+    if type(seq) is not int or seq <= 0 or not isinstance(digest, bytes) or len(digest) != 32:
+        return None
+    return seq, digest
+
+
+async def recover_catalog(
+    services: Services,
+    authority_head: Callable[[], Awaitable[tuple[int, bytes] | None]] | None = None,
+) -> dict[str, Any]:
+    """Rebuild the catalog from the grid.  Snapshots already in the catalog are skipped.
+
+    The backup log continues the chain of the lost catalog: from the head in the root,
+    or from the authority's global log (``authority_head``) when that holds later
+    entries (a restore or a repair logged after the root was last published)."""
     from .backup import load_blob, read_record
 
     fetched = await fetch_root(services)
@@ -193,5 +216,23 @@ async def recover_catalog(services: Services) -> dict[str, Any]:
             path.unlink(missing_ok=True)
         imported.append(snapshot.snapshot_id)
     await services.db(catalog.set_root_version, version)
-    await services.db(lambda: catalog.log("recover", None, root_version=version, imported=imported))
-    return {"root_version": version, "snapshots": imported, "already_present": skipped}
+    heads = [log_head_of(root)]
+    if authority_head is not None:
+        heads.append(await authority_head())
+    known = [h for h in heads if h is not None]
+    continued = 0
+    if known:
+        seq, digest = max(known, key=lambda h: h[0])
+        if await services.db(catalog.seed_log, seq, digest):
+            continued = seq
+    await services.db(
+        lambda: catalog.log(
+            "recover", None, root_version=version, imported=imported, log_continues=continued
+        )
+    )
+    return {
+        "root_version": version,
+        "snapshots": imported,
+        "already_present": skipped,
+        "log_continues_after": continued,
+    }

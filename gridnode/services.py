@@ -36,6 +36,9 @@ class Services:
     #: Live members as (node id, address) for recovery-root placement and lookup.
     alive_members: Callable[[], list[tuple[bytes, str]]]
     link_for: Callable[[bytes], Awaitable[Any]]
+    #: The subscription's allocations (None: an open grid, no quota); raises
+    #: ``NotSubscribed`` when the grid has an authority and this node no valid certificate.
+    allocations: Callable[[], Any] = lambda: None
     #: Serialises backups: two at once would race on dedup and on the recovery root.
     backup_lock: trio.Lock = attrs.field(factory=trio.Lock)
 

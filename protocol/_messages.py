@@ -27,8 +27,10 @@ from ._errors import LocalProtocolError
 from ._schema import bounded, compile_schema
 
 __all__ = [
+    "MAX_USAGE_REPORT_BYTES",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
+    "Account",
     "ControlCall",
     "ControlEvent",
     "ControlHello",
@@ -36,9 +38,12 @@ __all__ = [
     "DeletePacket",
     "Error",
     "FetchPacket",
+    "ForwardLog",
+    "GetRevocations",
     "GetRoot",
     "Goodbye",
     "Hello",
+    "LogAccepted",
     "Message",
     "Offer",
     "PacketData",
@@ -51,12 +56,15 @@ __all__ = [
     "Pong",
     "PutRoot",
     "RenewCertificate",
+    "Revocations",
     "RootData",
     "RootStored",
     "StorePacket",
     "StorePackets",
     "Subscribe",
     "Subscribed",
+    "UsageAccepted",
+    "UsageReport",
     "message",
     "record",
 ]
@@ -421,3 +429,103 @@ class Subscribed(Message):
     RESPONSE: ClassVar[bool] = True
     request_id: int = _request_id()
     certificate: bytes = attrs.field(metadata=bounded(min_len=1, max_len=_MAX_CERTIFICATE_BYTES))
+
+
+# --- the global backup log and revocations (issue 9, claims 2, 3, 31) -----------------------
+
+#: Log entries per ``ForwardLog``, and the size of one encoded entry: a node sends its
+#: backlog in batches, and one entry (an event and its JSON detail) is small.
+MAX_LOG_ENTRIES_PER_MESSAGE: Final = 128
+MAX_LOG_ENTRY_BYTES: Final = 64 * 1024
+#: Revocations per ``Revocations`` answer (an encoded revocation is about 150 bytes).
+MAX_REVOCATIONS_PER_MESSAGE: Final = 512
+
+
+@message("forward_log")
+@attrs.frozen(kw_only=True)
+class ForwardLog(Message):
+    """The sender's signed, hash-chained backup log entries, in order, to the authority's
+    global backup log.  Each entry is encoded by ``gridnode.authority.globallog``; the
+    authority checks it under the session's node id.  No entries: just ask for the head."""
+
+    request_id: int = _request_id()
+    entries: tuple[bytes, ...] = attrs.field(metadata=bounded(max_len=MAX_LOG_ENTRIES_PER_MESSAGE))
+
+
+@message("log_accepted")
+@attrs.frozen(kw_only=True)
+class LogAccepted(Message):
+    """The last entry of the sender's chain the authority holds (0 and empty: none)."""
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    head_seq: int = attrs.field(metadata=bounded(min_value=0))
+    head_hash: bytes = attrs.field(default=b"", metadata=bounded(max_len=32))
+
+
+@message("get_revocations")
+@attrs.frozen(kw_only=True)
+class GetRevocations(Message):
+    """The authority's revocations recorded after position ``since`` (0: all of them)."""
+
+    request_id: int = _request_id()
+    since: int = attrs.field(metadata=bounded(min_value=0))
+
+
+@message("revocations")
+@attrs.frozen(kw_only=True)
+class Revocations(Message):
+    """Signed revocations (``protocol.Revocation``, encoded), oldest first; ``next`` is
+    the position to ask from next time (more may follow when the list is full)."""
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    revocations: tuple[bytes, ...] = attrs.field(
+        metadata=bounded(max_len=MAX_REVOCATIONS_PER_MESSAGE)
+    )
+    next: int = attrs.field(metadata=bounded(min_value=0))
+
+
+# --- metering and accounts: a node and the grid authority (issue 9, claims 26, 28, 29) ------
+
+#: A signed usage report is a few hundred bytes plus 40 per target it placed packets on
+#: (at most 4,096 targets listed); the bound leaves room and stops a peer from sending more.
+MAX_USAGE_REPORT_BYTES: Final = 256 * 1024
+#: An account (JSON): the current statement and the latest invoices (at most 24).
+MAX_ACCOUNT_TEXT: Final = 1024 * 1024
+
+
+@message("usage_report")
+@attrs.frozen(kw_only=True)
+class UsageReport(Message):
+    """One signed usage report of the sending node (``gridnode.authority.metering``
+    defines the signed bytes); the node named in it must be the session's peer."""
+
+    request_id: int = _request_id()
+    report: bytes = attrs.field(metadata=bounded(min_len=1, max_len=MAX_USAGE_REPORT_BYTES))
+
+
+@message("usage_accepted")
+@attrs.frozen(kw_only=True)
+class UsageAccepted(Message):
+    """The authority stored the report with this sequence number (the node drops it)."""
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    sequence: int = attrs.field(metadata=bounded(min_value=0))
+
+
+@message("get_account")
+@attrs.frozen(kw_only=True)
+class GetAccount(Message):
+    """The sender's account: latest usage, current statement, invoices issued to it."""
+
+    request_id: int = _request_id()
+
+
+@message("account")
+@attrs.frozen(kw_only=True)
+class Account(Message):
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    account: str = attrs.field(metadata=bounded(max_len=MAX_ACCOUNT_TEXT))

@@ -57,6 +57,7 @@ from protocol import (
 from ..errors import GridError, PeerError, RemoteError
 from ..identity import NodeIdentity
 from ..log import get_logger
+from ..ratelimit import RateLimiter
 from ..storage.holdings import Holdings, RootRefused, StoredRoot
 from ..storage.packets import AllocationFull, PacketDirectory, PacketIdMismatch, PacketStoreError
 from ..trioutil import collapse_groups
@@ -178,6 +179,8 @@ class PacketStore:
     max_replacements: int = 12
     concurrency: int = 32
     on_free_bytes_changed: Callable[[int], None] | None = None
+    #: The subscription's bandwidth allocation for uploads (None: unlimited).
+    rate: RateLimiter | None = None
     _budget: ByteBudget = attrs.field(init=False)
     stats: dict[str, int] = attrs.field(factory=dict)
     _writes_send: trio.MemorySendChannel[_Write] = attrs.field(init=False)
@@ -387,6 +390,8 @@ class PacketStore:
                     self._waiting.pop(target, None)
 
     async def _send_batch(self, target: bytes, batch: list[_Outgoing]) -> list[bytes | Exception]:
+        if self.rate is not None:
+            await self.rate.take(sum(len(i.data) for i in batch))
         link = await self.link_for(target)
         if len(batch) == 1:
             item = batch[0]

@@ -9,6 +9,12 @@ over the grid transport.  Its modules:
   revocations);
 - ``subscriptions``: the subscription manager (invites, subscribe, renew, revoke, clients);
 - ``client``: the node side (subscribe, keep ``HOME/certificate``, renew in the background);
+- ``globallog``: the global backup log (nodes forward their chained log, the authority
+  checks and keeps it);
+- ``revocations``: nodes poll the authority for revocations;
+- ``fees``: statements and signed invoices from a usage history (pure);
+- ``metering``: the authority's side of usage reports, the history, billing periods;
+- ``reporting``: the node's side (measure, sign, queue, deliver) and ``gridnode account``;
 - ``cli``: ``gridnode authority ...`` and ``gridnode subscribe``.
 """
 

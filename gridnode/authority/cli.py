@@ -1,4 +1,4 @@
-"""``gridnode authority init|invite|revoke|clients`` and ``gridnode subscribe``.
+"""``gridnode authority init|invite|revoke|clients|log`` and ``gridnode subscribe``.
 
 The ``authority`` commands work on the authority's home directly (its database, its key),
 so an operator can hand out invites or revoke a node whether or not the authority node
@@ -183,6 +183,33 @@ def cmd_authority_clients(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_authority_log(args: argparse.Namespace) -> None:
+    """The global backup log, every stored chain checked again; exit 1 when one fails."""
+    from .globallog import GlobalLog
+
+    cli = _cli()
+    manager = _manager(cli.resolve_home(args))
+    try:
+        report = GlobalLog(manager.db).report()
+    finally:
+        manager.close()
+    if args.json:
+        cli._print_json(report)
+    else:
+        for node in report["nodes"]:
+            state = "ok" if node["ok"] else "BROKEN"
+            print(f"{node['node_id']}: {node['entries']} entries, head {node['head_seq']}, {state}")
+        for problem in report["problems"]:
+            where = f" entry {problem['seq']}" if problem["seq"] is not None else ""
+            print(f"problem ({problem['kind']}): {problem['node_id']}{where}: {problem['message']}")
+        print("verified" if report["verified"] else "NOT verified")
+    if not report["verified"]:
+        first = report["problems"][0]
+        raise cli.CliError(
+            f"the global backup log fails verification: node {first['node_id']}: {first['message']}"
+        )
+
+
 def cmd_subscribe(args: argparse.Namespace) -> None:
     cli = _cli()
     result = cli.call(args, "subscribe", {"invite": args.invite, "plan": args.plan or ""})
@@ -225,6 +252,11 @@ def add_parsers(sub: Any) -> None:
     cli._add_home(p)
     cli._add_json(p)
     p.set_defaults(fn=cmd_authority_clients)
+
+    p = asub.add_parser("log", help="the global backup log: every node's chain, checked")
+    cli._add_home(p)
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_log)
 
     p = sub.add_parser("subscribe", help="subscribe this node with an invite code")
     cli._add_home(p)

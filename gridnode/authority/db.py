@@ -80,7 +80,101 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         encoded BLOB NOT NULL
     );
     """,
+    # 2: the global backup log (claims 2, 3, 31; ``globallog``): every node's forwarded
+    # entries as they were hashed and signed, the problems found in what nodes sent; and
+    # the revocation feed, the order in which revocations were recorded (a serial is not
+    # that order), which nodes poll with ``GetRevocations`` (``revocations.py`` appends
+    # what ``revoke`` recorded since, before it answers).
+    """
+    CREATE TABLE global_log (
+        node_id BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        snapshot_id TEXT,
+        detail TEXT NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        received REAL NOT NULL,
+        PRIMARY KEY (node_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE global_log_problems (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        node_id BLOB NOT NULL,
+        seq INTEGER,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX global_log_problems_by_node ON global_log_problems(node_id, code, seq);
+    CREATE TABLE revocation_feed (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        serial INTEGER NOT NULL UNIQUE
+    );
+    INSERT INTO revocation_feed(serial) SELECT serial FROM revocations ORDER BY revoked_at, serial
+    """,
+    # 3: metering (``metering``): the usage history, append-only (triggers refuse any
+    # UPDATE or DELETE, so a statement recomputed later sees exactly what was billed), and
+    # the invoices issued from it, one per node and billing period, immutable too.
+    """
+    CREATE TABLE usage_reports (
+        node_id BLOB NOT NULL,
+        sequence INTEGER NOT NULL,
+        start_s INTEGER NOT NULL,
+        end_s INTEGER NOT NULL,
+        source_bytes INTEGER NOT NULL,
+        target_bytes INTEGER NOT NULL,
+        sent_bytes INTEGER NOT NULL,
+        received_bytes INTEGER NOT NULL,
+        served_bytes INTEGER NOT NULL,
+        cpu_seconds INTEGER NOT NULL,
+        placed TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        encoded BLOB NOT NULL,
+        PRIMARY KEY (node_id, sequence)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER usage_reports_no_update BEFORE UPDATE ON usage_reports BEGIN
+        SELECT RAISE(ABORT, 'the usage history is append-only');
+    END;
+    CREATE TRIGGER usage_reports_no_delete BEFORE DELETE ON usage_reports BEGIN
+        SELECT RAISE(ABORT, 'the usage history is append-only');
+    END;
+    CREATE TABLE invoices (
+        number INTEGER PRIMARY KEY,
+        node_id BLOB NOT NULL,
+        period_start INTEGER NOT NULL,
+        period_end INTEGER NOT NULL,
+        through_sequence INTEGER NOT NULL,
+        issued INTEGER NOT NULL,
+        balance INTEGER NOT NULL,
+        encoded BLOB NOT NULL,
+        UNIQUE (node_id, period_start)
+    );
+    CREATE TRIGGER invoices_no_update BEFORE UPDATE ON invoices BEGIN
+        SELECT RAISE(ABORT, 'an issued invoice cannot change');
+    END;
+    CREATE TRIGGER invoices_no_delete BEFORE DELETE ON invoices BEGIN
+        SELECT RAISE(ABORT, 'an issued invoice cannot be deleted');
+    END
+    """,
 )
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements, cut where SQLite says one is complete: a trigger's body
+    holds semicolons of its own, which a plain split on ``;`` would cut through."""
+    out: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending)
+    return out
 
 
 def allocations_text(allocations: Allocations) -> str:
@@ -162,9 +256,8 @@ class AuthorityDB:
             )
         for version in range(current, len(MIGRATIONS)):
             with self.transaction() as db:
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(MIGRATIONS[version]):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {version + 1}")
 
     # --- meta and plans --------------------------------------------------------------------

@@ -350,7 +350,11 @@ class SubscriptionManager:
     # --- the clients, as the global client profile will show them --------------------------
 
     def clients(self) -> list[dict[str, Any]]:
+        from .metering import holdings_flags, usage_figures
+
         now = self.clock()
+        db = self.db._db()
+        flags = holdings_flags(db, {s.node_id: s.allocations for s in self.db.subscriptions()})
         out: list[dict[str, Any]] = []
         for sub in self.db.subscriptions():
             cert = self.db.latest_certificate(sub.node_id)
@@ -372,14 +376,10 @@ class SubscriptionManager:
                     "expires": cert.expires if cert else None,
                     "serial": cert.serial if cert else None,
                     "revoked_at": sub.revoked_at,
-                    # Metering is not built yet (usage reports come with the fee module).
-                    "usage": {
-                        "source_bytes": 0,
-                        "target_bytes": 0,
-                        "sent_bytes": 0,
-                        "received_bytes": 0,
-                        "cpu_seconds": 0,
-                    },
+                    # The latest usage report's figures (``metering``), and what the
+                    # cross-check of claimed holdings found.
+                    "usage": usage_figures(db, sub.node_id),
+                    "flags": flags.get(sub.node_id, []),
                 }
             )
         return out

@@ -50,12 +50,14 @@ from ..names import escape
 
 __all__ = [
     "HOLE",
+    "LOG_GENESIS",
     "Catalog",
     "ChunkRecord",
     "EntryRecord",
     "LogEntry",
     "PacketRecord",
     "SnapshotRecord",
+    "log_entry_hash",
 ]
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -159,6 +161,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 
 _GENESIS: Final = b"\x00" * 32
+
+
+def placed_bytes_by_target(db: sqlite3.Connection) -> dict[bytes, int]:
+    """Bytes of this node's packets on each target (one packet is its chunk's ciphertext
+    over k): the source's usage, as the quota check and the usage reports count it."""
+    rows = db.execute(
+        "SELECT p.target, SUM((c.cipher_size + c.k - 1) / c.k) FROM packets p "
+        "JOIN chunks c ON c.chunk_id = p.chunk_id AND c.policy = p.policy "
+        "GROUP BY p.target"
+    ).fetchall()
+    return {bytes(target): int(size) for target, size in rows}
 
 
 def policy_key(k: int, n: int, rules: dict[str, Any]) -> str:
@@ -419,6 +432,11 @@ def _log_hash(
 ) -> bytes:
     body = msgpack.packb([seq, at, event, snapshot_id, detail], use_bin_type=True)
     return blake3.blake3(_LOG_CONTEXT + prev + body).digest()
+
+
+#: The authority's global backup log checks forwarded entries exactly as ``verify_log``.
+LOG_GENESIS: Final = _GENESIS
+log_entry_hash = _log_hash
 
 
 class Catalog:
@@ -1030,6 +1048,11 @@ class Catalog:
                 is None
             ]
 
+    def source_bytes(self) -> int:
+        """Bytes this node keeps on the grid as a source, redundancy included: every
+        packet of every chunk it stored (a packet is the chunk's ciphertext over k)."""
+        return sum(placed_bytes_by_target(self._db()).values())
+
     def packets_on(self, target: bytes) -> int:
         return int(
             self._db()
@@ -1048,7 +1071,11 @@ class Catalog:
             last = db.execute(
                 "SELECT seq, hash FROM backup_log ORDER BY seq DESC LIMIT 1"
             ).fetchone()
-            seq, prev = (last[0] + 1, bytes(last[1])) if last else (1, _GENESIS)
+            if last is None:  # the first entry here: after the seeded head, if any
+                base_seq, base_hash = self._log_base(db)
+                seq, prev = base_seq + 1, base_hash
+            else:
+                seq, prev = last[0] + 1, bytes(last[1])
             at = time.time()
             digest = _log_hash(prev, seq, at, event, snapshot_id, text)
             signature = sign(self._signing_key, digest)
@@ -1073,10 +1100,65 @@ class Catalog:
             for s, a, e, sid, d, p, h, sig in rows
         ]
 
+    @staticmethod
+    def _log_base(db: sqlite3.Connection) -> tuple[int, bytes]:
+        """Where this catalog's chain starts: (0, genesis), or the head of the chain of a
+        node recovered from its key (``seed_log``), which its entries continue."""
+        row = db.execute("SELECT value FROM profile WHERE key = 'log_base'").fetchone()
+        if row is None:
+            return 0, _GENESIS
+        base = json.loads(row[0])
+        return int(base["seq"]), bytes.fromhex(base["hash"])
+
+    def log_head(self) -> tuple[int, bytes]:
+        """The last entry's (seq, hash); the seeded base when there is none yet."""
+        db = self._db()
+        last = db.execute("SELECT seq, hash FROM backup_log ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(last[0]), bytes(last[1])) if last else self._log_base(db)
+
+    def seed_log(self, seq: int, head: bytes) -> bool:
+        """Continue the chain of this node's earlier life: the next entry gets ``seq + 1``
+        and links to ``head`` (from the recovery root, or the authority's global log).
+
+        Only a catalog with no entry of its own (a node recovered from its key) is seeded,
+        and only forward; False when nothing changed.  Entries up to ``seq`` were the old
+        catalog's, so they count as forwarded to the authority already."""
+        if seq < 0 or len(head) != 32:
+            raise ValueError("a log head is a non-negative seq and a 32-byte hash")
+        db = self._db()
+        with self._log_lock, self._durable(db):
+            db.execute("BEGIN IMMEDIATE")
+            has_entries = db.execute("SELECT 1 FROM backup_log LIMIT 1").fetchone()
+            if has_entries is not None or seq <= self._log_base(db)[0]:
+                return False
+            db.executemany(
+                "INSERT OR REPLACE INTO profile(key, value) VALUES (?, ?)",
+                [
+                    ("log_base", json.dumps({"seq": seq, "hash": head.hex()})),
+                    ("log_forwarded", json.dumps(seq)),
+                ],
+            )
+        return True
+
+    def log_rows_after(self, seq: int, limit: int) -> list[tuple[Any, ...]]:
+        """Raw entries after ``seq`` (seq, at, event, snapshot id, detail text, prev hash,
+        hash, signature), in order: what the node forwards to the global backup log,
+        byte for byte as hashed (the detail as its stored JSON text)."""
+        rows = (
+            self._db()
+            .execute(
+                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
+                " signature FROM backup_log WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            .fetchall()
+        )
+        return [tuple(row) for row in rows]
+
     def verify_log(self) -> tuple[bool, str]:
         """Walk the chain; returns (ok, what is wrong or how many entries verified)."""
-        prev = _GENESIS
-        expected_seq = 1
+        base_seq, prev = self._log_base(self._db())
+        expected_seq = base_seq + 1
         rows = (
             self._db()
             .execute(

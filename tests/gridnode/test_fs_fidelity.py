@@ -231,3 +231,108 @@ def test_a_symlink_inside_the_destination_cannot_lead_a_restore_outside(tmp_path
     with pytest.raises(ScanError, match="resolves outside"):
         writer.make_specials([EntryRecord(b"evil/fifo", "fifo", 0o600, 0, 0)])
     assert list(outside.iterdir()) == []
+
+
+# --- from the mutation run (docs/MUTATION.md) -------------------------------------------------
+
+
+def test_root_names_take_the_last_component_and_refuse_clashes(tmp_path: Path) -> None:
+    from gridnode.scanner import root_names
+
+    (tmp_path / "x" / "data").mkdir(parents=True)
+    (tmp_path / "y" / "data").mkdir(parents=True)
+    root = os.path.abspath("/")
+    assert root_names([str(tmp_path / "x" / "data") + "/", root]) == [
+        (str(tmp_path / "x" / "data"), b"data"),
+        (root, b"root"),
+    ]
+    with pytest.raises(ScanError, match="same name"):
+        root_names([str(tmp_path / "x" / "data"), str(tmp_path / "y" / "data")])
+    with pytest.raises(ScanError, match="no such file"):
+        root_names([str(tmp_path / "missing")])
+
+
+def test_the_writer_makes_missing_parents_and_private_directories(tmp_path: Path) -> None:
+    dest = tmp_path / "a" / "b" / "dest"
+    writer = TreeWriter(dest)
+    assert dest.is_dir()
+    path = writer.ensure_parent(b"x/y/z/file")
+    assert path == dest / "x" / "y" / "z" / "file" and path.parent.is_dir()
+    entry = EntryRecord(b"x/y", "dir", 0o755, 0, 0)
+    writer.make_dirs([entry, EntryRecord(b"new", "dir", 0o755, 0, 0)])  # one exists already
+    # Until finish_dirs, a directory made by the restore is private to the restoring user.
+    assert stat.S_IMODE((dest / "new").stat().st_mode) == 0o700
+    writer.finish_dirs([entry])
+    assert stat.S_IMODE((dest / "x" / "y").stat().st_mode) == 0o755
+
+
+def test_make_dirs_refuses_a_symlink_in_the_way(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    writer = TreeWriter(dest)
+    os.symlink(outside, dest / "d")
+    with pytest.raises(ScanError, match="symlink is in the way"):
+        writer.make_dirs([EntryRecord(b"d", "dir", 0o755, 0, 0)])
+
+
+def test_finish_dirs_sets_every_directory_deepest_first(tmp_path: Path) -> None:
+    writer = TreeWriter(tmp_path / "dest")
+    entries = [
+        EntryRecord(b"a", "dir", 0o750, 1_000_000_000_000_000_000, 0),
+        EntryRecord(b"a/b", "dir", 0o705, 2_000_000_000_000_000_000, 0),
+        EntryRecord(b"a/b/c", "dir", 0o701, 3_000_000_000_000_000_000, 0),
+    ]
+    writer.make_dirs(entries)
+    seen: list[bytes] = []
+    real_apply = writer._apply
+
+    def spy(entry: EntryRecord, target: object, **kw: bool) -> None:
+        assert isinstance(target, int)  # through the descriptor, never the path
+        seen.append(entry.path)
+        real_apply(entry, target, **kw)  # type: ignore[arg-type]
+
+    writer._apply = spy  # type: ignore[method-assign]
+    writer.finish_dirs(entries)
+    assert seen == [b"a/b/c", b"a/b", b"a"]
+    for entry in entries:
+        st = (tmp_path / "dest" / os.fsdecode(entry.path)).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (entry.mode, entry.mtime_ns)
+
+
+def test_clear_replaces_files_and_links_but_never_a_directory(tmp_path: Path) -> None:
+    writer = TreeWriter(tmp_path / "dest")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"k")
+    dest = tmp_path / "dest"
+    (dest / "file").write_bytes(b"old")
+    os.symlink(outside, dest / "link-to-dir")
+    os.symlink(tmp_path / "nowhere", dest / "dangling")
+    (dest / "dir").mkdir()
+    for name in (b"file", b"link-to-dir", b"dangling"):
+        path = writer.target(name)
+        writer._clear(path, name)
+        assert not path.is_symlink() and not path.exists()
+    assert (outside / "keep").read_bytes() == b"k"
+    with pytest.raises(ScanError, match="refusing to replace directory"):
+        writer._clear(writer.target(b"dir"), b"dir")
+    assert (dest / "dir").is_dir()
+
+
+def test_notes_are_capped(tmp_path: Path) -> None:
+    writer = TreeWriter(tmp_path)
+    for i in range(1005):
+        writer.note(b"f", f"note {i}")
+    assert len(writer.notes) == 1000 and writer.notes[-1] == "f: note 999"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners are only set by root")
+def test_group_by_name_where_it_exists_and_no_owner_without_both_ids(tmp_path: Path) -> None:
+    writer = TreeWriter(tmp_path)
+    by_name = EntryRecord(b"f", "file", 0o644, 0, 0, uid=4321, gid=8765, group="root")
+    assert writer.owner_for(by_name) == (4321, 0)
+    unknown = EntryRecord(b"f", "file", 0o644, 0, 0, uid=4321, gid=8765, group="no-such-group")
+    assert writer.owner_for(unknown) == (4321, 8765)
+    assert writer.owner_for(EntryRecord(b"f", "file", 0o644, 0, 0, uid=4321)) is None
+    assert writer.owner_for(EntryRecord(b"f", "file", 0o644, 0, 0, gid=8765)) is None

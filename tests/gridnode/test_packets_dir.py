@@ -250,3 +250,64 @@ def test_bad_ids_and_allocations_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         store.get(b"")
     assert os.listdir(tmp_path / "packets") == []
+
+
+# --- from the mutation run (docs/MUTATION.md) -------------------------------------------------
+
+
+def test_reservations_add_up_and_the_last_free_byte_can_be_reserved(tmp_path: Path) -> None:
+    store = PacketDirectory(tmp_path / "store", allocation_bytes=1000)
+    store.reserve(0)
+    store.reserve(300)
+    store.reserve(200)
+    assert store.free_bytes == 500
+    store.reserve(500)  # exactly what is free
+    assert store.free_bytes == 0
+    with pytest.raises(AllocationFull):
+        store.reserve(1)
+    with pytest.raises(ValueError):
+        store.reserve(-1)
+
+
+def test_allocation_bounds_are_checked(tmp_path: Path) -> None:
+    assert PacketDirectory(tmp_path / "a", allocation_bytes=0).free_bytes == 0
+    with pytest.raises(ValueError):
+        PacketDirectory(tmp_path / "b", allocation_bytes=-1)
+    with pytest.raises(ValueError):
+        PacketDirectory(tmp_path / "c", allocation_bytes=100, other_bytes=-1)
+    with pytest.raises(ValueError):
+        PacketDirectory(tmp_path / "d", allocation_bytes=100, other_bytes=True)
+
+
+def test_statistics_report_the_directory(tmp_path: Path) -> None:
+    store = PacketDirectory(tmp_path / "store", allocation_bytes=100_000)
+    for seed in range(3):
+        store.put(*_packet(1000, seed))
+    store.reserve(50)
+    stats = store.statistics()
+    assert (stats.allocation_bytes, stats.used_bytes, stats.reserved_bytes) == (100_000, 3000, 50)
+    assert (stats.free_bytes, stats.packet_count, stats.quarantined_count) == (96_950, 3, 0)
+
+
+def test_only_well_named_regular_files_count_as_packets(tmp_path: Path) -> None:
+    """A restart rescans packets/: stray names, misplaced files and symlinks are not
+    packets and use no allocation."""
+    store = PacketDirectory(tmp_path / "store", allocation_bytes=1_000_000)
+    packet_id, data = _packet(1000, 1)
+    store.put(packet_id, data)
+    home = store.path_for(packet_id).parent
+    (home / ("zz" * 32)).write_bytes(b"x" * 10)  # right length, not hex
+    (home / "abcd").write_bytes(b"x" * 10)  # hex, wrong length
+    other_id, _ = _packet(5, 2)
+    while other_id.hex()[:4] == packet_id.hex()[:4]:
+        other_id = bytes([other_id[0] ^ 0xFF]) + other_id[1:]
+    (home / other_id.hex()).write_bytes(b"x" * 10)  # a packet name in the wrong directory
+    (home.parent / "zz").mkdir()  # not a fan-out directory
+    (home.parent / "zz" / ("ab" * 32)).write_bytes(b"x" * 10)
+    assert list(store.iter_ids()) == [packet_id]
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"y" * 50_000)
+    link_id = bytes([packet_id[0], packet_id[1]]) + b"\x01" * 30
+    os.symlink(outside, home / link_id.hex())  # a link is never a packet
+    reopened = PacketDirectory(tmp_path / "store", allocation_bytes=1_000_000)
+    assert (reopened.packet_count, reopened.used_bytes) == (1, 1000)

@@ -415,3 +415,23 @@ def test_rebuild_checks_the_result_against_the_recorded_ids() -> None:
             packet_ids=ids,
             wanted=[2],
         )
+
+
+# --- from the mutation run (docs/MUTATION.md) -------------------------------------------------
+
+
+def test_encoding_is_pinned_by_a_golden_vector() -> None:
+    """Chunk ids, keys, nonces and the AAD are a storage format: a change that is made the
+    same way on the encoding and the decoding side still round-trips, but it orphans every
+    backup already on the grid.  Raw (incompressible) data keeps zstd out of the vector."""
+    import hashlib
+
+    secret = bytes(range(32))
+    text = random.Random(7).randbytes(3000)
+    encoded = encode_chunk(text, dedup_secret=secret, params=ErasureParams(2, 3))
+    assert encoded.chunk_id.hex() == (
+        "0e6393bf130faa248daf7d79d6c0cf3b3936911817a906d38a2acfeaed15edea"
+    )
+    assert (encoded.compressed, encoded.cipher_size) == (False, 3040)
+    packets = hashlib.blake2b(b"".join(encoded.packets), digest_size=16).hexdigest()
+    assert packets == "8a84afa766cab70bf602304029d43510"

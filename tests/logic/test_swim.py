@@ -1151,3 +1151,99 @@ def test_a_claim_about_a_newer_incarnation_is_a_new_suspicion() -> None:
     ]
     assert [(u.state, u.record.incarnation) for u in about] == [("suspect", 1)]
     assert all(claim_is_valid(u) for u in about)
+
+
+# --- from the mutation run (docs/MUTATION.md) -------------------------------------------------
+
+
+def test_claims_by_non_members_and_dead_members_never_confirm_a_suspicion() -> None:
+    """Only members held alive or suspect confirm: any number of validly signed claims
+    from strangers, or from a member this node holds dead, leave the suspicion at its
+    full length."""
+    observer, _, victim, *_ = _members(6, now=0.0)
+    record = victim.self_record
+    minimum, _ = _suspicion_bounds(CFG, 6)
+    _say(observer, 1.0, 1, _claim(record, 1, "suspect"))
+    strangers = [_claim(record, 40 + i, "dead") for i in range(8)]
+    _say(observer, 1.1, 1, *strangers)
+    # The victim itself "confirming" its own suspicion is not an independent word.
+    _say(observer, 1.2, 2, _claim(record, 2, "dead", signer=2))
+    observer.tick(1.0 + minimum + 0.5)
+    assert observer.state_of(victim.node_id) == "suspect"
+    assert observer.statistics().deaths_declared == 0
+
+
+def test_a_claim_is_bound_to_its_subject_incarnation_and_state() -> None:
+    subject, other = _record(2), _record(3)
+    good = _claim(subject, 1, "suspect")
+    assert claim_is_valid(good)
+    for moved in (
+        attrs.evolve(good, record=other),
+        attrs.evolve(good, record=_record(2, incarnation=1)),
+        attrs.evolve(good, state="dead"),
+        attrs.evolve(good, reporter=bytes(_key(4).verify_key)),
+    ):
+        assert not claim_is_valid(moved)
+
+
+def test_signing_payloads_pack_bytes_as_msgpack_bin() -> None:
+    """The signed bytes are a wire format: node ids travel as msgpack bin 8 (0xc4 0x20),
+    never as str, or another implementation's signatures would not verify here."""
+    from protocol._gossip import claim_signing_payload
+
+    record = _record(2)
+    node_id = record.node_id
+    assert b"\xc4\x20" + node_id in record_signing_payload(record)
+    assert claim_signing_payload(node_id, 7, "dead").endswith(
+        b"\x93\xc4\x20" + node_id + b"\x07\xa4dead"
+    )
+
+
+def test_a_cached_claim_verdict_does_not_vouch_for_the_same_proof_elsewhere() -> None:
+    """The verdict cache is keyed on everything signed: the reporter's genuine proof,
+    replayed about another member or another incarnation, is a forgery."""
+    observer, _, victim, other, *_ = _members(6, now=0.0)
+    genuine = _claim(victim.self_record, 1, "suspect")
+    _say(observer, 1.0, 1, genuine)
+    assert observer.state_of(victim.node_id) == "suspect"
+    replays = [
+        attrs.evolve(genuine, record=other.self_record),
+        attrs.evolve(genuine, record=_record(2, incarnation=1)),
+    ]
+    for step, replay in enumerate(replays):
+        _say(observer, 1.1 + step / 10, 1, replay)
+    assert observer.state_of(other.node_id) == "alive"
+    assert observer.statistics().forged_claims_dropped == len(replays)
+
+
+def test_claim_is_valid_refuses_self_claims_and_malformed_claims() -> None:
+    subject = _record(2)
+    good = _claim(subject, 1, "dead")
+    assert claim_is_valid(good)
+    self_claim = _claim(subject, 2, "dead")  # signed by the subject's own key
+    assert not claim_is_valid(self_claim)
+    # "alive" is the subject's own word, never a claim, even when a reporter signed it.
+    from protocol._gossip import claim_signing_payload
+
+    alive = sign(_key(1), claim_signing_payload(subject.node_id, subject.incarnation, "alive"))
+    assert not claim_is_valid(attrs.evolve(good, state="alive", proof=alive))
+
+
+def test_a_dead_member_is_not_brought_back_by_a_later_claim() -> None:
+    observer, _, victim, *_ = _members(6, now=0.0)
+    record = victim.self_record
+    minimum, _ = _suspicion_bounds(CFG, 6)
+    for step, reporter in enumerate((1, 3, 4)):
+        _say(observer, 1.0 + step / 10, reporter, _claim(record, reporter, "suspect"))
+    observer.tick(1.0 + minimum + 0.6)
+    assert observer.state_of(victim.node_id) == "dead"
+    _say(observer, 1.0 + minimum + 0.7, 5, _claim(record, 5, "suspect"))
+    assert observer.state_of(victim.node_id) == "dead"
+
+
+def test_a_relayed_leaving_record_means_left_whatever_state_it_is_relayed_with() -> None:
+    """The owner's signed leaving record outranks the state a relay attaches to it."""
+    observer, _, member, *_ = _members(4, now=0.0)
+    leaving = _record(2, incarnation=member.self_record.incarnation, sequence=1, leaving=True)
+    _say(observer, 1.0, 1, MemberUpdate(record=leaving, state="suspect"))
+    assert observer.state_of(member.node_id) == "left"

@@ -2,13 +2,17 @@
 
 What it shows, in order, with real node processes on 127.0.0.1:
 
-1. eight nodes start, one per city, and find each other by gossip;
+1. a grid authority (in Luxembourg) creates the grid; eight nodes, one per city, join
+   it with one-time invites, get their subscription certificates, and find each other
+   by gossip (only subscribed nodes are admitted);
 2. a generated sample tree is backed up from Paris with a backup-proximity rule (every
    packet at least 300 km from the source), 4-of-6 erasure coding;
 3. a table shows where the packets went and how far away that is (Brussels, 264 km from
    Paris, gets none: the rule at work);
 4. two nodes that hold packets are killed;
-5. the tree is restored from the survivors and compared byte for byte.
+5. the tree is restored from the survivors and compared byte for byte;
+6. each node's statement for the billing period so far: what it owes for what it
+   stores, what it earns for what it holds for others (the authority's fee module).
 
 It exits 0 only when the restored tree matches.  All nodes run on one machine, so their
 round trips are microseconds and every distance claim would fail the speed-of-light
@@ -86,6 +90,15 @@ def _same(a: Path, b: Path) -> tuple[bool, int, int]:
     return not extra, files, size
 
 
+def _wait_subscribed(grid: LocalGrid, names: list[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for name in names:  # bounded by the deadline
+        while not grid.status(name).get("subscription"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not get its certificate within {timeout} s")
+            time.sleep(0.3)
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -111,11 +124,25 @@ def _run(base: Path, count: int, started: float) -> bool:
     say(f"== gridnode demo: {count} nodes on this machine, one per city ==")
     say("   (all on 127.0.0.1: the speed-of-light location check is off, since every")
     say("    peer answers in microseconds here; see `gridsim --netns` for real delays)")
-    with LocalGrid(base / "grid", name="demo", log_level="warning") as grid:
-        grid.add_many([NodeSpec(name=c.lower(), location=c, allocate="1GB") for c in cities])
+    with LocalGrid(base / "grid", name="demo", log_level="warning", authority=True) as grid:
+        fast = ("usage_report_interval_s=2",)
+        grid.add_authority(
+            NodeSpec(name="authority", location="Luxembourg", allocate="1GB", extra=fast)
+        )
+        seed = grid.nodes["authority"].address
+        for city in cities:
+            grid.add(
+                NodeSpec(name=city.lower(), location=city, allocate="1GB", extra=fast),
+                seeds=[seed],
+                invite=grid.invite("authority"),
+            )
         grid.start_all()
-        seconds = grid.wait_converged(timeout=60)
-        say(f"1. {count} nodes started and found each other by gossip in {seconds:.1f} s:")
+        _wait_subscribed(grid, [c.lower() for c in cities])
+        seconds = grid.wait_converged(timeout=90)
+        say(
+            f"1. a grid authority and {count} subscribed nodes started and found each other "
+            f"in {seconds:.1f} s:"
+        )
         status = grid.status("paris")
         for m in sorted(status["members"], key=lambda m: m["distance_km"] or 0):
             say(f"     {m['city']:<16} {m['short_id']}  {m['distance_km']:>7.0f} km from Paris")
@@ -158,7 +185,7 @@ def _run(base: Path, count: int, started: float) -> bool:
             for n in sorted(
                 grid.nodes, key=lambda n: -len(per_target.get(grid.status(n)["short_id"], []))
             )
-            if n != "paris"
+            if n not in ("paris", "authority")
         ][:2]
         say("")
         say(f"4. killing two nodes that hold packets: {', '.join(v.title() for v in victims)}")
@@ -181,6 +208,24 @@ def _run(base: Path, count: int, started: float) -> bool:
             f"   Paris's signed backup log: {len(log['entries'])} entries, "
             f"chain {'verified' if log['verified'] else 'BROKEN'}"
         )
+        say("")
+        say("6. statements for the billing period so far (from the authority's fee module):")
+        for name in ["authority", *(c.lower() for c in cities)]:
+            if name in victims:
+                continue
+            account = grid.cli(name, "account")
+            statement = account.get("statement") or {}
+            if not statement:
+                continue
+            usage = account.get("usage") or {}
+            say(
+                f"     {name.title():<12} stores {usage.get('source_bytes', 0) / 1e6:5.1f} MB, "
+                f"holds {usage.get('target_bytes', 0) / 1e6:5.1f} MB: charges "
+                f"{statement['charges_total_text']:>6}, credits "
+                f"{statement['credits_total_text']:>6}, balance {statement['balance_text']:>6} "
+                f"{statement['currency']}"
+            )
+        say("   (a few seconds of use cost less than the minimum charge of a period)")
         say("")
         say(f"== demo {'passed' if same else 'FAILED'} in {time.monotonic() - started:.0f} s ==")
         return same

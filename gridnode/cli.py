@@ -678,8 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(fn=cmd_init)
 
+    from .authority.cli import add_account_parser
     from .authority.cli import add_parsers as add_authority_parsers
-    from .authority.reporting import add_account_parser
 
     add_authority_parsers(sub)
     add_account_parser(sub)

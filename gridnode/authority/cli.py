@@ -24,7 +24,7 @@ from .client import write_certificate
 from .pricebook import DEFAULT_PRICE_BOOK_TOML, PriceBook, PriceBookError
 from .subscriptions import SubscriptionManager, create_authority_home
 
-__all__ = ["add_parsers"]
+__all__ = ["add_account_parser", "add_parsers"]
 
 
 def _cli() -> Any:
@@ -264,3 +264,51 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--plan", help="plan name from the grid's price book")
     cli._add_json(p)
     p.set_defaults(fn=cmd_subscribe)
+
+
+# --- `gridnode account` ---------------------------------------------------------------------
+
+
+def cmd_account(args: Any) -> None:
+    """Print the node's account (``--json``: one object; see the README)."""
+    from .fees import format_amount
+
+    cli = _cli()
+    result = cli.call(args, "account")
+    if args.json:
+        cli._print_json(result)
+        return
+    sub = result.get("subscription") or {}
+    usage = result.get("usage") or {}
+    print(f"plan {sub.get('plan', '?')}; certificate valid until {sub.get('expires', '?')}")
+    print(
+        f"usage: source {usage.get('source_bytes', 0)} B, target {usage.get('target_bytes', 0)} B,"
+        f" sent {usage.get('sent_bytes', 0)} B, received {usage.get('received_bytes', 0)} B"
+    )
+    statement = result.get("statement")
+    if statement:
+        exp = int(statement["exponent"])
+        print(
+            f"this period: charges {format_amount(statement['charges_total'], exp)}, credits "
+            f"{format_amount(statement['credits_total'], exp)}, balance "
+            f"{format_amount(statement['balance'], exp)} {statement['currency']}"
+        )
+    for invoice in result.get("invoices", []):
+        st = invoice["statement"]
+        print(
+            f"invoice {invoice['number']}: balance {st['balance_text']} {st['currency']}"
+            f"{'' if invoice.get('verified') else ' (signature does not verify!)'}"
+        )
+    if result.get("pending_reports"):
+        print(f"{result['pending_reports']} usage report(s) waiting for the authority")
+    if result.get("stale"):
+        print(f"the authority could not be reached: {result.get('authority_error')}")
+
+
+def add_account_parser(sub: Any) -> None:
+    """``gridnode account`` (``sub``: the top-level subparsers)."""
+    cli = _cli()
+    p = sub.add_parser("account", help="usage, statement and invoices from the grid authority")
+    cli._add_home(p)
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_account)

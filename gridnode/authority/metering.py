@@ -74,8 +74,8 @@ from ..log import get_logger
 from . import AUTHORITY_DB_NAME, AUTHORITY_KEY_NAME, PRICE_BOOK_NAME
 from .db import AuthorityDB, allocations_from
 from .fees import FeeError, Invoice, UsageSample, compute_statement, issue_invoice
+from .keys import load_authority_key
 from .pricebook import PriceBook, PriceBookError
-from .subscriptions import load_authority_key
 
 __all__ = [
     "MAX_PLACED",

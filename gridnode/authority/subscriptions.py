@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import os
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +46,7 @@ from ..fsutil import atomic_write
 from ..log import get_logger
 from . import AUTHORITY_DB_NAME, AUTHORITY_KEY_NAME, PRICE_BOOK_NAME
 from .db import AuthorityDB, allocations_text
+from .keys import load_authority_key, write_authority_key
 from .pricebook import PriceBook, PriceBookError
 
 __all__ = [
@@ -63,7 +63,6 @@ __all__ = [
 _log = get_logger()
 
 DEFAULT_CERTIFICATE_LIFETIME_S: Final = 30 * 86400.0
-_KEY_HEADER: Final = "gridnode-authority-key-v1"
 _INVITE_PREFIX: Final = "inv-"
 
 
@@ -76,42 +75,6 @@ class SubscriptionError(GridError):
 
 
 # --- the grid key -------------------------------------------------------------------------------
-
-
-def write_authority_key(path: Path, key: SigningKey) -> None:
-    """The grid's signing key, mode 0600, written atomically: whoever holds it can admit
-    anyone to the grid, so it is as secret as a node key and never half-written."""
-    text = (
-        "# gridnode grid authority key: it signs every certificate of this grid.\n"
-        "# Keep it secret; back it up with authority.sqlite and pricebook.toml.\n"
-        f"# public key: {bytes(key.verify_key).hex()}\n"
-        f"{_KEY_HEADER}:{bytes(key).hex()}\n"
-    )
-    atomic_write(path, text.encode("ascii"), mode=0o600)
-
-
-def load_authority_key(path: Path) -> SigningKey:
-    from ..identity import KeyError_
-
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise KeyError_(f"no authority key at {path} (run gridnode authority init)") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyError_(
-            f"authority key {path} is readable by other users "
-            f"(mode {stat.S_IMODE(info.st_mode):o}); run: chmod 600 {path}"
-        )
-    for line in path.read_text(encoding="ascii", errors="replace").splitlines():
-        if line.startswith(_KEY_HEADER + ":"):
-            try:
-                seed = bytes.fromhex(line.split(":", 1)[1].strip())
-            except ValueError:
-                break
-            if len(seed) == 32:
-                return SigningKey(seed)
-            break
-    raise KeyError_(f"{path} is not a gridnode authority key file")
 
 
 def create_authority_home(

@@ -200,7 +200,8 @@ class Node:
                 raise RemoteError("not_authority", "this node is not the grid authority")
             return await self.metering.serve(msg, link.peer_id, self.disk_limiter)
         answer: Message = await call(
-            self._store_send, TargetRequest(msg, payload_digest, link.peer_id)
+            self._store_send,
+            TargetRequest(msg, payload_digest, link.peer_id, self._source_quota(link)),
         )
         return answer
 
@@ -326,6 +327,15 @@ class Node:
         for link in self.transport.links():
             if link.peer_id in node_ids and not self._certified(link):
                 await link.aclose("not_admitted", "the peer's certificate was revoked")
+
+    def _source_quota(self, link: PeerLink) -> int | None:
+        """The peer's source quota, from the certificate it showed (None: open grid).  A
+        target knows only what the peer keeps *here*, so it holds each source to its
+        quota here; the authority's metering sees the whole."""
+        if self.admission.open:
+            return None
+        cert = self.admission.certificate(link.session.peer_certificate)
+        return cert.allocations.source_bytes if cert is not None else 0
 
     def _certified(self, link: PeerLink) -> bool:
         """Only the authority lets uncertified sessions in (to subscribe); nothing else

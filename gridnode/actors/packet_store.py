@@ -59,7 +59,13 @@ from ..identity import NodeIdentity
 from ..log import get_logger
 from ..ratelimit import RateLimiter
 from ..storage.holdings import Holdings, RootRefused, StoredRoot
-from ..storage.packets import AllocationFull, PacketDirectory, PacketIdMismatch, PacketStoreError
+from ..storage.packets import (
+    AllocationFull,
+    OverQuota,
+    PacketDirectory,
+    PacketIdMismatch,
+    PacketStoreError,
+)
 from ..trioutil import collapse_groups
 from .base import ByteBudget, Call, serve_calls
 
@@ -119,6 +125,10 @@ class _Write:
     data: bytes | memoryview
     digest: bytes | None
     reply: trio.MemorySendChannel[bool | PacketStoreError]
+    #: Whose usage the packet counts against here (a keyed hash of the peer), and that
+    #: source's quota (None: not limited, as on an open grid).
+    source: bytes = b""
+    quota: int | None = None
 
 
 @attrs.frozen
@@ -143,9 +153,12 @@ class TargetRequest:
 
     msg: Message
     payload_digest: bytes | None
-    #: The node id of the authenticated session it came on: what a held recovery root is
-    #: charged to (a target does not record who sent a packet).
+    #: The node id of the authenticated session it came on: what a held recovery root and
+    #: the source's usage here are charged to (as a keyed hash; which packet came from
+    #: whom is not recorded).
     peer: bytes
+    #: The peer's source quota from its certificate (None: open grid).
+    quota: int | None = None
 
 
 def root_signature_payload(locator: bytes, version: int, sealed: bytes) -> bytes:
@@ -220,18 +233,41 @@ class PacketStore:
                         break
 
                 def write(items: list[_Write] = batch) -> list[bool | PacketStoreError]:
-                    outcomes = self.packets.put_each(
-                        [(w.packet_id, w.data, w.digest) for w in items]
+                    # A source over its quota here is refused before its bytes are written
+                    # (batches are written one at a time, so the check cannot race).
+                    planned: dict[bytes, int] = {}
+                    accepted: list[_Write] = []
+                    refused: dict[int, PacketStoreError] = {}
+                    for index, w in enumerate(items):
+                        if w.quota is not None:
+                            used = planned.get(w.source)
+                            if used is None:
+                                used = self.holdings.source_bytes(w.source)
+                            if used + len(w.data) > w.quota:
+                                refused[index] = OverQuota(
+                                    f"the source keeps {used} bytes here and its "
+                                    f"subscription allows {w.quota}"
+                                )
+                                continue
+                            planned[w.source] = used + len(w.data)
+                        accepted.append(w)
+                    stored = iter(
+                        self.packets.put_each([(w.packet_id, w.data, w.digest) for w in accepted])
                     )
+                    outcomes = [
+                        refused[i] if i in refused else next(stored) for i in range(len(items))
+                    ]
                     # Tags only for packets verified and held (stored now or already):
                     # a refused packet must not leave a tag that keeps a packet alive.
-                    held = [
-                        (w.packet_id, w.owner_tag)
+                    kept = [
+                        w
                         for w, outcome in zip(items, outcomes, strict=True)
                         if isinstance(outcome, bool)
                     ]
+                    held = [(w.packet_id, w.owner_tag) for w in kept]
+                    charges = [(w.source, len(w.data)) for w in kept]
                     try:
-                        self.holdings.add_tags(held)
+                        self.holdings.add_tags(held, charges)
                     except Exception:
                         # Nobody could ever delete a packet stored now without its tag:
                         # drop it again; the source is told and places it elsewhere.
@@ -255,7 +291,9 @@ class PacketStore:
         if isinstance(payload, UploadChunk):
             return await self._upload_chunk(payload)
         if isinstance(payload, TargetRequest):
-            return await self._serve_peer(payload.msg, payload.payload_digest, payload.peer)
+            return await self._serve_peer(
+                payload.msg, payload.payload_digest, payload.peer, payload.quota
+            )
         raise TypeError(f"packet store cannot handle {type(payload).__name__}")
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -436,11 +474,14 @@ class PacketStore:
 
     # --- target side --------------------------------------------------------------------------
 
-    async def _serve_peer(self, msg: Message, digest: bytes | None, peer: bytes) -> Message:
-        if isinstance(msg, StorePacket):
-            return await self._keep(msg, digest)
-        if isinstance(msg, StorePackets):
-            return await self._keep_many(msg)
+    async def _serve_peer(
+        self, msg: Message, digest: bytes | None, peer: bytes, quota: int | None = None
+    ) -> Message:
+        if isinstance(msg, StorePacket | StorePackets):
+            source = self.identity.root_owner_tag(peer)
+            if isinstance(msg, StorePacket):
+                return await self._keep(msg, digest, source, quota)
+            return await self._keep_many(msg, source, quota)
         if isinstance(msg, FetchPacket):
             data = await trio.to_thread.run_sync(
                 self.packets.get, msg.packet_id, limiter=self.disk_limiter
@@ -451,7 +492,7 @@ class PacketStore:
             self._count("packets_served")
             return PacketData(request_id=msg.request_id, packet_id=msg.packet_id, data=data)
         if isinstance(msg, DeletePacket):
-            return await self._delete(msg)
+            return await self._delete(msg, self.identity.root_owner_tag(peer))
         if isinstance(msg, PutRoot):
             return await self._put_root(msg, peer)
         if isinstance(msg, GetRoot):
@@ -475,13 +516,23 @@ class PacketStore:
         )
 
     async def _write(
-        self, packet_id: bytes, owner_tag: bytes, data: bytes | memoryview, digest: bytes | None
+        self,
+        packet_id: bytes,
+        owner_tag: bytes,
+        data: bytes | memoryview,
+        digest: bytes | None,
+        source: bytes = b"",
+        quota: int | None = None,
     ) -> bool | PacketStoreError:
         reply_send, reply_recv = trio.open_memory_channel[bool | PacketStoreError](1)
-        await self._writes_send.send(_Write(packet_id, owner_tag, data, digest, reply_send))
+        await self._writes_send.send(
+            _Write(packet_id, owner_tag, data, digest, reply_send, source, quota)
+        )
         return await reply_recv.receive()
 
-    async def _keep_many(self, msg: StorePackets) -> PacketsStored:
+    async def _keep_many(
+        self, msg: StorePackets, source: bytes = b"", quota: int | None = None
+    ) -> PacketsStored:
         if sum(p.size_bytes for p in msg.parts) != len(msg.data):
             raise RemoteError("malformed", "part sizes do not add up to the payload")
         view = memoryview(msg.data)
@@ -494,7 +545,9 @@ class PacketStore:
 
         async def one(index: int) -> None:
             part = msg.parts[index]
-            outcomes[index] = await self._write(part.packet_id, part.owner_tag, slices[index], None)
+            outcomes[index] = await self._write(
+                part.packet_id, part.owner_tag, slices[index], None, source, quota
+            )
 
         async with trio.open_nursery() as nursery:
             for index in range(len(msg.parts)):
@@ -521,16 +574,28 @@ class PacketStore:
             return "allocation_full", str(outcome)
         if isinstance(outcome, PacketIdMismatch):
             return "id_mismatch", str(outcome)
+        if isinstance(outcome, OverQuota):
+            self._count("store_refused_quota")
+            return "over_quota", str(outcome)
         return "storage_error", str(outcome) if outcome is not None else "not stored"
 
-    async def _keep(self, msg: StorePacket, digest: bytes | None) -> PacketStored:
+    async def _keep(
+        self,
+        msg: StorePacket,
+        digest: bytes | None,
+        source: bytes = b"",
+        quota: int | None = None,
+    ) -> PacketStored:
         if digest is not None and digest != msg.packet_id:
             # The session already hashed the payload; a mismatch needs no second hash.
             raise RemoteError("id_mismatch", "packet bytes do not hash to its id")
-        outcome = await self._write(msg.packet_id, msg.owner_tag, msg.data, digest)
+        outcome = await self._write(msg.packet_id, msg.owner_tag, msg.data, digest, source, quota)
         try:
             if isinstance(outcome, PacketStoreError):
                 raise outcome
+        except OverQuota as exc:
+            self._count("store_refused_quota")
+            raise RemoteError("over_quota", str(exc)) from None
         except AllocationFull as exc:
             self._count("store_refused_full")
             raise RemoteError("allocation_full", str(exc)) from None
@@ -551,13 +616,20 @@ class PacketStore:
             free_bytes=free,
         )
 
-    async def _delete(self, msg: DeletePacket) -> PacketDeleted:
+    async def _delete(self, msg: DeletePacket, source: bytes = b"") -> PacketDeleted:
+        """Withdraw the owner's tag (its secret proves it is the owner's), and the packet's
+        bytes from the deleting source's usage here; the packet goes with its last tag."""
         import blake3
 
         tag = blake3.blake3(msg.owner_secret).digest()
 
         def remove() -> bool:
-            present, left = self.holdings.remove_tag(msg.packet_id, tag)
+            path = self.packets.path_for(msg.packet_id)
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = 0
+            present, left = self.holdings.remove_tag(msg.packet_id, tag, source=source, size=size)
             if not present:
                 return False
             if left == 0:

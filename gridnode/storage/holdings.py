@@ -84,6 +84,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE roots ADD COLUMN owner BLOB NOT NULL DEFAULT x'';
     CREATE INDEX roots_by_owner ON roots(owner)
     """,
+    # 3: bytes of packets each source keeps here (keyed by the same per-peer hash as
+    # roots), so a source over its subscription's quota is refused.  One total per
+    # source, never which packet is whose: the holdings file links no packet to a source.
+    """
+    CREATE TABLE source_usage (
+        source BLOB PRIMARY KEY,
+        bytes INTEGER NOT NULL CHECK (bytes >= 0)
+    ) WITHOUT ROWID
+    """,
 )
 
 
@@ -148,17 +157,46 @@ class Holdings:
     def add_tag(self, packet_id: bytes, owner_tag: bytes) -> None:
         self.add_tags([(packet_id, owner_tag)])
 
-    def add_tags(self, tags: list[tuple[bytes, bytes]]) -> None:
-        """Record (packet id, owner tag) pairs; only for packets verified and held here."""
+    def add_tags(
+        self, tags: list[tuple[bytes, bytes]], charges: list[tuple[bytes, int]] | None = None
+    ) -> None:
+        """Record (packet id, owner tag) pairs; only for packets verified and held here.
+
+        ``charges[i]`` = (source, bytes) charges the i-th tag's packet to that source's
+        usage, when the tag is new (a packet sent again under the same tag costs nothing
+        more), in the same transaction."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT OR IGNORE INTO owner_tags(packet_id, owner_tag) VALUES (?, ?)", tags
-            )
+            for index, pair in enumerate(tags):
+                added = db.execute(
+                    "INSERT OR IGNORE INTO owner_tags(packet_id, owner_tag) VALUES (?, ?)", pair
+                ).rowcount
+                if added and charges is not None and charges[index][0]:
+                    self._charge(db, *charges[index])
 
-    def remove_tag(self, packet_id: bytes, owner_tag: bytes) -> tuple[bool, int]:
-        """Withdraw one tag; returns (was present, tags left)."""
+    @staticmethod
+    def _charge(db: sqlite3.Connection, source: bytes, nbytes: int) -> None:
+        db.execute(
+            "INSERT INTO source_usage(source, bytes) VALUES (?, MAX(?, 0))"
+            " ON CONFLICT(source) DO UPDATE SET bytes = MAX(bytes + ?, 0)",
+            (source, nbytes, nbytes),
+        )
+
+    def source_bytes(self, source: bytes) -> int:
+        """Bytes of packets ``source`` keeps here (tags it added and did not withdraw)."""
+        row = (
+            self._db()
+            .execute("SELECT bytes FROM source_usage WHERE source = ?", (source,))
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def remove_tag(
+        self, packet_id: bytes, owner_tag: bytes, *, source: bytes = b"", size: int = 0
+    ) -> tuple[bool, int]:
+        """Withdraw one tag (and ``size`` bytes from ``source``'s usage with it); returns
+        (was present, tags left)."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
@@ -166,6 +204,8 @@ class Holdings:
                 "DELETE FROM owner_tags WHERE packet_id = ? AND owner_tag = ?",
                 (packet_id, owner_tag),
             )
+            if cur.rowcount > 0 and source:
+                self._charge(db, source, -size)
             left = db.execute(
                 "SELECT COUNT(*) FROM owner_tags WHERE packet_id = ?", (packet_id,)
             ).fetchone()[0]

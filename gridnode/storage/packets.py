@@ -64,6 +64,7 @@ from blake3 import blake3
 
 __all__ = [
     "AllocationFull",
+    "OverQuota",
     "PacketDirectory",
     "PacketDirectoryStatistics",
     "PacketIdMismatch",
@@ -84,6 +85,10 @@ class PacketStoreError(Exception):
 
 class AllocationFull(PacketStoreError):
     """Storing the packet(s) would exceed this node's allocated storage."""
+
+
+class OverQuota(PacketStoreError):
+    """The source already keeps what its subscription allows here."""
 
 
 class PacketIdMismatch(PacketStoreError):

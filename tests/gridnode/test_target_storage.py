@@ -24,6 +24,7 @@ import trio
 from blake3 import blake3
 from nacl.signing import SigningKey
 
+import gridnode.storage.holdings as holdings_module
 from gridnode.actors.base import call
 from gridnode.actors.packet_store import PacketStore, TargetRequest, root_signature_payload
 from gridnode.config import build_config
@@ -392,7 +393,7 @@ async def test_a_packet_whose_tag_cannot_be_recorded_is_not_kept(
     async with open_store(tmp_path, allocation=5_000) as (store, ask):
         packet_id, data = _packet(1_000, seed=8)
 
-        def broken(tags: list[tuple[bytes, bytes]]) -> None:
+        def broken(tags: list[tuple[bytes, bytes]], charges: object = None) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
         monkeypatch.setattr(store.holdings, "add_tags", broken)
@@ -422,8 +423,8 @@ def test_holdings_from_before_migrations_are_adopted(tmp_path: Path) -> None:
             "INSERT INTO roots VALUES (?, 3, ?, ?, ?)", (b"l" * 32, b"k" * 32, b"s" * 64, b"old")
         )
     holdings = Holdings(path)
-    assert holdings.schema_version == 2
+    assert holdings.schema_version == len(holdings_module.MIGRATIONS)
     assert holdings.root_bytes() == 3 + ROOT_RECORD_BYTES
     assert holdings.root_count() == 1 and holdings.root_count(b"") == 1
     assert holdings.remove_tag(b"p" * 32, b"t" * 32) == (True, 0)
-    assert Holdings(path).schema_version == 2  # opening again migrates nothing
+    assert Holdings(path).schema_version == len(holdings_module.MIGRATIONS)  # nothing again

@@ -34,6 +34,8 @@ import attrs
 
 from protocol import Allocations
 
+from ..storage.migrations import apply_migrations
+
 __all__ = ["AuthorityDB", "CertificateRow", "SubscriptionRow"]
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -161,22 +163,6 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 )
 
 
-def _statements(script: str) -> list[str]:
-    """A migration's statements, cut where SQLite says one is complete: a trigger's body
-    holds semicolons of its own, which a plain split on ``;`` would cut through."""
-    out: list[str] = []
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                out.append(pending)
-            pending = ""
-    if pending.strip(" \n;"):
-        out.append(pending)
-    return out
-
-
 def allocations_text(allocations: Allocations) -> str:
     return json.dumps(allocations.to_json(), sort_keys=True)
 
@@ -248,17 +234,7 @@ class AuthorityDB:
         return int(self._db().execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        current = self.schema_version
-        if current > len(MIGRATIONS):
-            raise RuntimeError(
-                f"authority database {self.path} has schema version {current}, newer than "
-                f"this software ({len(MIGRATIONS)}); upgrade gridnode"
-            )
-        for version in range(current, len(MIGRATIONS)):
-            with self.transaction() as db:
-                for statement in _statements(MIGRATIONS[version]):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {version + 1}")
+        apply_migrations(self._db(), MIGRATIONS, what="authority database", path=self.path)
 
     # --- meta and plans --------------------------------------------------------------------
 

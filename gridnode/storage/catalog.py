@@ -47,6 +47,7 @@ from nacl.signing import SigningKey
 from protocol import sign, verify
 
 from ..names import escape
+from .migrations import apply_migrations
 
 __all__ = [
     "HOLE",
@@ -491,20 +492,7 @@ class Catalog:
         return int(self._db().execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        db = self._db()
-        current = self.schema_version
-        if current > len(MIGRATIONS):
-            raise RuntimeError(
-                f"catalog {self.path} has schema version {current}, newer than this software "
-                f"({len(MIGRATIONS)}); upgrade gridnode"
-            )
-        for version in range(current, len(MIGRATIONS)):
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {version + 1}")
+        apply_migrations(self._db(), MIGRATIONS, what="catalog", path=self.path)
 
     # --- profile -----------------------------------------------------------------------------
 

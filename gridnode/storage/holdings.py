@@ -35,6 +35,8 @@ import attrs
 
 from protocol import MAX_ROOT_BYTES
 
+from .migrations import apply_migrations
+
 __all__ = [
     "MAX_ROOTS_PER_OWNER",
     "MAX_ROOT_BYTES_PER_OWNER",
@@ -129,20 +131,7 @@ class Holdings:
         return int(self._db().execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        db = self._db()
-        current = self.schema_version
-        if current > len(MIGRATIONS):
-            raise RuntimeError(
-                f"holdings {self.path} has schema version {current}, newer than this software "
-                f"({len(MIGRATIONS)}); upgrade gridnode"
-            )
-        for version in range(current, len(MIGRATIONS)):
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {version + 1}")
+        apply_migrations(self._db(), MIGRATIONS, what="holdings", path=self.path)
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)

@@ -1289,3 +1289,109 @@ def test_fixed_validation() -> None:
         view.place(b"c", 3, PACKET, exclude={node(1)}, fixed=[node(0), node(1)])
     with pytest.raises(ValueError, match="n must be"):
         view.place(b"c", 0, PACKET, fixed=[node(0)])
+
+
+def test_search_bound_error_names_the_rules_and_counts() -> None:
+    west = [member(i, *point_north(0)) for i in range(10)]
+    east = [member(100 + i, *point_north(1000)) for i in range(10)]
+    rules = PlacementRules(packet_proximity=parse_band(":100km"))
+    view = PlacementView(
+        key=KEY, source=source_at(*ZURICH), members=west + east, rules=rules, search_budget=5
+    )
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 11, PACKET)
+    assert str(info.value).startswith(
+        "search bound: gave up after 5 search steps without finding 11 of the 20 candidate "
+        "members that meet packet proximity at most 100 km; the largest set found has 10."
+    )
+    assert (info.value.rule, info.value.needed, info.value.available) == ("search_bound", 11, 10)
+
+
+def test_unlabelled_held_target_blames_distinct_with_none_available() -> None:
+    rules = PlacementRules(distinct=("site",))
+    members = [member(i, labels=(("site", s),)) for i, s in enumerate("abc")]
+    members.append(member(20))  # no site label
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 2, PACKET, fixed=[node(20)])
+    assert (info.value.rule, info.value.needed, info.value.available) == ("distinct", 1, 0)
+
+
+def test_distinct_label_shortage_counts() -> None:
+    members = [member(i, labels=(("site", f"s{i}"),)) for i in range(9)]
+    members += [member(20)]  # no site label
+    rules = PlacementRules(distinct=("site",))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 10, PACKET)
+    assert (info.value.rule, info.value.needed, info.value.available) == ("distinct", 10, 9)
+
+
+def test_rules_together_blame_the_one_that_alone_rules_out_every_set() -> None:
+    rules = PlacementRules(packet_proximity=parse_band(":100km"), distinct=("site", "rack"))
+    source = source_at(*ZURICH)
+
+    def labelled(i: int, site: str, rack: str, km: float = 0.0) -> Member:
+        return member(i, *point_north(km), labels=(("site", site), ("rack", rack)))
+
+    # All differ in both labels, but only two lie within 100 km of each other.
+    spread = [labelled(0, "a", "1"), labelled(1, "b", "2", 50), labelled(2, "c", "3", 1000)]
+    view = PlacementView(key=KEY, source=source, members=spread, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 3, PACKET)
+    assert (info.value.rule, info.value.available) == ("packet_proximity", 2)
+    assert str(info.value) == (
+        "packet proximity at most 100 km: no 3 of the 3 candidate members lie pairwise "
+        "within that band; the largest such set found has 2"
+    )
+    # All within 100 km, and each label has 3 values, but no 3 differ in both.
+    close = [
+        labelled(0, "a", "1"),
+        labelled(1, "b", "1"),
+        labelled(2, "c", "2"),
+        labelled(3, "c", "3"),
+    ]
+    view = PlacementView(key=KEY, source=source, members=close, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 3, PACKET)
+    assert (info.value.rule, info.value.available) == ("distinct", 2)
+    assert str(info.value) == (
+        "distinct site, rack: no 3 of the 4 candidate members have pairwise different "
+        "values; the largest such set found has 2"
+    )
+
+
+def test_validation_edges() -> None:
+    assert member(1, lat=-90.0, lon=-180.0).lat == -90.0
+    assert Source(node_id=SOURCE_ID, lat=-90, lon=-180).lon == -180
+    as_list: list[str] = ["site", "rack"]
+    assert PlacementRules(distinct=as_list).distinct == ("site", "rack")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        PlacementRules(distinct="site")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        PlacementView(
+            key="k" * 32,  # type: ignore[arg-type]
+            source=source_at(*ZURICH),
+            members=[member(1)],
+            rules=PlacementRules(),
+        )
+
+
+def test_a_one_km_minimum_keeps_members_on_one_spot_apart() -> None:
+    members = [member(0), member(1), member(2, *point_north(2))]
+    rules = PlacementRules(packet_proximity=parse_band("1km:"))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    chosen = view.place(b"c", 2, PACKET)
+    assert node(2) in chosen
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 3, PACKET)
+    assert (info.value.rule, info.value.available) == ("packet_proximity", 2)
+
+
+def test_packet_proximity_shortage_counts_located_members() -> None:
+    members = [member(0), member(1, lat=None, lon=None), member(2, location_trusted=False)]
+    rules = PlacementRules(packet_proximity=parse_band(":100km"))
+    view = PlacementView(key=KEY, source=source_at(*ZURICH), members=members, rules=rules)
+    with pytest.raises(PlacementError) as info:
+        view.place(b"c", 2, PACKET)
+    assert (info.value.rule, info.value.needed, info.value.available) == ("packet_proximity", 2, 1)

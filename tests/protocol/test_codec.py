@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import tracemalloc
+from typing import Any
 
 import attrs
 import msgpack
@@ -30,6 +32,7 @@ from protocol._gossip import (
     MemberRecord,
     MemberUpdate,
 )
+from protocol._schema import MAX_DEPTH, TypeNode, decode_value, record_to_raw
 
 from .make_vectors import VECTORS, build
 from .schema_tools import example_record, message_strategy
@@ -177,3 +180,131 @@ def test_the_largest_legitimate_sync_page_fits_the_object_budget() -> None:
         ),
     )
     assert decode(encode(page)) == page
+
+
+def _sync_page_body() -> dict[str, object]:
+    record = MemberRecord(
+        node_id=b"n" * 32, address="127.0.0.1:1", lat=1.0, lon=2.0, signature=b"s" * 64
+    )
+    page = GossipSyncReply(sync_id=1, updates=(MemberUpdate(record=record, state="alive"),))
+    return record_to_raw(page)
+
+
+_REC = ("updates", 0, "record")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where", "why"),
+    [
+        (("sync_id",), "x", "gossip_sync_reply.sync_id", "expected int"),
+        ((*_REC, "node_id"), b"short", "gossip_sync_reply.updates[0].record.node_id", "below"),
+        ((*_REC, "address"), "a" * 5000, "gossip_sync_reply.updates[0].record.address", "exceeds"),
+        ((*_REC, "lat"), 1000.0, "gossip_sync_reply.updates[0].record.lat", "exceeds"),
+        ((*_REC, "lat"), -1000.0, "gossip_sync_reply.updates[0].record.lat", "below"),
+        ((*_REC, "signature"), None, "gossip_sync_reply.updates[0].record.signature", "missing"),
+        ((*_REC, "zzz"), 1, "gossip_sync_reply.updates[0].record", "unknown field(s) 'zzz'"),
+        (("updates", 0), [1], "gossip_sync_reply.updates[0]", "expected a map"),
+        ((*_REC, "lat"), "x", "gossip_sync_reply.updates[0].record.lat", "expected float"),
+        ((*_REC, "lat"), math.nan, "gossip_sync_reply.updates[0].record.lat", "finite"),
+        ((*_REC, "lon"), -math.inf, "gossip_sync_reply.updates[0].record.lon", "finite"),
+        ((*_REC, "address"), 5, "gossip_sync_reply.updates[0].record.address", "expected str"),
+        ((*_REC, "labels"), "x", "gossip_sync_reply.updates[0].record.labels", "expected list"),
+        ((*_REC, "labels"), [1], "gossip_sync_reply.updates[0].record.labels[0]", "expected str"),
+        ((*_REC, "leaving"), 1, "gossip_sync_reply.updates[0].record.leaving", "expected bool"),
+        ((*_REC, "signature"), "s", "gossip_sync_reply.updates[0].record.signature", "bytes"),
+        # Passes the schema, refused by the attrs validator: blamed on the record.
+        (("updates", 0, "state"), "bogus", "gossip_sync_reply.updates[0]", "'state' must be"),
+    ],
+)
+def test_refusals_name_the_field_path(
+    path: tuple[str | int, ...], value: object, where: str, why: str
+) -> None:
+    body = _sync_page_body()
+    parent: Any = body
+    for step in path[:-1]:
+        parent = parent[step]
+    if value is None:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(_envelope("gossip_sync_reply", body))
+    assert info.value.code == "bad_field"
+    assert str(info.value).startswith(f"field {where}: "), str(info.value)
+    assert why in str(info.value)
+
+
+def test_unregistered_class_is_refused_with_a_code() -> None:
+    @attrs.frozen
+    class Rogue(Message):
+        KIND = "rogue"
+
+    with pytest.raises(LocalProtocolError) as info:
+        encode(Rogue())
+    assert info.value.code == "unknown_kind"
+
+
+def test_byte_buffers_are_sent_as_bytes() -> None:
+    plain = StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=b"xyz")
+    buffers = StorePacket(
+        request_id=1,
+        packet_id=bytearray(b"p" * 32),
+        owner_tag=memoryview(b"o" * 32),
+        data=bytearray(b"xyz"),
+    )
+    assert encode(buffers) == encode(plain)
+    assert decode(encode(buffers)) == plain
+
+
+def _nested(levels: int) -> tuple[TypeNode, object, object]:
+    """An int inside ``levels`` lists: the raw value and what it decodes to."""
+    node: TypeNode = TypeNode("int")
+    raw: object = 7
+    decoded: object = 7
+    for _ in range(levels):
+        node, raw, decoded = TypeNode("tuple", item=node), [raw], (decoded,)
+    return node, raw, decoded
+
+
+def test_nesting_limit_is_inclusive() -> None:
+    node, raw, decoded = _nested(MAX_DEPTH)  # the int sits at depth MAX_DEPTH: allowed
+    assert decode_value(raw, node, "f", None, depth=0, max_bytes=100) == decoded
+    node, raw, _ = _nested(MAX_DEPTH + 1)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_value(raw, node, "f", None, depth=0, max_bytes=100)
+    assert info.value.code == "bad_field"
+
+
+def test_frame_limit_bounds_optional_bytes() -> None:
+    node = TypeNode("optional", item=TypeNode("bytes"))
+    assert decode_value(None, node, "f", None, depth=0, max_bytes=10) is None
+    assert decode_value(b"x" * 10, node, "f", None, depth=0, max_bytes=10) == b"x" * 10
+    with pytest.raises(RemoteProtocolError) as info:
+        decode_value(b"x" * 11, node, "f", None, depth=0, max_bytes=10)
+    assert info.value.code == "bad_field"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (msgpack.packb({"v": str(PROTOCOL_VERSION), "k": "ping", "b": {}}), "malformed"),
+        (msgpack.packb({"v": PROTOCOL_VERSION, "k": 5, "b": {}}), "malformed"),
+        # Only str map keys, and no extension types, even deep inside a body.
+        (_envelope("ping", {1: 1}), "malformed"),
+        (_envelope("ping", {"request_id": msgpack.ExtType(1, b"x")}), "malformed"),
+        # A list's own bounds from the schema, not only the global list limit.
+        (_envelope("store_packets", {"request_id": 1, "parts": [], "data": b""}), "bad_field"),
+    ],
+)
+def test_more_bad_frames_are_refused_with_a_code(frame: bytes, code: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(frame)
+    assert info.value.code == code
+
+
+def test_object_budget_is_inclusive() -> None:
+    frame = _envelope("ping", {"request_id": 1})  # two maps: 1 + 1 and 1 + 3 objects
+    assert decode(frame, limits=Limits(max_objects=6)) == decode(frame)
+    with pytest.raises(RemoteProtocolError) as info:
+        decode(frame, limits=Limits(max_objects=5))
+    assert info.value.code == "too_complex"

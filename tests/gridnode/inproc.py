@@ -86,3 +86,62 @@ async def open_grid(
         finally:
             for node in nodes:
                 node.shutdown()
+
+
+@asynccontextmanager
+async def open_authority_grid(
+    tmp_path: Path,
+    count: int,
+    settings: dict[str, Any] | None = None,
+    *,
+    before_start: Callable[[Path, NodeIdentity], None] | None = None,
+) -> AsyncIterator[tuple[list[Node], trio.Nursery, dict[str, Any]]]:
+    """An authority node (its home made as ``authority init`` makes it, in
+    ``tmp_path/auth``) and ``count`` nodes of its grid (``tmp_path/nI``), started in one
+    nursery.  ``before_start(home, identity)`` runs for each node, the authority's too,
+    before it starts (to enrol it, say).  Yields the nodes (the authority first), the
+    nursery (to start more) and the config values they share."""
+    from nacl.signing import SigningKey
+
+    from gridnode.authority.pricebook import DEFAULT_PRICE_BOOK_TOML
+    from gridnode.authority.subscriptions import create_authority_home
+    from simulations.harness import free_port
+
+    grid_id = os.urandom(16)
+    key = SigningKey.generate()
+    address = f"127.0.0.1:{free_port()}"
+    common: dict[str, Any] = {
+        "grid_id": grid_id.hex(),
+        "authority_key": bytes(key.verify_key).hex(),
+        "authority_address": address,
+        "location_check": "off",
+        "gossip_probe_interval_s": 0.5,
+        "grace_period_s": 0.5,
+        **(settings or {}),
+    }
+    create_authority_home(
+        tmp_path / "auth",
+        grid_id=grid_id,
+        key=key,
+        price_book_text=DEFAULT_PRICE_BOOK_TOML,
+        now=0.0,
+    )
+    nodes: list[Node] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(count + 1):
+            values = {**common, "listen": address if i == 0 else "127.0.0.1:0"}
+            if i:
+                values["seeds"] = [address]
+            config = build_config(tmp_path / ("auth" if i == 0 else f"n{i}"), values)
+            config.home.mkdir(parents=True, exist_ok=True)
+            identity = NodeIdentity.generate()
+            if before_start is not None:
+                before_start(config.home, identity)
+            node = Node(config, identity)
+            await nursery.start(node.run)
+            nodes.append(node)
+        try:
+            yield nodes, nursery, common
+        finally:
+            for node in nodes:
+                node.shutdown()

@@ -37,6 +37,8 @@ from gridnode.node import Node
 from protocol import Certificate, Revocation
 from simulations.harness import free_port
 
+from .inproc import open_authority_grid
+
 
 class Clock:
     def __init__(self, now: float = 1_800_000_000.0) -> None:
@@ -268,43 +270,10 @@ def test_authority_init_and_invite_on_the_command_line(
 async def authority_grid(
     tmp_path: Path, count: int, *, lifetime_s: float = 100.0
 ) -> AsyncIterator[list[Node]]:
-    """An authority node (its home made as ``authority init`` makes it) and ``count`` nodes
-    of its grid, none of them subscribed."""
-    grid_id = os.urandom(16)
-    key = SigningKey.generate()
-    address = f"127.0.0.1:{free_port()}"
-    common: dict[str, Any] = {
-        "grid_id": grid_id.hex(),
-        "authority_key": bytes(key.verify_key).hex(),
-        "authority_address": address,
-        "location_check": "off",
-        "gossip_probe_interval_s": 0.5,
-        "grace_period_s": 0.5,
-        "certificate_lifetime_s": lifetime_s,
-    }
-    create_authority_home(
-        tmp_path / "auth",
-        grid_id=grid_id,
-        key=key,
-        price_book_text=DEFAULT_PRICE_BOOK_TOML,
-        now=0.0,
-    )
-    nodes: list[Node] = []
-    async with trio.open_nursery() as nursery:
-        for i in range(count + 1):
-            values = {**common, "listen": address if i == 0 else "127.0.0.1:0"}
-            if i:
-                values["seeds"] = [address]
-            config = build_config(tmp_path / ("auth" if i == 0 else f"n{i}"), values)
-            config.home.mkdir(parents=True, exist_ok=True)
-            node = Node(config, NodeIdentity.generate())
-            await nursery.start(node.run)
-            nodes.append(node)
-        try:
-            yield nodes
-        finally:
-            for node in nodes:
-                node.shutdown()
+    """An authority node and ``count`` nodes of its grid, none of them subscribed."""
+    settings = {"certificate_lifetime_s": lifetime_s}
+    async with open_authority_grid(tmp_path, count, settings) as (nodes, _, _):
+        yield nodes
 
 
 async def control(node: Node, method: str, **params: Any) -> Any:

@@ -34,7 +34,9 @@ from gridnode.node import Node
 from gridnode.recovery import fetch_root, log_head_of, recover_catalog
 from gridnode.storage.catalog import LOG_GENESIS, Catalog, log_entry_hash
 from protocol import GetRevocations, Revocation
-from simulations.harness import free_port
+
+from .inproc import open_authority_grid
+from .test_authority import control
 
 # --- the authority's checks, without a network -------------------------------------------------
 
@@ -225,57 +227,27 @@ async def certified_grid(
     tmp_path: Path, count: int, **settings: Any
 ) -> AsyncIterator[tuple[list[Node], SubscriptionManager, trio.Nursery, dict[str, Any]]]:
     """An authority node and ``count`` members, each enrolled before it starts."""
-    grid_id = os.urandom(16)
-    key = SigningKey.generate()
-    address = f"127.0.0.1:{free_port()}"
-    common: dict[str, Any] = {
-        "grid_id": grid_id.hex(),
-        "authority_key": bytes(key.verify_key).hex(),
-        "authority_address": address,
-        "location_check": "off",
-        "gossip_probe_interval_s": 0.5,
-        "gossip_sync_interval_s": 2,
-        "grace_period_s": 0.5,
-        "allocate": "1GB",
-        **settings,
-    }
-    create_authority_home(
-        tmp_path / "auth",
-        grid_id=grid_id,
-        key=key,
-        price_book_text=DEFAULT_PRICE_BOOK_TOML,
-        now=0.0,
-    )
-    manager = SubscriptionManager(tmp_path / "auth")
-    nodes: list[Node] = []
-    async with trio.open_nursery() as nursery:
-        for i in range(count + 1):
-            values = {**common, "listen": address if i == 0 else "127.0.0.1:0"}
-            if i:
-                values["seeds"] = [address]
-            config = build_config(tmp_path / ("auth" if i == 0 else f"n{i}"), values)
-            config.home.mkdir(parents=True, exist_ok=True)
-            identity = NodeIdentity.generate()
-            write_certificate(config.home, manager.enrol(identity.node_id))
-            node = Node(config, identity)
-            await nursery.start(node.run)
-            nodes.append(node)
-        with trio.fail_after(20):
-            while any(len(n.gossiper.alive()) < count for n in nodes):  # type: ignore[union-attr]
-                await trio.sleep(0.05)
-        try:
-            yield nodes, manager, nursery, common
-        finally:
-            for node in nodes:
-                node.shutdown()
+    managers: list[SubscriptionManager] = []
+
+    def enrol(home: Path, identity: NodeIdentity) -> None:
+        if not managers:  # the authority's home exists once the first node is made
+            managers.append(SubscriptionManager(tmp_path / "auth"))
+        write_certificate(home, managers[0].enrol(identity.node_id))
+
+    grid_settings = {"gossip_sync_interval_s": 2, "allocate": "1GB", **settings}
+    try:
+        async with open_authority_grid(tmp_path, count, grid_settings, before_start=enrol) as (
+            nodes,
+            nursery,
+            common,
+        ):
+            with trio.fail_after(20):
+                while any(len(n.gossiper.alive()) < count for n in nodes):  # type: ignore[union-attr]
+                    await trio.sleep(0.05)
+            yield nodes, managers[0], nursery, common
+    finally:
+        for manager in managers:
             manager.close()
-
-
-async def control(node: Node, method: str, **params: Any) -> Any:
-    async def emit(event: dict[str, Any]) -> None:
-        pass
-
-    return await node._control_job(method, params, emit)
 
 
 async def wait_forwarded(node: Node, manager: SubscriptionManager) -> tuple[int, bytes]:

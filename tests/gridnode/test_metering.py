@@ -22,12 +22,11 @@ from gridnode.authority.metering import Metering, MeteringError, SignedUsage, si
 from gridnode.authority.pricebook import DEFAULT_PRICE_BOOK_TOML
 from gridnode.authority.reporting import REPORTS_NAME, TrafficMeter, UsageReporter
 from gridnode.authority.subscriptions import SubscriptionManager, create_authority_home
-from gridnode.config import build_config
 from gridnode.errors import PeerGone, RemoteError
-from gridnode.identity import NodeIdentity
 from gridnode.node import Node
 from protocol import Message, UsageReport
-from simulations.harness import free_port
+
+from .inproc import open_authority_grid
 
 T0 = 1_800_000_000
 
@@ -275,42 +274,13 @@ async def test_reports_queue_while_the_authority_is_down_and_count_once(tmp_path
 @asynccontextmanager
 async def metered_grid(tmp_path: Path, count: int, **settings: Any) -> AsyncIterator[list[Node]]:
     """An authority node and ``count`` nodes, each subscribed."""
-    grid_id = os.urandom(16)
-    key = SigningKey.generate()
-    address = f"127.0.0.1:{free_port()}"
-    common: dict[str, Any] = {
-        "grid_id": grid_id.hex(),
-        "authority_key": bytes(key.verify_key).hex(),
-        "authority_address": address,
-        "location_check": "off",
-        "gossip_probe_interval_s": 0.5,
-        "grace_period_s": 0.5,
-        **settings,
-    }
-    create_authority_home(
-        tmp_path / "auth", grid_id=grid_id, key=key, price_book_text=DEFAULT_PRICE_BOOK_TOML, now=0
-    )
-    nodes: list[Node] = []
-    async with trio.open_nursery() as nursery:
-        for i in range(count + 1):
-            values = {**common, "listen": address if i == 0 else "127.0.0.1:0"}
-            if i:
-                values["seeds"] = [address]
-            config = build_config(tmp_path / ("auth" if i == 0 else f"n{i}"), values)
-            config.home.mkdir(parents=True, exist_ok=True)
-            node = Node(config, NodeIdentity.generate())
-            await nursery.start(node.run)
-            nodes.append(node)
+    async with open_authority_grid(tmp_path, count, settings) as (nodes, _, _):
         manager = nodes[0].authority
         assert manager is not None
         for node in nodes[1:]:
             assert node.subscription is not None
             await node.subscription.subscribe(await trio.to_thread.run_sync(manager.create_invite))
-        try:
-            yield nodes
-        finally:
-            for node in nodes:
-                node.shutdown()
+        yield nodes
 
 
 async def test_forged_and_replayed_reports_are_refused_over_the_grid(tmp_path: Path) -> None:

@@ -28,6 +28,12 @@ matter.  Measured in the same run:
     ones (a 1 MiB chunk at k=4 gives 256 KiB packets: what uploads really send);
   - both again with ``seal_payloads=True`` (the payload inside the AEAD as well).
 
+Also measured, in this process: how long the node's event loop stalls while it refuses a
+hostile frame (1.9 MiB of nested empty msgpack arrays from an authenticated member, the
+issue-8 attack): the worst round trip of pings another member sends meanwhile, against
+the time the same frame takes to decode (and be refused at the object budget) inline,
+which is what the stall would be if the node decoded it on the loop.
+
 Each figure is the best of 2 (quick) or 3 rounds of 64 MiB (quick) or 256 MiB over one
 connection.  CPU seconds per GB of each side (all rounds) show which side is the limit.
 Issue 2's target: the session at 0.2x raw TCP or better.  Run
@@ -37,6 +43,7 @@ Issue 2's target: the session at 0.2x raw TCP or better.  Run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -65,15 +72,18 @@ from gridnode.transport import PeerLink, Transport, TransportSettings, masking
 from gridnode.transport.pool import FRAME_SLACK_BYTES, RECEIVE_BUFFER_BYTES
 from protocol import (
     DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     Error,
     Message,
     PacketData,
     PacketStored,
+    RemoteProtocolError,
     StorePacket,
     receipt_payload,
     sign,
     verify,
 )
+from protocol._codec import decode_envelope
 
 from .common import MB, REPO_ROOT, Figure, MiB, proc_cpu_seconds, rate_mb_s
 
@@ -513,6 +523,104 @@ _ROWS: Final[dict[str, _Variant]] = {
 }
 
 
+# --- the event loop while a hostile frame is refused ------------------------------------------
+
+STALL_ROUNDS: Final = 5
+
+
+def _nested_arrays_body(n_outer: int = 60_000, n_inner: int = 30) -> bytes:
+    """A valid envelope whose body is 1.9 MiB of nested empty arrays (1.8 M objects)."""
+    inner = b"\xdc" + n_inner.to_bytes(2, "big") + b"\x90" * n_inner
+    return (
+        b"\x83\xa1v"
+        + bytes([PROTOCOL_VERSION])
+        + b"\xa1k\xa4ping\xa1b\xdc"
+        + n_outer.to_bytes(2, "big")
+        + inner * n_outer
+    )
+
+
+def _sealed(link: PeerLink, body: bytes) -> bytes:
+    """What an authenticated member can put on its own link: any body, correctly sealed."""
+    import nacl.bindings as sodium
+
+    session = link.session
+    counter = session._tx_counter
+    session._tx_counter += 1
+    prefix = bytes([0x53, session._tx_dir]) + counter.to_bytes(8, "big")
+    assert session._tx_key is not None
+    return prefix + sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        body, prefix, b"\x00" * 16 + counter.to_bytes(8, "big"), session._tx_key
+    )
+
+
+class _Quiet:
+    async def handle_request(self, link: PeerLink, msg: Message) -> Message:
+        return Error(request_id=getattr(msg, "request_id", 0), code="unsupported", message="")
+
+    def handle_oneway(self, link: PeerLink, msg: Message) -> None:
+        pass
+
+
+async def _stall_round(grid_id: bytes) -> tuple[float, float]:
+    """(worst ping ms while the frame is refused, median ping ms before it)."""
+
+    def make() -> Transport:
+        return _transport(NodeIdentity.generate(), grid_id, False, _Quiet())
+
+    node, attacker, friend = make(), make(), make()
+    async with trio.open_nursery() as nursery:
+        for t in (node, attacker, friend):
+            await nursery.start(t.run)
+        bad = await attacker.connect(f"127.0.0.1:{node.port}")
+        good = await friend.connect(f"127.0.0.1:{node.port}")
+        quiet = sorted([await good.ping() for _ in range(20)])
+        worst = 0.0
+        done = trio.Event()
+
+        async def keep_pinging() -> None:
+            nonlocal worst
+            for _ in range(1000):  # bounded: at most 1000 pings 2 ms apart
+                worst = max(worst, await good.ping(timeout_s=10))
+                if done.is_set():
+                    return
+                await trio.sleep(0.002)
+
+        frame = _sealed(bad, _nested_arrays_body())
+        async with trio.open_nursery() as pinging:
+            pinging.start_soon(keep_pinging)
+            await trio.sleep(0.02)
+            await bad.ws.send_message(frame)
+            with trio.fail_after(30):
+                await bad.closed.wait()
+            done.set()
+        for t in (attacker, friend):
+            await t.close_all()
+        nursery.cancel_scope.cancel()
+    return worst, quiet[len(quiet) // 2]
+
+
+def measure_hostile_stall(grid_id: bytes) -> dict[str, Any]:
+    """The median over rounds of the worst ping, and the inline decode it replaces."""
+    body = _nested_arrays_body()
+    inline: list[float] = []
+    for _ in range(STALL_ROUNDS):
+        started = time.perf_counter()
+        with contextlib.suppress(RemoteProtocolError):
+            decode_envelope(body)
+        inline.append((time.perf_counter() - started) * 1000)
+    rounds = [trio.run(_stall_round, grid_id) for _ in range(STALL_ROUNDS)]
+    worst = sorted(r[0] for r in rounds)[len(rounds) // 2]
+    quiet = sorted(r[1] for r in rounds)[len(rounds) // 2]
+    return {
+        "frame_bytes": len(body),
+        "worst_ping_ms": round(worst, 2),
+        "quiet_ping_ms": round(quiet, 3),
+        "inline_decode_ms": round(sorted(inline)[len(inline) // 2], 2),
+        "rounds": STALL_ROUNDS,
+    }
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure every variant (see the module docstring); returns the figures as a dict."""
     total = QUICK_BYTES if quick else FULL_BYTES
@@ -555,6 +663,16 @@ def run(quick: bool = False) -> dict[str, Any]:
             ws,
         ).to_dict(),
     ]
+    stall = measure_hostile_stall(grid_id)
+    figures.append(
+        Figure(
+            "worst ping while a hostile 1.9 MiB frame is refused",
+            stall["worst_ping_ms"],
+            "ms",
+            "the same frame decoded inline (the stall without the worker thread)",
+            stall["inline_decode_ms"],
+        ).to_dict()
+    )
     session = rows["session one-way send"]["mb_s"]
     session_cpu = rows["session one-way send"]["cpu_bound_mb_s"]
     raw_cpu = rows["raw trio TCP"]["cpu_bound_mb_s"]
@@ -577,6 +695,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "receive_buffer_bytes": RECEIVE_BUFFER_BYTES,
         "max_message_size": MAX_MESSAGE,
         "rows": rows,
+        "hostile_frame_stall": stall,
         "target": {
             "session_over_raw_tcp_at_least": 0.2,
             "session_over_raw_tcp": round(session / raw, 3),
@@ -602,6 +721,13 @@ def format_table(results: dict[str, Any]) -> str:
             f"{row['sender_cpu_s_per_gb']:>14.2f} {row['receiver_cpu_s_per_gb']:>14.2f} "
             f"{row['cpu_bound_mb_s']:>15.1f}"
         )
+    stall = results["hostile_frame_stall"]
+    lines.append(
+        f"hostile {stall['frame_bytes'] / MiB:.1f} MiB frame of nested arrays: worst ping "
+        f"{stall['worst_ping_ms']:.1f} ms while it is refused (quiet: "
+        f"{stall['quiet_ping_ms']:.2f} ms); decoding it inline would stall the loop "
+        f"{stall['inline_decode_ms']:.1f} ms"
+    )
     target = results["target"]
     lines.append(
         f"target: session >= {target['session_over_raw_tcp_at_least']}x raw TCP: "

@@ -10,7 +10,9 @@ about it.  Connection tasks live in the transport's own nursery (trio-websocket'
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -89,7 +91,10 @@ class TransportSettings:
         self.grid_id = grid_id
         self.listen_host = listen_host
         self.listen_port = listen_port
-        self.limits = Limits(max_frame_bytes=max_frame_bytes)
+        # time.sleep(0) releases the GIL: see Limits.pause.
+        self.limits = Limits(
+            max_frame_bytes=max_frame_bytes, pause=functools.partial(time.sleep, 0)
+        )
         self.seal_payloads = seal_payloads
         self.request_timeout_s = request_timeout_s
         self.handshake_timeout_s = handshake_timeout_s

@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -50,6 +50,10 @@ _log = get_logger()
 
 #: RFC 6455 close code for "policy violation": we use it for protocol refusals.
 CLOSE_POLICY = 1008
+#: A retired duplicate link closes after this long without a frame (see ``retire``).
+RETIRE_QUIET_S: Final = 0.2
+RETIRE_POLL_S: Final = 0.02
+
 #: Frames larger than this are opened in a worker thread (see ``_read_loop``).
 THREAD_DECODE_BYTES = 64 * 1024
 #: A link holding shared read budget with no message finished for this long is closed.
@@ -115,6 +119,7 @@ class PeerLink:
         self._send_lock = trio.StrictFIFOLock()
         self._window = trio.Semaphore(max_in_flight)
         self._serving = trio.Semaphore(max_serving)
+        self._max_serving = max_serving
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[MessageReceived | BaseException]] = {}
         self._requests_sent = 0
@@ -388,6 +393,25 @@ class PeerLink:
         for waiter in list(self._pending.values()):
             with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                 waiter.send_nowait(gone)
+
+    async def retire(self, code: str, reason: str, grace_s: float) -> None:
+        """Close once the requests under way both ways are answered, within ``grace_s``.
+
+        When both members dial each other at once, both ends keep the same one of the
+        two sessions (the tie-break is symmetric) and retire the other.  Closing it at
+        once failed whatever was in flight on it with ``PeerGone`` (seen in CI: a request
+        sent just before the other session won).  The retired link is no longer handed
+        out; it closes when it has nothing pending, serves nothing and has heard nothing
+        for ``RETIRE_QUIET_S`` (a request already on the wire lands inside that window).
+        """
+        with trio.move_on_after(grace_s):
+            for _ in range(int(grace_s / RETIRE_POLL_S) + 1):  # bounded by the grace, too
+                busy = bool(self._pending) or self._serving.value < self._max_serving
+                heard = trio.current_time() - self._last_message_at
+                if self.closed.is_set() or (not busy and heard >= RETIRE_QUIET_S):
+                    break
+                await trio.sleep(RETIRE_POLL_S)
+        await self.aclose(code, reason)
 
     async def aclose(self, code: str = "normal", reason: str = "") -> None:
         """Say goodbye (sealed) and close; idempotent."""

@@ -301,7 +301,12 @@ class Transport:
             keep_new = link.dialer_id < current.dialer_id
             if not keep_new:
                 return False
-            self._nursery_spawn(current.aclose, "duplicate", "a newer session replaced this one")
+            self._nursery_spawn(
+                current.retire,
+                "duplicate",
+                "a newer session replaced this one",
+                self.settings.request_timeout_s,
+            )
         self._links[link.peer_id] = link
         if self.link_added is not None:
             self.link_added(link)

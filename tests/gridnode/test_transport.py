@@ -201,3 +201,39 @@ async def test_wrong_grid_is_refused_at_the_handshake() -> None:
             assert info.value.code == "wrong_grid"
             assert a.refused_handshakes == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_request_in_flight_survives_a_duplicate_session_replacing_its_link() -> None:
+    """Both ends dialling each other at once keep one session and retire the other; a
+    request already under way on the retired one is answered, not failed with PeerGone
+    (CI saw exactly that).  The retired link closes once it is idle."""
+    async with pair() as (a, b, ha, hb):
+        # The newer session wins when its dialer has the smaller node id: let the larger
+        # one dial first, so that the second dial replaces the first link.
+        first, second = (a, b) if a.identity.node_id > b.identity.node_id else (b, a)
+        handler = hb if first is a else ha
+        old = await first.connect(second.address)
+        result: list[Message] = []
+        async with trio.open_nursery() as nursery:
+
+            async def slow() -> None:
+                result.append(
+                    await old.request(lambda rid: FetchPacket(request_id=rid, packet_id=b"s" * 32))
+                )
+
+            nursery.start_soon(slow)
+            with trio.fail_after(5):
+                while handler.stalled == 0:  # bounded by the deadline
+                    await trio.sleep(0.01)
+            new = await second._dial(first.address, first.identity.node_id)
+            assert first.link(second.identity.node_id) is not old  # no longer handed out
+            assert second.link(first.identity.node_id) is new
+            await trio.sleep(0.3)
+            assert old.is_open  # still busy: not closed under the request
+            handler.stall.set()
+        assert isinstance(result[0], PacketData) and result[0].data == b"late"
+        with trio.fail_after(3):
+            await old.closed.wait()  # idle now: retired for good
+        assert new.is_open
+        answer = await new.request(fetch(10))
+        assert isinstance(answer, PacketData)

@@ -310,7 +310,12 @@ class Node:
             ready=lambda: subscription is not None and subscription.certificate is not None,
             local=self.metering,
             request_timeout_s=config.request_timeout_s,
+            served_bytes=self._served_bytes,
         )
+
+    def _served_bytes(self) -> int:
+        store = getattr(self, "packet_store", None)  # built after the reporter
+        return int(store.stats.get("bytes_served", 0)) if store is not None else 0
 
     async def _serve_authority(self, link: PeerLink, msg: Message) -> Message:
         from .authority.revocations import serve_revocations

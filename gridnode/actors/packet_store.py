@@ -490,6 +490,7 @@ class PacketStore:
                 self._count("fetch_misses")
                 raise RemoteError("not_found", "packet not held here (or failed verification)")
             self._count("packets_served")
+            self._count("bytes_served", len(data))  # metered: credited as served storage
             return PacketData(request_id=msg.request_id, packet_id=msg.packet_id, data=data)
         if isinstance(msg, DeletePacket):
             return await self._delete(msg, self.identity.root_owner_tag(peer))

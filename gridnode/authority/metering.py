@@ -384,6 +384,14 @@ class Metering:
         sample, now = report.sample, self.clock()
         if sample.end > now + _SKEW_S:
             raise MeteringError("from_the_future", f"the report ends at {sample.end}, after now")
+        if sample.served_bytes > sample.sent_bytes:
+            # Served packets leave through the node's sessions, so they are part of what it
+            # sent: a node claiming more is inflating its served-storage credit.
+            raise MeteringError(
+                "bad_report",
+                f"the report claims {sample.served_bytes} bytes served but only "
+                f"{sample.sent_bytes} sent",
+            )
         placed = json.dumps({t.hex(): size for t, size in report.placed}, sort_keys=True)
         with self.db.transaction() as db:
             if AuthorityDB.subscription_in(db, peer_id) is None:

@@ -145,6 +145,7 @@ class _State:
     sent: int = 0
     received: int = 0
     cpu_ms: int = 0
+    served: int = 0
     pending: list[bytes] = attrs.field(factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -152,7 +153,12 @@ class _State:
             "version": 1,
             "next_sequence": self.next_sequence,
             "last_end": self.last_end,
-            "carried": {"sent": self.sent, "received": self.received, "cpu_ms": self.cpu_ms},
+            "carried": {
+                "sent": self.sent,
+                "received": self.received,
+                "cpu_ms": self.cpu_ms,
+                "served": self.served,
+            },
             "pending": [raw.hex() for raw in self.pending],
         }
 
@@ -165,6 +171,7 @@ class _State:
             sent=int(carried["sent"]),
             received=int(carried["received"]),
             cpu_ms=int(carried["cpu_ms"]),
+            served=int(carried.get("served", 0)),  # absent in files of older versions
             pending=[bytes.fromhex(h) for h in raw["pending"]],
         )
 
@@ -190,6 +197,7 @@ class UsageReporter:
         request_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         cpu_clock: Callable[[], float] = time.process_time,
+        served_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
         self.home = home
         self.grid_id = grid_id
@@ -206,6 +214,8 @@ class UsageReporter:
         self.request_timeout_s = request_timeout_s
         self.clock = clock
         self.cpu_clock = cpu_clock
+        #: Packet bytes this node has sent to others as a target (a running total).
+        self.served_bytes = served_bytes
         self.path = home / REPORTS_NAME
         self.last_error: str | None = None
         self.delivered = 0
@@ -214,6 +224,7 @@ class UsageReporter:
         # What the process has measured so far is counted from here on.
         self._seen_sent, self._seen_received = traffic.totals()
         self._seen_cpu = cpu_clock()
+        self._seen_served = served_bytes()
 
     def _load(self) -> _State:
         try:
@@ -243,7 +254,10 @@ class UsageReporter:
         self.state.sent += max(0, sent - self._seen_sent)
         self.state.received += max(0, received - self._seen_received)
         self.state.cpu_ms += max(0, int((cpu - self._seen_cpu) * 1000))
+        served = self.served_bytes()
+        self.state.served += max(0, served - self._seen_served)
         self._seen_sent, self._seen_received, self._seen_cpu = sent, received, cpu
+        self._seen_served = served
 
     def make_report(self) -> SignedUsage | None:
         """Queue a report covering ``[last_end, now)`` (blocking: a catalog query and a
@@ -263,6 +277,7 @@ class UsageReporter:
                 target_bytes=self.target_bytes(),
                 sent_bytes=state.sent,
                 received_bytes=state.received,
+                served_bytes=state.served,
                 cpu_seconds=state.cpu_ms // 1000,
             )
         except FeeError as exc:
@@ -281,6 +296,7 @@ class UsageReporter:
             last_end=end,
             sent=0,
             received=0,
+            served=0,
             cpu_ms=state.cpu_ms % 1000,
             pending=[*state.pending, report.encode()],
         )
@@ -412,6 +428,7 @@ class UsageReporter:
             "target_bytes": 0,
             "sent_bytes": 0,
             "received_bytes": 0,
+            "served_bytes": 0,
         }
         return {
             "subscription": subscription,

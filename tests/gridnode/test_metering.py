@@ -331,3 +331,61 @@ async def test_nodes_report_and_their_account_shows_an_invoice(tmp_path: Path) -
         # The authority's own node reports too (to itself, without a session).
         assert auth.metering is not None
         assert auth.metering.usage(auth.identity.node_id)["reports"] >= 1
+
+
+def test_served_bytes_are_reported_once_and_survive_a_restart(tmp_path: Path) -> None:
+    """Bytes a target served to others are counted from the node's own running total
+    (the packet store's), carried across a restart, and reported once."""
+    clock = Clock()
+    metering, grid = authority(tmp_path / "a", clock)
+    key = enrol(tmp_path / "a", clock)
+    home = tmp_path / "n"
+    home.mkdir()
+    served = [0]
+
+    def reporter() -> UsageReporter:
+        async def connect(address: str) -> Any:
+            raise AssertionError("not delivered in this test")
+
+        return UsageReporter(
+            home=home,
+            grid_id=grid,
+            signing_key=key,
+            authority_key=metering.public_key,
+            authority_address="127.0.0.1:1",
+            connect=connect,
+            traffic=TrafficMeter(),
+            target_bytes=lambda: 0,
+            interval_s=1,
+            clock=clock,
+            served_bytes=lambda: served[0],
+        )
+
+    rep = reporter()
+    served[0] = 5_000
+    clock.now += 10
+    rep.state.sent = 100_000  # (sessions' frames; served packets are part of them)
+    first = rep.make_report()
+    assert first is not None and first.sample.served_bytes == 5_000
+    served[0] = 7_000
+    rep._fold()  # measured, carried in the file, not yet reported...
+    rep._save(rep.state)
+    served[0] = 0  # ...and the process restarts: its running total starts again at 0
+    rep = reporter()
+    served[0] = 1_000
+    clock.now += 10
+    rep.state.sent = 100_000
+    second = rep.make_report()
+    assert second is not None and second.sample.served_bytes == 2_000 + 1_000
+    for raw in rep.state.pending:
+        metering.accept(bytes(key.verify_key), raw)
+    assert metering.usage(bytes(key.verify_key))["served_bytes"] == 5_000 + 3_000
+
+
+def test_a_report_claiming_more_served_than_sent_is_refused(tmp_path: Path) -> None:
+    clock = Clock()
+    metering, grid = authority(tmp_path / "a", clock)
+    key = enrol(tmp_path / "a", clock)
+    raw = report(key, grid, 1, T0 - 10, T0, sent_bytes=1_000, served_bytes=10**12)
+    assert refused(metering.accept, bytes(key.verify_key), raw) == "bad_report"
+    assert metering.history(bytes(key.verify_key)) == []

@@ -46,6 +46,11 @@ async def test_backup_and_restore_in_process(tmp_path: Path) -> None:
         assert restored["bytes"] == result["bytes"]
         for rel in (f"{SUB}/quarterly-report-zebra.txt", "random.bin"):
             assert (tmp_path / "out" / "tree" / rel).read_bytes() == (tree / rel).read_bytes()
+        # The holders count what they served (metered, credited by the fee module): at
+        # least the restored bytes, since every chunk needs k packets of 1/k of it each.
+        served = sum(node.packet_store.stats.get("bytes_served", 0) for node in grid.nodes[1:])
+        assert served >= restored["bytes"] * 0.9  # compressed text can be a little less
+        assert grid.nodes[0].packet_store.stats.get("bytes_served", 0) == 0
 
 
 async def test_full_target_refuses_and_its_packet_is_placed_elsewhere(tmp_path: Path) -> None:

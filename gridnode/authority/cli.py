@@ -1,4 +1,5 @@
-"""``gridnode authority init|invite|revoke|clients|log`` and ``gridnode subscribe``.
+"""``gridnode authority init|invite|requests|approve|deny|revoke|clients|log`` and
+``gridnode subscribe``.
 
 The ``authority`` commands work on the authority's home directly (its database, its key),
 so an operator can hand out invites or revoke a node whether or not the authority node
@@ -22,7 +23,7 @@ from ..config import CONFIG_NAME, ConfigError, GridFile, load_config, parse_addr
 from . import AUTHORITY_KEY_NAME, CERTIFICATE_NAME
 from .client import write_certificate
 from .pricebook import DEFAULT_PRICE_BOOK_TOML, PriceBook, PriceBookError
-from .subscriptions import SubscriptionManager, create_authority_home
+from .subscriptions import SubscriptionError, SubscriptionManager, create_authority_home
 
 __all__ = ["add_account_parser", "add_parsers"]
 
@@ -210,6 +211,84 @@ def cmd_authority_log(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_authority_requests(args: argparse.Namespace) -> None:
+    """Nodes that asked to join without an invite, for approval by hand."""
+    cli = _cli()
+    manager = _manager(cli.resolve_home(args))
+    try:
+        rows = manager.join_requests()
+    finally:
+        manager.close()
+    if args.json:
+        cli._print_json(rows)
+        return
+    if not rows:
+        print("no node is waiting for approval")
+        return
+    print(
+        cli._table(
+            [
+                (
+                    r["node_id"],
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["first_asked"])),
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_asked"])),
+                    str(r["times"]),
+                )
+                for r in rows
+            ],
+            ["node", "first asked", "last asked", "times"],
+        )
+    )
+
+
+def _node_id_arg(args: argparse.Namespace) -> bytes:
+    try:
+        return parse_node_id(args.node_id)
+    except ValueError as exc:
+        raise _cli().CliError(str(exc)) from None
+
+
+def cmd_authority_approve(args: argparse.Namespace) -> None:
+    cli = _cli()
+    node_id = _node_id_arg(args)
+    manager = _manager(cli.resolve_home(args))
+    try:
+        cert = manager.approve(node_id, args.plan or "")
+    except SubscriptionError as exc:
+        raise cli.CliError(str(exc)) from None
+    finally:
+        manager.close()
+    result = {
+        "node_id": format_node_id(node_id),
+        "status": "active",
+        "plan": cert.plan,
+        "expires": cert.expires,
+    }
+    if args.json:
+        cli._print_json(result)
+    else:
+        print(
+            f"node {result['node_id']} approved under plan {cert.plan!r}; "
+            "it receives its certificate when it next asks (within a minute)"
+        )
+
+
+def cmd_authority_deny(args: argparse.Namespace) -> None:
+    cli = _cli()
+    node_id = _node_id_arg(args)
+    manager = _manager(cli.resolve_home(args))
+    try:
+        found = manager.deny(node_id)
+    finally:
+        manager.close()
+    if not found:
+        raise cli.CliError(f"node {format_node_id(node_id)} has not asked to join")
+    if args.json:
+        cli._print_json({"node_id": format_node_id(node_id), "status": "denied"})
+    else:
+        print(f"request of node {format_node_id(node_id)} denied")
+
+
 def cmd_subscribe(args: argparse.Namespace) -> None:
     cli = _cli()
     result = cli.call(args, "subscribe", {"invite": args.invite, "plan": args.plan or ""})
@@ -257,6 +336,24 @@ def add_parsers(sub: Any) -> None:
     cli._add_home(p)
     cli._add_json(p)
     p.set_defaults(fn=cmd_authority_log)
+
+    p = asub.add_parser("requests", help="nodes that asked to join, waiting for approval")
+    cli._add_home(p)
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_requests)
+
+    p = asub.add_parser("approve", help="subscribe a node that asked to join")
+    cli._add_home(p)
+    p.add_argument("node_id", help="the node id as `authority requests` lists it")
+    p.add_argument("--plan", help="plan name from the price book (default: the default plan)")
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_approve)
+
+    p = asub.add_parser("deny", help="forget a node's request to join")
+    cli._add_home(p)
+    p.add_argument("node_id", help="the node id as `authority requests` lists it")
+    cli._add_json(p)
+    p.set_defaults(fn=cmd_authority_deny)
 
     p = sub.add_parser("subscribe", help="subscribe this node with an invite code")
     cli._add_home(p)

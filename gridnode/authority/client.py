@@ -42,6 +42,8 @@ __all__ = [
 _log = get_logger()
 
 #: Answers from the authority that a retry cannot change: stop asking until told again.
+#: How often a node waiting for hand approval asks again.
+APPROVAL_POLL_S: Final = 60.0
 _FINAL_CODES: Final = frozenset(
     {"bad_invite", "invite_used", "unknown_plan", "wrong_plan", "revoked", "not_subscribed"}
 )
@@ -234,10 +236,22 @@ class SubscriptionClient:
             else:
                 # A node recovered from its key has lost its certificate, not its contract:
                 # a renewal brings it back.  A node never subscribed is told to subscribe.
+                # A node never subscribed has now asked to join: it asks again every
+                # minute, and the operator's approval reaches it with the next answer.
                 try:
                     await self.renew()
                 except SubscriptionFailed as exc:
-                    if exc.code != "not_subscribed":
+                    if exc.code == "awaiting_approval":
+                        self.last_error = (
+                            "awaiting the operator's approval "
+                            "(or run gridnode subscribe --invite CODE)"
+                        )
+                        _log.warning(
+                            "awaiting_approval",
+                            hint="the grid's operator approves with `gridnode authority approve`",
+                        )
+                        return APPROVAL_POLL_S
+                    if exc.code != "not_subscribed":  # (an authority of an older version)
                         raise
                     self.last_error = "not subscribed: run gridnode subscribe --invite CODE"
                     _log.warning("not_subscribed", hint="gridnode subscribe --invite CODE")

@@ -10,7 +10,10 @@ Tables (numbered migrations under ``PRAGMA user_version``, as in the node's cata
 - ``subscriptions``: one contract per node (claims 21, 34): plan, allocations, status;
 - ``certificates``: every certificate issued (serial, node, plan, allocations, validity,
   the encoded certificate);
-- ``revocations``: every signed revocation (by certificate serial).
+- ``revocations``: every signed revocation (by certificate serial);
+- ``join_requests`` (migration 2): nodes without a contract that asked for a
+  certificate, for the operator to approve by hand (``gridnode authority requests``,
+  ``approve``, ``deny``); one row per node, at most ``MAX_JOIN_REQUESTS`` kept.
 
 Why SQLite with ``BEGIN IMMEDIATE``: the running authority node and the ``gridnode
 authority`` commands write the same file; each change (use an invite and record its
@@ -159,6 +162,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE TRIGGER invoices_no_delete BEFORE DELETE ON invoices BEGIN
         SELECT RAISE(ABORT, 'an issued invoice cannot be deleted');
     END
+    """,
+    # 2: requests to join, approved by hand (issue 9).
+    """
+    CREATE TABLE join_requests (
+        node_id BLOB PRIMARY KEY,
+        first_asked REAL NOT NULL,
+        last_asked REAL NOT NULL,
+        times INTEGER NOT NULL DEFAULT 1
+    )
     """,
 )
 

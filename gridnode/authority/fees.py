@@ -416,19 +416,27 @@ def compute_statement(
     period_end: int,
     *,
     contributed: Allocations | None = None,
+    late: Iterable[UsageSample] = (),
 ) -> Statement:
     """The statement of one node for ``[period_start, period_end)`` (claims 28, 29).
 
     ``history``: the node's usage reports, in any order, and it may reach outside the
     period (only the overlap counts, see the module docstring).  ``contributed``: the
     node's allocations; when given, credited target holdings are capped at its
-    ``target_bytes`` (None: no cap, e.g. an open grid).  Raises FeeError for an empty
-    period or overlapping reports.
+    ``target_bytes`` (None: no cap, e.g. an open grid).  ``late``: reports no earlier
+    statement counted although they reach back before this period (they arrived after
+    the periods they cover were closed: a node off for days, an authority down past
+    its settle time); what lies before ``period_start`` is billed here, so no time and
+    no counter is lost, and nothing twice (the caller passes only reports no earlier
+    invoice counted).  Raises FeeError for an empty period or overlapping reports.
     """
     if not (_is_count(period_start) and _is_count(period_end)) or period_end <= period_start:
         raise FeeError(f"billing period covers no time: [{period_start}, {period_end})")
     samples = sorted(history, key=UsageSample.sort_key)
-    _check_no_overlap(samples)
+    overdue = sorted((x for x in late if x.start < period_start), key=UsageSample.sort_key)
+    in_history = set(samples)
+    only_late = [x for x in overdue if x not in in_history]
+    _check_no_overlap(sorted([*samples, *only_late], key=UsageSample.sort_key))
     cap = None if contributed is None else contributed.target_bytes
 
     counted = 0
@@ -446,6 +454,18 @@ def compute_statement(
             held = sample.target_bytes if cap is None else min(sample.target_bytes, cap)
             credited_bs += held * overlap
         if ends_here:
+            sent += sample.sent_bytes
+            received += sample.received_bytes
+            served += sample.served_bytes
+            cpu += sample.cpu_seconds
+    for sample in overdue:  # only the part before the period: the loop above has the rest
+        counted += not (sample.end > period_start and sample in in_history)
+        before = min(sample.end, period_start) - sample.start
+        source_bs += sample.source_bytes * before
+        target_bs += sample.target_bytes * before
+        held = sample.target_bytes if cap is None else min(sample.target_bytes, cap)
+        credited_bs += held * before
+        if sample.end <= period_start:  # counters go with the end, which no period billed
             sent += sample.sent_bytes
             received += sample.received_bytes
             served += sample.served_bytes

@@ -38,9 +38,12 @@ reports has reported past its end, or once a settle time (two report intervals, 
 quarter of an hour at least, a period at most) has passed since its end and the
 authority has been up for it (a quarter of an hour at most): a restarted authority first
 gives the nodes time to deliver the reports they queued while it was down.  An invoice
-records the last sequence number it counted (``through_sequence``), so it can be recomputed from the
-history to the same bytes; a report arriving after its period closed is not billed again
-in a later one (the fee module splits by time, and that time is closed).
+records the last sequence number it counted (``through_sequence``), so it can be
+recomputed from the history to the same bytes.  A report arriving after the period it
+covers was closed (a node off for days, the authority down past its settle time) is
+billed whole in the next invoice: the reports after the previous invoice's
+``through_sequence`` that reach back before the period are its late ones
+(``fees.compute_statement(late=...)``), so no time is lost and none is billed twice.
 """
 
 from __future__ import annotations
@@ -545,6 +548,7 @@ class Metering:
                     start,
                     end,
                     contributed=allocations_from(allocations_text),
+                    late=_late_samples(db, node_id, start, through),
                 )
             except FeeError as exc:
                 _log.error("statement_failed", peer=short_node_id(node_id), error=str(exc))
@@ -595,6 +599,7 @@ class Metering:
             int(start),
             int(end),
             contributed=allocations_from(allocations_text),
+            late=_late_samples(db, bytes(node_id), int(start), int(through)),
         )
         return issue_invoice(
             self.key, node_id=bytes(node_id), number=number, issued=int(issued), statement=statement
@@ -682,6 +687,26 @@ class Metering:
             except Exception as exc:  # a full disk or a locked database: try again later
                 _log.error("billing_failed", error=f"{type(exc).__name__}: {exc}")
             await trio.sleep(tick)
+
+
+def _late_samples(db: Any, node_id: bytes, start: int, through: int) -> list[UsageSample]:
+    """Reports that reach back before ``start`` and that no invoice of an earlier period
+    counted: those after the sequence number the node's previous invoice went through.
+    (An invoice counts every report up to its ``through_sequence``, so these arrived
+    after the period they cover was closed.)"""
+    row = db.execute(
+        "SELECT through_sequence FROM invoices WHERE node_id = ? AND period_start < ? "
+        "ORDER BY period_start DESC LIMIT 1",
+        (node_id, start),
+    ).fetchone()
+    before = int(row[0]) if row else 0
+    return _samples(
+        db.execute(
+            f"SELECT {_SAMPLE_COLUMNS} FROM usage_reports WHERE node_id = ? "
+            "AND sequence > ? AND sequence <= ? AND start_s < ?",
+            (node_id, before, through, start),
+        )
+    )
 
 
 def _book_of(invoice: Invoice) -> PriceBook:

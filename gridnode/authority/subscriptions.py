@@ -63,6 +63,8 @@ __all__ = [
 _log = get_logger()
 
 DEFAULT_CERTIFICATE_LIFETIME_S: Final = 30 * 86400.0
+#: Requests to join kept for the operator at most (the newest; one row is ~60 bytes).
+MAX_JOIN_REQUESTS: Final = 1000
 _INVITE_PREFIX: Final = "inv-"
 
 
@@ -258,19 +260,88 @@ class SubscriptionManager:
             return self._issue(db, node_id, chosen, book.plans[chosen], now)
 
     def renew(self, node_id: bytes) -> Certificate:
-        """A new certificate under the node's existing contract (same plan, allocations)."""
+        """A new certificate under the node's existing contract (same plan, allocations).
+
+        A node with no contract is recorded as a request to join (the operator approves
+        it by hand with ``gridnode authority approve``, and the node's next renewal gets
+        its certificate); it is told ``awaiting_approval``.
+        """
         now = self.clock()
         with self.db.transaction() as db:
             contract = AuthorityDB.subscription_in(db, node_id)
-            if contract is None:
-                raise SubscriptionError("not_subscribed", "this node has no subscription")
-            if contract.status == "revoked":
-                raise SubscriptionError("revoked", "this node's subscription was revoked")
-            cert = self._issue(db, node_id, contract.plan, contract.allocations, now)
+            if contract is None:  # recorded in this transaction, refused after its commit
+                self._record_request(db, node_id, now)
+            else:
+                if contract.status == "revoked":
+                    raise SubscriptionError("revoked", "this node's subscription was revoked")
+                cert = self._issue(db, node_id, contract.plan, contract.allocations, now)
+        if contract is None:
+            raise SubscriptionError(
+                "awaiting_approval",
+                "this node has no subscription; its request to join waits for the "
+                "operator (`gridnode authority approve "
+                f"{format_node_id(node_id)}`), or subscribe with an invite code",
+            )
         _log.info("certificate_renewed", peer=short_node_id(node_id), serial=cert.serial)
         return cert
 
     # --- revoking ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _record_request(db: Any, node_id: bytes, now: float) -> None:
+        """One row per node; past ``MAX_JOIN_REQUESTS`` the oldest request is forgotten:
+        anyone who can reach the authority can ask, so asking must cost it little."""
+        db.execute(
+            "INSERT INTO join_requests(node_id, first_asked, last_asked) VALUES (?, ?, ?) "
+            "ON CONFLICT(node_id) DO UPDATE SET last_asked = excluded.last_asked, "
+            "times = times + 1",
+            (node_id, now, now),
+        )
+        db.execute(
+            "DELETE FROM join_requests WHERE node_id NOT IN (SELECT node_id FROM "
+            "join_requests ORDER BY last_asked DESC LIMIT ?)",
+            (MAX_JOIN_REQUESTS,),
+        )
+
+    def join_requests(self) -> list[dict[str, Any]]:
+        """Nodes waiting for approval, oldest request first."""
+        rows = self.db._db().execute(
+            "SELECT node_id, first_asked, last_asked, times FROM join_requests "
+            "ORDER BY first_asked, node_id"
+        )
+        return [
+            {
+                "node_id": format_node_id(bytes(node)),
+                "short_id": short_node_id(bytes(node)),
+                "first_asked": first,
+                "last_asked": last,
+                "times": times,
+            }
+            for node, first, last, times in rows
+        ]
+
+    def approve(self, node_id: bytes, plan: str = "") -> Certificate:
+        """Subscribe a node that asked to join (``gridnode authority approve``)."""
+        db = self.db._db()
+        if (
+            db.execute("SELECT 1 FROM join_requests WHERE node_id = ?", (node_id,)).fetchone()
+            is None
+        ):
+            raise SubscriptionError(
+                "no_request", f"node {format_node_id(node_id)} has not asked to join"
+            )
+        cert = self.enrol(node_id, plan)
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM join_requests WHERE node_id = ?", (node_id,))
+        _log.info("join_approved", peer=short_node_id(node_id), plan=cert.plan)
+        return cert
+
+    def deny(self, node_id: bytes) -> bool:
+        """Forget a node's request to join; False when there was none.  (It may ask again:
+        revoke a node to keep it out for good.)"""
+        with self.db.transaction() as db:
+            gone = db.execute("DELETE FROM join_requests WHERE node_id = ?", (node_id,)).rowcount
+        return bool(gone)
 
     def revoke(self, node_id: bytes) -> list[Revocation]:
         """End a node's subscription: every certificate of it that has not expired gets a

@@ -4,6 +4,7 @@ over real sessions."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
@@ -22,6 +23,7 @@ from gridnode.authority import AUTHORITY_DB_NAME, AUTHORITY_KEY_NAME, CERTIFICAT
 from gridnode.authority.client import read_certificate, save_pending_invite
 from gridnode.authority.pricebook import DEFAULT_PRICE_BOOK_TOML
 from gridnode.authority.subscriptions import (
+    MAX_JOIN_REQUESTS,
     SubscriptionError,
     SubscriptionManager,
     create_authority_home,
@@ -148,9 +150,12 @@ def test_renew_revoke_and_the_clients_list(tmp_path: Path) -> None:
     a, b, c = node_id(), node_id(), node_id()
     for n in (a, b, c):
         auth.subscribe(n, auth.create_invite(), "small")
+    stranger = node_id()
     with pytest.raises(SubscriptionError) as err:
-        auth.renew(node_id())
-    assert err.value.code == "not_subscribed"
+        auth.renew(stranger)
+    assert err.value.code == "awaiting_approval"  # and recorded as a request to join
+    assert [r["node_id"] for r in auth.join_requests()] == [protocol.format_node_id(stranger)]
+    assert auth.deny(stranger) and auth.join_requests() == []
     clock.now += 60
     renewed = auth.renew(a)
     assert renewed.expires == int(clock.now) + 100 and renewed.plan == "small"
@@ -387,3 +392,58 @@ async def test_a_node_that_lost_its_certificate_renews_its_contract(tmp_path: Pa
                 await trio.sleep(0.05)
         assert one.subscription.certificate.serial > first.serial
         assert read_certificate(one.config.home) == one.subscription.certificate
+
+
+def test_requests_to_join_are_bounded_and_approved_by_hand(tmp_path: Path) -> None:
+    clock = Clock()
+    auth = make_authority(tmp_path / "a", clock=clock)
+    asker = node_id()
+    for _ in range(3):  # asking again updates the one row
+        clock.now += 1
+        with pytest.raises(SubscriptionError):
+            auth.renew(asker)
+    (row,) = auth.join_requests()
+    assert row["times"] == 3 and row["last_asked"] - row["first_asked"] == 2
+    with pytest.raises(SubscriptionError) as err:  # never asked: a typo is not approved
+        auth.approve(node_id())
+    assert err.value.code == "no_request"
+    cert = auth.approve(asker, "small")
+    assert cert.plan == "small" and auth.join_requests() == []
+    assert auth.renew(asker).plan == "small"  # what the node's next ask gets
+    # A flood of fresh keys keeps at most MAX_JOIN_REQUESTS rows, the newest.
+    for _ in range(MAX_JOIN_REQUESTS + 5):
+        clock.now += 1
+        with pytest.raises(SubscriptionError):
+            auth.renew(node_id())
+    assert len(auth.join_requests()) == MAX_JOIN_REQUESTS
+    # A revoked node cannot be approved back in.
+    auth.revoke(asker)
+    with pytest.raises(SubscriptionError):
+        auth.renew(asker)
+    assert protocol.format_node_id(asker) not in {r["node_id"] for r in auth.join_requests()}
+
+
+async def test_a_node_without_an_invite_joins_once_the_operator_approves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with authority_grid(tmp_path, 1) as (auth_node, one):
+        client = one.subscription
+        assert client is not None
+        with trio.fail_after(10):
+            while "approval" not in str(client.last_error):
+                await trio.sleep(0.05)
+        assert client.certificate is None
+        home = str(auth_node.config.home)
+        assert run_cli("authority", "requests", "--home", home, "--json") == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [r["node_id"] for r in listed] == [protocol.format_node_id(one.identity.node_id)]
+        args = ("authority", "approve", "--home", home, listed[0]["node_id"], "--plan", "small")
+        assert await trio.to_thread.run_sync(lambda: run_cli(*args, "--json")) == 0
+        assert json.loads(capsys.readouterr().out)["plan"] == "small"
+        client._wake.set()  # (the node asks again within a minute by itself)
+        with trio.fail_after(10):
+            while client.certificate is None:
+                await trio.sleep(0.05)
+        assert client.certificate.plan == "small"
+        assert run_cli("authority", "deny", "--home", home, listed[0]["node_id"]) == 1
+        assert "has not asked" in capsys.readouterr().err

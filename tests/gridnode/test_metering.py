@@ -389,3 +389,43 @@ def test_a_report_claiming_more_served_than_sent_is_refused(tmp_path: Path) -> N
     raw = report(key, grid, 1, T0 - 10, T0, sent_bytes=1_000, served_bytes=10**12)
     assert refused(metering.accept, bytes(key.verify_key), raw) == "bad_report"
     assert metering.history(bytes(key.verify_key)) == []
+
+
+def test_a_report_arriving_after_its_period_closed_is_billed_once_in_the_next(
+    tmp_path: Path,
+) -> None:
+    """A laptop off for two periods reports on return: the time and traffic of the
+    closed periods go into the next invoice, once, and every invoice still recomputes."""
+    clock = Clock()
+    metering, grid = authority(tmp_path / "a", clock, period_s=100)
+    node, other = enrol(tmp_path / "a", clock), enrol(tmp_path / "a", clock)
+    n_id, o_id = bytes(node.verify_key), bytes(other.verify_key)
+    gb = 10**9
+    metering.accept(n_id, report(node, grid, 1, T0, T0 + 50, source_bytes=gb))
+    # Past the settle time the first two periods close without the laptop's report.
+    clock.now = T0 + 301
+    metering.accept(o_id, report(other, grid, 1, T0, T0 + 301))
+    closed = metering.close_periods()
+    assert sorted((i.statement.period_start, i.node_id == n_id) for i in closed) == [
+        (T0, False), (T0, True), (T0 + 100, False), (T0 + 100, True),
+    ]  # fmt: skip
+    # Back: one report for [T0+50, T0+300), traffic included.  Everyone has now reported
+    # past the third period's end, so it closes at once.
+    metering.accept(n_id, report(node, grid, 2, T0 + 50, T0 + 300, source_bytes=gb, sent_bytes=7))
+    (late,) = [i.statement for i in metering.close_periods() if i.node_id == n_id]
+    assert (late.period_start, late.period_end) == (T0 + 200, T0 + 300)
+    assert late.usage.source_byte_seconds == gb * 250  # 150 s it missed + its own 100 s
+    assert late.usage.sent_bytes == 7
+    invoices = metering.invoices(n_id)
+    assert len(invoices) == 3
+    total = sum(inv.statement.usage.source_byte_seconds for inv in invoices)
+    assert total == gb * 300  # every second of both reports, once
+    for inv in invoices:
+        assert metering.recompute(inv.number).encode() == inv.encode()
+    # The next period bills nothing of it again.
+    clock.now = T0 + 411
+    metering.accept(n_id, report(node, grid, 3, T0 + 300, T0 + 410))
+    metering.accept(o_id, report(other, grid, 2, T0 + 301, T0 + 410))
+    (fourth,) = [i.statement for i in metering.close_periods() if i.node_id == n_id]
+    assert fourth.period_start == T0 + 300
+    assert fourth.usage.source_byte_seconds == 0 and fourth.usage.sent_bytes == 0

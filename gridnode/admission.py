@@ -166,6 +166,10 @@ class Admission:
         cert = self.certificate(record.certificate)
         return cert.allocations.target_bytes if cert is not None else 0
 
+    def knows(self, revocation: Revocation) -> bool:
+        """True when this revocation was applied already (so it is not passed on again)."""
+        return (revocation.node_id, revocation.serial) in self._revoked
+
     def revoke(self, revocation: Revocation) -> bool:
         """Take a signed revocation into account; False when it is not the authority's."""
         if self.authority_key is None or not revocation.valid(

@@ -28,7 +28,14 @@ from typing import Any
 import structlog
 import trio
 
-from protocol import Message, RenewCertificate, Subscribe, format_node_id, short_node_id
+from protocol import (
+    Message,
+    RenewCertificate,
+    SpreadRevocations,
+    Subscribe,
+    format_node_id,
+    short_node_id,
+)
 
 from .actors.assembler import Assembler
 from .actors.base import call
@@ -273,6 +280,7 @@ class Node:
             local=self.authority.db if self.authority is not None else None,
             interval_s=config.revocation_poll_s,
             request_timeout_s=config.request_timeout_s,
+            peers=lambda: [link for link in self.transport.links() if self._certified(link)],
         )
 
     # --- metering (issue 9) -----------------------------------------------------------------
@@ -358,6 +366,8 @@ class Node:
                 self._gossip_send.send_nowait(GossipIn(link.peer_id, msg))
             except trio.WouldBlock:
                 self.gossip_dropped += 1
+        elif isinstance(msg, SpreadRevocations) and self.revocation_poller is not None:
+            self.revocation_poller.received(msg.revocations)
         else:
             self.log.info("unexpected_oneway", kind=msg.KIND, peer=link.short_id)
 

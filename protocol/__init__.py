@@ -32,6 +32,7 @@ from ._messages import MAX_LOG_ENTRY_BYTES as MAX_LOG_ENTRY_BYTES
 from ._messages import MAX_PACKETS_PER_BATCH as MAX_PACKETS_PER_BATCH
 from ._messages import MAX_REVOCATIONS_PER_MESSAGE as MAX_REVOCATIONS_PER_MESSAGE
 from ._messages import MAX_ROOT_BYTES as MAX_ROOT_BYTES
+from ._messages import MAX_SPREAD_REVOCATIONS as MAX_SPREAD_REVOCATIONS
 from ._messages import MAX_USAGE_REPORT_BYTES as MAX_USAGE_REPORT_BYTES
 from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
@@ -65,6 +66,7 @@ from ._messages import RenewCertificate as RenewCertificate
 from ._messages import Revocations as Revocations
 from ._messages import RootData as RootData
 from ._messages import RootStored as RootStored
+from ._messages import SpreadRevocations as SpreadRevocations
 from ._messages import StorePacket as StorePacket
 from ._messages import StorePackets as StorePackets
 from ._messages import Subscribe as Subscribe

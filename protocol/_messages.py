@@ -27,6 +27,7 @@ from ._errors import LocalProtocolError
 from ._schema import bounded, compile_schema
 
 __all__ = [
+    "MAX_SPREAD_REVOCATIONS",
     "MAX_USAGE_REPORT_BYTES",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
@@ -59,6 +60,7 @@ __all__ = [
     "Revocations",
     "RootData",
     "RootStored",
+    "SpreadRevocations",
     "StorePacket",
     "StorePackets",
     "Subscribe",
@@ -484,6 +486,24 @@ class Revocations(Message):
         metadata=bounded(max_len=MAX_REVOCATIONS_PER_MESSAGE)
     )
     next: int = attrs.field(metadata=bounded(min_value=0))
+
+
+#: Revocations per ``SpreadRevocations`` (a member passes on what it just learned).
+MAX_SPREAD_REVOCATIONS: Final = 64
+
+
+@message("spread_revocations")
+@attrs.frozen(kw_only=True)
+class SpreadRevocations(Message):
+    """One-way: signed revocations the sender just learned (from the authority or from a
+    peer), passed on so that a revoked node is cut off grid-wide in a few round trips
+    instead of at every member's next poll.  The receiver checks each under the grid key
+    and passes on only those that were new to it, so a revocation crosses each session
+    at most twice."""
+
+    revocations: tuple[bytes, ...] = attrs.field(
+        metadata=bounded(min_len=1, max_len=MAX_SPREAD_REVOCATIONS)
+    )
 
 
 # --- metering and accounts: a node and the grid authority (issue 9, claims 26, 28, 29) ------

@@ -10,6 +10,15 @@ under the grid key by ``Admission.revoke`` before it counts, so a false authorit
 tampered answer) revokes nothing; the node then closes its sessions with the revoked
 peer, and its handshake refuses it from then on.
 
+Polling alone leaves a revoked node in the grid for up to a poll interval at every
+member.  So revocations are also gossiped: a node that applies a revocation it did not
+know passes it on to every peer it has a session with (``SpreadRevocations``, one-way),
+and each of them checks it under the grid key, applies it and passes it on in turn when
+it was new.  The authority's own node reads its database every few seconds (a count
+query), so a revocation made with ``gridnode authority revoke`` starts spreading from
+it at once.  A member cannot revoke anyone with a spread: only the grid key signs
+revocations, and one already known is dropped, not passed on again.
+
 The list lives in memory (``Admission``), so a node starts each run from position 0:
 the feed holds one short entry per revoked certificate, small beside anything else.
 The authority's own node reads its database directly.
@@ -17,6 +26,7 @@ The authority's own node reads its database directly.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -24,10 +34,12 @@ import trio
 
 from protocol import (
     MAX_REVOCATIONS_PER_MESSAGE,
+    MAX_SPREAD_REVOCATIONS,
     GetRevocations,
     Message,
     Revocation,
     Revocations,
+    SpreadRevocations,
     short_node_id,
 )
 
@@ -42,6 +54,12 @@ _log = get_logger()
 
 #: Pages one poll reads at most (512 revocations each); the rest comes with the next.
 MAX_PAGES_PER_POLL: Final = 64
+#: The authority's node reads its own database this often at least (a count query).
+LOCAL_POLL_S: Final = 2.0
+#: Spreads waiting to be checked; more are dropped (the poll still brings them).
+SPREAD_QUEUE: Final = 64
+#: Time given to one peer to take a spread before the next peer's turn.
+SPREAD_SEND_S: Final = 2.0
 
 
 def revocations_since(
@@ -102,20 +120,35 @@ class RevocationPoller:
         local: AuthorityDB | None = None,
         interval_s: float = 300.0,
         request_timeout_s: float = 30.0,
+        peers: Callable[[], list[Any]] = list,
     ) -> None:
         self.admission = admission
+        #: The live links a new revocation is passed on to.
+        self.peers = peers
         self.authority_address = authority_address
         self.connect = connect
         self.on_revoked = on_revoked
         self.local = local
-        self.interval_s = interval_s
+        self.interval_s = min(interval_s, LOCAL_POLL_S) if local is not None else interval_s
         self.request_timeout_s = request_timeout_s
         #: The feed position after the last revocation applied.
         self.position = 0
         self.applied = 0
         self.refused = 0
         self.last_error: str | None = None
+        self.spread_received = 0
         self._wake = trio.Event()
+        self._spread_in, self._spread_queue = trio.open_memory_channel[tuple[bytes, ...]](
+            SPREAD_QUEUE
+        )
+
+    def received(self, revocations: tuple[bytes, ...]) -> None:
+        """A peer's ``SpreadRevocations`` (the node's one-way handler): queued for the
+        background task; dropped when the queue is full."""
+        try:
+            self._spread_in.send_nowait(revocations)
+        except trio.WouldBlock:
+            _log.info("revocation_spread_dropped", count=len(revocations))
 
     def wake(self) -> None:
         self._wake.set()
@@ -133,36 +166,68 @@ class RevocationPoller:
             raise RemoteError("bad_answer", f"the authority answered {answer.KIND}")
         return list(answer.revocations), answer.next
 
+    def _apply(self, encoded: list[bytes] | tuple[bytes, ...]) -> list[bytes]:
+        """Check and apply; returns the encoded revocations that were new here."""
+        fresh: list[bytes] = []
+        for raw in encoded:
+            try:
+                revocation = Revocation.decode(raw)
+            except ValueError as exc:
+                self.refused += 1
+                _log.warning("revocation_malformed", error=str(exc))
+                continue
+            if self.admission.knows(revocation):
+                continue
+            if self.admission.revoke(revocation):
+                fresh.append(raw)
+                self.applied += 1
+            else:  # not signed by this grid's authority: it revokes nothing
+                self.refused += 1
+                _log.warning("revocation_not_signed", peer=short_node_id(revocation.node_id))
+        return fresh
+
+    async def _settle(self, fresh: list[bytes]) -> set[bytes]:
+        """Cut the revoked peers off and pass what was new on to every other peer."""
+        if not fresh:
+            return set()
+        revoked = {Revocation.decode(raw).node_id for raw in fresh}
+        _log.info("revocations_applied", peers=[short_node_id(n) for n in sorted(revoked)])
+        await self.on_revoked(revoked)
+        for start in range(0, len(fresh), MAX_SPREAD_REVOCATIONS):
+            part = tuple(fresh[start : start + MAX_SPREAD_REVOCATIONS])
+            for link in self.peers():
+                if link.peer_id in revoked or not link.is_open:
+                    continue
+                # A peer that went away polls when it comes back.
+                with trio.move_on_after(SPREAD_SEND_S), contextlib.suppress(PeerError):
+                    await link.send(SpreadRevocations(revocations=part))
+        return revoked
+
     async def poll(self) -> set[bytes]:
         """Fetch and apply what is new; returns the node ids it revoked.  Raises
         ``PeerError`` when the authority cannot be asked."""
-        revoked: set[bytes] = set()
+        fresh: list[bytes] = []
         for _ in range(MAX_PAGES_PER_POLL):
             encoded, position = await self._page(self.position)
-            for raw in encoded:
-                try:
-                    revocation = Revocation.decode(raw)
-                except ValueError as exc:
-                    self.refused += 1
-                    _log.warning("revocation_malformed", error=str(exc))
-                    continue
-                if self.admission.revoke(revocation):
-                    revoked.add(revocation.node_id)
-                    self.applied += 1
-                else:  # not signed by this grid's authority: it revokes nothing
-                    self.refused += 1
-                    _log.warning("revocation_not_signed", peer=short_node_id(revocation.node_id))
+            fresh += self._apply(encoded)
             if position <= self.position or len(encoded) < MAX_REVOCATIONS_PER_MESSAGE:
                 self.position = max(self.position, position)
                 break
             self.position = position
-        if revoked:
-            _log.info("revocations_applied", peers=[short_node_id(n) for n in sorted(revoked)])
-            await self.on_revoked(revoked)
-        return revoked
+        return await self._settle(fresh)
+
+    async def _take_spreads(self) -> None:
+        async for revocations in self._spread_queue:
+            self.spread_received += 1
+            await self._settle(self._apply(revocations))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._take_spreads)
+            task_status.started()
+            await self._poll_forever()
+
+    async def _poll_forever(self) -> None:
         while True:  # a background task: every pass ends in a wait
             self._wake = trio.Event()
             try:

@@ -33,7 +33,7 @@ from gridnode.log import configure_logging
 from gridnode.node import Node
 from gridnode.recovery import fetch_root, log_head_of, recover_catalog
 from gridnode.storage.catalog import LOG_GENESIS, Catalog, log_entry_hash
-from protocol import GetRevocations, Revocation
+from protocol import GetRevocations, Revocation, SpreadRevocations, issue_revocation
 
 from .inproc import open_authority_grid
 from .test_authority import control
@@ -332,3 +332,46 @@ async def test_a_revoked_node_is_cut_off_within_seconds(tmp_path: Path) -> None:
         link = await two.transport.connect(auth.transport.address)
         with pytest.raises(RemoteError, match="not_admitted"):
             await link.request(lambda rid: GetRevocations(request_id=rid, since=0))
+
+
+async def test_revocations_spread_from_peer_to_peer_without_polling(tmp_path: Path) -> None:
+    """Members poll only hourly here: the revocation reaches them from the authority's
+    node and from each other (SpreadRevocations), checked under the grid key; a spread
+    signed by anyone else revokes nothing and is not passed on."""
+    async with certified_grid(tmp_path, 3, revocation_poll_s=3600) as (nodes, manager, _, _c):
+        auth, one, two, three = nodes
+        for member in (one, three):
+            await member.transport.connect(two.transport.address, expect=two.identity.node_id)
+        # Only `three` has a session with the authority (the others lose theirs), so
+        # `one` can learn it only from `three`.
+        link = one.transport.link(auth.identity.node_id)
+        if link is not None:
+            await link.aclose("test", "only three talks to the authority here")
+        await one.transport.connect(three.transport.address, expect=three.identity.node_id)
+        await three.transport.connect(auth.transport.address, expect=auth.identity.node_id)
+        assert one.revocation_poller is not None and three.revocation_poller is not None
+        polled_at = one.revocation_poller.position
+        # A forged revocation from a member: checked, refused, not applied.
+        forged = protocol_revocation(SigningKey.generate(), auth.config.grid_id, one)
+        three_link = three.transport.link(one.identity.node_id)
+        assert three_link is not None
+        await three_link.send(SpreadRevocations(revocations=(forged,)))
+        with trio.fail_after(5):
+            while one.revocation_poller.refused == 0:
+                await trio.sleep(0.05)
+        assert one.transport.link(three.identity.node_id) is not None
+        await trio.to_thread.run_sync(manager.revoke, two.identity.node_id)
+        with trio.fail_after(8):  # the authority reads its database every 2 s
+            while any(m.transport.link(two.identity.node_id) for m in (one, three)):
+                await trio.sleep(0.05)
+        assert one.revocation_poller.position == polled_at  # it did not poll: it was told
+        assert one.revocation_poller.applied == 1 and one.revocation_poller.spread_received >= 1
+        with pytest.raises(PeerError):
+            await two.transport.connect(one.transport.address, expect=one.identity.node_id)
+
+
+def protocol_revocation(key: SigningKey, grid_id: bytes, victim: Node) -> bytes:
+    """A revocation of ``victim`` signed by ``key`` (not the grid's authority)."""
+    return issue_revocation(
+        key, grid_id=grid_id, node_id=victim.identity.node_id, serial=1, revoked_at=1
+    ).encode()

@@ -70,8 +70,9 @@ def encode_body(msg: Message) -> dict[str, Any]:
 
 def encode(msg: Message, *, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Serialise ``msg``; our own oversized or ill-typed messages are a LocalProtocolError."""
+    body = encode_body(msg)  # first: it refuses an unregistered class with a clear error
     frame: bytes = msgpack.packb(
-        {"v": PROTOCOL_VERSION, "k": msg.KIND, "b": encode_body(msg)}, use_bin_type=True
+        {"v": PROTOCOL_VERSION, "k": msg.KIND, "b": body}, use_bin_type=True
     )
     if len(frame) > limits.max_frame_bytes:
         raise LocalProtocolError(

@@ -283,9 +283,18 @@ class PacketDirectory:
         """Ids of the committed packets, in id order; reads the directory lazily."""
         for first in self._sorted_subdirs(self._packets):
             for second in self._sorted_subdirs(first):
-                for name in sorted(os.listdir(second)):
-                    if _is_packet_name(name) and name.startswith(first.name + second.name):
-                        yield bytes.fromhex(name)
+                with os.scandir(second) as entries:
+                    names = sorted(
+                        entry.name
+                        for entry in entries
+                        # A link is never a packet (as in ``_scan``): listing one would
+                        # offer an audit or a sync a file ``get`` then refuses.
+                        if _is_packet_name(entry.name)
+                        and entry.name.startswith(first.name + second.name)
+                        and entry.is_file(follow_symlinks=False)
+                    )
+                for name in names:
+                    yield bytes.fromhex(name)
 
     # -- mutations ----------------------------------------------------------
 

@@ -311,3 +311,4 @@ def test_only_well_named_regular_files_count_as_packets(tmp_path: Path) -> None:
     os.symlink(outside, home / link_id.hex())  # a link is never a packet
     reopened = PacketDirectory(tmp_path / "store", allocation_bytes=1_000_000)
     assert (reopened.packet_count, reopened.used_bytes) == (1, 1000)
+    assert list(reopened.iter_ids()) == [packet_id]

@@ -243,6 +243,14 @@ def test_unregistered_class_is_refused_with_a_code() -> None:
         encode(Rogue())
     assert info.value.code == "unknown_kind"
 
+    @attrs.frozen
+    class Nameless(Message):  # no KIND at all: the same clear error, not AttributeError
+        pass
+
+    with pytest.raises(LocalProtocolError) as info:
+        encode(Nameless())
+    assert info.value.code == "unknown_kind"
+
 
 def test_byte_buffers_are_sent_as_bytes() -> None:
     plain = StorePacket(request_id=1, packet_id=b"p" * 32, owner_tag=b"o" * 32, data=b"xyz")

@@ -12,15 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import trio
 
+from protocol import PROTOCOL_VERSION
+
+from . import __version__
 from .config import (
     CONFIG_NAME,
     ConfigError,
@@ -583,6 +587,12 @@ def cmd_key(args: argparse.Namespace) -> None:
     if args.action == "phrase":
         print(identity.recovery_phrase())
     elif args.action == "export":
+        if not args.out:
+            raise CliError(
+                "key export needs --out FILE: the key is secret, so it goes to a new file "
+                "(mode 600), never to the terminal; `gridnode key phrase` prints the "
+                "words to write down instead"
+            )
         out = Path(args.out)
         if out.exists():
             raise CliError(f"{out} exists")
@@ -646,6 +656,11 @@ def _add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridnode", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"gridnode {__version__} (protocol {PROTOCOL_VERSION})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     grid = sub.add_parser("grid", help="grid files")
@@ -785,9 +800,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options whose value may be coordinates, and coordinates with a leading minus.
+_COORDINATE_OPTIONS: Final = frozenset({"--location"})
+_NEGATIVE_COORDINATES: Final = re.compile(r"^-\d+(\.\d+)?\s*,\s*-?\d+(\.\d+)?$")
+
+
+def _join_negative_coordinates(argv: Sequence[str]) -> list[str]:
+    """``--location -33.87,151.21`` as ``--location=-33.87,151.21``: argparse takes any
+    word starting with ``-`` that is not a plain number for an option, so every
+    southern-hemisphere latitude was refused."""
+    out: list[str] = []
+    words = list(argv)
+    i = 0
+    while i < len(words):  # bounded: i grows every pass
+        word = words[i]
+        if (
+            word in _COORDINATE_OPTIONS
+            and i + 1 < len(words)
+            and _NEGATIVE_COORDINATES.match(words[i + 1])
+        ):
+            out.append(f"{word}={words[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_coordinates(sys.argv[1:] if argv is None else argv))
     if args.command != "run":
         configure_logging(os.environ.get("GRIDNODE_LOG_LEVEL", "warning"))
     try:

@@ -334,8 +334,10 @@ class ControlServer:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
-    def stop(self) -> None:
-        self._scope.cancel()
+    def stop(self, grace_s: float = 0.5) -> None:
+        """Stop within ``grace_s``: the call that asked for the shutdown (``gridnode
+        stop``) still gets its answer, instead of a closed connection read as an error."""
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + grace_s)
 
     def _prepare_run_dir(self) -> None:
         run_dir = self.socket_path.parent

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -51,14 +52,38 @@ class CliError(Exception):
 # --- output helpers ---------------------------------------------------------------------------
 
 
+def format_eta(seconds: float) -> str:
+    """``h:mm:ss`` (``m:ss`` under an hour), as people read a remaining time."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 class Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
+    """A one-line progress display on a terminal, redrawn in place; silent otherwise.
+
+    The line is cut to the terminal's width (read at every redraw, so a resized window
+    is followed) and the rest of the previous line erased with ``ESC[K``: a line one
+    column too long wraps, and every redraw then starts a new line."""
 
     def __init__(self, stream: Any = sys.stderr) -> None:
         self.stream = stream
         self.enabled = stream.isatty()
         self._last = 0.0
         self._drawn = False
+
+    def _width(self) -> int:
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = shutil.get_terminal_size().columns
+        return max(20, columns - 1)  # never the last column: some terminals wrap there
+
+    def _draw(self, text: str) -> None:
+        self.stream.write("\r" + text[: self._width()] + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
 
     def update(self, event: dict[str, Any]) -> None:
         if not self.enabled or event.get("event") != "progress":
@@ -67,37 +92,41 @@ class Progress:
         if now - self._last < 0.1:
             return
         self._last = now
+        self._draw(self.line(event, self._width()))
+
+    @staticmethod
+    def line(event: dict[str, Any], width: int = 80) -> str:
+        """The text of one redraw (without the carriage return), at most ``width`` wide."""
         if "chunks_checked" in event and "bytes_total" not in event:  # verify, repair
             total = event.get("chunks_total")
             frac = min(event["chunks_checked"] / total, 1.0) if total else None
-            line = f"\r{event.get('phase', 'checking')}: {event['chunks_checked']}"
+            line = f"{event.get('phase', 'checking')}: {event['chunks_checked']}"
             line += f"/{total} chunks ({frac * 100:5.1f}%)" if frac is not None else " chunks"
             if "chunks_repaired" in event:
                 line += f", {event['chunks_repaired']} repaired"
-            self.stream.write(line[:160].ljust(100))
-            self.stream.flush()
-            self._drawn = True
-            return
+            return line[:width]
         done = event.get("bytes_read", event.get("bytes", 0)) or 0
         total = event.get("bytes_total") or 0
         frac = min(done / total, 1.0) if total else 0.0
-        width = 24
-        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
         files = f"{event.get('files', 0)}/{event.get('files_total', '?')} files"
         rate = format_bytes(event.get("rate_bps") or 0) + "/s"
         eta = event.get("eta_s")
-        eta_text = f" ETA {eta:.0f}s" if isinstance(eta, int | float) else ""
-        line = (
-            f"\r[{bar}] {frac * 100:5.1f}% {format_bytes(done)}/{format_bytes(total)} "
+        eta_text = f" ETA {format_eta(eta)}" if isinstance(eta, int | float) else ""
+        text = (
+            f" {frac * 100:5.1f}% {format_bytes(done)}/{format_bytes(total)} "
             f"{files} {rate}{eta_text}"
         )
-        self.stream.write(line[:160].ljust(100))
-        self.stream.flush()
-        self._drawn = True
+        # The bar takes what the figures leave, 10 to 30 columns; none on a narrow screen.
+        room = width - len(text) - 2
+        if room < 10:
+            return text.strip()[:width]
+        bar_width = min(30, room)
+        filled = int(frac * bar_width)
+        return f"[{'#' * filled}{'.' * (bar_width - filled)}]{text}"[:width]
 
     def finish(self) -> None:
         if self._drawn:
-            self.stream.write("\r" + " " * 110 + "\r")
+            self.stream.write("\r\x1b[K")
             self.stream.flush()
 
 

@@ -98,6 +98,8 @@ class BackupRequest:
     excludes: tuple[str, ...]
     params: ErasureParams
     rules: PlacementRules
+    #: Do not enter directories on another file system than their root's.
+    one_file_system: bool = False
 
 
 @attrs.frozen
@@ -117,6 +119,8 @@ class _Counters:
     files_total: int = 0
     bytes_total: int = 0
     bytes_changed: int = 0
+    files_changed: int = 0
+    dirs_total: int = 0
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
@@ -366,6 +370,58 @@ class BackupJob:
         async with self.services.backup_lock:
             return await self._run()
 
+    async def dry_run(self) -> dict[str, Any]:
+        """What this backup would do, uploading nothing and recording nothing: the walk
+        with the same excludes, the files new or changed since the parent snapshot, and
+        whether their bytes (times n/k, before dedup and compression) fit the quota."""
+        svc = self.services
+        try:
+            roots = [absolute for absolute, _ in root_names(self.request.paths)]
+        except ScanError as exc:
+            raise BackupFailed(str(exc)) from None
+        parent: SnapshotRecord | None = await svc.db(
+            svc.catalog.latest_complete, roots, self.policy
+        )
+        parent_index: dict[bytes, EntryRecord] = {}
+        if parent is not None:
+            parent_index = await svc.db(
+                lambda: {
+                    e.path: e for e in svc.catalog.entries(parent.snapshot_id) if e.kind == "file"
+                }
+            )
+        await trio.to_thread.run_sync(self._count_totals, parent_index, self.notes)
+        c = self.counters
+        k, n = self.request.params.k, self.request.params.n
+        estimate = -(-c.bytes_changed * n // k)
+        quota: dict[str, Any] | None = None
+        try:
+            allocations = svc.allocations()
+        except GridError as exc:
+            quota = {"error": str(exc), "fits": False}
+        else:
+            if allocations is not None:
+                used: int = await svc.db(svc.catalog.source_bytes)
+                limit = int(allocations.source_bytes)
+                quota = {"source_bytes": limit, "used": used, "fits": used + estimate <= limit}
+        return {
+            "event": "result",
+            "dry_run": True,
+            "parent": parent.snapshot_id if parent else None,
+            "files": c.files_total,
+            "dirs": c.dirs_total,
+            "bytes": c.bytes_total,
+            "files_changed": c.files_changed,
+            "bytes_changed": c.bytes_changed,
+            "files_unchanged": c.files_total - c.files_changed,
+            # An upper bound: dedup and compression only lower it.
+            "would_store_at_most": estimate,
+            "quota": quota,
+            "skipped": sum(1 for note in self.notes if note.startswith("skipped")),
+            "notes": self.notes[:100],
+            "bytes_uploaded": 0,
+            "packets_uploaded": 0,
+        }
+
     async def _run(self) -> dict[str, Any]:
         svc = self.services
         try:
@@ -503,12 +559,20 @@ class BackupJob:
             await svc.db(self._flush_records_blocking)
             nursery.cancel_scope.cancel()
 
-    def _count_totals(self, parent_index: dict[bytes, EntryRecord]) -> None:
+    def _walk(self, notes: list[str]) -> Iterator[ScanEntry]:
+        request = self.request
+        return iter_tree(
+            request.paths, request.excludes, notes, one_file_system=request.one_file_system
+        )
+
+    def _count_totals(
+        self, parent_index: dict[bytes, EntryRecord], notes: list[str] | None = None
+    ) -> None:
         """Files and bytes to read, and of those the bytes of files new or changed since
         the parent snapshot: the upper bound of what this backup adds (before dedup and
         compression), which the quota check weighs."""
         c = self.counters
-        for entry in iter_tree(self.request.paths, self.request.excludes, []):
+        for entry in self._walk(notes if notes is not None else []):
             if entry.kind == "file":
                 c.files_total += 1
                 c.bytes_total += entry.size
@@ -519,6 +583,9 @@ class BackupJob:
                     entry.inode,
                 ):
                     c.bytes_changed += entry.size
+                    c.files_changed += 1
+            elif entry.kind == "dir":
+                c.dirs_total += 1
 
     async def _check_quota(self) -> None:
         """Before anything is uploaded (claims 26, 27, 36): the subscription must be
@@ -655,7 +722,7 @@ class BackupJob:
             c.skipped += 1
             self.notes.append(f"skipped {escape(entry.path)}: {why}")
 
-        for entry in iter_tree(self.request.paths, self.request.excludes, self.notes):
+        for entry in self._walk(self.notes):
             meta = self._meta(entry)
             if entry.kind != "file":
                 if entry.kind == "dir":

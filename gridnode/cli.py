@@ -406,10 +406,45 @@ def _abs(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def read_exclude_file(path: str) -> list[str]:
+    """One glob per line; blank lines and lines starting with ``#`` are ignored (as in
+    restic's and borg's exclude files)."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read the exclude file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"the exclude file {path} is not UTF-8 text") from None
+    return [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _dry_run_summary(r: dict[str, Any]) -> str:
+    quota = r.get("quota")
+    fits = ""
+    if quota and "fits" in quota:
+        fits = "; it fits the source quota" if quota["fits"] else "; it would NOT fit the quota"
+    return (
+        f"dry run: {r['files']} files, {format_bytes(r['bytes'])}; {r['files_changed']} new "
+        f"or changed ({format_bytes(r['bytes_changed'])}) since "
+        f"{r['parent'] or 'no earlier snapshot'}; would store at most "
+        f"{format_bytes(r['would_store_at_most'])} on the grid{fits}; nothing uploaded"
+        + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])
+    )
+
+
 def cmd_backup(args: argparse.Namespace) -> None:
+    excludes = list(args.exclude or [])
+    for path in args.exclude_file or []:
+        excludes += read_exclude_file(path)
     params: dict[str, Any] = {
         "paths": [_abs(p) for p in args.paths],
-        "excludes": list(args.exclude or []),
+        "excludes": excludes,
+        "one_file_system": bool(args.one_file_system),
+        "dry_run": bool(args.dry_run),
     }
     if args.redundancy:
         params["redundancy"] = args.redundancy
@@ -420,6 +455,9 @@ def cmd_backup(args: argparse.Namespace) -> None:
     if args.distinct:
         params["distinct"] = list(args.distinct)
     result = call(args, "backup", params, long_job=True)
+    if args.dry_run:
+        _finish(args, result, _dry_run_summary)
+        return
     _finish(
         args,
         result,
@@ -750,6 +788,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--redundancy", help="K/N erasure coding, e.g. 4/6")
     p.add_argument("--exclude", action="append", help="glob to skip (name or path)")
+    p.add_argument(
+        "--exclude-file",
+        action="append",
+        metavar="FILE",
+        help="read globs to skip from FILE, one per line (# starts a comment)",
+    )
+    p.add_argument(
+        "--one-file-system",
+        action="store_true",
+        help="record mount points but do not enter other file systems",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="walk and compare with the last snapshot; upload and record nothing",
+    )
     p.add_argument("--backup-proximity", help="MIN:MAX distance source->targets (km or mi)")
     p.add_argument("--packet-proximity", help="MIN:MAX distance between targets")
     p.add_argument("--distinct", action="append", help="label whose values must all differ")

@@ -175,13 +175,21 @@ def build_methods(node: Node) -> dict[str, Method]:
             erasure = ErasureParams.parse(_str(params, "redundancy", node.config.redundancy))
         except ValueError as exc:
             raise ControlError("bad_params", str(exc)) from None
+        flags = {}
+        for flag in ("one_file_system", "dry_run"):
+            value = params.get(flag, False)
+            if not isinstance(value, bool):
+                raise ControlError("bad_params", f"parameter {flag!r} must be a boolean")
+            flags[flag] = value
         request = BackupRequest(
             paths=paths,
             excludes=_str_list(params, "excludes"),
             params=erasure,
             rules=rules_from(params, node),
+            one_file_system=flags["one_file_system"],
         )
-        return await BackupJob(services, request, emit).run()
+        job = BackupJob(services, request, emit)
+        return await (job.dry_run() if flags["dry_run"] else job.run())
 
     async def restore(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         dest = _str(params, "to")

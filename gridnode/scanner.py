@@ -132,14 +132,23 @@ def _entry(rel: bytes, source: bytes, st: os.stat_result) -> ScanEntry:
 
 
 def iter_tree(
-    roots: Sequence[str], excludes: Sequence[str] = (), notes: list[str] | None = None
+    roots: Sequence[str],
+    excludes: Sequence[str] = (),
+    notes: list[str] | None = None,
+    *,
+    one_file_system: bool = False,
 ) -> Iterator[ScanEntry]:
     """Yield entries depth-first in sorted byte order (deterministic, so snapshots diff
-    cleanly).  ``notes`` collects what was skipped and why."""
+    cleanly).  ``notes`` collects what was skipped and why.
+
+    ``one_file_system``: a directory on another file system than its root (a mount
+    point: ``/proc`` under ``/``, a USB disk under ``/media``) is recorded, as restic
+    and tar do, but not entered."""
     notes = notes if notes is not None else []
     patterns = [os.fsencode(p) for p in excludes]
     for absolute, name in root_names(roots):
         stack: list[tuple[bytes, bytes]] = [(os.fsencode(absolute), name)]
+        root_device: int | None = None
         while stack:
             source, rel = stack.pop()
             try:
@@ -152,6 +161,11 @@ def iter_tree(
                 continue
             yield entry
             if entry.kind != "dir":
+                continue
+            if root_device is None:
+                root_device = entry.device
+            elif one_file_system and entry.device != root_device:
+                notes.append(f"did not enter {escape(rel)}: another file system")
                 continue
             try:
                 names = sorted(os.listdir(source))

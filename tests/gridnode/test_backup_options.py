@@ -1,0 +1,69 @@
+"""``backup --exclude-file``, ``--one-file-system`` and ``--dry-run`` (issue 12)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gridnode.cli import CliError, read_exclude_file
+from gridnode.scanner import iter_tree
+
+from .inproc import open_grid
+
+
+def test_an_exclude_file_has_one_glob_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "excludes"
+    path.write_text("# caches\n*.tmp\n\n  node_modules  \n#*.log\n")
+    assert read_exclude_file(str(path)) == ["*.tmp", "node_modules"]
+    with pytest.raises(CliError, match="cannot read the exclude file"):
+        read_exclude_file(str(tmp_path / "missing"))
+    (tmp_path / "binary").write_bytes(b"\xff\xfe*.x\n")
+    with pytest.raises(CliError, match="not UTF-8"):
+        read_exclude_file(str(tmp_path / "binary"))
+
+
+def test_one_file_system_records_mount_points_but_does_not_enter_them() -> None:
+    # /dev is a devtmpfs with other file systems mounted inside (/dev/shm, /dev/pts).
+    device = os.stat("/dev").st_dev
+    mounts = sorted(
+        name
+        for name in os.listdir("/dev")
+        if os.path.isdir(f"/dev/{name}")
+        and not os.path.islink(f"/dev/{name}")
+        and os.stat(f"/dev/{name}").st_dev != device
+    )
+    assert mounts, "this machine has no file system mounted under /dev"
+    notes: list[str] = []
+    paths = {e.path for e in iter_tree(["/dev"], notes=notes, one_file_system=True)}
+    for name in mounts:
+        assert f"dev/{name}".encode() in paths  # the mount point itself is kept
+        assert not any(p.startswith(f"dev/{name}/".encode()) for p in paths)
+        assert f"did not enter dev/{name}: another file system" in notes
+    everything = {e.path for e in iter_tree(["/dev"], notes=[])}
+    assert paths < everything or all(not os.listdir(f"/dev/{m}") for m in mounts)
+
+
+async def test_a_dry_run_uploads_and_records_nothing(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("alpha " * 1000)
+    (tree / "b.bin").write_bytes(os.urandom(300_000))
+    (tree / "skip.tmp").write_bytes(b"x" * 1000)
+    async with open_grid(tmp_path / "grid", 7) as grid:
+        first = await grid.call(0, "backup", paths=[str(tree)], excludes=["*.tmp"])
+        held = [node.packets.packet_count for node in grid.nodes]
+        (tree / "b.bin").write_bytes(os.urandom(500_000))
+        (tree / "c.txt").write_text("new")
+        dry = await grid.call(0, "backup", paths=[str(tree)], excludes=["*.tmp"], dry_run=True)
+        assert dry["dry_run"] is True and dry["parent"] == first["snapshot_id"]
+        assert (dry["files"], dry["files_changed"], dry["files_unchanged"]) == (3, 2, 1)
+        assert dry["bytes_changed"] == 500_003
+        assert dry["would_store_at_most"] == -(-500_003 * 6 // 4)  # 4/6 by default
+        assert dry["bytes_uploaded"] == 0 and dry["quota"] is None  # an open grid
+        assert [node.packets.packet_count for node in grid.nodes] == held
+        snapshots = await grid.call(0, "snapshots")
+        assert [s["snapshot_id"] for s in snapshots] == [first["snapshot_id"]]
+        with pytest.raises(Exception, match="must be a boolean"):
+            await grid.call(0, "backup", paths=[str(tree)], dry_run="yes")

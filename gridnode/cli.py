@@ -549,6 +549,19 @@ _TYPE_LETTER = {
 }
 
 
+def cmd_find(args: argparse.Namespace) -> None:
+    result = call(args, "find", {"pattern": args.pattern, "snapshots": list(args.snapshots)})
+    if args.json:
+        _print_json(result)
+        return
+    for m in result["matches"]:
+        print(
+            f"{m['snapshot_id']}  {m['mtime'][:19].replace('T', ' ')} {m['size']:>12}  {m['path']}"
+        )
+    if result["truncated"]:
+        print(f"... {result['total'] - len(result['matches'])} more matches not shown")
+
+
 def cmd_diff(args: argparse.Namespace) -> None:
     result = call(args, "diff", {"from": args.first, "to": args.second})
     if args.json:
@@ -830,6 +843,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", "-l", action="store_true", help="type, mode, owner, size, mtime")
     _add_json(p)
     p.set_defaults(fn=cmd_ls)
+
+    p = sub.add_parser(
+        "find",
+        help="find files by name or path glob in snapshots",
+        description="Entries whose name (or, for a pattern with '/', whose path) matches "
+        "PATTERN, in the given snapshots or all complete ones, newest first.  Example: "
+        "gridnode find '*.pdf' latest",
+    )
+    _add_home(p)
+    p.add_argument("pattern", help="a glob: '*.pdf', 'home/*/taxes/*'")
+    p.add_argument("snapshots", nargs="*", help="snapshot ids, prefixes or latest (default: all)")
+    _add_json(p)
+    p.set_defaults(fn=cmd_find)
 
     p = sub.add_parser("diff", help="what changed between two snapshots")
     _add_home(p)

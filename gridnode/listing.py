@@ -1,4 +1,4 @@
-"""What a snapshot holds, without restoring it: ``ls`` and ``diff``.
+"""What a snapshot holds, without restoring it: ``ls``, ``find`` and ``diff``.
 
 Both read the catalog only (no packet is fetched).  Paths are shown in the escaped text
 form of :mod:`gridnode.names`, which the same commands and ``restore --path`` accept back.
@@ -7,6 +7,7 @@ form of :mod:`gridnode.names`, which the same commands and ``restore --path`` ac
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -16,7 +17,10 @@ from .restore import SnapshotNotFound, resolve
 from .services import Services
 from .storage.catalog import HOLE, EntryRecord
 
-__all__ = ["diff_snapshots", "entry_json", "list_snapshot"]
+__all__ = ["diff_snapshots", "entry_json", "find_in_snapshots", "list_snapshot"]
+
+#: Matches ``find`` returns at most (the rest is counted, not listed).
+FIND_LIMIT = 10_000
 
 #: Fields whose difference makes an entry "changed" in a diff.
 _COMPARED = (
@@ -88,6 +92,49 @@ async def list_snapshot(
     catalog = services.catalog
     entries = await services.db(lambda: list(catalog.entries(snap.snapshot_id)))
     return [entry_json(e) for e in _under(entries, path)]
+
+
+async def find_in_snapshots(
+    services: Services, pattern: str, snapshots: list[str], limit: int = FIND_LIMIT
+) -> dict[str, Any]:
+    """Entries whose name or snapshot path matches the glob ``pattern``, in the given
+    snapshots (all complete ones when none is given), newest snapshot first.
+
+    The pattern is matched as bytes, in the escaped form's raw bytes (so ``*\\xff*``
+    finds a name holding byte 0xff); a pattern without ``/`` is tried on the name, one
+    with ``/`` on the whole path, as in ``--exclude``."""
+    raw = from_arg(pattern, set())
+    catalog = services.catalog
+    if snapshots:
+        chosen = [await resolve(services, s) for s in snapshots]
+    else:
+        chosen = [s for s in await services.db(catalog.snapshots) if s.complete][::-1]
+    on_path = b"/" in raw
+
+    def search(snapshot_id: str) -> list[EntryRecord]:
+        found = []
+        for e in catalog.entries(snapshot_id):
+            target = e.path if on_path else e.path.rsplit(b"/", 1)[-1]
+            if fnmatch.fnmatchcase(target, raw):
+                found.append(e)
+        return found
+
+    matches: list[dict[str, Any]] = []
+    total = 0
+    for snap in chosen:
+        sid = snap.snapshot_id
+        for e in await services.db(lambda sid=sid: search(sid)):
+            total += 1
+            if len(matches) < limit:
+                matches.append({"snapshot_id": sid, **entry_json(e)})
+    return {
+        "event": "result",
+        "pattern": pattern,
+        "snapshots": [s.snapshot_id for s in chosen],
+        "matches": matches,
+        "total": total,
+        "truncated": total > len(matches),
+    }
 
 
 async def diff_snapshots(services: Services, first: str, second: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from protocol import format_node_id, short_node_id
 from .backup import BackupJob, BackupRequest
 from .control import ControlError, Emit
 from .errors import PeerError
-from .listing import diff_snapshots, list_snapshot
+from .listing import diff_snapshots, find_in_snapshots, list_snapshot
 from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
 from .logic.placement import PlacementRules
@@ -206,6 +206,11 @@ def build_methods(node: Node) -> dict[str, Method]:
     async def ls(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
         return await list_snapshot(services, _str(params, "snapshot"), _opt_str(params, "path"))
 
+    async def find(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        return await find_in_snapshots(
+            services, _str(params, "pattern"), list(_str_list(params, "snapshots"))
+        )
+
     async def diff(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         return await diff_snapshots(services, _str(params, "from"), _str(params, "to"))
 
@@ -332,6 +337,7 @@ def build_methods(node: Node) -> dict[str, Method]:
         "restore": restore,
         "ls": ls,
         "diff": diff,
+        "find": find,
         "verify": verify,
         "forget": forget,
         "repair": repair,

@@ -67,3 +67,37 @@ async def test_a_dry_run_uploads_and_records_nothing(tmp_path: Path) -> None:
         assert [s["snapshot_id"] for s in snapshots] == [first["snapshot_id"]]
         with pytest.raises(Exception, match="must be a boolean"):
             await grid.call(0, "backup", paths=[str(tree)], dry_run="yes")
+
+
+async def test_find_searches_names_or_paths_across_snapshots(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "taxes").mkdir(parents=True)
+    (tree / "taxes" / "2025.pdf").write_bytes(b"pdf" * 100)
+    (tree / "notes.txt").write_text("notes")
+    (tree / os.fsdecode(b"odd-\xff.pdf")).write_bytes(b"odd")
+    async with open_grid(tmp_path / "grid", 7) as grid:
+        first = await grid.call(0, "backup", paths=[str(tree)])
+        (tree / "taxes" / "2026.pdf").write_bytes(b"new")
+        second = await grid.call(0, "backup", paths=[str(tree)])
+        found = await grid.call(0, "find", pattern="*.pdf", snapshots=[])
+        assert found["snapshots"] == [second["snapshot_id"], first["snapshot_id"]]
+        by_snapshot = {
+            sid: sorted(m["path"] for m in found["matches"] if m["snapshot_id"] == sid)
+            for sid in found["snapshots"]
+        }
+        assert by_snapshot[first["snapshot_id"]] == [
+            "tree/odd-\\xff.pdf",
+            "tree/taxes/2025.pdf",
+        ]
+        assert len(by_snapshot[second["snapshot_id"]]) == 3
+        assert found["total"] == 5 and not found["truncated"]
+        # A pattern with '/' matches whole paths; one snapshot may be named.
+        on_path = await grid.call(0, "find", pattern="tree/taxes/*", snapshots=["latest"])
+        assert sorted(m["path"] for m in on_path["matches"]) == [
+            "tree/taxes/2025.pdf",
+            "tree/taxes/2026.pdf",
+        ]
+        # The escaped form finds an undecodable byte.
+        odd = await grid.call(0, "find", pattern="*\\xff*", snapshots=[first["snapshot_id"]])
+        assert [m["path"] for m in odd["matches"]] == ["tree/odd-\\xff.pdf"]
+        assert (await grid.call(0, "find", pattern="*.doc", snapshots=[]))["matches"] == []

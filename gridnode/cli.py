@@ -46,7 +46,17 @@ __all__ = ["main"]
 
 
 class CliError(Exception):
-    """A one-line reason for a non-zero exit."""
+    """A one-line reason for a non-zero exit (1 unless ``code`` says otherwise)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: Exit codes a script can tell apart (README, "Exit codes").
+EXIT_ERROR = 1
+EXIT_NO_HOME = 4
+EXIT_NOT_RUNNING = 5
 
 
 # --- output helpers ---------------------------------------------------------------------------
@@ -154,6 +164,14 @@ def call(
     """Call the running node of ``--home``; stream events for long jobs."""
     home = resolve_home(args)
     as_json = getattr(args, "json", False)
+    if not (home / CONFIG_NAME).exists():
+        problem = (
+            f"{home} is not a gridnode home (no {CONFIG_NAME}); create one with "
+            "`gridnode init --home DIR ...`, or point --home (or GRIDNODE_HOME) at yours"
+        )
+        if as_json and long_job:
+            _print_json({"event": "error", "code": "no_home", "message": problem})
+        raise CliError(problem, EXIT_NO_HOME)
     progress = Progress()
 
     def on_event(event: dict[str, Any]) -> None:
@@ -172,7 +190,10 @@ def call(
     except NodeNotRunning as exc:
         if as_json and long_job:
             _print_json({"event": "error", "code": "not_running", "message": str(exc)})
-        raise CliError(str(exc)) from None
+        raise CliError(
+            f"{exc}; start it with `gridnode run --home {home}` (or its systemd unit)",
+            EXIT_NOT_RUNNING,
+        ) from None
     progress.finish()
     return result
 
@@ -945,7 +966,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         args.fn(args)
     except (CliError, ConfigError, KeyError_, GridError) as exc:
         print(f"gridnode: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(exc.code if isinstance(exc, CliError) else EXIT_ERROR)
     except KeyboardInterrupt:
         print("gridnode: interrupted", file=sys.stderr)
         sys.exit(130)

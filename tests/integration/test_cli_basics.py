@@ -38,6 +38,10 @@ def test_version_coordinates_key_export_and_stop(tmp_path: Path) -> None:
     done = gridnode("key", "export", "--home", str(home))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "needs --out" in done.stderr
+    done = gridnode("status", "--home", str(home))  # a home, but no node running: 5
+    assert done.returncode == 5 and "gridnode run --home" in done.stderr
+    done = gridnode("status", "--home", str(tmp_path / "nowhere"))  # no home at all: 4
+    assert done.returncode == 4 and "gridnode init" in done.stderr
     node = subprocess.Popen(
         [*GRIDNODE, "run", "--home", str(home)],
         stdout=subprocess.DEVNULL,

@@ -90,7 +90,7 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     grid = LocalGrid(tmp_path / "g")
     with pytest.raises(GridCommandError) as info:
         grid.gridnode("status", "--home", str(tmp_path / "nothing"), "--json")
-    assert info.value.returncode == 1
+    assert info.value.returncode == 4  # no such home (README, "Exit codes")
     assert info.value.stderr.strip().count("\n") == 0
     assert info.value.stderr.startswith("gridnode: error:")
     with pytest.raises(GridCommandError) as info:

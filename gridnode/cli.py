@@ -17,7 +17,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
@@ -745,8 +745,16 @@ def _add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
     p.add_argument("--seed", action="append", help="HOST:PORT of a member to join through")
     p.add_argument("--location", help='"CITY" or LAT,LON')
     p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB or 1.5TiB")
-    p.add_argument("--location-check", choices=["enforce", "warn", "off"])
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument(
+        "--location-check",
+        choices=["enforce", "warn", "off"],
+        help="check members' claimed locations against round-trip times (default enforce)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="how much the node logs to stderr (default warning)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     if init:
         p.add_argument("--label", action="append", help="failure-domain label NAME=VALUE")
@@ -756,7 +764,10 @@ def _add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gridnode", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="gridnode",
+        description="gridnode: back up to a peer-to-peer grid of other people's machines",
+    )
     parser.add_argument(
         "--version",
         action="version",
@@ -767,10 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid = sub.add_parser("grid", help="grid files")
     grid_sub = grid.add_subparsers(dest="grid_command", required=True)
     create = grid_sub.add_parser("create", help="create a new grid file")
-    create.add_argument("name")
-    create.add_argument("--out", required=True)
-    create.add_argument("--seed", action="append")
-    create.add_argument("--force", action="store_true")
+    create.add_argument("name", help="the grid's name")
+    create.add_argument("--out", required=True, help="the grid file to write")
+    create.add_argument("--seed", action="append", help="HOST:PORT of a first member")
+    create.add_argument("--force", action="store_true", help="overwrite an existing file")
     create.add_argument(
         "--open",
         action="store_true",
@@ -787,7 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="grid file from `gridnode authority init` (or `gridnode grid create --open`)",
     )
     p.add_argument("--key", help="reuse a key file (or - for a recovery phrase on stdin)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="reuse a directory that is not empty")
     p.add_argument("--invite", help="invite code from the grid authority (used on first start)")
     p.add_argument("--plan", help="plan to subscribe under (with --invite)")
     _add_node_settings(p, init=True)
@@ -803,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the node until SIGINT/SIGTERM")
     _add_home(p)
     _add_node_settings(p, init=False)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="do not print the start-up line")
     p.set_defaults(fn=cmd_run)
 
     for name, fn, helptext in (
@@ -819,7 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("backup", help="back up paths")
     _add_home(p)
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="files and directories to back up")
     p.add_argument("--redundancy", help="K/N erasure coding, e.g. 4/6")
     p.add_argument("--exclude", action="append", help="glob to skip (name or path)")
     p.add_argument(
@@ -846,8 +857,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("restore", help="restore a snapshot (or one path of it)")
     _add_home(p)
-    p.add_argument("snapshot")
-    p.add_argument("--to", required=True)
+    p.add_argument("snapshot", help="snapshot id, unique prefix, or latest")
+    p.add_argument("--to", required=True, help="directory to restore into (made if missing)")
     p.add_argument("--path", help="one file or sub-tree (as `ls` shows it; \\xHH for a byte)")
     p.add_argument(
         "--numeric-owner",
@@ -859,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="list what a snapshot holds (or one path of it)")
     _add_home(p)
-    p.add_argument("snapshot")
+    p.add_argument("snapshot", help="snapshot id, unique prefix, or latest")
     p.add_argument("path", nargs="?", help="a file or sub-tree (as `ls` shows it)")
     p.add_argument("--long", "-l", action="store_true", help="type, mode, owner, size, mtime")
     _add_json(p)
@@ -880,8 +891,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diff", help="what changed between two snapshots")
     _add_home(p)
-    p.add_argument("first")
-    p.add_argument("second")
+    p.add_argument("first", help="the older snapshot (id, prefix or latest)")
+    p.add_argument("second", help="the newer snapshot (id, prefix or latest)")
     _add_json(p)
     p.set_defaults(fn=cmd_diff)
 
@@ -892,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=helptext)
         _add_home(p)
-        p.add_argument("snapshot")
+        p.add_argument("snapshot", help="snapshot id, unique prefix, or latest")
         _add_json(p)
         p.set_defaults(fn=fn)
 
@@ -904,30 +915,142 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("key", help="show or export this node's key")
     _add_home(p)
-    p.add_argument("action", choices=["id", "phrase", "export"])
-    p.add_argument("--out")
+    p.add_argument(
+        "action",
+        choices=["id", "phrase", "export"],
+        help="id: the node id; phrase: 24 words that hold the key; export: a key file",
+    )
+    p.add_argument("--out", help="the key file to write (export; mode 600)")
     p.set_defaults(fn=cmd_key)
 
     p = sub.add_parser("recover", help="rebuild a lost node's catalog from the grid")
     _add_home(p)
     p.add_argument("--key", required=True, help="key file, or - for the phrase on stdin")
-    p.add_argument("--grid", required=True)
-    p.add_argument("--seed", action="append", required=True)
-    p.add_argument("--listen", default="127.0.0.1:0")
-    p.add_argument("--advertise")
-    p.add_argument("--location")
-    p.add_argument("--allocate")
-    p.add_argument("--location-check", choices=["enforce", "warn", "off"])
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--grid", required=True, help="the grid file the node belonged to")
+    p.add_argument("--seed", action="append", required=True, help="HOST:PORT of a member to ask")
+    p.add_argument(
+        "--listen", default="127.0.0.1:0", help="HOST:PORT for the recovered node's home"
+    )
+    p.add_argument("--advertise", help="HOST:PORT other members dial")
+    p.add_argument("--location", help='"CITY" or LAT,LON of the new machine')
+    p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB")
+    p.add_argument(
+        "--location-check",
+        choices=["enforce", "warn", "off"],
+        help="check members' claimed locations (default enforce)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the grid (default 60)"
+    )
     _add_json(p)
     p.set_defaults(fn=cmd_recover)
 
     p = sub.add_parser("demo", help="a local grid in European cities: back up, lose, restore")
     p.add_argument("--dir", help="where to put the demo grid (default: a temp dir)")
-    p.add_argument("--nodes", type=int, default=8)
+    p.add_argument("--nodes", type=int, default=8, help="how many nodes (default 8)")
     p.add_argument("--keep", action="store_true", help="leave the grid's files behind")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("completion", help="shell completion script (bash, zsh or tcsh)")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete for")
+    p.set_defaults(fn=cmd_completion)
+
+    p = sub.add_parser("manpage", help="the man page, in roff (man -l <(gridnode manpage))")
+    p.set_defaults(fn=cmd_manpage)
+    _add_examples(parser)
     return parser
+
+
+#: The exit codes, for the man page (the README lists the same).
+EXIT_CODES: Final = (
+    (0, "done"),
+    (EXIT_ERROR, "an error; the line on stderr says which"),
+    (2, "a usage error"),
+    (3, "a backup completed but could not read some entries (named in its notes)"),
+    (EXIT_NO_HOME, "no such home (no gridnode.toml): gridnode init makes one"),
+    (EXIT_NOT_RUNNING, "the home's node is not running: gridnode run starts it"),
+    (130, "interrupted"),
+)
+
+
+def cmd_completion(args: argparse.Namespace) -> None:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+
+
+def cmd_manpage(args: argparse.Namespace) -> None:
+    from .manpage import render
+
+    parser = build_parser()
+    print(
+        render(
+            parser,
+            list(iter_commands(parser)),
+            dict(EXAMPLES),
+            version=f"{__version__} (protocol {PROTOCOL_VERSION})",
+            exit_codes=EXIT_CODES,
+        ),
+        end="",
+    )
+
+
+#: One example per command, shown under its --help (and in the man page).
+EXAMPLES: Final = {
+    "grid create": "gridnode grid create lab --out lab-grid.toml --open",
+    "init": "gridnode init --home ~/gn --grid office-grid.toml --listen 0.0.0.0:7400 "
+    '--advertise 10.0.0.7:7400 --location "Zürich" --allocate 500GB --invite inv-...',
+    "authority init": "gridnode authority init --home ~/gn-auth --out office-grid.toml "
+    "--listen 0.0.0.0:7400 --advertise 10.0.0.5:7400 --name office",
+    "authority invite": "gridnode authority invite --home ~/gn-auth --plan small",
+    "authority requests": "gridnode authority requests --home ~/gn-auth",
+    "authority approve": "gridnode authority approve --home ~/gn-auth NODE_ID --plan small",
+    "authority deny": "gridnode authority deny --home ~/gn-auth NODE_ID",
+    "authority revoke": "gridnode authority revoke --home ~/gn-auth NODE_ID",
+    "authority clients": "gridnode authority clients --home ~/gn-auth --json",
+    "authority log": "gridnode authority log --home ~/gn-auth",
+    "subscribe": "gridnode subscribe --home ~/gn --invite inv-...",
+    "account": "gridnode account --home ~/gn",
+    "run": "gridnode run --home ~/gn --log-level info",
+    "status": "gridnode status --home ~/gn",
+    "snapshots": "gridnode snapshots --home ~/gn",
+    "log": "gridnode log --home ~/gn",
+    "stop": "gridnode stop --home ~/gn",
+    "backup": "gridnode backup --home ~/gn ~/Documents --exclude-file ~/.gridnode-excludes "
+    "--backup-proximity 100km:3000km",
+    "restore": "gridnode restore --home ~/gn latest --to /tmp/restore --path Documents/taxes",
+    "ls": "gridnode ls --home ~/gn latest Documents --long",
+    "find": "gridnode find --home ~/gn '*.pdf' latest",
+    "diff": "gridnode diff --home ~/gn SNAP_A SNAP_B",
+    "verify": "gridnode verify --home ~/gn latest",
+    "forget": "gridnode forget --home ~/gn SNAPSHOT",
+    "placement": "gridnode placement --home ~/gn latest",
+    "repair": "gridnode repair --home ~/gn",
+    "key": "gridnode key phrase --home ~/gn",
+    "recover": "gridnode recover --home ~/gn2 --key - --grid office-grid.toml --seed 10.0.0.5:7400",
+    "demo": "gridnode demo --nodes 8",
+}
+
+
+def iter_commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every leaf command's words and parser (``("authority", "init")``, ...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from iter_commands(child, (*prefix, name))
+            return
+    if prefix:
+        yield prefix, parser
+
+
+def _add_examples(parser: argparse.ArgumentParser) -> None:
+    for words, command in iter_commands(parser):
+        example = EXAMPLES.get(" ".join(words))
+        if example:
+            command.epilog = f"example:\n  {example}"
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 #: Options whose value may be coordinates, and coordinates with a leading minus.

@@ -357,7 +357,7 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("subscribe", help="subscribe this node with an invite code")
     cli._add_home(p)
-    p.add_argument("--invite", required=True)
+    p.add_argument("--invite", required=True, help="the code from `gridnode authority invite`")
     p.add_argument("--plan", help="plan name from the grid's price book")
     cli._add_json(p)
     p.set_defaults(fn=cmd_subscribe)

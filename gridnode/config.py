@@ -9,7 +9,6 @@ node that then misbehaves.
 from __future__ import annotations
 
 import math
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import Any, Final
 
 import attrs
 
+from .errors import UserError
 from .fsutil import atomic_write
+from .home_layout import CONFIG_NAME, default_home
 from .units import parse_size
 
 __all__ = [
@@ -31,20 +32,12 @@ __all__ = [
     "parse_address",
 ]
 
-CONFIG_NAME: Final = "gridnode.toml"
 LOCATION_CHECKS: Final = ("enforce", "warn", "off")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value that cannot be used; the message names the key."""
-
-
-def default_home() -> Path:
-    env = os.environ.get("GRIDNODE_HOME")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".local" / "share" / "gridnode"
 
 
 def parse_address(text: str, *, key: str = "address") -> tuple[str, int]:

@@ -46,11 +46,9 @@ import contextlib
 import hmac
 import json
 import os
-import secrets
 import socket
 import stat
-import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -58,14 +56,11 @@ from typing import Any, Final
 import trio
 from trio_websocket import (
     ConnectionClosed,
-    HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
     wrap_server_stream,
 )
 
 from protocol import (
-    PROTOCOL_VERSION,
     ControlCall,
     ControlEvent,
     ControlHello,
@@ -77,10 +72,22 @@ from protocol import (
     encode,
 )
 
+from . import control_client
+from .control_files import (
+    ControlError,
+    NodeNotRunning,
+    ensure_token,
+    read_token,
+    rotate_token,
+    run_info_path,
+    socket_name,
+    socket_path,
+    token_path,
+)
+from .control_files import peer_uid as _peer_uid
 from .errors import GridError
 from .fsutil import atomic_write
 from .log import get_logger
-from .trioutil import collapse_groups
 
 __all__ = [
     "MAX_PENDING",
@@ -90,8 +97,12 @@ __all__ = [
     "JobHandler",
     "NodeNotRunning",
     "call_node",
+    "ensure_token",
     "read_token",
+    "rotate_token",
+    "run_info_path",
     "socket_path",
+    "token_path",
 ]
 
 _log = get_logger(actor="control")
@@ -106,8 +117,6 @@ PREAUTH_DEADLINE_S: Final = 3.0
 MAX_PENDING: Final = 16
 #: Seconds the CLI waits for the socket to accept and the websocket upgrade to finish.
 _CONNECT_TIMEOUT_S: Final = 5.0
-#: The longest socket name bound or connected directly (``sun_path`` is 108 bytes).
-_SUN_PATH_MAX: Final = 107
 
 #: An event sink handed to a job: ``await emit({"event": "progress", ...})``.
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
@@ -115,129 +124,12 @@ Emit = Callable[[dict[str, Any]], Awaitable[None]]
 JobHandler = Callable[[str, dict[str, Any], Emit], Awaitable[dict[str, Any] | list[Any]]]
 
 
-class NodeNotRunning(GridError):
-    pass
-
-
-class ControlError(GridError):
-    """A control call failed with a machine-readable ``code``: the node answered with an
-    error, or the CLI refused to go on before sending the token (``unsafe_token``,
-    ``foreign_socket``)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def token_path(home: Path) -> Path:
-    return home / "control.token"
-
-
-def run_info_path(home: Path) -> Path:
-    return home / "run" / "control.json"
-
-
-def socket_path(home: Path) -> Path:
-    return home / "run" / "control.sock"
-
-
-def ensure_token(home: Path) -> bytes:
-    path = token_path(home)
-    if not path.exists():
-        return rotate_token(home)
-    return read_token(home)
-
-
-def rotate_token(home: Path) -> bytes:
-    """A fresh token for this run; the previous one stops working."""
-    token = secrets.token_hex(32).encode("ascii")
-    atomic_write(token_path(home), token, mode=0o600)
-    return token
-
-
-def read_token(home: Path) -> bytes:
-    """The token, only from a file nobody but this user could have read or written."""
-    path = token_path(home)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NodeNotRunning(f"no control token in {home} (is this a node home?)") from None
-    except PermissionError:
-        raise NodeNotRunning(f"cannot read {path}: only the node's owner may") from None
-    except OSError as exc:  # ELOOP: a symbolic link where the token should be
-        raise ControlError("unsafe_token", f"refusing {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        me = node_owner(home)
-        if not stat.S_ISREG(info.st_mode):
-            raise ControlError("unsafe_token", f"refusing {path}: not a regular file")
-        if info.st_uid != me:
-            raise ControlError(
-                "unsafe_token",
-                f"refusing {path}: owned by uid {info.st_uid}, not by the node's owner (uid {me})",
-            )
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise ControlError(
-                "unsafe_token",
-                f"refusing {path}: mode {mode:04o} lets others read it; it must be 0600 "
-                "(chmod 600 it; the node writes a new token when it restarts)",
-            )
-        return os.read(fd, 4096).strip()
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _socket_name(path: Path) -> Iterator[str]:
-    """A name for ``path`` that fits in ``sun_path`` (see the module docstring)."""
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        yield str(path)
-        return
-    if not os.path.isdir("/proc/self/fd"):
-        raise GridError(
-            f"{path} is too long for a Unix socket ({len(os.fsencode(path))} bytes, at most "
-            f"{_SUN_PATH_MAX}) and /proc is not there to reach it another way; "
-            "use a shorter --home"
-        )
-    flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-    fd = os.open(path.parent, flags)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
-
-
-def node_owner(home: Path) -> int:
-    """Whose node the CLI may talk to: its own user's, or, for root (an administrator
-    driving a service account's node), the owner of the home's 0700 ``run`` directory,
-    where only that user or root can have put a socket or a token."""
-    me = os.geteuid()
-    if me != 0:
-        return me
-    try:
-        return socket_path(home).parent.lstat().st_uid
-    except OSError:
-        return me
-
-
-def _peer_uid(sock: trio.socket.SocketType) -> int | None:
-    """The uid of the process at the other end, from the kernel (None where the platform
-    has no ``SO_PEERCRED``; the socket directory's permissions still hold there)."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
-
-
 async def _connect(path: Path, *, timeout_s: float) -> trio.SocketStream:
     """Raises ``ConnectionRefusedError`` (nobody listens), ``FileNotFoundError``,
     ``trio.TooSlowError`` or another ``OSError``."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with _socket_name(path) as name, trio.fail_after(timeout_s):
+        with socket_name(path) as name, trio.fail_after(timeout_s):
             await sock.connect(name)
     except BaseException:
         sock.close()
@@ -374,7 +266,7 @@ class ControlServer:
     async def _listen(self) -> tuple[trio.SocketListener, int]:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            with _socket_name(self.socket_path) as name:
+            with socket_name(self.socket_path) as name:
                 await sock.bind(name)
             os.chmod(self.socket_path, 0o600)
             sock.listen(2 * self.max_pending)
@@ -492,92 +384,9 @@ async def call_node(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     timeout_s: float | None = None,
 ) -> Any:
-    """Run one control call against the node of ``home``; returns its JSON result.
-
-    The token leaves this process only after the connection is known to reach a process
-    of this user listening on the home's own socket."""
-    path = socket_path(home)
-    try:
-        kind = path.lstat().st_mode
-    except FileNotFoundError:
-        raise NodeNotRunning(f"no node is running for {home}") from None
-    if not stat.S_ISSOCK(kind):
-        raise NodeNotRunning(f"no node is running for {home} ({path} is not a socket)")
-    try:
-        stream = await _connect(path, timeout_s=_CONNECT_TIMEOUT_S)
-    except (ConnectionRefusedError, FileNotFoundError):
-        raise NodeNotRunning(
-            f"the node of {home} is not running (nobody listens on {path})"
-        ) from None
-    except trio.TooSlowError:
-        raise NodeNotRunning(f"the node of {home} does not accept connections") from None
-    except OSError as exc:
-        raise NodeNotRunning(f"cannot reach the node of {home}: {exc}"[:300]) from None
-    try:
-        uid = _peer_uid(stream.socket)
-        owner = node_owner(home)
-        if uid is not None and uid != owner:
-            raise ControlError(
-                "foreign_socket",
-                f"{path} is served by uid {uid}, not by the node's owner (uid {owner}); "
-                "the control token was not sent",
-            )
-        token = read_token(home)
-        with collapse_groups():
-            async with trio.open_nursery() as nursery:
-                try:
-                    return await _converse(
-                        nursery, stream, token, method, params, on_event, timeout_s
-                    )
-                finally:
-                    nursery.cancel_scope.cancel()
-    except HandshakeError as exc:
-        raise NodeNotRunning(f"the node of {home} refused the control channel: {exc}") from None
-    except ConnectionClosed as exc:
-        reason = exc.reason.reason if exc.reason is not None else "connection closed"
-        raise NodeNotRunning(f"the node closed the control connection: {reason}") from None
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def _converse(
-    nursery: trio.Nursery,
-    stream: trio.SocketStream,
-    token: bytes,
-    method: str,
-    params: dict[str, Any] | None,
-    on_event: Callable[[dict[str, Any]], None] | None,
-    timeout_s: float | None,
-) -> Any:
-    try:
-        with trio.fail_after(_CONNECT_TIMEOUT_S):
-            ws = await wrap_client_stream(
-                nursery,
-                _WatchedStream(stream, on_gone=lambda: None),  # type: ignore[arg-type]
-                "localhost",
-                "/control",
-                max_message_size=_MAX_WS,
-            )
-    except trio.TooSlowError:
-        raise NodeNotRunning("the node did not answer the control handshake") from None
-    try:
-        await ws.send_message(encode(ControlHello(token=token, version=PROTOCOL_VERSION)))
-        await ws.send_message(
-            encode(ControlCall(request_id=1, method=method, params=json.dumps(params or {})))
-        )
-        try:
-            with trio.fail_after(timeout_s) if timeout_s else contextlib.nullcontext():
-                while True:
-                    msg = decode(await ws.get_message(), limits=_LIMITS)  # type: ignore[arg-type]
-                    if isinstance(msg, ControlEvent):
-                        if on_event is not None:
-                            on_event(json.loads(msg.event))
-                    elif isinstance(msg, ControlResult):
-                        return json.loads(msg.result)
-                    elif isinstance(msg, Error):
-                        raise ControlError(msg.code, msg.message)
-        except trio.TooSlowError:
-            raise ControlError("timeout", f"{method} did not finish within {timeout_s} s") from None
-    finally:
-        with trio.move_on_after(1):
-            await ws.aclose()
+    """``gridnode.control_client.call`` for trio code (tests, tools): the one client, run
+    in a worker thread.  Cancelling abandons the thread, which ends with its socket."""
+    return await trio.to_thread.run_sync(
+        partial(control_client.call, home, method, params, on_event=on_event, timeout_s=timeout_s),
+        abandon_on_cancel=True,
+    )

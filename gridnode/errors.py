@@ -7,11 +7,25 @@ request that timed out, a peer that answered "no" with a code.
 
 from __future__ import annotations
 
-__all__ = ["GridError", "HandshakeFailed", "PeerError", "PeerGone", "RemoteError", "RequestTimeout"]
+__all__ = [
+    "GridError",
+    "HandshakeFailed",
+    "PeerError",
+    "PeerGone",
+    "RemoteError",
+    "RequestTimeout",
+    "UserError",
+]
 
 
 class GridError(Exception):
     """Base class of gridnode's own errors; ``str(e)`` is a sentence for the user."""
+
+
+class UserError(Exception):
+    """A value someone gave (a config key, a key file) that cannot be used: the message is
+    for them as it is.  ``ConfigError`` and ``KeyError_`` are also ``ValueError``s; this
+    base lets the CLI catch them without importing the modules that define them."""
 
 
 class PeerError(GridError):

@@ -26,6 +26,7 @@ from nacl.signing import SigningKey
 
 from protocol import format_node_id, root_locator, short_node_id
 
+from .errors import UserError
 from .fsutil import atomic_write
 
 __all__ = ["KeyError_", "NodeIdentity", "load_identity", "parse_recovery_phrase"]
@@ -34,7 +35,7 @@ _HEADER: Final = "gridnode-key-v1"
 _CTX: Final = "gridnode 2026-11 {} v1"
 
 
-class KeyError_(ValueError):
+class KeyError_(UserError, ValueError):
     """A key file or recovery phrase that cannot be used (named so as not to shadow KeyError)."""
 
 

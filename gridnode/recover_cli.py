@@ -14,7 +14,9 @@ from typing import Any
 
 import trio
 
-from .config import CONFIG_NAME
+from .cli_common import CliError, resolve_home
+from .config import CONFIG_NAME, load_config
+from .home_cli import init_home
 from .identity import read_key_argument
 from .log import configure_logging
 
@@ -25,8 +27,6 @@ SETTLE_S = 2.0
 
 
 def recover(args: argparse.Namespace) -> dict[str, Any]:
-    from .cli import CliError, init_home, resolve_home
-
     home = resolve_home(args)
     if (home / CONFIG_NAME).exists():
         raise CliError(f"{home} is already a node home; recover into a new directory")
@@ -34,8 +34,6 @@ def recover(args: argparse.Namespace) -> dict[str, Any]:
     identity = read_key_argument(args.key, stdin)
     configure_logging("warning")
     info = init_home(home, args, identity)
-    from .config import load_config
-
     config = load_config(home)
     result = trio.run(_recover_async, config, identity, args.timeout)
     result["home"] = str(home)
@@ -44,7 +42,6 @@ def recover(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _recover_async(config: Any, identity: Any, timeout_s: float) -> dict[str, Any]:
-    from .cli import CliError
     from .node import Node
     from .recovery import recover_catalog
 

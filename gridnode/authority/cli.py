@@ -19,24 +19,31 @@ from nacl.signing import SigningKey
 
 from protocol import format_node_id, parse_node_id
 
-from ..config import CONFIG_NAME, ConfigError, GridFile, load_config, parse_address
+from ..cli_common import CliError, call, print_json, resolve_home, table
+from ..config import CONFIG_NAME, ConfigError, GridFile, build_config, load_config, parse_address
+from ..home_cli import init_home, init_values
 from . import AUTHORITY_KEY_NAME, CERTIFICATE_NAME
 from .client import write_certificate
 from .pricebook import DEFAULT_PRICE_BOOK_TOML, PriceBook, PriceBookError
 from .subscriptions import SubscriptionError, SubscriptionManager, create_authority_home
 
-__all__ = ["add_account_parser", "add_parsers"]
-
-
-def _cli() -> Any:
-    from .. import cli
-
-    return cli
+__all__ = [
+    "cmd_account",
+    "cmd_authority_approve",
+    "cmd_authority_clients",
+    "cmd_authority_deny",
+    "cmd_authority_init",
+    "cmd_authority_invite",
+    "cmd_authority_log",
+    "cmd_authority_requests",
+    "cmd_authority_revoke",
+    "cmd_subscribe",
+]
 
 
 def _manager(home: Path) -> SubscriptionManager:
     if not (home / AUTHORITY_KEY_NAME).exists():
-        raise _cli().CliError(
+        raise CliError(
             f"{home} is not a grid authority's home (no {AUTHORITY_KEY_NAME}; "
             "a grid with an authority is created with `gridnode authority init`)"
         )
@@ -47,36 +54,35 @@ def _manager(home: Path) -> SubscriptionManager:
     try:
         return SubscriptionManager(home, lifetime_s=lifetime)
     except PriceBookError as exc:
-        raise _cli().CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
 
 
 def cmd_authority_init(args: argparse.Namespace) -> None:
-    cli = _cli()
-    home = cli.resolve_home(args)
+    home = resolve_home(args)
     if (home / AUTHORITY_KEY_NAME).exists() or (home / CONFIG_NAME).exists():
-        raise cli.CliError(f"{home} is already a node home; choose an empty directory")
+        raise CliError(f"{home} is already a node home; choose an empty directory")
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise cli.CliError(f"{out} exists; use --force to overwrite")
+        raise CliError(f"{out} exists; use --force to overwrite")
     if not args.listen:
-        raise cli.CliError("--listen HOST:PORT is required (the authority's address)")
+        raise CliError("--listen HOST:PORT is required (the authority's address)")
     address = args.advertise or args.listen
     host, port = parse_address(address, key="advertise" if args.advertise else "listen")
     if port == 0 or host in ("0.0.0.0", "::", "*"):
-        raise cli.CliError(
+        raise CliError(
             f"{address} cannot be dialled: nodes subscribe there (give --advertise HOST:PORT)"
         )
     if args.price_book:
         try:
             price_text = Path(args.price_book).read_text(encoding="utf-8")
         except OSError as exc:
-            raise cli.CliError(f"cannot read price book {args.price_book}: {exc}") from None
+            raise CliError(f"cannot read price book {args.price_book}: {exc}") from None
     else:
         price_text = DEFAULT_PRICE_BOOK_TOML
     try:
         book = PriceBook.parse(price_text, source=args.price_book or "default price book")
     except PriceBookError as exc:
-        raise cli.CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
     key = SigningKey.generate()
     grid = GridFile(
         name=args.name or home.name,
@@ -89,11 +95,11 @@ def cmd_authority_init(args: argparse.Namespace) -> None:
 
     identity = NodeIdentity.generate()
     # Check every node setting before anything is written (a typo leaves no half grid).
-    config = cli.build_config(home, cli._init_values(args, grid))
+    config = build_config(home, init_values(args, grid))
     create_authority_home(
         home, grid_id=grid.grid_id, key=key, price_book_text=price_text, now=time.time()
     )
-    info = cli.init_home(home, args, identity, grid=grid)
+    info = init_home(home, args, identity, grid=grid)
     manager = SubscriptionManager(home, lifetime_s=config.certificate_lifetime_s)
     try:
         # The authority's node is a member like any other: it holds a certificate too.
@@ -112,7 +118,7 @@ def cmd_authority_init(args: argparse.Namespace) -> None:
         "certificate": str(home / CERTIFICATE_NAME),
     }
     if args.json:
-        cli._print_json(result)
+        print_json(result)
     else:
         print(f"grid {grid.name!r} ({grid.grid_id.hex()}) created; grid file {out}")
         print(f"  authority node {info['short_id']} in {home}, at {address}")
@@ -121,26 +127,24 @@ def cmd_authority_init(args: argparse.Namespace) -> None:
 
 
 def cmd_authority_invite(args: argparse.Namespace) -> None:
-    cli = _cli()
-    manager = _manager(cli.resolve_home(args))
+    manager = _manager(resolve_home(args))
     try:
         code = manager.create_invite(args.plan)
         plan = args.plan or manager.price_book.default_plan
     finally:
         manager.close()
     if args.json:
-        cli._print_json({"invite": code, "plan": plan})
+        print_json({"invite": code, "plan": plan})
     else:
         print(code)
 
 
 def cmd_authority_revoke(args: argparse.Namespace) -> None:
-    cli = _cli()
     try:
         node_id = parse_node_id(args.node_id)
     except ValueError as exc:
-        raise cli.CliError(str(exc)) from None
-    manager = _manager(cli.resolve_home(args))
+        raise CliError(str(exc)) from None
+    manager = _manager(resolve_home(args))
     try:
         revocations = manager.revoke(node_id)
     finally:
@@ -151,23 +155,22 @@ def cmd_authority_revoke(args: argparse.Namespace) -> None:
         "revoked_serials": [r.serial for r in revocations],
     }
     if args.json:
-        cli._print_json(result)
+        print_json(result)
     else:
         print(f"node {result['node_id']} revoked ({len(revocations)} certificate(s))")
 
 
 def cmd_authority_clients(args: argparse.Namespace) -> None:
-    cli = _cli()
-    manager = _manager(cli.resolve_home(args))
+    manager = _manager(resolve_home(args))
     try:
         rows = manager.clients()
     finally:
         manager.close()
     if args.json:
-        cli._print_json(rows)
+        print_json(rows)
         return
     print(
-        cli._table(
+        table(
             [
                 (
                     r["short_id"],
@@ -188,14 +191,13 @@ def cmd_authority_log(args: argparse.Namespace) -> None:
     """The global backup log, every stored chain checked again; exit 1 when one fails."""
     from .globallog import GlobalLog
 
-    cli = _cli()
-    manager = _manager(cli.resolve_home(args))
+    manager = _manager(resolve_home(args))
     try:
         report = GlobalLog(manager.db).report()
     finally:
         manager.close()
     if args.json:
-        cli._print_json(report)
+        print_json(report)
     else:
         for node in report["nodes"]:
             state = "ok" if node["ok"] else "BROKEN"
@@ -206,27 +208,26 @@ def cmd_authority_log(args: argparse.Namespace) -> None:
         print("verified" if report["verified"] else "NOT verified")
     if not report["verified"]:
         first = report["problems"][0]
-        raise cli.CliError(
+        raise CliError(
             f"the global backup log fails verification: node {first['node_id']}: {first['message']}"
         )
 
 
 def cmd_authority_requests(args: argparse.Namespace) -> None:
     """Nodes that asked to join without an invite, for approval by hand."""
-    cli = _cli()
-    manager = _manager(cli.resolve_home(args))
+    manager = _manager(resolve_home(args))
     try:
         rows = manager.join_requests()
     finally:
         manager.close()
     if args.json:
-        cli._print_json(rows)
+        print_json(rows)
         return
     if not rows:
         print("no node is waiting for approval")
         return
     print(
-        cli._table(
+        table(
             [
                 (
                     r["node_id"],
@@ -245,17 +246,16 @@ def _node_id_arg(args: argparse.Namespace) -> bytes:
     try:
         return parse_node_id(args.node_id)
     except ValueError as exc:
-        raise _cli().CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
 
 
 def cmd_authority_approve(args: argparse.Namespace) -> None:
-    cli = _cli()
     node_id = _node_id_arg(args)
-    manager = _manager(cli.resolve_home(args))
+    manager = _manager(resolve_home(args))
     try:
         cert = manager.approve(node_id, args.plan or "")
     except SubscriptionError as exc:
-        raise cli.CliError(str(exc)) from None
+        raise CliError(str(exc)) from None
     finally:
         manager.close()
     result = {
@@ -265,7 +265,7 @@ def cmd_authority_approve(args: argparse.Namespace) -> None:
         "expires": cert.expires,
     }
     if args.json:
-        cli._print_json(result)
+        print_json(result)
     else:
         print(
             f"node {result['node_id']} approved under plan {cert.plan!r}; "
@@ -274,93 +274,27 @@ def cmd_authority_approve(args: argparse.Namespace) -> None:
 
 
 def cmd_authority_deny(args: argparse.Namespace) -> None:
-    cli = _cli()
     node_id = _node_id_arg(args)
-    manager = _manager(cli.resolve_home(args))
+    manager = _manager(resolve_home(args))
     try:
         found = manager.deny(node_id)
     finally:
         manager.close()
     if not found:
-        raise cli.CliError(f"node {format_node_id(node_id)} has not asked to join")
+        raise CliError(f"node {format_node_id(node_id)} has not asked to join")
     if args.json:
-        cli._print_json({"node_id": format_node_id(node_id), "status": "denied"})
+        print_json({"node_id": format_node_id(node_id), "status": "denied"})
     else:
         print(f"request of node {format_node_id(node_id)} denied")
 
 
 def cmd_subscribe(args: argparse.Namespace) -> None:
-    cli = _cli()
-    result = cli.call(args, "subscribe", {"invite": args.invite, "plan": args.plan or ""})
+    result = call(args, "subscribe", {"invite": args.invite, "plan": args.plan or ""})
     if args.json:
-        cli._print_json(result)
+        print_json(result)
     else:
         expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["expires"]))
         print(f"subscribed under plan {result['plan']!r}; certificate valid until {expires}")
-
-
-def add_parsers(sub: Any) -> None:
-    """The ``authority`` and ``subscribe`` commands (``sub``: the top-level subparsers)."""
-    cli = _cli()
-    authority = sub.add_parser("authority", help="the grid authority: create a grid, invite")
-    asub = authority.add_subparsers(dest="authority_command", required=True)
-
-    p = asub.add_parser("init", help="create a grid with an authority (this home runs it)")
-    cli._add_home(p)
-    p.add_argument("--out", required=True, help="the grid file to write (give it to nodes)")
-    p.add_argument("--name", help="the grid's name (default: the home's name)")
-    p.add_argument("--price-book", help="TOML price book with [plans.NAME] (default: built in)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing grid file")
-    cli._add_node_settings(p, init=True)
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_init)
-
-    p = asub.add_parser("invite", help="a one-time invite code for one node")
-    cli._add_home(p)
-    p.add_argument("--plan", help="the plan the invite is for (default: the node's choice)")
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_invite)
-
-    p = asub.add_parser("revoke", help="end a node's subscription (signed revocations)")
-    cli._add_home(p)
-    p.add_argument("node_id", help="the node id as `gridnode status` prints it")
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_revoke)
-
-    p = asub.add_parser("clients", help="subscribed nodes, their plans and status")
-    cli._add_home(p)
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_clients)
-
-    p = asub.add_parser("log", help="the global backup log: every node's chain, checked")
-    cli._add_home(p)
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_log)
-
-    p = asub.add_parser("requests", help="nodes that asked to join, waiting for approval")
-    cli._add_home(p)
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_requests)
-
-    p = asub.add_parser("approve", help="subscribe a node that asked to join")
-    cli._add_home(p)
-    p.add_argument("node_id", help="the node id as `authority requests` lists it")
-    p.add_argument("--plan", help="plan name from the price book (default: the default plan)")
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_approve)
-
-    p = asub.add_parser("deny", help="forget a node's request to join")
-    cli._add_home(p)
-    p.add_argument("node_id", help="the node id as `authority requests` lists it")
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_authority_deny)
-
-    p = sub.add_parser("subscribe", help="subscribe this node with an invite code")
-    cli._add_home(p)
-    p.add_argument("--invite", required=True, help="the code from `gridnode authority invite`")
-    p.add_argument("--plan", help="plan name from the grid's price book")
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_subscribe)
 
 
 # --- `gridnode account` ---------------------------------------------------------------------
@@ -370,10 +304,9 @@ def cmd_account(args: Any) -> None:
     """Print the node's account (``--json``: one object; see the README)."""
     from .fees import format_amount
 
-    cli = _cli()
-    result = cli.call(args, "account")
+    result = call(args, "account")
     if args.json:
-        cli._print_json(result)
+        print_json(result)
         return
     sub = result.get("subscription") or {}
     usage = result.get("usage") or {}
@@ -400,12 +333,3 @@ def cmd_account(args: Any) -> None:
         print(f"{result['pending_reports']} usage report(s) waiting for the authority")
     if result.get("stale"):
         print(f"the authority could not be reached: {result.get('authority_error')}")
-
-
-def add_account_parser(sub: Any) -> None:
-    """``gridnode account`` (``sub``: the top-level subparsers)."""
-    cli = _cli()
-    p = sub.add_parser("account", help="usage, statement and invoices from the grid authority")
-    cli._add_home(p)
-    cli._add_json(p)
-    p.set_defaults(fn=cmd_account)

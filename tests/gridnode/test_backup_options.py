@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gridnode.cli import CliError, read_exclude_file
+from gridnode.cli import read_exclude_file
+from gridnode.cli_common import CliError
 from gridnode.scanner import iter_tree
 
 from .inproc import open_grid

@@ -222,11 +222,13 @@ async def test_a_listener_of_another_user_gets_nothing(
     """As if another uid held the socket (the kernel's answer is faked: the tests run as one
     user): the CLI stops before reading the token, and the node drops such a caller too."""
     import gridnode.control
+    import gridnode.control_client
 
     home = make_home(tmp_path / "h")
     recorder = Recorder()
     async with serving(home, recorder) as server:
         monkeypatch.setattr(gridnode.control, "_peer_uid", lambda sock: os.geteuid() + 1)
+        monkeypatch.setattr(gridnode.control_client, "peer_uid", lambda sock: os.geteuid() + 1)
         with pytest.raises(ControlError, match="not by the node's owner") as info:
             await call_node(home, "status")
         assert info.value.code == "foreign_socket"

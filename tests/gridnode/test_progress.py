@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gridnode.cli import Progress, format_eta
+from gridnode.cli_common import Progress, format_eta
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_a_line_never_exceeds_the_width(width: int) -> None:
 
 DRIVER = """
 import sys, time
-from gridnode.cli import Progress
+from gridnode.cli_common import Progress
 p = Progress(sys.stderr)
 total = 10**9
 for i in range(1, 41):

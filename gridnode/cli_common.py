@@ -1,0 +1,266 @@
+"""What every ``gridnode`` command shares: errors and exit codes, the progress line, JSON
+output, finding the home, and calling the home's running node.
+
+Only the standard library and the control client (which adds msgpack) are imported here,
+so a command that only asks the running node something (``status``, ``ls``, ``find``)
+starts in milliseconds; commands that need the node's own machinery (``init``, ``run``,
+``key``) live in ``gridnode.home_cli`` and are imported only when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import control_client
+from .control_files import ControlError, NodeNotRunning
+from .home_layout import CONFIG_NAME, default_home
+from .units import format_bytes
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INCOMPLETE",
+    "EXIT_NOT_RUNNING",
+    "EXIT_NO_HOME",
+    "CliError",
+    "Progress",
+    "absolute",
+    "add_home",
+    "add_json",
+    "add_node_settings",
+    "call",
+    "finish",
+    "format_eta",
+    "lazy",
+    "print_json",
+    "resolve_home",
+    "table",
+]
+
+
+class CliError(Exception):
+    """A one-line reason for a non-zero exit (1 unless ``code`` says otherwise)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: Exit codes a script can tell apart (README, "Exit codes").
+EXIT_ERROR = 1
+EXIT_NO_HOME = 4
+EXIT_NOT_RUNNING = 5
+#: A backup that completed but could not read some entries (they are named in its notes).
+EXIT_INCOMPLETE = 3
+
+
+def format_eta(seconds: float) -> str:
+    """``h:mm:ss`` (``m:ss`` under an hour), as people read a remaining time."""
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """A one-line progress display on a terminal, redrawn in place; silent otherwise.
+
+    The line is cut to the terminal's width (read at every redraw, so a resized window
+    is followed) and the rest of the previous line erased with ``ESC[K``: a line one
+    column too long wraps, and every redraw then starts a new line."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self._last = 0.0
+        self._drawn = False
+
+    def _width(self) -> int:
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = shutil.get_terminal_size().columns
+        return max(20, columns - 1)  # never the last column: some terminals wrap there
+
+    def _draw(self, text: str) -> None:
+        self.stream.write("\r" + text[: self._width()] + "\x1b[K")
+        self.stream.flush()
+        self._drawn = True
+
+    def update(self, event: dict[str, Any]) -> None:
+        if not self.enabled or event.get("event") != "progress":
+            return
+        now = time.monotonic()
+        if now - self._last < 0.1:
+            return
+        self._last = now
+        self._draw(self.line(event, self._width()))
+
+    @staticmethod
+    def line(event: dict[str, Any], width: int = 80) -> str:
+        """The text of one redraw (without the carriage return), at most ``width`` wide."""
+        if "chunks_checked" in event and "bytes_total" not in event:  # verify, repair
+            total = event.get("chunks_total")
+            frac = min(event["chunks_checked"] / total, 1.0) if total else None
+            line = f"{event.get('phase', 'checking')}: {event['chunks_checked']}"
+            line += f"/{total} chunks ({frac * 100:5.1f}%)" if frac is not None else " chunks"
+            if "chunks_repaired" in event:
+                line += f", {event['chunks_repaired']} repaired"
+            return line[:width]
+        done = event.get("bytes_read", event.get("bytes", 0)) or 0
+        total = event.get("bytes_total") or 0
+        frac = min(done / total, 1.0) if total else 0.0
+        files = f"{event.get('files', 0)}/{event.get('files_total', '?')} files"
+        rate = format_bytes(event.get("rate_bps") or 0) + "/s"
+        eta = event.get("eta_s")
+        eta_text = f" ETA {format_eta(eta)}" if isinstance(eta, int | float) else ""
+        text = (
+            f" {frac * 100:5.1f}% {format_bytes(done)}/{format_bytes(total)} "
+            f"{files} {rate}{eta_text}"
+        )
+        # The bar takes what the figures leave, 10 to 30 columns; none on a narrow screen.
+        room = width - len(text) - 2
+        if room < 10:
+            return text.strip()[:width]
+        bar_width = min(30, room)
+        filled = int(frac * bar_width)
+        return f"[{'#' * filled}{'.' * (bar_width - filled)}]{text}"[:width]
+
+    def finish(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+def resolve_home(args: argparse.Namespace) -> Path:
+    home = Path(args.home).expanduser() if getattr(args, "home", None) else default_home()
+    return home.absolute()
+
+
+def call(
+    args: argparse.Namespace,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    long_job: bool = False,
+) -> Any:
+    """Call the running node of ``--home``; stream events for long jobs."""
+    home = resolve_home(args)
+    as_json = getattr(args, "json", False)
+    if not (home / CONFIG_NAME).exists():
+        problem = (
+            f"{home} is not a gridnode home (no {CONFIG_NAME}); create one with "
+            "`gridnode init --home DIR ...`, or point --home (or GRIDNODE_HOME) at yours"
+        )
+        if as_json and long_job:
+            print_json({"event": "error", "code": "no_home", "message": problem})
+        raise CliError(problem, EXIT_NO_HOME)
+    progress = Progress()
+
+    def on_event(event: dict[str, Any]) -> None:
+        if as_json:
+            print_json(event)
+        else:
+            progress.update(event)
+
+    try:
+        result = control_client.call(home, method, params, on_event=on_event)
+    except ControlError as exc:
+        progress.finish()
+        if as_json and long_job:
+            print_json({"event": "error", "code": exc.code, "message": str(exc)})
+        raise CliError(str(exc)) from None
+    except NodeNotRunning as exc:
+        if as_json and long_job:
+            print_json({"event": "error", "code": "not_running", "message": str(exc)})
+        raise CliError(
+            f"{exc}; start it with `gridnode run --home {home}` (or its systemd unit)",
+            EXIT_NOT_RUNNING,
+        ) from None
+    progress.finish()
+    return result
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def finish(args: argparse.Namespace, result: Any, summary: Callable[[Any], str]) -> None:
+    if args.json:
+        print_json(result)
+    else:
+        print(summary(result))
+
+
+def absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--home",
+        default=os.environ.get("GRIDNODE_HOME"),
+        help="node home directory (default $GRIDNODE_HOME or ~/.local/share/gridnode)",
+    )
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
+    p.add_argument("--listen", help="HOST:PORT to listen on for peers")
+    p.add_argument("--advertise", help="HOST:PORT other members dial (with --listen 0.0.0.0)")
+    p.add_argument("--seed", action="append", help="HOST:PORT of a member to join through")
+    p.add_argument("--location", help='"CITY" or LAT,LON')
+    p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB or 1.5TiB")
+    p.add_argument(
+        "--location-check",
+        choices=["enforce", "warn", "off"],
+        help="check members' claimed locations against round-trip times (default enforce)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="how much the node logs to stderr (default warning)",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
+    if init:
+        p.add_argument("--label", action="append", help="failure-domain label NAME=VALUE")
+        p.add_argument("--redundancy", help="default K/N for backups (default 4/6)")
+        p.add_argument("--backup-proximity", help="default MIN:MAX from source (km or mi)")
+        p.add_argument("--packet-proximity", help="default MIN:MAX between targets")
+
+
+def lazy(module: str, name: str) -> Callable[[argparse.Namespace], None]:
+    """A command handler imported only when its command runs: the parser names every
+    command, and most of them must not pay for importing the others' machinery."""
+
+    def run(args: argparse.Namespace) -> None:
+        import importlib
+
+        handler: Callable[[argparse.Namespace], None] = getattr(
+            importlib.import_module(module), name
+        )
+        handler(args)
+
+    run.__qualname__ = run.__name__ = name
+    return run

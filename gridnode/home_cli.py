@@ -1,0 +1,214 @@
+"""The commands that work on a node's home itself rather than asking its running node:
+``grid create``, ``init``, ``run``, ``key``.  They need the node's machinery (the config
+and its validation, the identity's keys, trio, the node), so ``gridnode.cli`` imports this
+module only when one of them runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .cli_common import CliError, print_json, resolve_home
+from .config import CONFIG_NAME, GridFile, build_config, load_config, parse_address
+from .identity import NodeIdentity, load_identity, read_key_argument
+from .log import configure_logging
+from .trioutil import collapse_groups
+from .units import format_bytes
+
+__all__ = ["cmd_grid_create", "cmd_init", "cmd_key", "cmd_run", "init_home", "init_values"]
+
+
+def cmd_grid_create(args: argparse.Namespace) -> None:
+    if not args.open:
+        raise CliError(
+            "a grid is created with `gridnode authority init` (its authority admits nodes by "
+            "invitation); `gridnode grid create NAME --out FILE --open` writes an open grid, "
+            "which admits anyone who can reach one of its nodes"
+        )
+    grid = GridFile(name=args.name, grid_id=os.urandom(16), seeds=tuple(args.seed or ()))
+    for seed in grid.seeds:
+        parse_address(seed, key="seed")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CliError(f"{out} exists; use --force to overwrite")
+    grid.save(out)
+    if args.json:
+        print_json(
+            {"name": grid.name, "grid_id": grid.grid_id.hex(), "file": str(out), "open": True}
+        )
+    else:
+        print(f"open grid {grid.name!r} ({grid.grid_id.hex()}) written to {out}")
+
+
+#: Flags shared by ``init`` and ``run`` that map one to one onto config keys.
+_RUN_KEYS = ("listen", "advertise", "allocate", "location", "location_check", "log_level")
+_INIT_KEYS = (*_RUN_KEYS, "redundancy", "backup_proximity", "packet_proximity")
+
+
+def _given(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
+    """The config values given as flags (a flag left out keeps the file's value)."""
+    return {key: value for key in keys if (value := getattr(args, key, None)) is not None}
+
+
+def _set_items(args: argparse.Namespace) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs; validated by the config, so any key may be set."""
+    values: dict[str, Any] = {}
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set expects KEY=VALUE, got {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "grid_id": grid.grid_id.hex(),
+        "grid_name": grid.name,
+        "seeds": list(args.seed or grid.seeds),
+        "authority_key": grid.authority_key.hex(),
+        "authority_address": grid.authority_address,
+        **_given(args, _INIT_KEYS),
+    }
+    if getattr(args, "label", None):
+        values["labels"] = list(args.label)
+    return values | _set_items(args)
+
+
+def init_home(
+    home: Path, args: argparse.Namespace, identity: NodeIdentity, *, grid: GridFile | None = None
+) -> dict[str, Any]:
+    """Create a node home (config, key, control token); ``grid`` defaults to ``--grid``."""
+    if grid is None:
+        grid = GridFile.load(Path(args.grid))
+    values = init_values(args, grid)
+    config = build_config(home, values)
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    identity.write_key_file(config.key_path)
+    config.save()
+    from .control import ensure_token
+
+    ensure_token(home)
+    return {
+        "home": str(home),
+        "node_id": identity.printable_id,
+        "short_id": identity.short_id,
+        "grid_id": grid.grid_id.hex(),
+        "listen": config.listen_address,
+        "city": config.city,
+        "lat": config.lat,
+        "lon": config.lon,
+        "allocated_bytes": config.allocated_bytes,
+        "key_file": str(config.key_path),
+    }
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    home = resolve_home(args)
+    if (home / CONFIG_NAME).exists() and not args.force:
+        raise CliError(f"{home} is already a node home; use --force to overwrite its config")
+    if args.key:
+        stdin = sys.stdin.read() if args.key == "-" else None
+        identity = read_key_argument(args.key, stdin)
+    elif (home / "node.key").exists():
+        identity = load_identity(home / "node.key")
+    else:
+        identity = NodeIdentity.generate()
+    if args.invite and GridFile.load(Path(args.grid)).open:
+        raise CliError("--invite: this grid file is an open grid's; it has no authority")
+    if args.plan and not args.invite:
+        raise CliError("--plan goes with --invite")
+    info = init_home(home, args, identity)
+    if args.invite:
+        from .authority.client import save_pending_invite
+
+        # Used on the node's first start: subscribing needs the node running.
+        save_pending_invite(home, args.invite, args.plan or "")
+        info["invite_pending"] = True
+    if args.json:
+        print_json(info)
+    else:
+        print(f"node {info['short_id']} initialised in {home}")
+        print(
+            f"  listen {info['listen']}, location {info['city'] or info['lat']}, "
+            f"allocation {format_bytes(info['allocated_bytes'])}"
+        )
+        print(
+            f"  key file {info['key_file']}: keep a copy off this machine "
+            f"(or run `gridnode key phrase --home {home}` and write the phrase down)"
+        )
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = _given(args, _RUN_KEYS)
+    if getattr(args, "seed", None):
+        values["seeds"] = list(args.seed)
+    return values | _set_items(args)
+
+
+async def serve_until_signalled(node_run: Callable[..., Any]) -> None:
+    """Run a node until SIGINT/SIGTERM, then shut it down gracefully (exit code 0)."""
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(node_run)
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    node.shutdown()
+                    return
+
+        nursery.start_soon(watch)
+        await node.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .memory import tune_allocator
+    from .node import Node
+
+    tune_allocator()
+    home = resolve_home(args)
+    config = load_config(home, _run_overrides(args))
+    configure_logging(config.log_level)
+    identity = load_identity(config.key_path)
+    node = Node(config, identity)
+    if not args.quiet:
+        print(
+            f"gridnode {identity.short_id} starting on {config.listen_address} "
+            f"(home {home}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+    # A node that cannot start (another one answers on this home's control socket, a
+    # port in use) says why in one line, not as a group of one from the root nursery.
+    with collapse_groups():
+        trio.run(serve_until_signalled, node.run)
+
+
+def cmd_key(args: argparse.Namespace) -> None:
+    home = resolve_home(args)
+    identity = load_identity(home / "node.key")
+    if args.action == "phrase":
+        print(identity.recovery_phrase())
+    elif args.action == "export":
+        if not args.out:
+            raise CliError(
+                "key export needs --out FILE: the key is secret, so it goes to a new file "
+                "(mode 600), never to the terminal; `gridnode key phrase` prints the "
+                "words to write down instead"
+            )
+        out = Path(args.out)
+        if out.exists():
+            raise CliError(f"{out} exists")
+        identity.write_key_file(out)
+        print(f"key written to {out} (mode 600)")
+    else:
+        print(identity.printable_id)

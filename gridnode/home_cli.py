@@ -6,7 +6,9 @@ module only when one of them runs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -82,6 +84,37 @@ def init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
     return values | _set_items(args)
 
 
+def check_allocation(home: Path, allocated: int) -> None:
+    """Refuse an allocation the disk cannot hold: ``--allocate 500TB`` on a small disk was
+    accepted, and the grid then placed packets on a node that could not keep them.
+    Counted: the free space of the disk the packets go to (the home's, or its nearest
+    existing parent's) plus what the node's storage already holds there."""
+    where = home / "storage"
+    probe = where
+    for _ in range(64):  # bounded: a path has fewer parts than this
+        if probe.exists() or probe == probe.parent:
+            break
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    held = _tree_bytes(where) if where.exists() else 0
+    if allocated > free + held:
+        raise CliError(
+            f"--allocate {format_bytes(allocated)} is more than the disk of {probe} can give "
+            f"({format_bytes(free)} free"
+            + (f", plus {format_bytes(held)} the node already holds" if held else "")
+            + "); allocate less, or free space first"
+        )
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):  # gone since the walk listed it
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
 def init_home(
     home: Path, args: argparse.Namespace, identity: NodeIdentity, *, grid: GridFile | None = None
 ) -> dict[str, Any]:
@@ -90,6 +123,7 @@ def init_home(
         grid = GridFile.load(Path(args.grid))
     values = init_values(args, grid)
     config = build_config(home, values)
+    check_allocation(home, config.allocated_bytes)
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     identity.write_key_file(config.key_path)

@@ -29,6 +29,12 @@ def test_version_coordinates_key_export_and_stop(tmp_path: Path) -> None:
     assert gridnode("grid", "create", "t", "--out", str(grid), "--open").returncode == 0
     port = free_port()
     done = gridnode(
+        "init", "--home", str(tmp_path / "big"), "--grid", str(grid), "--listen",
+        f"127.0.0.1:{port}", "--location", "Paris", "--allocate", "500PB",
+    )  # fmt: skip
+    assert done.returncode == 1 and "more than the disk" in done.stderr
+    assert not (tmp_path / "big").exists()  # refused before anything was written
+    done = gridnode(
         "init", "--home", str(home), "--grid", str(grid), "--listen", f"127.0.0.1:{port}",
         "--location", "-33.87,151.21", "--allocate", "1GB",
     )  # fmt: skip

@@ -1,0 +1,68 @@
+"""The Prometheus endpoint (issue 12): loopback only, the figures an operator graphs,
+collected on the node's own loop at each scrape."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import trio
+
+from gridnode.config import ConfigError
+from gridnode.metrics import check_metrics_address, serve_metrics
+
+from .inproc import open_grid
+
+
+async def _get(port: int, path: str = "/metrics") -> tuple[str, str]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return head.split("\r\n")[0], body
+
+
+def _value(body: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", body, re.M)
+    assert match, f"{name} not in the scrape"
+    return float(match.group(1))
+
+
+def test_only_loopback_addresses_are_accepted() -> None:
+    assert check_metrics_address("127.0.0.1:9474") == ("127.0.0.1", 9474)
+    assert check_metrics_address("[::1]:9474") == ("::1", 9474)
+    for bad in ("0.0.0.0:9474", "10.0.0.5:9474", "example.com:9474"):
+        with pytest.raises(ConfigError, match="loopback"):
+            check_metrics_address(bad)
+
+
+async def test_a_scrape_shows_storage_members_sessions_and_backup_age(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f.bin").write_bytes(os.urandom(200_000))
+    async with open_grid(tmp_path / "grid", 7) as grid, trio.open_nursery() as nursery:
+        holder = grid.nodes[1]
+        port = await nursery.start(serve_metrics, holder, "127.0.0.1:0")
+        status, body = await _get(port)
+        assert status == "HTTP/1.1 200 OK"
+        assert _value(body, 'gridnode_members{state="alive"}') == 6
+        assert _value(body, 'gridnode_storage_bytes{kind="allocated"}') == 1e9
+        assert _value(body, "gridnode_packets_held") == 0
+        assert "gridnode_last_backup_age_seconds" not in body
+        await grid.call(0, "backup", paths=[str(tree)])
+        await grid.call(1, "backup", paths=[str(tree)])
+        _, body = await _get(port)
+        held = _value(body, "gridnode_packets_held")
+        assert held == holder.packets.statistics().packet_count > 0
+        assert _value(body, 'gridnode_storage_bytes{kind="used"}') > 0
+        assert 0 <= _value(body, "gridnode_last_backup_age_seconds") < 60
+        assert _value(body, "gridnode_sessions") >= 1
+        assert re.search(r'^gridnode_store_events_total\{event="packets_stored"\} \d', body, re.M)
+        assert (await _get(port, "/other"))[0] == "HTTP/1.1 404 Not Found"
+        nursery.cancel_scope.cancel()

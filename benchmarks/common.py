@@ -334,7 +334,7 @@ def _wait_source_sees(grid: LocalGrid, count: int, timeout: float) -> float:
                 raise RuntimeError(
                     f"node {name} exited with {node.process.returncode}: {grid.log_tail(name)}"
                 )
-        members = grid.status(SOURCE)["members"]
+        members = grid.without_authority(grid.status(SOURCE)["members"])
         alive = sum(
             1
             for m in members

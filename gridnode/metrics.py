@@ -118,9 +118,10 @@ class MetricsCollector(Collector):
         )  # fmt: skip
         yield from _counters("gridnode_store", "Packet store events", node.packet_store.stats)
         yield from _counters("gridnode_fetch", "Retriever events", node.retriever.stats)
-        if node.repairer is not None:
+        repairer = getattr(node, "repairer", None)  # (delegated repair: issue 15)
+        if repairer is not None:
             yield from _counters(
-                "gridnode_delegated_repair", "Repair done for other owners", node.repairer.stats
+                "gridnode_delegated_repair", "Repair done for other owners", repairer.stats
             )
         if node.gossiper is not None:
             yield from _counters("gridnode_gossip", "Gossip events", node.gossiper.counters())

@@ -2,10 +2,11 @@
 
 Three commands (their flags and JSON keys are a stable interface, see the README):
 
-``gridsim up --dir DIR --nodes N [--cities CITY,CITY,...]``
+``gridsim up --dir DIR --nodes N [--cities CITY,CITY,...] [--open]``
     Starts N ``gridnode run`` processes in the background, one per city (European
     capitals by default) and prints one JSON object, ``{"nodes": [{"name", "home",
-    "address", "pid", "city", ...}], ...}``, once every node sees every other alive.
+    "address", "pid", "city", ...}], "authority": {...}, ...}``, once every node sees
+    every other alive.  The grid has an authority (see below) unless ``--open``.
     The nodes belong to a small detached supervisor process (its pid is in
     ``DIR/gridsim.json`` with theirs): it reaps them, so ``down`` can report their
     real exit codes, and it stops them after ``--lifetime`` (a day by default) so a
@@ -90,6 +91,20 @@ Actions and their keys:
   ``seconds`` is the time limit instead of a sleep; ``nodes = [...]`` limits whose view
   counts (say, one side of a partition).
 
+The grid and its authority
+==========================
+
+Every grid gridsim starts is created with an authority, so what a scenario shows runs
+on the secure path: ``gridnode authority init`` makes an authority node (``HOME`` under
+``authority/``, not one of the scenario's nodes; the name is reserved), and every node
+subscribes with a one-time invite from it before it may join the gossip or back up.
+The authority allocates no storage, so it never holds packets and placement is that of
+the scenario's nodes; it is a gossip member, and the ``processes`` invariant watches it
+too.  Its one plan is larger than any allocation (see ``simulations/harness.py``).  The
+report's ``grid`` says so: ``{"authority": true, "authority_node": {"address", "pids",
+...}}``.  With ``--netns`` the grid is open (the authority has no namespace yet), and
+the report says that instead.
+
 Invariants, after every step with ``check = true``
 ===================================================
 
@@ -109,7 +124,7 @@ Invariants, after every step with ``check = true``
    between targets, recomputed from the nodes' own locations; distinct targets, none
    the source; distinct values of the ``distinct`` labels.
 3. ``processes``: every node a step did not kill or stop is still running, and no
-   node log contains a ``Traceback``.
+   node log contains a ``Traceback``; the same for the grid's authority node.
 
 Network
 =======
@@ -133,6 +148,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -155,7 +171,7 @@ from gridnode.logic.distance import Band, haversine_km, parse_band
 from gridnode.logic.packing import ErasureParams
 from gridnode.units import parse_size
 
-from .harness import SAMPLE_WORDS, LocalGrid, NodeSpec
+from .harness import AUTHORITY_NAME, SAMPLE_WORDS, LocalGrid, NodeSpec
 
 if TYPE_CHECKING:
     from .netns import Netns
@@ -451,6 +467,8 @@ def _parse_node(
         raise where.error(place, "a node name is 1-40 letters, digits, - or _")
     if name in earlier:
         raise where.error(place, f"duplicate node name {name!r}")
+    if name == AUTHORITY_NAME:
+        raise where.error(place, f"{name!r} is reserved for the grid's authority node")
     _check_keys(
         where,
         place,
@@ -1223,6 +1241,8 @@ class Report:
     dir: str | None = None
     seconds: float = 0.0
     notes: list[str] = attrs.field(factory=list)
+    #: ``{"authority": bool, "authority_node": {...} | None, "note": str}``
+    grid: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -1265,6 +1285,7 @@ class Report:
                 "seconds": round(self.setup_seconds, 3),
                 "error": self.setup_error,
             },
+            "grid": self.grid,
             "nodes": self.nodes,
             "steps": [step.to_json() for step in self.steps],
             "problems": self.problems(),
@@ -1286,6 +1307,8 @@ def render_text(report: Report) -> str:
         f"location check {report.network.location_check}"
     )
     lines += [f"  - {note}" for note in report.network.notes]
+    if report.grid.get("note"):
+        lines.append(f"grid: {report.grid['note']}")
     if report.setup_ok:
         lines.append(
             f"setup: {len(report.nodes)} nodes started and converged in "
@@ -1390,6 +1413,21 @@ class Simulation:
         self.partition: tuple[frozenset[str], frozenset[str]] | None = None
         self.emulated_partition = False
         self._restores = itertools.count(1)
+        #: The authority node's processes and log scan (a grid with an authority).
+        self.authority = SimNode(
+            defn=NodeDef(
+                name=AUTHORITY_NAME,
+                location="",
+                lat=math.nan,
+                lon=math.nan,
+                city="",
+                allocation="0",
+                seeds=(),
+                labels=(),
+                location_check="off",
+                settings=(),
+            )
+        )
 
     # --- setup and teardown ---------------------------------------------------------------
 
@@ -1407,8 +1445,13 @@ class Simulation:
             netns = Netns(plan, delay=self.network.delay)
             self.network.netns = netns
             netns.open()
+            # NetnsGrid places scenario nodes in namespaces; the authority has none yet.
             self.grid = NetnsGrid(
-                root, netns, name=self.scenario.name, log_level=self.scenario.log_level
+                root,
+                netns,
+                name=self.scenario.name,
+                log_level=self.scenario.log_level,
+                authority=False,
             )
         else:
             self.grid = LocalGrid(root, name=self.scenario.name, log_level=self.scenario.log_level)
@@ -1439,6 +1482,7 @@ class Simulation:
         initialised = time.monotonic()
         self.progress(
             f"setup: {len(self.nodes)} homes initialised in {initialised - started:.1f} s"
+            + (", with the grid's authority" if self.grid.authority_node is not None else "")
         )
         statuses = self._start_processes(list(self.nodes))
         ready = time.monotonic()
@@ -1459,9 +1503,48 @@ class Simulation:
 
     def close(self) -> None:
         if self.grid is not None:
+            self._note_authority_pid()
             self.grid.close()
+            self.authority.state = "stopped"
         if self.network.netns is not None:
             self.network.netns.close()
+
+    def _note_authority_pid(self) -> None:
+        node = self.grid.authority_node if self.grid is not None else None
+        if (
+            node is not None
+            and node.process is not None
+            and node.process.pid not in self.authority.pids
+        ):
+            self.authority.pids.append(node.process.pid)
+
+    def grid_row(self) -> dict[str, Any]:
+        """What kind of grid this is, for the report."""
+        node = self.grid.authority_node if self.grid is not None else None
+        if node is None:
+            why = "--netns" if self.network.mode == "netns" else "no authority"
+            return {
+                "authority": False,
+                "authority_node": None,
+                "note": f"open ({why}): any node that can reach a member may join",
+            }
+        self._note_authority_pid()
+        if node.running:
+            status = "up"
+        else:  # stopped by close(), or it died (the processes check says so)
+            status = "stopped" if self.authority.state == "stopped" else "not running"
+        return {
+            "authority": True,
+            "authority_node": {
+                "name": AUTHORITY_NAME,
+                "address": node.address,
+                "home": str(node.home),
+                "state": status,
+                "pids": list(self.authority.pids),
+            },
+            "note": f"with an authority at {node.address}: every node subscribed with a "
+            "one-time invite and holds a certificate (the authority stores no packets)",
+        }
 
     def node_rows(self) -> list[dict[str, Any]]:
         rows = []
@@ -2290,6 +2373,18 @@ class Simulation:
 
     def _check_processes(self) -> Check:
         check = Check("processes")
+        authority = self.g.authority_node
+        if authority is not None:
+            self._note_authority_pid()
+            if not authority.running:
+                code = authority.process.returncode if authority.process is not None else None
+                check.fail(
+                    f"the authority node is not running (exit code {code}): "
+                    f"{self.g.log_tail(AUTHORITY_NAME, 3)}"
+                )
+            self._scan_log(AUTHORITY_NAME, self.authority)
+            if self.authority.tracebacks:
+                check.fail(f"the authority's log has a Traceback: {self.authority.tracebacks[0]}")
         running = 0
         for name, node in self.nodes.items():
             proc = self.g.nodes[name]
@@ -2314,7 +2409,7 @@ class Simulation:
 
     def _scan_log(self, name: str, node: SimNode) -> None:
         """Read the log from where the last scan stopped; remember Traceback lines."""
-        path = self.g.nodes[name].home / "node.log"
+        path = self.g.node(name).home / "node.log"
         if not path.exists():
             return
         with path.open("rb") as fh:
@@ -2383,6 +2478,7 @@ def run_scenario(
             finally:
                 report.setup_seconds = time.monotonic() - report.started
                 report.nodes = sim.node_rows()
+                report.grid = sim.grid_row()
             aborted: str | None = None if report.setup_ok else "setup failed"
             for step, entry in zip(scenario.steps, report.steps, strict=True):
                 if aborted is None and time.monotonic() > deadline:
@@ -2429,9 +2525,11 @@ def run_scenario(
                 entry.error = "interrupted"
     finally:
         report.nodes = sim.node_rows()
+        report.grid = sim.grid_row()
         with _signals_ignored():
             progress("stopping every node")
             sim.close()
+        report.grid = sim.grid_row()  # every pid, the authority's state as it was
         report.seconds = time.monotonic() - report.started
     return report
 
@@ -2592,6 +2690,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     ]
     if args.cities:
         argv += ["--cities", args.cities]
+    if args.open:
+        argv.append("--open")
     with (directory / "gridsim-supervisor.log").open("ab") as log:
         supervisor = subprocess.Popen(
             argv,
@@ -2637,6 +2737,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     "grid_file",
                     "supervisor_pid",
                     "nodes",
+                    "authority",
                     "location_check",
                     "converged_s",
                 )
@@ -2670,10 +2771,10 @@ def cmd_supervise(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, handler)
-    grid = LocalGrid(directory, name="gridsim", log_level=args.log_level)
+    grid = LocalGrid(directory, name="gridsim", log_level=args.log_level, authority=not args.open)
     state["grid_file"] = str(grid.grid_file)
     cities = _up_cities(args)
-    taken: set[str] = set()
+    taken: set[str] = {AUTHORITY_NAME}
     names = [
         _node_name(city if parse_location(city)[2] else f"node {i + 1}", taken)
         for i, city in enumerate(cities)
@@ -2698,9 +2799,14 @@ def cmd_supervise(args: argparse.Namespace) -> int:
                 ],
             )
             statuses = start_nodes(grid, names)
+            # Every node sees every other, and the authority (a member too), alive.
+            extra = {grid.authority_address} if grid.authority_address else set()
             seconds, _ = wait_views(
                 grid,
-                {n: ({grid.nodes[o].address for o in names if o != n}, set()) for n in names},
+                {
+                    n: ({grid.nodes[o].address for o in names if o != n} | extra, set())
+                    for n in names
+                },
                 args.timeout,
             )
         except Exception as exc:
@@ -2709,9 +2815,20 @@ def cmd_supervise(args: argparse.Namespace) -> int:
             return 1
         pids = {
             name: proc.pid
-            for name, node in grid.nodes.items()
+            for name, node in grid.all_nodes().items()
             if (proc := node.process) is not None
         }
+        authority = grid.authority_node
+        state["authority"] = (
+            {
+                "name": AUTHORITY_NAME,
+                "home": str(authority.home),
+                "address": authority.address,
+                "pid": pids.get(AUTHORITY_NAME),
+            }
+            if authority is not None
+            else None
+        )
         state["nodes"] = [
             {
                 "name": name,
@@ -2729,7 +2846,7 @@ def cmd_supervise(args: argparse.Namespace) -> int:
         _write_state(directory, state)
         for _ in range(int(args.lifetime / 0.5) + 1):
             time.sleep(0.5)
-            for name, node in grid.nodes.items():
+            for name, node in grid.all_nodes().items():
                 if (
                     name not in exited
                     and node.process is not None
@@ -2744,7 +2861,11 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        state["down"] = _stop_children(grid, exited)
+        down = _stop_children(grid, exited)
+        state["down"] = [entry for entry in down if entry["name"] != AUTHORITY_NAME]
+        state["down_authority"] = next(
+            (entry for entry in down if entry["name"] == AUTHORITY_NAME), None
+        )
         state["state"] = "stopped"
         _write_state(directory, state)
     return 0
@@ -2753,7 +2874,8 @@ def cmd_supervise(args: argparse.Namespace) -> int:
 def _stop_children(grid: LocalGrid, exited: Mapping[str, int]) -> list[dict[str, Any]]:
     """SIGTERM every node, SIGKILL what is left after the grace period; their exit codes."""
     summary: dict[str, dict[str, Any]] = {}
-    for name, node in grid.nodes.items():
+    nodes = grid.all_nodes()
+    for name, node in nodes.items():
         proc = node.process
         if proc is None:
             continue
@@ -2768,7 +2890,7 @@ def _stop_children(grid: LocalGrid, exited: Mapping[str, int]) -> list[dict[str,
             proc.send_signal(signal.SIGTERM)
         summary[name]["how"] = "SIGTERM"
     deadline = time.monotonic() + _DOWN_GRACE_S
-    for name, node in grid.nodes.items():
+    for name, node in nodes.items():
         proc = node.process
         if proc is None or "exit_code" in summary[name]:
             continue
@@ -2807,6 +2929,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     if state.get("state") != "stopped":
         via = "direct (the supervisor was gone)"
         state["down"] = _stop_pids(state.get("nodes", []))
+        authority = state.get("authority")
+        state["down_authority"] = _stop_pids([authority])[0] if authority else None
         state["state"] = "stopped"
         _write_state(directory, state)
     summary = {
@@ -2815,6 +2939,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         "via": via,
         "already_stopped": already,
         "nodes": state.get("down", []),
+        "authority": state.get("down_authority"),
     }
     print(json.dumps(summary), flush=True)
     return 0
@@ -2882,6 +3007,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--timeout", type=float, default=120.0, help="seconds to wait for the grid to converge"
         )
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        p.add_argument(
+            "--open",
+            action="store_true",
+            help="an open grid, without an authority: admits anyone who can reach a node",
+        )
 
     up = sub.add_parser("up", help="start a grid in the background")
     grid_options(up)

@@ -429,6 +429,7 @@ class NetnsGrid(LocalGrid):
     def __init__(self, root: Path, netns: Netns, **kwargs: Any) -> None:
         self.netns = netns
         self._namespace_of_home: dict[str, str] = {}
+        kwargs.setdefault("authority", False)  # see add()
         super().__init__(root, **kwargs)
 
     def command(self, *args: str) -> list[str]:
@@ -438,11 +439,21 @@ class NetnsGrid(LocalGrid):
                 return ["ip", "netns", "exec", self._namespace_of_home[value], *base]
         return base
 
-    def add(self, spec: NodeSpec, *, seeds: Sequence[str] = ()) -> NodeProc:
+    def add(
+        self,
+        spec: NodeSpec,
+        *,
+        seeds: Sequence[str] = (),
+        invite: str | None = None,
+        subscribe: bool = True,
+    ) -> NodeProc:
+        """Only an explicit ``invite``: the automatic authority has no namespace (gridsim
+        builds its netns grids open)."""
         planned = self.netns.plan.node(spec.name)
         home = self.root / spec.name
         self._namespace_of_home[str(home)] = planned.namespace
-        self.init_node(spec, home, planned.address, seeds)
+        more = ("--invite", invite) if invite else ()
+        self.init_node(spec, home, planned.address, seeds, more)
         node = NetnsNodeProc(spec=spec, home=home, port=NODE_PORT, host=planned.ip)
         self.nodes[spec.name] = node
         return node

@@ -1,4 +1,6 @@
-"""Real node processes on 127.0.0.1 (see simulations/harness.py)."""
+"""Real node processes on 127.0.0.1 (see simulations/harness.py), in grids created with
+an authority: every node holds a subscription certificate, so the tests run the secure
+path (``authority=False`` for an open grid)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ def specs(count: int, **kwargs: object) -> list[NodeSpec]:
 def make_grid(tmp_path: Path) -> Iterator[object]:
     grids: list[LocalGrid] = []
 
-    def make(count: int, *, start: bool = True, **kwargs: object) -> LocalGrid:
-        grid = LocalGrid(tmp_path / f"grid{len(grids)}")
+    def make(
+        count: int, *, start: bool = True, authority: bool = True, **kwargs: object
+    ) -> LocalGrid:
+        grid = LocalGrid(tmp_path / f"grid{len(grids)}", authority=authority)
         grids.append(grid)
         grid.add_many(specs(count, **kwargs))
         if start:

@@ -20,8 +20,10 @@ def test_two_nodes_then_five_see_each_other(make_grid: Any) -> None:
     for key in ("node_id", "grid_id", "address", "peers", "members"):
         assert key in a
     assert a["grid_id"] == b["grid_id"]
-    assert [p["node_id"] for p in a["peers"]] == [b["node_id"]]
-    peer = a["peers"][0]
+    # The harness's grid has an authority: both nodes joined with its certificate.
+    assert a["subscription"]["plan"] == b["subscription"]["plan"] == "harness"
+    assert [p["node_id"] for p in grid.without_authority(a["peers"])] == [b["node_id"]]
+    peer = grid.without_authority(a["peers"])[0]
     assert peer["address"] == grid.nodes["n1"].address
     assert isinstance(peer["rtt_ms"], float) and 0 < peer["rtt_ms"] < 1000
 
@@ -35,7 +37,8 @@ def test_two_nodes_then_five_see_each_other(make_grid: Any) -> None:
     assert len(ids) == 5
     for name in grid.nodes:
         status = grid.status(name)
-        seen = {m["node_id"] for m in status["members"] if m["state"] == "alive"}
+        members = grid.without_authority(status["members"])
+        seen = {m["node_id"] for m in members if m["state"] == "alive"}
         assert seen == ids - {status["node_id"]}
         for member in status["members"]:
             for key in (
@@ -71,7 +74,7 @@ def test_sigterm_stops_cleanly_and_a_restarted_node_rejoins(make_grid: Any) -> N
 
 def test_node_of_another_grid_is_refused(make_grid: Any, tmp_path: Path) -> None:
     grid: LocalGrid = make_grid(2)
-    other = LocalGrid(tmp_path / "other", name="other")
+    other = LocalGrid(tmp_path / "other", name="other", authority=False)
     try:
         other.add(NodeSpec(name="x", location="Paris"), seeds=[grid.nodes["n0"].address])
         other.start("x")
@@ -80,14 +83,14 @@ def test_node_of_another_grid_is_refused(make_grid: Any, tmp_path: Path) -> None
         assert other.status("x")["members"] == []
         counters = grid.status("n0")["counters"]
         assert counters["refused_handshakes"] >= 1
-        assert len(grid.status("n0")["members"]) == 1
+        assert len(grid.without_authority(grid.status("n0")["members"])) == 1
         assert "wrong_grid" in (grid.nodes["n0"].home / "node.log").read_text()
     finally:
         other.close()
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
-    grid = LocalGrid(tmp_path / "g")
+    grid = LocalGrid(tmp_path / "g", authority=False)  # a grid file, no processes
     with pytest.raises(GridCommandError) as info:
         grid.gridnode("status", "--home", str(tmp_path / "nothing"), "--json")
     assert info.value.returncode == 4  # no such home (README, "Exit codes")

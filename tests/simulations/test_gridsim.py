@@ -146,6 +146,7 @@ def test_a_valid_scenario_gets_defaults_and_resolved_locations() -> None:
         (NODES4 + BACKUP.replace('redundancy = "2/3"\n', ""), "the default redundancy 4/6 needs"),
         (NODES4.replace('"Rome"', '"Atlantis"'), "node 4 (rome): unknown city 'Atlantis'"),
         (NODES4.replace('"berlin"', '"paris"'), "duplicate node name 'paris'"),
+        (NODES4.replace('"berlin"', '"authority"'), "'authority' is reserved"),
         (
             NODES4.replace('city = "Berlin"', 'city = "Berlin"\nseeds = ["rome"]'),
             "seed 'rome' is not a node defined above",
@@ -484,6 +485,10 @@ def test_smoke_scenario_end_to_end(tmp_path: Path) -> None:
     assert report["network"]["mode"] == "loopback"
     assert report["network"]["location_check"] == "off"
     assert report["setup"]["ok"] is True
+    # The secure path: an authority created the grid, and it ran to the end.
+    assert report["grid"]["authority"] is True
+    authority = report["grid"]["authority_node"]
+    assert authority["state"] == "stopped" and len(authority["pids"]) == 1
     assert [(s["action"], s["name"], s["status"]) for s in report["steps"]] == [
         ("backup", "docs", "passed"),
         ("kill", "kill-holder", "passed"),
@@ -508,7 +513,7 @@ def test_smoke_scenario_end_to_end(tmp_path: Path) -> None:
     # Every process gridsim started is gone once it returns.
     pids = [pid for node in report["nodes"] for pid in node["pids"]]
     assert len(pids) == 4
-    assert not any(pid_alive(pid) for pid in pids)
+    assert not any(pid_alive(pid) for pid in [*pids, *authority["pids"]])
 
 
 @pytest.mark.slow
@@ -525,6 +530,9 @@ def test_up_and_down_three_nodes(tmp_path: Path) -> None:
             assert {"name", "home", "address", "pid", "city"} <= set(node)
             assert pid_alive(node["pid"])
             assert Path(node["home"], "node.key").exists()
+        authority = result["authority"]
+        assert pid_alive(authority["pid"])
+        assert Path(authority["home"], "authority.key").exists()
         state = json.loads((directory / "gridsim.json").read_text())
         assert [n["pid"] for n in state["nodes"]] == [n["pid"] for n in nodes]
         assert pid_alive(state["supervisor_pid"])
@@ -538,7 +546,9 @@ def test_up_and_down_three_nodes(tmp_path: Path) -> None:
         alive = {
             m["address"] for m in json.loads(status.stdout)["members"] if m["state"] == "alive"
         }
-        assert alive == {nodes[1]["address"], nodes[2]["address"]}
+        # The other two nodes, and the authority every node subscribed with.
+        assert alive == {nodes[1]["address"], nodes[2]["address"], authority["address"]}
+        assert json.loads(status.stdout)["subscription"]["plan"] == "harness"
     finally:
         down = _gridsim("down", "--dir", str(directory), timeout=90)
     assert down.returncode == 0, down.stderr
@@ -547,7 +557,8 @@ def test_up_and_down_three_nodes(tmp_path: Path) -> None:
     assert [(n["name"], n["exit_code"]) for n in summary["nodes"]] == [
         (n["name"], 0) for n in nodes
     ]
-    assert not any(pid_alive(n["pid"]) for n in nodes)
+    assert summary["authority"]["exit_code"] == 0
+    assert not any(pid_alive(n["pid"]) for n in [*nodes, authority])
     assert not pid_alive(state["supervisor_pid"])
     again = _gridsim("down", "--dir", str(directory), timeout=60)
     assert again.returncode == 0 and json.loads(again.stdout)["already_stopped"] is True

@@ -189,6 +189,27 @@ def _durability_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
                 baseline,
             )
         )
+    user = result.get("user")
+    if isinstance(user, dict):  # issue 15: the user-level model beside its Markov chain
+        check = user["validation"]
+        figures.append(
+            _figure(
+                f"validation {check['policy']}: chunk losses/chunk-year",
+                check["counted_rate"],
+                "",
+                "Markov chain",
+                check["markov_rate"],
+            )
+        )
+        figures.append(
+            _figure(
+                "shipped defaults, home: P(lose any file of 100 GB)/year",
+                result["loss_any_file_100gb_per_year"],
+                "",
+                "Markov chain, independent availability",
+                result["loss_any_file_100gb_per_year_markov"],
+            )
+        )
     return figures
 
 

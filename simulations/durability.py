@@ -60,6 +60,11 @@ year, repair bandwidth per node, unavailability), the packet-proximity sweep
 under a deliberately disaster-heavy scenario, and a sweep of repair threshold
 and delay (the knobs that, in this model, decide loss under plain churn).
 
+The user-level model of issue 15 (the chance of losing any file of a 100 GB backup,
+the source destroyed, the k-of-n sweep and the recommended defaults) is
+``simulations.user_durability``; :func:`run` includes it under ``user`` and copies
+its headline figures to the top level of the result (``USER_HEADLINE_KEYS``).
+
 Run ``python -m simulations.durability [--quick] [--out DIR]``: tables on
 stdout, ``durability.json`` and PNG plots in DIR. Every run of one seed
 draws node locations, departures, outages and disasters from their own
@@ -97,6 +102,14 @@ MAX_STEPS = 1_000_000
 Z_95 = 1.959963984540054
 DEFAULT_OUT_DIR = Path("simulations/results/durability")
 DEFAULT_SWEEP_DISTANCES_KM: tuple[float, ...] = (0.0, 100.0, 500.0, 1000.0)
+USER_HEADLINE_KEYS: tuple[str, ...] = (
+    "loss_any_file_100gb_per_year",
+    "loss_any_file_100gb_per_year_markov",
+    "years_to_first_loss_after_source_lost",
+    "years_to_first_loss_after_source_lost_median",
+    "years_to_first_loss_after_source_lost_without_delegates",
+    "recommendation",
+)
 
 
 @attrs.frozen
@@ -755,6 +768,9 @@ class SuiteSettings:
     sanity_curve_p: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
     sanity_curve_chunks: int = 5_000
     policy_delays_days: tuple[float, ...] = (1.0, 3.0, 7.0)
+    #: The user-level model of issue 15 (``simulations.user_durability``): "tiny",
+    #: "quick", "full", or None to leave it out.
+    user_mode: str | None = None
 
     @classmethod
     def for_mode(cls, quick: bool) -> SuiteSettings:
@@ -763,8 +779,10 @@ class SuiteSettings:
                 baseline=SimConfig(chunks=20_000, years=2.0),
                 sweep_chunks=10_000,
                 sweep_years=2.0,
+                user_mode="quick",
             )
         return cls(
+            user_mode="full",
             baseline=SimConfig(chunks=100_000, years=10.0),
             sweep_chunks=50_000,
             sweep_years=5.0,
@@ -843,12 +861,25 @@ def run_suite(
         }
         for cfg in settings.policies()
     ]
+    if settings.user_mode is not None:
+        from . import user_durability
+
+        user = user_durability.run_user(settings.user_mode, seed=seed)
+        results["user"] = user
+        results["trusted"] = results["trusted"] and user["validation"]["passed"]
+        # The figures scripts read (issue 15), at the top level of the result.
+        for key in USER_HEADLINE_KEYS:
+            results[key] = user[key]
     results["runtime_s"] = time.perf_counter() - started
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = [out_dir / "durability.json"]
         if plots:
             files += write_plots(results, out_dir)
+            if "user" in results:
+                from . import user_durability
+
+                files += user_durability.write_plots(results["user"], out_dir)
         results["files"] = [str(f) for f in files]
         (out_dir / "durability.json").write_text(
             json.dumps(_jsonable(results), indent=2, allow_nan=False)
@@ -1096,6 +1127,10 @@ def format_report(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Loss intervals treat chunk-years as independent; losses cluster (see events),")
     lines.append(f"so read them as optimistic. Runtime {results['runtime_s']:.1f} s.")
+    if "user" in results:
+        from . import user_durability
+
+        lines += ["", user_durability.format_report(results["user"])]
     return "\n".join(lines)
 
 
@@ -1137,6 +1172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heavy-disaster-rate", type=float)
     parser.add_argument("--heavy-disaster-radius-km", type=float)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--no-user", action="store_true", help="leave out the user-level model (issue 15)"
+    )
     args = parser.parse_args(argv)
 
     settings = SuiteSettings.for_mode(args.quick)
@@ -1175,6 +1213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite_overrides["heavy_disaster_rate_per_year"] = args.heavy_disaster_rate
     if args.heavy_disaster_radius_km is not None:
         suite_overrides["heavy_disaster_radius_km"] = args.heavy_disaster_radius_km
+    if args.no_user:
+        suite_overrides["user_mode"] = None
     settings = attrs.evolve(settings, **suite_overrides)
     results = run_suite(settings, out_dir=args.out, seed=args.seed, plots=not args.no_plots)
     print(format_report(results))

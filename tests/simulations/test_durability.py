@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulations import durability as dur
+from simulations import user_durability as ud
 
 EARTH_KM = 6371.0088
 
@@ -306,6 +307,7 @@ def test_cli_writes_json_and_plots(tmp_path: Path) -> None:
             "4",
             "--sweep-distances",
             "0,600",
+            "--no-user",
         ]
     )
     assert code == 0
@@ -325,3 +327,166 @@ def test_without_redundancy_repair_has_nothing_to_do() -> None:
     summary = dur.summarise(outcome)
     assert summary["repair"]["repairs"] == 0
     assert summary["loss"]["lost_chunks"] > 0
+
+
+# --- the user-level model of issue 15 ---------------------------------------
+
+
+def test_counted_losses_match_the_markov_chain_with_repair() -> None:
+    # Repair after a 5-day delay, departures fast enough to count a few hundred losses:
+    # the Monte Carlo's count must sit within Poisson error of the chain's expectation.
+    settings = ud.SimSettings(
+        nodes=400, chunks=1_500, days=60.0, step_s=6 * 3600.0, departures_per_year=6.0
+    )
+    check = ud.validate(settings, seed=3)
+    assert check["losses_counted"] > 50
+    assert check["passed"], check
+    # The conditional estimate (the one used for rare losses) agrees with both.
+    assert check["conditional_rate"] == pytest.approx(check["markov_rate"], rel=0.15)
+    # A chain with twice the delay predicts about four times the losses
+    # (two further departures in the window): the same count would fail against it.
+    policy = ud.Policy(k=2, n=4, repair_threshold=3, repair_after_s=10 * ud.DAY)
+    wrong = ud.markov_loss_rate(policy, 6.0, 0.0) * check["chunk_years"]
+    assert abs(check["losses_counted"] - wrong) / math.sqrt(wrong) > 4
+
+
+def test_markov_chain_by_hand() -> None:
+    # 1-of-2, repair at once after an exponential wait of mean w: from one survivor the
+    # chunk is lost if that one leaves first, lam / (lam + 1/w); a cycle lasts
+    # 1/(2 lam) + w on average.
+    policy = ud.Policy(k=1, n=2, repair_threshold=1, repair_after_s=0.0)
+    lam, w = 0.5, 0.01
+    expected = (lam / (lam + 1 / w)) / (1 / (2 * lam) + w)
+    assert ud.markov_loss_rate(policy, lam, w) == pytest.approx(expected, rel=1e-12)
+    # Deterministic delay: the conditional estimate with every W equal to the delay is
+    # the Erlang chain's limit.
+    det = ud.Policy(k=4, n=6, repair_threshold=5, repair_after_s=3 * ud.DAY)
+    w_s = np.full(1_000, 3 * ud.DAY)
+    cond = ud.conditional_loss_rate(det, w_s, np.zeros(0), 0.3, ud.DAY)
+    assert cond["rate"] == pytest.approx(ud.markov_loss_rate(det, 0.3, 0.0), rel=0.05)
+    # Rare events keep their precision: no cancellation at 1e-40.
+    tiny = ud.markov_loss_rate(
+        ud.Policy(k=16, n=32, repair_threshold=31, repair_after_s=3600), 0.01, 0
+    )
+    assert 0 < tiny < 1e-40
+
+
+def test_shipped_policy_follows_the_node_config() -> None:
+    from gridnode.config import NodeConfig
+
+    fields = attrs.fields_dict(NodeConfig)
+    k, n = (int(x) for x in str(fields["redundancy"].default).split("/"))
+    shipped = ud.Policy.shipped()
+    assert (shipped.k, shipped.n) == (k, n)
+    assert shipped.repair_threshold == n - 1  # repair.py: one gone holder is enough
+    assert shipped.repair_after_s == fields["repair_after_s"].default
+    delegates = fields["repair_delegates"].default if "repair_delegates" in fields else 0
+    assert ud.shipped_policy()["repair_delegates"] == delegates
+
+
+def test_home_machines_are_up_a_fraction_of_the_day_on_a_daily_cycle() -> None:
+    step = 1800.0
+    up = ud.availability("home").schedule(np.random.default_rng(4), 300, 48 * 20, step)
+    frac = up.mean(axis=0)
+    assert 0.15 < frac.mean() < 0.45
+    assert (frac < 0.7).all()
+    # Same hour on the next day is far more alike than twelve hours later.
+    x = up.astype(float) - up.mean(axis=0)
+    day, half = 48, 24
+    same = (x[:-day] * x[day:]).mean()
+    opposite = (x[:-half] * x[half:]).mean()
+    assert same > 0 > opposite
+    dc = ud.availability("datacenter").schedule(np.random.default_rng(4), 300, 48 * 20, step)
+    assert 0.9 < dc.mean() < 0.995
+
+
+def test_short_repair_delays_move_packets_of_machines_that_were_only_off() -> None:
+    settings = ud.SimSettings(nodes=300, chunks=200, days=8.0, step_s=3600.0)
+    home = ud.availability("home")
+    shipped_like = ud.Policy(k=4, n=6, repair_threshold=5, repair_after_s=3600.0)
+    patient = ud.Policy(
+        k=4, n=6, repair_threshold=5, repair_after_s=7 * ud.DAY, detection="last_seen"
+    )
+    hasty = ud.simulate(shipped_like, home, settings, seed=2)
+    calm = ud.simulate(patient, home, settings, seed=2)
+    # Nightly absences outlast an hour: nearly every repair is spurious, daily.
+    assert hasty.spurious_repairs > 0.9 * hasty.repairs
+    assert hasty.spurious_repairs / hasty.chunk_years > 100
+    assert calm.spurious_repairs / calm.chunk_years < 20
+    lam = ud.departure_rate(0.2)
+    assert (
+        ud.traffic(hasty, lam)["repairer_bytes_per_year"]
+        > 10 * ud.traffic(calm, lam)["repairer_bytes_per_year"]
+    )
+
+
+def test_any_file_bound_and_the_source_destroyed_without_delegates() -> None:
+    assert ud.any_loss(0.0, 1_000) == 0.0
+    p = -math.expm1(-1e-6)
+    assert ud.any_loss(1e-6, 83_334) == pytest.approx(1 - (1 - p) ** 83_334, rel=1e-9)
+    policy = ud.Policy(k=4, n=6, repair_threshold=5, repair_after_s=3600.0)
+    lam = ud.departure_rate(0.2)
+    out = ud.after_source_lost(
+        policy, lam, 1_000, delegates=0, lease_years=0.0, rate_many=0.0, rate_one=0.0
+    )
+    # Without repair a chunk is lost once 3 of its 6 holders left: binomial, exact.
+    t = out["years_to_1pct"]
+    assert t is not None
+    q = ud.binomial_tail(3, 6, -math.expm1(-lam * t))
+    assert 1 - (1 - q) ** 1_000 == pytest.approx(0.01, rel=0.05)
+    # Delegates that repair for ever keep the backup longer; a lease cuts that short.
+    forever = ud.after_source_lost(
+        policy,
+        lam,
+        1_000,
+        delegates=3,
+        lease_years=0.0,
+        rate_many=1e-9,
+        rate_one=1e-9,
+        seed=2,
+        samples=500,
+    )
+    leased = ud.after_source_lost(
+        policy,
+        lam,
+        1_000,
+        delegates=3,
+        lease_years=30 / 365.25,
+        rate_many=1e-9,
+        rate_one=1e-9,
+        seed=2,
+        samples=500,
+    )
+    assert leased["years_to_1pct"] is not None and forever["years_to_1pct"] is not None
+    assert t < leased["years_to_1pct"] < forever["years_to_1pct"]
+
+
+def test_user_suite_reports_the_headline_figures_and_plots(tmp_path: Path) -> None:
+    settings = attrs.evolve(
+        dur.SuiteSettings.for_mode(True),
+        baseline=dur.SimConfig(nodes=600, chunks=400, years=0.25, k=2, n=4),
+        sweep_chunks=300,
+        sweep_distances_km=(0.0,),
+        sanity_chunks=600,
+        sanity_curve_chunks=600,
+        sanity_curve_p=(0.2,),
+        policy_delays_days=(1.0,),
+        user_mode="tiny",
+    )
+    results = dur.run_suite(settings, out_dir=tmp_path, seed=1)
+    stored = json.loads((tmp_path / "durability.json").read_text())
+    for key in dur.USER_HEADLINE_KEYS:
+        assert key in stored
+    assert 0.0 <= stored["loss_any_file_100gb_per_year"] <= 1.0
+    years = stored["years_to_first_loss_after_source_lost"]
+    assert years is None or years > 0
+    user = results["user"]
+    assert user["validation"]["passed"]
+    assert {row["policy"]["n"] for row in user["sweep"]} == {6, 24}
+    for row in user["sweep"]:
+        first = row["by_departure_rate"][0]
+        assert "markov_loss_any_file_100gb_per_year" in first
+        assert first["traffic"]["repairer_bytes_per_year"] >= 0
+    for name in ("kn_sweep", "loss_vs_departures", "source_lost", "delay_sweep", "validation"):
+        assert (tmp_path / f"user_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "RECOMMENDED" in dur.format_report(results)

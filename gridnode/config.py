@@ -194,6 +194,11 @@ class NodeConfig:
     gossip_probe_interval_s: float = 1.0
     gossip_sync_interval_s: float = 30.0
     gossip_dead_reap_s: float = 120.0
+    #: Authenticated sessions kept at once (also capped by the descriptor limit); at the
+    #: cap the session quiet longest gives way to a new one.
+    max_sessions: int = 512
+    #: A session that carried nothing either way for this long is closed.
+    session_idle_s: float = 120.0
     #: A holder of this node's packets that has been out of the member view this long is
     #: taken for gone: its packets are rebuilt on other holders (0 turns it off).  An hour
     #: rides out a reboot or an update; much longer leaves chunks at k-of-n for long.
@@ -253,6 +258,8 @@ class NodeConfig:
             "gossip_probe_interval_s": self.gossip_probe_interval_s,
             "gossip_sync_interval_s": self.gossip_sync_interval_s,
             "gossip_dead_reap_s": self.gossip_dead_reap_s,
+            "max_sessions": self.max_sessions,
+            "session_idle_s": self.session_idle_s,
             "repair_after_s": self.repair_after_s,
             "authority_key": self.authority_key,
             "authority_address": self.authority_address,
@@ -433,6 +440,8 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         kwargs["bandwidth_bps"] = _int("bandwidth_bps", raw["bandwidth_bps"], 0, 10**13)
     if "control_port" in raw:
         kwargs["control_port"] = _int("control_port", raw["control_port"], 0, 65535)
+    if "max_sessions" in raw:
+        kwargs["max_sessions"] = _int("max_sessions", raw["max_sessions"], 2, 1 << 20)
     if "max_frame_bytes" in raw:
         kwargs["max_frame_bytes"] = _int("max_frame_bytes", raw["max_frame_bytes"], 4096, 64 << 20)
     for key, lo, hi in (
@@ -442,6 +451,7 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         ("gossip_probe_interval_s", 0.05, 60.0),
         ("gossip_sync_interval_s", 0.5, 3600.0),
         ("gossip_dead_reap_s", 1.0, 86400.0 * 7),
+        ("session_idle_s", 0.1, 86400.0),
         ("repair_after_s", 0.0, 86400.0 * 365),
         ("certificate_lifetime_s", 2.0, 86400.0 * 3650),
         ("revocation_poll_s", 0.2, 86400.0),

@@ -86,9 +86,15 @@ from ._session import SessionState as SessionState
 
 # isort: split
 from ._gossip import CLAIM_STATES as CLAIM_STATES
+from ._gossip import MAX_DIGEST_BITS as MAX_DIGEST_BITS
+from ._gossip import MAX_DIGEST_ENTRIES as MAX_DIGEST_ENTRIES
+from ._gossip import MAX_DIGEST_RECORDS as MAX_DIGEST_RECORDS
 from ._gossip import MAX_PIGGYBACK_UPDATES as MAX_PIGGYBACK_UPDATES
 from ._gossip import MAX_RECORDS_PER_MESSAGE as MAX_RECORDS_PER_MESSAGE
 from ._gossip import MEMBER_STATES as MEMBER_STATES
+from ._gossip import GossipDigest as GossipDigest
+from ._gossip import GossipDigestRecords as GossipDigestRecords
+from ._gossip import GossipDigestReply as GossipDigestReply
 from ._gossip import GossipIndirectAck as GossipIndirectAck
 from ._gossip import GossipLeave as GossipLeave
 from ._gossip import GossipProbe as GossipProbe
@@ -102,7 +108,9 @@ from ._gossip import MemberUpdate as MemberUpdate
 from ._gossip import claim_digest as claim_digest
 from ._gossip import claim_is_valid as claim_is_valid
 from ._gossip import claim_signing_payload as claim_signing_payload
+from ._gossip import digest_bucket as digest_bucket
 from ._gossip import encoded_size as encoded_size
+from ._gossip import entry_hash as entry_hash
 from ._gossip import record_digest as record_digest
 from ._gossip import record_is_valid as record_is_valid
 from ._gossip import record_signing_payload as record_signing_payload

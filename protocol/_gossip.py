@@ -17,7 +17,16 @@ Rules of this module (the state machine that uses them is ``gridnode.logic.swim`
    authenticated session only says who *relayed* one; the proof says who *made* it, so
    a member can neither put words in another's mouth nor count one accuser as many.
 4. Lists of updates are bounded: a few piggybacked on probe traffic, at most
-   ``MAX_RECORDS_PER_MESSAGE`` in one page of a full state exchange.
+   ``MAX_RECORDS_PER_MESSAGE`` in one page of a full state exchange (sent only to a
+   joiner).
+4a. Anti-entropy between members runs by digest (``GossipDigest``): the view is cut by
+   the first bits of the node id into at most ``2 ** MAX_DIGEST_BITS`` buckets, each
+   summarised by the XOR of its members' ``entry_hash`` (node id, incarnation, sequence,
+   state).  Only for buckets that differ are entry hashes listed, and only the records
+   behind hashes that differ travel.  A digest is a hint, never evidence: what it
+   lists is only used to choose which signed records to send or ask for, so a lying
+   digest can cost its sender an exchange, not suppress or forge anyone's record.
+   Every list in these messages has a wire bound.
 5. ``encoded_size`` gives the exact frame length without building the frame, so the
    state machine can account bytes per message kind cheaply (records are immutable,
    so their encoded length is cached).
@@ -40,9 +49,15 @@ from ._schema import Schema, TypeNode, bounded, record_to_raw
 
 __all__ = [
     "CLAIM_STATES",
+    "MAX_DIGEST_BITS",
+    "MAX_DIGEST_ENTRIES",
+    "MAX_DIGEST_RECORDS",
     "MAX_PIGGYBACK_UPDATES",
     "MAX_RECORDS_PER_MESSAGE",
     "MEMBER_STATES",
+    "GossipDigest",
+    "GossipDigestRecords",
+    "GossipDigestReply",
     "GossipIndirectAck",
     "GossipLeave",
     "GossipProbe",
@@ -56,7 +71,9 @@ __all__ = [
     "claim_digest",
     "claim_is_valid",
     "claim_signing_payload",
+    "digest_bucket",
     "encoded_size",
+    "entry_hash",
     "record_digest",
     "record_is_valid",
     "record_signing_payload",
@@ -70,6 +87,13 @@ MAX_RECORDS_PER_MESSAGE: Final = 4096
 #: Updates piggybacked on one probe, ack or gossip message.
 MAX_PIGGYBACK_UPDATES: Final = 64
 MAX_CERTIFICATE_BYTES: Final = 16 * 1024
+#: A digest has at most 2**8 buckets (2 KiB of hashes): at 10,000 members ~40 per bucket.
+MAX_DIGEST_BITS: Final = 8
+#: Entry hashes listed in one digest answer or asked for in one request.
+MAX_DIGEST_ENTRIES: Final = 4096
+#: Records pushed in one ``GossipDigestRecords``.
+MAX_DIGEST_RECORDS: Final = 1024
+DIGEST_HASH_BYTES: Final = 8
 MAX_LABELS: Final = 32
 
 _RECORD_CONTEXT: Final = b"gridnode member record v1\x00"
@@ -233,6 +257,80 @@ class GossipLeave(Message):
     record: MemberRecord
 
 
+def _check_hash_list(instance: Any, attribute: attrs.Attribute[bytes], value: bytes) -> None:
+    if len(value) % DIGEST_HASH_BYTES:
+        raise ValueError(f"{attribute.name} must be whole {DIGEST_HASH_BYTES}-byte hashes")
+
+
+def _check_buckets(instance: Any, attribute: attrs.Attribute[bytes], value: bytes) -> None:
+    # Whether each is below 2**bits is the receiver's check (one field's bound must not
+    # depend on another's for the schema); repeats would be listed twice.
+    if len(set(value)) != len(value):
+        raise ValueError("buckets must be distinct")
+
+
+def _bits() -> Any:
+    return attrs.field(
+        default=0,
+        validator=attrs.validators.in_(range(MAX_DIGEST_BITS + 1)),
+        metadata=bounded(min_value=0, max_value=MAX_DIGEST_BITS),
+    )
+
+
+def _hash_list() -> Any:
+    return attrs.field(
+        default=b"",
+        validator=_check_hash_list,
+        metadata=bounded(max_len=DIGEST_HASH_BYTES * MAX_DIGEST_ENTRIES),
+    )
+
+
+def _bucket_list() -> Any:
+    return attrs.field(
+        default=b"", validator=_check_buckets, metadata=bounded(max_len=1 << MAX_DIGEST_BITS)
+    )
+
+
+@message("gossip_digest")
+@attrs.frozen(kw_only=True)
+class GossipDigest(Message):
+    """Anti-entropy, step 1 (Rule 4a): the sender's view as ``2**bits`` bucket hashes,
+    8 bytes each, big-endian, in bucket order (a receiver drops any other length)."""
+
+    sync_id: int = _probe_id()
+    bits: int = _bits()
+    hashes: bytes = attrs.field(
+        validator=_check_hash_list,
+        metadata=bounded(max_len=DIGEST_HASH_BYTES << MAX_DIGEST_BITS),
+    )
+
+
+@message("gossip_digest_reply")
+@attrs.frozen(kw_only=True)
+class GossipDigestReply(Message):
+    """Step 2: the buckets that differ (one byte each) and the replier's entry hashes
+    in them.  Only buckets whose entries all fit are listed; the rest wait for the next
+    exchange."""
+
+    sync_id: int = _probe_id()
+    bits: int = _bits()
+    buckets: bytes = _bucket_list()
+    entries: bytes = _hash_list()
+
+
+@message("gossip_digest_records")
+@attrs.frozen(kw_only=True)
+class GossipDigestRecords(Message):
+    """Step 3: the records the replier lacks or holds differently, and the entry hashes
+    (within ``buckets``) the sender wants; the answer is a ``GossipSyncReply``."""
+
+    sync_id: int = _probe_id()
+    bits: int = _bits()
+    buckets: bytes = _bucket_list()
+    updates: tuple[MemberUpdate, ...] = _updates(MAX_DIGEST_RECORDS)
+    want: bytes = _hash_list()
+
+
 # --- signing ------------------------------------------------------------------------------
 
 _SIGNED_FIELDS: Final = tuple(f.name for f in attrs.fields(MemberRecord) if f.name != "signature")
@@ -319,6 +417,27 @@ def claim_digest(update: MemberUpdate) -> bytes:
     (another context string), so one cache serves both."""
     payload = claim_signing_payload(update.record.node_id, update.record.incarnation, update.state)
     return hashlib.blake2b(payload + update.reporter + update.proof, digest_size=20).digest()
+
+
+# --- digests ------------------------------------------------------------------------------
+
+_STATE_RANK: Final = {state: rank for rank, state in enumerate(MEMBER_STATES)}
+
+
+def entry_hash(node_id: bytes, incarnation: int, sequence: int, state: str) -> int:
+    """One member's contribution to a digest bucket (Rule 4a), a 64-bit integer.
+
+    Buckets combine entries by XOR, so a member's change is folded in and out in
+    constant time; the node id is inside the hash, so two members never cancel out.
+    """
+    packed: bytes = msgpack.packb([incarnation, sequence, _STATE_RANK[state]])
+    digest = hashlib.blake2b(node_id + packed, digest_size=DIGEST_HASH_BYTES).digest()
+    return int.from_bytes(digest, "big")
+
+
+def digest_bucket(node_id: bytes, bits: int) -> int:
+    """The bucket of ``node_id`` in a digest of ``bits`` bits: its first bits."""
+    return node_id[0] >> (8 - bits) if bits else 0
 
 
 # --- exact encoded sizes without encoding ---------------------------------------------------
@@ -464,6 +583,9 @@ _GOSSIP_TYPES: Final = (
     GossipSync,
     GossipSyncReply,
     GossipLeave,
+    GossipDigest,
+    GossipDigestReply,
+    GossipDigestRecords,
 )
 
 

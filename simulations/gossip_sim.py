@@ -1,32 +1,45 @@
-"""The gossip state machine at scale: 1,000 to 10,000 members on a simulated network.
+"""The gossip state machine at scale: up to 10,000 members on a simulated network.
 
 A discrete-event simulation (a priority queue of deliveries and timer wake-ups; no
 sockets, no trio) drives one ``gridnode.logic.swim.Membership`` per member, the very
-class the gossip actor runs.  Links have a few milliseconds of latency with jitter and
-optional loss; a crashed member silently drops what it is sent (a host that is down,
-the slow case for failure detection: nothing refuses the connection).
+class the gossip actor runs.  The network is meant to be unkind:
+
+* latency from the members' coordinates: a base delay plus the great-circle distance
+  at two thirds of light speed with 50% route detour, plus jitter, so the location
+  check runs in ``enforce`` and must keep trusting every honest member;
+* message loss (1-2% in the runs that matter), applied after the bytes left;
+* per-member upload bandwidth: a member's messages leave one after another through its
+  uplink, so a full state sent to a joiner delays that member's probe answers;
+* a steady rate of record updates (``update_self``, as free space changes) and churn
+  (members crash or leave, new ones join through a random live member);
+* a crashed member silently drops what it is sent (a host that is down, the slow case
+  for failure detection: nothing refuses the connection).
 
 Memory: every member starts from one ``SharedView`` of the initial records and one
 signature cache, so 10,000 members do not hold 10,000 views of 10,000 records each.
+Memory is measured per run with ``tracemalloc`` (peak of what the run allocated), not
+as the process's high-water mark, which grows over every run of a process.
 
-What it measures (simulated time, memberlist's default intervals):
+What it measures (simulated time):
 
-* a join through one seed: time and gossip rounds until 99.99 % and 100 % of the
-  members know the newcomer;
-* a crash: time from the crash to the first "dead" declaration, then from that
-  declaration until 99.99 % and 100 % of the members hold the member as dead;
-* steady state: messages and bytes per member per second, by message kind.
+* ``simulate``: idle traffic per member (no updates, no churn: the aim is at most
+  1 KB/s at 10,000 members), a join through one seed (time until 99.99% and 100% know
+  the newcomer), a crash (time to the first "dead" declaration, then until 99.99% and
+  100% hold it dead; aim: 99.99% within 2 s);
+* ``soak``: hours with loss, updates and churn; false suspicions and false deaths of
+  live members (aim: none dead at 2% loss), traffic under that load.
 
-The location check is off: every simulated member answers within a few ms while
-claiming a random location, so "enforce" would (rightly) distrust most of them; the
-output says so.
+Event-level simulation of 24 hours at 10,000 members is out of reach of one Python
+process (about a day of wall time); ``soak`` runs fewer members for longer and reports
+member-hours, so the figures say what they cover.
 
-Run ``python -m simulations.gossip_sim [--members N] [--quick]``.
+Run ``python -m simulations.gossip_sim [--members N] [--quick] [--soak-hours H]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import json
 import math
@@ -34,34 +47,61 @@ import random
 import resource
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
 import nacl.signing
 
+from gridnode.logic.distance import haversine_km
 from gridnode.logic.swim import GossipConfig, Membership, Outgoing, SharedView
-from protocol import MemberRecord, sign_record
+from protocol import MemberRecord, encoded_size, sign_record
 
-__all__ = ["SimConfig", "SimNetwork", "build_members", "main", "run", "simulate"]
+__all__ = [
+    "SimConfig",
+    "SimNetwork",
+    "build_members",
+    "main",
+    "run",
+    "simulate",
+    "soak",
+]
 
 _DELIVER: Final = 0
 _TICK: Final = 1
+_UPDATE: Final = 2
+_CHURN: Final = 3
+
+#: Light in fibre covers ~200 km per ms; real routes detour by about half again.
+_FIBRE_KM_PER_S: Final = 200_000.0
+_ROUTE_DETOUR: Final = 1.5
 
 
 @attrs.frozen
 class SimConfig:
     members: int = 1000
-    #: One-way latency: base plus uniform jitter.
-    latency_s: float = 0.002
-    jitter_s: float = 0.003
+    #: One-way latency: base, plus the members' distance over fibre, plus jitter.
+    latency_s: float = 0.001
+    jitter_s: float = 0.002
+    #: False: a flat base + jitter, whatever the distance (the location check is then
+    #: meaningless and should be off).
+    latency_from_coordinates: bool = True
     loss: float = 0.0
+    #: Each member's uplink, bits per second (home connections: 10-40 Mbit/s up).
+    upload_bps: float = 20e6
+    #: Each member changes its record (free space) on average this often; 0: never.
+    update_interval_s: float = 0.0
+    #: Share of the members replaced per hour (half crash, half leave gracefully).
+    churn_per_hour: float = 0.0
     seed: int = 1
-    gossip: GossipConfig = attrs.field(factory=lambda: GossipConfig(location_check="off"))
-    warmup_s: float = 5.0
-    steady_window_s: float = 10.0
+    gossip: GossipConfig = attrs.field(factory=GossipConfig)
+    warmup_s: float = 20.0
+    steady_window_s: float = 60.0
     #: Give up waiting for a join or a death to spread after this long.
     max_wait_s: float = 120.0
+    #: Trace allocations (tracemalloc) for a per-run memory figure; slows the run.
+    measure_memory: bool = True
 
 
 @attrs.define
@@ -71,6 +111,19 @@ class _Watch:
     node_id: bytes
     states: frozenset[str]
     since: dict[int, float] = attrs.field(factory=dict)
+
+
+@attrs.define
+class _Tally:
+    """State changes of live members seen anywhere: what failure detection got wrong."""
+
+    #: (observer, subject) transitions, and distinct (subject, incarnation) episodes:
+    #: one suspicion heard by every member is one episode and N transitions.
+    false_suspicions: int = 0
+    false_suspicion_episodes: set[tuple[bytes, int]] = attrs.field(factory=set)
+    false_deaths: int = 0
+    falsely_dead: set[bytes] = attrs.field(factory=set)
+    true_deaths: int = 0
 
 
 class SimNetwork:
@@ -83,23 +136,58 @@ class SimNetwork:
         self.now = 0.0
         self.events_processed = 0
         self.crashed: set[int] = set()
-        self.index_of: dict[bytes, int] = {m.node_id: i for i, m in enumerate(members)}
-        self.by_address: dict[str, int] = {m.self_record.address: i for i, m in enumerate(members)}
+        #: Members that announced a leave (their node id): not live, not a false death.
+        self.gone: set[bytes] = set()
+        self.index_of: dict[bytes, int] = {}
+        self.by_address: dict[str, int] = {}
         self.watches: list[_Watch] = []
+        self.tally = _Tally()
+        self.bytes_sent = 0
+        self.messages_sent = 0
+        self._coords: list[tuple[float, float] | None] = []
+        self._busy_until: list[float] = []
         self._queue: list[tuple[float, int, int, int, int, Any]] = []
         self._seq = 0
-        self._scheduled: list[float] = [math.inf] * len(members)
-        for i in range(len(members)):
-            self._reschedule(i)
+        self._scheduled: list[float] = []
+        for member in members:
+            self._register(member)
 
-    def add_member(self, member: Membership) -> int:
-        index = len(self.members)
-        self.members.append(member)
+    def _register(self, member: Membership) -> int:
+        index = len(self._scheduled)
+        if index == len(self.members):
+            self.members.append(member)
         self.index_of[member.node_id] = index
         self.by_address[member.self_record.address] = index
+        record = member.self_record
+        coords = None if record.lat is None or record.lon is None else (record.lat, record.lon)
+        self._coords.append(coords)
+        self._busy_until.append(0.0)
         self._scheduled.append(math.inf)
+        member.on_state_change = functools.partial(self._state_changed, member)
         self._reschedule(index)
         return index
+
+    def add_member(self, member: Membership) -> int:
+        return self._register(member)
+
+    def live(self, index: int) -> bool:
+        return index not in self.crashed and self.members[index].node_id not in self.gone
+
+    def _state_changed(self, observer: Membership, node_id: bytes, old: str, new: str) -> None:
+        index = self.index_of.get(node_id)
+        live = index is not None and self.live(index)
+        tally = self.tally
+        if new == "suspect" and live:
+            tally.false_suspicions += 1
+            view = observer.member(node_id)
+            incarnation = -1 if view is None else view.record.incarnation
+            tally.false_suspicion_episodes.add((node_id, incarnation))
+        elif new == "dead":
+            if live:
+                tally.false_deaths += 1
+                tally.falsely_dead.add(node_id)
+            else:
+                tally.true_deaths += 1
 
     def watch(self, node_id: bytes, states: Iterable[str]) -> _Watch:
         entry = _Watch(node_id=node_id, states=frozenset(states))
@@ -108,6 +196,16 @@ class SimNetwork:
             self._observe(i)
         return entry
 
+    def latency(self, src: int, dst: int) -> float:
+        cfg = self.config
+        delay = cfg.latency_s + self.rng.random() * cfg.jitter_s
+        if cfg.latency_from_coordinates:
+            a, b = self._coords[src], self._coords[dst]
+            if a is not None and b is not None:
+                km = haversine_km(a[0], a[1], b[0], b[1])
+                delay += km * _ROUTE_DETOUR / _FIBRE_KM_PER_S
+        return delay
+
     def send(self, src: int, outgoing: Iterable[Outgoing]) -> None:
         cfg = self.config
         rand = self.rng.random
@@ -115,15 +213,35 @@ class SimNetwork:
             dst = self.index_of.get(out.node_id) if out.node_id is not None else None
             if dst is None:
                 dst = self.by_address.get(out.address)
+            size = encoded_size(out.message)
+            # The uplink sends one message after another: a big one delays the rest.
+            start = max(self.now, self._busy_until[src])
+            done = start + size * 8 / cfg.upload_bps
+            self._busy_until[src] = done
+            self.bytes_sent += size
+            self.messages_sent += 1
             if dst is None or (cfg.loss and rand() < cfg.loss):
                 continue
-            delay = cfg.latency_s + rand() * cfg.jitter_s
-            self._push(self.now + delay, _DELIVER, dst, src, out.message)
+            self._push(done + self.latency(src, dst), _DELIVER, dst, src, out.message)
 
     def crash(self, index: int) -> None:
         self.crashed.add(index)
 
-    def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
+    def leave(self, index: int) -> None:
+        member = self.members[index]
+        self.gone.add(member.node_id)
+        self.send(index, member.leave(self.now))
+        self.crashed.add(index)  # it lingers no longer than its leave message
+
+    def schedule(self, when: float, kind: int, index: int) -> None:
+        self._push(when, kind, index, index, None)
+
+    def run_until(
+        self,
+        end: float,
+        stop: Callable[[], bool] | None = None,
+        on_event: Callable[[int, int], None] | None = None,
+    ) -> None:
         queue = self._queue
         members = self.members
         crashed = self.crashed
@@ -132,6 +250,10 @@ class SimNetwork:
         while queue and queue[0][0] <= end:
             when, _, kind, dst, src, payload = heapq.heappop(queue)
             self.now = when
+            if kind >= _UPDATE:
+                if on_event is not None:
+                    on_event(kind, dst)
+                continue
             if dst in crashed:
                 continue
             member = members[dst]
@@ -149,6 +271,9 @@ class SimNetwork:
                 if stop is not None and stop():
                     return
         self.now = max(self.now, end)
+
+    def reschedule(self, index: int) -> None:
+        self._reschedule(index)
 
     def _observe(self, index: int) -> None:
         member = self.members[index]
@@ -228,26 +353,37 @@ def _rounded(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def simulate(config: SimConfig) -> dict[str, Any]:
-    """One full scenario (warm-up, steady state, a join, a crash) for ``config.members``."""
-    wall_start = time.perf_counter()
-    rng = random.Random(config.seed)
-    gossip = config.gossip
-    members, cache = build_members(config.members, gossip, rng)
-    net = SimNetwork(members, config, rng)
-    setup_wall = time.perf_counter() - wall_start
-    count = config.members
+class _Memory:
+    """Peak bytes allocated during one run (tracemalloc), or nothing when off."""
 
-    # Steady state.
-    net.run_until(config.warmup_s)
+    def __init__(self, on: bool) -> None:
+        self.on = on and not tracemalloc.is_tracing()
+        if self.on:
+            tracemalloc.start()
+
+    def stop(self) -> dict[str, Any]:
+        if not self.on:
+            # The process's high-water mark: per run only when the process ran one.
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return {"measured": False, "process_peak_rss_mb": round(peak, 1)}
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return {
+            "measured": True,
+            "how": "tracemalloc, allocations of this run only",
+            "peak_mb": round(peak / 1e6, 1),
+            "end_mb": round(current / 1e6, 1),
+        }
+
+
+def _steady(members: list[Membership], net: SimNetwork, window: float) -> dict[str, Any]:
     before_msgs, before_bytes = _totals(members)
-    net.run_until(config.warmup_s + config.steady_window_s)
+    net.run_until(net.now + window)
     after_msgs, after_bytes = _totals(members)
-    window = config.steady_window_s
     steady_msgs = {k: after_msgs.get(k, 0) - before_msgs.get(k, 0) for k in after_msgs}
     steady_bytes = {k: after_bytes.get(k, 0) - before_bytes.get(k, 0) for k in after_bytes}
-    per = count * window
-    steady = {
+    per = len(members) * window
+    return {
         "window_s": window,
         "messages_per_member_per_s": round(sum(steady_msgs.values()) / per, 3),
         "bytes_per_member_per_s": round(sum(steady_bytes.values()) / per, 1),
@@ -258,6 +394,25 @@ def simulate(config: SimConfig) -> dict[str, Any]:
             k: round(v / per, 1) for k, v in sorted(steady_bytes.items()) if v
         },
     }
+
+
+def simulate(config: SimConfig) -> dict[str, Any]:
+    """Idle traffic, then a join and a crash, for ``config.members``.
+
+    The idle window has no record updates and no churn, whatever ``config`` says; the
+    join and the crash run with its loss, latency and bandwidth.
+    """
+    wall_start = time.perf_counter()
+    memory = _Memory(config.measure_memory)
+    rng = random.Random(config.seed)
+    gossip = config.gossip
+    members, cache = build_members(config.members, gossip, rng)
+    net = SimNetwork(members, config, rng)
+    setup_wall = time.perf_counter() - wall_start
+    count = config.members
+
+    net.run_until(config.warmup_s)
+    steady = _steady(members, net, config.steady_window_s)
 
     # A join through one seed.
     join_key = nacl.signing.SigningKey(rng.randbytes(32))
@@ -275,10 +430,7 @@ def simulate(config: SimConfig) -> dict[str, Any]:
     knows_joiner = net.watch(joiner.node_id, ("alive",))
     net.send(joiner_index, joiner.join(join_at, [seed.self_record.address]))
     others = count  # everyone but the joiner itself
-    net.run_until(
-        join_at + config.max_wait_s,
-        stop=lambda: len(knows_joiner.since) >= others,
-    )
+    net.run_until(join_at + config.max_wait_s, stop=lambda: len(knows_joiner.since) >= others)
     knows_joiner.since.pop(joiner_index, None)
     join_view = len(joiner.alive_members())
     join_all = _quantile_time(knows_joiner.since, others, 1.0)
@@ -311,7 +463,7 @@ def simulate(config: SimConfig) -> dict[str, Any]:
     victim = members[victim_index]
     crash_at = net.now
     net.crash(victim_index)
-    survivors = count + 1 - 1  # the joiner counts, the victim does not
+    survivors = count  # the joiner counts, the victim does not
     knows_dead = net.watch(victim.node_id, ("dead",))
     suspects = net.watch(victim.node_id, ("suspect", "dead"))
     net.run_until(
@@ -354,30 +506,149 @@ def simulate(config: SimConfig) -> dict[str, Any]:
         ),
         "independent_dead_declarations": declared,
     }
-    forged = sum(m.statistics().forged_records_dropped for m in members)
+    stats = [m.statistics() for m in members]
+    implausible = sum(
+        1 for m in members[:50] for view in m.members() if not view.location_plausible
+    )
     return {
         "members": count,
-        "latency_ms": [config.latency_s * 1000, (config.latency_s + config.jitter_s) * 1000],
+        "latency": _latency_note(config),
         "loss": config.loss,
+        "upload_bps": config.upload_bps,
         "gossip_config": attrs.asdict(gossip),
-        "location_check": "off: simulated members answer within a few ms from random "
-        "locations, which the speed-of-light check would rightly reject",
+        "location_check": gossip.location_check,
         "steady": steady,
+        "idle_bytes_per_s_per_member": steady["bytes_per_member_per_s"],
         "join": join,
         "death": death,
-        "forged_records_dropped": forged,
+        "false_suspicions": net.tally.false_suspicions,
+        "false_suspicion_episodes": len(net.tally.false_suspicion_episodes),
+        "false_deaths": net.tally.false_deaths,
+        #: Honest members whose location a prober found implausible (of 50 probers).
+        "implausible_locations": implausible,
+        "forged_records_dropped": sum(s.forged_records_dropped for s in stats),
         "simulated_s": round(net.now, 3),
         "events": net.events_processed,
         "setup_wall_s": round(setup_wall, 2),
         "wall_s": round(time.perf_counter() - wall_start, 2),
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "memory": memory.stop(),
+    }
+
+
+def _latency_note(config: SimConfig) -> str:
+    base = f"{config.latency_s * 1000:.1f} ms + up to {config.jitter_s * 1000:.1f} ms jitter"
+    if config.latency_from_coordinates:
+        return f"{base} + distance at {_FIBRE_KM_PER_S / 1000:.0f} km/ms x {_ROUTE_DETOUR}"
+    return base
+
+
+def soak(config: SimConfig, hours: float) -> dict[str, Any]:
+    """``hours`` of loss, record updates and churn: what failure detection got wrong.
+
+    Departures are half crashes, half graceful leaves; each is replaced by a newcomer
+    joining through a random live member, so the grid keeps its size.
+    """
+    wall_start = time.perf_counter()
+    memory = _Memory(config.measure_memory)
+    rng = random.Random(config.seed)
+    gossip = config.gossip
+    members, cache = build_members(config.members, gossip, rng)
+    net = SimNetwork(members, config, rng)
+    duration = hours * 3600.0
+    joins = departures = updates = 0
+
+    def live_indexes() -> list[int]:
+        return [i for i in range(len(net.members)) if net.live(i)]
+
+    def next_update(index: int) -> None:
+        if config.update_interval_s > 0:
+            net.schedule(net.now + rng.expovariate(1.0 / config.update_interval_s), _UPDATE, index)
+
+    churn_rate = config.churn_per_hour * config.members / 3600.0
+
+    def next_churn() -> None:
+        if churn_rate > 0:
+            net.schedule(net.now + rng.expovariate(churn_rate), _CHURN, 0)
+
+    def on_event(kind: int, index: int) -> None:
+        nonlocal joins, departures, updates
+        if kind == _UPDATE:
+            if net.live(index):
+                member = net.members[index]
+                member.update_self(net.now, free_bytes=rng.randrange(1 << 30, 1 << 40))
+                net.reschedule(index)
+                updates += 1
+                next_update(index)
+            return
+        alive = live_indexes()
+        if len(alive) > 2:
+            leaving = alive[rng.randrange(len(alive))]
+            if rng.random() < 0.5:
+                net.crash(leaving)
+            else:
+                net.leave(leaving)
+            departures += 1
+            alive = live_indexes()
+        seed = net.members[alive[rng.randrange(len(alive))]]
+        key = nacl.signing.SigningKey(rng.randbytes(32))
+        joiner = Membership(
+            signing_key=key,
+            self_record=_record_for(key, len(net.members), rng),
+            config=gossip,
+            rng=random.Random(rng.randrange(1 << 62)),
+            now=net.now,
+            verify_cache=cache,
+        )
+        index = net.add_member(joiner)
+        net.send(index, joiner.join(net.now, [seed.self_record.address]))
+        net.reschedule(index)
+        joins += 1
+        next_update(index)
+        next_churn()
+
+    for index in range(len(members)):
+        next_update(index)
+    next_churn()
+    net.run_until(duration, on_event=on_event)
+    live = live_indexes()
+    bytes_per_member_s = net.bytes_sent / max(1.0, duration) / config.members
+    return {
+        "members": config.members,
+        "hours": hours,
+        "member_hours": round(config.members * hours, 1),
+        "seed": config.seed,
+        "loss": config.loss,
+        "latency": _latency_note(config),
+        "upload_bps": config.upload_bps,
+        "update_interval_s": config.update_interval_s,
+        "churn_per_hour": config.churn_per_hour,
+        "location_check": gossip.location_check,
+        "record_updates": updates,
+        "departures": departures,
+        "joins": joins,
+        "false_suspicions": net.tally.false_suspicions,
+        "false_suspicion_episodes": len(net.tally.false_suspicion_episodes),
+        "false_suspicion_episodes_per_member_hour": round(
+            len(net.tally.false_suspicion_episodes) / max(1e-9, config.members * hours), 4
+        ),
+        "false_deaths": net.tally.false_deaths,
+        "members_falsely_declared_dead": len(net.tally.falsely_dead),
+        "true_deaths_declared": net.tally.true_deaths,
+        "bytes_per_member_per_s": round(bytes_per_member_s, 1),
+        "live_members_at_end": len(live),
+        "implausible_locations": sum(
+            1 for i in live[:50] for view in net.members[i].members() if not view.location_plausible
+        ),
+        "events": net.events_processed,
+        "wall_s": round(time.perf_counter() - wall_start, 2),
+        "memory": memory.stop(),
     }
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    """1,000 members (quick) or 1,000 and 10,000 members."""
+    """1,000 members (quick) or 1,000 and 10,000 members, at 2% loss."""
     sizes = [1000] if quick else [1000, 10000]
-    return {"runs": [simulate(SimConfig(members=n)) for n in sizes]}
+    return {"runs": [simulate(SimConfig(members=n, loss=0.02)) for n in sizes]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,16 +656,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, action="append", help="members (repeatable)")
     parser.add_argument("--quick", action="store_true", help="1,000 members only")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--loss", type=float, default=0.0, help="message loss ratio")
+    parser.add_argument("--loss", type=float, default=0.02, help="message loss ratio")
+    parser.add_argument("--soak-hours", type=float, default=0.0, help="run soak() instead")
+    parser.add_argument("--update-interval", type=float, default=3600.0)
+    parser.add_argument("--churn", type=float, default=0.1, help="share replaced per hour")
+    parser.add_argument("--no-memory", action="store_true", help="skip tracemalloc")
     args = parser.parse_args(argv)
-    if args.members:
-        result: dict[str, Any] = {
-            "runs": [
-                simulate(SimConfig(members=n, seed=args.seed, loss=args.loss)) for n in args.members
+    sizes = args.members or ([1000] if args.quick else [1000, 10000])
+    result: dict[str, Any]
+    if args.soak_hours > 0:
+        result = {
+            "soaks": [
+                soak(
+                    SimConfig(
+                        members=n,
+                        seed=args.seed,
+                        loss=args.loss,
+                        update_interval_s=args.update_interval,
+                        churn_per_hour=args.churn,
+                        measure_memory=not args.no_memory,
+                    ),
+                    args.soak_hours,
+                )
+                for n in sizes
             ]
         }
     else:
-        result = run(quick=args.quick)
+        result = {
+            "runs": [
+                simulate(
+                    SimConfig(
+                        members=n,
+                        seed=args.seed,
+                        loss=args.loss,
+                        measure_memory=not args.no_memory,
+                    )
+                )
+                for n in sizes
+            ]
+        }
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

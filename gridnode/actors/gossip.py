@@ -36,8 +36,17 @@ __all__ = ["GossipIn", "Gossiper", "build_membership"]
 _log = get_logger(actor="gossip")
 
 
-#: Free space is republished at most this often while it changes.
-FREE_BYTES_INTERVAL_S = 5.0
+#: Free space is republished when it moved by this share of the allocation (or at least
+#: ``FREE_BYTES_MIN_STEP``) since the figure last published, at most once per
+#: ``FREE_BYTES_INTERVAL_S``; every republication reaches every member of the grid
+#: (about 1 KB each at 10,000 members), so it must be news.
+FREE_BYTES_STEP_FRACTION = 0.01
+FREE_BYTES_MIN_STEP = 1 << 20
+FREE_BYTES_INTERVAL_S = 300.0
+#: Running out is urgent news (placement should stop choosing us): under this share of
+#: the allocation a meaningful change goes out after ``FREE_BYTES_LOW_INTERVAL_S``.
+FREE_BYTES_LOW_FRACTION = 0.05
+FREE_BYTES_LOW_INTERVAL_S = 5.0
 
 
 @attrs.frozen
@@ -121,6 +130,8 @@ class Gossiper:
     #: The target storage a member's certificate allots (None: not capped; open grid).
     allotted: Callable[[MemberRecord], int | None] | None = None
     _in_flight: dict[bytes, int] = attrs.field(factory=dict)
+    free_bytes_interval_s: float = FREE_BYTES_INTERVAL_S
+    free_bytes_low_interval_s: float = FREE_BYTES_LOW_INTERVAL_S
     _free_bytes_pending: int | None = None
     _free_bytes_sent_at: float = -1e9
     dropped_outgoing: int = 0
@@ -141,8 +152,7 @@ class Gossiper:
         async with self.inbound:
             while True:
                 now = trio.current_time()
-                if now - self._free_bytes_sent_at >= FREE_BYTES_INTERVAL_S:
-                    self._flush_free_bytes(now)  # the trailing update of a burst
+                self._flush_free_bytes(now)  # the trailing update of a burst
                 self._deliver(self.membership.tick(now))
                 deadline = max(self.membership.next_deadline(), now + 0.01)
                 with trio.move_on_at(min(deadline, now + 1.0)):
@@ -210,20 +220,37 @@ class Gossiper:
     # --- views for the rest of the node ----------------------------------------------------------
 
     def update_free_bytes(self, free_bytes: int) -> None:
-        """Note the new free space; it reaches the record at most every few seconds.
+        """Note the new free space; it reaches the record only when it is news.
 
         Every stored packet changes it, and a new record means a signature here and, on
-        every member, a new view version (placement rebuilds its view): measured at 20%
-        of a target's CPU during a backup when done per packet.  Placement tolerates a
-        stale figure: a target that runs out refuses and the packet goes elsewhere.
+        every member, a record to fetch and a new view version (placement rebuilds its
+        view): per packet it took 20% of a target's CPU during a backup, and every 5 s
+        it would be most of a 10,000-member grid's gossip.  So only a move of
+        ``FREE_BYTES_STEP_FRACTION`` of the allocation counts, at most once per
+        ``free_bytes_interval_s`` (``free_bytes_low_interval_s`` when running out).
+        Placement tolerates a stale figure: a target that runs out refuses and the
+        packet goes elsewhere.
         """
         self._free_bytes_pending = free_bytes
-        now = trio.current_time()
-        if now - self._free_bytes_sent_at >= FREE_BYTES_INTERVAL_S:
-            self._flush_free_bytes(now)
+        self._flush_free_bytes(trio.current_time())
+
+    def free_bytes_due(self, now: float) -> bool:
+        """Is the pending free space news worth a new record now?"""
+        pending = self._free_bytes_pending
+        if pending is None:
+            return False
+        record = self.membership.self_record
+        allocated = record.allocated_bytes
+        step = max(FREE_BYTES_MIN_STEP, int(allocated * FREE_BYTES_STEP_FRACTION))
+        if abs(pending - record.free_bytes) < step and not (pending == 0 < record.free_bytes):
+            return False
+        low = pending < allocated * FREE_BYTES_LOW_FRACTION
+        interval = self.free_bytes_low_interval_s if low else self.free_bytes_interval_s
+        return now - self._free_bytes_sent_at >= interval
 
     def _flush_free_bytes(self, now: float) -> None:
-        if self._free_bytes_pending is not None:
+        if self.free_bytes_due(now):
+            assert self._free_bytes_pending is not None
             self._free_bytes_sent_at = now
             pending, self._free_bytes_pending = self._free_bytes_pending, None
             self.membership.update_self(now, free_bytes=pending)

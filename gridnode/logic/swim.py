@@ -10,9 +10,10 @@ Rules (after HashiCorp memberlist; "Lifeguard" is Dadgar et al., 2018):
 Rule 1. Every probe interval (scaled by the local health score, Lifeguard's "local
         health awareness") a member probes the next member of a round-robin cycle in
         random order.  No ack within the probe timeout: k other members are asked to
-        probe it (ping-req); no ack, direct or relayed, by the end of the interval:
-        the member is suspected.  Relays that cannot reach the target either answer
-        with a nack, which tells the prober its own network is fine.
+        probe it (ping-req) and it is probed directly once more; no ack, direct or
+        relayed, by the end of the interval: the member is suspected.  Relays that
+        cannot reach the target either answer with a nack, which tells the prober its
+        own network is fine.
 Rule 2. A suspicion refers to the subject's incarnation.  It expires into ``dead``
         after a timeout that starts at ``suspicion_max_timeout_mult`` times the minimum
         and shrinks towards the minimum (``suspicion_mult * log10(N) * probe_interval``)
@@ -55,11 +56,28 @@ Rule 5. Every change is queued for dissemination and piggybacked on probes, acks
 Rule 5a. A suspect or dead claim older than the alive record we hold (about a member
         or ourselves) puts that record back in the queue, unless it is still there:
         the claim's sender missed the refutation, and maybe others did too.
-Rule 6. Anti-entropy: every ``sync_interval_s`` (scaled up above 32 members like
-        memberlist's push/pull) a member exchanges its full state with one random
-        member, in pages of at most ``max_records_per_message``.  A member answers
-        one sender's request at most once per ``sync_answer_interval_s``.  To heal
-        partitions, a member also syncs with a dead member or a seed that is not
+Rule 5b. A content refresh (a newer sequence at the same incarnation of a member held
+        alive: free space, mostly) is piggybacked by its owner, but relayed by others
+        only in a grid of at most ``refresh_relay_max_members``; above that it spreads
+        by anti-entropy (Rule 6).  Relaying costs every member ``retransmit limit x
+        record size`` (~9 KB at 10,000 members) per change, anti-entropy about one
+        record; placement tolerates a free-space figure some minutes old.
+Rule 5c. A member learnt from a full state or a digest answer is not queued for
+        dissemination: the sender's view already holds it, and a joiner relaying
+        the 10,000 records of its first state would send ~90 MB.  News in such an
+        answer (a refutation, a claim) is still queued as usual.
+Rule 6. Anti-entropy by digest: every ``sync_interval_s`` a member sends one random
+        member a digest of its view (``GossipDigest``: the XOR of ``entry_hash`` per
+        bucket of node ids, at most 256 buckets, ~2 KiB at 10,000 members).  The
+        receiver answers with its entry hashes in the buckets that differ; the sender
+        pushes the records the receiver lacks or holds differently and asks for the
+        ones it lacks; only those records travel.  A full state, in pages of at most
+        ``max_records_per_message``, goes only to a joiner (``join``).  A member
+        answers one sender's digest, and its join, at most once per
+        ``sync_answer_interval_s``; a digest's lists are hints that only choose
+        which signed records to send or ask for, so a lying digest suppresses and
+        forges nothing, and every list has a wire bound.  To heal partitions, a
+        member also exchanges digests with a dead member or a seed that is not
         alive, with probability (those) / (alive members + 1), like serf's reconnect;
         a member alone re-joins through its seeds.  A seed is known by the node id
         the transport met when it dialled the seed's address (``seed_reached``),
@@ -115,6 +133,16 @@ from protocol import (
     sign_claim,
     sign_record,
 )
+from protocol._gossip import (
+    DIGEST_HASH_BYTES,
+    MAX_DIGEST_BITS,
+    MAX_DIGEST_ENTRIES,
+    MAX_DIGEST_RECORDS,
+    GossipDigest,
+    GossipDigestRecords,
+    GossipDigestReply,
+    entry_hash,
+)
 
 __all__ = [
     "LOCATION_CHECKS",
@@ -136,7 +164,6 @@ _DEAD: Final = "dead"
 _LEFT: Final = "left"
 _GONE: Final = (_DEAD, _LEFT)
 _CLAIMS: Final = (_SUSPECT, _DEAD)
-#: memberlist's pushPullScaleThreshold: full syncs slow down above this many members.
 _OWN_VERIFY_CACHE_MAX: Final = 1 << 16
 _PROBE_ID_WRAP: Final = 1 << 62
 #: Bounds on the per-peer tables (buckets, accusers, sync answers): above this many
@@ -144,6 +171,14 @@ _PROBE_ID_WRAP: Final = 1 << 62
 _PEER_TABLE_MAX: Final = 4096
 _UNSETTABLE: Final = frozenset({"node_id", "signature", "sequence", "incarnation", "leaving"})
 _RECORD_FIELDS: Final = tuple(f.name for f in attrs.fields(MemberRecord) if f.name != "signature")
+#: Digests are kept at the finest level (one bucket per first byte of the node id) and
+#: folded down to the level an exchange uses.
+_FINE_BUCKETS: Final = 1 << MAX_DIGEST_BITS
+#: Members per bucket a digest aims at: a differing bucket costs ~8 bytes per member.
+_DIGEST_MEMBERS_PER_BUCKET: Final = 32
+#: Digest exchanges we started and are waiting for, and answered and may still be
+#: asked records for (per peer); older ones are forgotten.
+_DIGESTS_OPEN_MAX: Final = 64
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -180,7 +215,7 @@ class GossipConfig:
     suspicion_max_timeout_mult: int = attrs.field(default=6, validator=_count)
     #: Forget dead and left members after this.
     dead_reap_s: float = attrs.field(default=30.0, validator=_positive)
-    #: Anti-entropy: full state exchange with one random member.
+    #: Anti-entropy: a digest exchange with one random member (Rule 6).
     sync_interval_s: float = attrs.field(default=30.0, validator=_positive)
     location_check: str = attrs.field(
         default="enforce", validator=attrs.validators.in_(LOCATION_CHECKS)
@@ -195,8 +230,11 @@ class GossipConfig:
     max_piggyback: int = attrs.field(default=8, validator=_count)
     #: One page of a full state exchange.
     max_records_per_message: int = attrs.field(default=4096, validator=_count)
-    #: Above this many members the sync interval grows like memberlist's push/pull.
+    #: Was: above this many members the sync interval grew like memberlist's push/pull.
+    #: Unused since anti-entropy runs by digest (Rule 6); kept so callers still work.
     sync_scale_threshold: int = attrs.field(default=32, validator=_count)
+    #: Rule 5b: above this many members content refreshes spread by anti-entropy only.
+    refresh_relay_max_members: int = attrs.field(default=64, validator=_count)
     #: A member that knows nobody retries its seeds this often.
     rejoin_interval_s: float = attrs.field(default=5.0, validator=_positive)
     #: Round trips kept per member; the minimum of them is the "best recent" one.
@@ -320,7 +358,7 @@ class SharedView(Mapping[bytes, MemberRecord]):
     ``SharedView`` pay for none of it again.
     """
 
-    __slots__ = ("_records", "ids", "updates")
+    __slots__ = ("_records", "base", "by_bucket", "hashes", "ids", "updates")
 
     def __init__(
         self,
@@ -341,6 +379,18 @@ class SharedView(Mapping[bytes, MemberRecord]):
         self.updates: dict[bytes, MemberUpdate] = {
             nid: MemberUpdate(record=rec, state=_ALIVE) for nid, rec in valid.items()
         }
+        #: Rule 6: every record's digest entry, the XOR of them per bucket, and the
+        #: members of each bucket; an instance keeps only how its view differs.
+        self.hashes: dict[bytes, int] = {
+            nid: entry_hash(nid, rec.incarnation, rec.sequence, _ALIVE)
+            for nid, rec in valid.items()
+        }
+        self.base: list[int] = [0] * _FINE_BUCKETS
+        buckets: list[list[bytes]] = [[] for _ in range(_FINE_BUCKETS)]
+        for nid, value in self.hashes.items():
+            self.base[nid[0]] ^= value
+            buckets[nid[0]].append(nid)
+        self.by_bucket: tuple[tuple[bytes, ...], ...] = tuple(tuple(b) for b in buckets)
 
     def __getitem__(self, key: bytes) -> MemberRecord:
         return self._records[key]
@@ -424,6 +474,9 @@ class _Probe:
     indirect: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+    #: Probed again directly in the indirect phase (Rule 1): an ack may answer either
+    #: probe, so it gives no round trip.
+    reprobed: bool = False
 
 
 @attrs.define(slots=True)
@@ -688,6 +741,21 @@ class Membership:
         self._pending_total = 0
         self._accusers: dict[bytes, _Accuser] = {}
         self._answered_at: dict[bytes | None, float] = {}
+        #: The sender's own incarnation at its last full-state answer, and the senders
+        #: answered a second time within the interval (a new run of that node).
+        self._answered_incarnation: dict[bytes | None, int] = {}
+        self._answered_again: set[bytes | None] = set()
+        #: Rule 6: the view's digest as XOR deltas per bucket against the shared base,
+        #: and the entry hash now folded in for every member that differs from it.
+        self._digest_delta: dict[int, int] = {}
+        self._folded: dict[bytes, int] = {}
+        #: Digest exchanges under way: ours (sync id -> peer) and the ones we answered
+        #: (peer -> sync id), each answered with records at most once.
+        self._digests_sent: dict[int, bytes | None] = {}
+        self._digests_answered: dict[bytes | None, int] = {}
+        self._digest_answered_at: dict[bytes | None, float] = {}
+        #: Rule 5c: the updates being applied came in a state or digest answer.
+        self._quietly = False
         self._sent_msgs: dict[str, int] = {}
         self._sent_bytes: dict[str, int] = {}
         self._recv_msgs: dict[str, int] = {}
@@ -696,6 +764,10 @@ class Membership:
         self._self_update = MemberUpdate(
             record=self_record, state=_LEFT if self_record.leaving else _ALIVE
         )
+        self._touch(self._id)
+        #: Called as (node id, old state, new state) on every change of a member's
+        #: state here: the simulation counts false suspicions and deaths with it.
+        self.on_state_change: Callable[[bytes, str, str], None] | None = None
 
     # --- public API ----------------------------------------------------------------------
 
@@ -724,6 +796,15 @@ class Membership:
         for address in self._seeds:
             self._sync_to(out, self._seed_ids.get(address), address, join=True)
         self._rejoin_at = now + self._cfg.rejoin_interval_s
+        return out
+
+    def start_digest(self, now: float, node_id: bytes) -> list[Outgoing]:
+        """Begin an anti-entropy exchange with ``node_id`` now (Rule 6; sync rounds do
+        this by themselves, tests and the simulation may want one at a given time)."""
+        self._now = now
+        out: list[Outgoing] = []
+        record = self._record_of(node_id)
+        self._digest_to(out, node_id, "" if record is None else record.address)
         return out
 
     def seed_reached(self, address: str, node_id: bytes) -> None:
@@ -861,10 +942,17 @@ class Membership:
             self._apply_all(now, sender, message.updates)
         elif isinstance(message, GossipSync):
             self._apply_all(now, sender, message.updates)
-            if message.page == 0:
+            if message.page == 0 and message.join:
                 self._answer_sync(now, sender, message, out)
         elif isinstance(message, GossipSyncReply):
-            self._apply_all(now, sender, message.updates)
+            self._apply_all(now, sender, message.updates, quietly=True)
+        elif isinstance(message, GossipDigest):
+            self._answer_digest(now, sender, message, out)
+        elif isinstance(message, GossipDigestReply):
+            self._on_digest_reply(sender, message, out)
+        elif isinstance(message, GossipDigestRecords):
+            self._apply_all(now, sender, message.updates, quietly=True)
+            self._on_digest_records(sender, message, out)
         elif isinstance(message, GossipLeave):
             if message.record.leaving:
                 self._apply_all(now, sender, (MemberUpdate(record=message.record, state=_LEFT),))
@@ -1138,16 +1226,17 @@ class Membership:
         """N for the log-scaled limits: members not dead or left, ourselves included."""
         return self._counts[_ALIVE] + self._counts[_SUSPECT] + 1
 
+    def _relays_refreshes(self) -> bool:
+        """Rule 5b: relay content refreshes only in a small grid."""
+        return self._member_count() <= self._cfg.refresh_relay_max_members
+
     def _retransmit_limit(self) -> int:
         return self._cfg.retransmit_mult * max(1, math.ceil(math.log10(self._member_count() + 1)))
 
     def _sync_interval(self) -> float:
-        n = self._member_count()
-        base = self._cfg.sync_interval_s
-        threshold = self._cfg.sync_scale_threshold
-        if n <= threshold:
-            return base
-        return base * (math.ceil(math.log2(n) - math.log2(threshold)) + 1)
+        """Rule 6: a digest costs ~8 bytes per bucket whatever the view's size, so the
+        interval no longer grows with the grid (full states did, like memberlist's)."""
+        return self._cfg.sync_interval_s
 
     def _grid_after(self, now: float) -> float:
         interval = self._cfg.gossip_interval_s
@@ -1290,12 +1379,23 @@ class Membership:
             self._n["forged_claims"] += 1
         return ok
 
-    def _apply_all(self, now: float, sender: bytes | None, updates: Iterable[MemberUpdate]) -> None:
-        for update in updates:
-            try:
-                self._apply(now, update)
-            except _OverBudget:
-                self._defer(sender, update)
+    def _apply_all(
+        self,
+        now: float,
+        sender: bytes | None,
+        updates: Iterable[MemberUpdate],
+        quietly: bool = False,
+    ) -> None:
+        """``quietly``: records from a state or digest answer (Rule 5c)."""
+        self._quietly = quietly
+        try:
+            for update in updates:
+                try:
+                    self._apply(now, update)
+                except _OverBudget:
+                    self._defer(sender, update)
+        finally:
+            self._quietly = False
 
     def _defer(self, sender: bytes | None, update: MemberUpdate) -> None:
         """Rule 4a: keep an update until the budgets allow its signature checks."""
@@ -1420,8 +1520,10 @@ class Membership:
             self._extra_ids.append(node_id)
         self._counts[_ALIVE] += 1
         self._version += 1
+        self._touch(node_id)
         member.update = update if update.state == _ALIVE and not update.reporter else None
-        self._queue_update(node_id, b"")
+        if not self._quietly:
+            self._queue_update(node_id, b"")
 
     def _judge_claim(
         self, now: float, node_id: bytes, current: str, update: MemberUpdate
@@ -1480,7 +1582,8 @@ class Membership:
                 return
             if current != _ALIVE and refutes:
                 self._refuted(now, node_id, member, current)
-            self._queue_update(node_id, member.reporter)
+            if refutes or current != _ALIVE or self._relays_refreshes():
+                self._queue_update(node_id, member.reporter)
         elif state in _CLAIMS:
             # A "dead" claim counts as one more confirmation: Rule 2.
             if counts:
@@ -1615,6 +1718,7 @@ class Membership:
         old = member.record
         member.record = record
         self._version += 1
+        self._touch(record.node_id)
         if member.rtts_ms and (old.lat, old.lon) != (record.lat, record.lon):
             self._recheck(member)
 
@@ -1637,6 +1741,9 @@ class Membership:
         member.state = state
         member.state_since = now
         self._version += 1
+        self._touch(node_id)
+        if self.on_state_change is not None:
+            self.on_state_change(node_id, old, state)
         if old == _SUSPECT:
             self._suspicions.pop(node_id, None)
         if state in _GONE:
@@ -1698,12 +1805,14 @@ class Membership:
                 self._extra_ids = [i for i in self._extra_ids if i in self._extra_set]
         self._n["reaped"] += 1
         self._version += 1
+        self._touch(node_id)
 
     # --- our own record ---------------------------------------------------------------------
 
     def _set_self_record(self, record: MemberRecord) -> None:
         self.self_record = record
         self._self_update = MemberUpdate(record=record, state=_LEFT if record.leaving else _ALIVE)
+        self._touch(self._id)
 
     def _disseminate_self(self, now: float) -> None:
         self._self_dirty = False
@@ -1847,6 +1956,17 @@ class Membership:
 
     def _escalate(self, now: float, probe_id: int, probe: _Probe, out: list[Outgoing]) -> None:
         probe.indirect = True
+        if probe.direct:
+            # Beside the relays, one more direct try (memberlist's TCP fallback ping):
+            # at 2% loss it cuts the false suspicions of live members ~25-fold, and each
+            # one costs every member of a 10,000-member grid ~10 KB of gossip.
+            probe.reprobed = True
+            self._send(
+                out,
+                probe.target,
+                probe.address,
+                GossipProbe(probe_id=probe_id, target=probe.target, updates=()),
+            )
         relays = self._random_members(self._cfg.indirect_probes, (_ALIVE,), exclude=probe.target)
         probe.expected_nacks = len(relays)
         for relay in relays:
@@ -1894,7 +2014,7 @@ class Membership:
                 return
             del self._probes[probe_id]
             self._probing.pop(probe.target, None)
-            if probe.direct:
+            if probe.direct and not probe.reprobed:
                 self._record_rtt(probe.target, now - probe.sent_at)
             self._probe_succeeded(probe)
             return
@@ -2035,14 +2155,33 @@ class Membership:
                 return
             sender = message.updates[0].record.node_id
         # Rule 6: a full state is thousands of records for one small request; one
-        # sender gets it at most once per interval.
+        # sender gets it at most once per interval.  Except once: a joiner whose own
+        # record is newer than when it was last answered is a new run of that node (a
+        # restart, or ``gridnode recover`` then ``gridnode run`` with the same key, seconds
+        # apart), and it knows nobody until it is answered.
         interval = self._cfg.sync_answer_interval_s
         last = self._answered_at.get(sender)
+        incarnation = next(
+            (u.record.incarnation for u in message.updates if u.record.node_id == sender), 0
+        )
         if last is not None and now - last < interval:
-            self._n["sync_refused"] += 1
-            return
+            restarted = (
+                message.join
+                and incarnation > self._answered_incarnation.get(sender, incarnation)
+                and sender not in self._answered_again
+            )
+            if not restarted:
+                self._n["sync_refused"] += 1
+                return
+            self._answered_again.add(sender)
+        else:
+            self._answered_again.discard(sender)
         _trim(self._answered_at, lambda at: now - at >= interval)
+        for gone in set(self._answered_incarnation) - set(self._answered_at):
+            del self._answered_incarnation[gone]
+        self._answered_again &= set(self._answered_at)
         self._answered_at[sender] = now
+        self._answered_incarnation[sender] = incarnation
         known = self._record_of(sender)
         address = "" if known is None else known.address
         self._n["syncs_answered"] += 1
@@ -2062,7 +2201,7 @@ class Membership:
         for node_id in self._random_members(1, (_ALIVE,)):
             record = self._record_of(node_id)
             assert record is not None
-            self._sync_to(out, node_id, record.address, join=False)
+            self._digest_to(out, node_id, record.address)
         lost: list[tuple[bytes | None, str]] = []
         for node_id in self._reap_at:
             member = self._overlay[node_id]
@@ -2074,4 +2213,226 @@ class Membership:
                 lost.append((seed_id, address))
         if lost and self._rng.random() < len(lost) / (self._counts[_ALIVE] + 1):
             lost_id, lost_address = lost[self._rng.randrange(len(lost))]
-            self._sync_to(out, lost_id, lost_address, join=False)
+            self._digest_to(out, lost_id, lost_address)
+
+    # --- anti-entropy by digest (Rule 6) -----------------------------------------------------
+
+    def _current_hash(self, node_id: bytes) -> int:
+        """The digest entry of ``node_id`` in this view; 0 when it is not in the view."""
+        if node_id == self._id:
+            record = self.self_record
+            state = _LEFT if record.leaving else _ALIVE
+            return entry_hash(node_id, record.incarnation, record.sequence, state)
+        member = self._overlay.get(node_id)
+        if member is not None:
+            record = member.record
+            return entry_hash(node_id, record.incarnation, record.sequence, member.state)
+        if node_id in self._forgotten:
+            return 0
+        return self._shared.hashes.get(node_id, 0)
+
+    def _touch(self, node_id: bytes) -> None:
+        """Fold ``node_id``'s entry into the digest again after any change of it."""
+        current = self._current_hash(node_id)
+        base = self._shared.hashes.get(node_id, 0)
+        old = self._folded.get(node_id, base)
+        if current == old:
+            return
+        bucket = node_id[0]
+        delta = self._digest_delta.get(bucket, 0) ^ old ^ current
+        if delta:
+            self._digest_delta[bucket] = delta
+        else:
+            self._digest_delta.pop(bucket, None)
+        if current == base:
+            self._folded.pop(node_id, None)
+        else:
+            self._folded[node_id] = current
+
+    def digest(self, bits: int) -> list[int]:
+        """The view's bucket hashes at ``bits`` bits (0 to 8)."""
+        base = self._shared.base
+        delta = self._digest_delta
+        shift = MAX_DIGEST_BITS - bits
+        out = [0] * (1 << bits)
+        for fine in range(_FINE_BUCKETS):
+            value = base[fine] ^ delta.get(fine, 0)
+            if value:
+                out[fine >> shift] ^= value
+        return out
+
+    def _digest_bits(self) -> int:
+        n = self._member_count()
+        wanted = math.ceil(math.log2(max(1.0, n / _DIGEST_MEMBERS_PER_BUCKET)))
+        return max(0, min(MAX_DIGEST_BITS, wanted))
+
+    def _entries(self, bits: int, buckets: Iterable[int]) -> dict[int, bytes]:
+        """entry hash -> node id, for every member of the view in ``buckets``."""
+        shift = MAX_DIGEST_BITS - bits
+        fine: set[int] = set()
+        for bucket in buckets:
+            fine.update(range(bucket << shift, (bucket + 1) << shift))
+        found: dict[int, bytes] = {}
+        by_bucket = self._shared.by_bucket
+        candidates: list[Iterable[bytes]] = [by_bucket[b] for b in sorted(fine)]
+        candidates.append([nid for nid in self._extra_ids if nid[0] in fine])
+        if self._id[0] in fine and self._id not in self._shared:
+            candidates.append([self._id])
+        for node_id in itertools.chain.from_iterable(candidates):
+            value = self._current_hash(node_id)
+            if value:
+                found[value] = node_id
+        return found
+
+    def _gossip_form(self, node_id: bytes) -> MemberUpdate | None:
+        return self._self_update if node_id == self._id else self._update_for(node_id)
+
+    def _digest_to(self, out: list[Outgoing], node_id: bytes | None, address: str) -> None:
+        sync_id = self._new_id()
+        while len(self._digests_sent) >= _DIGESTS_OPEN_MAX:
+            del self._digests_sent[next(iter(self._digests_sent))]
+        self._digests_sent[sync_id] = node_id
+        bits = self._digest_bits()
+        hashes = b"".join(v.to_bytes(DIGEST_HASH_BYTES, "big") for v in self.digest(bits))
+        self._n["syncs_sent"] += 1
+        self._send(out, node_id, address, GossipDigest(sync_id=sync_id, bits=bits, hashes=hashes))
+
+    def _answer_digest(
+        self, now: float, sender: bytes | None, message: GossipDigest, out: list[Outgoing]
+    ) -> None:
+        """Step 2: list our entries in the buckets that differ, as many as fit."""
+        if len(message.hashes) != DIGEST_HASH_BYTES << message.bits:
+            self._n["invalid"] += 1
+            return
+        interval = self._cfg.sync_answer_interval_s
+        last = self._digest_answered_at.get(sender)
+        if last is not None and now - last < interval:
+            self._n["sync_refused"] += 1
+            return
+        _trim(self._digest_answered_at, lambda at: now - at >= interval)
+        self._digest_answered_at[sender] = now
+        bits = message.bits
+        theirs = message.hashes
+        ours = self.digest(bits)
+        differing = [
+            bucket
+            for bucket, value in enumerate(ours)
+            if theirs[bucket * DIGEST_HASH_BYTES : (bucket + 1) * DIGEST_HASH_BYTES]
+            != value.to_bytes(DIGEST_HASH_BYTES, "big")
+        ]
+        if not differing:
+            return
+        self._rng.shuffle(differing)
+        listed: list[int] = []
+        entries: list[int] = []
+        for bucket in differing:
+            found = self._entries(bits, (bucket,))
+            if len(entries) + len(found) > MAX_DIGEST_ENTRIES:
+                continue
+            listed.append(bucket)
+            entries.extend(found)
+        while len(self._digests_answered) >= _DIGESTS_OPEN_MAX:
+            del self._digests_answered[next(iter(self._digests_answered))]
+        self._digests_answered.pop(sender, None)
+        self._digests_answered[sender] = message.sync_id
+        self._n["syncs_answered"] += 1
+        self._send_answer(
+            out,
+            sender,
+            GossipDigestReply(
+                sync_id=message.sync_id,
+                bits=bits,
+                buckets=bytes(listed),
+                entries=b"".join(v.to_bytes(DIGEST_HASH_BYTES, "big") for v in entries),
+            ),
+        )
+
+    def _on_digest_reply(
+        self, sender: bytes | None, message: GossipDigestReply, out: list[Outgoing]
+    ) -> None:
+        """Step 3: push what differs on our side, ask for what differs on theirs."""
+        if message.sync_id not in self._digests_sent:
+            self._n["invalid"] += 1
+            return
+        peer = self._digests_sent[message.sync_id]
+        if sender is not None and peer is not None and sender != peer:
+            self._n["invalid"] += 1
+            return
+        del self._digests_sent[message.sync_id]
+        if not message.buckets:
+            return
+        if max(message.buckets) >= 1 << message.bits:
+            self._n["invalid"] += 1
+            return
+        raw = message.entries
+        theirs = {
+            int.from_bytes(raw[i : i + DIGEST_HASH_BYTES], "big")
+            for i in range(0, len(raw), DIGEST_HASH_BYTES)
+        }
+        ours = self._entries(message.bits, message.buckets)
+        updates: list[MemberUpdate] = []
+        for value, node_id in ours.items():
+            if value in theirs or len(updates) >= MAX_DIGEST_RECORDS:
+                continue
+            update = self._gossip_form(node_id)
+            if update is not None:
+                updates.append(update)
+        want = [value for value in theirs if value not in ours]
+        if not updates and not want:
+            return
+        self._send_answer(
+            out,
+            sender,
+            GossipDigestRecords(
+                sync_id=message.sync_id,
+                bits=message.bits,
+                buckets=message.buckets,
+                updates=tuple(updates),
+                want=b"".join(v.to_bytes(DIGEST_HASH_BYTES, "big") for v in want),
+            ),
+        )
+
+    def _on_digest_records(
+        self, sender: bytes | None, message: GossipDigestRecords, out: list[Outgoing]
+    ) -> None:
+        """Step 4: the records asked for, once per digest we answered."""
+        if self._digests_answered.get(sender) != message.sync_id:
+            if message.want:
+                self._n["invalid"] += 1
+            return
+        del self._digests_answered[sender]
+        if not message.want or not message.buckets:
+            return
+        if max(message.buckets) >= 1 << message.bits:
+            self._n["invalid"] += 1
+            return
+        raw = message.want
+        want = {
+            int.from_bytes(raw[i : i + DIGEST_HASH_BYTES], "big")
+            for i in range(0, len(raw), DIGEST_HASH_BYTES)
+        }
+        ours = self._entries(message.bits, message.buckets)
+        updates = [
+            update
+            for value, node_id in ours.items()
+            if value in want and (update := self._gossip_form(node_id)) is not None
+        ]
+        # What one exchange may cost us, like what it may push: a peer asking for
+        # everything gets a slice (the rest comes with later exchanges), not a full state.
+        del updates[MAX_DIGEST_RECORDS:]
+        size = self._cfg.max_records_per_message
+        pages = [tuple(updates[i : i + size]) for i in range(0, len(updates), size)]
+        for page, chunk in enumerate(pages):
+            self._send_answer(
+                out,
+                sender,
+                GossipSyncReply(
+                    sync_id=message.sync_id, page=page, pages=len(pages), updates=chunk
+                ),
+            )
+
+    def _send_answer(self, out: list[Outgoing], peer: bytes | None, msg: Message) -> None:
+        if peer is None:
+            self._send(out, None, "", msg)
+        else:
+            self._send_to_member(out, peer, msg)

@@ -65,6 +65,14 @@ MAX_PREAUTH_PER_IP: Final = 8
 #: Authenticated sessions; a grid larger than this still works (sessions are opened on
 #: demand and idle ones dropped), this only stops one host from holding every slot.
 MAX_SESSIONS: Final = 512
+#: A session that carried nothing either way for this long is closed: at 10,000 members
+#: a node probes and gossips with thousands of others an hour, each once in a while.
+SESSION_IDLE_S: Final = 120.0
+#: At the session cap, a new authenticated session replaces the one quiet longest, but
+#: only one quiet for at least this long (a busy node refuses rather than thrashes).
+EVICTABLE_AFTER_S: Final = 5.0
+#: How often idle sessions are looked for (at most; shorter for a short idle time).
+IDLE_SWEEP_S: Final = 15.0
 #: Websocket messages before authentication: a session handshake frame plus framing.
 PREAUTH_MESSAGE_BYTES: Final = HANDSHAKE_MAX_FRAME_BYTES + 256
 
@@ -87,6 +95,7 @@ class TransportSettings:
         max_preauth_per_ip: int = MAX_PREAUTH_PER_IP,
         max_sessions: int = MAX_SESSIONS,
         inbound_budget_bytes: int = INBOUND_BUDGET_BYTES,
+        session_idle_s: float = SESSION_IDLE_S,
     ) -> None:
         self.grid_id = grid_id
         self.listen_host = listen_host
@@ -105,6 +114,7 @@ class TransportSettings:
         self.max_preauth_per_ip = max_preauth_per_ip
         self.max_sessions = max_sessions
         self.inbound_budget_bytes = inbound_budget_bytes
+        self.session_idle_s = session_idle_s
 
 
 def _peer_host(ws: WebSocketConnection) -> str:
@@ -160,6 +170,10 @@ class Transport:
         self.inbound = ByteBudget(settings.inbound_budget_bytes)
         self._preauth = 0
         self._preauth_by_ip: dict[str, int] = {}
+        #: Idle eviction: per link, its traffic counters when last seen and since when
+        #: they have not moved (links are sampled, so link.py needs no hook).
+        self._activity: dict[PeerLink, tuple[tuple[int, int, int], float]] = {}
+        self.sessions_evicted = 0
         self.log = _log.bind(node=identity.short_id)
 
     @property
@@ -184,6 +198,7 @@ class Transport:
             self._server_scope = trio.CancelScope()
             listeners = await nursery.start(self._serve)
             self.port = listeners[0].socket.getsockname()[1]
+            nursery.start_soon(self._evict_idle)
             task_status.started()
             await trio.sleep_forever()
 
@@ -199,6 +214,70 @@ class Transport:
                 handler_nursery=self._nursery,
                 task_status=task_status,
             )
+
+    # --- idle sessions ---------------------------------------------------------------------------
+
+    def _quiet_since(self, now: float) -> dict[PeerLink, float]:
+        """When each open link last carried anything (in flight counts as active)."""
+        seen: dict[PeerLink, tuple[tuple[int, int, int], float]] = {}
+        for link in self._links.values():
+            if not link.is_open:
+                continue
+            stats = link.statistics()
+            counters = (stats.bytes_sent, stats.bytes_received, stats.in_flight)
+            before = self._activity.get(link)
+            if before is None or before[0] != counters or stats.in_flight:
+                seen[link] = (counters, now)
+            else:
+                seen[link] = before
+        self._activity = seen
+        return {link: since for link, (_, since) in seen.items()}
+
+    async def _evict_idle(self) -> None:
+        """Close sessions idle for ``session_idle_s`` (graceful: ``retire`` waits for
+        anything under way), so a node of a large grid does not keep a session to
+        every member it ever probed."""
+        idle_s = self.settings.session_idle_s
+        while True:  # runs for the transport's lifetime; each pass is bounded
+            await trio.sleep(max(0.05, min(IDLE_SWEEP_S, idle_s / 4)))
+            now = trio.current_time()
+            for link, since in self._quiet_since(now).items():
+                if now - since >= idle_s:
+                    self._retire_idle(link, "idle")
+
+    def _retire_idle(self, link: PeerLink, why: str) -> None:
+        self._activity.pop(link, None)
+        if self._links.get(link.peer_id) is link:
+            del self._links[link.peer_id]
+            if self.link_removed is not None:
+                self.link_removed(link)
+        self.sessions_evicted += 1
+        self.log.debug("session_evicted", peer=link.short_id, reason=why)
+        self._nursery_spawn(link.retire, "idle", f"session {why}", self.settings.request_timeout_s)
+
+    def _evictable(self, now: float) -> PeerLink | None:
+        """The session quiet longest, if quiet for ``EVICTABLE_AFTER_S`` at least."""
+        quiet = self._quiet_since(now)
+        if not quiet:
+            return None
+        link, since = min(quiet.items(), key=lambda item: item[1])
+        return link if now - since >= EVICTABLE_AFTER_S else None
+
+    def _at_capacity(self) -> bool:
+        """Full, with no session quiet enough to give way to a new one."""
+        if len(self._links) < self.settings.max_sessions:
+            return False
+        return self._evictable(trio.current_time()) is None
+
+    def _make_room(self) -> None:
+        """Before a new session is kept: at the cap, the quietest one gives way."""
+        for _ in range(len(self._links)):  # bounded by the sessions there are
+            if len(self._links) < self.settings.max_sessions:
+                return
+            link = self._evictable(trio.current_time())
+            if link is None:
+                return
+            self._retire_idle(link, "evicted for a new session")
 
     def stop_accepting(self) -> None:
         """First step of shutdown: take no new connections; existing links keep working."""
@@ -307,7 +386,14 @@ class Transport:
                 "a newer session replaced this one",
                 self.settings.request_timeout_s,
             )
+        if current is None or not current.is_open:
+            self._make_room()
         self._links[link.peer_id] = link
+        stats = link.statistics()
+        self._activity[link] = (
+            (stats.bytes_sent, stats.bytes_received, stats.in_flight),
+            trio.current_time(),
+        )
         if self.link_added is not None:
             self.link_added(link)
         self.log.info(
@@ -350,7 +436,7 @@ class Transport:
         if (
             self._preauth >= settings.max_preauth
             or self._preauth_by_ip.get(ip, 0) >= settings.max_preauth_per_ip
-            or len(self._links) >= settings.max_sessions
+            or self._at_capacity()
         ):
             self.refused_connections += 1
             await trio.aclose_forcefully(stream)

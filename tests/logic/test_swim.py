@@ -8,7 +8,9 @@ derived from the configuration, not measured and pasted.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -48,6 +50,12 @@ from protocol import (
     sign,
     sign_claim,
     sign_record,
+)
+from protocol._gossip import (
+    GossipDigest,
+    GossipDigestRecords,
+    GossipDigestReply,
+    entry_hash,
 )
 
 CFG = GossipConfig(location_check="off")
@@ -836,7 +844,9 @@ def test_sync_answer_contains_the_whole_view() -> None:
         0.0,
         members[1].node_id,
         GossipSync(
-            sync_id=7, updates=(MemberUpdate(record=members[1].self_record, state="alive"),)
+            sync_id=7,
+            join=True,
+            updates=(MemberUpdate(record=members[1].self_record, state="alive"),),
         ),
     )
     replies = [o.message for o in out]
@@ -1054,7 +1064,9 @@ def test_a_sync_page_costs_bounded_signature_checks(monkeypatch: pytest.MonkeyPa
 
 def test_one_sender_gets_a_full_state_answer_at_most_once_per_interval() -> None:
     observer, peer, *_ = _members(3, now=0.0)
-    request = GossipSync(sync_id=7, updates=(MemberUpdate(record=peer.self_record, state="alive"),))
+    request = GossipSync(
+        sync_id=7, join=True, updates=(MemberUpdate(record=peer.self_record, state="alive"),)
+    )
     first = observer.handle(0.0, peer.node_id, request)
     assert any(isinstance(o.message, GossipSyncReply) for o in first)
     again = observer.handle(1.0, peer.node_id, attrs.evolve(request, sync_id=8))
@@ -1064,6 +1076,29 @@ def test_one_sender_gets_a_full_state_answer_at_most_once_per_interval() -> None
         1.0 + CFG.sync_answer_interval_s, peer.node_id, attrs.evolve(request, sync_id=9)
     )
     assert any(isinstance(o.message, GossipSyncReply) for o in later)
+
+
+def test_a_new_run_of_a_node_is_answered_again_once_within_the_interval() -> None:
+    """``gridnode recover`` joins with the node's key, exits, and ``gridnode run`` joins
+    again seconds later: the second run knows nobody until a seed answers, so a join
+    carrying a newer record of its sender is answered once more (and only once)."""
+    observer, peer, *_ = _members(3, now=0.0)
+    index = next(i for i in range(50) if bytes(_key(i).verify_key) == peer.node_id)
+
+    def join(sync_id: int, incarnation: int) -> list[Any]:
+        record = _record(index, incarnation=incarnation, sequence=incarnation)
+        request = GossipSync(
+            sync_id=sync_id, join=True, updates=(MemberUpdate(record=record, state="alive"),)
+        )
+        return [o for o in observer.handle(1.0 + sync_id / 10, peer.node_id, request)]
+
+    first = peer.self_record.incarnation + 1
+    assert any(isinstance(o.message, GossipSyncReply) for o in join(1, first))
+    assert not any(isinstance(o.message, GossipSyncReply) for o in join(2, first))
+    assert any(isinstance(o.message, GossipSyncReply) for o in join(3, first + 5))
+    # A member bumping its incarnation on every request gets no more full states.
+    assert not any(isinstance(o.message, GossipSyncReply) for o in join(4, first + 9))
+    assert observer.statistics().sync_answers_refused == 2
 
 
 # --- where a node dials --------------------------------------------------------------------
@@ -1140,7 +1175,9 @@ def test_a_claim_about_a_newer_incarnation_is_a_new_suspicion() -> None:
     assert view is not None and view.state == "suspect" and view.record == reborn
     stats = observer.statistics()
     assert stats.suspicions_refuted == 1 and stats.false_accusations == 1
-    request = GossipSync(sync_id=3, updates=(MemberUpdate(record=peer.self_record, state="alive"),))
+    request = GossipSync(
+        sync_id=3, join=True, updates=(MemberUpdate(record=peer.self_record, state="alive"),)
+    )
     pages = [o.message for o in observer.handle(2.1, peer.node_id, request)]
     about = [
         u
@@ -1247,3 +1284,196 @@ def test_a_relayed_leaving_record_means_left_whatever_state_it_is_relayed_with()
     leaving = _record(2, incarnation=member.self_record.incarnation, sequence=1, leaving=True)
     _say(observer, 1.0, 1, MemberUpdate(record=leaving, state="suspect"))
     assert observer.state_of(member.node_id) == "left"
+
+
+# --- anti-entropy by digest (Rule 6) ----------------------------------------------------------
+
+
+def _exchange(
+    members: list[Membership], now: float, origin: Membership, first: list[Outgoing]
+) -> list[Message]:
+    """Deliver ``first`` (sent by ``origin``) and every answer among ``members`` until
+    nothing is left."""
+    by_id = {m.node_id: m for m in members}
+    pending: list[tuple[bytes, Outgoing]] = [(origin.node_id, o) for o in first]
+    seen: list[Message] = []
+    for _ in range(100):  # bounded: an exchange is four steps
+        if not pending:
+            break
+        src, out = pending.pop(0)
+        seen.append(out.message)
+        dst = by_id.get(out.node_id) if out.node_id is not None else None
+        if dst is None:
+            continue
+        pending.extend((dst.node_id, o) for o in dst.handle(now, src, out.message))
+    return seen
+
+
+def _updates_in(messages: Iterable[Message]) -> list[MemberUpdate]:
+    return [u for m in messages for u in getattr(m, "updates", ())]
+
+
+def _digest_from_scratch(member: Membership) -> list[int]:
+    buckets = [0] * 256
+    mine = member.self_record
+    entries = [(mine, "left" if mine.leaving else "alive")]
+    entries += [(view.record, view.state) for view in member.members()]
+    for record, state in entries:
+        buckets[record.node_id[0]] ^= entry_hash(
+            record.node_id, record.incarnation, record.sequence, state
+        )
+    return buckets
+
+
+def test_equal_views_cost_one_digest_and_no_answer() -> None:
+    members = _members(40, now=0.0)
+    a, b = members[0], members[1]
+    messages = _exchange(members, 0.0, a, a.start_digest(0.0, b.node_id))
+    assert [type(m) for m in messages] == [GossipDigest]
+    full_state = sum(
+        encoded_size(GossipSyncReply(sync_id=1, updates=(u,))) for u in a._full_state()
+    )
+    assert encoded_size(messages[0]) < full_state / 10
+
+
+@pytest.mark.parametrize("newer_at_initiator", [True, False])
+def test_digest_exchange_moves_only_the_records_that_differ(newer_at_initiator: bool) -> None:
+    members = _members(40, now=0.0)
+    a, b = members[0], members[1]
+    fresh = _record(5, sequence=1, city="Basel")
+    holder = a if newer_at_initiator else b
+    _say(holder, 0.5, 7, MemberUpdate(record=fresh, state="alive"))
+    messages = _exchange(members, 1.0, a, a.start_digest(1.0, b.node_id))
+    for member in (a, b):
+        view = member.member(fresh.node_id)
+        assert view is not None and view.record == fresh
+    assert not any(isinstance(m, GossipSync) for m in messages)
+    # The fresh record travels once; at most the stale copy goes the other way.
+    moved = _updates_in(messages)
+    assert fresh in [u.record for u in moved]
+    assert {u.record.node_id for u in moved} == {fresh.node_id}
+    assert len(moved) <= 2
+    assert a.digest(8) == b.digest(8)
+
+
+def test_digest_heals_a_death_and_a_joiner_the_peer_missed() -> None:
+    members = _members(30, now=0.0)
+    a, b = members[0], members[1]
+    newcomer = _record(40)
+    _say(a, 0.1, 7, MemberUpdate(record=newcomer, state="alive"))
+    _say(b, 0.1, 7, _claim(members[9].self_record, 7, "suspect"))
+    messages = _exchange(members, 0.2, a, a.start_digest(0.2, b.node_id))
+    assert b.state_of(newcomer.node_id) == "alive"
+    assert a.state_of(members[9].node_id) == "suspect"
+    assert len(_updates_in(messages)) <= 4
+
+
+def test_incremental_digest_matches_the_view_recomputed_from_scratch() -> None:
+    config = attrs.evolve(CFG, dead_reap_s=5.0)
+    observer, *others = _members(12, config, now=0.0)
+    _say(observer, 0.1, 1, MemberUpdate(record=_record(20), state="alive"))
+    _say(observer, 0.2, 1, MemberUpdate(record=_record(3, sequence=4), state="alive"))
+    _say(observer, 0.3, 1, _claim(others[4].self_record, 1, "suspect"))
+    _say(observer, 0.4, 2, MemberUpdate(record=_record(6, sequence=1, leaving=True), state="left"))
+    observer.update_self(0.5, free_bytes=123)
+    assert observer.digest(8) == _digest_from_scratch(observer)
+    # The suspicion runs out into a death, then the dead and the left are reaped.
+    for step in range(1, 120):
+        observer.tick(0.5 + step * 0.5)
+        assert observer.digest(8) == _digest_from_scratch(observer)
+    assert observer.state_of(others[4].node_id) is None
+    assert observer.state_of(others[5].node_id) is None
+    folded = observer.digest(3)
+    fine = observer.digest(8)
+    assert folded == [functools.reduce(operator.xor, fine[i * 32 : (i + 1) * 32]) for i in range(8)]
+
+
+def test_records_are_sent_only_for_an_answered_digest_and_only_once() -> None:
+    members = _members(40, now=0.0)
+    a, b = members[0], members[1]
+    everything = b"".join(
+        entry_hash(r.node_id, r.incarnation, r.sequence, "alive").to_bytes(8, "big")
+        for r in (m.self_record for m in members)
+    )
+    asking = GossipDigestRecords(sync_id=5, bits=0, buckets=b"\x00", want=everything)
+    assert a.handle(0.0, b.node_id, asking) == []
+    assert a.statistics().invalid_messages_dropped == 1
+    # b now sends a digest that differs (it learnt one record) and gets an answer; the
+    # records it then asks for come once, and only those it asked for.
+    _say(b, 0.1, 7, MemberUpdate(record=_record(5, sequence=1), state="alive"))
+    (digest,) = b.start_digest(0.2, a.node_id)
+    assert isinstance(digest.message, GossipDigest)
+    (reply,) = a.handle(0.2, b.node_id, digest.message)
+    assert isinstance(reply.message, GossipDigestReply)
+    wanted = attrs.evolve(
+        asking,
+        sync_id=digest.message.sync_id,
+        bits=reply.message.bits,
+        buckets=reply.message.buckets,
+        want=entry_hash(members[5].node_id, 0, 0, "alive").to_bytes(8, "big"),
+    )
+    answers = a.handle(0.3, b.node_id, wanted)
+    assert [u.record for u in _updates_in(o.message for o in answers)] == [members[5].self_record]
+    assert a.handle(0.4, b.node_id, wanted) == []
+
+
+def test_a_digest_cannot_suppress_or_forge_records() -> None:
+    members = _members(40, now=0.0)
+    a, b = members[0], members[1]
+    genuine = _record(5, sequence=3)
+    _say(a, 0.1, 7, MemberUpdate(record=genuine, state="alive"))
+    # b lies: it claims an entry for a version newer than anything signed, and pushes
+    # a forged record; a keeps the genuine record, drops the forgery and still answers.
+    forged = _forge(genuine, _key(9), sequence=9, city="nowhere")
+    (digest,) = b.start_digest(0.2, a.node_id)
+    assert isinstance(digest.message, GossipDigest)
+    (reply,) = a.handle(0.2, b.node_id, digest.message)
+    assert isinstance(reply.message, GossipDigestReply)
+    push = GossipDigestRecords(
+        sync_id=digest.message.sync_id,
+        bits=reply.message.bits,
+        buckets=reply.message.buckets,
+        updates=(MemberUpdate(record=forged, state="alive"),),
+        want=entry_hash(genuine.node_id, 0, 99, "alive").to_bytes(8, "big"),
+    )
+    answers = a.handle(0.3, b.node_id, push)
+    assert _updates_in(o.message for o in answers) == []
+    view = a.member(genuine.node_id)
+    assert view is not None and view.record == genuine
+    assert a.statistics().forged_records_dropped == 1
+    # A digest answer is rate-limited per sender like a full state.
+    again = a.handle(0.4, b.node_id, attrs.evolve(digest.message, sync_id=99))
+    assert again == [] and a.statistics().sync_answers_refused == 1
+
+
+@pytest.mark.parametrize(("members", "relayed"), [(10, True), (80, False)])
+def test_content_refreshes_are_relayed_only_in_a_small_grid(members: int, relayed: bool) -> None:
+    """Rule 5b: above refresh_relay_max_members a free-space change spreads by digest."""
+    assert (members <= CFG.refresh_relay_max_members) is relayed
+    observer, *_ = _members(members, now=0.0)
+    assert observer.statistics().broadcasts_pending == 0
+    _say(observer, 0.1, 7, MemberUpdate(record=_record(5, sequence=1, city="Bern"), state="alive"))
+    view = observer.member(_record(5).node_id)
+    assert view is not None and view.record.city == "Bern"
+    assert observer.statistics().broadcasts_pending == (1 if relayed else 0)
+    # A new incarnation (a refutation, a restart) is news for everyone, in any grid.
+    _say(observer, 0.2, 7, MemberUpdate(record=_record(6, incarnation=1), state="alive"))
+    assert observer.statistics().broadcasts_pending == (2 if relayed else 1)
+
+
+def test_a_joiner_does_not_relay_the_view_it_was_given() -> None:
+    """Rule 5c: the members of a full state are known to its sender's grid already."""
+    members = _members(30, now=0.0)
+    seed = members[0]
+    joiner = Membership(
+        signing_key=_key(40), self_record=_record(40), config=CFG, rng=random.Random(40), now=0.0
+    )
+    (request,) = joiner.join(0.0, [seed.self_record.address])
+    assert isinstance(request.message, GossipSync) and request.message.join
+    pages = seed.handle(0.0, joiner.node_id, request.message)
+    for page in pages:
+        joiner.handle(0.1, seed.node_id, page.message)
+    assert {v.node_id for v in joiner.alive_members()} == {m.node_id for m in members}
+    assert joiner.statistics().broadcasts_pending == 1  # itself, announced by join()
+    # The seed learnt the joiner from its request: that is news, and it is relayed.
+    assert seed.statistics().broadcasts_pending == 1

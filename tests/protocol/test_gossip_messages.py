@@ -13,10 +13,16 @@ import pytest
 
 import protocol
 from protocol import (
+    MAX_DIGEST_BITS,
+    MAX_DIGEST_ENTRIES,
+    MAX_DIGEST_RECORDS,
     MAX_PIGGYBACK_UPDATES,
     MAX_RECORDS_PER_MESSAGE,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
+    GossipDigest,
+    GossipDigestRecords,
+    GossipDigestReply,
     GossipIndirectAck,
     GossipLeave,
     GossipProbe,
@@ -34,6 +40,7 @@ from protocol import (
     decode,
     encode,
     encoded_size,
+    entry_hash,
     record_digest,
     record_is_valid,
     record_signing_payload,
@@ -119,6 +126,29 @@ def messages() -> st.SearchStrategy[Message]:
             updates=_updates(6),
         ),
         st.builds(GossipLeave, record=records()),
+        st.integers(min_value=0, max_value=MAX_DIGEST_BITS).flatmap(
+            lambda bits: st.builds(
+                GossipDigest,
+                sync_id=_u63,
+                bits=st.just(bits),
+                hashes=st.binary(min_size=8 << bits, max_size=8 << bits),
+            )
+        ),
+        st.builds(
+            GossipDigestReply,
+            sync_id=_u63,
+            bits=st.integers(min_value=0, max_value=MAX_DIGEST_BITS),
+            buckets=st.sets(st.integers(0, 255), max_size=20).map(lambda b: bytes(sorted(b))),
+            entries=st.lists(st.binary(min_size=8, max_size=8), max_size=20).map(b"".join),
+        ),
+        st.builds(
+            GossipDigestRecords,
+            sync_id=_u63,
+            bits=st.integers(min_value=0, max_value=MAX_DIGEST_BITS),
+            buckets=st.sets(st.integers(0, 255), max_size=20).map(lambda b: bytes(sorted(b))),
+            updates=_updates(4),
+            want=st.lists(st.binary(min_size=8, max_size=8), max_size=20).map(b"".join),
+        ),
     )
 
 
@@ -287,3 +317,45 @@ def test_constructors_refuse_bad_states_and_reporters() -> None:
         MemberUpdate(record=record, state="zombie")
     with pytest.raises(ValueError):
         MemberUpdate(record=record, state="dead", reporter=b"abc")
+
+
+def test_digest_lists_are_bounded_on_the_wire() -> None:
+    """Rule 4a: a peer can make us hold at most 256 bucket hashes, 4,096 entry hashes
+    and 1,024 records from one digest message."""
+    body = _raw_body(GossipDigest(sync_id=1, bits=0, hashes=bytes(8)))
+    body["hashes"] = bytes(8 << (MAX_DIGEST_BITS + 1))
+    with pytest.raises(RemoteProtocolError, match="hashes"):
+        decode(_frame("gossip_digest", body))
+    body = _raw_body(GossipDigest(sync_id=1, bits=0, hashes=bytes(8)))
+    body["bits"] = MAX_DIGEST_BITS + 1
+    with pytest.raises(RemoteProtocolError, match="bits"):
+        decode(_frame("gossip_digest", body))
+    body = _raw_body(GossipDigestReply(sync_id=1))
+    body["entries"] = bytes(8 * (MAX_DIGEST_ENTRIES + 1))
+    with pytest.raises(RemoteProtocolError, match="entries"):
+        decode(_frame("gossip_digest_reply", body))
+    body = _raw_body(GossipDigestReply(sync_id=1))
+    body["entries"] = bytes(12)  # not whole hashes
+    with pytest.raises(RemoteProtocolError, match="entries"):
+        decode(_frame("gossip_digest_reply", body))
+    body = _raw_body(GossipDigestRecords(sync_id=1))
+    body["buckets"] = bytes([3, 3])
+    with pytest.raises(RemoteProtocolError, match="buckets"):
+        decode(_frame("gossip_digest_records", body))
+    body = _raw_body(GossipDigestRecords(sync_id=1, updates=(_update(),)))
+    body["updates"] = body["updates"] * (MAX_DIGEST_RECORDS + 1)
+    with pytest.raises(RemoteProtocolError, match="updates"):
+        decode(_frame("gossip_digest_records", body))
+
+
+def test_entry_hash_covers_every_part_of_an_entry() -> None:
+    base = entry_hash(NODE_IDS[0], 1, 2, "alive")
+    assert base == entry_hash(NODE_IDS[0], 1, 2, "alive")
+    others = {
+        entry_hash(NODE_IDS[1], 1, 2, "alive"),
+        entry_hash(NODE_IDS[0], 2, 2, "alive"),
+        entry_hash(NODE_IDS[0], 1, 3, "alive"),
+        entry_hash(NODE_IDS[0], 1, 2, "suspect"),
+        entry_hash(NODE_IDS[0], 1, 2, "dead"),
+    }
+    assert base not in others and len(others) == 5

@@ -262,7 +262,39 @@ def cmd_verify(args: argparse.Namespace) -> None:
         raise CliError(f"snapshot {result['snapshot_id']} cannot be fully restored")
 
 
+#: ``forget --keep-*`` options and the policy keys they set (gridnode.logic.retention).
+_KEEP_OPTIONS: Final = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def _policy(args: argparse.Namespace) -> dict[str, int]:
+    policy = {
+        f"keep_{name}": value
+        for name in _KEEP_OPTIONS
+        if (value := getattr(args, f"keep_{name}")) is not None
+    }
+    if args.keep_within is not None:
+        from .units import parse_duration
+
+        try:
+            policy["keep_within_s"] = int(parse_duration(args.keep_within))
+        except ValueError as exc:
+            raise CliError(f"--keep-within: {exc}") from None
+    return policy
+
+
 def cmd_forget(args: argparse.Namespace) -> None:
+    policy = _policy(args)
+    if policy:
+        if args.snapshot:
+            raise CliError("give a snapshot or --keep-* options, not both")
+        params: dict[str, Any] = {"policy": policy, "dry_run": bool(args.dry_run)}
+        result = call(args, "forget", params, long_job=True)
+        finish(args, result, _policy_summary)
+        return
+    if not args.snapshot:
+        raise CliError("forget what? give a snapshot, or a policy such as --keep-daily 7")
+    if args.dry_run:
+        raise CliError("--dry-run goes with --keep-* options")
     result = call(args, "forget", {"snapshot": args.snapshot}, long_job=True)
     finish(
         args,
@@ -272,6 +304,18 @@ def cmd_forget(args: argparse.Namespace) -> None:
             f"{r['packets_deleted']} packets deleted"
         ),
     )
+
+
+def _policy_summary(r: dict[str, Any]) -> str:
+    lines = [f"keep {k['snapshot_id']} ({', '.join(k['reasons'])})" for k in r["keep"]] + [
+        f"{'would forget' if r['dry_run'] else 'forgot'} {sid}" for sid in r["forget"]
+    ]
+    if not r["dry_run"]:
+        lines.append(
+            f"{r['chunks_freed']} chunks freed, {r['packets_deleted']} packets deleted"
+            + (f", {r['packets_unreachable']} unreachable" if r["packets_unreachable"] else "")
+        )
+    return "\n".join(lines)
 
 
 def cmd_repair(args: argparse.Namespace) -> None:
@@ -489,9 +533,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(p)
     p.set_defaults(fn=cmd_diff)
 
+    p = sub.add_parser(
+        "forget",
+        help="drop a snapshot, or all but those a retention policy keeps, and free packets",
+        description="Forget one snapshot, or apply a retention policy (restic's rules) to "
+        "the complete snapshots of each set of backed-up paths: the newest snapshot of each "
+        "of the last N hours/days/weeks/months/years with one is kept, and the N newest "
+        "with --keep-last.",
+    )
+    add_home(p)
+    p.add_argument("snapshot", nargs="?", help="snapshot id, unique prefix, or latest")
+    for name in _KEEP_OPTIONS:
+        p.add_argument(
+            f"--keep-{name}",
+            type=int,
+            metavar="N",
+            help=f"keep the newest snapshot of each of the last N {name} periods"
+            if name != "last"
+            else "keep the N newest snapshots",
+        )
+    p.add_argument(
+        "--keep-within",
+        metavar="DURATION",
+        help="keep every snapshot within DURATION of the newest (30d, 12h)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what the policy keeps and forgets; forget nothing",
+    )
+    add_json(p)
+    p.set_defaults(fn=cmd_forget)
+
     for name, fn, helptext in (
         ("verify", cmd_verify, "fetch and check every packet"),
-        ("forget", cmd_forget, "drop a snapshot and free its packets"),
         ("placement", cmd_placement, "where each packet went"),
     ):
         p = sub.add_parser(name, help=helptext)
@@ -616,7 +691,7 @@ EXAMPLES: Final = {
     "find": "gridnode find --home ~/gn '*.pdf' latest",
     "diff": "gridnode diff --home ~/gn SNAP_A SNAP_B",
     "verify": "gridnode verify --home ~/gn latest",
-    "forget": "gridnode forget --home ~/gn SNAPSHOT",
+    "forget": "gridnode forget --home ~/gn --keep-daily 7 --keep-weekly 4 --keep-monthly 12",
     "placement": "gridnode placement --home ~/gn latest",
     "repair": "gridnode repair --home ~/gn",
     "key": "gridnode key phrase --home ~/gn",

@@ -12,6 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import msgpack
 import trio
 
@@ -24,7 +25,14 @@ from .listing import diff_snapshots, find_in_snapshots, list_snapshot
 from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
 from .logic.placement import PlacementRules
-from .restore import forget_snapshot, resolve, restore_snapshot, verify_snapshot
+from .logic.retention import KeepPolicy, RetentionError
+from .restore import (
+    forget_by_policy,
+    forget_snapshot,
+    resolve,
+    restore_snapshot,
+    verify_snapshot,
+)
 from .storage.catalog import ChunkRecord
 
 if TYPE_CHECKING:
@@ -226,7 +234,24 @@ def build_methods(node: Node) -> dict[str, Method]:
         return await repair_job(services, snapshot, emit)
 
     async def forget(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        return await forget_snapshot(services, _str(params, "snapshot"))
+        raw_policy = params.get("policy")
+        if raw_policy is None:
+            return await forget_snapshot(services, _str(params, "snapshot"))
+        if "snapshot" in params:
+            raise ControlError("bad_params", "give a snapshot or a policy, not both")
+        if not isinstance(raw_policy, dict):
+            raise ControlError("bad_params", "parameter 'policy' must be an object")
+        known = {f.name for f in attrs.fields(KeepPolicy)}
+        if unknown := sorted(set(raw_policy) - known):
+            raise ControlError("bad_params", f"unknown policy keys: {', '.join(unknown)}")
+        dry_run = params.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise ControlError("bad_params", "parameter 'dry_run' must be a boolean")
+        try:
+            policy = KeepPolicy(**raw_policy)
+            return await forget_by_policy(services, policy, dry_run=dry_run, emit=emit)
+        except RetentionError as exc:
+            raise ControlError("bad_params", str(exc)) from None
 
     async def placement(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         snap = await resolve(services, _str(params, "snapshot"))

@@ -30,6 +30,7 @@ from .actors.retriever import ChunkUnavailable, FetchChunk
 from .control import Emit
 from .errors import GridError, PeerError
 from .log import get_logger
+from .logic.retention import KeepPolicy, apply_policy
 from .names import escape, from_arg
 from .services import Services
 from .storage.catalog import HOLE, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
@@ -295,6 +296,34 @@ async def delete_on_grid(services: Services, chunks: Sequence[ChunkRecord]) -> t
                 for packet in chunk.packets:
                     nursery.start_soon(delete, chunk, packet)
     return deleted, failed
+
+
+async def forget_by_policy(
+    services: Services, policy: KeepPolicy, *, dry_run: bool, emit: Emit
+) -> dict[str, Any]:
+    """Apply a retention policy to the complete snapshots, grouped by their roots
+    (``gridnode.logic.retention``); forget the others one by one, unless ``dry_run``.
+    Snapshots still running or interrupted are left alone: only whole ones are kept or
+    forgotten by a policy."""
+    snapshots = [s for s in await services.db(services.catalog.snapshots) if s.complete]
+    kept, doomed, reasons = apply_policy(
+        ((s.snapshot_id, s.finished or s.created, tuple(s.roots)) for s in snapshots), policy
+    )
+    forgotten: list[dict[str, Any]] = []
+    if not dry_run:
+        for number, snapshot_id in enumerate(doomed, 1):
+            forgotten.append(await forget_snapshot(services, snapshot_id))
+            await emit({"event": "progress", "forgotten": number, "to_forget": len(doomed)})
+    return {
+        "event": "result",
+        "dry_run": dry_run,
+        "policy": policy.to_json(),
+        "keep": [{"snapshot_id": sid, "reasons": reasons[sid]} for sid in kept],
+        "forget": doomed,
+        "chunks_freed": sum(f["chunks_freed"] for f in forgotten),
+        "packets_deleted": sum(f["packets_deleted"] for f in forgotten),
+        "packets_unreachable": sum(f["packets_unreachable"] for f in forgotten),
+    }
 
 
 async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Human-friendly sizes: ``50GB``, ``1.5TiB``, ``4096``.
+"""Human-friendly sizes (``50GB``, ``1.5TiB``, ``4096``) and durations (``30d``, ``12h``).
 
 Decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB) units are both accepted
 because people copy numbers from disk vendors (decimal) and from ``df -h`` (binary);
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["format_bytes", "parse_size"]
+__all__ = ["format_bytes", "parse_duration", "parse_size"]
 
 _UNITS: Final = {
     "": 1,
@@ -58,3 +58,15 @@ def format_bytes(n: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_DURATION_RE: Final = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdwy]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1y`` (365 days)."""
+    match = _DURATION_RE.match(text.lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (examples: 90s, 15m, 12h, 30d, 2w, 1y)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]

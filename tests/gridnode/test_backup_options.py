@@ -102,3 +102,36 @@ async def test_find_searches_names_or_paths_across_snapshots(tmp_path: Path) -> 
         odd = await grid.call(0, "find", pattern="*\\xff*", snapshots=[first["snapshot_id"]])
         assert [m["path"] for m in odd["matches"]] == ["tree/odd-\\xff.pdf"]
         assert (await grid.call(0, "find", pattern="*.doc", snapshots=[]))["matches"] == []
+
+
+async def test_forget_by_policy_keeps_what_the_policy_says_per_set_of_paths(
+    tmp_path: Path,
+) -> None:
+    docs, photos = tmp_path / "docs", tmp_path / "photos"
+    docs.mkdir()
+    photos.mkdir()
+    (photos / "p.bin").write_bytes(os.urandom(100_000))
+    async with open_grid(tmp_path / "grid", 7) as grid:
+        ids = []
+        for i in range(4):  # each backup of docs adds one unique file
+            (docs / f"v{i}.bin").write_bytes(os.urandom(150_000))
+            ids.append((await grid.call(0, "backup", paths=[str(docs)]))["snapshot_id"])
+        photo_id = (await grid.call(0, "backup", paths=[str(photos)]))["snapshot_id"]
+        held = sum(node.packets.packet_count for node in grid.nodes)
+        dry = await grid.call(0, "forget", policy={"keep_last": 2}, dry_run=True)
+        assert dry["dry_run"] and sorted(dry["forget"]) == sorted(ids[:2])
+        assert {k["snapshot_id"] for k in dry["keep"]} == {ids[2], ids[3], photo_id}
+        assert sum(node.packets.packet_count for node in grid.nodes) == held
+        done = await grid.call(0, "forget", policy={"keep_last": 2})
+        assert sorted(done["forget"]) == sorted(ids[:2])
+        snapshots = {s["snapshot_id"] for s in await grid.call(0, "snapshots")}
+        assert snapshots == {ids[2], ids[3], photo_id}
+        # The two forgotten snapshots shared everything with the kept ones except their
+        # own records: nothing the kept snapshots need was deleted.
+        restored = await grid.call(0, "restore", snapshot=ids[3], to=str(tmp_path / "out"))
+        assert restored["files"] == 4
+        assert (await grid.call(0, "forget", policy={"keep_last": 2}))["forget"] == []
+        with pytest.raises(Exception, match="must keep something"):
+            await grid.call(0, "forget", policy={})
+        with pytest.raises(Exception, match="unknown policy keys: keep_forever"):
+            await grid.call(0, "forget", policy={"keep_forever": 1})

@@ -33,7 +33,9 @@ from typing import Any, Final
 import attrs
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-ORDER: Final = ("pipeline", "transport", "grid", "memory", "placement", "gossip", "durability")
+ORDER: Final = (
+    "pipeline", "transport", "grid", "memory", "placement", "gossip", "durability", "cli",
+)  # fmt: skip
 #: Benchmarks that may be absent (another engineer's, still to come): skipped, not failed.
 OPTIONAL: Final = frozenset({"gossip"})
 _MODULES: Final = {
@@ -44,6 +46,7 @@ _MODULES: Final = {
     "placement": "benchmarks.bench_placement",
     "gossip": "benchmarks.bench_gossip",
     "durability": "simulations.durability",
+    "cli": "benchmarks.bench_cli",
 }
 
 Runner = Callable[[bool], dict[str, Any]]
@@ -364,6 +367,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmarks": {},
     }
     plots_dir = None if args.quick else out.with_name(f"{out.stem}-durability")
+    if plots_dir is not None and "durability" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            from simulations.durability import PLOTS_NEED
+
+            print(f"note: {PLOTS_NEED}; every figure is still in the JSON", file=sys.stderr)
     started = time.perf_counter()
     interrupted = False
     try:

@@ -62,6 +62,9 @@ from typing import Final
 import attrs
 from blake3 import blake3
 
+from ..errors import GridError
+from ..fsutil import atomic_write
+
 __all__ = [
     "AllocationFull",
     "OverQuota",
@@ -69,6 +72,7 @@ __all__ = [
     "PacketDirectoryStatistics",
     "PacketIdMismatch",
     "PacketStoreError",
+    "StorageFormatError",
 ]
 
 PACKET_ID_SIZE: Final = 32
@@ -81,6 +85,16 @@ Buffer = bytes | bytearray | memoryview
 
 class PacketStoreError(Exception):
     """A packet could not be stored; nothing half-written remains."""
+
+
+class StorageFormatError(PacketStoreError, GridError):
+    """The packet store on disk is of a layout this version does not read."""
+
+
+#: The packet store's layout, in ``ROOT/FORMAT`` (see ``PacketDirectory._check_format``).
+FORMAT_NAME: Final = "FORMAT"
+FORMAT_TAG: Final = "gridnode-packet-store"
+STORAGE_FORMAT: Final = 1
 
 
 class AllocationFull(PacketStoreError):
@@ -166,6 +180,7 @@ class PacketDirectory:
         self._quarantine = self._root / "quarantine"
         for directory in (self._packets, self._incoming, self._quarantine):
             directory.mkdir(parents=True, exist_ok=True)
+        self._check_format()
         self._allocation_bytes = allocation_bytes
         self._lock = threading.Lock()
         self._reserved_bytes = 0
@@ -174,6 +189,28 @@ class PacketDirectory:
         self._clear_incoming()
         self._used_bytes, self._packet_count = self._scan()
         self._quarantined_count = sum(1 for _ in self._quarantine.iterdir())
+
+    def _check_format(self) -> None:
+        """``FORMAT`` names the layout (fan-out, file names, what a file holds), so a
+        future version can migrate it, and this one refuses a layout it does not know
+        instead of taking another version's files for corrupt packets.  A directory
+        from before the file existed has layout 1."""
+        path = self._root / FORMAT_NAME
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            atomic_write(path, f"{FORMAT_TAG} {STORAGE_FORMAT}\n".encode("ascii"))
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StorageFormatError(f"cannot read {path}: {exc}") from None
+        tag, _, number = text.partition(" ")
+        if tag != FORMAT_TAG or not number.isdigit():
+            raise StorageFormatError(f"{path} does not name a gridnode packet store: {text!r}")
+        if int(number) > STORAGE_FORMAT:
+            raise StorageFormatError(
+                f"{self._root} holds packet store format {number}, newer than this gridnode "
+                f"reads ({STORAGE_FORMAT}): run the gridnode version that wrote it"
+            )
 
     # -- accounting -------------------------------------------------------
 

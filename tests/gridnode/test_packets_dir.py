@@ -13,10 +13,13 @@ import pytest
 from blake3 import blake3
 
 from gridnode.storage.packets import (
+    FORMAT_NAME,
+    STORAGE_FORMAT,
     AllocationFull,
     PacketDirectory,
     PacketIdMismatch,
     PacketStoreError,
+    StorageFormatError,
 )
 
 
@@ -26,7 +29,8 @@ def _packet(size: int, seed: int) -> tuple[bytes, bytes]:
 
 
 def _files_under(directory: Path) -> list[Path]:
-    return sorted(path for path in directory.rglob("*") if path.is_file())
+    """Files a store keeps for packets (its FORMAT file is not one)."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "FORMAT")
 
 
 def test_put_get_round_trip_and_layout(tmp_path: Path) -> None:
@@ -312,3 +316,23 @@ def test_only_well_named_regular_files_count_as_packets(tmp_path: Path) -> None:
     reopened = PacketDirectory(tmp_path / "store", allocation_bytes=1_000_000)
     assert (reopened.packet_count, reopened.used_bytes) == (1, 1000)
     assert list(reopened.iter_ids()) == [packet_id]
+
+
+def test_the_store_names_its_format_and_refuses_a_newer_one(tmp_path: Path) -> None:
+    """A store carries its layout's version, so a later version can migrate it and this
+    one never takes another layout's files for corrupt packets."""
+    store = PacketDirectory(tmp_path / "s", allocation_bytes=1_000_000)
+    fmt = store.root / FORMAT_NAME
+    assert fmt.read_text() == f"gridnode-packet-store {STORAGE_FORMAT}\n"
+    packet_id, data = _packet(100, 1)
+    store.put(packet_id, data)
+    # A store from before the file existed is layout 1: it gets the file and opens.
+    fmt.unlink()
+    assert PacketDirectory(tmp_path / "s", allocation_bytes=1_000_000).packet_count == 1
+    assert fmt.exists()
+    fmt.write_text(f"gridnode-packet-store {STORAGE_FORMAT + 1}\n")
+    with pytest.raises(StorageFormatError, match="newer than this gridnode reads"):
+        PacketDirectory(tmp_path / "s", allocation_bytes=1_000_000)
+    fmt.write_text("something else\n")
+    with pytest.raises(StorageFormatError, match="does not name a gridnode packet store"):
+        PacketDirectory(tmp_path / "s", allocation_bytes=1_000_000)

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 import trio
 
-from protocol import Message, sign_record
+from protocol import Message, short_node_id, sign_record
 from protocol._gossip import MemberRecord
 
 from ..errors import PeerError
@@ -138,7 +138,20 @@ class Gossiper:
     send_failures: int = 0
     _outbox_send: trio.MemorySendChannel[Outgoing] | None = None
 
+    def _log_state_change(self, node_id: bytes, old: str, new: str) -> None:
+        """An operator wants to see members come and go (issue 12): at info, one line
+        per transition (they are rare: a grid of 10,000 sees a few a minute)."""
+        record = self.membership._record_of(node_id)
+        _log.info(
+            "member_" + new,
+            peer=short_node_id(node_id),
+            was=old,
+            address=record.address if record is not None else None,
+            members_alive=self.membership.statistics().members_alive,
+        )
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.membership.on_state_change = self._log_state_change
         send, receive = trio.open_memory_channel[Outgoing](self.outbox_size)
         self._outbox_send = send
         async with trio.open_nursery() as nursery:

@@ -177,3 +177,29 @@ async def test_free_space_is_republished_only_when_it_is_news(
     await trio.sleep(gossip_actor.FREE_BYTES_LOW_INTERVAL_S)
     gossiper.update_free_bytes(2 * GB)
     assert published() == (3, 2 * GB)
+
+
+async def test_members_coming_and_going_are_logged_at_info(tmp_path: Path) -> None:
+    """An operator running at info sees members leave (and turn suspect or dead)."""
+    import io
+    import json
+    import sys
+
+    from gridnode.log import configure_logging
+
+    out = io.StringIO()
+    configure_logging("info", json=True, stream=out)
+    try:
+        async with open_grid(tmp_path / "grid", 3) as grid:
+            leaving = grid.nodes[2]
+            leaving.shutdown()
+            with trio.fail_after(10):
+                while '"member_left"' not in out.getvalue():
+                    await trio.sleep(0.05)
+    finally:
+        configure_logging("warning", json=False, stream=sys.__stderr__)
+    entries = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    entry = next(e for e in entries if e["event"] == "member_left")
+    assert entry["level"] == "info" and entry["was"] == "alive"
+    assert entry["peer"] == leaving.identity.short_id
+    assert entry["address"] == leaving.transport.address

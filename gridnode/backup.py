@@ -197,7 +197,13 @@ async def upload_encoded(
             PlaceChunk(encoded.chunk_id, params.n, encoded.packet_size, rules),
         )
     except PlacementError as exc:
-        raise BackupFailed(f"cannot place packets: {exc}") from None
+        hint = ""
+        if exc.rule == "members":  # a grid smaller than the code (the default 10/30 needs 31)
+            hint = (
+                f"; redundancy {params} needs {params.n} other members: back up with a "
+                f"smaller --redundancy K/N (or set the config key 'redundancy')"
+            )
+        raise BackupFailed(f"cannot place packets: {exc}{hint}") from None
     try:
         uploaded: ChunkUploaded = await services.ask(
             services.packet_store,

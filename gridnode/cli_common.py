@@ -245,7 +245,7 @@ def add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     if init:
         p.add_argument("--label", action="append", help="failure-domain label NAME=VALUE")
-        p.add_argument("--redundancy", help="default K/N for backups (default 4/6)")
+        p.add_argument("--redundancy", help="default K/N for backups (default 10/30)")
         p.add_argument("--backup-proximity", help="default MIN:MAX from source (km or mi)")
         p.add_argument("--packet-proximity", help="default MIN:MAX between targets")
 

@@ -177,7 +177,10 @@ class NodeConfig:
     log_level: str = "warning"
     location_check: str = "enforce"
     labels: tuple[str, ...] = ()
-    redundancy: str = "4/6"
+    #: K/N erasure coding of backups.  10-of-30 keeps a 100 GB backup on home machines
+    #: (up a third of the day) under a 1 % yearly chance of losing any file
+    #: (docs/DURABILITY.md); a grid needs at least N members besides the source.
+    redundancy: str = "10/30"
     backup_proximity: str = ""
     packet_proximity: str = ""
     seal_payloads: bool = False
@@ -199,10 +202,22 @@ class NodeConfig:
     max_sessions: int = 512
     #: A session that carried nothing either way for this long is closed.
     session_idle_s: float = 120.0
-    #: A holder of this node's packets that has been out of the member view this long is
-    #: taken for gone: its packets are rebuilt on other holders (0 turns it off).  An hour
-    #: rides out a reboot or an update; much longer leaves chunks at k-of-n for long.
-    repair_after_s: float = 3600.0
+    #: A holder of this node's packets that the grid has not seen for this long is taken
+    #: for gone (counted from its last-seen time, kept in the catalog across restarts):
+    #: its packets are rebuilt on other holders (0 turns it off).  A week rides out the
+    #: nights and holidays of home machines; an hour would move every packet nightly.
+    repair_after_s: float = 604800.0
+    #: A chunk is repaired once this many of its holders are gone (1 repairs at the
+    #: first; 2 halves the repair traffic for little loss).  At most N - K; the default
+    #: is 2, or N - K for a thinner code.
+    repair_threshold: int = 2
+    #: How many members hold a repair capability for this node's snapshots, so that its
+    #: packets are repaired when this node is gone (``gridnode.delegation``); 0 turns
+    #: delegation off.  Two survive one delegate leaving with the source.
+    repair_delegates: int = 2
+    #: How long a delegate keeps a capability without renewal (renewed at half-time
+    #: while this node runs): how long repair outlives the source.
+    repair_lease_s: float = 30 * 86400.0
     #: The grid authority (from the grid file): the grid key's public half (hex) and where
     #: to subscribe.  Empty on an open grid (``gridnode grid create --open``).
     authority_key: str = ""
@@ -261,6 +276,9 @@ class NodeConfig:
             "max_sessions": self.max_sessions,
             "session_idle_s": self.session_idle_s,
             "repair_after_s": self.repair_after_s,
+            "repair_threshold": self.repair_threshold,
+            "repair_delegates": self.repair_delegates,
+            "repair_lease_s": self.repair_lease_s,
             "authority_key": self.authority_key,
             "authority_address": self.authority_address,
             "certificate_lifetime_s": self.certificate_lifetime_s,
@@ -440,6 +458,23 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         kwargs["bandwidth_bps"] = _int("bandwidth_bps", raw["bandwidth_bps"], 0, 10**13)
     if "control_port" in raw:
         kwargs["control_port"] = _int("control_port", raw["control_port"], 0, 65535)
+    from .logic.packing import ErasureParams
+
+    defaults = attrs.fields(NodeConfig)
+    params = ErasureParams.parse(str(kwargs.get("redundancy", defaults.redundancy.default)))
+    spare = max(1, params.n - params.k)  # losses a chunk survives; 1 for a k-of-k code
+    if "repair_threshold" in raw:
+        threshold = _int("repair_threshold", raw["repair_threshold"], 1, 256)
+        if threshold > spare:
+            raise ConfigError(
+                f"config key 'repair_threshold': {threshold} gone holders is more than a "
+                f"{params} chunk survives; use 1..{spare}"
+            )
+        kwargs["repair_threshold"] = threshold
+    else:
+        kwargs["repair_threshold"] = min(int(str(defaults.repair_threshold.default)), spare)
+    if "repair_delegates" in raw:
+        kwargs["repair_delegates"] = _int("repair_delegates", raw["repair_delegates"], 0, 16)
     if "max_sessions" in raw:
         kwargs["max_sessions"] = _int("max_sessions", raw["max_sessions"], 2, 1 << 20)
     if "max_frame_bytes" in raw:
@@ -453,6 +488,7 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         ("gossip_dead_reap_s", 1.0, 86400.0 * 7),
         ("session_idle_s", 0.1, 86400.0),
         ("repair_after_s", 0.0, 86400.0 * 365),
+        ("repair_lease_s", 2.0, 86400.0 * 90),
         ("certificate_lifetime_s", 2.0, 86400.0 * 3650),
         ("revocation_poll_s", 0.2, 86400.0),
         ("log_forward_s", 0.2, 86400.0),

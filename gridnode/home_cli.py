@@ -142,6 +142,7 @@ def init_home(
         "lon": config.lon,
         "allocated_bytes": config.allocated_bytes,
         "key_file": str(config.key_path),
+        "redundancy": config.redundancy,
     }
 
 
@@ -174,6 +175,11 @@ def cmd_init(args: argparse.Namespace) -> None:
         print(
             f"  listen {info['listen']}, location {info['city'] or info['lat']}, "
             f"allocation {format_bytes(info['allocated_bytes'])}"
+        )
+        n = int(str(info["redundancy"]).split("/")[1])
+        print(
+            f"  backups default to {info['redundancy']} erasure coding: they need a grid of "
+            f"{n + 1} members or more (on a smaller grid, back up with --redundancy K/N)"
         )
         print(
             f"  key file {info['key_file']}: keep a copy off this machine "

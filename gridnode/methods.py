@@ -152,6 +152,14 @@ def build_methods(node: Node) -> dict[str, Method]:
             "members": members,
             "membership_version": node.gossiper.membership.version,
             "jobs_running": node.request.running,
+            # Members holding a repair capability of this node's snapshots, and until when.
+            "repair_delegates": node.delegator.status() if node.delegator is not None else [],
+            # Capabilities this node holds for others (it is their delegate).
+            "delegated_to_me": node.repairer.leases() if node.repairer is not None else [],
+            "delegated_repair": {
+                "counters": dict(node.repairer.stats) if node.repairer is not None else {},
+                "problems": list(node.repairer.problems) if node.repairer is not None else [],
+            },
             "counters": {
                 **node.packet_store.stats,
                 **node.retriever.stats,

@@ -39,7 +39,7 @@ from protocol import (
 
 from .actors.assembler import Assembler
 from .actors.base import call
-from .actors.gossip import Gossiper, GossipIn, build_membership
+from .actors.gossip import Gossiper, GossipIn, build_membership, parse_labels
 from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
 from .actors.retriever import FetchChunk, Retriever
@@ -50,9 +50,11 @@ from .authority.client import SubscriptionClient
 from .authority.subscriptions import SubscriptionManager
 from .config import NodeConfig
 from .control import ControlServer, Emit
+from .delegation import Delegator, Repairer
 from .errors import PeerGone, RemoteError
 from .identity import NodeIdentity
 from .log import get_logger
+from .logic.placement import Member
 from .ratelimit import RateLimiter
 from .repair import AutoRepair
 from .services import Services
@@ -186,6 +188,8 @@ class Node:
         self._shutdown = trio.Event()
         self.gossiper: Gossiper | None = None
         self.auto_repair: AutoRepair | None = None
+        self.repairer: Repairer | None = None
+        self.delegator: Delegator | None = None
         self.stopped = trio.Event()
 
     # --- peer requests (RequestHandler for the transport) -------------------------------------
@@ -203,6 +207,10 @@ class Node:
             )
         if msg.KIND in ("forward_log", "get_revocations"):
             return await self._serve_authority(link, msg)
+        if msg.KIND in ("grant_repair", "get_repair_moves"):
+            if self.repairer is None:
+                raise RemoteError("not_ready", "this node is starting")
+            return await self.repairer.serve(msg, link.peer_id)
         if msg.KIND in ("usage_report", "get_account"):
             if self.metering is None:
                 raise RemoteError("not_authority", "this node is not the grid authority")
@@ -539,8 +547,12 @@ class Node:
                 },
                 after_s=config.repair_after_s,
                 tick_s=min(60.0, max(0.2, config.repair_after_s / 4)),
+                threshold=config.repair_threshold,
+                # Time for gossip to learn the view after a start, before an absence counts.
+                settle_s=min(config.repair_after_s, 4 * config.gossip_sync_interval_s),
             )
             await nursery.start(self.auto_repair.run)
+        await self._start_delegation(nursery)
         if self.subscription is not None:
             await nursery.start(self.subscription.run)
         if self.log_forwarder is not None:
@@ -551,6 +563,84 @@ class Node:
             await nursery.start(self.metering.run)
         if self.reporter is not None:
             await nursery.start(self.reporter.run)
+
+    async def _start_delegation(self, nursery: trio.Nursery) -> None:
+        """Repair that outlives the source (``gridnode.delegation``): every node can be a
+        delegate for others; with ``repair_delegates`` it also delegates its own."""
+        config, gossiper = self.config, self.gossiper
+        assert gossiper is not None
+
+        own = self.identity.node_id
+
+        def present() -> set[bytes]:
+            members = gossiper.members()
+            return {v.record.node_id for v in members if v.state in ("alive", "suspect")} | {own}
+
+        def members() -> list[Member]:
+            """The placement view with this node in it: a delegate may hold packets of the
+            chunks it repairs, and may take a rebuilt one itself."""
+            record = gossiper.membership.self_record
+            me = Member(
+                node_id=own,
+                lat=record.lat,
+                lon=record.lon,
+                free_bytes=self.packets.free_bytes,
+                labels=parse_labels(record.labels),
+            )
+            return [*gossiper.placement_view()[1], me]
+
+        async def fetch(chunk: Any, skip: frozenset[bytes]) -> Any:
+            """The chunk's packets from their holders, this node's own read from disk (a
+            delegate may hold some of the chunks it repairs; it has no session to itself)."""
+            fetched = await call(
+                self._retr_send, FetchChunk(chunk, all_packets=True, skip=skip | {own})
+            )
+            for packet in chunk.packets:
+                if packet.target == own and packet.target not in skip:
+                    data = await trio.to_thread.run_sync(
+                        self.packets.get, packet.packet_id, limiter=self.disk_limiter
+                    )
+                    if data is not None:  # verified against its id by the directory
+                        fetched.shares[packet.share] = data
+            return fetched
+
+        async def store_local(msg: Message) -> Message:
+            """A rebuilt packet this node keeps itself: as if a peer sent it (receipt and
+            all), charged to this node."""
+            answer: Message = await call(self._store_send, TargetRequest(msg, None, own, None))
+            return answer
+
+        tick_s = min(60.0, max(0.2, config.repair_after_s / 4)) if config.repair_after_s else 60.0
+        self.repairer = Repairer(
+            identity=self.identity,
+            home=config.home,
+            present=present,
+            members=members,
+            fetch=fetch,
+            link_for=self.link_for,
+            store_local=store_local,
+            cpu_limiter=self.cpu_limiter,
+            after_s=config.repair_after_s,
+            tick_s=tick_s,
+            request_timeout_s=config.request_timeout_s,
+            settle_s=min(config.repair_after_s, 4 * config.gossip_sync_interval_s),
+        )
+        await nursery.start(self.repairer.run)
+        if config.repair_delegates > 0:
+            self.delegator = Delegator(
+                services=self.services,
+                count=config.repair_delegates,
+                lease_s=config.repair_lease_s,
+                tick_s=max(1.0, tick_s),
+                after_s=config.repair_after_s or 3600.0,
+                lat=config.lat,
+                lon=config.lon,
+                present=present,
+                threshold=config.repair_threshold,
+            )
+            await nursery.start(self.delegator.run)
+            if self.auto_repair is not None:
+                self.auto_repair.before = self.delegator.take_moves
 
     async def _control_job(self, method: str, params: dict[str, Any], emit: Emit) -> Any:
         try:

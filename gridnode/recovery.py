@@ -30,12 +30,20 @@ import trio
 from protocol import GetRoot, PutRoot, RootData, RootStored, sign, verify
 
 from .actors.packet_store import root_signature_payload
+from .delegation import MoveRecord, apply_moves, asked_for_moves, gather_moves
 from .errors import GridError, PeerError
 from .log import get_logger
 from .services import Services
 from .storage.catalog import ChunkRecord, SnapshotRecord
 
-__all__ = ["RecoveryFailed", "fetch_root", "publish_root", "recover_catalog"]
+__all__ = [
+    "RecoveryFailed",
+    "collect_moves",
+    "delegates_of",
+    "fetch_root",
+    "publish_root",
+    "recover_catalog",
+]
 
 _log = get_logger(actor="request", job="recovery")
 
@@ -73,6 +81,9 @@ async def publish_root(services: Services) -> dict[str, Any]:
             # The backup log's chain head, so a node recovered from its key continues its
             # chain (roots published before it was added have none).
             "log_head": {"seq": head_seq, "hash": head_hash},
+            # Who may have moved this node's packets while it was gone (delegated
+            # repair): a recovered node takes move records from these members only.
+            "delegates": {k.hex(): v for k, v in catalog.delegates().items()},
         }
         return catalog.next_root_version(), seal(identity.record_key, root)
 
@@ -184,12 +195,27 @@ async def recover_catalog(
     catalog = services.catalog
     imported: list[str] = []
     skipped: list[str] = []
+    named = delegates_of(root)
+    delegates: set[bytes] = set(named)
+    moves = await collect_moves(services, delegates)  # adds members handed on to
+    moved = [0]
+
+    def moved_on(item: Any) -> Any:
+        """A chunk with the moves its repairers made while this node was gone."""
+        if not moves or not isinstance(item, ChunkRecord):
+            return item
+        chunk, taken = apply_moves(services.identity, item, moves, delegates)
+        moved[0] += taken
+        return chunk
+
     for item in root["snapshots"]:
         snap = item["snapshot"]
         if await services.db(catalog.snapshot, snap["snapshot_id"]) is not None:
             skipped.append(snap["snapshot_id"])
             continue
-        refs = [ChunkRecord.from_wire(r) for r in msgpack.unpackb(item["record"], raw=False)]
+        refs = [
+            moved_on(ChunkRecord.from_wire(r)) for r in msgpack.unpackb(item["record"], raw=False)
+        ]
         path = services.config.home / "tmp" / f"recover-{snap['snapshot_id']}.msgpack"
         path.parent.mkdir(exist_ok=True)
         snapshot = SnapshotRecord(
@@ -209,13 +235,24 @@ async def recover_catalog(
             await load_blob(services, refs, path)
             await services.db(
                 lambda s=snapshot, r=refs, p=path: catalog.import_snapshot(
-                    s, itertools.chain(read_record(p), r)
+                    s, map(moved_on, itertools.chain(read_record(p), r))
                 )
             )
         finally:
             path.unlink(missing_ok=True)
         imported.append(snapshot.snapshot_id)
     await services.db(catalog.set_root_version, version)
+    if delegates:
+        # A member handed the capability on to is trusted as a delegate from now on.
+        found = {n: named.get(n, time.time()) for n in delegates}
+        await services.db(catalog.set_delegates, {**found, **await services.db(catalog.delegates)})
+    if moved[0]:
+        # The records on the grid still name the old holders: rewrite them now, so the
+        # root published next points at the new ones.
+        from .repair import repair_holders
+
+        await services.db(catalog.mark_stale, imported)
+        await repair_holders(services, [])
     heads = [log_head_of(root)]
     if authority_head is not None:
         heads.append(await authority_head())
@@ -235,4 +272,36 @@ async def recover_catalog(
         "snapshots": imported,
         "already_present": skipped,
         "log_continues_after": continued,
+        "moves_taken": moved[0],
     }
+
+
+def delegates_of(root: dict[str, Any]) -> dict[bytes, float]:
+    """The delegates a root names (roots published before delegated repair name none)."""
+    raw = root.get("delegates")
+    if not isinstance(raw, dict):
+        return {}
+    found: dict[bytes, float] = {}
+    for key, expires in list(raw.items())[:1000]:
+        try:
+            node_id = bytes.fromhex(key)
+        except (TypeError, ValueError):
+            continue
+        if len(node_id) == 32 and isinstance(expires, int | float):
+            found[node_id] = float(expires)
+    return found
+
+
+async def collect_moves(services: Services, delegates: set[bytes]) -> dict[bytes, list[MoveRecord]]:
+    """Move records of ``delegates`` (those still in the view), and of members the
+    delegates handed the capability on to (their authority checked, then added to
+    ``delegates``), by chunk handle."""
+    alive = {node_id for node_id, _ in services.alive_members()}
+    own = services.identity.node_id
+    return await gather_moves(
+        services.link_for,
+        own,
+        asked_for_moves(own, delegates, alive - {own}, len(delegates)),
+        delegates,
+        timeout_s=ROOT_TIMEOUT_S,
+    )

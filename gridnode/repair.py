@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -56,6 +56,10 @@ _log = get_logger(actor="request")
 
 #: Chunks checked at once: each holds up to n packets in memory while it is checked.
 CONCURRENCY = 8
+#: After this node was off longer than the repair delay, its first run watches this
+#: long (at most the delay) before it counts a holder gone: a day sees a home machine's
+#: daily session.
+LONG_ABSENCE_SETTLE_S = 86400.0
 
 
 @attrs.define
@@ -78,18 +82,44 @@ def _rules_of(chunk: ChunkRecord) -> PlacementRules:
     return PlacementRules.from_wire(chunk.rules) if chunk.rules else PlacementRules()
 
 
+def gone_packets(chunk: ChunkRecord, gone: frozenset[bytes]) -> int:
+    return sum(1 for p in chunk.packets if p.target in gone)
+
+
+def effective_threshold(chunk: ChunkRecord, threshold: int) -> int:
+    """``repair_threshold`` for this chunk's own code: a thinner one (another policy's
+    redundancy) is repaired at its last spare packet at the latest."""
+    return max(1, min(threshold, chunk.n - chunk.k))
+
+
 async def _repair_chunk(
-    services: Services, chunk: ChunkRecord, tally: _Tally, gone: frozenset[bytes]
+    services: Services,
+    chunk: ChunkRecord,
+    tally: _Tally,
+    gone: frozenset[bytes],
+    threshold: int = 1,
 ) -> bool:
     """Check one chunk and restore its n packets; True when the catalog changed.
 
-    Holders in ``gone`` (out of the view for ``repair_after_s``) are not asked: a dead
-    address costs a connect timeout per chunk."""
-    fetched = await services.ask(services.retriever, FetchChunk(chunk, all_packets=True, skip=gone))
-    if not fetched.missing:
+    Holders in ``gone`` (not seen for ``repair_after_s``) are not asked: a dead address
+    costs a connect timeout per chunk.  The automatic repair (``gone`` given) touches a
+    chunk only once ``threshold`` of its holders are gone, and rebuilds only their
+    packets and those a holder answered for without them (lost or rotten): a holder that
+    merely does not answer now is a home machine asleep, not a loss.  A manual repair
+    (``gone`` empty) rebuilds every packet it could not fetch."""
+    if gone and gone_packets(chunk, gone) < effective_threshold(chunk, threshold):
         tally.chunks_healthy += 1
         return False
-    lost_shares = sorted({share for share, _, _ in fetched.missing})
+    fetched = await services.ask(services.retriever, FetchChunk(chunk, all_packets=True, skip=gone))
+    if gone:
+        lost_shares = sorted(
+            {s for s, t, _ in fetched.missing if t in gone or s in fetched.answered}
+        )
+    else:
+        lost_shares = sorted({share for share, _, _ in fetched.missing})
+    if not lost_shares:
+        tally.chunks_healthy += 1
+        return False
     if len(fetched.shares) < chunk.k:
         tally.chunks_lost += 1
         tally.problem(chunk, f"only {len(fetched.shares)} of the {chunk.k} packets needed survive")
@@ -127,18 +157,23 @@ async def _repair_chunk(
     new_target = {i: by_share[i].target for i in same}
     try:
         if moving:
+            # A holder kept while it sleeps (off now, not gone) is out of the placement
+            # view: it stays where it is but cannot be checked against the pairwise rules.
+            alive = {node_id for node_id, _ in services.alive_members()}
+            asleep = {t for t in held if t not in alive}
+            fixed = tuple(t for t in held if t not in asleep)
             targets = await services.ask(
                 services.sequencer,
                 PlaceChunk(
                     chunk_id=chunk.chunk_id,
-                    n=chunk.n,
+                    n=len(fixed) + len(moving),
                     packet_bytes=packet_bytes,
                     rules=rules,
-                    exclude=frozenset(by_share[i].target for i in moving),
-                    fixed=held,
+                    exclude=frozenset(by_share[i].target for i in moving) | asleep,
+                    fixed=fixed,
                 ),
             )
-            fresh = [t for t in targets if t not in held]
+            fresh = [t for t in targets if t not in fixed]
             new_target.update(zip(moving, fresh, strict=True))
         uploaded = await services.ask(
             services.packet_store,
@@ -153,7 +188,7 @@ async def _repair_chunk(
                 held=kept,
             ),
         )
-    except (PlacementError, UploadFailed) as exc:
+    except (PlacementError, UploadFailed, ValueError) as exc:
         tally.chunks_unrepaired += 1
         tally.problem(chunk, f"no new holders: {exc}")
         return False
@@ -238,8 +273,11 @@ async def repair(services: Services, snapshot: str | None, emit: Emit) -> dict[s
         return {**result, "snapshots": scope}
 
 
-async def repair_holders(services: Services, gone: Sequence[bytes]) -> dict[str, Any]:
-    """Repair only the chunks with a packet on ``gone`` (the automatic repair)."""
+async def repair_holders(
+    services: Services, gone: Sequence[bytes], *, threshold: int = 1
+) -> dict[str, Any]:
+    """Repair only the chunks with ``threshold`` or more packets on ``gone`` (the
+    automatic repair)."""
 
     async def pages() -> AsyncIterator[list[ChunkRecord]]:
         after = (b"", "")
@@ -253,7 +291,7 @@ async def repair_holders(services: Services, gone: Sequence[bytes]) -> dict[str,
         pass
 
     async with services.backup_lock:
-        return await _repair(services, pages(), quiet, log_as=None, gone=gone)
+        return await _repair(services, pages(), quiet, log_as=None, gone=gone, threshold=threshold)
 
 
 async def _repair(
@@ -263,6 +301,7 @@ async def _repair(
     *,
     log_as: str | None,
     gone: Sequence[bytes] = (),
+    threshold: int = 1,
 ) -> dict[str, Any]:
     from .recovery import publish_root
 
@@ -272,10 +311,11 @@ async def _repair(
     seen: set[tuple[bytes, str]] = set()
     limiter = trio.Semaphore(CONCURRENCY)
     last_progress = [0.0]
+    gone_set = frozenset(gone)
 
     async def one(chunk: ChunkRecord) -> None:
         try:
-            await _repair_chunk(services, chunk, tally, frozenset(gone))
+            await _repair_chunk(services, chunk, tally, gone_set, threshold)
         finally:
             tally.chunks_checked += 1
             limiter.release()
@@ -335,6 +375,7 @@ async def _repair(
             ok=ok,
             automatic=bool(gone),
             gone_holders=[g.hex()[:12] for g in gone],
+            threshold=threshold if gone else None,
             checked=tally.chunks_checked,
             repaired=tally.chunks_repaired,
             packets_rebuilt=tally.packets_rebuilt,
@@ -365,21 +406,46 @@ async def _repair(
 
 @attrs.define
 class AutoRepair:
-    """The node's own repair: packets whose holder stayed out of the view too long move.
+    """The node's own repair: packets of holders the grid has not seen for long move.
 
     Every ``tick_s`` it compares the holders of this node's packets with the members
-    gossip reports alive or suspect.  A holder missing for ``after_s`` in a row is taken
-    for gone and only the chunks with a packet on it are repaired (a targeted fetch, not
-    a full verify: a nightly full check of every packet would cost a full download).  A
-    holder whose chunks could not all be repaired is retried after another ``after_s``.
+    gossip reports alive or suspect, and records in the catalog when each holder was
+    last seen (wall clock).  A holder not seen for ``after_s`` is taken for gone; the
+    clock counts from the last sighting, so a restart of this node (or a week switched
+    off) does not restart it.  Only the chunks with ``threshold`` or more packets on
+    gone holders are repaired (a targeted fetch, not a full verify: a nightly full check
+    of every packet would cost a full download), and only the gone holders' packets
+    move.
+
+    A node just started sees nobody yet: a holder counts as gone only once this process
+    too has missed it for ``settle_s`` (time for gossip to learn the view), else a node
+    back from a long absence would rebuild everything at once.  The sightings are this
+    node's own, not the grid's: after this node was itself off for longer than
+    ``after_s`` (its own last tick is kept beside them), a holder it has not seen since
+    may simply be off right now, so its first run watches for ``LONG_ABSENCE_SETTLE_S``
+    (a day, at most ``after_s``: a daily cycle) before counting anyone gone.  A run is
+    retried after
+    another ``after_s`` while the gone holders stay the same; a newly gone one triggers
+    a run at once (it may bring more chunks to the threshold).
     """
 
     services: Services
     present: Callable[[], set[bytes]]
     after_s: float
     tick_s: float
-    missing_since: dict[bytes, float] = attrs.field(factory=dict)
+    threshold: int = 1
+    settle_s: float = 0.0
+    clock: Callable[[], float] = time.time
+    #: Set on the first tick: how long this process watches before counting anyone gone.
+    watch_s: float | None = None
+    #: When this process first missed each absent holder (trio clock).
+    missing_here: dict[bytes, float] = attrs.field(factory=dict)
+    #: When each gone holder was last part of a run (trio clock).
+    tried: dict[bytes, float] = attrs.field(factory=dict)
     runs: list[dict[str, Any]] = attrs.field(factory=list)
+    #: Runs before a repair: takes in the moves this node's delegates made while it was
+    #: away (``Delegator.take_moves``), so that it does not rebuild the same packets.
+    before: Callable[[], Awaitable[Any]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -390,22 +456,55 @@ class AutoRepair:
             except (GridError, OSError) as exc:
                 _log.warning("auto_repair_failed", error=str(exc))
 
-    async def tick(self) -> dict[str, Any] | None:
-        holders: set[bytes] = await self.services.db(self.services.catalog.holders)
-        now = trio.current_time()
+    async def gone(self) -> list[bytes]:
+        """Holders not seen for ``after_s``; records the sightings of this tick."""
+        catalog = self.services.catalog
+        holders: set[bytes] = await self.services.db(catalog.holders)
+        now, mono = self.clock(), trio.current_time()
         present = self.present()
-        for node_id in list(self.missing_since):
+        seen: dict[bytes, float] = await self.services.db(catalog.holders_seen)
+        own = self.services.identity.node_id  # never a holder: its row is this node's tick
+        if self.watch_s is None:
+            last_tick = seen.get(own)
+            self.watch_s = self.settle_s
+            if last_tick is not None and now - last_tick > self.after_s:
+                self.watch_s = max(self.settle_s, min(self.after_s, LONG_ABSENCE_SETTLE_S))
+        update = {n: now for n in holders & present}
+        # A holder never seen by this catalog (placed before the table existed, or by a
+        # repair) starts its clock at its first absence.
+        update.update({n: now for n in holders - present if n not in seen})
+        update[own] = now
+        await self.services.db(lambda: catalog.note_holders_seen(update, keep=holders | {own}))
+        seen.update(update)
+        for node_id in list(self.missing_here):
             if node_id not in holders or node_id in present:
-                del self.missing_since[node_id]
+                del self.missing_here[node_id]
+        for node_id in list(self.tried):
+            if node_id not in holders or node_id in present:
+                del self.tried[node_id]
         for node_id in holders - present:
-            self.missing_since.setdefault(node_id, now)
-        gone = sorted(n for n, since in self.missing_since.items() if now - since >= self.after_s)
-        if not gone or self.services.backup_lock.locked():
-            return None  # a backup or a manual repair is running: next tick
-        _log.info("auto_repair", gone=[g.hex()[:12] for g in gone])
-        result = await repair_holders(self.services, gone)
+            self.missing_here.setdefault(node_id, mono)
+        return sorted(
+            n
+            for n in holders - present
+            if now - seen[n] >= self.after_s and mono - self.missing_here[n] >= self.watch_s
+        )
+
+    async def tick(self) -> dict[str, Any] | None:
+        gone = await self.gone()
+        mono = trio.current_time()
+        due = [g for g in gone if mono - self.tried.get(g, -float("inf")) >= self.after_s]
+        if not due or self.services.backup_lock.locked():
+            return None  # nothing new, or a backup or a manual repair is running
+        if self.before is not None and await self.before():
+            holders = await self.services.db(self.services.catalog.holders)
+            gone = [g for g in gone if g in holders]
+            if not gone:
+                return None
+        _log.info("auto_repair", gone=[g.hex()[:12] for g in gone], threshold=self.threshold)
+        result = await repair_holders(self.services, gone, threshold=self.threshold)
         for node_id in gone:  # retried after another full wait if anything was left
-            self.missing_since[node_id] = trio.current_time()
+            self.tried[node_id] = trio.current_time()
         self.runs.append(result)
         del self.runs[:-10]
         return result

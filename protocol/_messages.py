@@ -549,3 +549,69 @@ class Account(Message):
     RESPONSE: ClassVar[bool] = True
     request_id: int = _request_id()
     account: str = attrs.field(metadata=bounded(max_len=MAX_ACCOUNT_TEXT))
+
+
+# --- delegated repair: an owner and the members it lets repair its packets (issue 15) -------
+#
+# Defined here, not in ``__all__`` above, so that other blocks appended to this module do
+# not collide with this one; ``protocol/__init__`` re-exports them by name.
+
+#: A capability names every packet of the owner's chunks (id, holder, delete tag): about
+#: 100 bytes a packet, so 8 MiB covers some 80,000 packets.  Larger catalogs need the
+#: capability split in parts (not done yet).
+MAX_CAPABILITY_BYTES: Final = 8 * 1024 * 1024
+#: Move records per ``RepairMoves`` answer (an encoded move is about 400 bytes).
+MAX_MOVES_PER_MESSAGE: Final = 512
+MAX_MOVE_BYTES: Final = 1024
+#: A holder's proof that it holds the owner's capability (the owner's grant and up to
+#: 16 signed hand-ons, about 150 bytes each).
+MAX_AUTHORITY_BYTES: Final = 8192
+
+
+@message("grant_repair")
+@attrs.frozen(kw_only=True)
+class GrantRepair(Message):
+    """The sending owner hands the receiver a repair capability (``gridnode.delegation``
+    defines it: signed by the owner, its body sealed to the receiver's key), or renews
+    it.  ``applied_through``: the owner has taken the receiver's move records up to this
+    number into its catalog, so the receiver may drop them."""
+
+    request_id: int = _request_id()
+    capability: bytes = attrs.field(metadata=bounded(min_len=1, max_len=MAX_CAPABILITY_BYTES))
+    applied_through: int = attrs.field(default=0, metadata=bounded(min_value=0))
+
+
+@message("repair_granted")
+@attrs.frozen(kw_only=True)
+class RepairGranted(Message):
+    """The capability is held until ``expires`` (seconds since the epoch)."""
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    version: int = attrs.field(metadata=bounded(min_value=0))
+    expires: float = attrs.field(metadata=bounded(min_value=0))
+
+
+@message("get_repair_moves")
+@attrs.frozen(kw_only=True)
+class GetRepairMoves(Message):
+    """The move records a repairer made for the sending node's packets, numbered above
+    ``after``: only the owner itself (the session's peer) is ever told its moves."""
+
+    request_id: int = _request_id()
+    after: int = attrs.field(default=0, metadata=bounded(min_value=0))
+
+
+@message("repair_moves")
+@attrs.frozen(kw_only=True)
+class RepairMoves(Message):
+    """Signed move records (``gridnode.delegation.MoveRecord``, encoded), oldest first;
+    ``more`` when the list was cut at the message bound."""
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    moves: tuple[bytes, ...] = attrs.field(metadata=bounded(max_len=MAX_MOVES_PER_MESSAGE))
+    more: bool = False
+    #: The repairer's capability authority (``gridnode.delegation.Authority``): how an
+    #: owner trusts moves of a member its delegates handed the capability on to.
+    authority: bytes = attrs.field(default=b"", metadata=bounded(max_len=MAX_AUTHORITY_BYTES))

@@ -165,6 +165,9 @@ class NodeSpec:
     allocate: str = "2GB"
     location_check: str = "off"
     labels: tuple[str, ...] = ()
+    #: The node's default K/N: the shipped 10/30 needs 31 members, a harness grid is a
+    #: handful.  ``extra`` may still set it (a later ``--set`` wins).
+    redundancy: str = "4/6"
     extra: tuple[str, ...] = ()  # more `--set KEY=VALUE` for init
     #: A command the node process runs under, e.g. ``("setpriv", "--reuid", "65534", ...)``
     #: to run it as another user or with fewer capabilities.
@@ -401,6 +404,8 @@ class LocalGrid:
             "gossip_dead_reap_s=600",
             "--set",
             "grace_period_s=2",
+            "--set",
+            f"redundancy={spec.redundancy}",
         ]
         for seed in seeds:
             args += ["--seed", seed]

@@ -8,13 +8,14 @@ burns down?*  This module answers that, for the policy the node really runs:
 * **The shipped policy**, read from ``gridnode.config`` defaults (so the figures follow
   when the defaults change): ``redundancy`` k-of-n, ``repair_after_s`` (a holder out of
   the member view this long is taken for gone), ``repair_delegates`` and
-  ``repair_lease_s``.  ``gridnode/repair.py`` repairs a chunk as soon as one of its
-  holders is gone (threshold r = n - 1) and then rebuilds *every* packet it could not
-  fetch, also those of holders that were only away; the rebuilt packets go to members
-  up at that moment.  The repairer's timer is in memory (``AutoRepair.missing_since``):
-  a holder counts as gone only once the repairer itself has watched it missing for
-  ``repair_after_s`` while running (detection "observed").  The alternative, a timer
-  kept from the grid's last-seen time ("last_seen"), is modelled for comparison.
+  ``repair_lease_s``, ``repair_threshold``.  ``gridnode/repair.py`` repairs a chunk
+  once ``repair_threshold`` of its holders are gone (r = n - that), counts a holder gone
+  from its last sighting kept in the catalog (detection "last_seen") and rebuilds only
+  the gone holders' packets (rebuild "gone").  The node before issue 15 repaired at the
+  first gone holder (r = n - 1), rebuilt *every* packet it could not fetch, also those
+  of holders that were only away, and kept its timer in memory (a holder gone only once
+  the running repairer had watched it missing for ``repair_after_s``: detection
+  "observed"); ``shipped_policy`` reads which one the node is.
 * **Availability.**  "home": machines on 20-50 % of the time in one session a day
   (most around a shared evening, the rest at any hour), a day skipped now and then,
   and a couple of multi-day absences a year.  "datacenter": always on except outages
@@ -104,6 +105,14 @@ Detection = Literal["observed", "last_seen"]
 Rebuild = Literal["unreachable", "gone"]
 
 
+def _hand_on_years() -> float | None:
+    try:
+        from gridnode.delegation import HANDON_S
+    except ImportError:
+        return None
+    return float(HANDON_S) / YEAR
+
+
 def shipped_policy() -> dict[str, Any]:
     """The node's defaults, read from ``gridnode.config`` so the model follows them."""
     from gridnode.config import NodeConfig
@@ -116,14 +125,23 @@ def shipped_policy() -> dict[str, Any]:
 
     k_text, n_text = str(default("redundancy", "4/6")).split("/")
     k, n = int(k_text), int(n_text)
+    # gridnode/repair.py: a chunk is repaired once ``repair_threshold`` of its holders are
+    # gone (r = n - that), counted from the last sighting kept in the catalog, and only
+    # the gone holders' packets are rebuilt.  A node without the key repaired at the
+    # first gone holder, on an in-memory timer, rebuilding every unreachable packet.
+    current = "repair_threshold" in fields
+    gone_count = min(int(default("repair_threshold", 1)), n - k)
     return {
         "k": k,
         "n": n,
-        # gridnode/repair.py: any chunk with a packet on a gone holder is repaired.
-        "repair_threshold": n - 1,
+        "repair_threshold": n - gone_count,
         "repair_after_s": float(default("repair_after_s", 3600.0)),
-        "detection": "observed",
+        "detection": "last_seen" if current else "observed",
+        "rebuild": "gone" if current else "unreachable",
         "repair_delegates": int(default("repair_delegates", 0)),
+        # Delegates hand the capability on (a signed chain, gridnode.delegation), within
+        # the owner's hand-on limit; versions without it let repair end with the lease.
+        "hand_on_years": _hand_on_years() if current else None,
         "repair_lease_s": float(default("repair_lease_s", 30 * DAY)),
     }
 
@@ -279,6 +297,7 @@ class Policy:
             repair_threshold=s["repair_threshold"],
             repair_after_s=s["repair_after_s"],
             detection=s["detection"],
+            rebuild=s["rebuild"],
         )
 
     @property
@@ -1175,6 +1194,19 @@ def run_user(mode: str = "full", seed: int = 1) -> dict[str, Any]:
     key = f"departures_{HEADLINE_DEPARTURES:.3f}"
     lost = results["source_lost"]["shipped"][key]
     with_delegates = lost["delegates_shipped_lease"] if delegates > 0 else lost["without_delegates"]
+    hand_on_years = shipped.get("hand_on_years")
+    if delegates > 0 and hand_on_years:
+        # The node ships hand-on (gridnode.delegation): delegates that leave are replaced,
+        # so repair goes on, bounded by the owner's signed hand-on limit.  After the limit
+        # repair stops with the chunks freshly repaired, so the time to 1 % from then on is
+        # about that of no delegates at all: a conservative sum.
+        renewed = lost["delegates_renewed"]
+        alone = lost["without_delegates"]["years_to_1pct"]
+        bounded = None if alone is None else hand_on_years + alone
+        years = renewed["years_to_1pct"]
+        if years is None or (bounded is not None and years > bounded):
+            years = bounded
+        with_delegates = {**renewed, "years_to_1pct": years}
     results["recommendation"] = {
         "redundancy": f"{bk}/{bn}",
         "repair_threshold": chosen_r,

@@ -159,6 +159,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP TABLE entries;
     ALTER TABLE entries_v2 RENAME TO entries
     """,
+    # 3: when each holder of this node's packets was last seen in the member view (wall
+    # clock), so that the repair delay survives a restart (``gridnode.repair``).
+    """
+    CREATE TABLE holder_seen (node_id BLOB PRIMARY KEY, last_seen REAL NOT NULL) WITHOUT ROWID
+    """,
 )
 
 _GENESIS: Final = b"\x00" * 32
@@ -1047,6 +1052,76 @@ class Catalog:
             .execute("SELECT COUNT(*) FROM packets WHERE target = ?", (target,))
             .fetchone()[0]
         )
+
+    # --- automatic repair (gridnode.repair) ------------------------------------------------------
+
+    def holders_seen(self) -> dict[bytes, float]:
+        """Per holder, when the member view last had it (wall clock)."""
+        return {
+            bytes(r[0]): float(r[1])
+            for r in self._db().execute("SELECT node_id, last_seen FROM holder_seen")
+        }
+
+    def note_holders_seen(
+        self, seen: dict[bytes, float], *, keep: Iterable[bytes] | None = None
+    ) -> None:
+        """Record last-seen times (a later time wins) and, given ``keep``, forget every
+        other node: one transaction, so a crash leaves the old times whole."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO holder_seen(node_id, last_seen) VALUES (?, ?) ON CONFLICT(node_id)"
+                " DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+                sorted(seen.items()),
+            )
+            if keep is not None:
+                wanted = set(keep)
+                doomed = [
+                    (r[0],)
+                    for r in db.execute("SELECT node_id FROM holder_seen")
+                    if bytes(r[0]) not in wanted
+                ]
+                db.executemany("DELETE FROM holder_seen WHERE node_id = ?", doomed)
+
+    # --- delegated repair (gridnode.delegation) --------------------------------------------------
+
+    def chunks_in_use(self) -> Iterator[ChunkRecord]:
+        """Every chunk some snapshot uses (data and record pieces), each once: what a
+        repair capability maps.  Holds this thread's cursor: drain it in one thread."""
+        db = self._db()
+        cur = db.execute(
+            "SELECT c.chunk_id, c.plain_size, c.cipher_size, c.compressed, c.k, c.n, c.rules,"
+            " c.domain, c.policy FROM chunks c WHERE EXISTS (SELECT 1 FROM snapshot_chunks sc"
+            " WHERE sc.chunk_id = c.chunk_id AND sc.policy = c.policy)"
+            " ORDER BY c.chunk_id, c.policy"
+        )
+        for row in cur:
+            yield self._chunk_from_row(db, row)
+
+    def mark_stale(self, snapshot_ids: Iterable[str]) -> None:
+        """Records on the grid that name holders the catalog no longer has (moves taken
+        in at recovery): the next repair run rewrites them."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            self._set_stale(db, set(self._stale(db)) | set(snapshot_ids))
+
+    def delegates(self) -> dict[bytes, float]:
+        """Members that held a repair capability of this node, and until when: whose
+        move records this node trusts (the recovery root carries them)."""
+        row = self._db().execute("SELECT value FROM profile WHERE key = 'delegates'").fetchone()
+        return {bytes.fromhex(k): float(v) for k, v in json.loads(row[0]).items()} if row else {}
+
+    def set_delegates(self, delegates: dict[bytes, float]) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO profile(key, value) VALUES ('delegates', ?)",
+            (json.dumps({k.hex(): v for k, v in sorted(delegates.items())}),),
+        )
+
+    def root_version(self) -> int:
+        row = self._db().execute("SELECT version FROM recovery_root WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
 
     # --- the global backup log -------------------------------------------------------------------
 

@@ -68,6 +68,8 @@ async def open_grid(
                 "gossip_probe_interval_s": 0.5,
                 "gossip_sync_interval_s": 2,
                 "grace_period_s": 0.5,
+                # The shipped 10/30 needs 31 members; test grids are a handful.
+                "redundancy": "4/6",
                 **(settings or {}),
             }
             config = build_config(tmp_path / f"n{i}", values)
@@ -117,6 +119,7 @@ async def open_authority_grid(
         "location_check": "off",
         "gossip_probe_interval_s": 0.5,
         "grace_period_s": 0.5,
+        "redundancy": "4/6",
         **(settings or {}),
     }
     create_authority_home(

@@ -69,3 +69,21 @@ def test_repair_marks_every_complete_snapshot_using_the_chunk(tmp_path: Path) ->
     assert reopened.stale_records() == ["s2"]
     reopened.record_rewritten("s2")
     assert reopened.stale_records() == []
+
+
+def test_holder_sightings_survive_a_reopen_and_only_move_forward(tmp_path: Path) -> None:
+    """The repair delay counts from a holder's last sighting: kept in the catalog, so a
+    restart of the node does not start the clock again."""
+    key = SigningKey.generate()
+    a, b, c = b"A" * 32, b"B" * 32, b"C" * 32
+    catalog = Catalog(tmp_path / "catalog.sqlite", signing_key=key)
+    assert catalog.holders_seen() == {}
+    catalog.note_holders_seen({a: 100.0, b: 200.0})
+    catalog.note_holders_seen({a: 50.0, c: 300.0})  # an older sighting never wins
+    assert catalog.holders_seen() == {a: 100.0, b: 200.0, c: 300.0}
+    catalog.close()
+
+    reopened = Catalog(tmp_path / "catalog.sqlite", signing_key=key)
+    assert reopened.holders_seen() == {a: 100.0, b: 200.0, c: 300.0}
+    reopened.note_holders_seen({b: 250.0}, keep=[a, b])  # c holds nothing any more
+    assert reopened.holders_seen() == {a: 100.0, b: 250.0}

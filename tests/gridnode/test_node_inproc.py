@@ -318,7 +318,7 @@ async def test_a_holder_gone_for_repair_after_s_has_its_packets_rebuilt_elsewher
     tmp_path: Path,
 ) -> None:
     tree = write_tree(tmp_path)
-    settings = {"repair_after_s": 1.0}
+    settings = {"repair_after_s": 1.0, "repair_threshold": 1}
     async with open_grid(tmp_path / "grid", 8, settings=settings) as grid:
         source = grid.nodes[0]
         snap = (await grid.call(0, "backup", paths=[str(tree)]))["snapshot_id"]

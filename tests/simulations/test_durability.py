@@ -378,7 +378,9 @@ def test_shipped_policy_follows_the_node_config() -> None:
     k, n = (int(x) for x in str(fields["redundancy"].default).split("/"))
     shipped = ud.Policy.shipped()
     assert (shipped.k, shipped.n) == (k, n)
-    assert shipped.repair_threshold == n - 1  # repair.py: one gone holder is enough
+    # repair.py: a chunk is repaired once ``repair_threshold`` of its holders are gone.
+    assert shipped.repair_threshold == n - fields["repair_threshold"].default
+    assert (shipped.detection, shipped.rebuild) == ("last_seen", "gone")
     assert shipped.repair_after_s == fields["repair_after_s"].default
     delegates = fields["repair_delegates"].default if "repair_delegates" in fields else 0
     assert ud.shipped_policy()["repair_delegates"] == delegates

@@ -8,6 +8,7 @@ node that then misbehaves.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import tomllib
 from collections.abc import Mapping
@@ -53,6 +54,22 @@ def parse_address(text: str, *, key: str = "address") -> tuple[str, int]:
     if not 0 <= number <= 65535:
         raise ConfigError(f"config key {key!r}: port {number} out of range")
     return host, number
+
+
+def check_metrics_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` on a loopback address, or ConfigError naming the key: the metrics
+    say which members a node talks to and how much it holds (``gridnode.metrics``)."""
+    host, port = parse_address(address, key="metrics_listen")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(
+            f"config key 'metrics_listen': {address!r} is not a loopback address; the "
+            "metrics endpoint serves only this machine (127.0.0.1 or ::1)"
+        )
+    return host, port
 
 
 def _toml_value(value: Any) -> str:
@@ -188,6 +205,9 @@ class NodeConfig:
     #: Unused since the control channel became a Unix socket (``gridnode/control.py``);
     #: still read and written so that existing config files load unchanged.
     control_port: int = 0
+    #: ``HOST:PORT`` on loopback for the Prometheus endpoint (``gridnode.metrics``);
+    #: empty turns it off.
+    metrics_listen: str = ""
     grace_period_s: float = 3.0
     request_timeout_s: float = 30.0
     #: Time a new connection gets for the websocket upgrade and the session handshake
@@ -267,6 +287,7 @@ class NodeConfig:
             "seal_payloads": self.seal_payloads,
             "bandwidth_bps": self.bandwidth_bps,
             "control_port": self.control_port,
+            "metrics_listen": self.metrics_listen,
             "grace_period_s": self.grace_period_s,
             "request_timeout_s": self.request_timeout_s,
             "handshake_timeout_s": self.handshake_timeout_s,
@@ -458,6 +479,9 @@ def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
         kwargs["bandwidth_bps"] = _int("bandwidth_bps", raw["bandwidth_bps"], 0, 10**13)
     if "control_port" in raw:
         kwargs["control_port"] = _int("control_port", raw["control_port"], 0, 65535)
+    if raw.get("metrics_listen"):
+        check_metrics_address(str(raw["metrics_listen"]))
+        kwargs["metrics_listen"] = str(raw["metrics_listen"])
     from .logic.packing import ErasureParams
 
     defaults = attrs.fields(NodeConfig)

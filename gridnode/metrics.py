@@ -15,7 +15,6 @@ HTTP itself, on the node's trio loop, and collects at each scrape from there.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -25,7 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import ConfigError, parse_address
+from .config import check_metrics_address
 from .log import get_logger
 
 if TYPE_CHECKING:
@@ -41,21 +40,6 @@ MAX_CONNECTIONS: Final = 8
 REQUEST_TIMEOUT_S: Final = 5.0
 MAX_REQUEST_BYTES: Final = 8192
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def check_metrics_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` on a loopback address, or ConfigError naming the key."""
-    host, port = parse_address(address, key="metrics_listen")
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
-        raise ConfigError(
-            f"config key 'metrics_listen': {address!r} is not a loopback address; the "
-            "metrics endpoint serves only this machine (127.0.0.1 or ::1)"
-        )
-    return host, port
 
 
 class MetricsCollector(Collector):

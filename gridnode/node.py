@@ -563,6 +563,13 @@ class Node:
             await nursery.start(self.metering.run)
         if self.reporter is not None:
             await nursery.start(self.reporter.run)
+        if self.config.metrics_listen:
+            from .metrics import serve_metrics  # prometheus-client, only when asked for
+
+            self.metrics_port = await nursery.start(serve_metrics, self, self.config.metrics_listen)
+
+    #: The port the metrics endpoint listens on (None: off).
+    metrics_port: int | None = None
 
     async def _start_delegation(self, nursery: trio.Nursery) -> None:
         """Repair that outlives the source (``gridnode.delegation``): every node can be a

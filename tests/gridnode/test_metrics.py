@@ -66,3 +66,15 @@ async def test_a_scrape_shows_storage_members_sessions_and_backup_age(tmp_path: 
         assert re.search(r'^gridnode_store_events_total\{event="packets_stored"\} \d', body, re.M)
         assert (await _get(port, "/other"))[0] == "HTTP/1.1 404 Not Found"
         nursery.cancel_scope.cancel()
+
+
+async def test_the_node_serves_metrics_when_configured(tmp_path: Path) -> None:
+    async with open_grid(tmp_path / "grid", 2, settings={"metrics_listen": "127.0.0.1:0"}) as grid:
+        port = grid.nodes[0].metrics_port
+        assert port is not None
+        status, body = await _get(port)
+        assert status == "HTTP/1.1 200 OK" and "gridnode_members" in body
+    with pytest.raises(ConfigError, match="loopback"):
+        from gridnode.config import build_config
+
+        build_config(tmp_path / "x", {"grid_id": "00" * 16, "metrics_listen": "0.0.0.0:9474"})

@@ -83,6 +83,9 @@ def test_account_shows_usage_credits_and_invoices_and_survives_an_authority_outa
         n1_id = grid.status("n1")["node_id"]
         assert clients[n1_id]["usage"]["source_bytes"] == account["usage"]["source_bytes"]
 
+        # n1's own account once it has an invoice: what it shows while the authority is
+        # down is the last account it fetched.
+        wait_for(lambda: grid.cli("n1", "account")["invoices"], 20, "n1 gets an invoice")
         # The authority is killed for longer than a billing period: reports queue.
         grid.kill("auth")
         down = wait_for(

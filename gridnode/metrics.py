@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,7 +28,27 @@ from .config import check_metrics_address
 from .log import get_logger
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .actors.gossip import Gossiper
+    from .actors.packet_store import PacketStore
+    from .actors.request import RequestActor
+    from .actors.retriever import Retriever
+    from .services import Services
+    from .storage.packets import PacketDirectory
+    from .transport import Transport
+
+
+class Node(Protocol):
+    """What a scrape reads of the node (``gridnode.node.Node`` has it all); named here so
+    this module does not import the node that starts it."""
+
+    packets: PacketDirectory
+    transport: Transport
+    gossiper: Gossiper | None
+    request: RequestActor
+    packet_store: PacketStore
+    retriever: Retriever
+    services: Services
+
 
 __all__ = ["MetricsCollector", "check_metrics_address", "serve_metrics"]
 

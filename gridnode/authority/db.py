@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +37,7 @@ import attrs
 from protocol import Allocations
 
 from ..storage.migrations import apply_migrations
+from ..storage.sqlite import ThreadConnections
 
 __all__ = ["AuthorityDB", "CertificateRow", "SubscriptionRow"]
 
@@ -207,24 +207,14 @@ class CertificateRow:
 class AuthorityDB:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            path.touch(mode=0o600)
+        # FULL: every change here is a promise to a node or to the operator (a contract,
+        # a revocation); it is small and rare, so make each durable when committed.
+        self._db = ThreadConnections(
+            path, timeout_s=30, pragmas=("synchronous=FULL",), private=True
+        )
         self._migrate()
 
     # --- connections and schema ----------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            # FULL: every change here is a promise to a node or to the operator (a contract,
-            # a revocation); it is small and rare, so make each durable when committed.
-            db.execute("PRAGMA synchronous=FULL")
-            self._local.db = db
-        return db
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -236,10 +226,7 @@ class AuthorityDB:
             yield db
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._db.close()
 
     @property
     def schema_version(self) -> int:

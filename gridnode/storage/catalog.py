@@ -48,6 +48,7 @@ from protocol import sign, verify
 
 from ..names import escape
 from .migrations import apply_migrations
+from .sqlite import ThreadConnections
 
 __all__ = [
     "HOLE",
@@ -450,30 +451,21 @@ class Catalog:
         self.path = path
         self._signing_key = signing_key
         self._node_id = bytes(signing_key.verify_key)
-        self._local = threading.local()
         self._log_lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            path.touch(mode=0o600)
+        self._db = ThreadConnections(
+            path,
+            timeout_s=60,
+            # NORMAL: in WAL mode a commit survives a crash of this process but may be lost
+            # with the OS; the facts a user is told about (a complete snapshot, a log entry)
+            # are committed under FULL (``_durable``), which makes the WAL durable up to
+            # them.  One connection per worker thread that ever touches the catalog: keep
+            # each page cache small (1 MiB) so a long backup's memory does not grow with it.
+            pragmas=("synchronous=NORMAL", "foreign_keys=ON", "cache_size=-1024"),
+            private=True,
+        )
         self._migrate()
 
     # --- connections and schema ----------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL: in WAL mode a commit survives a crash of this process but may be lost
-            # with the OS; the facts a user is told about (a complete snapshot, a log entry)
-            # are committed under FULL (``_durable``), which makes the WAL durable up to them.
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            # One connection per worker thread that ever touches the catalog: keep each
-            # page cache small (1 MiB) so a long backup's memory does not grow with it.
-            db.execute("PRAGMA cache_size=-1024")
-            self._local.db = db
-        return db
 
     @staticmethod
     @contextlib.contextmanager
@@ -487,10 +479,7 @@ class Catalog:
             db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._db.close()
 
     @property
     def schema_version(self) -> int:

@@ -26,7 +26,6 @@ One connection per thread (sqlite3 objects are not shareable).
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -36,6 +35,7 @@ import attrs
 from protocol import MAX_ROOT_BYTES
 
 from .migrations import apply_migrations
+from .sqlite import ThreadConnections
 
 __all__ = [
     "MAX_ROOTS_PER_OWNER",
@@ -123,7 +123,9 @@ class StoredRoot:
 class Holdings:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._local = threading.local()
+        self._db = ThreadConnections(
+            path, timeout_s=30, pragmas=("synchronous=NORMAL", "cache_size=-512")
+        )
         self._migrate()
 
     @property
@@ -132,16 +134,6 @@ class Holdings:
 
     def _migrate(self) -> None:
         apply_migrations(self._db(), MIGRATIONS, what="holdings", path=self.path)
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA cache_size=-512")
-            self._local.db = db
-        return db
 
     def add_tag(self, packet_id: bytes, owner_tag: bytes) -> None:
         self.add_tags([(packet_id, owner_tag)])

@@ -448,6 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_authority_parsers(sub)
     add_account_parser(sub)
 
+    config = sub.add_parser("config", help="this home's configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    p = config_sub.add_parser(
+        "show", help="every key as the node reads it, and which differ from the defaults"
+    )
+    add_home(p)
+    add_json(p)
+    p.set_defaults(fn=lazy("gridnode.home_cli", "cmd_config_show"))
+
     p = sub.add_parser("run", help="run the node until SIGINT/SIGTERM")
     add_home(p)
     add_node_settings(p, init=False)
@@ -680,6 +689,7 @@ EXAMPLES: Final = {
     "subscribe": "gridnode subscribe --home ~/gn --invite inv-...",
     "account": "gridnode account --home ~/gn",
     "run": "gridnode run --home ~/gn --log-level info",
+    "config show": "gridnode config show --home ~/gn",
     "status": "gridnode status --home ~/gn",
     "snapshots": "gridnode snapshots --home ~/gn",
     "log": "gridnode log --home ~/gn",
@@ -779,6 +789,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except KeyboardInterrupt:
         print("gridnode: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # `gridnode ls ... | head`: the reader has what it wanted.  Point stdout at
+        # /dev/null so the interpreter's final flush does not complain (Python's docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_ERROR)
     except OSError as exc:
         print(
             f"gridnode: error: {exc.strerror or exc}"

@@ -267,8 +267,9 @@ class NodeConfig:
     def key_path(self) -> Path:
         return self.home / "node.key"
 
-    def to_toml(self) -> str:
-        values: dict[str, Any] = {
+    def to_values(self) -> dict[str, Any]:
+        """Every key as the config file spells it (``gridnode config show`` too)."""
+        return {
             "grid_id": self.grid_id.hex(),
             "grid_name": self.grid_name,
             "listen": self.listen_address,
@@ -308,7 +309,11 @@ class NodeConfig:
             "billing_period_s": self.billing_period_s,
             "usage_report_interval_s": self.usage_report_interval_s,
         }
-        return dump_toml(values, header="gridnode node configuration (written by gridnode init)")
+
+    def to_toml(self) -> str:
+        return dump_toml(
+            self.to_values(), header="gridnode node configuration (written by gridnode init)"
+        )
 
     def save(self) -> None:
         atomic_write(self.config_path, self.to_toml().encode("utf-8"))

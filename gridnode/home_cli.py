@@ -24,7 +24,15 @@ from .log import configure_logging
 from .trioutil import collapse_groups
 from .units import format_bytes
 
-__all__ = ["cmd_grid_create", "cmd_init", "cmd_key", "cmd_run", "init_home", "init_values"]
+__all__ = [
+    "cmd_config_show",
+    "cmd_grid_create",
+    "cmd_init",
+    "cmd_key",
+    "cmd_run",
+    "init_home",
+    "init_values",
+]
 
 
 def cmd_grid_create(args: argparse.Namespace) -> None:
@@ -252,3 +260,22 @@ def cmd_key(args: argparse.Namespace) -> None:
         print(f"key written to {out} (mode 600)")
     else:
         print(identity.printable_id)
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    """The home's configuration as the node reads it: every key, and which ones differ
+    from the defaults of this version (what a changed default will not reach)."""
+    home = resolve_home(args)
+    if not (home / CONFIG_NAME).exists():
+        raise CliError(f"{home} is not a node home (no {CONFIG_NAME}); `gridnode init` makes one")
+    config = load_config(home)
+    values = config.to_values()
+    defaults = build_config(home, {"grid_id": config.grid_id.hex()}).to_values()
+    changed = sorted(k for k, v in values.items() if defaults.get(k) != v)
+    if args.json:
+        print_json({"home": str(home), "values": values, "changed": changed})
+        return
+    for key, value in values.items():
+        mark = "*" if key in changed else " "
+        print(f"{mark} {key} = {value!r}")
+    print("(* differs from this version's default)")

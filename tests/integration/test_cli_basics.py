@@ -4,6 +4,7 @@ node, each through the real ``gridnode`` command in its own process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -41,6 +42,10 @@ def test_version_coordinates_key_export_and_stop(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     config = load_config(home)
     assert (config.lat, config.lon) == (-33.87, 151.21)
+    done = gridnode("config", "show", "--home", str(home), "--json")
+    shown = json.loads(done.stdout)
+    assert shown["values"]["latitude"] == -33.87 and shown["values"]["redundancy"] == "10/30"
+    assert "latitude" in shown["changed"] and "redundancy" not in shown["changed"]
     done = gridnode("key", "export", "--home", str(home))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "needs --out" in done.stderr

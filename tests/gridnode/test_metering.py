@@ -74,6 +74,31 @@ def report(
     ).encode()
 
 
+def make_reporter(
+    home: Path,
+    grid: bytes,
+    key: SigningKey,
+    metering: Metering,
+    clock: Clock,
+    connect: Any,
+    **settings: Any,
+) -> UsageReporter:
+    """A node's reporter against ``metering``, reached through ``connect``."""
+    values: dict[str, Any] = {"target_bytes": lambda: 0, **settings}
+    return UsageReporter(
+        home=home,
+        grid_id=grid,
+        signing_key=key,
+        authority_key=metering.public_key,
+        authority_address="127.0.0.1:1",
+        connect=connect,
+        traffic=TrafficMeter(),
+        interval_s=1,
+        clock=clock,
+        **values,
+    )
+
+
 def refused(fn: Any, *args: Any) -> str:
     with pytest.raises(MeteringError) as err:
         fn(*args)
@@ -217,18 +242,7 @@ async def test_reports_queue_while_the_authority_is_down_and_count_once(tmp_path
     home.mkdir()
 
     def reporter() -> UsageReporter:
-        return UsageReporter(
-            home=home,
-            grid_id=grid,
-            signing_key=key,
-            authority_key=metering.public_key,
-            authority_address="127.0.0.1:1",
-            connect=connect,
-            traffic=TrafficMeter(),
-            target_bytes=lambda: 1234,
-            interval_s=1,
-            clock=clock,
-        )
+        return make_reporter(home, grid, key, metering, clock, connect, target_bytes=lambda: 1234)
 
     rep = reporter()
     link.down = True
@@ -343,22 +357,12 @@ def test_served_bytes_are_reported_once_and_survive_a_restart(tmp_path: Path) ->
     home.mkdir()
     served = [0]
 
-    def reporter() -> UsageReporter:
-        async def connect(address: str) -> Any:
-            raise AssertionError("not delivered in this test")
+    async def connect(address: str) -> Any:
+        raise AssertionError("not delivered in this test")
 
-        return UsageReporter(
-            home=home,
-            grid_id=grid,
-            signing_key=key,
-            authority_key=metering.public_key,
-            authority_address="127.0.0.1:1",
-            connect=connect,
-            traffic=TrafficMeter(),
-            target_bytes=lambda: 0,
-            interval_s=1,
-            clock=clock,
-            served_bytes=lambda: served[0],
+    def reporter() -> UsageReporter:
+        return make_reporter(
+            home, grid, key, metering, clock, connect, served_bytes=lambda: served[0]
         )
 
     rep = reporter()

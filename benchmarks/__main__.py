@@ -35,6 +35,7 @@ import attrs
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 ORDER: Final = (
     "pipeline", "transport", "grid", "memory", "placement", "gossip", "durability", "cli",
+    "delegation",
 )  # fmt: skip
 #: Benchmarks that may be absent (another engineer's, still to come): skipped, not failed.
 OPTIONAL: Final = frozenset({"gossip"})
@@ -45,8 +46,9 @@ _MODULES: Final = {
     "memory": "benchmarks.bench_memory",
     "placement": "benchmarks.bench_placement",
     "gossip": "benchmarks.bench_gossip",
-    "durability": "simulations.durability",
+    "durability": "simulations.durability_suite",
     "cli": "benchmarks.bench_cli",
+    "delegation": "benchmarks.bench_delegation",
 }
 
 Runner = Callable[[bool], dict[str, Any]]
@@ -371,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import importlib.util
 
         if importlib.util.find_spec("matplotlib") is None:
-            from simulations.durability import PLOTS_NEED
+            from simulations.durability_suite import PLOTS_NEED
 
             print(f"note: {PLOTS_NEED}; every figure is still in the JSON", file=sys.stderr)
     started = time.perf_counter()

@@ -393,7 +393,7 @@ def cmd_recover(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from simulations.demo import run_demo
+    from .demo import run_demo
 
     ok = run_demo(args)
     if not ok:

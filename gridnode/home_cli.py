@@ -19,9 +19,9 @@ import trio
 
 from .cli_common import CliError, print_json, resolve_home
 from .config import CONFIG_NAME, GridFile, build_config, load_config, parse_address
+from .exception_groups import collapse_groups
 from .identity import NodeIdentity, load_identity, read_key_argument
 from .log import configure_logging
-from .trioutil import collapse_groups
 from .units import format_bytes
 
 __all__ = [

@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .job_services import Services
 from .names import escape, from_arg
 from .restore import SnapshotNotFound, resolve
-from .services import Services
-from .storage.catalog import HOLE, EntryRecord
+from .storage.records import HOLE, EntryRecord
 
 __all__ = ["diff_snapshots", "entry_json", "find_in_snapshots", "list_snapshot"]
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .actors.packet_store import PacketStore
     from .actors.request import RequestActor
     from .actors.retriever import Retriever
-    from .services import Services
+    from .job_services import Services
     from .storage.packets import PacketDirectory
     from .transport import Transport
 

@@ -38,7 +38,7 @@ from protocol import (
 )
 
 from .actors.assembler import Assembler
-from .actors.base import call
+from .actors.calls import call
 from .actors.gossip import Gossiper, GossipIn, build_membership, parse_labels
 from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
@@ -50,14 +50,15 @@ from .authority.client import SubscriptionClient
 from .authority.subscriptions import SubscriptionManager
 from .config import NodeConfig
 from .control import ControlServer, Emit
+from .control_methods import build_methods
 from .delegation import Delegator, Repairer
 from .errors import PeerGone, RemoteError
 from .identity import NodeIdentity
+from .job_services import Services
 from .log import get_logger
-from .logic.placement import Member
+from .logic.placement.members import Member
 from .ratelimit import RateLimiter
 from .repair import AutoRepair
-from .services import Services
 from .storage.catalog import Catalog
 from .storage.holdings import Holdings
 from .storage.packets import PacketDirectory
@@ -207,7 +208,7 @@ class Node:
             )
         if msg.KIND in ("forward_log", "get_revocations"):
             return await self._serve_authority(link, msg)
-        if msg.KIND in ("grant_repair", "get_repair_moves"):
+        if msg.KIND in ("grant_repair", "grant_repair_part", "get_repair_moves"):
             if self.repairer is None:
                 raise RemoteError("not_ready", "this node is starting")
             return await self.repairer.serve(msg, link.peer_id)
@@ -525,8 +526,6 @@ class Node:
             link_for=self.link_for,
             allocations=self.admission.own_allocations,
         )
-        from .methods import build_methods
-
         self.request = RequestActor(inbound=req_recv, methods=build_methods(self))
         await nursery.start(self.request.run)
         await nursery.start(self.gossiper.run)

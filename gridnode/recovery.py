@@ -21,157 +21,31 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any
 
-import blake3
 import msgpack
-import trio
 
-from protocol import GetRoot, PutRoot, RootData, RootStored, sign, verify
-
-from .actors.packet_store import root_signature_payload
 from .delegation import MoveRecord, apply_moves, asked_for_moves, gather_moves
-from .errors import GridError, PeerError
+from .errors import GridError
+from .job_services import Services
 from .log import get_logger
-from .services import Services
-from .storage.catalog import ChunkRecord, SnapshotRecord
+from .record_store import load_blob, read_record
+from .recovery_root import ROOT_TIMEOUT_S, fetch_root, log_head_of
+from .repair import repair_holders
+from .storage.records import ChunkRecord, SnapshotRecord
 
 __all__ = [
     "RecoveryFailed",
     "collect_moves",
     "delegates_of",
-    "fetch_root",
-    "publish_root",
     "recover_catalog",
 ]
 
 _log = get_logger(actor="request", job="recovery")
 
-#: How many members keep a copy of the root (any one suffices to recover).
-ROOT_COPIES: Final = 6
-ROOT_TIMEOUT_S: Final = 10.0
-
 
 class RecoveryFailed(GridError):
     pass
-
-
-def _holders(services: Services) -> list[tuple[bytes, str]]:
-    locator = services.identity.root_locator
-    members = services.alive_members()
-    ranked = sorted(members, key=lambda m: blake3.blake3(m[0], key=locator).digest())
-    return ranked[:ROOT_COPIES]
-
-
-async def publish_root(services: Services) -> dict[str, Any]:
-    """Seal the current list of snapshots and store it on ``ROOT_COPIES`` members."""
-    from .backup import seal
-
-    catalog = services.catalog
-    identity = services.identity
-
-    def build() -> tuple[int, bytes]:
-        snapshots = [s for s in catalog.snapshots() if s.complete and s.record]
-        head_seq, head_hash = catalog.log_head()
-        root = {
-            "v": 1,
-            "node_id": identity.node_id,
-            "published": time.time(),
-            "snapshots": [{"snapshot": s.to_json(), "record": s.record} for s in snapshots],
-            # The backup log's chain head, so a node recovered from its key continues its
-            # chain (roots published before it was added have none).
-            "log_head": {"seq": head_seq, "hash": head_hash},
-            # Who may have moved this node's packets while it was gone (delegated
-            # repair): a recovered node takes move records from these members only.
-            "delegates": {k.hex(): v for k, v in catalog.delegates().items()},
-        }
-        return catalog.next_root_version(), seal(identity.record_key, root)
-
-    version, sealed = await services.db(build)
-    signature = sign(
-        identity.root_signing_key, root_signature_payload(identity.root_locator, version, sealed)
-    )
-    verify_key = bytes(identity.root_signing_key.verify_key)
-    stored: list[str] = []
-    failed: list[str] = []
-
-    async def put(node_id: bytes) -> None:
-        try:
-            link = await services.link_for(node_id)
-            answer = await link.request(
-                lambda rid: PutRoot(
-                    request_id=rid,
-                    locator=identity.root_locator,
-                    version=version,
-                    verify_key=verify_key,
-                    signature=signature,
-                    sealed=sealed,
-                ),
-                timeout_s=ROOT_TIMEOUT_S,
-            )
-            if isinstance(answer, RootStored) and answer.version == version:
-                stored.append(node_id.hex()[:12])
-            else:
-                failed.append(node_id.hex()[:12])
-        except PeerError as exc:
-            failed.append(node_id.hex()[:12])
-            _log.info("root_copy_failed", target=node_id.hex()[:12], error=str(exc))
-
-    async with trio.open_nursery() as nursery:
-        for node_id, _ in _holders(services):
-            nursery.start_soon(put, node_id)
-    if stored:
-        await services.db(catalog.set_root_version, version)
-    return {"version": version, "copies": len(stored), "size_bytes": len(sealed)}
-
-
-async def fetch_root(services: Services) -> tuple[int, dict[str, Any]] | None:
-    """Ask every reachable member for our root; the newest valid version wins."""
-    from .backup import unseal
-
-    identity = services.identity
-    verify_key = bytes(identity.root_signing_key.verify_key)
-    found: list[RootData] = []
-
-    async def get(node_id: bytes) -> None:
-        try:
-            link = await services.link_for(node_id)
-            answer = await link.request(
-                lambda rid: GetRoot(request_id=rid, locator=identity.root_locator),
-                timeout_s=ROOT_TIMEOUT_S,
-            )
-        except PeerError:
-            return
-        if (
-            isinstance(answer, RootData)
-            and answer.locator == identity.root_locator
-            and answer.verify_key == verify_key
-            and verify(
-                verify_key,
-                root_signature_payload(answer.locator, answer.version, answer.sealed),
-                answer.signature,
-            )
-        ):
-            found.append(answer)
-
-    async with trio.open_nursery() as nursery:
-        for node_id, _ in services.alive_members():
-            nursery.start_soon(get, node_id)
-    if not found:
-        return None
-    best = max(found, key=lambda r: r.version)
-    return best.version, unseal(identity.record_key, best.sealed)
-
-
-def log_head_of(root: dict[str, Any]) -> tuple[int, bytes] | None:
-    """The backup log head a root carries, or None (a root from before it had one)."""
-    head = root.get("log_head")
-    if not isinstance(head, dict):
-        return None
-    seq, digest = head.get("seq"), head.get("hash")
-    if type(seq) is not int or seq <= 0 or not isinstance(digest, bytes) or len(digest) != 32:
-        return None
-    return seq, digest
 
 
 async def recover_catalog(
@@ -183,8 +57,6 @@ async def recover_catalog(
     The backup log continues the chain of the lost catalog: from the head in the root,
     or from the authority's global log (``authority_head``) when that holds later
     entries (a restore or a repair logged after the root was last published)."""
-    from .backup import load_blob, read_record
-
     fetched = await fetch_root(services)
     if fetched is None:
         raise RecoveryFailed(
@@ -249,8 +121,6 @@ async def recover_catalog(
     if moved[0]:
         # The records on the grid still name the old holders: rewrite them now, so the
         # root published next points at the new ones.
-        from .repair import repair_holders
-
         await services.db(catalog.mark_stale, imported)
         await repair_holders(services, [])
     heads = [log_head_of(root)]

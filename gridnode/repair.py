@@ -39,16 +39,17 @@ import trio
 from .actors.packet_store import UploadChunk, UploadFailed
 from .actors.retriever import FetchChunk
 from .actors.sequencer import PlaceChunk
-from .backup import store_blob, write_record
 from .control import Emit
 from .errors import GridError, PeerError
+from .exception_groups import collapse_groups
+from .job_services import Services
 from .log import get_logger
 from .logic.packing import ChunkIntegrityError, ErasureParams, rebuild_shares
-from .logic.placement import PlacementError, PlacementRules
+from .logic.placement.rules import PlacementError, PlacementRules
+from .record_store import store_blob, write_record
+from .recovery_root import publish_root
 from .restore import delete_on_grid, delete_packet, resolve
-from .services import Services
-from .storage.catalog import ChunkRecord, PacketRecord, SnapshotRecord
-from .trioutil import collapse_groups
+from .storage.records import ChunkRecord, PacketRecord, SnapshotRecord
 
 __all__ = ["AutoRepair", "repair", "repair_holders"]
 
@@ -303,8 +304,6 @@ async def _repair(
     gone: Sequence[bytes] = (),
     threshold: int = 1,
 ) -> dict[str, Any]:
-    from .recovery import publish_root
-
     started = time.monotonic()
     catalog = services.catalog
     tally = _Tally()

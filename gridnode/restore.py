@@ -29,12 +29,13 @@ from .actors.assembler import AssembleTree, DecodeChunk, RestoreFailed
 from .actors.retriever import ChunkUnavailable, FetchChunk
 from .control import Emit
 from .errors import GridError, PeerError
+from .exception_groups import collapse_groups
+from .job_services import Services
 from .log import get_logger
 from .logic.retention import KeepPolicy, apply_policy
 from .names import escape, from_arg
-from .services import Services
-from .storage.catalog import HOLE, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
-from .trioutil import collapse_groups
+from .recovery_root import publish_root
+from .storage.records import HOLE, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
 
 __all__ = ["forget_snapshot", "restore_snapshot", "verify_snapshot"]
 
@@ -346,8 +347,6 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
             packets_unreachable=failed,
         )
     )
-    from .recovery import publish_root
-
     root = await publish_root(services)
     return {
         "event": "result",

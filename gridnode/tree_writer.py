@@ -41,7 +41,7 @@ from typing import BinaryIO, Final
 from .errors import GridError
 from .names import escape
 from .scanner import ScanError, safe_join
-from .storage.catalog import EntryRecord
+from .storage.records import EntryRecord
 
 __all__ = ["Piece", "RestoreFailed", "TreeWriter"]
 

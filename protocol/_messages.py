@@ -556,10 +556,16 @@ class Account(Message):
 # Defined here, not in ``__all__`` above, so that other blocks appended to this module do
 # not collide with this one; ``protocol/__init__`` re-exports them by name.
 
-#: A capability names every packet of the owner's chunks (id, holder, delete tag): about
-#: 100 bytes a packet, so 8 MiB covers some 80,000 packets.  Larger catalogs need the
-#: capability split in parts (not done yet).
+#: A capability names every packet of the owner's chunks (id, holder, delete tag: about
+#: 70 bytes a packet), in parts of at most ``MAX_CAPABILITY_PART_BYTES``.  Small maps
+#: travel inline with the grant (up to 8 MiB in all); a larger map follows the grant
+#: part by part (``GrantRepairPart``), and only the parts the delegate lacks.
 MAX_CAPABILITY_BYTES: Final = 8 * 1024 * 1024
+#: One sealed part of a capability's map: some 50,000 packets.
+MAX_CAPABILITY_PART_BYTES: Final = 4 * 1024 * 1024
+#: Parts of one capability: 1,024 parts map some 50 million packets (a backup of
+#: about 2 PB at 10-of-30 and the average chunk).
+MAX_CAPABILITY_PARTS: Final = 1024
 #: Move records per ``RepairMoves`` answer (an encoded move is about 400 bytes).
 MAX_MOVES_PER_MESSAGE: Final = 512
 MAX_MOVE_BYTES: Final = 1024
@@ -590,6 +596,23 @@ class RepairGranted(Message):
     request_id: int = _request_id()
     version: int = attrs.field(metadata=bounded(min_value=0))
     expires: float = attrs.field(metadata=bounded(min_value=0))
+    #: Digests of the map's parts the receiver still lacks: the sender sends each in a
+    #: ``GrantRepairPart``; the capability is taken up once none is missing.
+    missing: tuple[bytes, ...] = attrs.field(
+        default=(), metadata=bounded(max_len=MAX_CAPABILITY_PARTS)
+    )
+
+
+@message("grant_repair_part")
+@attrs.frozen(kw_only=True)
+class GrantRepairPart(Message):
+    """One part of the map of a capability granted (or handed on) just before by the
+    same sender: sealed to the receiver, its digest listed in the signed grant."""
+
+    request_id: int = _request_id()
+    owner: bytes = attrs.field(metadata=bounded(min_len=32, max_len=32))
+    version: int = attrs.field(metadata=bounded(min_value=0))
+    part: bytes = attrs.field(metadata=bounded(min_len=1, max_len=MAX_CAPABILITY_PART_BYTES))
 
 
 @message("get_repair_moves")

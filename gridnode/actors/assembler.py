@@ -28,11 +28,11 @@ from typing import Any, BinaryIO
 import attrs
 import trio
 
+from ..exception_groups import collapse_groups
 from ..logic.packing import ChunkIntegrityError, ErasureParams, decode_chunk
-from ..storage.catalog import HOLE, ChunkRecord, EntryRecord
+from ..storage.records import HOLE, ChunkRecord, EntryRecord
 from ..tree_writer import Piece, RestoreFailed, TreeWriter
-from ..trioutil import collapse_groups
-from .base import Call, serve_calls
+from .calls import Call, serve_calls
 
 __all__ = ["AssembleTree", "Assembler", "DecodeChunk", "RestoreFailed", "TreeWriter"]
 

@@ -28,7 +28,7 @@ from protocol._gossip import MemberRecord
 
 from ..errors import PeerError
 from ..log import get_logger
-from ..logic.placement import Member, Source
+from ..logic.placement.members import Member, Source
 from ..logic.swim import GossipConfig, Membership, MemberView, Outgoing
 
 __all__ = ["GossipIn", "Gossiper", "build_membership"]

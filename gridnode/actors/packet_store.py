@@ -54,7 +54,9 @@ from protocol import (
     verify,
 )
 
+from ..byte_budget import ByteBudget
 from ..errors import GridError, PeerError, RemoteError
+from ..exception_groups import collapse_groups
 from ..identity import NodeIdentity
 from ..log import get_logger
 from ..ratelimit import RateLimiter
@@ -66,8 +68,7 @@ from ..storage.packets import (
     PacketIdMismatch,
     PacketStoreError,
 )
-from ..trioutil import collapse_groups
-from .base import ByteBudget, Call, serve_calls
+from .calls import Call, serve_calls
 
 __all__ = [
     "ChunkUploaded",

@@ -23,10 +23,10 @@ from trio_websocket import ConnectionClosed
 
 from ..control import ControlError, Emit
 from ..errors import GridError
+from ..exception_groups import leaves
 from ..log import get_logger
 from ..memory import release_free_memory
-from ..trioutil import leaves
-from .base import Call, serve_calls
+from .calls import Call, serve_calls
 
 __all__ = ["ControlJob", "RequestActor", "as_control_error"]
 

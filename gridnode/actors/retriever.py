@@ -28,8 +28,8 @@ import trio
 from protocol import FetchPacket, PacketData
 
 from ..errors import GridError, PeerError, PeerGone, RemoteError
-from ..storage.catalog import ChunkRecord, PacketRecord
-from .base import Call, serve_calls
+from ..storage.records import ChunkRecord, PacketRecord
+from .calls import Call, serve_calls
 
 __all__ = ["ChunkUnavailable", "FetchChunk", "FetchedChunk", "Retriever"]
 

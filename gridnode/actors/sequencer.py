@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ..logic.placement import Member, PlacementError, PlacementRules, PlacementView, Source
-from .base import Call, serve_calls
+from .calls import Call, serve_calls
 
 __all__ = ["PlaceChunk", "PlacementError", "Sequencer"]
 

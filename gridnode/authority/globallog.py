@@ -50,7 +50,8 @@ from protocol import (
 
 from ..errors import GridError, PeerError, RemoteError
 from ..log import get_logger
-from ..storage.catalog import LOG_GENESIS, Catalog, log_entry_hash
+from ..storage.backup_log import LOG_GENESIS, log_entry_hash
+from ..storage.catalog import Catalog
 from .db import AuthorityDB
 
 __all__ = ["GlobalLog", "LogEntryWire", "LogForwarder", "LogRefused"]

@@ -24,43 +24,31 @@ read while a backup writes.  Chunk records are committed often and cheaply
 ``synchronous=FULL``, so what the user is told is on disk when they are told.  Schema changes are
 numbered migrations applied in order under ``PRAGMA user_version``.
 
+The record types the tables hold (``SnapshotRecord``, ``EntryRecord``, ``ChunkRecord``,
+``PacketRecord``) are in ``gridnode.storage.records``; the backup log's hashing, chaining
+and checking is in ``gridnode.storage.backup_log``, which ``Catalog`` derives from.
+
 Blocking: call through ``trio.to_thread``; one connection per thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import attrs
-import blake3
 import msgpack
 from nacl.signing import SigningKey
 
-from protocol import sign, verify
-
-from ..names import escape
+from .backup_log import BackupLog
 from .migrations import apply_migrations
-from .sqlite import ThreadConnections
+from .records import SNAPSHOT_COLUMNS, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
+from .sqlite import ThreadConnections, durable
 
-__all__ = [
-    "HOLE",
-    "LOG_GENESIS",
-    "Catalog",
-    "ChunkRecord",
-    "EntryRecord",
-    "LogEntry",
-    "PacketRecord",
-    "SnapshotRecord",
-    "log_entry_hash",
-]
+__all__ = ["Catalog", "placed_bytes_by_target"]
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: the initial schema
@@ -167,8 +155,6 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
 )
 
-_GENESIS: Final = b"\x00" * 32
-
 
 def placed_bytes_by_target(db: sqlite3.Connection) -> dict[bytes, int]:
     """Bytes of this node's packets on each target (one packet is its chunk's ciphertext
@@ -181,302 +167,27 @@ def placed_bytes_by_target(db: sqlite3.Connection) -> dict[bytes, int]:
     return {bytes(target): int(size) for target, size in rows}
 
 
-def policy_key(k: int, n: int, rules: dict[str, Any]) -> str:
-    """The placement policy a chunk was stored under: the dedup key beside its id."""
-    return f"{k}/{n} " + json.dumps(rules, sort_keys=True, separators=(",", ":"))
+class Catalog(BackupLog):
+    """The node's metadata records in one SQLite file; the backup log (``BackupLog``)
+    lives in the same file, so a job's ``catalog.log(...)`` is a call on this object."""
 
-
-_LOG_CONTEXT: Final = b"gridnode backup log v1\x00"
-
-
-@attrs.frozen
-class SnapshotRecord:
-    snapshot_id: str
-    created: float
-    finished: float | None
-    state: str  # running | complete | interrupted | failed
-    parent: str | None
-    roots: tuple[str, ...]
-    files: int
-    total_bytes: int
-    params: str
-    rules: dict[str, Any]
-    record: bytes | None  # msgpack of the sealed record's chunk refs on the grid
-
-    @property
-    def complete(self) -> bool:
-        return self.state == "complete"
-
-    @property
-    def policy(self) -> str:
-        k, _, n = self.params.partition("/")
-        return policy_key(int(k), int(n), self.rules)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "snapshot_id": self.snapshot_id,
-            "created": self.created,
-            "finished": self.finished,
-            "state": self.state,
-            "complete": self.complete,
-            "parent": self.parent,
-            # Shown escaped: a root's name need not be UTF-8 (see gridnode.names).
-            "roots": [escape(os.fsencode(r)) for r in self.roots],
-            "files": self.files,
-            "bytes": self.total_bytes,
-            "redundancy": self.params,
-            "rules": self.rules,
-        }
-
-
-#: The chunk id of a hole: an extent that is all zero bytes, stored nowhere and restored
-#: as a hole (sparse files, and runs of zeros in any large file, cost nothing to keep).
-HOLE: Final = b""
-
-
-def _name_bytes(value: str | bytes | None) -> bytes | None:
-    """Paths of records written before names were bytes (version 1 and 2) were text."""
-    if value is None or isinstance(value, bytes):
-        return value
-    return value.encode("utf-8", "surrogateescape")
-
-
-@attrs.frozen
-class EntryRecord:
-    """One entry of a snapshot's tree: the source data record of claims 2-3.
-
-    ``uid``/``gid`` are None for entries recorded before owners were kept.  ``hardlink``
-    names the first entry (in path order) of the hard-link group this file belongs to;
-    such a file still carries its extents, so restoring it alone still gives its bytes.
-    """
-
-    path: bytes
-    kind: str  # file | dir | symlink | fifo | chardev | blockdev | socket
-    mode: int
-    mtime_ns: int
-    size: int
-    inode: int = 0
-    device: int = 0
-    link_target: bytes | None = None
-    extents: tuple[tuple[bytes, int, int], ...] = ()
-    uid: int | None = None
-    gid: int | None = None
-    user: str | None = None
-    group: str | None = None
-    rdev: int = 0
-    xattrs: tuple[tuple[bytes, bytes], ...] = ()
-    hardlink: bytes | None = None
-
-    def meta(self) -> list[Any] | None:
-        """The fields beyond the first nine, or None when there are none to keep."""
-        if (
-            self.uid is None
-            and self.gid is None
-            and not self.rdev
-            and not self.xattrs
-            and self.hardlink is None
-        ):
-            return None
-        return [
-            self.uid,
-            self.gid,
-            self.user,
-            self.group,
-            self.rdev,
-            [list(x) for x in self.xattrs],
-            self.hardlink,
-        ]
-
-    def to_wire(self) -> list[Any]:
-        return [
-            self.path,
-            self.kind,
-            self.mode,
-            self.mtime_ns,
-            self.size,
-            self.inode,
-            self.device,
-            self.link_target,
-            [list(e) for e in self.extents],
-            *(self.meta() or [None, None, None, None, 0, [], None]),
-        ]
-
-    @classmethod
-    def from_wire(cls, raw: Sequence[Any]) -> EntryRecord:
-        """Reads every version: nine fields (text names) before record version 3."""
-        path, kind, mode, mtime_ns, size, inode, device, link_target, extents = raw[:9]
-        meta = raw[9:] if len(raw) > 9 else None
-        return cls.build(
-            path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta
-        )
-
-    @classmethod
-    def build(
-        cls,
-        path: str | bytes,
-        kind: str,
-        mode: int,
-        mtime_ns: int,
-        size: int,
-        inode: int,
-        device: int,
-        link_target: str | bytes | None,
-        extents: Sequence[Sequence[Any]] | None,
-        meta: Sequence[Any] | None,
-    ) -> EntryRecord:
-        """From stored fields (a record item or a catalog row), checking their types."""
-        name = _name_bytes(path)
-        if not name or not isinstance(kind, str):
-            raise ValueError(f"bad entry: {str(path)[:80]}")
-        uid = gid = None
-        user = group = None
-        rdev = 0
-        xattrs: tuple[tuple[bytes, bytes], ...] = ()
-        hardlink = None
-        if meta is not None:
-            uid, gid, user, group, rdev, raw_xattrs, raw_hardlink = meta
-            xattrs = tuple((bytes(k), bytes(v)) for k, v in raw_xattrs)
-            hardlink = _name_bytes(raw_hardlink)
-        return cls(
-            name,
-            kind,
-            int(mode),
-            int(mtime_ns),
-            int(size),
-            int(inode),
-            int(device),
-            _name_bytes(link_target),
-            tuple((bytes(c), int(o), int(n)) for c, o, n in extents or ()),
-            uid,
-            gid,
-            user,
-            group,
-            int(rdev),
-            xattrs,
-            hardlink,
-        )
-
-
-@attrs.frozen
-class PacketRecord:
-    share: int
-    packet_id: bytes
-    target: bytes
-    receipt: bytes
-
-
-@attrs.frozen
-class ChunkRecord:
-    chunk_id: bytes
-    plain_size: int
-    cipher_size: int
-    compressed: bool
-    k: int
-    n: int
-    packets: tuple[PacketRecord, ...]
-    rules: dict[str, Any] = attrs.field(factory=dict)
-    #: Which secret keys the chunk: "data" (the dedup secret, shared within a dedup
-    #: domain) or "record" (the node's own record key: data assembly records).
-    domain: str = "data"
-
-    def to_wire(self) -> list[Any]:
-        return [
-            self.chunk_id,
-            self.plain_size,
-            self.cipher_size,
-            self.compressed,
-            self.k,
-            self.n,
-            [[p.share, p.packet_id, p.target, p.receipt] for p in self.packets],
-            json.dumps(self.rules, sort_keys=True),
-            self.domain,
-        ]
-
-    @property
-    def policy(self) -> str:
-        return policy_key(self.k, self.n, self.rules)
-
-    @classmethod
-    def from_wire(cls, raw: Sequence[Any]) -> ChunkRecord:
-        chunk_id, plain, cipher, compressed, k, n, packets, rules, domain = raw
-        return cls(
-            bytes(chunk_id),
-            int(plain),
-            int(cipher),
-            bool(compressed),
-            int(k),
-            int(n),
-            tuple(PacketRecord(int(s), bytes(p), bytes(t), bytes(r)) for s, p, t, r in packets),
-            json.loads(rules),
-            str(domain),
-        )
-
-
-@attrs.frozen
-class LogEntry:
-    seq: int
-    at: float
-    event: str
-    snapshot_id: str | None
-    detail: dict[str, Any]
-    prev_hash: bytes
-    hash: bytes
-    signature: bytes
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "event": self.event,
-            "snapshot_id": self.snapshot_id,
-            "detail": self.detail,
-            "hash": self.hash.hex(),
-        }
-
-
-def _log_hash(
-    prev: bytes, seq: int, at: float, event: str, snapshot_id: str | None, detail: str
-) -> bytes:
-    body = msgpack.packb([seq, at, event, snapshot_id, detail], use_bin_type=True)
-    return blake3.blake3(_LOG_CONTEXT + prev + body).digest()
-
-
-#: The authority's global backup log checks forwarded entries exactly as ``verify_log``.
-LOG_GENESIS: Final = _GENESIS
-log_entry_hash = _log_hash
-
-
-class Catalog:
     def __init__(self, path: Path, *, signing_key: SigningKey) -> None:
         self.path = path
-        self._signing_key = signing_key
-        self._node_id = bytes(signing_key.verify_key)
-        self._log_lock = threading.Lock()
-        self._db = ThreadConnections(
+        db = ThreadConnections(
             path,
             timeout_s=60,
             # NORMAL: in WAL mode a commit survives a crash of this process but may be lost
             # with the OS; the facts a user is told about (a complete snapshot, a log entry)
-            # are committed under FULL (``_durable``), which makes the WAL durable up to
+            # are committed under FULL (``durable``), which makes the WAL durable up to
             # them.  One connection per worker thread that ever touches the catalog: keep
             # each page cache small (1 MiB) so a long backup's memory does not grow with it.
             pragmas=("synchronous=NORMAL", "foreign_keys=ON", "cache_size=-1024"),
             private=True,
         )
+        super().__init__(db, signing_key)
         self._migrate()
 
     # --- connections and schema ----------------------------------------------------------
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _durable(db: sqlite3.Connection) -> Iterator[None]:
-        """One transaction committed with a full sync (and every commit before it)."""
-        db.execute("PRAGMA synchronous=FULL")
-        try:
-            with db:
-                yield
-        finally:
-            db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         self._db.close()
@@ -621,7 +332,7 @@ class Catalog:
     ) -> None:
         """One transaction flips the snapshot to complete: before it, restore ignores it."""
         db = self._db()
-        with self._durable(db):
+        with durable(db):
             db.execute("BEGIN IMMEDIATE")
             cur = db.execute(
                 "UPDATE snapshots SET state = 'complete', finished = ?, files = ?, bytes = ?,"
@@ -673,43 +384,23 @@ class Catalog:
             "UPDATE snapshots SET record = ? WHERE snapshot_id = ?", (record, snapshot_id)
         )
 
-    def _snapshot_from_row(self, row: Sequence[Any]) -> SnapshotRecord:
-        (sid, created, finished, state, parent, roots, files, size, params, rules, record) = row
-        return SnapshotRecord(
-            sid,
-            created,
-            finished,
-            state,
-            parent,
-            tuple(json.loads(roots)),
-            files,
-            size,
-            params,
-            json.loads(rules),
-            record,
-        )
-
-    _SNAP_COLS: Final = (
-        "snapshot_id, created, finished, state, parent, roots, files, bytes, params, rules, record"
-    )
-
     def snapshots(self) -> list[SnapshotRecord]:
         rows = (
             self._db()
-            .execute(f"SELECT {self._SNAP_COLS} FROM snapshots ORDER BY created")
+            .execute(f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots ORDER BY created")
             .fetchall()
         )
-        return [self._snapshot_from_row(r) for r in rows]
+        return [SnapshotRecord.from_row(r) for r in rows]
 
     def snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
         row = (
             self._db()
             .execute(
-                f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id = ?", (snapshot_id,)
+                f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE snapshot_id = ?", (snapshot_id,)
             )
             .fetchone()
         )
-        return self._snapshot_from_row(row) if row else None
+        return SnapshotRecord.from_row(row) if row else None
 
     def resolve_snapshot(self, prefix: str) -> SnapshotRecord:
         """Accept a unique prefix, as git does, or "latest"."""
@@ -721,7 +412,7 @@ class Catalog:
         rows = (
             self._db()
             .execute(
-                f"SELECT {self._SNAP_COLS} FROM snapshots WHERE snapshot_id LIKE ? || '%'",
+                f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE snapshot_id LIKE ? || '%'",
                 (prefix,),
             )
             .fetchall()
@@ -730,7 +421,7 @@ class Catalog:
             raise LookupError(f"no snapshot {prefix!r}")
         if len(rows) > 1:
             raise LookupError(f"snapshot prefix {prefix!r} is ambiguous ({len(rows)} match)")
-        return self._snapshot_from_row(rows[0])
+        return SnapshotRecord.from_row(rows[0])
 
     def latest_complete(self, roots: Sequence[str], policy: str) -> SnapshotRecord | None:
         """The parent for an incremental backup: the newest complete snapshot of the same
@@ -1001,7 +692,7 @@ class Catalog:
         deletes their packets on the grid and then their rows (as forget does).
         """
         db = self._db()
-        with self._durable(db):
+        with durable(db):
             db.execute("BEGIN IMMEDIATE")
             old = [
                 (bytes(r[0]), str(r[1]))
@@ -1111,126 +802,6 @@ class Catalog:
     def root_version(self) -> int:
         row = self._db().execute("SELECT version FROM recovery_root WHERE id = 1").fetchone()
         return int(row[0]) if row else 0
-
-    # --- the global backup log -------------------------------------------------------------------
-
-    def log(self, event: str, snapshot_id: str | None = None, **detail: Any) -> LogEntry:
-        """Append a signed, hash-chained entry; its hash covers the previous entry's hash."""
-        text = json.dumps(detail, sort_keys=True, default=str)
-        db = self._db()
-        with self._log_lock, self._durable(db):
-            db.execute("BEGIN IMMEDIATE")
-            last = db.execute(
-                "SELECT seq, hash FROM backup_log ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            if last is None:  # the first entry here: after the seeded head, if any
-                base_seq, base_hash = self._log_base(db)
-                seq, prev = base_seq + 1, base_hash
-            else:
-                seq, prev = last[0] + 1, bytes(last[1])
-            at = time.time()
-            digest = _log_hash(prev, seq, at, event, snapshot_id, text)
-            signature = sign(self._signing_key, digest)
-            db.execute(
-                "INSERT INTO backup_log(seq, at, event, snapshot_id, detail, prev_hash,"
-                " hash, signature) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, at, event, snapshot_id, text, prev, digest, signature),
-            )
-        return LogEntry(seq, at, event, snapshot_id, detail, prev, digest, signature)
-
-    def log_entries(self) -> list[LogEntry]:
-        rows = (
-            self._db()
-            .execute(
-                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                " signature FROM backup_log ORDER BY seq"
-            )
-            .fetchall()
-        )
-        return [
-            LogEntry(s, a, e, sid, json.loads(d), bytes(p), bytes(h), bytes(sig))
-            for s, a, e, sid, d, p, h, sig in rows
-        ]
-
-    @staticmethod
-    def _log_base(db: sqlite3.Connection) -> tuple[int, bytes]:
-        """Where this catalog's chain starts: (0, genesis), or the head of the chain of a
-        node recovered from its key (``seed_log``), which its entries continue."""
-        row = db.execute("SELECT value FROM profile WHERE key = 'log_base'").fetchone()
-        if row is None:
-            return 0, _GENESIS
-        base = json.loads(row[0])
-        return int(base["seq"]), bytes.fromhex(base["hash"])
-
-    def log_head(self) -> tuple[int, bytes]:
-        """The last entry's (seq, hash); the seeded base when there is none yet."""
-        db = self._db()
-        last = db.execute("SELECT seq, hash FROM backup_log ORDER BY seq DESC LIMIT 1").fetchone()
-        return (int(last[0]), bytes(last[1])) if last else self._log_base(db)
-
-    def seed_log(self, seq: int, head: bytes) -> bool:
-        """Continue the chain of this node's earlier life: the next entry gets ``seq + 1``
-        and links to ``head`` (from the recovery root, or the authority's global log).
-
-        Only a catalog with no entry of its own (a node recovered from its key) is seeded,
-        and only forward; False when nothing changed.  Entries up to ``seq`` were the old
-        catalog's, so they count as forwarded to the authority already."""
-        if seq < 0 or len(head) != 32:
-            raise ValueError("a log head is a non-negative seq and a 32-byte hash")
-        db = self._db()
-        with self._log_lock, self._durable(db):
-            db.execute("BEGIN IMMEDIATE")
-            has_entries = db.execute("SELECT 1 FROM backup_log LIMIT 1").fetchone()
-            if has_entries is not None or seq <= self._log_base(db)[0]:
-                return False
-            db.executemany(
-                "INSERT OR REPLACE INTO profile(key, value) VALUES (?, ?)",
-                [
-                    ("log_base", json.dumps({"seq": seq, "hash": head.hex()})),
-                    ("log_forwarded", json.dumps(seq)),
-                ],
-            )
-        return True
-
-    def log_rows_after(self, seq: int, limit: int) -> list[tuple[Any, ...]]:
-        """Raw entries after ``seq`` (seq, at, event, snapshot id, detail text, prev hash,
-        hash, signature), in order: what the node forwards to the global backup log,
-        byte for byte as hashed (the detail as its stored JSON text)."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                " signature FROM backup_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
-            )
-            .fetchall()
-        )
-        return [tuple(row) for row in rows]
-
-    def verify_log(self) -> tuple[bool, str]:
-        """Walk the chain; returns (ok, what is wrong or how many entries verified)."""
-        base_seq, prev = self._log_base(self._db())
-        expected_seq = base_seq + 1
-        rows = (
-            self._db()
-            .execute(
-                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                " signature FROM backup_log ORDER BY seq"
-            )
-            .fetchall()
-        )
-        for seq, at, event, sid, detail, prev_hash, digest, signature in rows:
-            if seq != expected_seq:
-                return False, f"entry {expected_seq} is missing (next is {seq})"
-            if bytes(prev_hash) != prev:
-                return False, f"entry {seq} does not chain to entry {seq - 1}"
-            if _log_hash(prev, seq, at, event, sid, detail) != bytes(digest):
-                return False, f"entry {seq} was modified (hash mismatch)"
-            if not verify(self._node_id, bytes(digest), bytes(signature)):
-                return False, f"entry {seq} has a bad signature"
-            prev = bytes(digest)
-            expected_seq += 1
-        return True, f"{len(rows)} entries verified"
 
     # --- recovery root -------------------------------------------------------------------------
 

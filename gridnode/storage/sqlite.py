@@ -11,12 +11,13 @@ writers could race) and in WAL mode, so readers never wait for the writer.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["ThreadConnections"]
+__all__ = ["ThreadConnections", "durable"]
 
 
 class ThreadConnections:
@@ -52,3 +53,16 @@ class ThreadConnections:
         if db is not None:
             db.close()
             self._local.db = None
+
+
+@contextlib.contextmanager
+def durable(db: sqlite3.Connection) -> Iterator[None]:
+    """One transaction committed with a full sync (and every commit before it), on a
+    connection that otherwise commits under ``synchronous=NORMAL``: for the facts a user
+    is told about, which must be on disk when they are told."""
+    db.execute("PRAGMA synchronous=FULL")
+    try:
+        with db:
+            yield
+    finally:
+        db.execute("PRAGMA synchronous=NORMAL")

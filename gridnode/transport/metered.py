@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import trio
 
-from ..actors.base import ByteBudget
+from ..byte_budget import ByteBudget
 
 __all__ = ["FREE_BYTES_PER_LINK", "INBOUND_BUDGET_BYTES", "MeteredStream"]
 

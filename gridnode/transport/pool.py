@@ -34,8 +34,8 @@ from protocol import (
     short_node_id,
 )
 
-from ..actors.base import ByteBudget
 from ..admission import Admission
+from ..byte_budget import ByteBudget
 from ..config import parse_address
 from ..errors import HandshakeFailed, PeerGone
 from ..identity import NodeIdentity

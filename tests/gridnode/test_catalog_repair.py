@@ -13,7 +13,8 @@ from pathlib import Path
 import attrs
 from nacl.signing import SigningKey
 
-from gridnode.storage.catalog import Catalog, ChunkRecord, PacketRecord, policy_key
+from gridnode.storage.catalog import Catalog
+from gridnode.storage.records import ChunkRecord, PacketRecord, policy_key
 
 POLICY = policy_key(2, 3, {})
 

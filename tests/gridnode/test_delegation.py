@@ -27,7 +27,7 @@ from gridnode.delegation import (
 )
 from gridnode.errors import RemoteError
 from gridnode.identity import NodeIdentity
-from gridnode.storage.catalog import ChunkRecord, PacketRecord
+from gridnode.storage.records import ChunkRecord, PacketRecord
 from protocol import receipt_payload, sign
 from protocol._messages import GetRepairMoves, GrantRepair, RepairGranted, RepairMoves
 

@@ -28,7 +28,7 @@ from gridnode.delegation import (
 )
 from gridnode.errors import RemoteError
 from gridnode.identity import NodeIdentity
-from gridnode.storage.catalog import ChunkRecord, PacketRecord
+from gridnode.storage.records import ChunkRecord, PacketRecord
 from protocol import receipt_payload, sign
 from protocol._messages import GetRepairMoves, GrantRepair, RepairGranted, RepairMoves
 
@@ -186,7 +186,7 @@ async def test_the_taker_answers_for_the_moves_handed_on_and_the_owner_takes_the
         (w.taker.node_id, 1, new_holder.node_id)
     ]
     handle = chunk_handle(w.owner, w.chunk.chunk_id, w.chunk.policy)
-    assert held.chunks[handle].packets[1].target == new_holder.node_id
+    assert held.map.find({handle})[handle].packets[1].target == new_holder.node_id
     # A restart keeps it all; the owner's lease ended long ago but the owner is away.
     again = _repairer(w.taker, tmp_path, later)
     again.load()

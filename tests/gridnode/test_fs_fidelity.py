@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gridnode.logic.chunking import iter_file_pieces, open_regular
 from gridnode.names import escape, from_arg, unescape
 from gridnode.scanner import ScanError, iter_tree, read_xattrs, safe_join
-from gridnode.storage.catalog import EntryRecord
+from gridnode.storage.records import EntryRecord
 from gridnode.tree_writer import SPARSE_BLOCK, TreeWriter
 
 MiB = 1 << 20

@@ -31,8 +31,10 @@ from gridnode.errors import PeerError, RemoteError
 from gridnode.identity import NodeIdentity
 from gridnode.log import configure_logging
 from gridnode.node import Node
-from gridnode.recovery import fetch_root, log_head_of, recover_catalog
-from gridnode.storage.catalog import LOG_GENESIS, Catalog, log_entry_hash
+from gridnode.recovery import recover_catalog
+from gridnode.recovery_root import fetch_root, log_head_of
+from gridnode.storage.backup_log import LOG_GENESIS, log_entry_hash
+from gridnode.storage.catalog import Catalog
 from protocol import GetRevocations, Revocation, SpreadRevocations, issue_revocation
 
 from .inproc import open_authority_grid

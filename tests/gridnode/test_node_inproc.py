@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.lowlevel
 
-from gridnode.actors.base import call
+from gridnode.actors.calls import call
 from gridnode.actors.packet_store import UploadChunk
 from gridnode.control import ControlError
 from gridnode.errors import RemoteError

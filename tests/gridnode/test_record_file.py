@@ -12,8 +12,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from gridnode.backup import BackupFailed, read_record, write_record
-from gridnode.storage.catalog import HOLE, ChunkRecord, EntryRecord, PacketRecord
+from gridnode.record_store import BackupFailed, read_record, write_record
+from gridnode.storage.records import HOLE, ChunkRecord, EntryRecord, PacketRecord
 
 
 def _entries(n: int) -> list[EntryRecord]:

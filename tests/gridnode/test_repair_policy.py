@@ -21,7 +21,7 @@ import trio
 
 from gridnode.control import ControlError
 from gridnode.repair import AutoRepair
-from gridnode.storage.catalog import ChunkRecord
+from gridnode.storage.records import ChunkRecord
 
 from .inproc import open_grid
 

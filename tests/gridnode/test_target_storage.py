@@ -25,13 +25,13 @@ from blake3 import blake3
 from nacl.signing import SigningKey
 
 import gridnode.storage.holdings as holdings_module
-from gridnode.actors.base import call
+from gridnode.actors.calls import call
 from gridnode.actors.packet_store import PacketStore, TargetRequest, root_signature_payload
 from gridnode.config import build_config
 from gridnode.errors import RemoteError
 from gridnode.identity import NodeIdentity
 from gridnode.node import open_node_storage
-from gridnode.recovery import fetch_root, publish_root
+from gridnode.recovery_root import fetch_root, publish_root
 from gridnode.storage.holdings import (
     MAX_ROOT_BYTES_PER_OWNER,
     MAX_ROOTS_PER_OWNER,

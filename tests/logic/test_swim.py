@@ -1015,7 +1015,7 @@ def test_a_sync_page_costs_bounded_signature_checks(monkeypatch: pytest.MonkeyPa
         checks[0] += 1
         return real(record)
 
-    monkeypatch.setattr(swim, "record_is_valid", counting)
+    monkeypatch.setattr(swim.verify, "record_is_valid", counting)
     fresh = [_record(100 + i) for i in range(100)]
     page = GossipSync(
         sync_id=1, updates=tuple(MemberUpdate(record=r, state="alive") for r in fresh)

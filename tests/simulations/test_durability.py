@@ -19,7 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulations import durability as dur
+from simulations import durability_cli as dcli
+from simulations import durability_report as dreport
+from simulations import durability_stats as dstats
+from simulations import durability_suite as dsuite
 from simulations import user_durability as ud
+from simulations import user_durability_stats as ustats
+from simulations import user_durability_suite as usuite
 
 EARTH_KM = 6371.0088
 
@@ -63,7 +69,7 @@ def quiet(**changes: Any) -> dur.SimConfig:
 def test_binomial_formula_by_hand() -> None:
     # 4-of-6 loses a chunk when 3 or more of its 6 packets fail.
     by_hand = 20 * 0.2**3 * 0.8**3 + 15 * 0.2**4 * 0.8**2 + 6 * 0.2**5 * 0.8 + 0.2**6
-    assert dur.binomial_loss_probability(4, 6, 0.2) == pytest.approx(by_hand, rel=1e-12)
+    assert dstats.binomial_loss_probability(4, 6, 0.2) == pytest.approx(by_hand, rel=1e-12)
     assert by_hand == pytest.approx(0.09888, abs=1e-12)
 
 
@@ -72,8 +78,8 @@ def test_binomial_formula_by_hand() -> None:
     [(4, 6, 0.2), (2, 3, 0.3), (3, 5, 0.1), (1, 2, 0.5)],
 )
 def test_sanity_matches_binomial(k: int, n: int, p: float) -> None:
-    result = dur.sanity_check(k=k, n=n, p=p, nodes=3_000, chunks=6_000, steps=6, seed=7)
-    assert result["expected"] == pytest.approx(dur.binomial_loss_probability(k, n, p))
+    result = dstats.sanity_check(k=k, n=n, p=p, nodes=3_000, chunks=6_000, steps=6, seed=7)
+    assert result["expected"] == pytest.approx(dstats.binomial_loss_probability(k, n, p))
     assert abs(result["z"]) < 4.5, result
     assert result["passed"]
     # Shared nodes correlate chunks: the honest error is never below the binomial one.
@@ -83,13 +89,13 @@ def test_sanity_matches_binomial(k: int, n: int, p: float) -> None:
 def test_sanity_z_would_catch_a_wrong_failure_rate() -> None:
     # The same observation judged against p=0.25 instead of the simulated 0.2:
     # a model off by that much must fail the sanity check.
-    result = dur.sanity_check(k=4, n=6, p=0.2, nodes=3_000, chunks=6_000, steps=6, seed=7)
-    wrong = dur.binomial_loss_probability(4, 6, 0.25)
+    result = dstats.sanity_check(k=4, n=6, p=0.2, nodes=3_000, chunks=6_000, steps=6, seed=7)
+    wrong = dstats.binomial_loss_probability(4, 6, 0.25)
     assert abs((result["observed"] - wrong) / result["se"]) > 4.5
 
 
 def test_one_of_one_with_certain_failure_loses_everything() -> None:
-    result = dur.sanity_check(k=1, n=1, p=1.0, nodes=100, chunks=500, steps=3)
+    result = dstats.sanity_check(k=1, n=1, p=1.0, nodes=100, chunks=500, steps=3)
     assert result["lost"] == result["chunks"] == 500
     assert result["observed"] == result["expected"] == 1.0
     assert result["passed"]
@@ -97,7 +103,7 @@ def test_one_of_one_with_certain_failure_loses_everything() -> None:
 
 def test_no_failures_no_loss_no_repair() -> None:
     outcome = dur.simulate(quiet(), seed=3)
-    summary = dur.summarise(outcome)
+    summary = dstats.summarise(outcome)
     assert summary["loss"]["lost_chunks"] == 0
     assert summary["loss"]["ci95"] == [0.0, pytest.approx(3.0 / 2_000, rel=1e-3)]
     assert summary["repair"]["repairs"] == 0
@@ -108,7 +114,7 @@ def test_outages_make_chunks_unavailable_but_never_lose_them() -> None:
     outcome = dur.simulate(
         quiet(outage_rate_per_year=200.0, outage_mean_days=2.0, k=3, n=4), seed=5
     )
-    summary = dur.summarise(outcome)
+    summary = dstats.summarise(outcome)
     assert summary["loss"]["lost_chunks"] == 0
     assert summary["repair"]["repairs"] == 0
     assert summary["unavailability"]["mean_fraction"] > 0
@@ -222,8 +228,8 @@ def test_beyond_safe_distance_one_disaster_never_takes_enough_packets() -> None:
 
 def test_repair_reduces_losses_and_its_traffic_adds_up() -> None:
     churn = quiet(mean_lifetime_years=0.5, repair_delay_days=2.0)
-    repaired = dur.summarise(dur.simulate(churn, seed=4))
-    unrepaired = dur.summarise(dur.simulate(attrs.evolve(churn, repair=False), seed=4))
+    repaired = dstats.summarise(dur.simulate(churn, seed=4))
+    unrepaired = dstats.summarise(dur.simulate(attrs.evolve(churn, repair=False), seed=4))
     assert unrepaired["loss"]["lost_chunks"] > 500
     assert repaired["loss"]["lost_chunks"] * 20 < unrepaired["loss"]["lost_chunks"]
     r = repaired["repair"]
@@ -234,7 +240,7 @@ def test_repair_reduces_losses_and_its_traffic_adds_up() -> None:
     assert unrepaired["repair"]["repairs"] == 0
     # Same seed, same history (common random numbers): storing twice as much
     # per node costs exactly twice the repair bandwidth.
-    doubled = dur.summarise(
+    doubled = dstats.summarise(
         dur.simulate(attrs.evolve(churn, stored_bytes_per_node=2 * churn.stored_bytes_per_node), 4)
     )
     assert doubled["repair"]["repairs"] == r["repairs"]
@@ -249,8 +255,8 @@ def test_min_distance_bounds_what_one_disaster_takes_and_cuts_losses() -> None:
         disaster_radius_km=250.0,
         repair_delay_days=2.0,
     )
-    close = dur.summarise(dur.simulate(heavy, seed=9))
-    apart = dur.summarise(dur.simulate(attrs.evolve(heavy, min_distance_km=501.0), seed=9))
+    close = dstats.summarise(dur.simulate(heavy, seed=9))
+    apart = dstats.summarise(dur.simulate(attrs.evolve(heavy, min_distance_km=501.0), seed=9))
     # D > 2R: a disaster's disk cannot hold two packets of one chunk, also
     # after repairs have moved packets to new nodes.
     assert apart["disasters"]["max_packets_of_one_chunk_in_one_disaster"] == 1
@@ -269,13 +275,13 @@ def test_config_rejects_impossible_codes() -> None:
 
 
 def test_loss_interval_brackets_the_estimate_and_handles_high_rates() -> None:
-    low, high = dur.poisson_rate_interval(5, 1_000.0)
+    low, high = dstats.poisson_rate_interval(5, 1_000.0)
     assert low < 0.005 < high
     # More losses than chunk-years: a rate above 1/year is still a probability below 1.
-    many = dur.loss_estimate(900, 500.0)
+    many = dstats.loss_estimate(900, 500.0)
     assert many["per_year"] == pytest.approx(1 - math.exp(-1.8))
     assert many["ci95"][0] < many["per_year"] < many["ci95"][1] < 1
-    none = dur.loss_estimate(0, 3_000.0)
+    none = dstats.loss_estimate(0, 3_000.0)
     assert none["per_year"] == 0.0
     assert none["ci95"] == [0.0, pytest.approx(1e-3, rel=1e-3)]
     assert "rule of three" in none["method"]
@@ -286,7 +292,7 @@ def test_loss_interval_brackets_the_estimate_and_handles_high_rates() -> None:
 
 def test_cli_writes_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    code = dur.main(
+    code = dcli.main(
         [
             "--quick",
             "--out",
@@ -324,7 +330,7 @@ def test_cli_writes_json_and_plots(tmp_path: Path) -> None:
 
 def test_without_redundancy_repair_has_nothing_to_do() -> None:
     outcome = dur.simulate(quiet(k=2, n=2, mean_lifetime_years=2.0), seed=8)
-    summary = dur.summarise(outcome)
+    summary = dstats.summarise(outcome)
     assert summary["repair"]["repairs"] == 0
     assert summary["loss"]["lost_chunks"] > 0
 
@@ -338,7 +344,7 @@ def test_counted_losses_match_the_markov_chain_with_repair() -> None:
     settings = ud.SimSettings(
         nodes=400, chunks=1_500, days=60.0, step_s=6 * 3600.0, departures_per_year=6.0
     )
-    check = ud.validate(settings, seed=3)
+    check = ustats.validate(settings, seed=3)
     assert check["losses_counted"] > 50
     assert check["passed"], check
     # The conditional estimate (the one used for rare losses) agrees with both.
@@ -346,7 +352,7 @@ def test_counted_losses_match_the_markov_chain_with_repair() -> None:
     # A chain with twice the delay predicts about four times the losses
     # (two further departures in the window): the same count would fail against it.
     policy = ud.Policy(k=2, n=4, repair_threshold=3, repair_after_s=10 * ud.DAY)
-    wrong = ud.markov_loss_rate(policy, 6.0, 0.0) * check["chunk_years"]
+    wrong = ustats.markov_loss_rate(policy, 6.0, 0.0) * check["chunk_years"]
     assert abs(check["losses_counted"] - wrong) / math.sqrt(wrong) > 4
 
 
@@ -357,15 +363,15 @@ def test_markov_chain_by_hand() -> None:
     policy = ud.Policy(k=1, n=2, repair_threshold=1, repair_after_s=0.0)
     lam, w = 0.5, 0.01
     expected = (lam / (lam + 1 / w)) / (1 / (2 * lam) + w)
-    assert ud.markov_loss_rate(policy, lam, w) == pytest.approx(expected, rel=1e-12)
+    assert ustats.markov_loss_rate(policy, lam, w) == pytest.approx(expected, rel=1e-12)
     # Deterministic delay: the conditional estimate with every W equal to the delay is
     # the Erlang chain's limit.
     det = ud.Policy(k=4, n=6, repair_threshold=5, repair_after_s=3 * ud.DAY)
     w_s = np.full(1_000, 3 * ud.DAY)
-    cond = ud.conditional_loss_rate(det, w_s, np.zeros(0), 0.3, ud.DAY)
-    assert cond["rate"] == pytest.approx(ud.markov_loss_rate(det, 0.3, 0.0), rel=0.05)
+    cond = ustats.conditional_loss_rate(det, w_s, np.zeros(0), 0.3, ud.DAY)
+    assert cond["rate"] == pytest.approx(ustats.markov_loss_rate(det, 0.3, 0.0), rel=0.05)
     # Rare events keep their precision: no cancellation at 1e-40.
-    tiny = ud.markov_loss_rate(
+    tiny = ustats.markov_loss_rate(
         ud.Policy(k=16, n=32, repair_threshold=31, repair_after_s=3600), 0.01, 0
     )
     assert 0 < tiny < 1e-40
@@ -417,27 +423,27 @@ def test_short_repair_delays_move_packets_of_machines_that_were_only_off() -> No
     assert calm.spurious_repairs / calm.chunk_years < 20
     lam = ud.departure_rate(0.2)
     assert (
-        ud.traffic(hasty, lam)["repairer_bytes_per_year"]
-        > 10 * ud.traffic(calm, lam)["repairer_bytes_per_year"]
+        usuite.traffic(hasty, lam)["repairer_bytes_per_year"]
+        > 10 * usuite.traffic(calm, lam)["repairer_bytes_per_year"]
     )
 
 
 def test_any_file_bound_and_the_source_destroyed_without_delegates() -> None:
-    assert ud.any_loss(0.0, 1_000) == 0.0
+    assert dstats.any_loss(0.0, 1_000) == 0.0
     p = -math.expm1(-1e-6)
-    assert ud.any_loss(1e-6, 83_334) == pytest.approx(1 - (1 - p) ** 83_334, rel=1e-9)
+    assert dstats.any_loss(1e-6, 83_334) == pytest.approx(1 - (1 - p) ** 83_334, rel=1e-9)
     policy = ud.Policy(k=4, n=6, repair_threshold=5, repair_after_s=3600.0)
     lam = ud.departure_rate(0.2)
-    out = ud.after_source_lost(
+    out = ustats.after_source_lost(
         policy, lam, 1_000, delegates=0, lease_years=0.0, rate_many=0.0, rate_one=0.0
     )
     # Without repair a chunk is lost once 3 of its 6 holders left: binomial, exact.
     t = out["years_to_1pct"]
     assert t is not None
-    q = ud.binomial_tail(3, 6, -math.expm1(-lam * t))
+    q = dstats.binomial_tail(3, 6, -math.expm1(-lam * t))
     assert 1 - (1 - q) ** 1_000 == pytest.approx(0.01, rel=0.05)
     # Delegates that repair for ever keep the backup longer; a lease cuts that short.
-    forever = ud.after_source_lost(
+    forever = ustats.after_source_lost(
         policy,
         lam,
         1_000,
@@ -448,7 +454,7 @@ def test_any_file_bound_and_the_source_destroyed_without_delegates() -> None:
         seed=2,
         samples=500,
     )
-    leased = ud.after_source_lost(
+    leased = ustats.after_source_lost(
         policy,
         lam,
         1_000,
@@ -465,7 +471,7 @@ def test_any_file_bound_and_the_source_destroyed_without_delegates() -> None:
 
 def test_user_suite_reports_the_headline_figures_and_plots(tmp_path: Path) -> None:
     settings = attrs.evolve(
-        dur.SuiteSettings.for_mode(True),
+        dsuite.SuiteSettings.for_mode(True),
         baseline=dur.SimConfig(nodes=600, chunks=400, years=0.25, k=2, n=4),
         sweep_chunks=300,
         sweep_distances_km=(0.0,),
@@ -475,9 +481,9 @@ def test_user_suite_reports_the_headline_figures_and_plots(tmp_path: Path) -> No
         policy_delays_days=(1.0,),
         user_mode="tiny",
     )
-    results = dur.run_suite(settings, out_dir=tmp_path, seed=1)
+    results = dsuite.run_suite(settings, out_dir=tmp_path, seed=1)
     stored = json.loads((tmp_path / "durability.json").read_text())
-    for key in dur.USER_HEADLINE_KEYS:
+    for key in dsuite.USER_HEADLINE_KEYS:
         assert key in stored
     assert 0.0 <= stored["loss_any_file_100gb_per_year"] <= 1.0
     years = stored["years_to_first_loss_after_source_lost"]
@@ -491,4 +497,4 @@ def test_user_suite_reports_the_headline_figures_and_plots(tmp_path: Path) -> No
         assert first["traffic"]["repairer_bytes_per_year"] >= 0
     for name in ("kn_sweep", "loss_vs_departures", "source_lost", "delay_sweep", "validation"):
         assert (tmp_path / f"user_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "RECOMMENDED" in dur.format_report(results)
+    assert "RECOMMENDED" in dreport.format_report(results)

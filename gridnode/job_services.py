@@ -1,7 +1,7 @@
 """What jobs may use of a running node: its records, its secrets and its actors' inboxes.
 
 Jobs (backup, restore, verify, recovery) never reach into actors' state; they send calls
-to the actors' channels (``gridnode.actors.base.call``) and read/write the catalog in
+to the actors' channels (``gridnode.actors.calls.call``) and read/write the catalog in
 worker threads.  Keeping that surface in one small class makes the dependencies of every
 job visible in one place, and lets tests build a node's services without its network.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import trio
 
-from .actors.base import Call, call
+from .actors.calls import Call, call
 from .config import NodeConfig
 from .identity import NodeIdentity
 from .storage.catalog import Catalog

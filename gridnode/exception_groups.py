@@ -1,4 +1,4 @@
-"""Small trio helpers shared by actors and jobs.
+"""Exception groups at a job's boundary: helpers shared by actors and jobs.
 
 trio wraps every exception that leaves a nursery in an ``ExceptionGroup`` (strict
 exception groups).  Inside one job, a nursery is an implementation detail: the caller

@@ -3,6 +3,10 @@
 Each method takes the JSON ``params`` the CLI sent and returns a JSON-ready result; the
 CLI prints that result verbatim with ``--json``, so the keys here are the stable
 interface documented in the README ("The interface scripts rely on").
+
+The methods read the running node through ``ControlledNode``, the few attributes they
+use, rather than through ``gridnode.node.Node``: the node builds its method table from
+this module, so this module must not import the node back.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import msgpack
@@ -18,14 +22,17 @@ import trio
 
 from protocol import format_node_id, short_node_id
 
+from .authority.client import SubscriptionFailed
 from .backup import BackupJob, BackupRequest
 from .control import ControlError, Emit
 from .errors import PeerError
 from .listing import diff_snapshots, find_in_snapshots, list_snapshot
 from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
-from .logic.placement import PlacementRules
+from .logic.placement.rules import PlacementRules
 from .logic.retention import KeepPolicy, RetentionError
+from .recovery import recover_catalog as recover
+from .repair import repair as repair_job
 from .restore import (
     forget_by_policy,
     forget_snapshot,
@@ -33,13 +40,65 @@ from .restore import (
     restore_snapshot,
     verify_snapshot,
 )
-from .storage.catalog import ChunkRecord
+from .storage.records import ChunkRecord
 
 if TYPE_CHECKING:
-    from .actors.request import Method
-    from .node import Node
+    from .actors.gossip import Gossiper
+    from .actors.packet_store import PacketStore
+    from .actors.request import Method, RequestActor
+    from .actors.retriever import Retriever
+    from .authority.client import SubscriptionClient
+    from .authority.globallog import LogForwarder
+    from .authority.reporting import UsageReporter
+    from .config import NodeConfig
+    from .delegation import Delegator, Repairer
+    from .identity import NodeIdentity
+    from .job_services import Services
+    from .storage.packets import PacketDirectory
+    from .transport import Transport
 
-__all__ = ["build_methods"]
+__all__ = ["ControlledNode", "build_methods"]
+
+
+class ControlledNode(Protocol):
+    """What the control methods read of a running node, and the one thing they do to it
+    (``shutdown``).  ``gridnode.node.Node`` satisfies it; a member that is None belongs
+    to a part the node runs only in some grids (an authority, delegated repair)."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def identity(self) -> NodeIdentity: ...
+    @property
+    def services(self) -> Services: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def packets(self) -> PacketDirectory: ...
+    @property
+    def gossiper(self) -> Gossiper | None: ...
+    @property
+    def gossip_dropped(self) -> int: ...
+    @property
+    def request(self) -> RequestActor: ...
+    @property
+    def packet_store(self) -> PacketStore: ...
+    @property
+    def retriever(self) -> Retriever: ...
+    @property
+    def delegator(self) -> Delegator | None: ...
+    @property
+    def repairer(self) -> Repairer | None: ...
+    @property
+    def subscription(self) -> SubscriptionClient | None: ...
+    @property
+    def log_forwarder(self) -> LogForwarder | None: ...
+    @property
+    def reporter(self) -> UsageReporter | None: ...
+
+    def shutdown(self) -> None: ...
 
 
 def _str(params: dict[str, Any], key: str, default: str | None = None) -> str:
@@ -63,7 +122,7 @@ def _str_list(params: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def rules_from(params: dict[str, Any], node: Node) -> PlacementRules:
+def rules_from(params: dict[str, Any], node: ControlledNode) -> PlacementRules:
     """Rules from the command, with the node's configured defaults."""
     try:
         backup = parse_band(params.get("backup_proximity") or node.config.backup_proximity or ":")
@@ -74,7 +133,7 @@ def rules_from(params: dict[str, Any], node: Node) -> PlacementRules:
     return PlacementRules(backup_proximity=backup, packet_proximity=packet, distinct=distinct)
 
 
-def build_methods(node: Node) -> dict[str, Method]:
+def build_methods(node: ControlledNode) -> dict[str, Method]:
     services = node.services
 
     async def status(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
@@ -234,8 +293,6 @@ def build_methods(node: Node) -> dict[str, Method]:
         return await verify_snapshot(services, _str(params, "snapshot"), emit)
 
     async def repair(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        from .repair import repair as repair_job
-
         snapshot = params.get("snapshot")
         if snapshot is not None and not isinstance(snapshot, str):
             raise ControlError("bad_params", "parameter 'snapshot' must be a string")
@@ -329,14 +386,10 @@ def build_methods(node: Node) -> dict[str, Method]:
         return {"verified": ok, "detail": detail, "entries": [e.to_json() for e in entries]}
 
     async def recover_catalog(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        from .recovery import recover_catalog as recover
-
         forwarder = node.log_forwarder
         return await recover(services, forwarder.authority_head if forwarder else None)
 
     async def subscribe(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        from .authority.client import SubscriptionFailed
-
         if node.subscription is None:
             raise ControlError(
                 "open_grid", "this node's grid has no authority (an open grid): nothing to join"

@@ -1,0 +1,282 @@
+"""The catalog's record types: what one snapshot, one entry of its tree, one chunk and one
+packet are, and how each travels (``to_wire``/``from_wire``: the sealed data assembly
+record on the grid) and is rebuilt from its stored fields.
+
+They live apart from ``gridnode.storage.catalog`` because most of the node handles
+records without touching the database: the actors and jobs pass them around, the
+record file encodes them, restore and repair read them.  Those modules import the
+types from here; only what reads or writes the SQLite file needs the ``Catalog``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, Final
+
+import attrs
+
+from ..names import escape
+
+__all__ = [
+    "HOLE",
+    "SNAPSHOT_COLUMNS",
+    "ChunkRecord",
+    "EntryRecord",
+    "PacketRecord",
+    "SnapshotRecord",
+    "policy_key",
+]
+
+
+def policy_key(k: int, n: int, rules: dict[str, Any]) -> str:
+    """The placement policy a chunk was stored under: the dedup key beside its id."""
+    return f"{k}/{n} " + json.dumps(rules, sort_keys=True, separators=(",", ":"))
+
+
+@attrs.frozen
+class SnapshotRecord:
+    snapshot_id: str
+    created: float
+    finished: float | None
+    state: str  # running | complete | interrupted | failed
+    parent: str | None
+    roots: tuple[str, ...]
+    files: int
+    total_bytes: int
+    params: str
+    rules: dict[str, Any]
+    record: bytes | None  # msgpack of the sealed record's chunk refs on the grid
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+    @property
+    def policy(self) -> str:
+        k, _, n = self.params.partition("/")
+        return policy_key(int(k), int(n), self.rules)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> SnapshotRecord:
+        """From a ``snapshots`` row selected as ``SNAPSHOT_COLUMNS``."""
+        (sid, created, finished, state, parent, roots, files, size, params, rules, record) = row
+        return cls(
+            sid,
+            created,
+            finished,
+            state,
+            parent,
+            tuple(json.loads(roots)),
+            files,
+            size,
+            params,
+            json.loads(rules),
+            record,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snapshot_id": self.snapshot_id,
+            "created": self.created,
+            "finished": self.finished,
+            "state": self.state,
+            "complete": self.complete,
+            "parent": self.parent,
+            # Shown escaped: a root's name need not be UTF-8 (see gridnode.names).
+            "roots": [escape(os.fsencode(r)) for r in self.roots],
+            "files": self.files,
+            "bytes": self.total_bytes,
+            "redundancy": self.params,
+            "rules": self.rules,
+        }
+
+
+#: The chunk id of a hole: an extent that is all zero bytes, stored nowhere and restored
+#: as a hole (sparse files, and runs of zeros in any large file, cost nothing to keep).
+HOLE: Final = b""
+
+
+def _name_bytes(value: str | bytes | None) -> bytes | None:
+    """Paths of records written before names were bytes (version 1 and 2) were text."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return value.encode("utf-8", "surrogateescape")
+
+
+@attrs.frozen
+class EntryRecord:
+    """One entry of a snapshot's tree: the source data record of claims 2-3.
+
+    ``uid``/``gid`` are None for entries recorded before owners were kept.  ``hardlink``
+    names the first entry (in path order) of the hard-link group this file belongs to;
+    such a file still carries its extents, so restoring it alone still gives its bytes.
+    """
+
+    path: bytes
+    kind: str  # file | dir | symlink | fifo | chardev | blockdev | socket
+    mode: int
+    mtime_ns: int
+    size: int
+    inode: int = 0
+    device: int = 0
+    link_target: bytes | None = None
+    extents: tuple[tuple[bytes, int, int], ...] = ()
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None
+    group: str | None = None
+    rdev: int = 0
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    hardlink: bytes | None = None
+
+    def meta(self) -> list[Any] | None:
+        """The fields beyond the first nine, or None when there are none to keep."""
+        if (
+            self.uid is None
+            and self.gid is None
+            and not self.rdev
+            and not self.xattrs
+            and self.hardlink is None
+        ):
+            return None
+        return [
+            self.uid,
+            self.gid,
+            self.user,
+            self.group,
+            self.rdev,
+            [list(x) for x in self.xattrs],
+            self.hardlink,
+        ]
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.path,
+            self.kind,
+            self.mode,
+            self.mtime_ns,
+            self.size,
+            self.inode,
+            self.device,
+            self.link_target,
+            [list(e) for e in self.extents],
+            *(self.meta() or [None, None, None, None, 0, [], None]),
+        ]
+
+    @classmethod
+    def from_wire(cls, raw: Sequence[Any]) -> EntryRecord:
+        """Reads every version: nine fields (text names) before record version 3."""
+        path, kind, mode, mtime_ns, size, inode, device, link_target, extents = raw[:9]
+        meta = raw[9:] if len(raw) > 9 else None
+        return cls.build(
+            path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta
+        )
+
+    @classmethod
+    def build(
+        cls,
+        path: str | bytes,
+        kind: str,
+        mode: int,
+        mtime_ns: int,
+        size: int,
+        inode: int,
+        device: int,
+        link_target: str | bytes | None,
+        extents: Sequence[Sequence[Any]] | None,
+        meta: Sequence[Any] | None,
+    ) -> EntryRecord:
+        """From stored fields (a record item or a catalog row), checking their types."""
+        name = _name_bytes(path)
+        if not name or not isinstance(kind, str):
+            raise ValueError(f"bad entry: {str(path)[:80]}")
+        uid = gid = None
+        user = group = None
+        rdev = 0
+        xattrs: tuple[tuple[bytes, bytes], ...] = ()
+        hardlink = None
+        if meta is not None:
+            uid, gid, user, group, rdev, raw_xattrs, raw_hardlink = meta
+            xattrs = tuple((bytes(k), bytes(v)) for k, v in raw_xattrs)
+            hardlink = _name_bytes(raw_hardlink)
+        return cls(
+            name,
+            kind,
+            int(mode),
+            int(mtime_ns),
+            int(size),
+            int(inode),
+            int(device),
+            _name_bytes(link_target),
+            tuple((bytes(c), int(o), int(n)) for c, o, n in extents or ()),
+            uid,
+            gid,
+            user,
+            group,
+            int(rdev),
+            xattrs,
+            hardlink,
+        )
+
+
+@attrs.frozen
+class PacketRecord:
+    share: int
+    packet_id: bytes
+    target: bytes
+    receipt: bytes
+
+
+@attrs.frozen
+class ChunkRecord:
+    chunk_id: bytes
+    plain_size: int
+    cipher_size: int
+    compressed: bool
+    k: int
+    n: int
+    packets: tuple[PacketRecord, ...]
+    rules: dict[str, Any] = attrs.field(factory=dict)
+    #: Which secret keys the chunk: "data" (the dedup secret, shared within a dedup
+    #: domain) or "record" (the node's own record key: data assembly records).
+    domain: str = "data"
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.chunk_id,
+            self.plain_size,
+            self.cipher_size,
+            self.compressed,
+            self.k,
+            self.n,
+            [[p.share, p.packet_id, p.target, p.receipt] for p in self.packets],
+            json.dumps(self.rules, sort_keys=True),
+            self.domain,
+        ]
+
+    @property
+    def policy(self) -> str:
+        return policy_key(self.k, self.n, self.rules)
+
+    @classmethod
+    def from_wire(cls, raw: Sequence[Any]) -> ChunkRecord:
+        chunk_id, plain, cipher, compressed, k, n, packets, rules, domain = raw
+        return cls(
+            bytes(chunk_id),
+            int(plain),
+            int(cipher),
+            bool(compressed),
+            int(k),
+            int(n),
+            tuple(PacketRecord(int(s), bytes(p), bytes(t), bytes(r)) for s, p, t, r in packets),
+            json.loads(rules),
+            str(domain),
+        )
+
+
+#: The ``snapshots`` columns ``SnapshotRecord.from_row`` reads, in its order.
+SNAPSHOT_COLUMNS: Final = (
+    "snapshot_id, created, finished, state, parent, roots, files, bytes, params, rules, record"
+)

@@ -38,7 +38,7 @@ from protocol import (
 )
 
 from .actors.assembler import Assembler
-from .actors.calls import call
+from .actors.calls import Call, Request, call
 from .actors.gossip import Gossiper, GossipIn, build_membership, parse_labels
 from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
@@ -448,7 +448,7 @@ class Node:
         self._store_send, store_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
         self._retr_send, retr_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
         self._asm_send, asm_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
-        self._req_send, req_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._req_send, req_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._gossip_send, gossip_recv = trio.open_memory_channel[GossipIn](GOSSIP_INBOX)
 
         # The transport first: gossip needs our real (possibly ephemeral) address.

@@ -26,7 +26,7 @@ from ..errors import GridError
 from ..exception_groups import leaves
 from ..log import get_logger
 from ..memory import release_free_memory
-from .calls import Call, serve_calls
+from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["ControlJob", "RequestActor", "as_control_error"]
 
@@ -58,7 +58,9 @@ def as_control_error(method: str, exc: Exception) -> ControlError:
 
 
 @attrs.frozen
-class ControlJob:
+class ControlJob(Request[object]):
+    """One control method called by a client; answered with its JSON result."""
+
     method: str
     params: dict[str, Any]
     emit: Emit
@@ -66,7 +68,7 @@ class ControlJob:
 
 @attrs.define
 class RequestActor:
-    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    inbound: Inbox
     methods: dict[str, Method]
     concurrency: int = 16
     jobs_started: int = 0
@@ -76,15 +78,16 @@ class RequestActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._idle.set()
+        handlers = Handlers("request").on(ControlJob, self._handle)
         await serve_calls(
-            self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+            self.inbound, handlers, concurrency=self.concurrency, task_status=task_status
         )
 
     async def wait_idle(self) -> None:
         """Shutdown waits here (under a grace deadline) for running jobs to finish."""
         await self._idle.wait()
 
-    async def _handle(self, job: ControlJob) -> Any:
+    async def _handle(self, job: ControlJob) -> object:
         method = self.methods.get(job.method)
         if method is None:
             raise ControlError("unknown_method", f"unknown method {job.method!r}")

@@ -54,6 +54,8 @@ from .transfer import deliver
 
 _log = get_logger(actor="delegation")
 
+#: What a delegate counts per packet of a map it keeps (parts are ~73 bytes a packet).
+MAP_BYTES_PER_PACKET: Final = 80
 #: Chunks one scan of a map hands to repair; the rest wait for the next scan.
 MAX_CHUNKS_PER_SCAN: Final = 5_000
 #: Ticks before a map is scanned again for chunks left unrepaired (no new holder, a
@@ -136,6 +138,9 @@ class Repairer:
     tick_s: float
     request_timeout_s: float = 30.0
     settle_s: float = 0.0
+    #: Disk this node gives the maps of the owners it repairs for, all together (the
+    #: node passes a twentieth of its allocation): anyone may choose it as a delegate.
+    map_budget_bytes: int = 1 << 30
     clock: Callable[[], float] = time.time
     held: dict[bytes, _Held] = attrs.field(factory=dict)
     #: Capabilities waiting for parts of their map, by owner (in memory only: after a
@@ -198,8 +203,11 @@ class Repairer:
                     held_map.targets = {bytes(t): int(c) for t, c in raw.get("targets", [])}
                     held_map.set_moves(moves)
                     if not all(held_map.has(r.digest) for r in cap.parts):
-                        raise ValueError("parts of its map are missing")
-                else:
+                        # The map is gone (a disk problem): the owner grants it again at
+                        # its next renewal; the moves, its only record, are kept.
+                        _log.warning("delegation_map_missing", owner=owner.hex()[:12])
+                        cap = None
+                if cap is None:
                     held_map.drop()
                 held = _Held(
                     raw["blob"] if cap else b"",
@@ -287,6 +295,16 @@ class Repairer:
         old = self.held.get(owner)
         if old is None and len(self.held) + len(self.pending) >= MAX_OWNERS:
             raise RemoteError("too_many_owners", "this node holds as many capabilities as it may")
+        others = sum(
+            h.capability.packets for o, h in self.held.items() if o != owner and h.capability
+        )
+        if (others + cap.packets) * MAP_BYTES_PER_PACKET > self.map_budget_bytes:
+            self._count("capabilities_refused")
+            raise RemoteError(
+                "no_room",
+                f"a map of {cap.packets} packets does not fit the "
+                f"{self.map_budget_bytes} bytes this node keeps for repair maps",
+            )
         if old is not None and old.capability is not None:
             if cap.version < old.capability.version:
                 raise RemoteError("stale_capability", "a newer capability of this owner is held")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from gridnode.delegation import Repairer, build_capability
+from gridnode.delegation import MoveRecord, Repairer, build_capability
 from gridnode.delegation import map_parts as mp
 from gridnode.delegation.capability import held_chunk
 from gridnode.delegation.transfer import deliver
@@ -214,3 +214,52 @@ async def test_parts_come_only_from_the_granting_sender_and_only_as_signed(
     assert isinstance(ok, RepairGranted) and len(ok.missing) == len(parts) - 1
     with pytest.raises(RemoteError):  # the same part twice
         await part(sealed, owner.node_id)
+
+
+async def test_a_delegate_refuses_maps_past_its_budget_and_keeps_moves_when_parts_vanish(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(mp, "PART_PACKETS", 2_000)
+    owner, delegate = NodeIdentity.generate(), NodeIdentity.generate()
+    chunks = _chunks(100, _holders(10))  # 3,000 packets
+    # Anyone may choose a member as its delegate: the maps it keeps have a budget.
+    small = _repairer(delegate, tmp_path / "small")
+    small.map_budget_bytes = 3_000 * 80 - 1
+    cap = build_capability(owner, delegate.node_id, (), now=NOW, lease_s=3600, lat=None, lon=None)
+    head = cap.seal(owner.signing_key, parts=mp.build_parts([held_chunk(owner, c) for c in chunks]))
+    with pytest.raises(RemoteError) as refused:
+        await small.serve(GrantRepair(request_id=1, capability=head), owner.node_id)
+    assert refused.value.code == "no_room"
+    assert not (tmp_path / "small" / "delegations").exists() or not any(
+        (tmp_path / "small" / "delegations").rglob("*")
+    )
+    # Taken up; then its part files vanish (a disk problem): the restarted delegate
+    # drops the map, not the owner's record of moves, and says so.
+    repairer = _repairer(delegate, tmp_path / "big")
+    answer, _ = await _grant(owner, repairer, chunks, now=NOW)
+    assert answer.missing == ()
+    held = repairer.held[owner.node_id]
+    move_owner = owner.node_id
+    held.moves.append(
+        MoveRecord(
+            move_owner,
+            delegate.node_id,
+            1,
+            b"h" * 32,
+            0,
+            b"p" * 32,
+            1,
+            b"a" * 32,
+            b"b" * 32,
+            b"r" * 64,
+            NOW,
+        ).signed(delegate.signing_key)
+    )
+    repairer._save(owner.node_id)
+    for part in (tmp_path / "big" / "delegations" / f"{owner.node_id.hex()}.parts").iterdir():
+        part.unlink()
+    again = _repairer(delegate, tmp_path / "big")
+    again.load()
+    kept = again.held[owner.node_id]
+    assert kept.capability is None and len(kept.moves) == 1
+    assert again.leases() == []

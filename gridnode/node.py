@@ -630,6 +630,7 @@ class Node:
             tick_s=tick_s,
             request_timeout_s=config.request_timeout_s,
             settle_s=min(config.repair_after_s, 4 * config.gossip_sync_interval_s),
+            map_budget_bytes=max(64 << 20, config.allocated_bytes // 20),
         )
         await nursery.start(self.repairer.run)
         if config.repair_delegates > 0:

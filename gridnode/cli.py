@@ -36,6 +36,7 @@ from .cli_common import (
     print_json,
     table,
 )
+from .config_keys import LOCATION_CHECKS
 from .control_client import PROTOCOL_VERSION
 from .errors import GridError, UserError
 from .units import format_bytes
@@ -456,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_home(p)
     add_json(p)
     p.set_defaults(fn=lazy("gridnode.home_cli", "cmd_config_show"))
+    p = config_sub.add_parser(
+        "reference", help="every config key: type, default, bounds, help (docs/CONFIG.md)"
+    )
+    p.set_defaults(fn=lazy("gridnode.home_cli", "cmd_config_reference"))
 
     p = sub.add_parser("run", help="run the node until SIGINT/SIGTERM")
     add_home(p)
@@ -613,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB")
     p.add_argument(
         "--location-check",
-        choices=["enforce", "warn", "off"],
+        choices=LOCATION_CHECKS,
         help="check members' claimed locations (default enforce)",
     )
     p.add_argument(
@@ -690,6 +695,7 @@ EXAMPLES: Final = {
     "account": "gridnode account --home ~/gn",
     "run": "gridnode run --home ~/gn --log-level info",
     "config show": "gridnode config show --home ~/gn",
+    "config reference": "gridnode config reference > docs/CONFIG.md",
     "status": "gridnode status --home ~/gn",
     "snapshots": "gridnode snapshots --home ~/gn",
     "log": "gridnode log --home ~/gn",

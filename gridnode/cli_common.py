@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import control_client
+from .config_keys import CONFIG_KEYS, ConfigKey
 from .control_files import ControlError, NodeNotRunning
 from .home_layout import CONFIG_NAME, default_home
 from .units import format_bytes
@@ -227,27 +228,30 @@ def add_json(p: argparse.ArgumentParser) -> None:
 
 
 def add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
-    p.add_argument("--listen", help="HOST:PORT to listen on for peers")
-    p.add_argument("--advertise", help="HOST:PORT other members dial (with --listen 0.0.0.0)")
+    """The flags of ``init`` (``init=True``) and ``run`` that set config keys: one per key
+    declared with a flag (``gridnode.config_keys``), its help and choices from there."""
+    for key in CONFIG_KEYS:
+        if key.flag == "run" or (init and key.flag == "init"):
+            _add_key_flag(p, key)
     p.add_argument("--seed", action="append", help="HOST:PORT of a member to join through")
-    p.add_argument("--location", help='"CITY" or LAT,LON')
-    p.add_argument("--allocate", help="storage to offer the grid, e.g. 50GB or 1.5TiB")
     p.add_argument(
-        "--location-check",
-        choices=["enforce", "warn", "off"],
-        help="check members' claimed locations against round-trip times (default enforce)",
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a config key (any but the grid file's: `gridnode config reference`)",
     )
-    p.add_argument(
-        "--log-level",
-        choices=["debug", "info", "warning", "error", "critical"],
-        help="how much the node logs to stderr (default warning)",
-    )
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key")
     if init:
         p.add_argument("--label", action="append", help="failure-domain label NAME=VALUE")
-        p.add_argument("--redundancy", help="default K/N for backups (default 10/30)")
-        p.add_argument("--backup-proximity", help="default MIN:MAX from source (km or mi)")
-        p.add_argument("--packet-proximity", help="default MIN:MAX between targets")
+
+
+def _add_key_flag(p: argparse.ArgumentParser, key: ConfigKey) -> None:
+    """``--log-level`` for ``log_level``: the flag's help, default and choices are the
+    key's, so the two cannot drift apart."""
+    text = key.help.replace("%", "%%")  # argparse formats help with %
+    if key.default not in (None, ""):
+        text += f" (default {key.default})"
+    flag = "--" + key.name.replace("_", "-")
+    p.add_argument(flag, choices=key.choices or None, help=text)
 
 
 def lazy(module: str, name: str) -> Callable[[argparse.Namespace], None]:

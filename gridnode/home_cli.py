@@ -19,12 +19,14 @@ import trio
 
 from .cli_common import CliError, print_json, resolve_home
 from .config import CONFIG_NAME, GridFile, build_config, load_config, parse_address
+from .config_keys import CONFIG_KEYS, check_settable, reference_markdown
 from .exception_groups import collapse_groups
 from .identity import NodeIdentity, load_identity, read_key_argument
 from .log import configure_logging
 from .units import format_bytes
 
 __all__ = [
+    "cmd_config_reference",
     "cmd_config_show",
     "cmd_grid_create",
     "cmd_init",
@@ -57,9 +59,10 @@ def cmd_grid_create(args: argparse.Namespace) -> None:
         print(f"open grid {grid.name!r} ({grid.grid_id.hex()}) written to {out}")
 
 
-#: Flags shared by ``init`` and ``run`` that map one to one onto config keys.
-_RUN_KEYS = ("listen", "advertise", "allocate", "location", "location_check", "log_level")
-_INIT_KEYS = (*_RUN_KEYS, "redundancy", "backup_proximity", "packet_proximity")
+#: Flags that map one to one onto config keys (declared in ``gridnode.config_keys``):
+#: those of ``init`` and ``run``, and those of ``init`` alone.
+_RUN_KEYS = tuple(key.name for key in CONFIG_KEYS if key.flag == "run")
+_INIT_KEYS = (*_RUN_KEYS, *(key.name for key in CONFIG_KEYS if key.flag == "init"))
 
 
 def _given(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
@@ -68,13 +71,14 @@ def _given(args: argparse.Namespace, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _set_items(args: argparse.Namespace) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs; validated by the config, so any key may be set."""
+    """``--set KEY=VALUE`` pairs for any key declared settable (the grid file's are not);
+    the values are validated with the rest of the config."""
     values: dict[str, Any] = {}
     for item in getattr(args, "set", None) or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise CliError(f"--set expects KEY=VALUE, got {item!r}")
-        values[key.strip()] = value.strip()
+        values[check_settable(key.strip()).name] = value.strip()
     return values
 
 
@@ -279,3 +283,8 @@ def cmd_config_show(args: argparse.Namespace) -> None:
         mark = "*" if key in changed else " "
         print(f"{mark} {key} = {value!r}")
     print("(* differs from this version's default)")
+
+
+def cmd_config_reference(args: argparse.Namespace) -> None:
+    """Every config key with its type, default, bounds and help: ``docs/CONFIG.md``."""
+    print(reference_markdown(), end="")

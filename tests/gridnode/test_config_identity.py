@@ -55,6 +55,9 @@ def test_format_bytes() -> None:
         ({"no_such_key": 1}, "no_such_key"),
         ({"seeds": ["x"]}, "'seeds'"),
         ({"repair_after_s": -1}, "'repair_after_s'"),
+        ({"max_frame_bytes": 100}, "'max_frame_bytes'"),
+        ({"authority_key": "11" * 32}, "'authority_key' and 'authority_address'"),
+        ({"metrics_listen": "10.0.0.1:9100"}, "'metrics_listen'"),
     ],
 )
 def test_invalid_values_name_their_key(tmp_path: Path, values: dict[str, object], key: str) -> None:
@@ -91,8 +94,9 @@ def test_address_parsing() -> None:
         parse_address("127.0.0.1:99999")
 
 
-def test_grid_file_round_trip(tmp_path: Path) -> None:
-    grid = GridFile(name="g", grid_id=os.urandom(16), seeds=("127.0.0.1:1",))
+@pytest.mark.parametrize("name", ["g", 'a "grid"\twith\x07control\ncharacters\x7f\\'])
+def test_grid_file_round_trip(tmp_path: Path, name: str) -> None:
+    grid = GridFile(name=name, grid_id=os.urandom(16), seeds=("127.0.0.1:1",))
     grid.save(tmp_path / "g.toml")
     assert GridFile.load(tmp_path / "g.toml") == grid
 

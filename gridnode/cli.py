@@ -176,6 +176,40 @@ def cmd_snapshots(args: argparse.Namespace) -> None:
     )
 
 
+def _local_time(when: float | None) -> str | None:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) if when else None
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> None:
+    rows = call(args, "schedules")
+    if args.json:
+        print_json(rows)
+        return
+    if not rows:
+        print("no schedules: add [[schedule]] tables to the home's gridnode.toml and restart")
+        return
+    print(
+        table(
+            [
+                (
+                    r["name"],
+                    f"every {r['every']}" if r["every"] else f"at {r['at']}",
+                    "running" if r["running"] else _local_time(r["next_run"]),
+                    _local_time(r["last_run"]),
+                    r["last_result"],
+                    r["last_snapshot"],
+                    " ".join(r["paths"]),
+                )
+                for r in rows
+            ],
+            ["schedule", "when", "next run", "last run", "result", "snapshot", "paths"],
+        )
+    )
+    for r in rows:
+        if r["last_error"]:
+            print(f"{r['name']}: {r['last_error']}")
+
+
 def cmd_restore(args: argparse.Namespace) -> None:
     params: dict[str, Any] = {"snapshot": args.snapshot, "to": absolute(args.to)}
     if args.path:
@@ -479,6 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_json(p)
         p.set_defaults(fn=fn)
 
+    schedule = sub.add_parser(
+        "schedule", help="backups the node runs by itself ([[schedule]] in gridnode.toml)"
+    )
+    schedule_sub = schedule.add_subparsers(dest="schedule_command", required=True)
+    p = schedule_sub.add_parser("list", help="each schedule's next run, last run and result")
+    add_home(p)
+    add_json(p)
+    p.set_defaults(fn=cmd_schedule_list)
+
     p = sub.add_parser("backup", help="back up paths")
     add_home(p)
     p.add_argument("paths", nargs="+", help="files and directories to back up")
@@ -699,6 +742,7 @@ EXAMPLES: Final = {
     "status": "gridnode status --home ~/gn",
     "snapshots": "gridnode snapshots --home ~/gn",
     "log": "gridnode log --home ~/gn",
+    "schedule list": "gridnode schedule list --home ~/gn --json",
     "stop": "gridnode stop --home ~/gn",
     "backup": "gridnode backup --home ~/gn ~/Documents --exclude-file ~/.gridnode-excludes "
     "--backup-proximity 100km:3000km",
@@ -772,6 +816,7 @@ _NO_LOGGING: Final = frozenset(
     {
         "run", "status", "snapshots", "log", "stop", "backup", "restore", "ls", "find",
         "diff", "verify", "forget", "placement", "repair", "completion", "manpage",
+        "schedule",
     }
 )  # fmt: skip
 

@@ -34,6 +34,7 @@ from .config_keys import (
 from .fsutil import atomic_write
 from .home_layout import CONFIG_NAME, default_home
 from .logic.packing import ErasureParams
+from .schedules import Schedule
 
 __all__ = [
     "CONFIG_NAME",
@@ -192,6 +193,8 @@ class NodeConfig:
     log_forward_s: float = _DEFAULTS["log_forward_s"]
     billing_period_s: float = _DEFAULTS["billing_period_s"]
     usage_report_interval_s: float = _DEFAULTS["usage_report_interval_s"]
+    #: Backups the node runs by itself (``[[schedule]]``; ``gridnode.scheduler``).
+    schedules: tuple[Schedule, ...] = _DEFAULTS["schedules"]
 
     @property
     def listen_address(self) -> str:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from .errors import UserError
+from .schedules import SCHEDULE_FIELDS, ScheduleError, parse_schedules
 from .units import parse_size
 
 __all__ = [
@@ -246,6 +247,8 @@ class ConfigKey(NamedTuple):
     replaces: tuple[str, ...] = ()
     #: The values a choice may take (also the flag's choices).
     choices: tuple[str, ...] = ()
+    #: Why ``--set`` may not give it, when the reason is not the grid file.
+    not_settable: str = ""
 
 
 def _one(
@@ -324,6 +327,27 @@ def _write_listen(config: Any) -> str:
 def _read_location(key: str, value: Any) -> dict[str, Any]:
     lat, lon, city = resolve_location(str(value))
     return {"lat": lat, "lon": lon, "city": city}
+
+
+def _schedule_rule(where: str, key: str, text: str) -> str:
+    """A schedule's ``redundancy`` (normalised) or distance band, checked as the node's."""
+    from .logic.distance import parse_band  # only when a config is read: the CLI is lazy
+    from .logic.packing import ErasureParams
+
+    try:
+        if key == "redundancy":
+            return str(ErasureParams.parse(text))
+        parse_band(text)
+    except ValueError as exc:
+        raise ScheduleError(f"{where} key {key!r}: {exc}") from None
+    return text
+
+
+def _read_schedules(key: str, value: Any) -> dict[str, Any]:
+    try:
+        return {"schedules": parse_schedules(value, check=_schedule_rule)}
+    except ScheduleError as exc:
+        raise ConfigError(f"config key {key!r}: {exc}") from None
 
 
 _DAY: Final = 86400.0
@@ -570,6 +594,19 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         _DAY * 31,
         "seconds between signed usage reports to the authority",
     ),
+    # gridnode.scheduler runs them; the table's keys are listed below the key table.
+    ConfigKey(
+        "schedule",
+        "array of tables",
+        [],
+        "backups the node runs by itself ([[schedule]] tables: see Schedules below)",
+        _read_schedules,
+        lambda config: [schedule.to_toml() for schedule in config.schedules],
+        bounds="unique names",
+        settable=False,
+        not_settable="--set schedule: schedules are tables; write them in HOME/gridnode.toml "
+        "as [[schedule]] (docs/CONFIG.md, Schedules)",
+    ),
 )
 
 KEYS_BY_NAME: Final = {key.name: key for key in CONFIG_KEYS}
@@ -597,6 +634,8 @@ def check_settable(name: str) -> ConfigKey:
         raise ConfigError(
             f"--set {name}: unknown config key ({hint}`gridnode config reference` lists them)"
         )
+    if not key.settable and key.not_settable:
+        raise ConfigError(key.not_settable)
     if not key.settable:
         raise ConfigError(
             f"--set {name}: config key {name!r} comes from the grid file and cannot be set "
@@ -647,4 +686,30 @@ def reference_markdown() -> str:
             f"{key.help}{flag}".replace("|", "\\|"),
         )
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Schedules",
+        "",
+        "Each `[[schedule]]` table is a backup the node runs by itself, one at a time;",
+        "`gridnode schedule list --home DIR` shows when each runs next and how its last run",
+        "went.  A schedule that never ran runs when the node starts (`every`) or at its",
+        "next time (`at`); one whose time passed while the node was off runs soon after it",
+        "comes back, once.  A failed run is tried again at the next time.  After a",
+        "successful run, `keep` forgets the schedule's older snapshots (restic's rules, as",
+        "`gridnode forget --keep-*`; other snapshots are never touched).",
+        "",
+        "```toml",
+        "[[schedule]]",
+        'name = "home"',
+        'paths = ["~/Documents", "/etc"]',
+        'exclude = ["*.tmp"]',
+        'every = "6h"',
+        "keep = { last = 7, daily = 7, weekly = 4 }",
+        "```",
+        "",
+        "| key | type | description |",
+        "| --- | --- | --- |",
+    ]
+    for name, kind, text in SCHEDULE_FIELDS:
+        lines.append(f"| `{name}` | {kind} | {text} |")
     return "\n".join(lines) + "\n"

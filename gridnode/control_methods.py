@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .delegation import Delegator, Repairer
     from .identity import NodeIdentity
     from .job_services import Services
+    from .scheduler import Scheduler
     from .storage.packets import PacketDirectory
     from .transport import Transport
 
@@ -97,6 +98,8 @@ class ControlledNode(Protocol):
     def log_forwarder(self) -> LogForwarder | None: ...
     @property
     def reporter(self) -> UsageReporter | None: ...
+    @property
+    def scheduler(self) -> Scheduler | None: ...
 
     def shutdown(self) -> None: ...
 
@@ -237,7 +240,13 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
 
     async def snapshots(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
         rows = await services.db(services.catalog.snapshots)
-        return [s.to_json() for s in rows]
+        # Which ``[[schedule]]`` made each snapshot (None: a backup someone typed).
+        made_by = node.scheduler.snapshot_schedules() if node.scheduler is not None else {}
+        return [{**s.to_json(), "schedule": made_by.get(s.snapshot_id)} for s in rows]
+
+    async def schedules(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
+        """``gridnode schedule list``: each schedule, its next run and its last one."""
+        return node.scheduler.describe() if node.scheduler is not None else []
 
     async def backup(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         paths = _str_list(params, "paths")
@@ -419,6 +428,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
     return {
         "status": status,
         "snapshots": snapshots,
+        "schedules": schedules,
         "backup": backup,
         "restore": restore,
         "ls": ls,

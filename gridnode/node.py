@@ -59,6 +59,7 @@ from .log import get_logger
 from .logic.placement.members import Member
 from .ratelimit import RateLimiter
 from .repair import AutoRepair
+from .scheduler import Scheduler
 from .storage.catalog import Catalog
 from .storage.holdings import Holdings
 from .storage.packets import PacketDirectory
@@ -531,6 +532,18 @@ class Node:
         await nursery.start(self.gossiper.run)
         if not self.admission.open:
             nursery.start_soon(self._watch_certificates)
+        # Unattended backups (``[[schedule]]``), submitted as control jobs; before the
+        # control server, so a `gridnode schedule list` always finds the scheduler.
+        self.scheduler = Scheduler(
+            schedules=config.schedules,
+            home=config.home,
+            submit=self._control_job,
+            default_redundancy=config.redundancy,
+            alive_members=lambda: len(self.services.alive_members()),
+            stopping=self._shutdown.is_set,
+            settle_s=min(60.0, 4 * config.gossip_sync_interval_s),
+        )
+        await nursery.start(self.scheduler.run)
         self.control = ControlServer(
             home=config.home,
             handler=self._control_job,
@@ -569,6 +582,8 @@ class Node:
 
     #: The port the metrics endpoint listens on (None: off).
     metrics_port: int | None = None
+    #: Runs the config's schedules (``gridnode.scheduler``); set while the node starts.
+    scheduler: Scheduler | None = None
 
     async def _start_delegation(self, nursery: trio.Nursery) -> None:
         """Repair that outlives the source (``gridnode.delegation``): every node can be a

@@ -77,6 +77,10 @@ SAMPLES: dict[str, tuple[dict[str, Any], Any]] = {
     "log_forward_s": ({"log_forward_s": 2}, 2.0),
     "billing_period_s": ({"billing_period_s": 3}, 3.0),
     "usage_report_interval_s": ({"usage_report_interval_s": 60}, 60.0),
+    "schedule": (
+        {"schedule": [{"name": "home", "paths": ["/home/me"], "every": "6h", "keep": {"last": 7}}]},
+        [{"name": "home", "paths": ["/home/me"], "every": "6h", "keep": {"last": 7}}],
+    ),
 }
 
 

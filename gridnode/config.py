@@ -172,6 +172,7 @@ class NodeConfig:
     bandwidth_bps: int = _DEFAULTS["bandwidth_bps"]
     control_port: int = _DEFAULTS["control_port"]
     metrics_listen: str = _DEFAULTS["metrics_listen"]
+    summary_interval_s: float = _DEFAULTS["summary_interval_s"]
     grace_period_s: float = _DEFAULTS["grace_period_s"]
     request_timeout_s: float = _DEFAULTS["request_timeout_s"]
     handshake_timeout_s: float = _DEFAULTS["handshake_timeout_s"]

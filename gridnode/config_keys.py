@@ -432,9 +432,11 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         bounds="at most the storage disk's free space (checked by init)",
         flag="run",
     ),
+    # Info by default: a long-running node says what it does (members, jobs, a periodic
+    # summary); warning keeps only what needs a look.
     _choices(
         "log_level",
-        "warning",
+        "info",
         LOG_LEVELS,
         "how much the node logs to stderr",
         lower=True,
@@ -488,6 +490,13 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         "loopback HOST:PORT for the Prometheus endpoint; empty turns it off",
         _metrics_listen,
         bounds="loopback only",
+    ),
+    _number(
+        "summary_interval_s",
+        600.0,
+        0.0,
+        _DAY,
+        "seconds between the node's summary log lines (node_summary); 0 turns them off",
     ),
     _number("grace_period_s", 3.0, 0.0, 60.0, "seconds a stopping node gives its work"),
     _number("request_timeout_s", 30.0, 0.1, 3600.0, "seconds a request to a member may take"),

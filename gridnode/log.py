@@ -1,6 +1,10 @@
-"""structlog configuration: quiet by default, human on a terminal, JSON lines otherwise.
+"""structlog configuration: human on a terminal, JSON lines otherwise.
 
-Configured once per process (style.md 5.6/5.7).  Every actor binds ``node``,
+Configured once per process (style.md 5.6/5.7).  A running node logs at info unless its
+``log_level`` key or ``run --log-level`` says otherwise: what it does (members coming
+and going, jobs, a periodic ``node_summary``, see ``gridnode.summary``) is what its
+operator reads.  The CLI's one-shot commands log at warning (``GRIDNODE_LOG_LEVEL``):
+their output is their result.  Every actor binds ``node``,
 ``actor`` and, per connection, ``peer`` so one grep follows one request across
 actors; bindings flow down to child tasks through contextvars, never up.
 

@@ -2,10 +2,15 @@
 
 ``metrics_listen = "127.0.0.1:9474"`` (config key; empty, the default, turns it off)
 serves ``GET /metrics`` in Prometheus' text format: storage held and free, sessions,
-members by state, the age of the newest complete backup, and the node's counters (packets
-stored and served, repairs, delegated repair, gossip).  Loopback only: the figures say
-which members this node talks to and how much it holds, which is nobody else's business,
-so a non-loopback address is refused; put a scraper on the same machine or tunnel to it.
+members by state, the age of the newest complete backup, jobs ended by method and
+outcome, the outcomes of this node's repair runs (manual and automatic), and the node's
+counters (packets stored and served, delegated repair, gossip).  The figures are read
+the way the ``node_summary`` log line reads them (``gridnode.summary``).  Audits (spot
+checks of what holders keep) do not exist yet, so neither do their series.
+
+Loopback only: the figures say which members this node talks to and how much it holds,
+which is nobody else's business, so a non-loopback address is refused; put a scraper on
+the same machine or tunnel to it.
 
 prometheus-client renders the format (its exposition rules are subtle: escaping, types,
 ``_total`` suffixes).  Its own HTTP server runs in a thread, which would read the node's
@@ -15,7 +20,6 @@ HTTP itself, on the node's trio loop, and collects at each scrape from there.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -24,30 +28,20 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .actors.request import REPAIR_FIELDS
 from .config import check_metrics_address
 from .log import get_logger
+from .summary import SummaryNode, last_backup_age_s, members_by_state
 
 if TYPE_CHECKING:
-    from .actors.gossip import Gossiper
-    from .actors.packet_store import PacketStore
-    from .actors.request import RequestActor
     from .actors.retriever import Retriever
-    from .job_services import Services
-    from .storage.packets import PacketDirectory
-    from .transport import Transport
 
 
-class Node(Protocol):
+class Node(SummaryNode, Protocol):
     """What a scrape reads of the node (``gridnode.node.Node`` has it all); named here so
     this module does not import the node that starts it."""
 
-    packets: PacketDirectory
-    transport: Transport
-    gossiper: Gossiper | None
-    request: RequestActor
-    packet_store: PacketStore
     retriever: Retriever
-    services: Services
 
 
 __all__ = ["MetricsCollector", "check_metrics_address", "serve_metrics"]
@@ -72,10 +66,7 @@ class MetricsCollector(Collector):
         self.backup_age_s: float | None = None
 
     async def refresh(self) -> None:
-        services = self.node.services
-        snapshots = await services.db(services.catalog.snapshots)
-        finished = [s.finished for s in snapshots if s.complete and s.finished]
-        self.backup_age_s = time.time() - max(finished) if finished else None
+        self.backup_age_s = await last_backup_age_s(self.node.services)
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
@@ -103,11 +94,7 @@ class MetricsCollector(Collector):
         members = GaugeMetricFamily(
             "gridnode_members", "Grid members this node knows, by state", labels=["state"]
         )
-        counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
-        if node.gossiper is not None:
-            for view in node.gossiper.members():
-                counts[view.state] = counts.get(view.state, 0) + 1
-        for state, count in sorted(counts.items()):
+        for state, count in sorted(members_by_state(node).items()):
             members.add_metric([state], count)
         yield members
         if self.backup_age_s is not None:
@@ -120,6 +107,7 @@ class MetricsCollector(Collector):
             "gridnode_jobs_running", "Control jobs running (backups, restores, ...)",
             value=node.request.running,
         )  # fmt: skip
+        yield from _jobs_and_repairs(node)
         yield from _counters("gridnode_store", "Packet store events", node.packet_store.stats)
         yield from _counters("gridnode_fetch", "Retriever events", node.retriever.stats)
         repairer = getattr(node, "repairer", None)  # (delegated repair: issue 15)
@@ -129,6 +117,44 @@ class MetricsCollector(Collector):
             )
         if node.gossiper is not None:
             yield from _counters("gridnode_gossip", "Gossip events", node.gossiper.counters())
+
+
+def _jobs_and_repairs(node: Node) -> Iterator[Metric]:
+    """Jobs ended since the start by method and outcome, and this node's repair runs
+    (manual and automatic) with what they did to its chunks."""
+    request = node.request
+    jobs = CounterMetricFamily(
+        "gridnode_jobs",
+        "Jobs (backup, restore, verify, repair, forget, recover_catalog) ended, by outcome",
+        labels=["method", "outcome"],
+    )
+    for (method, outcome), count in sorted(request.outcomes.items()):
+        jobs.add_metric([method, outcome], count)
+    yield jobs
+    repairs = request.repairs
+    runs = CounterMetricFamily(
+        "gridnode_repair_runs",
+        "Repair runs of this node's snapshots; incomplete: chunks left lost or unrepaired",
+        labels=["result"],
+    )
+    incomplete = repairs.get("runs_incomplete", 0)
+    runs.add_metric(["complete"], repairs.get("runs", 0) - incomplete)
+    runs.add_metric(["incomplete"], incomplete)
+    yield runs
+    chunks = CounterMetricFamily(
+        "gridnode_repair_chunks",
+        "Chunks of this node's repair runs, by outcome",
+        labels=["outcome"],
+    )
+    for name in REPAIR_FIELDS:
+        if name.startswith("chunks_"):
+            chunks.add_metric([name.removeprefix("chunks_")], repairs.get(name, 0))
+    yield chunks
+    yield CounterMetricFamily(
+        "gridnode_repair_packets_rebuilt",
+        "Packets rebuilt and placed anew by this node's repair runs",
+        value=repairs.get("packets_rebuilt", 0),
+    )
 
 
 def _counters(prefix: str, what: str, values: dict[str, Any]) -> Iterator[Metric]:

@@ -63,6 +63,7 @@ from .scheduler import Scheduler
 from .storage.catalog import Catalog
 from .storage.holdings import Holdings
 from .storage.packets import PacketDirectory
+from .summary import run_reporting
 from .transport import PeerLink, Transport, TransportSettings
 from .transport.pool import MAX_PREAUTH, MAX_SESSIONS
 
@@ -562,9 +563,12 @@ class Node:
                 threshold=config.repair_threshold,
                 # Time for gossip to learn the view after a start, before an absence counts.
                 settle_s=min(config.repair_after_s, 4 * config.gossip_sync_interval_s),
+                on_result=self.request.note_repair,  # the repair totals of node_summary
             )
             await nursery.start(self.auto_repair.run)
         await self._start_delegation(nursery)
+        # The periodic node_summary line and the allocation_full warning (gridnode.summary).
+        await nursery.start(run_reporting, self, config.summary_interval_s)
         if self.subscription is not None:
             await nursery.start(self.subscription.run)
         if self.log_forwarder is not None:

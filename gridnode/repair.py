@@ -445,6 +445,8 @@ class AutoRepair:
     #: Runs before a repair: takes in the moves this node's delegates made while it was
     #: away (``Delegator.take_moves``), so that it does not rebuild the same packets.
     before: Callable[[], Awaitable[Any]] | None = None
+    #: Told each run's result (the node's repair totals: summary line and metrics).
+    on_result: Callable[[dict[str, Any]], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -506,4 +508,6 @@ class AutoRepair:
             self.tried[node_id] = trio.current_time()
         self.runs.append(result)
         del self.runs[:-10]
+        if self.on_result is not None:
+            self.on_result(result)
         return result

@@ -41,7 +41,7 @@ SAMPLES: dict[str, tuple[dict[str, Any], Any]] = {
     "latitude": ({"latitude": -33.87, "longitude": 151.21}, -33.87),
     "longitude": ({"latitude": 10, "longitude": -20.5}, -20.5),
     "allocate": ({"allocate": "2GB"}, "2000000000"),
-    "log_level": ({"log_level": "INFO"}, "info"),
+    "log_level": ({"log_level": "WARNING"}, "warning"),
     "location_check": ({"location_check": "warn"}, "warn"),
     "labels": ({"labels": ["site=a", "rack=b"]}, ["site=a", "rack=b"]),
     "redundancy": ({"redundancy": "4/6"}, "4/6"),
@@ -51,6 +51,7 @@ SAMPLES: dict[str, tuple[dict[str, Any], Any]] = {
     "bandwidth_bps": ({"bandwidth_bps": "5000"}, 5000),
     "control_port": ({"control_port": 7401}, 7401),
     "metrics_listen": ({"metrics_listen": "127.0.0.1:9100"}, "127.0.0.1:9100"),
+    "summary_interval_s": ({"summary_interval_s": 0}, 0.0),
     "grace_period_s": ({"grace_period_s": 2}, 2.0),
     "request_timeout_s": ({"request_timeout_s": "12.5"}, 12.5),
     "handshake_timeout_s": ({"handshake_timeout_s": 3}, 3.0),
@@ -119,7 +120,7 @@ def test_only_keys_that_differ_from_their_default_are_written(tmp_path: Path) ->
     text = (tmp_path / CONFIG_NAME).read_text(encoding="utf-8")
     assert set(tomllib.loads(text)) == {"grid_id", "grid_name"}
     config = build_config(
-        tmp_path, {**GRID, "allocate": "2GB", "redundancy": "2/3", "log_level": "warning"}
+        tmp_path, {**GRID, "allocate": "2GB", "redundancy": "2/3", "log_level": "info"}
     )
     assert config.repair_threshold == 1  # the default follows the redundancy: N - K
     config.save()

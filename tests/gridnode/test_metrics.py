@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from gridnode.config import ConfigError
+from gridnode.control import ControlError
 from gridnode.metrics import check_metrics_address, serve_metrics
 
 from .inproc import open_grid
@@ -78,3 +79,41 @@ async def test_the_node_serves_metrics_when_configured(tmp_path: Path) -> None:
         from gridnode.config import build_config
 
         build_config(tmp_path / "x", {"grid_id": "00" * 16, "metrics_listen": "0.0.0.0:9474"})
+
+
+async def test_a_scrape_counts_jobs_by_outcome_and_what_repairs_did(tmp_path: Path) -> None:
+    """Jobs ended by method and outcome, and the repair runs' outcomes (issue 12): a
+    packet lost by its holder is rebuilt by a repair, and the scrape says so."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f.bin").write_bytes(os.urandom(200_000))
+    async with open_grid(tmp_path / "grid", 7) as grid, trio.open_nursery() as nursery:
+        source = grid.nodes[0]
+        port = await nursery.start(serve_metrics, source, "127.0.0.1:0")
+        _, body = await _get(port)
+        assert _value(body, 'gridnode_repair_runs_total{result="complete"}') == 0
+        assert _value(body, "gridnode_repair_packets_rebuilt_total") == 0
+        assert "gridnode_jobs_total{" not in body
+        done = await grid.call(0, "backup", paths=[str(tree)])
+        with pytest.raises(ControlError):
+            await grid.call(0, "verify", snapshot="nosuchsnapshot")
+        chunk = next(iter(source.catalog.iter_chunks_of(done["snapshot_id"])))
+        lost = chunk.packets[0]
+        holder = next(n for n in grid.nodes if n.identity.node_id == lost.target)
+        holder.packets.path_for(lost.packet_id).unlink()
+        repaired = await grid.call(0, "repair")
+        assert repaired["chunks_repaired"] == 1 and repaired["packets_rebuilt"] == 1
+        await grid.call(0, "status")  # a query: not a job
+        _, body = await _get(port)
+        assert _value(body, 'gridnode_jobs_total{method="backup",outcome="ok"}') == 1
+        assert _value(body, 'gridnode_jobs_total{method="verify",outcome="failed"}') == 1
+        assert _value(body, 'gridnode_jobs_total{method="repair",outcome="ok"}') == 1
+        assert 'method="status"' not in body
+        assert _value(body, 'gridnode_repair_runs_total{result="complete"}') == 1
+        assert _value(body, 'gridnode_repair_runs_total{result="incomplete"}') == 0
+        assert _value(body, 'gridnode_repair_chunks_total{outcome="repaired"}') == 1
+        assert _value(body, 'gridnode_repair_chunks_total{outcome="lost"}') == 0
+        assert _value(body, "gridnode_repair_packets_rebuilt_total") == 1
+        assert _value(body, "gridnode_packets_held") == source.packets.statistics().packet_count
+        assert _value(body, 'gridnode_storage_bytes{kind="free"}') == source.packets.free_bytes
+        nursery.cancel_scope.cancel()

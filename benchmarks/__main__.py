@@ -1,16 +1,22 @@
 """The benchmark suite: ``python -m benchmarks [--quick] [--out FILE] [--only NAME,...]``.
 
-Runs every benchmark in turn (pipeline, transport, grid, memory, placement, gossip when
-its module exists, durability), each in its own ``try``: one that fails is reported
-with its traceback and the others still run.  Writes one JSON file (default
-``benchmarks/results/<YYYY-MM-DD>.json``, or ``<YYYY-MM-DD>-quick.json`` for ``--quick``
-so a quick run never overwrites the day's full figures) with the environment (CPUs,
-Python, platform, load average at start and end, git commit) and every benchmark's own
-results, and prints a summary in which each figure sits beside the baseline measured
-in the same run and their ratio: absolute figures on a shared machine drift, ratios
-much less.
+Runs every benchmark in turn (pipeline, transport, grid, tahoe, tree, memory, placement,
+gossip when its module exists, durability, cli, delegation), each in its own ``try``: one
+that fails is reported with its traceback and the others still run.  ``tahoe`` and
+``tree`` compare with Tahoe-LAFS and restic when those are installed (found through
+``GRIDNODE_TAHOE`` / ``GRIDNODE_RESTIC`` or ``PATH``) and are skipped with a note when
+not.  A benchmark may also compare itself with another one of the same run (Tahoe-LAFS
+with the grid's figures): the runner hands it the others' results at the end.
 
-``--quick`` scales every benchmark down (aim: under 2 minutes in all on 2 idle cores).
+Writes one JSON file (default ``benchmarks/results/<YYYY-MM-DD>.json``, or
+``<YYYY-MM-DD>-quick.json`` for ``--quick`` so a quick run never overwrites the day's
+full figures) with the environment (CPUs, Python, platform, load average at start and
+end, git commit) and every benchmark's own results, and prints a summary in which each
+figure sits beside the baseline measured in the same run and their ratio: absolute
+figures on a shared machine drift, ratios much less.
+
+``--quick`` scales every benchmark down (aim: a few minutes in all on 2 idle cores;
+``tahoe`` and ``tree``, when their tools are installed, add about 1.5 minutes each).
 ``--details`` also prints each benchmark's own table.  Exit status 1 when a benchmark
 failed.
 """
@@ -32,17 +38,22 @@ from typing import Any, Final
 
 import attrs
 
+from .optional import Unavailable
+
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 ORDER: Final = (
-    "pipeline", "transport", "grid", "memory", "placement", "gossip", "durability", "cli",
-    "delegation",
+    "pipeline", "transport", "grid", "tahoe", "tree", "memory", "placement", "gossip",
+    "durability", "cli", "delegation",
 )  # fmt: skip
 #: Benchmarks that may be absent (another engineer's, still to come): skipped, not failed.
+#: (``tahoe`` and ``tree`` are skipped by raising ``Unavailable`` when their tool is absent.)
 OPTIONAL: Final = frozenset({"gossip"})
 _MODULES: Final = {
     "pipeline": "benchmarks.bench_pipeline",
     "transport": "benchmarks.bench_transport",
     "grid": "benchmarks.bench_grid",
+    "tahoe": "benchmarks.bench_tahoe",
+    "tree": "benchmarks.bench_tree",
     "memory": "benchmarks.bench_memory",
     "placement": "benchmarks.bench_placement",
     "gossip": "benchmarks.bench_gossip",
@@ -106,7 +117,7 @@ def run_one(name: str, *, quick: bool, plots_dir: Path | None, details: bool) ->
     try:
         run, formatter = _runner(name, plots_dir=plots_dir)
         result = run(quick)
-    except _Missing as exc:
+    except (_Missing, Unavailable) as exc:
         return Outcome(name, "skipped", time.perf_counter() - started, error=str(exc))
     except Exception as exc:
         return Outcome(
@@ -123,6 +134,27 @@ def run_one(name: str, *, quick: bool, plots_dir: Path | None, details: bool) ->
         except Exception as exc:  # a formatter bug must not lose the figures
             outcome.details = f"(no table: {type(exc).__name__}: {exc})"
     return outcome
+
+
+def compare_outcomes(outcomes: dict[str, Outcome]) -> None:
+    """Let each benchmark that has a ``compare(results)`` add figures against the others
+    of this run (e.g. Tahoe-LAFS beside the grid): ratios of figures measured minutes
+    apart on the same machine, not across days."""
+    results = {n: o.result for n, o in outcomes.items() if o.status == "ok" and o.result}
+    for name, outcome in outcomes.items():
+        if outcome.result is None:
+            continue
+        compare = getattr(sys.modules.get(_MODULES[name]), "compare", None)
+        if compare is None:
+            continue
+        try:
+            extra = compare(results)
+        except Exception as exc:  # a comparison bug must not lose the figures
+            outcome.result["compare_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            continue
+        if extra:
+            own = outcome.result.get("figures")
+            outcome.result["figures"] = [*(own if isinstance(own, list) else []), *extra]
 
 
 # --- figures of the benchmarks that do not list their own ------------------------------------
@@ -337,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="every benchmark scaled down (under 2 minutes on 2 idle cores)",
+        help="every benchmark scaled down (a few minutes on 2 idle cores)",
     )
     parser.add_argument(
         "--out",
@@ -378,10 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: {PLOTS_NEED}; every figure is still in the JSON", file=sys.stderr)
     started = time.perf_counter()
     interrupted = False
+    outcomes: dict[str, Outcome] = {}
     try:
         for name in names:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             outcome = run_one(name, quick=args.quick, plots_dir=plots_dir, details=args.details)
+            outcomes[name] = outcome
             report["benchmarks"][name] = outcome.to_dict()
             print(
                 f"  {name}: {outcome.status} in {outcome.seconds:.1f} s"
@@ -393,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(outcome.details + "\n", flush=True)
     except KeyboardInterrupt:
         interrupted = True
+    compare_outcomes(outcomes)
+    report["benchmarks"] = {name: outcome.to_dict() for name, outcome in outcomes.items()}
     wait_discarded()  # temporary trees deleted in the background
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["interrupted"] = interrupted

@@ -33,6 +33,16 @@ byte against its source.  Aims from issue 3:
 backup of incompressible data >= 100 MB/s, restore >= 150 MB/s, 2,000 small files in
 3 s or less, unchanged in 0.5 s or less.
 
+Issue 11 (figures that stay honest): the whole grid's CPU seconds per GB (every node
+process, the authority included, from ``/proc``), the source's share, and the rates
+of the incompressible backup and restore are top-level keys of the result
+(``grid_cpu_s_per_gb_backup``, ``grid_cpu_s_per_gb_restore``,
+``source_cpu_s_per_gb_backup``, ``source_cpu_s_per_gb_restore``, ``backup_mb_s``,
+``restore_mb_s`` by the node's clock, ``backup_wall_mb_s``, ``restore_wall_mb_s`` by
+the CLI's), beside the pipeline alone (``pipeline_*``) and raw TCP on the loopback
+(``raw_tcp_*``, the transport benchmark's raw row measured in this run).  The CPU of
+the CLI process of each job is kept apart (``cli_cpu_s``): it moves no data.
+
 Run ``python -m benchmarks.bench_grid [--quick] [--json]``.
 """
 
@@ -64,13 +74,16 @@ from gridnode.logic.packing import (
 )
 from simulations.harness import LocalGrid
 
+from .bench_transport import measure_raw_tcp
 from .common import (
     SOURCE,
     CpuSample,
     Figure,
     MiB,
+    children_cpu_seconds,
     discard_tree,
     file_digest,
+    grid_cpu_seconds,
     grid_of,
     pick,
     proc_cpu_seconds,
@@ -82,7 +95,7 @@ from .common import (
     write_text_file,
 )
 
-__all__ = ["format_table", "main", "run"]
+__all__ = ["Probe", "format_table", "main", "run"]
 
 PARAMS: Final = ErasureParams(4, 6)
 WORKERS: Final = 2
@@ -100,6 +113,23 @@ AIMS: Final = {
     "restore_incompressible_mb_s_at_least": 150,
     "small_files_first_backup_s_at_most": 3.0,
     "small_files_unchanged_s_at_most": 0.5,
+    # issue 11, on the incompressible data
+    "grid_cpu_s_per_gb_backup_at_most": 15,
+    "grid_cpu_s_per_gb_restore_at_most": 10,
+    "source_cpu_s_per_gb_backup_at_most": 6,
+    "source_cpu_s_per_gb_restore_at_most": 5,
+}
+#: The incompressible dataset's figures that issue 11 wants easy to find: result key ->
+#: (job, key of its row).
+HEADLINE: Final = {
+    "grid_cpu_s_per_gb_backup": ("backup", "grid_cpu_s_per_gb"),
+    "grid_cpu_s_per_gb_restore": ("restore", "grid_cpu_s_per_gb"),
+    "source_cpu_s_per_gb_backup": ("backup", "source_cpu_s_per_gb"),
+    "source_cpu_s_per_gb_restore": ("restore", "source_cpu_s_per_gb"),
+    "backup_mb_s": ("backup", "mb_s"),
+    "restore_mb_s": ("restore", "mb_s"),
+    "backup_wall_mb_s": ("backup", "wall_mb_s"),
+    "restore_wall_mb_s": ("restore", "wall_mb_s"),
 }
 
 T = TypeVar("T")
@@ -253,10 +283,18 @@ def pipeline_small_restore(tree: _PackedTree, dest: Path) -> float:
 
 
 @attrs.define
-class _Probe:
-    """CPU seconds of the source (all threads, main thread) and of all targets."""
+class Probe:
+    """CPU seconds of the source (all threads, main thread), of all targets and of every
+    node process of the grid (the targets, the source and the authority)."""
 
     grid: LocalGrid
+
+    def _pids(self) -> dict[str, int]:
+        return {
+            name: node.process.pid
+            for name, node in self.grid.all_nodes().items()
+            if node.process is not None and node.process.poll() is None
+        }
 
     def sample(self) -> tuple[CpuSample, float]:
         targets = 0.0
@@ -268,9 +306,14 @@ class _Probe:
     def job(self, *args: str) -> dict[str, Any]:
         """One CLI job against the source, with its wall time and CPU seconds."""
         source0, targets0 = self.sample()
+        every0, cli0 = grid_cpu_seconds(self._pids()), children_cpu_seconds()
         result, wall = timed_cli(self.grid, *args)
+        cli_cpu = children_cpu_seconds() - cli0
+        every1 = grid_cpu_seconds(self._pids())
         source1, targets1 = self.sample()
         used = source1 - source0
+        # A node that stopped meanwhile (repair kills one before its job) counts 0.
+        grid_cpu = sum(max(0.0, every1.get(name, cpu) - cpu) for name, cpu in every0.items())
         return {
             **pick(
                 result,
@@ -292,6 +335,8 @@ class _Probe:
             "source_cpu_s": round(used.total_s, 2),
             "source_main_thread_cpu_s": round(used.main_s, 2),
             "targets_cpu_s": round(targets1 - targets0, 2),
+            "grid_cpu_s": round(grid_cpu, 2),
+            "cli_cpu_s": round(cli_cpu, 2),
         }
 
     def idle(self, seconds: float) -> dict[str, float]:
@@ -344,11 +389,13 @@ def _with_rates(job: dict[str, Any], nbytes: int) -> dict[str, Any]:
     job["wall_mb_s"] = round(rate_mb_s(nbytes, float(job["wall_s"])), 1)
     job["source_cpu_s_per_gb"] = round(job["source_cpu_s"] / gigabytes, 2)
     job["targets_cpu_s_per_gb"] = round(job["targets_cpu_s"] / gigabytes, 2)
+    job["grid_cpu_s_per_gb"] = round(job["grid_cpu_s"] / gigabytes, 2)
+    job["source_share_of_grid_cpu"] = round(job["source_cpu_s"] / max(job["grid_cpu_s"], 1e-9), 3)
     return job
 
 
 def _bench_dataset(
-    probe: _Probe, path: Path, digest: bytes, pipeline: _PipelineRun, work: Path
+    probe: Probe, path: Path, digest: bytes, pipeline: _PipelineRun, work: Path
 ) -> dict[str, Any]:
     size = path.stat().st_size
     gigabytes = size / 1e9
@@ -394,7 +441,7 @@ def _pipeline_dataset(path: Path, digest: bytes, work: Path) -> _PipelineRun:
     return _PipelineRun(encode_s, decode_s, decode_fsync_s, encode_cpu, decode_cpu)
 
 
-def _bench_small(probe: _Probe, root: Path, work: Path) -> dict[str, Any]:
+def _bench_small(probe: Probe, root: Path, work: Path) -> dict[str, Any]:
     count = len(_small_files(root))
     first_s, tree = pipeline_small_backup(root)
     unchanged_s = pipeline_small_unchanged(root)
@@ -423,7 +470,7 @@ def _bench_small(probe: _Probe, root: Path, work: Path) -> dict[str, Any]:
 REPAIR_PARAMS: Final = ErasureParams(4, 5)
 
 
-def _bench_repair(probe: _Probe, path: Path, work: Path) -> dict[str, Any]:
+def _bench_repair(probe: Probe, path: Path, work: Path) -> dict[str, Any]:
     """Lose the busiest of the 6 storage nodes and repair a 4-of-5 snapshot.
 
     4-of-5 leaves one storage node free for each chunk, so every lost packet has a new
@@ -524,12 +571,13 @@ def run(quick: bool = False) -> dict[str, Any]:
             name: _pipeline_dataset(data / name / "data.bin", digest, work)
             for name, digest in digests.items()
         }
+        results["raw_tcp"] = measure_raw_tcp(size)
         phases["pipeline_and_disk"] = time.perf_counter() - started
         started = time.perf_counter()
         with grid_of(work / "grid") as grid:
             phases["grid_start"] = time.perf_counter() - started
             started = time.perf_counter()
-            probe = _Probe(grid)
+            probe = Probe(grid)
             results["idle_grid"] = probe.idle(IDLE_SAMPLE_S)
             results["cli_overhead_s"] = round(_cli_overhead(grid), 3)
             for name, digest in digests.items():
@@ -544,8 +592,56 @@ def run(quick: bool = False) -> dict[str, Any]:
     finally:
         discard_tree(work)
     results["phase_seconds"] = {k: round(v, 1) for k, v in phases.items()}
-    results["figures"] = _figures(results)
+    results.update(headline(results))
+    results["figures"] = _headline_figures(results) + _figures(results)
     return results
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """Issue 11's top-level keys: the incompressible data through the whole grid, the
+    pipeline alone and raw TCP, all measured in this run."""
+    dataset = results["datasets"]["incompressible"]
+    grid, pipe = dataset["grid"], dataset["pipeline"]
+    out: dict[str, Any] = {key: grid[job][field] for key, (job, field) in HEADLINE.items()}
+    out["headline_bytes"] = dataset["bytes"]
+    out["pipeline_backup_mb_s"] = pipe["backup_mb_s"]
+    out["pipeline_restore_mb_s"] = pipe["restore_mb_s"]
+    out["pipeline_cpu_s_per_gb_backup"] = pipe["backup_cpu_s_per_gb"]
+    out["pipeline_cpu_s_per_gb_restore"] = pipe["restore_cpu_s_per_gb"]
+    raw = results.get("raw_tcp")
+    if raw is not None:
+        out["raw_tcp_mb_s"] = raw["mb_s"]
+        out["raw_tcp_cpu_s_per_gb"] = raw["cpu_s_per_gb"]
+    return out
+
+
+def _headline_figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline beside its baselines: the pipeline's CPU per GB (what the grid adds
+    to it is the node's own cost) and raw TCP's rate (the loopback's ceiling)."""
+    pipe = "pipeline alone, CPU s/GB"
+    figures = [
+        Figure("grid CPU s/GB, backup (all node processes)",
+               results["grid_cpu_s_per_gb_backup"], "s/GB", pipe,
+               results["pipeline_cpu_s_per_gb_backup"]),
+        Figure("grid CPU s/GB, restore (all node processes)",
+               results["grid_cpu_s_per_gb_restore"], "s/GB", pipe,
+               results["pipeline_cpu_s_per_gb_restore"]),
+        Figure("source's CPU s/GB, backup", results["source_cpu_s_per_gb_backup"], "s/GB",
+               "whole grid, backup", results["grid_cpu_s_per_gb_backup"]),
+        Figure("source's CPU s/GB, restore", results["source_cpu_s_per_gb_restore"], "s/GB",
+               "whole grid, restore", results["grid_cpu_s_per_gb_restore"]),
+    ]  # fmt: skip
+    if "raw_tcp_mb_s" in results:
+        raw = results["raw_tcp_mb_s"]
+        figures += [
+            Figure("backup incompressible, wall clock of the CLI",
+                   results["backup_wall_mb_s"], "MB/s", "raw trio TCP", raw),
+            Figure("restore incompressible, wall clock of the CLI",
+                   results["restore_wall_mb_s"], "MB/s", "raw trio TCP", raw),
+            Figure("grid CPU s/GB, backup", results["grid_cpu_s_per_gb_backup"], "s/GB",
+                   "raw trio TCP, both ends, CPU s/GB", results["raw_tcp_cpu_s_per_gb"]),
+        ]  # fmt: skip
+    return [f.to_dict() for f in figures]
 
 
 def _figures(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -675,6 +771,17 @@ def format_table(results: dict[str, Any]) -> str:
         f"checked; restore {repair['restore']['mb_s']:.1f} MB/s); all healthy after: "
         f"{repair['healthy_after']}"
     )
+    if "grid_cpu_s_per_gb_backup" in results:
+        lines.append(
+            "whole grid (every node process), incompressible: CPU s/GB backup "
+            f"{results['grid_cpu_s_per_gb_backup']} (source {results['source_cpu_s_per_gb_backup']}"
+            f"), restore {results['grid_cpu_s_per_gb_restore']} (source "
+            f"{results['source_cpu_s_per_gb_restore']}); pipeline alone "
+            f"{results['pipeline_cpu_s_per_gb_backup']} / "
+            f"{results['pipeline_cpu_s_per_gb_restore']}"
+            f"; raw TCP {results.get('raw_tcp_mb_s', '-')} MB/s, "
+            f"{results.get('raw_tcp_cpu_s_per_gb', '-')} CPU s/GB"
+        )
     disk = results["disk_packets_fsynced"]
     lines.append(
         f"disk, fsynced 256 KiB packet files: {disk['threads_1_mb_s']} MB/s by 1 thread, "

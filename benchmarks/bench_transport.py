@@ -87,7 +87,7 @@ from protocol._codec import decode_envelope
 
 from .common import MB, REPO_ROOT, Figure, MiB, proc_cpu_seconds, rate_mb_s
 
-__all__ = ["format_table", "main", "run"]
+__all__ = ["format_table", "main", "measure_raw_tcp", "run"]
 
 MESSAGE_BYTES: Final = MiB
 SMALL_PACKET_BYTES: Final = 256 * 1024
@@ -507,6 +507,25 @@ async def _measure_child(
         ports["session_sealed"], total, rounds, pid, grid_id, seal_payloads=True, small=False
     )
     return out
+
+
+async def _raw_tcp_only(child: _ChildProcess, total: int, rounds: int) -> _Rounds:
+    return await _bench_tcp(child.ports["tcp"], total, rounds, child.pid)
+
+
+def measure_raw_tcp(total: int, rounds: int = 2) -> dict[str, Any]:
+    """Only the raw trio TCP row (the same child, the same code as :func:`run`'s).
+
+    For benchmarks that put their rates beside what the loopback itself carries, in
+    their own run, without paying for every transport variant.  ``cpu_s_per_gb`` is
+    both sides together: what moving the bytes costs at the very least.
+    """
+    with _ChildProcess("fast", round_bytes=total, grid_id=os.urandom(16)) as child:
+        row = trio.run(_raw_tcp_only, child, total, rounds).to_dict()
+    row["cpu_s_per_gb"] = round(row["sender_cpu_s_per_gb"] + row["receiver_cpu_s_per_gb"], 3)
+    row["bytes_per_round"] = total
+    row["rounds"] = rounds
+    return row
 
 
 #: Row name -> the variant that produces it.

@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -38,9 +39,11 @@ __all__ = [
     "CpuSample",
     "Figure",
     "MiB",
+    "children_cpu_seconds",
     "discard_tree",
     "environment",
     "file_digest",
+    "grid_cpu_seconds",
     "grid_of",
     "pick",
     "proc_cpu_seconds",
@@ -291,6 +294,28 @@ def _stat_cpu_seconds(stat_path: str) -> float:
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (all its threads)."""
     return _stat_cpu_seconds(f"/proc/{pid}/stat")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's children that have been waited for.
+
+    The CPU of a CLI call that ``subprocess.run`` started and reaped is the difference
+    of this around the call (long-running children, like grid nodes, are not counted
+    until they are reaped, so they do not disturb it).
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def grid_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process; one that has gone counts as 0."""
+    out: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = proc_cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            out[name] = 0.0
+    return out
 
 
 @attrs.frozen

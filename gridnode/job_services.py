@@ -28,7 +28,8 @@ class Services:
     config: NodeConfig
     catalog: Catalog
     sequencer: trio.MemorySendChannel[Call[Any]]
-    packet_store: trio.MemorySendChannel[Call[Any]]
+    #: The uploader (``actors.uploader``): a chunk's packets to their targets.
+    uploader: trio.MemorySendChannel[Call[Any]]
     retriever: trio.MemorySendChannel[Call[Any]]
     assembler: trio.MemorySendChannel[Call[Any]]
     cpu_limiter: trio.CapacityLimiter

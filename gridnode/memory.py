@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 from typing import Final
 
@@ -22,7 +23,10 @@ __all__ = ["release_free_memory", "tune_allocator"]
 _M_ARENA_MAX: Final = -8
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """Looked up once: ``find_library`` runs ``ldconfig -p`` in a subprocess, and a backup
+    trims memory after every batch of chunk records."""
     if not sys.platform.startswith("linux"):
         return None
     name = ctypes.util.find_library("c")

@@ -2,8 +2,8 @@
 
 Who talks to whom, in one place:
 
-    control (CLI) ──ControlJob──> request ──PlaceChunk────> sequencer <── gossip (member view)
-                                     │   ──UploadChunk──> packet_store ──ws──> targets
+    control (CLI) ──ControlJob──> request ──UploadChunk──> uploader ──ws──> targets
+                                     │                        └─PlaceChunk─> sequencer <── gossip
                                      │   ──FetchChunk───> retriever ────ws──> holders
                                      └── ──AssembleTree─> assembler ──> retriever
     transport links ──requests──> packet_store (target side)      links ──gossip_*──> gossip
@@ -44,6 +44,7 @@ from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
 from .actors.retriever import FetchChunk, Retriever
 from .actors.sequencer import Sequencer
+from .actors.uploader import Uploader
 from .admission import Admission, NotSubscribed
 from .authority import AUTHORITY_KEY_NAME
 from .authority.client import SubscriptionClient
@@ -90,6 +91,8 @@ def open_node_storage(
     return catalog, packets, holdings
 
 
+#: How often the upload rate is read from our certificate (seconds).
+BANDWIDTH_REREAD_S = 1.0
 #: How often sessions are checked against their peers' certificates (seconds).
 CERTIFICATE_SWEEP_S = 10.0
 #: File descriptors kept for the catalog, holdings, packet files, logs and threads: the
@@ -249,14 +252,27 @@ class Node:
                     continue
                 await link.aclose("not_admitted", "the peer's certificate no longer holds")
 
+    #: (when last read, the rate then): see ``_bandwidth_bps``.
+    _bandwidth: tuple[float, int | None] = (float("-inf"), None)
+
     def _bandwidth_bps(self) -> int | None:
         """The upload rate the subscription allots (None: open grid or not subscribed;
-        an unsubscribed node cannot back up anyway)."""
+        an unsubscribed node cannot back up anyway).
+
+        Read at most once a second: the uploader asks before every batch, and reading
+        it checks our certificate's signature (an Ed25519 verify per batch was 5% of a
+        source's CPU); a renewed certificate still applies within a second."""
+        now = trio.current_time()
+        read_at, rate = self._bandwidth
+        if now - read_at < BANDWIDTH_REREAD_S:
+            return rate
         try:
             allocations = self.admission.own_allocations()
+            rate = allocations.bandwidth_bps if allocations is not None else None
         except NotSubscribed:
-            return None
-        return allocations.bandwidth_bps if allocations is not None else None
+            rate = None
+        self._bandwidth = (now, rate)
+        return rate
 
     # --- the global backup log and revocations (issue 9) -------------------------------------
 
@@ -448,6 +464,7 @@ class Node:
         config, identity = self.config, self.identity
         self._seq_send, seq_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
         self._store_send, store_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._upload_send, upload_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
         self._retr_send, retr_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
         self._asm_send, asm_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
         self._req_send, req_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
@@ -478,12 +495,8 @@ class Node:
             packets=self.packets,
             holdings=self.holdings,
             inbound=store_recv,
-            link_for=self.link_for,
-            replace_target=self._replace,
             disk_limiter=self.disk_limiter,
-            request_timeout_s=config.request_timeout_s,
             on_free_bytes_changed=self._free_bytes_changed,
-            rate=RateLimiter(self._bandwidth_bps),
         )
         await nursery.start(self.packet_store.run)
         self.sequencer = Sequencer(
@@ -491,8 +504,19 @@ class Node:
             inbound=seq_recv,
             view=self.gossiper.placement_view,
             source=self.gossiper.source,
+            version=lambda: membership.version,
         )
         await nursery.start(self.sequencer.run)
+        self.uploader = Uploader(
+            identity=identity,
+            inbound=upload_recv,
+            sequencer=self._seq_send,
+            link_for=self.link_for,
+            request_timeout_s=config.request_timeout_s,
+            rate=RateLimiter(self._bandwidth_bps),
+            stats=self.packet_store.stats,  # one set of counters in ``status``, as before
+        )
+        await nursery.start(self.uploader.run)
         self.retriever = Retriever(
             inbound=retr_recv,
             link_for=self.link_for,
@@ -519,7 +543,7 @@ class Node:
             config=config,
             catalog=self.catalog,
             sequencer=self._seq_send,
-            packet_store=self._store_send,
+            uploader=self._upload_send,
             retriever=self._retr_send,
             assembler=self._asm_send,
             cpu_limiter=self.cpu_limiter,
@@ -674,25 +698,6 @@ class Node:
         finally:
             if self.log_forwarder is not None and method != "status":
                 self.log_forwarder.wake()  # the job's log entry goes to the global log
-
-    async def _replace(self, job: Any, keep: tuple[bytes, ...], exclude: frozenset[bytes]) -> bytes:
-        """Packet store -> sequencer: a new target for a packet whose target failed, chosen
-        under the chunk's rules together with the targets that already hold its packets."""
-        from .actors.sequencer import PlaceChunk
-
-        targets = await call(
-            self._seq_send,
-            PlaceChunk(
-                chunk_id=job.chunk_id,
-                n=len(keep) + 1,
-                packet_bytes=job.packet_bytes,
-                rules=job.rules,
-                exclude=exclude,
-                fixed=keep,
-            ),
-        )
-        fresh: list[bytes] = [t for t in targets if t not in keep]
-        return fresh[0]
 
     def _free_bytes_changed(self, free: int) -> None:
         if self.gossiper is not None:

@@ -19,9 +19,8 @@ import zstandard
 from nacl.secret import SecretBox
 
 from .actors.assembler import DecodeChunk
-from .actors.packet_store import ChunkUploaded, UploadChunk, UploadFailed
 from .actors.retriever import FetchChunk
-from .actors.sequencer import PlaceChunk
+from .actors.uploader import ChunkUploaded, UploadChunk, UploadFailed
 from .errors import GridError
 from .job_services import Services
 from .logic.chunking import iter_file_chunks
@@ -34,6 +33,7 @@ __all__ = [
     "BackupFailed",
     "encode_in_thread",
     "load_blob",
+    "policy_of",
     "read_record",
     "seal",
     "secret_for",
@@ -52,6 +52,13 @@ class BackupFailed(GridError):
 # --- storing and loading blobs (records) through the same pipeline ---------------------------
 
 
+@functools.lru_cache(maxsize=64)
+def policy_of(k: int, n: int, rules: PlacementRules) -> str:
+    """``policy_key`` of (k, n, rules), computed once per policy rather than per chunk (it
+    encodes the rules as JSON); a backup or repair uses one or a few policies."""
+    return policy_key(k, n, rules.to_wire())
+
+
 def secret_for(services: Services, domain: str) -> bytes:
     """Data chunks are keyed by the dedup secret; records by the node's private record key."""
     identity = services.identity
@@ -66,14 +73,16 @@ async def encode_in_thread(
     params: ErasureParams,
     domain: str = "data",
 ) -> EncodedChunk:
-    """Hash, compress, encrypt and erasure-code one chunk in a worker thread."""
+    """Compress, encrypt and erasure-code one chunk in a worker thread; hash it too unless
+    ``chunk_id`` is given (the reader hashed these immutable bytes to deduplicate them:
+    the chunk id is computed once)."""
     secret = secret_for(services, domain)
     encoded: EncodedChunk = await trio.to_thread.run_sync(
-        functools.partial(encode_chunk, data, dedup_secret=secret, params=params),
+        functools.partial(
+            encode_chunk, data, dedup_secret=secret, params=params, chunk_id=chunk_id
+        ),
         limiter=services.cpu_limiter,
     )
-    if chunk_id is not None and encoded.chunk_id != chunk_id:
-        raise BackupFailed("chunk id changed between reading and encoding (memory corruption?)")
     return encoded
 
 
@@ -102,11 +111,19 @@ async def upload_encoded(
     rules: PlacementRules,
     domain: str = "data",
 ) -> tuple[ChunkRecord, ChunkUploaded]:
-    """Place one encoded chunk by the sequence and upload its packets."""
+    """Upload one encoded chunk's packets; the uploader places them by the sequence."""
     try:
-        targets = await services.ask(
-            services.sequencer,
-            PlaceChunk(encoded.chunk_id, params.n, encoded.packet_size, rules),
+        uploaded: ChunkUploaded = await services.ask(
+            services.uploader,
+            UploadChunk(
+                encoded.chunk_id,
+                encoded.packets,
+                encoded.packet_ids,
+                (),  # the uploader asks the sequencer
+                rules,
+                encoded.packet_size,
+                policy_of(params.k, params.n, rules),
+            ),
         )
     except PlacementError as exc:
         hint = ""
@@ -116,21 +133,6 @@ async def upload_encoded(
                 f"smaller --redundancy K/N (or set the config key 'redundancy')"
             )
         raise BackupFailed(f"cannot place packets: {exc}{hint}") from None
-    try:
-        uploaded: ChunkUploaded = await services.ask(
-            services.packet_store,
-            UploadChunk(
-                encoded.chunk_id,
-                encoded.packets,
-                encoded.packet_ids,
-                targets,
-                rules,
-                encoded.packet_size,
-                policy_key(params.k, params.n, rules.to_wire()),
-            ),
-        )
-    except PlacementError as exc:
-        raise BackupFailed(f"cannot place packets: {exc}") from None
     except UploadFailed as exc:
         raise BackupFailed(str(exc)) from None
     record = ChunkRecord(
@@ -188,7 +190,7 @@ async def store_blob(
         empty = False
         chunk_id = chunk_id_for(piece, secret)
         known: ChunkRecord | None = await services.db(
-            services.catalog.chunk, chunk_id, policy_key(params.k, params.n, rules.to_wire())
+            services.catalog.chunk, chunk_id, policy_of(params.k, params.n, rules)
         )
         if known is not None:
             records.append(known)

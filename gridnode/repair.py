@@ -12,7 +12,7 @@ with at least k good packets and some missing:
 2. asks the sequencer for new targets under the chunk's own rules (the snapshot's
    proximity bands and distinct labels), keeping the surviving holders fixed so the
    pairwise rules hold for the chunk's whole set of targets, never relaxing a rule;
-3. uploads them through the packet store (receipts as at backup) and records the new
+3. uploads them through the uploader (receipts as at backup) and records the new
    holders in the catalog, one transaction per chunk;
 4. asks an old holder that still answers but lost or damaged its copy to delete it.
 
@@ -36,9 +36,9 @@ import attrs
 import msgpack
 import trio
 
-from .actors.packet_store import UploadChunk, UploadFailed
 from .actors.retriever import FetchChunk
 from .actors.sequencer import PlaceChunk
+from .actors.uploader import UploadChunk, UploadFailed
 from .control import Emit
 from .errors import GridError, PeerError
 from .exception_groups import collapse_groups
@@ -177,7 +177,7 @@ async def _repair_chunk(
             fresh = [t for t in targets if t not in fixed]
             new_target.update(zip(moving, fresh, strict=True))
         uploaded = await services.ask(
-            services.packet_store,
+            services.uploader,
             UploadChunk(
                 chunk_id=chunk.chunk_id,
                 packets=tuple(rebuilt[i] for i in lost_shares),

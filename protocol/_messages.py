@@ -91,6 +91,10 @@ class Message:
     __slots__ = ()
     KIND: ClassVar[str]
     DETACHED_FIELD: ClassVar[str | None] = None
+    #: The sealed header names the BLAKE3 of every byte of the detached payload (each
+    #: part's id and length), and the receiver checks each part against it: the session
+    #: then neither hashes the payload nor carries a digest (``_session`` Rule 6a).
+    PAYLOAD_CERTIFIED: ClassVar[bool] = False
     #: Responses are routed to the waiting request by ``request_id``; everything else
     #: with a ``request_id`` is a request the receiver must answer.
     RESPONSE: ClassVar[bool] = False
@@ -257,9 +261,12 @@ class PartStored:
 class StorePackets(Message):
     """Several packets for one target in one frame: the parts' bytes, concatenated in
     order, are the detached payload.  Each packet is verified, stored and answered on
-    its own: one bad packet does not fail the others."""
+    its own: one bad packet does not fail the others.  The parts name each packet's id
+    (its BLAKE3) and length, so the target hashes each packet once, against its id, and
+    the session does not hash the batch (``PAYLOAD_CERTIFIED``)."""
 
     DETACHED_FIELD: ClassVar[str | None] = "data"
+    PAYLOAD_CERTIFIED: ClassVar[bool] = True
     request_id: int = _request_id()
     parts: tuple[PacketPart, ...] = attrs.field(
         metadata=bounded(min_len=1, max_len=MAX_PACKETS_PER_BATCH)

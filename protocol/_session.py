@@ -36,6 +36,15 @@ Rule 6. A message with a ``DETACHED_FIELD`` (packet payloads) may travel with th
         id is the BLAKE3 of its bytes: an observer who sees them recomputes which
         target holds which packet.  So a side that says ``sealed_payloads`` in its
         Hello gets every payload sealed, and refuses a detached one ("unsealed").
+Rule 6a. A message whose sealed header names the BLAKE3 of every byte of its payload
+        (``Message.PAYLOAD_CERTIFIED``: a ``StorePackets`` batch lists each packet's id
+        and length, and a packet id is the BLAKE3 of the packet) travels as a "C" frame:
+        the sealed header carries the payload's length only, and this layer does not
+        hash the payload; the receiver of the message checks each part against its id
+        (a changed or swapped part is refused there, "id_mismatch"; a cut payload is
+        "truncated" here).  Hashing a batch here as well would hash every byte twice.
+        A "C" frame must hold such a message ("malformed" otherwise); a "D" frame may
+        still carry one (digest checked as in Rule 6).
 Rule 7. ``close()`` sends a sealed ``Goodbye``; receiving one ends the session.  A
         connection that just stops is therefore distinguishable from a close.
 Rule 8. Any refused input moves the session to ERROR and raises
@@ -45,7 +54,7 @@ Rule 8. Any refused input moves the session to ERROR and raises
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -73,6 +82,7 @@ __all__ = [
 _PLAIN: Final = 0x50  # "P": handshake frame in the clear
 _SEALED: Final = 0x53  # "S": whole message inside the AEAD
 _DETACHED: Final = 0x44  # "D": sealed header + payload outside it (Rule 6)
+_CERTIFIED: Final = 0x43  # "C": as "D", the header certifies the payload (Rule 6a)
 _DIR_FROM_INITIATOR: Final = 0x49  # "I"
 _DIR_FROM_RESPONDER: Final = 0x52  # "R"
 _PREFIX_LEN: Final = 10  # type, direction, counter
@@ -82,6 +92,9 @@ _PREFIX_LEN: Final = 10  # type, direction, counter
 HANDSHAKE_MAX_FRAME_BYTES: Final = 4096  # a Hello with a 2 KiB certificate fits
 _TAG_LEN: Final = 16
 _DETACHED_META_LEN: Final = 8 + 32  # payload length + BLAKE3 digest
+_CERTIFIED_META_LEN: Final = 8  # payload length
+#: A buffer the payload may be given in (the sender's packets, without joining them first).
+Buffer = bytes | bytearray | memoryview
 
 
 class Role(enum.Enum):
@@ -192,18 +205,34 @@ class Session:
         out, self._outbox = self._outbox, []
         return out
 
-    def send(self, msg: Message, *, payload_digest: bytes | None = None) -> bytes:
-        """Seal ``msg`` into one frame (Rules 5 and 6).
+    def send(
+        self,
+        msg: Message,
+        *,
+        payload_digest: bytes | None = None,
+        payload: Sequence[Buffer] | None = None,
+    ) -> bytes:
+        """Seal ``msg`` into one frame (Rules 5, 6 and 6a).
 
         ``payload_digest``: the BLAKE3 of the detached payload when the caller already has
         it (a packet's id is exactly that), so the payload is not hashed a second time.
         The caller vouches for it; the receiver checks it regardless.
+
+        ``payload``: the bytes of the message's detached field as pieces, in order (the
+        field itself then empty): a batch of packets is joined once, into the frame,
+        instead of into a payload and then again into the frame.
         """
         if self.state is not SessionState.READY:
             raise LocalProtocolError(
                 f"cannot send {msg.KIND} in state {self.state.value}", code="not_ready"
             )
-        return self._seal(msg, payload_digest)
+        if payload is not None:
+            name = msg.DETACHED_FIELD
+            if name is None or getattr(msg, name):
+                raise LocalProtocolError(
+                    f"{msg.KIND}: payload pieces need an empty detached field", code="malformed"
+                )
+        return self._seal(msg, payload_digest, payload)
 
     def close(self, code: str = "normal", reason: str = "") -> bytes | None:
         """Return a sealed Goodbye (Rule 7), or None when the session cannot send any more."""
@@ -217,34 +246,70 @@ class Session:
     def is_ready(self) -> bool:
         return self.state is SessionState.READY
 
-    def _seal(self, msg: Message, payload_digest: bytes | None = None) -> bytes:
+    def _seal(
+        self,
+        msg: Message,
+        payload_digest: bytes | None = None,
+        payload: Sequence[Buffer] | None = None,
+    ) -> bytes:
         assert self._tx_key is not None
-        counter = self._tx_counter
-        self._tx_counter += 1
         detached_name = None if self.seal_payloads else msg.DETACHED_FIELD
         if detached_name is None:
+            if payload is not None:  # sealed inside the AEAD: the field must hold it
+                assert msg.DETACHED_FIELD is not None
+                msg = attrs.evolve(msg, **{msg.DETACHED_FIELD: b"".join(payload)})  # type: ignore[misc]
+            body = encode(msg, limits=self.limits)  # too large: raises, no counter spent
+            counter = self._next_counter()
             prefix = bytes([_SEALED, self._tx_dir]) + counter.to_bytes(8, "big")
-            body = encode(msg, limits=self.limits)
             sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
                 body, prefix, _nonce(counter), self._tx_key
             )
             return prefix + sealed
-        payload = getattr(msg, detached_name)
-        header_msg = attrs.evolve(msg, **{detached_name: b""})  # type: ignore[misc]
-        digest = payload_digest if payload_digest is not None else blake3.blake3(payload).digest()
-        meta = len(payload).to_bytes(8, "big") + digest
+        if payload is None:
+            pieces: Sequence[Buffer] = (getattr(msg, detached_name),)
+            header_msg = attrs.evolve(msg, **{detached_name: b""})  # type: ignore[misc]
+        else:
+            pieces, header_msg = payload, msg
+        size = sum(memoryview(piece).nbytes for piece in pieces)
+        if msg.PAYLOAD_CERTIFIED:  # Rule 6a: the header names every byte's hash already
+            kind = _CERTIFIED
+            meta = size.to_bytes(8, "big")
+        else:
+            kind = _DETACHED
+            if payload_digest is None:
+                hasher = blake3.blake3()
+                for piece in pieces:
+                    hasher.update(piece)
+                payload_digest = hasher.digest()
+            meta = size.to_bytes(8, "big") + payload_digest
         body = meta + encode(header_msg, limits=self.limits)
         sealed_len = len(body) + _TAG_LEN
-        prefix = bytes([_DETACHED, self._tx_dir]) + counter.to_bytes(8, "big")
-        aad = prefix + sealed_len.to_bytes(4, "big")
+        if _PREFIX_LEN + 4 + sealed_len + size > self.limits.max_frame_bytes:
+            raise LocalProtocolError(f"{msg.KIND} frame exceeds the frame limit", code="too_large")
+        counter = self._next_counter()
+        aad = (
+            bytes([kind, self._tx_dir]) + counter.to_bytes(8, "big") + sealed_len.to_bytes(4, "big")
+        )
         sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
             body, aad, _nonce(counter), self._tx_key
         )
-        if len(aad) + len(sealed) + len(payload) > self.limits.max_frame_bytes:
-            raise LocalProtocolError(f"{msg.KIND} frame exceeds the frame limit", code="too_large")
-        return b"".join((aad, sealed, payload))
+        return b"".join((aad, sealed, *pieces))
+
+    def _next_counter(self) -> int:
+        counter = self._tx_counter
+        self._tx_counter += 1
+        return counter
 
     # --- inbound --------------------------------------------------------------------------
+
+    @staticmethod
+    def work_bytes(frame: bytes | bytearray | memoryview) -> int:
+        """How many of ``frame``'s bytes ``receive`` decrypts, hashes or decodes: all of
+        them, except the payload of a "C" frame (Rule 6a), which is only copied.  The I/O
+        layer opens frames with much work off its event loop and the rest on it."""
+        if len(frame) >= _PREFIX_LEN + 4 and frame[0] == _CERTIFIED:
+            return min(int.from_bytes(frame[_PREFIX_LEN : _PREFIX_LEN + 4], "big"), len(frame))
+        return len(frame)
 
     def receive(self, frame: bytes | bytearray | memoryview) -> list[Event]:
         """Process one received frame; raises RemoteProtocolError and enters ERROR on refusal.
@@ -282,13 +347,15 @@ class Session:
             return self._receive_handshake(bytes(frame))
         if kind == _SEALED and self.state is SessionState.HELLO_WAIT:
             return self._receive_sealed(frame, detached=False)
-        if kind in (_SEALED, _DETACHED):
+        if kind in (_SEALED, _DETACHED, _CERTIFIED):
             if self.state is not SessionState.READY:
                 raise RemoteProtocolError(
                     f"sealed frame before the handshake finished (state {self.state.value})",
                     code="unexpected",
                 )
-            return self._receive_sealed(frame, detached=kind == _DETACHED)
+            return self._receive_sealed(
+                frame, detached=kind != _SEALED, certified=kind == _CERTIFIED
+            )
         raise RemoteProtocolError(f"unknown frame type 0x{kind:02x}", code="malformed")
 
     def _receive_handshake(self, frame: bytes) -> list[Event]:
@@ -408,7 +475,9 @@ class Session:
         self.state = SessionState.READY
         return [HandshakeComplete(self.peer_id, self.peer_address, self.peer_software)]
 
-    def _receive_sealed(self, frame: bytes | memoryview, *, detached: bool) -> list[Event]:
+    def _receive_sealed(
+        self, frame: bytes | memoryview, *, detached: bool, certified: bool = False
+    ) -> list[Event]:
         header_len = _PREFIX_LEN + (4 if detached else 0)
         if len(frame) < header_len + _TAG_LEN:
             raise RemoteProtocolError(f"frame of {len(frame)} bytes is truncated", code="truncated")
@@ -435,9 +504,10 @@ class Session:
                 "payload outside the AEAD on a link that asked for sealed payloads",
                 code="unsealed",
             )
+        meta_len = _CERTIFIED_META_LEN if certified else _DETACHED_META_LEN
         if detached:
             sealed_len = int.from_bytes(frame[10:14], "big")
-            if sealed_len < _TAG_LEN + _DETACHED_META_LEN or header_len + sealed_len > len(frame):
+            if sealed_len < _TAG_LEN + meta_len or header_len + sealed_len > len(frame):
                 raise RemoteProtocolError("detached frame header is truncated", code="truncated")
             aad = bytes(frame[:header_len])
             sealed = frame[header_len : header_len + sealed_len]
@@ -457,24 +527,30 @@ class Session:
         digest: bytes | None = None
         if detached:
             declared_len = int.from_bytes(body[:8], "big")
-            digest = body[8:_DETACHED_META_LEN]
+            digest = None if certified else body[8:_DETACHED_META_LEN]
             if len(payload) != declared_len:
                 raise RemoteProtocolError(
                     f"payload of {len(payload)} bytes, header says {declared_len}",
                     code="truncated",
                 )
-            if blake3.blake3(payload).digest() != digest:
+            if digest is not None and blake3.blake3(payload).digest() != digest:
                 raise RemoteProtocolError(
                     f"payload of frame {counter} does not match its sealed digest",
                     code="tampered",
                 )
-            body = body[_DETACHED_META_LEN:]
+            body = body[meta_len:]
         msg = decode_envelope(body, limits=self.limits)
         if detached:
             name = msg.DETACHED_FIELD
             if name is None:
                 raise RemoteProtocolError(
                     f"{msg.KIND} cannot carry a detached payload", code="malformed"
+                )
+            if certified and not msg.PAYLOAD_CERTIFIED:
+                # Rule 6a: only a header that names every part's hash may skip the digest.
+                raise RemoteProtocolError(
+                    f"{msg.KIND} does not certify its payload; it needs a digest",
+                    code="malformed",
                 )
             msg = attrs.evolve(msg, **{name: bytes(payload)})  # type: ignore[misc]
         if self.state is SessionState.HELLO_WAIT:

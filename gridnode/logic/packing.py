@@ -335,6 +335,7 @@ def encode_chunk(
     dedup_secret: bytes,
     params: ErasureParams,
     zstd_level: int = 3,
+    chunk_id: bytes | None = None,
 ) -> EncodedChunk:
     """Turn one chunk's plaintext into ``n`` packets (see the module docstring).
 
@@ -345,6 +346,9 @@ def encode_chunk(
         params: ``k``-of-``n`` redundancy.
         zstd_level: 1 to 22; part of the convergence contract, since another
             level gives other packets for the same chunk.
+        chunk_id: ``chunk_id_for(plaintext, dedup_secret)`` when the caller has it
+            already (a backup computes it to deduplicate before encoding), so the
+            plaintext is not hashed a second time.  The caller vouches for it.
 
     Raises:
         ValueError: a secret of the wrong size or a bad level.
@@ -355,7 +359,8 @@ def encode_chunk(
         )
     if isinstance(plaintext, memoryview) and (plaintext.ndim != 1 or plaintext.itemsize != 1):
         plaintext = plaintext.cast("B")  # so len() counts bytes, not items
-    chunk_id = chunk_id_for(plaintext, dedup_secret)
+    if chunk_id is None:
+        chunk_id = chunk_id_for(plaintext, dedup_secret)
     plain_size = len(plaintext)
     compressible, compressed = _compress(plaintext, zstd_level)
     message = compressible if isinstance(compressible, bytes) else bytes(compressible)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import attrs
@@ -148,15 +148,24 @@ class PeerLink:
 
     # --- sending ----------------------------------------------------------------------------
 
-    async def send(self, msg: Message, *, payload_digest: bytes | None = None) -> None:
-        """Send one message; frames leave in the order their counters were assigned."""
+    async def send(
+        self,
+        msg: Message,
+        *,
+        payload_digest: bytes | None = None,
+        payload: Sequence[bytes | memoryview] | None = None,
+    ) -> None:
+        """Send one message; frames leave in the order their counters were assigned.
+
+        ``payload``: the message's detached bytes in pieces (``Session.send``), joined
+        once, into the frame."""
         async with self._send_lock:
             if self.closed.is_set() or not self.session.is_ready:
                 raise PeerGone(
                     f"connection to {self.short_id} is closed: {self.close_reason or 'closing'}",
                     peer=self.short_id,
                 )
-            frame = self.session.send(msg, payload_digest=payload_digest)
+            frame = self.session.send(msg, payload_digest=payload_digest, payload=payload)
             try:
                 await self.ws.send_message(frame)
             except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -172,6 +181,7 @@ class PeerLink:
         *,
         timeout_s: float | None = None,
         payload_digest: bytes | None = None,
+        payload: Sequence[bytes | memoryview] | None = None,
     ) -> Message:
         """Send ``build(request_id)`` and wait for its answer.
 
@@ -181,7 +191,7 @@ class PeerLink:
             RemoteError: the peer answered with an ``Error``.
         """
         answer, _ = await self.request_with_digest(
-            build, timeout_s=timeout_s, payload_digest=payload_digest
+            build, timeout_s=timeout_s, payload_digest=payload_digest, payload=payload
         )
         return answer
 
@@ -191,6 +201,7 @@ class PeerLink:
         *,
         timeout_s: float | None = None,
         payload_digest: bytes | None = None,
+        payload: Sequence[bytes | memoryview] | None = None,
     ) -> tuple[Message, bytes | None]:
         """Like ``request``, also returning the BLAKE3 of the answer's detached payload as
         the session verified it (None when the answer had none), so the caller need not
@@ -202,7 +213,9 @@ class PeerLink:
             self._pending[request_id] = send_ch
             try:
                 with trio.move_on_after(timeout) as scope:
-                    await self.send(build(request_id), payload_digest=payload_digest)
+                    await self.send(
+                        build(request_id), payload_digest=payload_digest, payload=payload
+                    )
                     self._requests_sent += 1
                     answer = await recv_ch.receive()
             finally:
@@ -265,11 +278,13 @@ class PeerLink:
             self._bytes_received += len(frame)
             self._last_message_at = trio.current_time()
             try:
-                if len(frame) > THREAD_DECODE_BYTES:
+                if self.session.work_bytes(frame) > THREAD_DECODE_BYTES:
                     # Decrypting, hashing and decoding a large frame takes milliseconds
                     # (a hostile one up to the object budget): off the event loop, so
                     # probes and other links are answered meanwhile.  The reader waits,
-                    # so frames are still processed in order, one at a time.
+                    # so frames are still processed in order, one at a time.  A batch of
+                    # packets whose header certifies them (Rule 6a) is only copied: the
+                    # thread hop would cost more than the work.
                     events = await trio.to_thread.run_sync(self.session.receive, frame)
                 else:
                     events = self.session.receive(frame)

@@ -12,7 +12,7 @@ import trio
 import trio.lowlevel
 
 from gridnode.actors.calls import call
-from gridnode.actors.packet_store import UploadChunk
+from gridnode.actors.uploader import UploadChunk
 from gridnode.control import ControlError
 from gridnode.errors import RemoteError
 from gridnode.logic.packing import ErasureParams, encode_chunk
@@ -70,7 +70,7 @@ async def test_full_target_refuses_and_its_packet_is_placed_elsewhere(tmp_path: 
             grid.nodes[1].identity.node_id,
         )
         uploaded = await call(
-            source._store_send,
+            source._upload_send,
             UploadChunk(
                 encoded.chunk_id,
                 encoded.packets,
@@ -265,6 +265,76 @@ async def test_a_batch_of_packets_is_answered_packet_by_packet(tmp_path: Path) -
         assert info.value.code == "malformed"
 
 
+async def test_a_batch_is_hashed_once_on_the_target_and_never_by_the_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 6a: the batch's sealed header names each packet's id, so neither session
+    hashes the payload and the target hashes each packet exactly once, against its id."""
+    import blake3
+
+    import gridnode.storage.packets
+    from protocol import PacketPart, PacketsStored, StorePackets
+
+    async with open_grid(tmp_path / "grid", 2) as grid:
+        source, target = grid.nodes
+        link = await source.link_for(target.identity.node_id)
+        assert not link.session.seal_payloads  # loopback: the payload travels detached
+        packets = [os.urandom(10_000 + 1_000 * i) for i in range(3)]
+        ids = [blake3.blake3(p).digest() for p in packets]
+        hashed: list[int] = []
+        real = blake3.blake3
+
+        def counting(data: Any = b"", *args: Any, **kwargs: Any) -> Any:
+            if memoryview(data).nbytes >= 4096:  # packets, not tags and keys
+                hashed.append(memoryview(data).nbytes)
+            return real(data, *args, **kwargs)
+
+        monkeypatch.setattr(blake3, "blake3", counting)
+        monkeypatch.setattr(gridnode.storage.packets, "blake3", counting)
+        parts = tuple(
+            PacketPart(packet_id=i, owner_tag=b"t" * 32, size_bytes=len(p))
+            for i, p in zip(ids, packets, strict=True)
+        )
+        answer = await link.request(
+            lambda rid: StorePackets(request_id=rid, parts=parts, data=b""), payload=packets
+        )
+        assert isinstance(answer, PacketsStored)
+        assert [r.code for r in answer.results] == ["", "", ""]
+        assert all(target.packets.has(i) for i in ids)
+        assert sorted(hashed) == sorted(len(p) for p in packets)
+
+
+async def test_a_batch_changed_on_the_way_stores_none_of_the_changed_packets(
+    tmp_path: Path,
+) -> None:
+    """The session no longer hashes a batch, so a payload changed in transit (here by
+    the sender itself, after sealing the header) must still be caught, packet by packet,
+    by the target: the changed packet is refused, the others are kept."""
+    import blake3
+
+    from protocol import PacketPart, PacketsStored, StorePackets
+
+    async with open_grid(tmp_path / "grid", 2) as grid:
+        source, target = grid.nodes
+        link = await source.link_for(target.identity.node_id)
+        packets = [os.urandom(5_000) for _ in range(3)]
+        ids = [blake3.blake3(p).digest() for p in packets]
+        parts = tuple(
+            PacketPart(packet_id=i, owner_tag=b"t" * 32, size_bytes=len(p))
+            for i, p in zip(ids, packets, strict=True)
+        )
+        changed = bytearray(packets[1])
+        changed[100] ^= 0x01
+        answer = await link.request(
+            lambda rid: StorePackets(request_id=rid, parts=parts, data=b""),
+            payload=[packets[0], bytes(changed), packets[2]],
+        )
+        assert isinstance(answer, PacketsStored)
+        assert [r.code for r in answer.results] == ["", "id_mismatch", ""]
+        assert target.packets.has(ids[0]) and target.packets.has(ids[2])
+        assert not target.packets.has(ids[1])
+
+
 async def test_repair_puts_rotten_packets_back_and_rewrites_every_record_using_them(
     tmp_path: Path,
 ) -> None:
@@ -397,7 +467,7 @@ async def test_targets_failing_together_are_replaced_by_distinct_nodes(tmp_path:
             )
             targets = tuple(n.identity.node_id for n in grid.nodes[1:7])
             uploaded = await call(
-                source._store_send,
+                source._upload_send,
                 UploadChunk(
                     encoded.chunk_id,
                     encoded.packets,

@@ -93,19 +93,12 @@ async def open_store(tmp_path: Path, allocation: int) -> AsyncIterator[tuple[Pac
     holdings = Holdings(storage / "holdings.sqlite")
     send, receive = trio.open_memory_channel[Any](16)
 
-    async def no_link(node_id: bytes) -> Any:
-        raise AssertionError("a target never dials out to answer a request")
-
-    async def no_replacement(*args: Any) -> bytes:
-        raise AssertionError("a target never places packets")
-
+    # A target has no way to dial out or place packets: those are the uploader's.
     store = PacketStore(
         identity=NodeIdentity.generate(),
         packets=packets,
         holdings=holdings,
         inbound=receive,
-        link_for=no_link,
-        replace_target=no_replacement,
         disk_limiter=trio.CapacityLimiter(4),
     )
 

@@ -1,0 +1,349 @@
+"""The uploader actor (claims 1, 9, 13): the source side of a packet's journey, one owner.
+
+``UploadChunk`` takes a chunk's n packets to n targets and returns their signed
+receipts.  The uploader asks the sequencer for the targets (unless the caller chose
+them, as repair does) and, when a target fails (gone, full, timed out, a receipt that
+does not verify), for a replacement under the chunk's rules together with the targets
+that already hold its packets, excluding every target that failed.  No callback runs
+through the node: both are ``PlaceChunk`` calls on the sequencer's channel.
+
+Sending: packets for one target wait in that target's queue and leave as one
+``StorePackets`` frame (one batch in flight per target, no added delay).  The frame is
+built once from the packets' own buffers (``Session.send(payload=...)``), and its sealed
+header names each packet's id and length, so neither side hashes the batch: the packet
+ids were computed once, by ``encode_chunk``, and the target checks each packet against
+its id once (``protocol._session`` Rule 6a).
+
+Backpressure: a node-wide byte budget bounds the packet bytes in flight, each link's
+window the requests; a caller waits for its chunk's n receipts.  Cancellation: an upload
+cancelled mid-way leaves only complete packets on targets (they write atomically); the
+caller records nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from protocol import (
+    MAX_PACKETS_PER_BATCH,
+    PacketPart,
+    PacketsStored,
+    PacketStored,
+    PartStored,
+    StorePacket,
+    StorePackets,
+    receipt_payload,
+    verify,
+)
+
+from ..byte_budget import ByteBudget
+from ..errors import GridError, PeerError, RemoteError
+from ..exception_groups import collapse_groups
+from ..identity import NodeIdentity
+from ..log import get_logger
+from ..logic.placement import PlacementRules
+from ..ratelimit import RateLimiter
+from .calls import Call, call, serve_calls
+from .sequencer import PlaceChunk
+
+__all__ = [
+    "ChunkUploaded",
+    "PlacedPacket",
+    "UploadChunk",
+    "UploadFailed",
+    "Uploader",
+]
+
+_log = get_logger(actor="uploader")
+
+
+class UploadFailed(GridError):
+    """A chunk could not get all of its packets stored; nothing about it is recorded."""
+
+
+@attrs.frozen
+class PlacedPacket:
+    share: int
+    packet_id: bytes
+    target: bytes
+    receipt: bytes
+
+
+@attrs.frozen
+class UploadChunk:
+    chunk_id: bytes
+    packets: tuple[bytes, ...]
+    packet_ids: tuple[bytes, ...]
+    #: One target per packet, or empty: the uploader asks the sequencer.
+    targets: tuple[bytes, ...]
+    rules: PlacementRules  # the same rules govern any replacement target
+    packet_bytes: int
+    policy: str = ""  # the catalog's policy key: scopes the packets' delete secrets
+    #: Targets already holding other packets of this chunk (repair uploads only the lost
+    #: ones): a replacement must obey the pairwise rules together with them too.
+    held: tuple[bytes, ...] = ()
+
+
+@attrs.frozen
+class ChunkUploaded:
+    placed: tuple[PlacedPacket, ...]
+    replaced: int
+    bytes_sent: int
+
+
+@attrs.frozen
+class _Outgoing:
+    packet_id: bytes
+    owner_tag: bytes
+    data: bytes
+    reply: trio.MemorySendChannel[bytes | Exception]
+
+
+#: One batch in flight per target: packets that arrive meanwhile form the next batch, so
+#: a slow target (a busy disk, a long link) is sent fewer, larger frames, and a fast one
+#: is never kept waiting (there is no artificial delay).
+SENDERS_PER_TARGET = 1
+#: Stop adding packets to a batch beyond this many bytes.
+BATCH_BYTES = 1024 * 1024
+
+#: node id -> an open link to it (dials through the transport).
+LinkFor = Callable[[bytes], Awaitable[Any]]
+
+
+@attrs.define
+class Uploader:
+    identity: NodeIdentity
+    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    #: The sequencer's inbox: targets and replacements are asked for there.
+    sequencer: trio.MemorySendChannel[Call[Any]]
+    link_for: LinkFor
+    upload_budget_bytes: int = 24 * 1024 * 1024
+    request_timeout_s: float = 30.0
+    max_replacements: int = 12
+    concurrency: int = 32
+    #: The subscription's bandwidth allocation for uploads (None: unlimited).
+    rate: RateLimiter | None = None
+    #: Counters shown by ``status`` (the node shares one dict with the packet store).
+    stats: dict[str, int] = attrs.field(factory=dict)
+    _budget: ByteBudget = attrs.field(init=False)
+    _waiting: dict[bytes, collections.deque[_Outgoing]] = attrs.field(factory=dict)
+    _senders: dict[bytes, int] = attrs.field(factory=dict)
+    _nursery: trio.Nursery | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._budget = ByteBudget(self.upload_budget_bytes)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await serve_calls(
+                self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+            )
+            nursery.cancel_scope.cancel()
+
+    async def _handle(self, payload: Any) -> ChunkUploaded:
+        if isinstance(payload, UploadChunk):
+            return await self._upload_chunk(payload)
+        raise TypeError(f"uploader cannot handle {type(payload).__name__}")
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    async def _place(
+        self, job: UploadChunk, count: int, fixed: tuple[bytes, ...], exclude: frozenset[bytes]
+    ) -> list[bytes]:
+        """``count`` new targets for ``job`` beside ``fixed`` (raises PlacementError)."""
+        targets: tuple[bytes, ...] = await call(
+            self.sequencer,
+            PlaceChunk(
+                chunk_id=job.chunk_id,
+                n=len(fixed) + count,
+                packet_bytes=job.packet_bytes,
+                rules=job.rules,
+                exclude=exclude,
+                fixed=fixed,
+            ),
+        )
+        return [t for t in targets if t not in fixed]
+
+    async def _upload_chunk(self, job: UploadChunk) -> ChunkUploaded:
+        initial = job.targets
+        if not initial:
+            initial = tuple(await self._place(job, len(job.packets), job.held, frozenset()))
+        placed: list[PlacedPacket | None] = [None] * len(job.packets)
+        failed: set[bytes] = set()
+        assigned: dict[int, bytes] = {}
+        replacing = trio.Lock()
+        replaced = 0
+        sent = 0
+        errors: list[str] = []
+
+        async def one(share: int, target: bytes) -> None:
+            nonlocal replaced, sent
+            data, packet_id = job.packets[share], job.packet_ids[share]
+            held = await self._budget.acquire(len(data))
+            try:
+                for _attempt in range(self.max_replacements + 1):
+                    try:
+                        receipt = await self._store_on(target, packet_id, data, job.policy)
+                        placed[share] = PlacedPacket(share, packet_id, target, receipt)
+                        sent += len(data)
+                        return
+                    except (PeerError, UploadFailed) as exc:
+                        failed.add(target)
+                        errors.append(f"{target.hex()[:8]}: {exc}")
+                        _log.info(
+                            "target_failed",
+                            chunk=job.chunk_id.hex()[:12],
+                            share=share,
+                            target=target.hex()[:12],
+                            error=str(exc),
+                        )
+                        # One replacement at a time: two packets whose targets failed together must
+                        # each see the other's new target, or both could be sent to the same node.
+                        async with replacing:
+                            current = (
+                                dict(enumerate(initial))
+                                | {p.share: p.target for p in placed if p is not None}
+                                | assigned
+                            )
+                            current.pop(share, None)
+                            keep = job.held + tuple(t for t in current.values() if t not in failed)
+                            try:
+                                fresh = await self._place(job, 1, keep, frozenset(failed))
+                                target = fresh[0]
+                            except Exception as placement_error:
+                                raise UploadFailed(
+                                    f"packet {share} of chunk {job.chunk_id.hex()[:12]}: "
+                                    f"{errors[-1]}; and no replacement target: {placement_error}"
+                                ) from None
+                            assigned[share] = target
+                        replaced += 1
+                raise UploadFailed(
+                    f"packet {share} of chunk {job.chunk_id.hex()[:12]} found no target after "
+                    f"{self.max_replacements} replacements: {'; '.join(errors[-3:])}"
+                )
+            finally:
+                self._budget.release(held)
+
+        with collapse_groups():
+            async with trio.open_nursery() as nursery:
+                for share, target in enumerate(initial):
+                    nursery.start_soon(one, share, target)
+        result = tuple(p for p in placed if p is not None)
+        assert len(result) == len(job.packets)
+        self._count("chunks_uploaded")
+        self._count("packets_uploaded", len(result))
+        self._count("packets_replaced", replaced)
+        return ChunkUploaded(placed=result, replaced=replaced, bytes_sent=sent)
+
+    async def _store_on(self, target: bytes, packet_id: bytes, data: bytes, policy: str) -> bytes:
+        """Queue one packet for ``target`` and wait for its receipt.
+
+        Packets for one target wait in that target's queue; its senders take whatever is
+        queued and send it as one StorePackets frame.  With several chunks uploading at
+        once, every target has a few packets waiting, so batches form without any added
+        delay, and the per-packet costs of a frame, a task and a journal commit on the
+        target are shared.
+        """
+        owner_tag = self.identity.packet_owner_tag(packet_id, policy)
+        reply_send, reply_recv = trio.open_memory_channel[bytes | Exception](1)
+        self._waiting.setdefault(target, collections.deque()).append(
+            _Outgoing(packet_id, owner_tag, data, reply_send)
+        )
+        if self._senders.get(target, 0) < SENDERS_PER_TARGET:
+            self._senders[target] = self._senders.get(target, 0) + 1
+            assert self._nursery is not None, "Uploader.run() must be started first"
+            self._nursery.start_soon(self._drain, target)
+        outcome = await reply_recv.receive()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _drain(self, target: bytes) -> None:
+        """Send what waits for ``target`` in batches; exit when nothing is left.
+
+        Started on demand (at most ``SENDERS_PER_TARGET`` per target), so an idle target
+        costs nothing.  Between the emptiness check and the exit there is no checkpoint,
+        so a packet queued meanwhile always finds a running sender or starts one.
+        """
+        try:
+            while queue := self._waiting.get(target):
+                batch = [queue.popleft()]
+                size = len(batch[0].data)
+                while queue and len(batch) < MAX_PACKETS_PER_BATCH and size < BATCH_BYTES:
+                    batch.append(queue.popleft())
+                    size += len(batch[-1].data)
+                try:
+                    outcomes = await self._send_batch(target, batch)
+                except (PeerError, UploadFailed) as exc:
+                    outcomes = [exc] * len(batch)
+                except BaseException as exc:  # cancelled or a bug: nobody may wait forever
+                    gone = UploadFailed(f"upload to {target.hex()[:10]} stopped: {exc!r}")
+                    for item in batch:
+                        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                            item.reply.send_nowait(gone)
+                    raise
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                        item.reply.send_nowait(outcome)
+        finally:
+            left = self._senders.get(target, 1) - 1
+            if left > 0:
+                self._senders[target] = left
+            else:
+                self._senders.pop(target, None)
+                if not self._waiting.get(target):
+                    self._waiting.pop(target, None)
+
+    async def _send_batch(self, target: bytes, batch: list[_Outgoing]) -> list[bytes | Exception]:
+        if self.rate is not None:
+            await self.rate.take(sum(len(i.data) for i in batch))
+        link = await self.link_for(target)
+        if len(batch) == 1:
+            item = batch[0]
+            answer = await link.request(
+                lambda rid: StorePacket(
+                    request_id=rid,
+                    packet_id=item.packet_id,
+                    owner_tag=item.owner_tag,
+                    data=item.data,
+                ),
+                timeout_s=self.request_timeout_s,
+                payload_digest=item.packet_id,  # computed from these bytes by encode_chunk
+            )
+            if not isinstance(answer, PacketStored) or answer.packet_id != item.packet_id:
+                raise UploadFailed(f"target answered {answer.KIND} to store_packet")
+            parts = [PartStored(packet_id=item.packet_id, receipt=answer.receipt)]
+        else:
+            parts_out = tuple(
+                PacketPart(packet_id=i.packet_id, owner_tag=i.owner_tag, size_bytes=len(i.data))
+                for i in batch
+            )
+            # The packets' own buffers: the session joins them once, into the frame.
+            batched = await link.request(
+                lambda rid: StorePackets(request_id=rid, parts=parts_out, data=b""),
+                timeout_s=self.request_timeout_s,
+                payload=[i.data for i in batch],
+            )
+            if not isinstance(batched, PacketsStored) or [r.packet_id for r in batched.results] != [
+                i.packet_id for i in batch
+            ]:
+                raise UploadFailed(f"target answered {batched.KIND} to store_packets")
+            parts = list(batched.results)
+        outcomes: list[bytes | Exception] = []
+        for item, part in zip(batch, parts, strict=True):
+            if part.code:
+                outcomes.append(RemoteError(part.code, part.message, peer=target.hex()[:10]))
+            elif not verify(target, receipt_payload(item.packet_id, len(item.data)), part.receipt):
+                outcomes.append(UploadFailed("target's receipt does not verify under its node id"))
+            else:
+                outcomes.append(part.receipt)
+        self._count("store_batches")
+        return outcomes

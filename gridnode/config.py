@@ -187,6 +187,8 @@ class NodeConfig:
     repair_threshold: int = _DEFAULTS["repair_threshold"]
     repair_delegates: int = _DEFAULTS["repair_delegates"]
     repair_lease_s: float = _DEFAULTS["repair_lease_s"]
+    audit_interval_s: float = _DEFAULTS["audit_interval_s"]
+    audit_batch: int = _DEFAULTS["audit_batch"]
     authority_key: str = _DEFAULTS["authority_key"]
     authority_address: str = _DEFAULTS["authority_address"]
     certificate_lifetime_s: float = _DEFAULTS["certificate_lifetime_s"]

@@ -555,6 +555,17 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         _DAY * 90,
         "seconds a delegate keeps a capability without renewal (repair outlives the source)",
     ),
+    # gridnode.audit: a proof is about 1.5 KiB, so 8 a minute is some 200 bytes a second
+    # per source however much it stores; a holder that drops a tenth of what it holds
+    # is caught within the hour for a few hundred packets.
+    _number(
+        "audit_interval_s",
+        60.0,
+        0.0,
+        _DAY,
+        "seconds between storage audit rounds (challenges to holders); 0 turns audits off",
+    ),
+    _integer("audit_batch", 8, 1, 1024, "packets challenged per storage audit round"),
     _key(
         "authority_key",
         "hex",

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .actors.packet_store import PacketStore
     from .actors.request import Method, RequestActor
     from .actors.retriever import Retriever
+    from .audit import Auditor
     from .authority.client import SubscriptionClient
     from .authority.globallog import LogForwarder
     from .authority.reporting import UsageReporter
@@ -100,6 +101,8 @@ class ControlledNode(Protocol):
     def reporter(self) -> UsageReporter | None: ...
     @property
     def scheduler(self) -> Scheduler | None: ...
+    @property
+    def auditor(self) -> Auditor | None: ...
 
     def shutdown(self) -> None: ...
 
@@ -218,6 +221,8 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             "repair_delegates": node.delegator.status() if node.delegator is not None else [],
             # Capabilities this node holds for others (it is their delegate).
             "delegated_to_me": node.repairer.leases() if node.repairer is not None else [],
+            # Storage audits of this node's holders, per holder (gridnode.audit).
+            "audits": node.auditor.scores.status() if node.auditor is not None else [],
             "delegated_repair": {
                 "counters": dict(node.repairer.stats) if node.repairer is not None else {},
                 "problems": list(node.repairer.problems) if node.repairer is not None else [],

@@ -29,6 +29,7 @@ import structlog
 import trio
 
 from protocol import (
+    AuditPacket,
     Message,
     RenewCertificate,
     SpreadRevocations,
@@ -46,6 +47,7 @@ from .actors.retriever import FetchChunk, Retriever
 from .actors.sequencer import Sequencer
 from .actors.uploader import Uploader
 from .admission import Admission, NotSubscribed
+from .audit import AUDITS_FILE, Auditor, AuditScores, answer_audit
 from .authority import AUTHORITY_KEY_NAME
 from .authority.client import SubscriptionClient
 from .authority.subscriptions import SubscriptionManager
@@ -213,6 +215,10 @@ class Node:
             )
         if msg.KIND in ("forward_log", "get_revocations"):
             return await self._serve_authority(link, msg)
+        if isinstance(msg, AuditPacket):  # storage audits (gridnode.audit)
+            return await answer_audit(
+                self.packets, msg, disk_limiter=self.disk_limiter, cpu_limiter=self.cpu_limiter
+            )
         if msg.KIND in ("grant_repair", "grant_repair_part", "get_repair_moves"):
             if self.repairer is None:
                 raise RemoteError("not_ready", "this node is starting")
@@ -590,6 +596,17 @@ class Node:
                 on_result=self.request.note_repair,  # the repair totals of node_summary
             )
             await nursery.start(self.auto_repair.run)
+        # Storage audits of this node's holders (gridnode.audit); scores shown even when off.
+        self.auditor = Auditor(
+            catalog=self.catalog,
+            link_for=self.link_for,
+            scores=AuditScores.load(config.home / AUDITS_FILE),
+            disk_limiter=self.disk_limiter,
+            interval_s=config.audit_interval_s,
+            batch=config.audit_batch,
+            timeout_s=config.request_timeout_s,
+        )
+        await nursery.start(self.auditor.run)
         await self._start_delegation(nursery)
         # The periodic node_summary line and the allocation_full warning (gridnode.summary).
         await nursery.start(run_reporting, self, config.summary_interval_s)
@@ -612,6 +629,8 @@ class Node:
     metrics_port: int | None = None
     #: Runs the config's schedules (``gridnode.scheduler``); set while the node starts.
     scheduler: Scheduler | None = None
+    #: Audits this node's holders (``gridnode.audit``); set while the node starts.
+    auditor: Auditor | None = None
 
     async def _start_delegation(self, nursery: trio.Nursery) -> None:
         """Repair that outlives the source (``gridnode.delegation``): every node can be a

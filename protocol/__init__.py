@@ -27,6 +27,9 @@ from ._identity import root_locator as root_locator
 from ._identity import short_node_id as short_node_id
 from ._identity import sign as sign
 from ._identity import verify as verify
+from ._messages import AUDIT_CHUNK_BYTES as AUDIT_CHUNK_BYTES
+from ._messages import MAX_AUDIT_INDEX as MAX_AUDIT_INDEX
+from ._messages import MAX_AUDIT_PATH as MAX_AUDIT_PATH
 from ._messages import MAX_LOG_ENTRIES_PER_MESSAGE as MAX_LOG_ENTRIES_PER_MESSAGE
 from ._messages import MAX_LOG_ENTRY_BYTES as MAX_LOG_ENTRY_BYTES
 from ._messages import MAX_PACKETS_PER_BATCH as MAX_PACKETS_PER_BATCH
@@ -37,6 +40,7 @@ from ._messages import MAX_USAGE_REPORT_BYTES as MAX_USAGE_REPORT_BYTES
 from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._messages import Account as Account
+from ._messages import AuditPacket as AuditPacket
 from ._messages import ControlCall as ControlCall
 from ._messages import ControlEvent as ControlEvent
 from ._messages import ControlHello as ControlHello
@@ -53,6 +57,7 @@ from ._messages import Hello as Hello
 from ._messages import LogAccepted as LogAccepted
 from ._messages import Message as Message
 from ._messages import Offer as Offer
+from ._messages import PacketAudited as PacketAudited
 from ._messages import PacketData as PacketData
 from ._messages import PacketDeleted as PacketDeleted
 from ._messages import PacketPart as PacketPart

@@ -27,11 +27,15 @@ from ._errors import LocalProtocolError
 from ._schema import bounded, compile_schema
 
 __all__ = [
+    "AUDIT_CHUNK_BYTES",
+    "MAX_AUDIT_INDEX",
+    "MAX_AUDIT_PATH",
     "MAX_SPREAD_REVOCATIONS",
     "MAX_USAGE_REPORT_BYTES",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "Account",
+    "AuditPacket",
     "ControlCall",
     "ControlEvent",
     "ControlHello",
@@ -47,6 +51,7 @@ __all__ = [
     "LogAccepted",
     "Message",
     "Offer",
+    "PacketAudited",
     "PacketData",
     "PacketDeleted",
     "PacketPart",
@@ -645,3 +650,37 @@ class RepairMoves(Message):
     #: The repairer's capability authority (``gridnode.delegation.Authority``): how an
     #: owner trusts moves of a member its delegates handed the capability on to.
     authority: bytes = attrs.field(default=b"", metadata=bounded(max_len=MAX_AUTHORITY_BYTES))
+
+
+# --- storage audits: proofs of possession (gridnode.audit, logic.audit_proof) -------------
+
+#: The chunk a proof reveals: BLAKE3's 1 KiB chunk.
+AUDIT_CHUNK_BYTES: Final = 1024
+#: Chunk indices run below this: a packet is at most ``MAX_PACKET_BYTES``.
+MAX_AUDIT_INDEX: Final = MAX_PACKET_BYTES // AUDIT_CHUNK_BYTES - 1
+#: Sibling chaining values (32 bytes each) on a path: a tree of 8,192 chunks is 13 deep.
+MAX_AUDIT_PATH: Final = 24
+
+
+@message("audit_packet")
+@attrs.frozen(kw_only=True)
+class AuditPacket(Message):
+    """A storage audit: prove that you hold ``packet_id`` by answering with its chunk
+    ``index`` and that chunk's BLAKE3 path.  The auditor draws the index afresh for each
+    challenge, so no answer can be kept in advance without the packet's bytes."""
+
+    request_id: int = _request_id()
+    packet_id: bytes = _id32()
+    index: int = attrs.field(metadata=bounded(min_value=0, max_value=MAX_AUDIT_INDEX))
+
+
+@message("packet_audited")
+@attrs.frozen(kw_only=True)
+class PacketAudited(Message):
+    """The proof: the chunk (at most 1 KiB) and the sibling chaining values from it up to
+    the root, nearest first, concatenated (32 bytes each)."""
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    chunk: bytes = attrs.field(metadata=bounded(max_len=AUDIT_CHUNK_BYTES))
+    path: bytes = attrs.field(metadata=bounded(max_len=32 * MAX_AUDIT_PATH))

@@ -65,6 +65,8 @@ SAMPLES: dict[str, tuple[dict[str, Any], Any]] = {
     "repair_threshold": ({"repair_threshold": 5}, 5),
     "repair_delegates": ({"repair_delegates": 0}, 0),
     "repair_lease_s": ({"repair_lease_s": 100}, 100.0),
+    "audit_interval_s": ({"audit_interval_s": 0}, 0.0),
+    "audit_batch": ({"audit_batch": 3}, 3),
     "authority_key": (
         {"authority_key": "11" * 32, "authority_address": "10.0.0.5:7400"},
         "11" * 32,

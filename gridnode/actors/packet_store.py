@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
@@ -60,7 +59,7 @@ from ..storage.packets import (
     PacketIdMismatch,
     PacketStoreError,
 )
-from .calls import Call, serve_calls
+from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["PacketStore", "TargetRequest", "root_signature_payload"]
 
@@ -83,7 +82,7 @@ class _Write:
 
 
 @attrs.frozen
-class TargetRequest:
+class TargetRequest(Request[Message]):
     """A request from a peer (target side), answered with a response message."""
 
     msg: Message
@@ -112,7 +111,7 @@ class PacketStore:
     identity: NodeIdentity
     packets: PacketDirectory
     holdings: Holdings
-    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    inbound: Inbox
     disk_limiter: trio.CapacityLimiter
     concurrency: int = 32
     on_free_bytes_changed: Callable[[int], None] | None = None
@@ -127,7 +126,10 @@ class PacketStore:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_batches)
             await serve_calls(
-                self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+                self.inbound,
+                Handlers("packet store").on(TargetRequest, self._handle),
+                concurrency=self.concurrency,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()
 
@@ -203,12 +205,10 @@ class PacketStore:
                     with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                         item.reply.send_nowait(outcome)
 
-    async def _handle(self, payload: Any) -> Any:
-        if isinstance(payload, TargetRequest):
-            return await self._serve_peer(
-                payload.msg, payload.payload_digest, payload.peer, payload.quota
-            )
-        raise TypeError(f"packet store cannot handle {type(payload).__name__}")
+    async def _handle(self, request: TargetRequest) -> Message:
+        return await self._serve_peer(
+            request.msg, request.payload_digest, request.peer, request.quota
+        )
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n

@@ -19,6 +19,14 @@ The score is an exponentially weighted mean of outcomes (pass 1, fail 0, miss 0.
 recent behaviour counts most, a holder that starts dropping packets falls within a few
 rounds, and an offline holder (whose packets ``repair_after_s`` rebuilds anyway) drifts
 down more slowly than one caught without the bytes.
+
+Trust: a holder whose score is below ``audit_threshold`` after at least ``MIN_AUDITS``
+audits is *distrusted* by this source (``AuditScores.distrusted``).  Placement leaves it
+out (``TrustedView``: no new packets from this source) and the automatic repair treats
+it as gone at once (``repair.AutoRepair``): its packets are rebuilt elsewhere.  Misses
+alone never bring a score below 0.5 (they pull it towards 0.5), so with the shipped
+threshold only failed proofs distrust a holder; a holder merely switched off is left to
+``repair_after_s``.  The judgement is this source's own: nothing is gossiped.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import json
 import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -46,18 +54,21 @@ from .errors import GridError, PeerError, RemoteError
 from .fsutil import atomic_write
 from .log import get_logger
 from .logic import audit_proof
+from .logic.placement import Member
 from .storage.catalog import Catalog
 from .storage.packets import PacketDirectory
 from .transport import PeerLink
 
 __all__ = [
     "AUDITS_FILE",
+    "MIN_AUDITS",
     "NOT_HELD",
     "AuditScores",
     "AuditTarget",
     "Auditor",
     "HolderAudits",
     "Outcome",
+    "TrustedView",
     "answer_audit",
     "pick_targets",
 ]
@@ -75,6 +86,9 @@ OUTCOME_VALUE: Final = {"passed": 1.0, "failed": 0.0, "missed": 0.5}
 _NOT_A_FAILURE: Final = frozenset({"not_admitted", "not_ready", "unsupported"})
 #: Error code of a holder asked for a packet it does not hold (intact).
 NOT_HELD: Final = "packet_not_held"
+#: Audits a holder has had before its score can distrust it: one lost packet on a
+#: newcomer is not a verdict.
+MIN_AUDITS: Final = 3
 
 Outcome = Literal["passed", "failed", "missed"]
 
@@ -154,6 +168,10 @@ class HolderAudits:
     last_audit: float = 0.0
     last_failure: float = 0.0
 
+    @property
+    def audits(self) -> int:
+        return self.passed + self.failed + self.missed
+
     def note(self, outcome: Outcome, now: float) -> None:
         if outcome == "passed":
             self.passed += 1
@@ -168,15 +186,24 @@ class HolderAudits:
 
 @attrs.define
 class AuditScores:
-    """Per-holder results, kept in ``path`` (JSON, replaced atomically after each round)."""
+    """Per-holder results, kept in ``path`` (JSON, replaced atomically after each round).
+
+    The distrusted set is kept up to date as outcomes are noted, with a version that
+    moves whenever it changes: the sequencer caches its placement view by version
+    (``TrustedView``), so asking costs nothing per chunk."""
 
     path: Path
     holders: dict[bytes, HolderAudits] = attrs.field(factory=dict)
+    #: Score below which a holder with ``MIN_AUDITS`` audits is distrusted (0: never).
+    threshold: float = 0.0
+    #: Moves whenever the distrusted set changes.
+    trust_version: int = attrs.field(default=0, init=False)
+    _distrusted: frozenset[bytes] = attrs.field(default=frozenset(), init=False)
 
     @classmethod
-    def load(cls, path: Path) -> AuditScores:
+    def load(cls, path: Path, *, threshold: float = 0.0) -> AuditScores:
         """The scores in ``path``; none if it is missing or unreadable (audits start over)."""
-        scores = cls(path)
+        scores = cls(path, threshold=threshold)
         try:
             raw = json.loads(path.read_text())
             for entry in raw.get("holders", []):
@@ -193,10 +220,27 @@ class AuditScores:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             _log.warning("audit_scores_unreadable", path=str(path), error=str(exc))
             scores.holders.clear()
+        for node_id, entry in scores.holders.items():
+            scores._judge(node_id, entry)
         return scores
 
     def note(self, holder: bytes, outcome: Outcome, now: float) -> None:
-        self.holders.setdefault(holder, HolderAudits()).note(outcome, now)
+        entry = self.holders.setdefault(holder, HolderAudits())
+        entry.note(outcome, now)
+        self._judge(holder, entry)
+
+    def is_distrusted(self, entry: HolderAudits) -> bool:
+        return self.threshold > 0 and entry.audits >= MIN_AUDITS and entry.score < self.threshold
+
+    def _judge(self, holder: bytes, entry: HolderAudits) -> None:
+        """Update the distrusted set for one holder's new record (O(1) per outcome)."""
+        if self.is_distrusted(entry) != (holder in self._distrusted):
+            self._distrusted = self._distrusted ^ {holder}
+            self.trust_version += 1
+
+    def distrusted(self) -> frozenset[bytes]:
+        """Holders this source places nothing new on and moves its packets away from."""
+        return self._distrusted
 
     def score(self, holder: bytes) -> float:
         """The holder's reliability in [0, 1]; 1 for a holder never audited."""
@@ -204,7 +248,8 @@ class AuditScores:
         return 1.0 if entry is None else entry.score
 
     def status(self) -> list[dict[str, Any]]:
-        """Per holder, for ``gridnode status --json``'s ``audits``."""
+        """Per holder, the record kept in ``audits.json`` (facts only: whether they make
+        a holder distrusted depends on the threshold configured now, see ``report``)."""
         return [
             {
                 "node_id": format_node_id(node_id),
@@ -219,9 +264,50 @@ class AuditScores:
             for node_id, entry in sorted(self.holders.items())
         ]
 
+    def report(self) -> list[dict[str, Any]]:
+        """Per holder, for ``gridnode status --json``'s ``audits``: the record and
+        whether it makes the holder ``distrusted``."""
+        return [
+            {**entry, "distrusted": node_id in self._distrusted}
+            for node_id, entry in zip(sorted(self.holders), self.status(), strict=True)
+        ]
+
     def save(self) -> None:
         body = {"version": 1, "holders": self.status()}
         atomic_write(self.path, (json.dumps(body, indent=1) + "\n").encode(), mode=0o600)
+
+
+# --- placement ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TrustedView:
+    """The gossip placement view as this source's placement should see it: distrusted
+    holders are marked not alive, so the sequencer gives them no new packet.
+
+    Marked rather than dropped: a chunk completed around holders that keep their packets
+    (``PlaceChunk.fixed``, as a manual repair or an upload retry does) may count a
+    distrusted holder among them, and the pairwise rules are still checked against it.
+    The version pairs gossip's with the scores' ``trust_version``, so the sequencer's
+    cached view is rebuilt when either the members or the distrusted set change."""
+
+    view: Callable[[], tuple[int, Sequence[Member]]]
+    gossip_version: Callable[[], int]
+    scores: AuditScores
+
+    def members(self) -> tuple[tuple[int, int], Sequence[Member]]:
+        """(version, members): the sequencer's ``view``."""
+        gossip, members = self.view()
+        distrusted = self.scores.distrusted()
+        if distrusted:
+            members = [
+                attrs.evolve(m, alive=False) if m.node_id in distrusted else m for m in members
+            ]
+        return (gossip, self.scores.trust_version), members
+
+    def version(self) -> tuple[int, int]:
+        """The sequencer's ``version``: cheap, no member list built."""
+        return self.gossip_version(), self.scores.trust_version
 
 
 # --- the auditor -------------------------------------------------------------------------------

@@ -58,6 +58,13 @@ def cmd_status(args: argparse.Namespace) -> None:
         f"storage: {format_bytes(st['used_bytes'])} used of "
         f"{format_bytes(st['allocated_bytes'])}, {st['packets']} packets"
     )
+    audits = status.get("audits") or []
+    if audits:  # storage audits of this node's holders (gridnode.audit)
+        distrusted = [a["short_id"] for a in audits if a.get("distrusted")]
+        print(
+            f"audits: {len(audits)} holders audited, {len(distrusted)} distrusted"
+            + (f" ({', '.join(distrusted)})" if distrusted else "")
+        )
     if status["members"]:
         print(
             table(

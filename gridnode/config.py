@@ -189,6 +189,7 @@ class NodeConfig:
     repair_lease_s: float = _DEFAULTS["repair_lease_s"]
     audit_interval_s: float = _DEFAULTS["audit_interval_s"]
     audit_batch: int = _DEFAULTS["audit_batch"]
+    audit_threshold: float = _DEFAULTS["audit_threshold"]
     authority_key: str = _DEFAULTS["authority_key"]
     authority_address: str = _DEFAULTS["authority_address"]
     certificate_lifetime_s: float = _DEFAULTS["certificate_lifetime_s"]

@@ -566,6 +566,16 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         "seconds between storage audit rounds (challenges to holders); 0 turns audits off",
     ),
     _integer("audit_batch", 8, 1, 1024, "packets challenged per storage audit round"),
+    # A score is the weighted mean of recent outcomes (pass 1, fail 0, miss 0.5), so a
+    # holder that is only offline settles at 0.5 and stays trusted: only failed proofs
+    # (packets lost or rotten) bring it below.  Four failures in a row do from 1.0.
+    _number(
+        "audit_threshold",
+        0.5,
+        0.0,
+        1.0,
+        "audit score below which a holder gets no new packets and its packets move; 0 turns it off",
+    ),
     _key(
         "authority_key",
         "hex",

@@ -222,7 +222,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             # Capabilities this node holds for others (it is their delegate).
             "delegated_to_me": node.repairer.leases() if node.repairer is not None else [],
             # Storage audits of this node's holders, per holder (gridnode.audit).
-            "audits": node.auditor.scores.status() if node.auditor is not None else [],
+            "audits": node.auditor.scores.report() if node.auditor is not None else [],
             "delegated_repair": {
                 "counters": dict(node.repairer.stats) if node.repairer is not None else {},
                 "problems": list(node.repairer.problems) if node.repairer is not None else [],

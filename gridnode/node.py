@@ -47,7 +47,7 @@ from .actors.retriever import FetchChunk, Retriever
 from .actors.sequencer import Sequencer
 from .actors.uploader import Uploader
 from .admission import Admission, NotSubscribed
-from .audit import AUDITS_FILE, Auditor, AuditScores, answer_audit
+from .audit import AUDITS_FILE, Auditor, AuditScores, TrustedView, answer_audit
 from .authority import AUTHORITY_KEY_NAME
 from .authority.client import SubscriptionClient
 from .authority.subscriptions import SubscriptionManager
@@ -505,12 +505,19 @@ class Node:
             on_free_bytes_changed=self._free_bytes_changed,
         )
         await nursery.start(self.packet_store.run)
+        # Storage audit scores (gridnode.audit): distrusted holders get no new packets.
+        scores = AuditScores.load(config.home / AUDITS_FILE, threshold=config.audit_threshold)
+        trusted = TrustedView(
+            view=self.gossiper.placement_view,
+            gossip_version=lambda: membership.version,
+            scores=scores,
+        )
         self.sequencer = Sequencer(
             key=identity.sequence_key,
             inbound=seq_recv,
-            view=self.gossiper.placement_view,
+            view=trusted.members,
             source=self.gossiper.source,
-            version=lambda: membership.version,
+            version=trusted.version,
         )
         await nursery.start(self.sequencer.run)
         self.uploader = Uploader(
@@ -594,13 +601,14 @@ class Node:
                 # Time for gossip to learn the view after a start, before an absence counts.
                 settle_s=min(config.repair_after_s, 4 * config.gossip_sync_interval_s),
                 on_result=self.request.note_repair,  # the repair totals of node_summary
+                distrusted=scores.distrusted,  # moved at once, not after repair_after_s
             )
             await nursery.start(self.auto_repair.run)
         # Storage audits of this node's holders (gridnode.audit); scores shown even when off.
         self.auditor = Auditor(
             catalog=self.catalog,
             link_for=self.link_for,
-            scores=AuditScores.load(config.home / AUDITS_FILE),
+            scores=scores,
             disk_limiter=self.disk_limiter,
             interval_s=config.audit_interval_s,
             batch=config.audit_batch,

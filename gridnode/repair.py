@@ -426,6 +426,11 @@ class AutoRepair:
     retried after
     another ``after_s`` while the gone holders stay the same; a newly gone one triggers
     a run at once (it may bring more chunks to the threshold).
+
+    A holder this node's storage audits distrust (``distrusted``, ``gridnode.audit``)
+    counts as gone at once, present or not: it lost or spoiled packets it was given, so
+    waiting ``after_s`` only leaves chunks thinner than they look.  Its packets move
+    like a gone holder's (same threshold, the chunk's own rules).
     """
 
     services: Services
@@ -447,6 +452,8 @@ class AutoRepair:
     before: Callable[[], Awaitable[Any]] | None = None
     #: Told each run's result (the node's repair totals: summary line and metrics).
     on_result: Callable[[dict[str, Any]], None] | None = None
+    #: Holders the storage audits distrust: gone now, whatever gossip says.
+    distrusted: Callable[[], frozenset[bytes]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -458,7 +465,8 @@ class AutoRepair:
                 _log.warning("auto_repair_failed", error=str(exc))
 
     async def gone(self) -> list[bytes]:
-        """Holders not seen for ``after_s``; records the sightings of this tick."""
+        """Holders not seen for ``after_s``, and distrusted ones; records the sightings of
+        this tick."""
         catalog = self.services.catalog
         holders: set[bytes] = await self.services.db(catalog.holders)
         now, mono = self.clock(), trio.current_time()
@@ -480,16 +488,19 @@ class AutoRepair:
         for node_id in list(self.missing_here):
             if node_id not in holders or node_id in present:
                 del self.missing_here[node_id]
+        distrusted = holders & self.distrusted() if self.distrusted is not None else set()
         for node_id in list(self.tried):
-            if node_id not in holders or node_id in present:
+            # A distrusted holder stays tried while present: retried after ``after_s``.
+            if node_id not in holders or (node_id in present and node_id not in distrusted):
                 del self.tried[node_id]
         for node_id in holders - present:
             self.missing_here.setdefault(node_id, mono)
-        return sorted(
+        unseen = {
             n
             for n in holders - present
             if now - seen[n] >= self.after_s and mono - self.missing_here[n] >= self.watch_s
-        )
+        }
+        return sorted(unseen | distrusted)
 
     async def tick(self) -> dict[str, Any] | None:
         gone = await self.gone()

@@ -8,8 +8,8 @@ catalog and, sealed, in the data assembly record on the grid.
 
 The member view comes from the gossip actor.  A ``PlacementView`` (per-member hashes,
 distances from the source) is built once per view version and rules, and reused for every
-chunk until gossip reports a change.  The version is asked for first (``version``, an
-integer read): the member list itself, one validated ``Member`` per grid member, is only
+chunk until gossip reports a change.  The version is asked for first (``version``, a
+cheap read): the member list itself, one validated ``Member`` per grid member, is only
 built when the version moved, so a chunk costs no O(members) work while nothing changed.
 
 Backpressure: placement is a few vectorised passes (well under a millisecond per chunk
@@ -19,7 +19,7 @@ Cancellation: nothing to clean up; the actor holds no per-call state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import attrs
@@ -43,10 +43,11 @@ class PlaceChunk:
     fixed: tuple[bytes, ...] = ()
 
 
-#: () -> (view version, members); provided by the gossip actor.
-ViewSource = Callable[[], tuple[int, Sequence[Member]]]
+#: () -> (view version, members); provided by the gossip actor.  Any hashable version:
+#: the node's is gossip's paired with the audit trust version (``audit.TrustedView``).
+ViewSource = Callable[[], tuple[Hashable, Sequence[Member]]]
 #: () -> the view version alone (cheap); provided by the gossip actor.
-VersionSource = Callable[[], int]
+VersionSource = Callable[[], Hashable]
 
 
 @attrs.define

@@ -67,6 +67,7 @@ SAMPLES: dict[str, tuple[dict[str, Any], Any]] = {
     "repair_lease_s": ({"repair_lease_s": 100}, 100.0),
     "audit_interval_s": ({"audit_interval_s": 0}, 0.0),
     "audit_batch": ({"audit_batch": 3}, 3),
+    "audit_threshold": ({"audit_threshold": 0.25}, 0.25),
     "authority_key": (
         {"authority_key": "11" * 32, "authority_address": "10.0.0.5:7400"},
         "11" * 32,

@@ -26,13 +26,15 @@ import attrs
 import trio
 
 from ..logic.placement import Member, PlacementError, PlacementRules, PlacementView, Source
-from .calls import Call, serve_calls
+from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["PlaceChunk", "PlacementError", "Sequencer"]
 
 
 @attrs.frozen
-class PlaceChunk:
+class PlaceChunk(Request[tuple[bytes, ...]]):
+    """Where the n packets of a chunk go: answered with the n targets, in share order."""
+
     chunk_id: bytes
     n: int
     packet_bytes: int
@@ -53,7 +55,7 @@ VersionSource = Callable[[], Hashable]
 @attrs.define
 class Sequencer:
     key: bytes
-    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    inbound: Inbox
     view: ViewSource
     source: Callable[[], Source]
     #: The current view version without building the members (None: always build them).
@@ -62,11 +64,10 @@ class Sequencer:
     placements: int = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_calls(self.inbound, self._handle, concurrency=4, task_status=task_status)
+        handlers = Handlers("sequencer").on(PlaceChunk, self._handle)
+        await serve_calls(self.inbound, handlers, concurrency=4, task_status=task_status)
 
-    async def _handle(self, cmd: Any) -> tuple[bytes, ...]:
-        if not isinstance(cmd, PlaceChunk):
-            raise TypeError(f"sequencer cannot handle {type(cmd).__name__}")
+    async def _handle(self, cmd: PlaceChunk) -> tuple[bytes, ...]:
         await trio.lowlevel.checkpoint()
         return self.place(cmd)
 

@@ -28,13 +28,15 @@ with ``O_NOFOLLOW``, so a symlink swapped in cannot redirect a chmod.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import grp
 import os
 import pwd
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -56,6 +58,8 @@ _SPECIAL_FORMAT: Final = {
 #: Whole blocks of zeros this large inside restored data become holes.
 SPARSE_BLOCK: Final = 64 * 1024
 _ZEROS: Final = bytes(SPARSE_BLOCK)
+#: How a restored file's temporary name is opened: new, never through a link.
+_TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreFailed(GridError):
@@ -70,6 +74,14 @@ class TreeWriter:
         dest.mkdir(parents=True, exist_ok=True)
         self._real_dest = os.path.realpath(dest)
         self._checked: set[str] = set()
+        #: Parent directories known to exist: one mkdir per directory, not per file.
+        self._made: set[str] = set()
+        #: Parent (as recorded) -> its checked, existing path here: a file in a directory
+        #: already seen needs only its own name checked.
+        self._parents: dict[bytes, str] = {}
+        #: Owner names looked up once each (``getpwnam`` reads the user database per call).
+        self._uids: dict[str, int | None] = {}
+        self._gids: dict[str, int | None] = {}
         self.numeric_owner = numeric_owner
         self.as_root = os.geteuid() == 0
         self.uid = os.geteuid()
@@ -96,8 +108,23 @@ class TreeWriter:
 
     def ensure_parent(self, rel: bytes) -> Path:
         path = self.target(rel)
+        parent = str(path.parent)
+        if parent in self._made:
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._made.add(parent)
         return self.target(rel)  # re-check now that the parent exists
+
+    def final_path(self, rel: bytes) -> str:
+        """``ensure_parent`` as a string, with the checks of the parent done once per
+        directory: the rest of ``rel`` (one name) is checked here."""
+        head, _, name = rel.rpartition(b"/")
+        parent = self._parents.get(head)
+        if parent is None or rel.startswith(b"/") or name in (b"", b".", b"..") or b"\x00" in name:
+            path = self.ensure_parent(rel)  # every check, and the error that names it
+            self._parents[head] = str(path.parent)
+            return str(path)
+        return os.path.join(parent, os.fsdecode(name))
 
     def _clear(self, path: Path, rel: bytes) -> None:
         """Make room for a non-directory entry; a directory in the way is never removed."""
@@ -118,12 +145,10 @@ class TreeWriter:
             return None
         uid, gid = entry.uid, entry.gid
         if not self.numeric_owner:
-            if entry.user:
-                with contextlib.suppress(KeyError):
-                    uid = pwd.getpwnam(entry.user).pw_uid
-            if entry.group:
-                with contextlib.suppress(KeyError):
-                    gid = grp.getgrnam(entry.group).gr_gid
+            if entry.user and (found := _lookup(self._uids, entry.user, _uid_of)) is not None:
+                uid = found
+            if entry.group and (found := _lookup(self._gids, entry.group, _gid_of)) is not None:
+                gid = found
         return uid, gid
 
     def _apply(self, entry: EntryRecord, target: int | Path, *, symlink: bool = False) -> None:
@@ -236,18 +261,45 @@ class TreeWriter:
             raise
 
     def write_small(self, batch: Sequence[tuple[EntryRecord, list[Piece]]]) -> int:
+        """Whole files, each through a temporary name: open, write, attributes through
+        the descriptor, close, rename.  A small file costs its creation in the kernel
+        and little else: no buffered file object, no stat or truncate of a file whose
+        size is known, a parent made once, owners looked up once."""
         written = 0
         for entry, pieces in batch:
-            final, temp, fh = self.open_temp(entry.path)
+            final = self.final_path(entry.path)
+            temp = os.path.join(os.path.dirname(final), f".gridnode-{secrets.token_hex(6)}.tmp")
+            fd = os.open(temp, _TEMP_FLAGS, 0o600)
             try:
-                self.append(fh, pieces)
+                try:
+                    size, ends_in_hole = _write_pieces(fd, pieces)
+                    if ends_in_hole:
+                        os.ftruncate(fd, size)  # the size, still unallocated
+                    if size != entry.size:
+                        raise RestoreFailed(
+                            f"{escape(entry.path)}: assembled {size} bytes, expected {entry.size}"
+                        )
+                    self._apply(entry, fd)
+                finally:
+                    os.close(fd)
+                self._rename(temp, final, entry.path)
             except BaseException:
-                fh.close()
-                temp.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
                 raise
-            self.finish(entry, final, temp, fh)
+            if entry.path in self.link_firsts:
+                self.written[entry.path] = Path(final)
             written += entry.size
         return written
+
+    @staticmethod
+    def _rename(temp: str, final: str, rel: bytes) -> None:
+        """Put a finished file under its name; a file or symlink there is replaced (the
+        rename does not follow it), a directory is refused as ``_clear`` refuses it."""
+        try:
+            os.replace(temp, final)
+        except IsADirectoryError:
+            raise ScanError(f"refusing to replace directory {escape(rel)!r}") from None
 
     def make_links(self, entries: Sequence[EntryRecord]) -> int:
         """Later names of hard-link groups, linked to the first name's restored file.
@@ -312,6 +364,81 @@ class TreeWriter:
             made += 1
         return made
 
-    @staticmethod
-    def sync() -> None:
-        os.sync()
+    def sync(self) -> None:
+        """Flush the destination's file system (``syncfs``), not every file system of the
+        machine: a busy neighbour's dirty pages are not this restore's to wait for."""
+        if _syncfs is None:
+            os.sync()
+            return
+        fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if _syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+
+
+def _write_pieces(fd: int, pieces: Sequence[Piece]) -> tuple[int, bool]:
+    """Write pieces at the descriptor's position as ``TreeWriter.append`` does (holes and
+    whole blocks of zeros become seeks); returns the end offset and whether the file ends
+    in a seek (then its size must be set with a truncate)."""
+    end = 0
+    seeked = False
+    for piece in pieces:
+        if isinstance(piece, int):
+            if piece:
+                os.lseek(fd, piece, os.SEEK_CUR)
+                end += piece
+                seeked = True
+            continue
+        view = memoryview(piece)
+        written = 0
+        for start in range(0, len(view) - SPARSE_BLOCK + 1, SPARSE_BLOCK):
+            if _ZEROS.startswith(view[start : start + SPARSE_BLOCK]):  # memcmp
+                if start > written:
+                    _write_all(fd, view[written:start])
+                os.lseek(fd, SPARSE_BLOCK, os.SEEK_CUR)
+                written = start + SPARSE_BLOCK
+                seeked = True
+        if written < len(view):
+            _write_all(fd, view[written:])
+            seeked = False
+        end += len(view)
+    return end, seeked
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _lookup(cache: dict[str, int | None], name: str, find: Callable[[str], int]) -> int | None:
+    """``find(name)``, or None where the name does not exist here; each name once."""
+    if name not in cache:
+        try:
+            cache[name] = find(name)
+        except KeyError:
+            cache[name] = None
+    return cache[name]
+
+
+def _uid_of(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid_of(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
+def _find_syncfs() -> Callable[[int], int] | None:
+    """libc's ``syncfs(2)`` (Linux), which the standard library does not wrap."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        function: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+_syncfs: Final = _find_syncfs()

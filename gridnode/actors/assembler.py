@@ -10,9 +10,14 @@ and special files, and finishes directories.  A file appears under its final nam
 once it is complete; the restore ends with a sync so "restore finished" means "on disk".
 
 Small files (the usual case by count) are written in batches, one worker-thread hop per
-batch, because a thread hop costs about as much as writing a 4 KiB file.
+batch, because a thread hop costs about as much as writing a 4 KiB file; up to
+``write_batches`` batches are written at once (creating a file is kernel work, and a
+second core can do it while the first does another).
 
-Backpressure: ``prefetch_chunks`` decoded chunks at most are held ahead of the writer.
+Backpressure: the chunks fetched, decoding or decoded ahead of the writer hold at most
+``prefetch_bytes`` (each counts its ciphertext and its plaintext, which coexist while it
+decodes) and are at most ``prefetch_chunks``; a chunk larger than the whole budget is
+fetched alone.  The writer releases a chunk's share when it moves past it.
 Cancellation: a cancelled restore leaves at most temporary files (``.gridnode-*.tmp``),
 never a truncated file under a real name.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,6 +34,7 @@ from typing import Any, BinaryIO
 import attrs
 import trio
 
+from ..byte_budget import ByteBudget
 from ..exception_groups import collapse_groups
 from ..logic.packing import ChunkIntegrityError, ErasureParams, decode_chunk
 from ..storage.records import HOLE, ChunkRecord, EntryRecord
@@ -39,7 +46,7 @@ __all__ = ["AssembleTree", "Assembler", "DecodeChunk", "RestoreFailed", "TreeWri
 #: Files at most this big are written whole, several per worker-thread hop.
 SMALL_FILE_BYTES = 4 * 1024 * 1024
 BATCH_FILES = 64
-BATCH_BYTES = 8 * 1024 * 1024
+BATCH_BYTES = 2 * 1024 * 1024
 
 
 @attrs.frozen
@@ -71,7 +78,14 @@ class Assembler:
     cpu_limiter: trio.CapacityLimiter
     disk_limiter: trio.CapacityLimiter
     fetch: FetchChunk
-    prefetch_chunks: int = 8
+    #: Chunks in flight ahead of the writer: at most this many, holding at most this many
+    #: bytes (ciphertext and plaintext of each; see the module docstring).  20 MiB is what
+    #: the former window of 8 chunks held at the mean chunk size: memory as before.
+    prefetch_chunks: int = 16
+    prefetch_bytes: int = 20 * 1024 * 1024
+    #: Batches of small files written at once (a file's creation is kernel work: one
+    #: batch per core, at least two, so one waits on the disk while another runs).
+    write_batches: int = attrs.field(factory=lambda: max(2, min(4, os.cpu_count() or 2)))
     chunks_decoded: int = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -139,20 +153,31 @@ class Assembler:
         results: list[trio.Event] = [trio.Event() for _ in sequence]
         data: dict[int, bytes | BaseException] = {}
         window = trio.Semaphore(self.prefetch_chunks)
+        budget = ByteBudget(self.prefetch_bytes)
+        charged: dict[int, int] = {}
+        batch_slots = trio.Semaphore(max(1, self.write_batches))
         files_done = 0
         bytes_done = 0
 
         async def prefetch(nursery: trio.Nursery) -> None:
             for index, chunk_id in enumerate(sequence):
+                chunk = job.chunks[chunk_id]
                 await window.acquire()
-                nursery.start_soon(fetch_one, index, chunk_id)
+                charged[index] = await budget.acquire(chunk.cipher_size + chunk.plain_size)
+                nursery.start_soon(fetch_one, index, chunk)
 
-        async def fetch_one(index: int, chunk_id: bytes) -> None:
+        async def fetch_one(index: int, chunk: ChunkRecord) -> None:
             try:
-                data[index] = await self.fetch_plaintext(job.chunks[chunk_id])
+                data[index] = await self.fetch_plaintext(chunk)
             except Exception as exc:  # handed to the writer, which stops the restore
                 data[index] = exc
             results[index].set()
+
+        def drop(index: int) -> None:
+            """The writer is past chunk ``index``: its bytes and its place are free."""
+            data.pop(index, None)
+            budget.release(charged.pop(index))
+            window.release()
 
         async def take(index: int) -> bytes:
             await results[index].wait()
@@ -161,9 +186,28 @@ class Assembler:
                 raise value
             return value
 
-        with collapse_groups():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(prefetch, nursery)
+        async def write_batch(
+            batch: list[tuple[EntryRecord, list[Piece]]],
+            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        ) -> None:
+            nonlocal files_done, bytes_done
+            async with batch_slots:
+                task_status.started()  # holds its slot: the next batch waits for one
+                # Not ``bytes_done += await ...``: that reads the total before the wait,
+                # and another batch may add to it meanwhile.
+                written = await trio.to_thread.run_sync(
+                    writer.write_small, batch, limiter=self.disk_limiter
+                )
+            bytes_done += written
+            files_done += len(batch)
+            if job.progress:
+                job.progress(files_done, bytes_done)
+
+        async def write_files() -> None:
+            """The files in order, small ones in batches; returns once all are on disk
+            (the writers' nursery waits for the batches still being written)."""
+            nonlocal files_done, bytes_done
+            async with trio.open_nursery() as writers:
                 position = -1
                 current: bytes = b""
                 current_id: bytes | None = None
@@ -176,23 +220,18 @@ class Assembler:
                         return length
                     if current_id != chunk_id:
                         if position >= 0:
-                            data.pop(position, None)
-                            window.release()
+                            drop(position)
                         position += 1
                         current = await take(position)
                         current_id = chunk_id
                     return memoryview(current)[offset : offset + length]
 
                 async def flush() -> None:
-                    nonlocal batch, batch_bytes, files_done, bytes_done
+                    """Hand the batch to a writer thread; at most ``write_batches`` run."""
+                    nonlocal batch, batch_bytes
                     if batch:
-                        bytes_done += await trio.to_thread.run_sync(
-                            writer.write_small, batch, limiter=self.disk_limiter
-                        )
-                        files_done += len(batch)
+                        await writers.start(write_batch, batch)
                         batch, batch_bytes = [], 0
-                        if job.progress:
-                            job.progress(files_done, bytes_done)
 
                 for entry in files:
                     if entry.size <= SMALL_FILE_BYTES:
@@ -224,6 +263,11 @@ class Assembler:
                     await trio.to_thread.run_sync(writer.finish, entry, final, temp, fh)
                     files_done += 1
                 await flush()
+
+        with collapse_groups():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(prefetch, nursery)
+                await write_files()
                 nursery.cancel_scope.cancel()
 
         bytes_done += await trio.to_thread.run_sync(

@@ -5,8 +5,14 @@ k at a time, and takes the first k that verify (the id is the BLAKE3 of the byte
 corrupt or substituted packet is caught here, whoever sent it).  A holder that is gone,
 answers "not found", times out or returns bad bytes is skipped and the next holder in
 the sequence is asked; holders whose link is already open are asked first, since they
-answer fastest.  A slow holder is hedged: after ``hedge_after_s`` another holder is asked
-in parallel, so one stalled peer costs a fraction of a second, not a timeout.
+answer fastest.  A slow holder is hedged: when no packet has come for a while (four times
+the recent packet latency, between ``hedge_min_s`` and ``hedge_after_s``) another holder
+is asked in parallel, so one stalled peer costs a fraction of a second, not a timeout.
+The holders still silent at a hedge, or that failed, are remembered as slow for
+``slow_for_s`` (until they answer again) and asked last for the next chunks: a restore of
+many chunks with several in flight pays for a stalled holder once, not once per chunk.
+Once k packets have arrived the slower requests are cancelled (their late answers are
+dropped by the link).
 
 ``FetchChunk(all_packets=True)`` (for ``gridnode verify``) asks every holder and reports
 which packets are healthy, missing or corrupt.
@@ -67,9 +73,17 @@ class Retriever:
     is_connected: IsConnected
     request_timeout_s: float = 30.0
     hedge_after_s: float = 2.0
+    #: The shortest wait before a hedge, however fast packets came lately.
+    hedge_min_s: float = 0.5
+    #: How long a holder that stalled or failed is asked last (unless it answers).
+    slow_for_s: float = 5.0
     retry_delay_s: float = 1.0
     concurrency: int = 16
     stats: dict[str, int] = attrs.field(factory=dict)
+    #: Holder -> until when (trio clock) it is asked after the others.
+    _slow_until: dict[bytes, float] = attrs.field(factory=dict, init=False)
+    #: Moving average of the seconds one packet took to arrive (None before the first).
+    _latency_s: float | None = attrs.field(default=None, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_calls(
@@ -81,13 +95,36 @@ class Retriever:
             raise TypeError(f"retriever cannot handle {type(cmd).__name__}")
         if cmd.all_packets:
             return await self._fetch_all(cmd.chunk, cmd.skip)
-        return await self._fetch_k(cmd.chunk)
+        return await self.fetch_chunk(cmd.chunk)
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
 
+    async def fetch_chunk(self, chunk: ChunkRecord) -> FetchedChunk:
+        """The fastest k verified packets of ``chunk`` (what ``FetchChunk`` answers)."""
+        return await self._fetch_k(chunk)
+
+    def _mark_slow(self, target: bytes) -> None:
+        self._slow_until[target] = trio.current_time() + self.slow_for_s
+
+    def _is_slow(self, target: bytes) -> bool:
+        until = self._slow_until.get(target)
+        if until is None:
+            return False
+        if until <= trio.current_time():
+            del self._slow_until[target]
+            return False
+        return True
+
+    def _hedge_delay(self) -> float:
+        """How long to wait for a packet before asking one more holder."""
+        if self._latency_s is None:
+            return self.hedge_after_s
+        return min(self.hedge_after_s, max(self.hedge_min_s, 4 * self._latency_s))
+
     async def _fetch_one(self, packet: PacketRecord) -> bytes:
         """One verified packet, or raises PeerError/ValueError saying why not."""
+        started = trio.current_time()
         link = await self.link_for(packet.target)
         answer, digest = await link.request_with_digest(
             lambda rid: FetchPacket(request_id=rid, packet_id=packet.packet_id),
@@ -101,12 +138,20 @@ class Retriever:
         if digest != packet.packet_id:
             self._count("corrupt_packets")
             raise ValueError("packet bytes do not match the packet id (corrupt)")
+        took = trio.current_time() - started
+        last = self._latency_s
+        self._latency_s = took if last is None else 0.8 * last + 0.2 * took
+        self._slow_until.pop(packet.target, None)
         return answer.data
 
     def _sequence(self, chunk: ChunkRecord) -> list[PacketRecord]:
-        """The sequence order, holders with an open link first (stable within each group)."""
+        """The sequence order, holders with an open link first and holders known to be
+        slow last (stable within each group)."""
         packets = sorted(chunk.packets, key=lambda p: p.share)
-        return sorted(packets, key=lambda p: not self.is_connected(p.target))
+        return sorted(
+            packets,
+            key=lambda p: 2 if self._is_slow(p.target) else int(not self.is_connected(p.target)),
+        )
 
     async def _fetch_k(self, chunk: ChunkRecord) -> FetchedChunk:
         k = chunk.k
@@ -121,6 +166,7 @@ class Retriever:
         done = trio.Event()
         running = 0
         next_index = 0
+        asking: dict[int, bytes] = {}  # share -> holder, for the requests not yet answered
 
         async with trio.open_nursery() as nursery:
 
@@ -142,8 +188,10 @@ class Retriever:
                 nonlocal fetched, running
                 try:
                     await trio.sleep(delay)
+                    asking[packet.share] = packet.target
                     data = await self._fetch_one(packet)
                 except PeerGone as exc:
+                    self._mark_slow(packet.target)
                     if packet.share not in retried:
                         retried.add(packet.share)
                         queue.append((packet, self.retry_delay_s))
@@ -152,6 +200,7 @@ class Retriever:
                     self._count("fallbacks")
                     launch()
                 except (PeerError, ValueError) as exc:
+                    self._mark_slow(packet.target)
                     missing.append((packet.share, packet.target, str(exc)))
                     self._count("fallbacks")
                     launch()
@@ -160,6 +209,7 @@ class Retriever:
                         shares[packet.share] = data
                         fetched += len(data)
                 finally:
+                    asking.pop(packet.share, None)
                     running -= 1
                     settle()
 
@@ -169,9 +219,14 @@ class Retriever:
                 done.set()
             # Hedge: while short of k and nothing settles for a while, ask one more holder.
             while not done.is_set():
-                with trio.move_on_after(self.hedge_after_s):
+                with trio.move_on_after(self._hedge_delay()):
                     await done.wait()
-                if not done.is_set() and not launch():
+                if done.is_set():
+                    break
+                for target in asking.values():  # silent all this while: ask them last
+                    self._mark_slow(target)
+                self._count("hedges")
+                if not launch():
                     await done.wait()  # nobody left to ask: wait for those still running
             nursery.cancel_scope.cancel()
         self._count("chunks_fetched")

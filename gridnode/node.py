@@ -66,6 +66,7 @@ from .scheduler import Scheduler
 from .storage.catalog import Catalog
 from .storage.holdings import Holdings
 from .storage.packets import PacketDirectory
+from .storage.records import ChunkRecord
 from .summary import run_reporting
 from .transport import PeerLink, Transport, TransportSettings
 from .transport.pool import MAX_PREAUTH, MAX_SESSIONS
@@ -471,8 +472,8 @@ class Node:
         self._seq_send, seq_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._store_send, store_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._upload_send, upload_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
-        self._retr_send, retr_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
-        self._asm_send, asm_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._retr_send, retr_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
+        self._asm_send, asm_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._req_send, req_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._gossip_send, gossip_recv = trio.open_memory_channel[GossipIn](GOSSIP_INBOX)
 
@@ -538,9 +539,9 @@ class Node:
         )
         await nursery.start(self.retriever.run)
 
-        async def fetch(chunk: Any) -> dict[int, bytes]:
+        async def fetch(chunk: ChunkRecord) -> dict[int, bytes]:
             fetched = await call(self._retr_send, FetchChunk(chunk))
-            return fetched.shares  # type: ignore[no-any-return]
+            return fetched.shares
 
         self.assembler = Assembler(
             inbound=asm_recv,

@@ -39,7 +39,7 @@ from ..exception_groups import collapse_groups
 from ..logic.packing import ChunkIntegrityError, ErasureParams, decode_chunk
 from ..storage.records import HOLE, ChunkRecord, EntryRecord
 from ..tree_writer import Piece, RestoreFailed, TreeWriter
-from .calls import Call, serve_calls
+from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["AssembleTree", "Assembler", "DecodeChunk", "RestoreFailed", "TreeWriter"]
 
@@ -50,13 +50,17 @@ BATCH_BYTES = 2 * 1024 * 1024
 
 
 @attrs.frozen
-class DecodeChunk:
+class DecodeChunk(Request[bytes]):
+    """A chunk's plaintext from k of its packets."""
+
     chunk: ChunkRecord
     shares: dict[int, bytes]
 
 
 @attrs.frozen
-class AssembleTree:
+class AssembleTree(Request[dict[str, Any]]):
+    """Write a snapshot's entries under ``dest``; answered with the restore's totals."""
+
     entries: Sequence[EntryRecord]
     chunks: dict[bytes, ChunkRecord]
     dest: Path
@@ -72,7 +76,7 @@ FetchChunk = Callable[[ChunkRecord], Awaitable[dict[int, bytes]]]
 
 @attrs.define
 class Assembler:
-    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    inbound: Inbox
     dedup_secret: bytes
     record_key: bytes
     cpu_limiter: trio.CapacityLimiter
@@ -89,14 +93,13 @@ class Assembler:
     chunks_decoded: int = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_calls(self.inbound, self._handle, concurrency=8, task_status=task_status)
+        handlers = (
+            Handlers("assembler").on(DecodeChunk, self._decode).on(AssembleTree, self.assemble)
+        )
+        await serve_calls(self.inbound, handlers, concurrency=8, task_status=task_status)
 
-    async def _handle(self, cmd: Any) -> Any:
-        if isinstance(cmd, DecodeChunk):
-            return await self.decode(cmd.chunk, cmd.shares)
-        if isinstance(cmd, AssembleTree):
-            return await self.assemble(cmd)
-        raise TypeError(f"assembler cannot handle {type(cmd).__name__}")
+    async def _decode(self, cmd: DecodeChunk) -> bytes:
+        return await self.decode(cmd.chunk, cmd.shares)
 
     async def decode(self, chunk: ChunkRecord, shares: dict[int, bytes]) -> bytes:
         def work() -> bytes:

@@ -35,7 +35,7 @@ from protocol import FetchPacket, PacketData
 
 from ..errors import GridError, PeerError, PeerGone, RemoteError
 from ..storage.records import ChunkRecord, PacketRecord
-from .calls import Call, serve_calls
+from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["ChunkUnavailable", "FetchChunk", "FetchedChunk", "Retriever"]
 
@@ -45,7 +45,9 @@ class ChunkUnavailable(GridError):
 
 
 @attrs.frozen
-class FetchChunk:
+class FetchChunk(Request["FetchedChunk"]):
+    """A chunk's packets: the fastest k verified (or, ``all_packets``, every one)."""
+
     chunk: ChunkRecord
     all_packets: bool = False
     #: Holders not to ask (``all_packets`` only): their packets count as missing.
@@ -68,7 +70,7 @@ IsConnected = Callable[[bytes], bool]
 
 @attrs.define
 class Retriever:
-    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    inbound: Inbox
     link_for: LinkFor
     is_connected: IsConnected
     request_timeout_s: float = 30.0
@@ -87,12 +89,13 @@ class Retriever:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_calls(
-            self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+            self.inbound,
+            Handlers("retriever").on(FetchChunk, self._handle),
+            concurrency=self.concurrency,
+            task_status=task_status,
         )
 
-    async def _handle(self, cmd: Any) -> FetchedChunk:
-        if not isinstance(cmd, FetchChunk):
-            raise TypeError(f"retriever cannot handle {type(cmd).__name__}")
+    async def _handle(self, cmd: FetchChunk) -> FetchedChunk:
         if cmd.all_packets:
             return await self._fetch_all(cmd.chunk, cmd.skip)
         return await self.fetch_chunk(cmd.chunk)

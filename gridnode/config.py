@@ -28,6 +28,7 @@ from .config_keys import (
     ConfigError,
     check_metrics_address,
     field_defaults,
+    migrate_values,
     parse_address,
     resolve_location,
 )
@@ -246,6 +247,7 @@ class NodeConfig:
 def build_config(home: Path, raw: Mapping[str, Any]) -> NodeConfig:
     """Validate a merged mapping (file values with overrides applied) into a NodeConfig:
     each key by its declaration, then the rules that tie keys together."""
+    raw = migrate_values(dict(raw))  # an older file's format, brought up to date
     unknown = sorted(set(raw) - set(KEYS_BY_NAME))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")

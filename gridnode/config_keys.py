@@ -25,6 +25,7 @@ from .schedules import SCHEDULE_FIELDS, ScheduleError, parse_schedules
 from .units import parse_size
 
 __all__ = [
+    "CONFIG_FORMAT",
     "CONFIG_KEYS",
     "KEYS_BY_NAME",
     "LOCATION_CHECKS",
@@ -34,12 +35,21 @@ __all__ = [
     "check_metrics_address",
     "check_settable",
     "field_defaults",
+    "migrate_values",
     "parse_address",
     "reference_markdown",
 ]
 
 LOCATION_CHECKS: Final = ("enforce", "warn", "off")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+#: The config file's format, written in every file (``config_format``).  A file of a
+#: newer format is refused (its keys may mean what this version cannot know); an older
+#: one is migrated in memory on load and written in this format when next saved.
+CONFIG_FORMAT: Final = 1
+#: ``CONFIG_MIGRATIONS[i]`` takes a file's values from format ``i + 1`` to ``i + 2``
+#: (keys renamed, values respelled).  None yet: format 1 is every file so far, those
+#: written before the key existed included.
+CONFIG_MIGRATIONS: Final[tuple[Callable[[dict[str, Any]], dict[str, Any]], ...]] = ()
 
 
 class ConfigError(UserError, ValueError):
@@ -208,6 +218,30 @@ def _metrics_listen(key: str, value: Any) -> str:
     return text
 
 
+def migrate_values(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config file's values in this version's format (``CONFIG_FORMAT``): a file
+    without ``config_format`` is format 1; a newer one is a ConfigError."""
+    found = raw.get("config_format", 1)
+    if type(found) is not int or found < 1:
+        raise ConfigError(f"config key 'config_format': {found!r} is not a format number")
+    if found > CONFIG_FORMAT:
+        raise ConfigError(
+            f"config key 'config_format': this file is format {found}, written by a newer "
+            f"gridnode; this one reads formats up to {CONFIG_FORMAT} (upgrade gridnode)"
+        )
+    values = dict(raw)
+    for step in CONFIG_MIGRATIONS[found - 1 :]:
+        values = step(values)
+    values["config_format"] = CONFIG_FORMAT
+    return values
+
+
+def _read_config_format(key: str, value: Any) -> dict[str, Any]:
+    if value != CONFIG_FORMAT:  # migrate_values has run: only a hand-built mapping gets here
+        raise ConfigError(f"config key {key!r}: format {value!r}, expected {CONFIG_FORMAT}")
+    return {}
+
+
 def resolve_location(text: str) -> tuple[float, float, str]:
     """``"CITY"`` or ``"LAT,LON"`` -> (lat, lon, display name)."""
     from .logic.cities import parse_location  # the city table loads only when needed
@@ -372,6 +406,18 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         _text,
         settable=False,
         always=True,
+    ),
+    ConfigKey(
+        "config_format",
+        "integer",
+        CONFIG_FORMAT,
+        "the format of this file, written by gridnode: a newer one is refused, an older "
+        "one migrated on load",
+        _read_config_format,
+        lambda config: CONFIG_FORMAT,
+        settable=False,
+        always=True,
+        not_settable="--set config_format: gridnode writes the file's format itself",
     ),
     ConfigKey(
         "listen",

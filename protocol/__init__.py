@@ -38,6 +38,7 @@ from ._messages import MAX_ROOT_BYTES as MAX_ROOT_BYTES
 from ._messages import MAX_SPREAD_REVOCATIONS as MAX_SPREAD_REVOCATIONS
 from ._messages import MAX_USAGE_REPORT_BYTES as MAX_USAGE_REPORT_BYTES
 from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
+from ._messages import MIN_PROTOCOL_VERSION as MIN_PROTOCOL_VERSION
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._messages import Account as Account
 from ._messages import AuditPacket as AuditPacket
@@ -80,6 +81,8 @@ from ._messages import UsageAccepted as UsageAccepted
 from ._messages import UsageReport as UsageReport
 from ._messages import message as message
 from ._messages import record as record
+from ._messages import since as since
+from ._session import CERTIFIED_FRAMES_SINCE as CERTIFIED_FRAMES_SINCE
 from ._session import HANDSHAKE_MAX_FRAME_BYTES as HANDSHAKE_MAX_FRAME_BYTES
 from ._session import Event as Event
 from ._session import HandshakeComplete as HandshakeComplete

@@ -16,7 +16,7 @@ import attrs
 import msgpack
 
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+from ._messages import MESSAGE_TYPES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Message
 from ._schema import DEFAULT_MAX_LIST_LEN, Schema, decode_record, encode_value
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Limits",
     "decode",
     "decode_envelope",
+    "decode_versioned",
     "encode",
 ]
 
@@ -57,23 +58,42 @@ class Limits:
 DEFAULT_LIMITS: Final = Limits()
 
 
-def encode_body(msg: Message) -> dict[str, Any]:
+def encode_body(msg: Message, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    """The body of ``msg`` as protocol ``version`` writes it: fields newer than that
+    version are left out, and must hold their default (the older peer has no word for
+    anything else)."""
     cls = type(msg)
     if MESSAGE_TYPES.get(getattr(cls, "KIND", "")) is not cls:
         raise LocalProtocolError(f"{cls.__name__} is not a registered message", code="unknown_kind")
+    if version < cls.SINCE_VERSION:
+        raise LocalProtocolError(
+            f"{msg.KIND} is new in protocol {cls.SINCE_VERSION}; this frame is {version}",
+            code="unsupported_version",
+        )
     schema: Schema = cls.__wire_schema__  # type: ignore[attr-defined]
-    return {
-        spec.name: encode_value(getattr(msg, spec.name), spec.node, spec.name, spec)
-        for spec in schema.fields
-    }
+    body: dict[str, Any] = {}
+    for spec in schema.fields:
+        value = getattr(msg, spec.name)
+        if spec.since > version:
+            default = attrs.fields_dict(cls)[spec.name].default  # type: ignore[arg-type]
+            if value != default:
+                raise LocalProtocolError(
+                    f"{msg.KIND}.{spec.name} is new in protocol {spec.since}; "
+                    f"a frame of version {version} cannot carry it",
+                    code="unsupported_version",
+                )
+            continue
+        body[spec.name] = encode_value(value, spec.node, spec.name, spec)
+    return body
 
 
-def encode(msg: Message, *, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    """Serialise ``msg``; our own oversized or ill-typed messages are a LocalProtocolError."""
-    body = encode_body(msg)  # first: it refuses an unregistered class with a clear error
-    frame: bytes = msgpack.packb(
-        {"v": PROTOCOL_VERSION, "k": msg.KIND, "b": body}, use_bin_type=True
-    )
+def encode(
+    msg: Message, *, limits: Limits = DEFAULT_LIMITS, version: int = PROTOCOL_VERSION
+) -> bytes:
+    """Serialise ``msg`` as protocol ``version`` (the session's negotiated one) writes it;
+    our own oversized, ill-typed or too-new messages are a LocalProtocolError."""
+    body = encode_body(msg, version)  # first: it refuses an unregistered class clearly
+    frame: bytes = msgpack.packb({"v": version, "k": msg.KIND, "b": body}, use_bin_type=True)
     if len(frame) > limits.max_frame_bytes:
         raise LocalProtocolError(
             f"{msg.KIND} frame of {len(frame)} bytes exceeds the limit of {limits.max_frame_bytes}",
@@ -146,24 +166,43 @@ class _Budget:
 
 def decode_envelope(data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode and validate one frame into a message object."""
+    return decode_versioned(data, limits=limits)[1]
+
+
+def decode_versioned(
+    data: bytes | memoryview, *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[int, Message]:
+    """Decode one frame of any version this node speaks; returns (its version, the
+    message).  A message or field newer than the frame's version is refused: the
+    session checks that the version is the one it negotiated."""
     raw = _unpack(data, limits)
     if type(raw) is not dict or set(raw) != {"v", "k", "b"}:
         raise RemoteProtocolError("frame is not a {v, k, b} envelope", code="malformed")
     version, kind, body = raw["v"], raw["k"], raw["b"]
     if type(version) is not int:
         raise RemoteProtocolError("envelope version is not an integer", code="malformed")
-    if version != PROTOCOL_VERSION:
+    if not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
         raise RemoteProtocolError(
-            f"unsupported protocol version {version} (this node speaks {PROTOCOL_VERSION})",
+            f"unsupported protocol version {version} "
+            f"(this node speaks {MIN_PROTOCOL_VERSION}-{PROTOCOL_VERSION})",
             code="unsupported_version",
         )
     if type(kind) is not str:
         raise RemoteProtocolError("envelope kind is not a string", code="malformed")
     cls = MESSAGE_TYPES.get(kind)
-    if cls is None:
-        raise RemoteProtocolError(f"unknown message kind {kind[:64]!r}", code="unknown_kind")
+    if cls is None or version < cls.SINCE_VERSION:
+        raise RemoteProtocolError(
+            f"unknown message kind {kind[:64]!r} in protocol {version}", code="unknown_kind"
+        )
+    if type(body) is dict:
+        schema: Schema = cls.__wire_schema__  # type: ignore[attr-defined]
+        newer = [s.name for s in schema.fields if s.since > version and s.name in body]
+        if newer:
+            raise RemoteProtocolError(
+                f"field {kind}.{newer[0]}: unknown in protocol {version}", code="bad_field"
+            )
     msg: Message = decode_record(body, cls, kind, depth=0, max_bytes=limits.max_frame_bytes)
-    return msg
+    return version, msg
 
 
 decode = decode_envelope

@@ -12,7 +12,10 @@ Rules of this module:
    ``_schema`` supports.
 4. Adding a field or a message changes the wire format: add golden vectors for it
    (tests/protocol/vectors) and bump ``PROTOCOL_VERSION`` when old peers would
-   misread it.
+   misread it.  A message new in a version says so in ``SINCE_VERSION``, a field new
+   in a version in its metadata (``since(N)``): a session never sends either to a
+   peer that negotiated an older version (``_session``, Rule 2a), so a grid upgrades
+   node by node while ``MIN_PROTOCOL_VERSION`` still reaches the older nodes.
 5. Messages with a ``data`` field may travel with that field detached from the
    sealed header (see ``_session``); ``DETACHED_FIELD`` names it.
 """
@@ -33,6 +36,7 @@ __all__ = [
     "MAX_SPREAD_REVOCATIONS",
     "MAX_USAGE_REPORT_BYTES",
     "MESSAGE_TYPES",
+    "MIN_PROTOCOL_VERSION",
     "PROTOCOL_VERSION",
     "Account",
     "AuditPacket",
@@ -74,9 +78,15 @@ __all__ = [
     "UsageReport",
     "message",
     "record",
+    "since",
 ]
 
-PROTOCOL_VERSION: Final = 2
+#: The newest protocol version this software speaks.  3 added the "C" frame for certified
+#: batches, storage audits (``AuditPacket``), repair maps in parts (``GrantRepairPart``,
+#: ``RepairGranted.missing``).
+PROTOCOL_VERSION: Final = 3
+#: The oldest version it still speaks: a grid of version-2 nodes upgrades node by node.
+MIN_PROTOCOL_VERSION: Final = 2
 #: Upper bound of one packet's payload; chunks are at most 4 MiB before coding.
 MAX_PACKET_BYTES: Final = 8 * 1024 * 1024
 MAX_ROOT_BYTES: Final = 8 * 1024 * 1024
@@ -103,6 +113,16 @@ class Message:
     #: Responses are routed to the waiting request by ``request_id``; everything else
     #: with a ``request_id`` is a request the receiver must answer.
     RESPONSE: ClassVar[bool] = False
+    #: The protocol version that introduced this message: a session whose negotiated
+    #: version is older neither sends nor accepts it.
+    SINCE_VERSION: ClassVar[int] = MIN_PROTOCOL_VERSION
+
+
+def since(version: int, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Field metadata: the field is new in protocol ``version``; it is left out of a
+    message encoded for an older version (where it must hold its default) and refused
+    in one decoded from it.  Only top-level fields of a message may carry it."""
+    return {**(meta or {}), "since": version}
 
 
 def record(cls: _M) -> _M:
@@ -155,7 +175,13 @@ class Hello(Message):
     responder answers with its own only once the initiator's has verified.
 
     ``signature`` is over the handshake transcript (both Offers as sent, the grid id, the
-    signer's role and its identity fields), made with the key ``node_id`` names."""
+    signer's role and its identity fields), made with the key ``node_id`` names.
+
+    ``version`` is the oldest protocol version the sender speaks, the version this Hello
+    is written in; the newest follows ``software`` as a last word ``protocol/MIN-MAX``
+    (``_session`` Rule 2a).  A version-2 node compares ``version`` with its own and
+    refuses unknown fields, so the range travels where it reads past it; a Hello
+    without that word (a version-2 node's) speaks ``version`` only."""
 
     grid_id: bytes = attrs.field(metadata=bounded(min_len=8, max_len=32))
     node_id: bytes = _id32()
@@ -611,7 +637,7 @@ class RepairGranted(Message):
     #: Digests of the map's parts the receiver still lacks: the sender sends each in a
     #: ``GrantRepairPart``; the capability is taken up once none is missing.
     missing: tuple[bytes, ...] = attrs.field(
-        default=(), metadata=bounded(max_len=MAX_CAPABILITY_PARTS)
+        default=(), metadata=since(3, bounded(max_len=MAX_CAPABILITY_PARTS))
     )
 
 
@@ -620,6 +646,8 @@ class RepairGranted(Message):
 class GrantRepairPart(Message):
     """One part of the map of a capability granted (or handed on) just before by the
     same sender: sealed to the receiver, its digest listed in the signed grant."""
+
+    SINCE_VERSION: ClassVar[int] = 3
 
     request_id: int = _request_id()
     owner: bytes = attrs.field(metadata=bounded(min_len=32, max_len=32))
@@ -669,6 +697,8 @@ class AuditPacket(Message):
     ``index`` and that chunk's BLAKE3 path.  The auditor draws the index afresh for each
     challenge, so no answer can be kept in advance without the packet's bytes."""
 
+    SINCE_VERSION: ClassVar[int] = 3
+
     request_id: int = _request_id()
     packet_id: bytes = _id32()
     index: int = attrs.field(metadata=bounded(min_value=0, max_value=MAX_AUDIT_INDEX))
@@ -679,6 +709,8 @@ class AuditPacket(Message):
 class PacketAudited(Message):
     """The proof: the chunk (at most 1 KiB) and the sibling chaining values from it up to
     the root, nearest first, concatenated (32 bytes each)."""
+
+    SINCE_VERSION: ClassVar[int] = 3
 
     RESPONSE: ClassVar[bool] = True
     request_id: int = _request_id()

@@ -81,6 +81,9 @@ class FieldSpec:
     max_len: int | None
     min_value: float | None
     max_value: float | None
+    #: The protocol version that introduced the field (0: every version); see
+    #: ``_messages.since``.
+    since: int = 0
 
 
 @attrs.frozen
@@ -132,6 +135,7 @@ def compile_schema(cls: type, namespace: dict[str, Any] | None = None) -> Schema
                 max_len=meta.get("max_len"),
                 min_value=meta.get("min_value"),
                 max_value=meta.get("max_value"),
+                since=meta.get("since", 0),
             )
         )
     return Schema(cls=cls, fields=tuple(specs), names=frozenset(s.name for s in specs))

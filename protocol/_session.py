@@ -12,6 +12,19 @@ Rule 2. On the peer's Offer both sides derive the session keys (Rule 4).  The
         initiator then sends its ``Hello`` sealed (Rule 5): grid id, node id (an
         Ed25519 public key), protocol version, listen address, and a signature over the
         transcript (grid id, role, both Offers as sent, its identity fields).
+Rule 2a. Versions.  Each side speaks a range of protocol versions (``min_version`` to
+        ``max_version``).  Its Offer and its Hello are written in its lowest version,
+        and the Hello's ``version`` names it; the highest follows the ``software``
+        string as a last word ``protocol/MIN-MAX``.  That is where a version-2 node,
+        which compares ``version`` with its own and refuses unknown fields, reads past
+        it; a Hello without the word (a version-2 node's) speaks ``version`` alone.
+        Each side takes the highest version both ranges hold ("unsupported_version",
+        naming both ranges, when none); the Hellos are signed, so both compute the
+        same.  Every sealed frame after the handshake is written in that version
+        (``Session.version``; another is "unsupported_version"), and a message or field
+        newer than it is neither sent (``LocalProtocolError``, see ``speaks``) nor
+        accepted.  Below ``CERTIFIED_FRAMES_SINCE`` a certified batch goes as a "D"
+        frame (Rule 6a).
 Rule 3. The responder checks the initiator's Hello (grid id: "wrong_grid"; version;
         not itself; the signature under the node id it names: "bad_signature") and
         only then answers with its own sealed Hello, which the initiator checks the
@@ -54,6 +67,7 @@ Rule 8. Any refused input moves the session to ERROR and raises
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -63,12 +77,20 @@ import nacl.bindings as sodium
 import nacl.utils
 from nacl.signing import SigningKey
 
-from ._codec import DEFAULT_LIMITS, Limits, decode_envelope, encode
+from ._codec import DEFAULT_LIMITS, Limits, decode_versioned, encode
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._identity import handshake_transcript, sign, verify
-from ._messages import PROTOCOL_VERSION, Goodbye, Hello, Message, Offer
+from ._messages import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Goodbye,
+    Hello,
+    Message,
+    Offer,
+)
 
 __all__ = [
+    "CERTIFIED_FRAMES_SINCE",
     "HANDSHAKE_MAX_FRAME_BYTES",
     "Event",
     "HandshakeComplete",
@@ -93,6 +115,11 @@ HANDSHAKE_MAX_FRAME_BYTES: Final = 4096  # a Hello with a 2 KiB certificate fits
 _TAG_LEN: Final = 16
 _DETACHED_META_LEN: Final = 8 + 32  # payload length + BLAKE3 digest
 _CERTIFIED_META_LEN: Final = 8  # payload length
+#: The protocol version that introduced the "C" frame (Rule 6a).
+CERTIFIED_FRAMES_SINCE: Final = 3
+#: The last word of a Hello's ``software`` that names the sender's versions (Rule 2a).
+_VERSIONS_WORD: Final = re.compile(r"protocol/([0-9]{1,9})-([0-9]{1,9})")
+_MAX_SOFTWARE_LEN: Final = 100  # Hello.software's bound
 #: A buffer the payload may be given in (the sender's packets, without joining them first).
 Buffer = bytes | bytearray | memoryview
 
@@ -116,6 +143,8 @@ class HandshakeComplete:
     peer_id: bytes
     peer_address: str
     peer_software: str
+    #: The negotiated protocol version (Rule 2a).
+    version: int = PROTOCOL_VERSION
 
 
 @attrs.frozen
@@ -156,8 +185,27 @@ class Session:
         certificate: bytes = b"",
         check_peer: Callable[[bytes, bytes], str | None] | None = None,
         random: Callable[[int], bytes] = nacl.utils.random,
+        min_version: int = MIN_PROTOCOL_VERSION,
+        max_version: int = PROTOCOL_VERSION,
     ) -> None:
+        if not MIN_PROTOCOL_VERSION <= min_version <= max_version <= PROTOCOL_VERSION:
+            raise LocalProtocolError(
+                f"versions {min_version}-{max_version} are not within the "
+                f"{MIN_PROTOCOL_VERSION}-{PROTOCOL_VERSION} this software speaks",
+                code="unsupported_version",
+            )
+        announced = _announce(software, min_version, max_version)
+        if len(announced) > _MAX_SOFTWARE_LEN:
+            raise LocalProtocolError(
+                f"software name {software[:40]!r}... is too long", code="bad_field"
+            )
         self.role = role
+        #: The range this side speaks (Rule 2a), and once READY the version negotiated
+        #: with the peer and the range it announced.
+        self.min_version = min_version
+        self.max_version = max_version
+        self.version: int | None = None
+        self.peer_versions: tuple[int, int] | None = None
         self.grid_id = grid_id
         self.node_id = bytes(signing_key.verify_key)
         self.limits = limits
@@ -176,7 +224,7 @@ class Session:
         self.close_reason: str | None = None
         self._signing_key = signing_key
         self._listen_address = listen_address
-        self._software = software
+        self._software = announced
         self._nonce = random(32)
         self._kx_public, self._kx_secret = sodium.crypto_kx_seed_keypair(random(32))
         self._my_offer: bytes | None = None
@@ -196,7 +244,9 @@ class Session:
         """Queue our Offer (Rule 1)."""
         self._require(SessionState.START, "start")
         offer = Offer(nonce=self._nonce, kx_public=self._kx_public)
-        self._my_offer = bytes([_PLAIN]) + encode(offer, limits=self.limits)
+        self._my_offer = bytes([_PLAIN]) + encode(
+            offer, limits=self.limits, version=self.min_version
+        )
         self._outbox.append(self._my_offer)
         self.state = SessionState.OFFER_SENT
 
@@ -226,6 +276,12 @@ class Session:
             raise LocalProtocolError(
                 f"cannot send {msg.KIND} in state {self.state.value}", code="not_ready"
             )
+        if not self.speaks(msg):
+            raise LocalProtocolError(
+                f"{msg.KIND} is new in protocol {msg.SINCE_VERSION}; "
+                f"this session speaks {self.version}",
+                code="unsupported_version",
+            )
         if payload is not None:
             name = msg.DETACHED_FIELD
             if name is None or getattr(msg, name):
@@ -246,6 +302,16 @@ class Session:
     def is_ready(self) -> bool:
         return self.state is SessionState.READY
 
+    def speaks(self, msg: Message | type[Message]) -> bool:
+        """Whether the negotiated version has this kind of message (Rule 2a): the I/O
+        layer asks before it sends what an older peer could not read."""
+        return self.version is not None and self.version >= msg.SINCE_VERSION
+
+    @property
+    def _wire_version(self) -> int:
+        """The version frames are written in: our lowest until one is negotiated."""
+        return self.min_version if self.version is None else self.version
+
     def _seal(
         self,
         msg: Message,
@@ -258,7 +324,8 @@ class Session:
             if payload is not None:  # sealed inside the AEAD: the field must hold it
                 assert msg.DETACHED_FIELD is not None
                 msg = attrs.evolve(msg, **{msg.DETACHED_FIELD: b"".join(payload)})  # type: ignore[misc]
-            body = encode(msg, limits=self.limits)  # too large: raises, no counter spent
+            # too large: raises, no counter spent
+            body = encode(msg, limits=self.limits, version=self._wire_version)
             counter = self._next_counter()
             prefix = bytes([_SEALED, self._tx_dir]) + counter.to_bytes(8, "big")
             sealed = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
@@ -271,7 +338,8 @@ class Session:
         else:
             pieces, header_msg = payload, msg
         size = sum(memoryview(piece).nbytes for piece in pieces)
-        if msg.PAYLOAD_CERTIFIED:  # Rule 6a: the header names every byte's hash already
+        if msg.PAYLOAD_CERTIFIED and self._wire_version >= CERTIFIED_FRAMES_SINCE:
+            # Rule 6a: the header names every byte's hash already
             kind = _CERTIFIED
             meta = size.to_bytes(8, "big")
         else:
@@ -282,7 +350,7 @@ class Session:
                     hasher.update(piece)
                 payload_digest = hasher.digest()
             meta = size.to_bytes(8, "big") + payload_digest
-        body = meta + encode(header_msg, limits=self.limits)
+        body = meta + encode(header_msg, limits=self.limits, version=self._wire_version)
         sealed_len = len(body) + _TAG_LEN
         if _PREFIX_LEN + 4 + sealed_len + size > self.limits.max_frame_bytes:
             raise LocalProtocolError(f"{msg.KIND} frame exceeds the frame limit", code="too_large")
@@ -353,13 +421,17 @@ class Session:
                     f"sealed frame before the handshake finished (state {self.state.value})",
                     code="unexpected",
                 )
+            if kind == _CERTIFIED and self._wire_version < CERTIFIED_FRAMES_SINCE:
+                raise RemoteProtocolError(
+                    f"certified frame in protocol {self._wire_version}", code="malformed"
+                )
             return self._receive_sealed(
                 frame, detached=kind != _SEALED, certified=kind == _CERTIFIED
             )
         raise RemoteProtocolError(f"unknown frame type 0x{kind:02x}", code="malformed")
 
     def _receive_handshake(self, frame: bytes) -> list[Event]:
-        msg = decode_envelope(memoryview(frame)[1:], limits=self.limits)
+        _version, msg = decode_versioned(memoryview(frame)[1:], limits=self.limits)
         if not isinstance(msg, Offer):
             raise RemoteProtocolError(
                 f"{msg.KIND} sent in the clear; only an offer may be", code="unexpected"
@@ -390,7 +462,7 @@ class Session:
         transcript = self._transcript(
             signer_is_initiator=self.role is Role.INITIATOR,
             node_id=self.node_id,
-            version=PROTOCOL_VERSION,
+            version=self.min_version,
             listen_address=self._listen_address,
             software=self._software,
             sealed_payloads=self.require_sealed,
@@ -399,7 +471,7 @@ class Session:
         return Hello(
             grid_id=self.grid_id,
             node_id=self.node_id,
-            version=PROTOCOL_VERSION,
+            version=self.min_version,
             listen_address=self._listen_address,
             software=self._software,
             sealed_payloads=self.require_sealed,
@@ -433,16 +505,24 @@ class Session:
             certificate=certificate,
         )
 
-    def _on_hello(self, hello: Hello) -> list[Event]:
+    def _on_hello(self, hello: Hello, frame_version: int) -> list[Event]:
         """Rule 3: check the peer's sealed Hello; the responder answers only after it."""
         if hello.grid_id != self.grid_id:
             raise RemoteProtocolError(
                 f"peer belongs to grid {hello.grid_id.hex()[:16]}, not {self.grid_id.hex()[:16]}",
                 code="wrong_grid",
             )
-        if hello.version != PROTOCOL_VERSION:
+        peer_min, peer_max, software = _announced(hello)
+        if frame_version != peer_min:
             raise RemoteProtocolError(
-                f"peer speaks protocol version {hello.version}, this node {PROTOCOL_VERSION}",
+                f"hello written in protocol {frame_version} says it is {peer_min}",
+                code="malformed",
+            )
+        version = min(peer_max, self.max_version)
+        if version < max(peer_min, self.min_version):
+            raise RemoteProtocolError(
+                f"peer speaks protocol versions {peer_min}-{peer_max}, "
+                f"this node {self.min_version}-{self.max_version}: none in common",
                 code="unsupported_version",
             )
         if hello.node_id == self.node_id:
@@ -468,12 +548,14 @@ class Session:
         self.peer_id = hello.node_id
         self.peer_certificate = hello.certificate
         self.peer_address = hello.listen_address
-        self.peer_software = hello.software
+        self.peer_software = software
+        self.peer_versions = (peer_min, peer_max)
         self.seal_payloads = self.seal_payloads or hello.sealed_payloads
         if self.role is Role.RESPONDER:
-            self._outbox.append(self._seal(self._hello()))
+            self._outbox.append(self._seal(self._hello()))  # in our lowest version
+        self.version = version
         self.state = SessionState.READY
-        return [HandshakeComplete(self.peer_id, self.peer_address, self.peer_software)]
+        return [HandshakeComplete(self.peer_id, self.peer_address, self.peer_software, version)]
 
     def _receive_sealed(
         self, frame: bytes | memoryview, *, detached: bool, certified: bool = False
@@ -539,7 +621,12 @@ class Session:
                     code="tampered",
                 )
             body = body[meta_len:]
-        msg = decode_envelope(body, limits=self.limits)
+        frame_version, msg = decode_versioned(body, limits=self.limits)
+        if self.version is not None and frame_version != self.version:
+            raise RemoteProtocolError(
+                f"frame written in protocol {frame_version}; this session speaks {self.version}",
+                code="unsupported_version",
+            )
         if detached:
             name = msg.DETACHED_FIELD
             if name is None:
@@ -556,7 +643,7 @@ class Session:
         if self.state is SessionState.HELLO_WAIT:
             if not isinstance(msg, Hello):
                 raise RemoteProtocolError(f"{msg.KIND} before the peer's hello", code="unexpected")
-            return self._on_hello(msg)
+            return self._on_hello(msg, frame_version)
         if isinstance(msg, Hello):
             raise RemoteProtocolError("hello after the handshake", code="unexpected")
         if isinstance(msg, Goodbye):
@@ -568,3 +655,23 @@ class Session:
     def _require(self, state: SessionState, action: str) -> None:
         if self.state is not state:
             raise LocalProtocolError(f"cannot {action} in state {self.state.value}", code="state")
+
+
+def _announce(software: str, low: int, high: int) -> str:
+    """``software`` with the last word that names our versions (Rule 2a)."""
+    return f"{software} protocol/{low}-{high}" if software else f"protocol/{low}-{high}"
+
+
+def _announced(hello: Hello) -> tuple[int, int, str]:
+    """The versions a Hello announces and its software name without the word that
+    named them; a Hello without that word (version 2's) speaks ``version`` alone."""
+    name, _, last = hello.software.rpartition(" ")
+    match = _VERSIONS_WORD.fullmatch(last)
+    if match is None:
+        return hello.version, hello.version, hello.software
+    low, high = int(match[1]), int(match[2])
+    if low != hello.version or high < low:
+        raise RemoteProtocolError(
+            f"hello says version {hello.version} but announces {low}-{high}", code="bad_field"
+        )
+    return low, high, name

@@ -12,7 +12,9 @@ Sending: packets for one target wait in that target's queue and leave as one
 built once from the packets' own buffers (``Session.send(payload=...)``), and its sealed
 header names each packet's id and length, so neither side hashes the batch: the packet
 ids were computed once, by ``encode_chunk``, and the target checks each packet against
-its id once (``protocol._session`` Rule 6a).
+its id once (``protocol._session`` Rule 6a).  A target of protocol 2 has no such
+frame: the session sends it the batch as a "D" frame, with the digest it computes
+(Rule 2a).
 
 Backpressure: a node-wide byte budget bounds the packet bytes in flight, each link's
 window the requests; a caller waits for its chunk's n receipts.  Cancellation: an upload

@@ -17,6 +17,7 @@ import trio
 from protocol._messages import GrantRepair, GrantRepairPart, RepairGranted
 
 from ..errors import RemoteError
+from ..transport.link import UNSUPPORTED
 
 #: Reads one part's body (plaintext) by digest: from the owner's build or the giver's disk.
 PartLoader = Callable[[bytes], Awaitable[bytes]]
@@ -37,7 +38,15 @@ async def deliver(
     the receiver's last answer (its ``missing`` is empty once the capability is held).
 
     ``parts`` maps each digest the grant lists to a loader of its body; ``seal_for``
-    seals a body to the receiver (run off the event loop by the caller's choice)."""
+    seals a body to the receiver (run off the event loop by the caller's choice).
+
+    A receiver of protocol 2 reads neither map parts nor the grant that lists them: it
+    is refused here, as it would refuse it ("unsupported"), before anything is sent."""
+    speaks = getattr(link, "speaks", None)  # a test's stand-in link has no version
+    if speaks is not None and not speaks(GrantRepairPart):
+        raise RemoteError(
+            UNSUPPORTED, "the receiver's protocol version predates repair maps in parts"
+        )
     answer = await link.request(
         lambda rid: GrantRepair(request_id=rid, capability=head, applied_through=applied_through),
         timeout_s=timeout_s,

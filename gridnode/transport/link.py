@@ -44,7 +44,7 @@ from ..errors import PeerGone, RemoteError, RequestTimeout
 from ..log import get_logger
 from .metered import MeteredStream
 
-__all__ = ["LinkStatistics", "PeerLink", "RequestHandler"]
+__all__ = ["UNSUPPORTED", "LinkStatistics", "PeerLink", "RequestHandler"]
 
 _log = get_logger()
 
@@ -53,6 +53,8 @@ CLOSE_POLICY = 1008
 #: A retired duplicate link closes after this long without a frame (see ``retire``).
 RETIRE_QUIET_S: Final = 0.2
 RETIRE_POLL_S: Final = 0.02
+#: ``RemoteError`` code of a message the peer's protocol version has no word for.
+UNSUPPORTED: Final = "unsupported"
 
 #: Frames larger than this are opened in a worker thread (see ``_read_loop``).
 THREAD_DECODE_BYTES = 64 * 1024
@@ -136,6 +138,16 @@ class PeerLink:
     def is_open(self) -> bool:
         return not self.closed.is_set()
 
+    @property
+    def peer_version(self) -> int:
+        """The protocol version negotiated with the peer (``protocol`` Rule 2a): what an
+        older peer cannot read is not sent to it (``send`` refuses it as "unsupported")."""
+        return self.session.version or self.session.min_version
+
+    def speaks(self, msg: Message | type[Message]) -> bool:
+        """Whether the peer's negotiated version has this kind of message."""
+        return self.session.speaks(msg)
+
     def statistics(self) -> LinkStatistics:
         return LinkStatistics(
             requests_sent=self._requests_sent,
@@ -159,6 +171,15 @@ class PeerLink:
 
         ``payload``: the message's detached bytes in pieces (``Session.send``), joined
         once, into the frame."""
+        if self.session.is_ready and not self.session.speaks(msg):
+            # What an older peer would answer had it a word for it: callers count it as
+            # a refusal (an audit as a miss), never as a broken link.
+            raise RemoteError(
+                UNSUPPORTED,
+                f"{self.short_id} speaks protocol {self.peer_version}; "
+                f"{msg.KIND} is new in {msg.SINCE_VERSION}",
+                peer=self.short_id,
+            )
         async with self._send_lock:
             if self.closed.is_set() or not self.session.is_ready:
                 raise PeerGone(

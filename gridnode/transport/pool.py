@@ -27,6 +27,7 @@ from trio_websocket import (
 
 from protocol import (
     HANDSHAKE_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     Limits,
     ProtocolError,
     Role,
@@ -96,6 +97,7 @@ class TransportSettings:
         max_sessions: int = MAX_SESSIONS,
         inbound_budget_bytes: int = INBOUND_BUDGET_BYTES,
         session_idle_s: float = SESSION_IDLE_S,
+        max_protocol_version: int = PROTOCOL_VERSION,
     ) -> None:
         self.grid_id = grid_id
         self.listen_host = listen_host
@@ -115,6 +117,10 @@ class TransportSettings:
         self.max_sessions = max_sessions
         self.inbound_budget_bytes = inbound_budget_bytes
         self.session_idle_s = session_idle_s
+        #: The newest protocol version this node offers (``protocol`` Rule 2a).  Below
+        #: ``PROTOCOL_VERSION`` only to test a grid half upgraded: a node of the previous
+        #: release is this one with the previous maximum.
+        self.max_protocol_version = max_protocol_version
 
 
 def _peer_host(ws: WebSocketConnection) -> str:
@@ -306,6 +312,7 @@ class Transport:
             require_sealed=self.settings.seal_payloads or not loopback,
             certificate=self.admission.own_certificate() if self.admission else b"",
             check_peer=self.admission.check if self.admission else None,
+            max_version=self.settings.max_protocol_version,
         )
 
     async def _handshake(self, ws: WebSocketConnection, role: Role, where: str) -> Session:

@@ -34,6 +34,7 @@ GRID = {"grid_id": "00" * 16}
 SAMPLES: dict[str, tuple[dict[str, Any], Any]] = {
     "grid_id": ({"grid_id": "ab" * 16}, "ab" * 16),
     "grid_name": ({"grid_name": "office"}, "office"),
+    "config_format": ({}, 1),  # only gridnode writes it; tests/gridnode/test_config_format.py
     "listen": ({"listen": "127.0.0.1:9000"}, "127.0.0.1:9000"),
     "advertise": ({"advertise": "10.0.0.7:7400"}, "10.0.0.7:7400"),
     "seeds": ({"seeds": ["127.0.0.1:9001", "[::1]:9002"]}, ["127.0.0.1:9001", "[::1]:9002"]),
@@ -121,14 +122,14 @@ def test_every_key_round_trips_through_the_file(tmp_path: Path, name: str) -> No
 def test_only_keys_that_differ_from_their_default_are_written(tmp_path: Path) -> None:
     build_config(tmp_path, GRID).save()
     text = (tmp_path / CONFIG_NAME).read_text(encoding="utf-8")
-    assert set(tomllib.loads(text)) == {"grid_id", "grid_name"}
+    assert set(tomllib.loads(text)) == {"grid_id", "grid_name", "config_format"}
     config = build_config(
         tmp_path, {**GRID, "allocate": "2GB", "redundancy": "2/3", "log_level": "info"}
     )
     assert config.repair_threshold == 1  # the default follows the redundancy: N - K
     config.save()
     on_disk = tomllib.loads((tmp_path / CONFIG_NAME).read_text(encoding="utf-8"))
-    assert set(on_disk) == {"grid_id", "grid_name", "allocate", "redundancy"}
+    assert set(on_disk) == {"grid_id", "grid_name", "config_format", "allocate", "redundancy"}
     assert load_config(tmp_path) == config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nacl.signing import SigningKey
 
-from protocol import Event, Role, Session
+from protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Event, Role, Session
 
 GRID = b"test-grid-000001"
 
@@ -16,6 +16,8 @@ def make(
     key: SigningKey | None = None,
     seal_payloads: bool = False,
     require_sealed: bool = False,
+    min_version: int = MIN_PROTOCOL_VERSION,
+    max_version: int = PROTOCOL_VERSION,
 ) -> Session:
     return Session(
         role=role,
@@ -24,6 +26,8 @@ def make(
         listen_address=f"127.0.0.1:{1 if role is Role.INITIATOR else 2}",
         seal_payloads=seal_payloads,
         require_sealed=require_sealed,
+        min_version=min_version,
+        max_version=max_version,
     )
 
 

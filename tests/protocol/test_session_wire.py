@@ -10,6 +10,7 @@ implementation would.
 from __future__ import annotations
 
 import itertools
+from typing import Final
 
 import attrs
 import blake3
@@ -19,6 +20,7 @@ from nacl.signing import SigningKey
 
 from protocol import (
     HANDSHAKE_MAX_FRAME_BYTES,
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     HandshakeComplete,
     Hello,
@@ -41,6 +43,8 @@ from protocol._errors import ProtocolError
 from protocol._identity import handshake_transcript, verify
 
 from .sessions import GRID, handshake, make, pair, pump
+
+SOFTWARE_A: Final = f"gridnode-a/1 protocol/{MIN_PROTOCOL_VERSION}-{PROTOCOL_VERSION}"
 
 
 def _seeded(seed: int) -> object:
@@ -121,12 +125,13 @@ def test_frames_follow_rules_4_and_5_byte_for_byte() -> None:
     )
     hello = decode(body)
     assert isinstance(hello, Hello)
+    # Rule 2a: the Hello is written in our lowest version; the range ends the software.
     assert (hello.grid_id, hello.node_id, hello.version) == (
         GRID,
         bytes(ka.verify_key),
-        PROTOCOL_VERSION,
+        MIN_PROTOCOL_VERSION,
     )
-    assert hello.software == "gridnode-a/1" and hello.sealed_payloads is False
+    assert hello.software == SOFTWARE_A and hello.sealed_payloads is False
     # Rule 2: the signature covers the transcript, built here from the frames as sent.
     transcript = handshake_transcript(
         grid_id=GRID,
@@ -134,9 +139,9 @@ def test_frames_follow_rules_4_and_5_byte_for_byte() -> None:
         initiator_offer=offer_a,
         responder_offer=offer_b,
         node_id=hello.node_id,
-        version=PROTOCOL_VERSION,
+        version=MIN_PROTOCOL_VERSION,
         listen_address="10.0.0.1:7",
-        software="gridnode-a/1",
+        software=SOFTWARE_A,
         sealed_payloads=False,
     )
     assert verify(hello.node_id, transcript, hello.signature)
@@ -157,9 +162,9 @@ def test_frames_follow_rules_4_and_5_byte_for_byte() -> None:
         initiator_offer=offer_a,
         responder_offer=offer_b,
         node_id=bytes(kb.verify_key),
-        version=PROTOCOL_VERSION,
+        version=MIN_PROTOCOL_VERSION,
         listen_address="10.0.0.2:7",
-        software="",
+        software=f"protocol/{MIN_PROTOCOL_VERSION}-{PROTOCOL_VERSION}",
         sealed_payloads=True,
     )
     assert verify(hello_b.node_id, transcript_b, hello_b.signature)
@@ -394,8 +399,10 @@ def _at_hello_wait(**overrides: object) -> tuple[Session, Session, Hello]:
 
 
 def test_another_protocol_version_is_refused() -> None:
-    a, b, hello = _at_hello_wait(version=PROTOCOL_VERSION + 1)
-    _raises("unsupported_version", b.receive, a._seal(hello))
+    a, b, hello = _at_hello_wait(version=PROTOCOL_VERSION + 1, software="")
+    a.version = PROTOCOL_VERSION + 1  # written in a version this node does not know
+    err = _raises("unsupported_version", b.receive, a._seal(hello))
+    assert f"{MIN_PROTOCOL_VERSION}-{PROTOCOL_VERSION}" in err.message
 
 
 def test_a_message_before_the_hello_is_unexpected() -> None:

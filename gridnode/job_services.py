@@ -9,17 +9,19 @@ job visible in one place, and lets tests build a node's services without its net
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from .actors.calls import Call, call
+from .actors.calls import Outbox, Request, call
 from .config import NodeConfig
 from .identity import NodeIdentity
 from .storage.catalog import Catalog
 
 __all__ = ["Services"]
+
+R = TypeVar("R")
 
 
 @attrs.define
@@ -27,11 +29,11 @@ class Services:
     identity: NodeIdentity
     config: NodeConfig
     catalog: Catalog
-    sequencer: trio.MemorySendChannel[Call[Any]]
+    sequencer: Outbox
     #: The uploader (``actors.uploader``): a chunk's packets to their targets.
-    uploader: trio.MemorySendChannel[Call[Any]]
-    retriever: trio.MemorySendChannel[Call[Any]]
-    assembler: trio.MemorySendChannel[Call[Any]]
+    uploader: Outbox
+    retriever: Outbox
+    assembler: Outbox
     cpu_limiter: trio.CapacityLimiter
     disk_limiter: trio.CapacityLimiter
     #: Live members as (node id, address) for recovery-root placement and lookup.
@@ -43,7 +45,7 @@ class Services:
     #: Serialises backups: two at once would race on dedup and on the recovery root.
     backup_lock: trio.Lock = attrs.field(factory=trio.Lock)
 
-    async def ask(self, channel: trio.MemorySendChannel[Call[Any]], payload: Any) -> Any:
+    async def ask(self, channel: Outbox, payload: Request[R]) -> R:
         return await call(channel, payload)
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -471,7 +471,7 @@ class Node:
         config, identity = self.config, self.identity
         self._seq_send, seq_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._store_send, store_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
-        self._upload_send, upload_recv = trio.open_memory_channel[Any](CHANNEL_SIZE)
+        self._upload_send, upload_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._retr_send, retr_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._asm_send, asm_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)
         self._req_send, req_recv = trio.open_memory_channel[Call[Request[Any]]](CHANNEL_SIZE)

@@ -51,7 +51,7 @@ from ..identity import NodeIdentity
 from ..log import get_logger
 from ..logic.placement import PlacementRules
 from ..ratelimit import RateLimiter
-from .calls import Call, call, serve_calls
+from .calls import Handlers, Inbox, Outbox, Request, call, serve_calls
 from .sequencer import PlaceChunk
 
 __all__ = [
@@ -78,7 +78,10 @@ class PlacedPacket:
 
 
 @attrs.frozen
-class UploadChunk:
+class UploadChunk(Request["ChunkUploaded"]):
+    """Upload an encoded chunk's packets to their targets (or to targets the sequencer
+    gives); answered with where each packet went and its receipt."""
+
     chunk_id: bytes
     packets: tuple[bytes, ...]
     packet_ids: tuple[bytes, ...]
@@ -121,9 +124,9 @@ LinkFor = Callable[[bytes], Awaitable[Any]]
 @attrs.define
 class Uploader:
     identity: NodeIdentity
-    inbound: trio.MemoryReceiveChannel[Call[Any]]
+    inbound: Inbox
     #: The sequencer's inbox: targets and replacements are asked for there.
-    sequencer: trio.MemorySendChannel[Call[Any]]
+    sequencer: Outbox
     link_for: LinkFor
     upload_budget_bytes: int = 24 * 1024 * 1024
     request_timeout_s: float = 30.0
@@ -145,14 +148,12 @@ class Uploader:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await serve_calls(
-                self.inbound, self._handle, concurrency=self.concurrency, task_status=task_status
+                self.inbound,
+                Handlers("uploader").on(UploadChunk, self._upload_chunk),
+                concurrency=self.concurrency,
+                task_status=task_status,
             )
             nursery.cancel_scope.cancel()
-
-    async def _handle(self, payload: Any) -> ChunkUploaded:
-        if isinstance(payload, UploadChunk):
-            return await self._upload_chunk(payload)
-        raise TypeError(f"uploader cannot handle {type(payload).__name__}")
 
     def _count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n

@@ -19,7 +19,6 @@ from gridnode.delegation import (
     CapabilityRefused,
     MoveRecord,
     MoveRejected,
-    Repairer,
     apply_moves,
     build_capability,
     check_move,
@@ -30,6 +29,8 @@ from gridnode.identity import NodeIdentity
 from gridnode.storage.records import ChunkRecord, PacketRecord
 from protocol import receipt_payload, sign
 from protocol._messages import GetRepairMoves, GrantRepair, RepairGranted, RepairMoves
+
+from .delegates import idle_repairer
 
 NOW = 1_800_000_000.0
 
@@ -150,28 +151,9 @@ class _Clock:
         return self.now
 
 
-def _repairer(identity: NodeIdentity, home: Path, clock: _Clock) -> Repairer:
-    async def no_fetch(chunk: Any, skip: Any) -> Any:
-        raise AssertionError("no repair expected")
-
-    return Repairer(
-        identity=identity,
-        home=home,
-        present=set,
-        members=list,
-        fetch=no_fetch,
-        link_for=no_fetch,
-        store_local=no_fetch,
-        cpu_limiter=trio.CapacityLimiter(1),
-        after_s=3600.0,
-        tick_s=1.0,
-        clock=clock,
-    )
-
-
 async def test_a_delegate_holds_renews_and_drops_capabilities(setup: Setup, tmp_path: Path) -> None:
     clock = _Clock()
-    repairer = _repairer(setup.delegate, tmp_path, clock)
+    repairer = idle_repairer(setup.delegate, tmp_path, clock)
     first = _capability(setup, lease_s=100)
     answer = await repairer.serve(
         GrantRepair(request_id=1, capability=first.seal(setup.owner.signing_key)),
@@ -196,7 +178,7 @@ async def test_a_delegate_holds_renews_and_drops_capabilities(setup: Setup, tmp_
         )
     assert refused.value.code == "stale_capability"
     # It survives a restart of the delegate.
-    again = _repairer(setup.delegate, tmp_path, clock)
+    again = idle_repairer(setup.delegate, tmp_path, clock)
     again.load()
     assert again.leases() == repairer.leases()
     # The lease runs out while the owner is away: the capability holds (repair must

@@ -20,7 +20,6 @@ from gridnode.delegation import (
     Capability,
     CapabilityRefused,
     MoveRecord,
-    Repairer,
     apply_moves,
     build_capability,
     chunk_handle,
@@ -31,6 +30,8 @@ from gridnode.identity import NodeIdentity
 from gridnode.storage.records import ChunkRecord, PacketRecord
 from protocol import receipt_payload, sign
 from protocol._messages import GetRepairMoves, GrantRepair, RepairGranted, RepairMoves
+
+from .delegates import idle_repairer
 
 NOW = 1_800_000_000.0
 LEASE_S = 3600.0
@@ -147,25 +148,6 @@ def test_a_delegate_hands_on_what_the_owner_signed_and_nothing_else(world: World
     assert MAX_HOPS >= 8
 
 
-def _repairer(identity: NodeIdentity, home: Path, now: float) -> Repairer:
-    async def unused(*args: Any) -> Any:
-        raise AssertionError("not expected")
-
-    return Repairer(
-        identity=identity,
-        home=home,
-        present=set,
-        members=list,
-        fetch=unused,
-        link_for=unused,
-        store_local=unused,
-        cpu_limiter=trio.CapacityLimiter(1),
-        after_s=60.0,
-        tick_s=1.0,
-        clock=lambda: now,
-    )
-
-
 async def test_the_taker_answers_for_the_moves_handed_on_and_the_owner_takes_them(
     world: World, tmp_path: Path
 ) -> None:
@@ -177,7 +159,7 @@ async def test_the_taker_answers_for_the_moves_handed_on_and_the_owner_takes_the
     stranger = NodeIdentity.generate()
     forged = _move(w, stranger, stranger, share=2)  # not a delegate of this owner
     blob = first.hand_on(w.first.signing_key, w.taker.node_id, now=later, carried=[made, forged])
-    repairer = _repairer(w.taker, tmp_path, later)
+    repairer = idle_repairer(w.taker, tmp_path, lambda: later, after_s=60.0)
     answer = await repairer.serve(GrantRepair(request_id=1, capability=blob), w.first.node_id)
     assert isinstance(answer, RepairGranted) and answer.expires == first.until
     # The first's move is now the taker's (checked, signed again); the forged one is not.
@@ -188,7 +170,7 @@ async def test_the_taker_answers_for_the_moves_handed_on_and_the_owner_takes_the
     handle = chunk_handle(w.owner, w.chunk.chunk_id, w.chunk.policy)
     assert held.map.find({handle})[handle].packets[1].target == new_holder.node_id
     # A restart keeps it all; the owner's lease ended long ago but the owner is away.
-    again = _repairer(w.taker, tmp_path, later)
+    again = idle_repairer(w.taker, tmp_path, lambda: later, after_s=60.0)
     again.load()
     assert again.held[w.owner.node_id].moves == held.moves
     assert again.expire(set()) == []

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from gridnode.delegation import MoveRecord, Repairer, build_capability
 from gridnode.delegation import map_parts as mp
@@ -19,6 +18,8 @@ from gridnode.errors import RemoteError
 from gridnode.identity import NodeIdentity
 from gridnode.storage.records import ChunkRecord, PacketRecord
 from protocol._messages import GrantRepair, GrantRepairPart, Message, RepairGranted
+
+from .delegates import idle_repairer
 
 NOW = 1_800_000_000.0
 
@@ -93,25 +94,6 @@ class _Loop:
         return await self.repairer.serve(msg, self.sender)
 
 
-def _repairer(identity: NodeIdentity, home: Path) -> Repairer:
-    async def never(*_: Any) -> Any:
-        raise AssertionError("not expected")
-
-    return Repairer(
-        identity=identity,
-        home=home,
-        present=set,
-        members=list,
-        fetch=never,
-        link_for=never,
-        store_local=never,
-        cpu_limiter=trio.CapacityLimiter(1),
-        after_s=3600.0,
-        tick_s=1.0,
-        clock=lambda: NOW,
-    )
-
-
 async def _grant(
     owner: NodeIdentity, repairer: Repairer, chunks: list[ChunkRecord], *, now: float
 ) -> tuple[RepairGranted, list[str]]:
@@ -148,7 +130,7 @@ async def test_a_map_in_parts_is_taken_up_renewed_by_difference_and_survives_res
     owner, delegate = NodeIdentity.generate(), NodeIdentity.generate()
     holders = _holders(20)
     chunks = _chunks(300, holders)  # 9,000 packets: 8 parts
-    repairer = _repairer(delegate, tmp_path)
+    repairer = idle_repairer(delegate, tmp_path, lambda: NOW)
     answer, sent = await _grant(owner, repairer, chunks, now=NOW - 100)
     assert answer.missing == () and answer.expires == NOW - 100 + 3600
     assert sent == ["grant_repair"] + ["grant_repair_part"] * 8
@@ -171,7 +153,7 @@ async def test_a_map_in_parts_is_taken_up_renewed_by_difference_and_survives_res
     assert answer.missing == () and sent == ["grant_repair", "grant_repair_part"]
     assert len(list((tmp_path / "delegations" / f"{owner.node_id.hex()}.parts").iterdir())) == 8
     # A restart reads the head and the part files back; the map is whole.
-    again = _repairer(delegate, tmp_path)
+    again = idle_repairer(delegate, tmp_path, lambda: NOW)
     again.load()
     assert again.leases() == repairer.leases()
     held = again.held[owner.node_id]
@@ -186,7 +168,7 @@ async def test_parts_come_only_from_the_granting_sender_and_only_as_signed(
     monkeypatch.setattr(mp, "PART_PACKETS", 2_000)
     owner, delegate = NodeIdentity.generate(), NodeIdentity.generate()
     chunks = _chunks(150, _holders(10))
-    repairer = _repairer(delegate, tmp_path)
+    repairer = idle_repairer(delegate, tmp_path, lambda: NOW)
     cap = build_capability(owner, delegate.node_id, (), now=NOW, lease_s=3600, lat=None, lon=None)
     parts = mp.build_parts([held_chunk(owner, c) for c in chunks])
     head = cap.seal(owner.signing_key, parts=parts, inline=False)
@@ -223,7 +205,7 @@ async def test_a_delegate_refuses_maps_past_its_budget_and_keeps_moves_when_part
     owner, delegate = NodeIdentity.generate(), NodeIdentity.generate()
     chunks = _chunks(100, _holders(10))  # 3,000 packets
     # Anyone may choose a member as its delegate: the maps it keeps have a budget.
-    small = _repairer(delegate, tmp_path / "small")
+    small = idle_repairer(delegate, tmp_path / "small", lambda: NOW)
     small.map_budget_bytes = 3_000 * 80 - 1
     cap = build_capability(owner, delegate.node_id, (), now=NOW, lease_s=3600, lat=None, lon=None)
     head = cap.seal(owner.signing_key, parts=mp.build_parts([held_chunk(owner, c) for c in chunks]))
@@ -235,7 +217,7 @@ async def test_a_delegate_refuses_maps_past_its_budget_and_keeps_moves_when_part
     )
     # Taken up; then its part files vanish (a disk problem): the restarted delegate
     # drops the map, not the owner's record of moves, and says so.
-    repairer = _repairer(delegate, tmp_path / "big")
+    repairer = idle_repairer(delegate, tmp_path / "big", lambda: NOW)
     answer, _ = await _grant(owner, repairer, chunks, now=NOW)
     assert answer.missing == ()
     held = repairer.held[owner.node_id]
@@ -258,7 +240,7 @@ async def test_a_delegate_refuses_maps_past_its_budget_and_keeps_moves_when_part
     repairer._save(owner.node_id)
     for part in (tmp_path / "big" / "delegations" / f"{owner.node_id.hex()}.parts").iterdir():
         part.unlink()
-    again = _repairer(delegate, tmp_path / "big")
+    again = idle_repairer(delegate, tmp_path / "big", lambda: NOW)
     again.load()
     kept = again.held[owner.node_id]
     assert kept.capability is None and len(kept.moves) == 1

@@ -1,0 +1,36 @@
+"""A delegate's ``Repairer`` for in-process tests: no network, no grid; only what it keeps
+on disk and what it answers an owner.  Shared by the delegation tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gridnode.delegation import Repairer
+from gridnode.identity import NodeIdentity
+
+
+def idle_repairer(
+    identity: NodeIdentity, home: Path, clock: Callable[[], float], *, after_s: float = 3600.0
+) -> Repairer:
+    """A repairer that must never fetch, dial or store (a test that expects no repair)."""
+
+    async def never(*_: Any) -> Any:
+        raise AssertionError("no repair expected")
+
+    return Repairer(
+        identity=identity,
+        home=home,
+        present=set,
+        members=list,
+        fetch=never,
+        link_for=never,
+        store_local=never,
+        cpu_limiter=trio.CapacityLimiter(1),
+        after_s=after_s,
+        tick_s=1.0,
+        clock=clock,
+    )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,12 +16,13 @@ import trio
 import gridnode.cli
 from gridnode.actors.sequencer import PlaceChunk, Sequencer
 from gridnode.audit import AUDITS_FILE, MIN_AUDITS, AuditScores, TrustedView
-from gridnode.logic.placement import Member, PlacementRules, PlacementView, Source
+from gridnode.logic.placement import PlacementRules, PlacementView, Source
 from gridnode.repair import AutoRepair
 from protocol import format_node_id
 
 from .inproc import open_grid
 from .test_audits import _rot_all, write_tree
+from .views import CountingGossip, some_members
 
 SOURCE = Source(node_id=b"s" * 32, lat=47.0, lon=8.0)
 
@@ -84,32 +84,15 @@ def test_misses_alone_never_distrust_at_the_shipped_threshold(tmp_path: Path) ->
 # --- placement -----------------------------------------------------------------------------
 
 
-def _members(count: int) -> list[Member]:
-    return [
-        Member(node_id=os.urandom(32), lat=47.0, lon=8.0, free_bytes=10**12) for _ in range(count)
-    ]
-
-
-class _Gossip:
-    """A stand-in for the gossip actor that counts how often the member list is built."""
-
-    def __init__(self, members: list[Member]) -> None:
-        self.members = members
-        self.version = 1
-        self.built = 0
-
-    def view(self) -> tuple[int, Sequence[Member]]:
-        self.built += 1
-        return self.version, list(self.members)
-
-
 def _chunk(**kwargs: Any) -> PlaceChunk:
     return PlaceChunk(
         chunk_id=os.urandom(32), n=4, packet_bytes=1 << 18, rules=PlacementRules(), **kwargs
     )
 
 
-def _trusted_sequencer(gossip: _Gossip, scores: AuditScores) -> tuple[Sequencer, TrustedView]:
+def _trusted_sequencer(
+    gossip: CountingGossip, scores: AuditScores
+) -> tuple[Sequencer, TrustedView]:
     trusted = TrustedView(view=gossip.view, gossip_version=lambda: gossip.version, scores=scores)
     _send, receive = trio.open_memory_channel[Any](1)
     sequencer = Sequencer(
@@ -123,7 +106,7 @@ def _trusted_sequencer(gossip: _Gossip, scores: AuditScores) -> tuple[Sequencer,
 
 
 def test_the_sequencer_places_nothing_on_distrusted_holders(tmp_path: Path) -> None:
-    gossip = _Gossip(_members(8))
+    gossip = CountingGossip(some_members(8))
     scores = AuditScores(tmp_path / AUDITS_FILE, threshold=0.5)
     sequencer, _ = _trusted_sequencer(gossip, scores)
     chunks = [_chunk() for _ in range(40)]
@@ -155,12 +138,12 @@ def test_the_sequencer_places_nothing_on_distrusted_holders(tmp_path: Path) -> N
 
 
 def test_threshold_zero_changes_nothing(tmp_path: Path) -> None:
-    members = _members(8)
+    members = some_members(8)
     scores = AuditScores(tmp_path / AUDITS_FILE, threshold=0.0)
     for node in members[:3]:
         for t in range(10):
             scores.note(node.node_id, "failed", float(t))
-    sequencer, trusted = _trusted_sequencer(_Gossip(members), scores)
+    sequencer, trusted = _trusted_sequencer(CountingGossip(members), scores)
     _, seen = trusted.members()
     assert list(seen) == members
     plain = PlacementView(key=b"k" * 32, source=SOURCE, members=members, rules=PlacementRules())

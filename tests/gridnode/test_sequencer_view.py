@@ -4,35 +4,17 @@ placing a chunk in an unchanged grid costs no O(members) work."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 from gridnode.actors.sequencer import PlaceChunk, Sequencer
-from gridnode.logic.placement import Member, PlacementRules, Source
+from gridnode.logic.placement import PlacementRules, Source
+
+from .views import CountingGossip, some_members
 
 
-def _members(count: int) -> list[Member]:
-    return [
-        Member(node_id=os.urandom(32), lat=47.0, lon=8.0, free_bytes=10**12) for _ in range(count)
-    ]
-
-
-class _Gossip:
-    """A stand-in for the gossip actor that counts how often the member list is built."""
-
-    def __init__(self, members: list[Member]) -> None:
-        self.members = members
-        self.version = 1
-        self.built = 0
-
-    def view(self) -> tuple[int, Sequence[Member]]:
-        self.built += 1
-        return self.version, list(self.members)
-
-
-def _sequencer(gossip: _Gossip, **kwargs: Any) -> Sequencer:
+def _sequencer(gossip: CountingGossip, **kwargs: Any) -> Sequencer:
     _send, receive = trio.open_memory_channel[Any](1)
     return Sequencer(
         key=b"k" * 32,
@@ -48,14 +30,14 @@ def _chunk() -> PlaceChunk:
 
 
 def test_the_member_list_is_built_once_per_view_version() -> None:
-    gossip = _Gossip(_members(50))
+    gossip = CountingGossip(some_members(50))
     sequencer = _sequencer(gossip, version=lambda: gossip.version)
     first = [sequencer.place(_chunk()) for _ in range(20)]
     assert gossip.built == 1 and all(len(set(t)) == 6 for t in first)
     gossip.version += 1  # a member joined, left or changed: the next chunk sees it
-    newcomer = _members(1)[0]
+    newcomer = some_members(1)[0]
     gossip.members = [newcomer]
-    gossip.members += _members(5)
+    gossip.members += some_members(5)
     targets = sequencer.place(_chunk())
     assert gossip.built == 2 and newcomer.node_id in targets
     sequencer.place(_chunk())
@@ -63,8 +45,8 @@ def test_the_member_list_is_built_once_per_view_version() -> None:
 
 
 def test_the_same_chunk_is_placed_alike_with_and_without_the_version_shortcut() -> None:
-    members = _members(30)
+    members = some_members(30)
     chunks = [_chunk() for _ in range(10)]
-    fast = _sequencer(g := _Gossip(members), version=lambda: g.version)
-    slow = _sequencer(_Gossip(members))
+    fast = _sequencer(g := CountingGossip(members), version=lambda: g.version)
+    slow = _sequencer(CountingGossip(members))
     assert [fast.place(c) for c in chunks] == [slow.place(c) for c in chunks]

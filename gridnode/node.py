@@ -147,6 +147,9 @@ class Node:
                 }
             )
         self.cpu_limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        #: Audit proofs are answered one at a time (each costs 30-220 ms of CPU): a peer
+        #: that floods audits waits in line instead of taking every core.
+        self.audit_limiter = trio.CapacityLimiter(1)
         self.disk_limiter = trio.CapacityLimiter(8)
         is_authority = (config.home / AUTHORITY_KEY_NAME).exists()
         self.admission = Admission(
@@ -218,7 +221,7 @@ class Node:
             return await self._serve_authority(link, msg)
         if isinstance(msg, AuditPacket):  # storage audits (gridnode.audit)
             return await answer_audit(
-                self.packets, msg, disk_limiter=self.disk_limiter, cpu_limiter=self.cpu_limiter
+                self.packets, msg, disk_limiter=self.disk_limiter, cpu_limiter=self.audit_limiter
             )
         if msg.KIND in ("grant_repair", "grant_repair_part", "get_repair_moves"):
             if self.repairer is None:

@@ -98,6 +98,8 @@ class BackupRequest:
     rules: PlacementRules
     #: Do not enter directories on another file system than their root's.
     one_file_system: bool = False
+    #: ``backup --tag`` labels, checked (``gridnode.logic.tags.check_tags``).
+    tags: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -226,6 +228,7 @@ class BackupJob:
                 parent=parent.snapshot_id if parent else None,
                 params=str(self.request.params),
                 rules=self.request.rules.to_wire(),
+                tags=self.request.tags,
             )
         )
         self.log.info("backup_started", roots=roots, parent=parent.snapshot_id if parent else None)

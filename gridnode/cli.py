@@ -15,9 +15,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 from . import __version__
 from .cli_common import (
@@ -39,6 +39,7 @@ from .cli_common import (
 from .config_keys import LOCATION_CHECKS
 from .control_client import PROTOCOL_VERSION
 from .errors import GridError, UserError
+from .logic.tags import TagError, check_tags, parse_filter
 from .units import format_bytes
 
 __all__ = ["main"]
@@ -118,6 +119,17 @@ def read_exclude_file(path: str) -> list[str]:
     ]
 
 
+_T = TypeVar("_T")
+
+
+def _checked(check: Callable[[Sequence[str]], _T], values: Sequence[str]) -> _T:
+    """A tag check whose ``TagError`` is a usage error, not a traceback."""
+    try:
+        return check(values)
+    except TagError as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_backup(args: argparse.Namespace) -> None:
     excludes = list(args.exclude or [])
     for path in args.exclude_file or []:
@@ -128,6 +140,8 @@ def cmd_backup(args: argparse.Namespace) -> None:
         "one_file_system": bool(args.one_file_system),
         "dry_run": bool(args.dry_run),
     }
+    if args.tag:
+        params["tags"] = list(_checked(check_tags, args.tag))
     if args.redundancy:
         params["redundancy"] = args.redundancy
     if args.backup_proximity is not None:
@@ -175,10 +189,11 @@ def cmd_snapshots(args: argparse.Namespace) -> None:
                     r["files"],
                     format_bytes(r["bytes"]),
                     " ".join(r["roots"]),
+                    ",".join(r.get("tags") or ()),
                 )
                 for r in rows
             ],
-            ["snapshot", "created", "state", "files", "size", "paths"],
+            ["snapshot", "created", "state", "files", "size", "paths", "tags"],
         )
     )
 
@@ -330,6 +345,9 @@ def cmd_forget(args: argparse.Namespace) -> None:
         if args.snapshot:
             raise CliError("give a snapshot or --keep-* options, not both")
         params: dict[str, Any] = {"policy": policy, "dry_run": bool(args.dry_run)}
+        if args.tag:
+            _checked(parse_filter, args.tag)
+            params["tags"] = list(args.tag)
         result = call(args, "forget", params, long_job=True)
         finish(args, result, _policy_summary)
         return
@@ -337,6 +355,8 @@ def cmd_forget(args: argparse.Namespace) -> None:
         raise CliError("forget what? give a snapshot, or a policy such as --keep-daily 7")
     if args.dry_run:
         raise CliError("--dry-run goes with --keep-* options")
+    if args.tag:
+        raise CliError("--tag goes with --keep-* options")
     result = call(args, "forget", {"snapshot": args.snapshot}, long_job=True)
     finish(
         args,
@@ -550,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="walk and compare with the last snapshot; upload and record nothing",
     )
+    p.add_argument(
+        "--tag",
+        action="append",
+        metavar="TAG",
+        help="label the snapshot (repeatable; 1-64 printable characters, no spaces or commas)",
+    )
     p.add_argument("--backup-proximity", help="MIN:MAX distance source->targets (km or mi)")
     p.add_argument("--packet-proximity", help="MIN:MAX distance between targets")
     p.add_argument("--distinct", action="append", help="label whose values must all differ")
@@ -625,6 +651,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="list what the policy keeps and forgets; forget nothing",
+    )
+    p.add_argument(
+        "--tag",
+        action="append",
+        metavar="TAG[,TAG...]",
+        help="apply the policy only to snapshots with these tags (all of one --tag's "
+        "comma-separated tags; repeat for either/or); the others are left alone",
     )
     add_json(p)
     p.set_defaults(fn=cmd_forget)
@@ -752,13 +785,14 @@ EXAMPLES: Final = {
     "schedule list": "gridnode schedule list --home ~/gn --json",
     "stop": "gridnode stop --home ~/gn",
     "backup": "gridnode backup --home ~/gn ~/Documents --exclude-file ~/.gridnode-excludes "
-    "--backup-proximity 100km:3000km",
+    "--backup-proximity 100km:3000km --tag documents",
     "restore": "gridnode restore --home ~/gn latest --to /tmp/restore --path Documents/taxes",
     "ls": "gridnode ls --home ~/gn latest Documents --long",
     "find": "gridnode find --home ~/gn '*.pdf' latest",
     "diff": "gridnode diff --home ~/gn SNAP_A SNAP_B",
     "verify": "gridnode verify --home ~/gn latest",
-    "forget": "gridnode forget --home ~/gn --keep-daily 7 --keep-weekly 4 --keep-monthly 12",
+    "forget": "gridnode forget --home ~/gn --keep-daily 7 --keep-weekly 4 --keep-monthly 12 "
+    "--tag documents",
     "placement": "gridnode placement --home ~/gn latest",
     "repair": "gridnode repair --home ~/gn",
     "key": "gridnode key phrase --home ~/gn",

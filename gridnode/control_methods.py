@@ -31,6 +31,7 @@ from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
 from .logic.placement.rules import PlacementRules
 from .logic.retention import KeepPolicy, RetentionError
+from .logic.tags import TagError, check_tags, parse_filter, schedule_of
 from .recovery import recover_catalog as recover
 from .repair import repair as repair_job
 from .restore import (
@@ -126,6 +127,22 @@ def _str_list(params: dict[str, Any], key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ControlError("bad_params", f"parameter {key!r} must be a list of strings")
     return tuple(value)
+
+
+def _tags(params: dict[str, Any]) -> tuple[str, ...]:
+    """``backup``'s ``tags``, checked here too: a control client need not be our CLI."""
+    try:
+        return check_tags(_str_list(params, "tags"))
+    except TagError as exc:
+        raise ControlError("bad_params", str(exc)) from None
+
+
+def _tag_filter(params: dict[str, Any]) -> tuple[frozenset[str], ...]:
+    """``forget``'s ``tags``: restic's filter, each string a comma-separated group."""
+    try:
+        return parse_filter(_str_list(params, "tags"))
+    except TagError as exc:
+        raise ControlError("bad_params", str(exc)) from None
 
 
 def rules_from(params: dict[str, Any], node: ControlledNode) -> PlacementRules:
@@ -245,9 +262,13 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
 
     async def snapshots(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
         rows = await services.db(services.catalog.snapshots)
-        # Which ``[[schedule]]`` made each snapshot (None: a backup someone typed).
+        # Which ``[[schedule]]`` made each snapshot (None: a backup someone typed): its
+        # ``schedule:NAME`` tag, or for a snapshot made before tags, the scheduler's list.
         made_by = node.scheduler.snapshot_schedules() if node.scheduler is not None else {}
-        return [{**s.to_json(), "schedule": made_by.get(s.snapshot_id)} for s in rows]
+        return [
+            {**s.to_json(), "schedule": schedule_of(s.tags) or made_by.get(s.snapshot_id)}
+            for s in rows
+        ]
 
     async def schedules(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
         """``gridnode schedule list``: each schedule, its next run and its last one."""
@@ -276,6 +297,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             params=erasure,
             rules=rules_from(params, node),
             one_file_system=flags["one_file_system"],
+            tags=_tags(params),
         )
         job = BackupJob(services, request, emit)
         return await (job.dry_run() if flags["dry_run"] else job.run())
@@ -315,6 +337,8 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
     async def forget(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         raw_policy = params.get("policy")
         if raw_policy is None:
+            if "tags" in params:
+                raise ControlError("bad_params", "'tags' filters a policy; give one")
             return await forget_snapshot(services, _str(params, "snapshot"))
         if "snapshot" in params:
             raise ControlError("bad_params", "give a snapshot or a policy, not both")
@@ -328,7 +352,9 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             raise ControlError("bad_params", "parameter 'dry_run' must be a boolean")
         try:
             policy = KeepPolicy(**raw_policy)
-            return await forget_by_policy(services, policy, dry_run=dry_run, emit=emit)
+            return await forget_by_policy(
+                services, policy, dry_run=dry_run, emit=emit, tags=_tag_filter(params)
+            )
         except RetentionError as exc:
             raise ControlError("bad_params", str(exc)) from None
 

@@ -90,19 +90,7 @@ async def recover_catalog(
         ]
         path = services.config.home / "tmp" / f"recover-{snap['snapshot_id']}.msgpack"
         path.parent.mkdir(exist_ok=True)
-        snapshot = SnapshotRecord(
-            snapshot_id=snap["snapshot_id"],
-            created=snap["created"],
-            finished=snap["finished"],
-            state="complete",
-            parent=snap["parent"],
-            roots=tuple(snap["roots"]),
-            files=snap["files"],
-            total_bytes=snap["bytes"],
-            params=snap["redundancy"],
-            rules=snap["rules"],
-            record=item["record"],
-        )
+        snapshot = SnapshotRecord.from_json(snap, item["record"])
         try:
             await load_blob(services, refs, path)
             await services.db(

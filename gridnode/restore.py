@@ -33,6 +33,7 @@ from .exception_groups import collapse_groups
 from .job_services import Services
 from .log import get_logger
 from .logic.retention import KeepPolicy, apply_policy
+from .logic.tags import matches_filter
 from .names import escape, from_arg
 from .recovery_root import publish_root
 from .storage.records import HOLE, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
@@ -300,13 +301,24 @@ async def delete_on_grid(services: Services, chunks: Sequence[ChunkRecord]) -> t
 
 
 async def forget_by_policy(
-    services: Services, policy: KeepPolicy, *, dry_run: bool, emit: Emit
+    services: Services,
+    policy: KeepPolicy,
+    *,
+    dry_run: bool,
+    emit: Emit,
+    tags: Sequence[frozenset[str]] = (),
 ) -> dict[str, Any]:
     """Apply a retention policy to the complete snapshots, grouped by their roots
     (``gridnode.logic.retention``); forget the others one by one, unless ``dry_run``.
     Snapshots still running or interrupted are left alone: only whole ones are kept or
-    forgotten by a policy."""
-    snapshots = [s for s in await services.db(services.catalog.snapshots) if s.complete]
+    forgotten by a policy.  ``tags`` (restic's ``--tag`` filter, ``gridnode.logic.tags``)
+    limits the policy to the snapshots it matches; the others are neither kept nor
+    forgotten by it."""
+    snapshots = [
+        s
+        for s in await services.db(services.catalog.snapshots)
+        if s.complete and matches_filter(s.tags, tags)
+    ]
     kept, doomed, reasons = apply_policy(
         ((s.snapshot_id, s.finished or s.created, tuple(s.roots)) for s in snapshots), policy
     )
@@ -319,6 +331,7 @@ async def forget_by_policy(
         "event": "result",
         "dry_run": dry_run,
         "policy": policy.to_json(),
+        "tags": [",".join(sorted(group)) for group in tags],
         "keep": [{"snapshot_id": sid, "reasons": reasons[sid]} for sid in kept],
         "forget": doomed,
         "chunks_freed": sum(f["chunks_freed"] for f in forgotten),

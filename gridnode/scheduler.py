@@ -7,16 +7,19 @@ typed backups would.  A run is a control ``backup`` submitted to the request act
 path ``gridnode backup`` takes: the same checks, progress, logging and backup log, the
 job counted in ``status``, and a stopping node waits for it as for any job.  After a
 successful run the schedule's ``keep`` policy is applied to the snapshots this schedule
-made (and to no other), each forgotten by a control ``forget``.
+made (and to no other), each forgotten by a control ``forget``.  Each snapshot a schedule
+makes is tagged ``schedule:NAME`` (``gridnode.logic.tags.schedule_tag``): retention picks
+its snapshots by that tag, ``gridnode snapshots`` shows the schedule from it, and
+``gridnode forget --keep-... --tag schedule:NAME`` does by hand what retention does.
 
 Each schedule's last run (start time, result, snapshot) is kept in ``HOME/schedules.json``,
 written atomically after every run (a failed write is logged; the node goes on): a
 schedule whose time passed while the node was off is due when the node comes back, once,
 and a run that was cut by a stop or a crash (no result written) runs again.  A failed run
 counts as the slot's run: it is tried again at the next slot, never in a loop.  The file
-also lists the snapshots each schedule made: retention needs them, and ``gridnode
-snapshots`` shows which schedule made a snapshot.  (Snapshots carry no tags of their own
-yet; this list stands in for a tag per schedule.)
+also lists the snapshots each schedule made (``schedule list`` counts them).  Snapshots
+made before tags existed carry no tag; for them this list is still what says which
+schedule made them, so retention and ``gridnode snapshots`` read it as well as the tags.
 
 Every start, finish and failure is logged at info or warning with the schedule's name.
 """
@@ -38,6 +41,7 @@ from .fsutil import atomic_write
 from .log import get_logger
 from .logic.packing import ErasureParams
 from .logic.retention import KeepPolicy, apply_policy
+from .logic.tags import schedule_tag
 from .schedules import Schedule, exclude_lines, next_run
 
 __all__ = ["STATE_NAME", "ScheduleState", "Scheduler", "Submit"]
@@ -68,8 +72,9 @@ class ScheduleState:
     last_error: str | None = None
     last_snapshot: str | None = None
     last_finished: float | None = None
-    #: The snapshots this schedule made that still exist, oldest first: its ``keep``
-    #: policy applies to these only.
+    #: The snapshots this schedule made that still exist, oldest first.  Its ``keep``
+    #: policy applies to these and to the snapshots tagged ``schedule:NAME``: the list is
+    #: what marks the untagged snapshots made before tags existed.
     snapshots: list[str] = attrs.field(factory=list)
     forgotten: int = 0
 
@@ -251,6 +256,7 @@ class Scheduler:
             "paths": [os.path.abspath(os.path.expanduser(p)) for p in schedule.paths],
             "excludes": excludes,
             "one_file_system": schedule.one_file_system,
+            "tags": [schedule_tag(schedule.name)],
         }
         for key in ("redundancy", "backup_proximity", "packet_proximity"):
             if value := getattr(schedule, key):
@@ -314,14 +320,20 @@ class Scheduler:
 
     async def apply_retention(self, schedule: Schedule) -> list[str]:
         """Forget what the schedule's ``keep`` policy does not keep, among the complete
-        snapshots this schedule made (grouped by their paths, as ``gridnode forget``
-        groups); returns the ids forgotten."""
+        snapshots this schedule made: those tagged ``schedule:NAME``, and those the state
+        file lists (made before tags existed); grouped by their paths, as ``gridnode
+        forget`` groups.  Returns the ids forgotten."""
         state = self.state(schedule.name)
+        tag = schedule_tag(schedule.name)
         rows: list[dict[str, Any]] = await self.submit("snapshots", {}, self._emit)
         present = {row["snapshot_id"] for row in rows}
         state.snapshots = [sid for sid in state.snapshots if sid in present]
-        mine = set(state.snapshots)
-        candidates = [row for row in rows if row["snapshot_id"] in mine and row["complete"]]
+        listed = set(state.snapshots)
+        candidates = [
+            row
+            for row in rows
+            if row["complete"] and (tag in row.get("tags", ()) or row["snapshot_id"] in listed)
+        ]
         _, doomed, _ = apply_policy(
             (
                 (row["snapshot_id"], row["finished"] or row["created"], tuple(row["roots"]))
@@ -331,7 +343,8 @@ class Scheduler:
         )
         for snapshot_id in doomed:
             await self.submit("forget", {"snapshot": snapshot_id}, self._emit)
-            state.snapshots.remove(snapshot_id)
+            if snapshot_id in state.snapshots:
+                state.snapshots.remove(snapshot_id)
             state.forgotten += 1
             _log.info("schedule_forgot", schedule=schedule.name, snapshot=snapshot_id)
         return doomed

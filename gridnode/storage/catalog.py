@@ -153,6 +153,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE TABLE holder_seen (node_id BLOB PRIMARY KEY, last_seen REAL NOT NULL) WITHOUT ROWID
     """,
+    # 4: each snapshot's ``backup --tag`` labels, a JSON list (``gridnode.logic.tags``);
+    # snapshots made before have none.
+    """
+    ALTER TABLE snapshots ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'
+    """,
 )
 
 
@@ -225,13 +230,14 @@ class Catalog(BackupLog):
         parent: str | None,
         params: str,
         rules: dict[str, Any],
+        tags: Sequence[str] = (),
     ) -> None:
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                "INSERT INTO snapshots(snapshot_id, created, state, parent, roots, params, rules)"
-                " VALUES (?, ?, 'running', ?, ?, ?, ?)",
+                "INSERT INTO snapshots(snapshot_id, created, state, parent, roots, params, rules,"
+                " tags) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
                 (
                     snapshot_id,
                     time.time(),
@@ -239,6 +245,7 @@ class Catalog(BackupLog):
                     json.dumps(list(roots)),
                     params,
                     json.dumps(rules),
+                    json.dumps(list(tags)),
                 ),
             )
 
@@ -357,8 +364,8 @@ class Catalog(BackupLog):
             db.execute("BEGIN IMMEDIATE")
             db.execute(
                 "INSERT INTO snapshots(snapshot_id, created, finished, state, parent, roots,"
-                " files, bytes, params, rules, record) VALUES (?, ?, ?, 'complete', ?, ?, ?, ?,"
-                " ?, ?, ?)",
+                " files, bytes, params, rules, record, tags) VALUES (?, ?, ?, 'complete', ?, ?,"
+                " ?, ?, ?, ?, ?, ?)",
                 (
                     snapshot.snapshot_id,
                     snapshot.created,
@@ -370,6 +377,7 @@ class Catalog(BackupLog):
                     snapshot.params,
                     json.dumps(snapshot.rules),
                     snapshot.record,
+                    json.dumps(list(snapshot.tags)),
                 ),
             )
             policy = snapshot.policy

@@ -48,6 +48,9 @@ class SnapshotRecord:
     params: str
     rules: dict[str, Any]
     record: bytes | None  # msgpack of the sealed record's chunk refs on the grid
+    #: ``backup --tag`` labels (``gridnode.logic.tags``); kept in the catalog and in the
+    #: recovery root's copy of ``to_json``, so a recovered catalog has them too.
+    tags: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -61,7 +64,9 @@ class SnapshotRecord:
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> SnapshotRecord:
         """From a ``snapshots`` row selected as ``SNAPSHOT_COLUMNS``."""
-        (sid, created, finished, state, parent, roots, files, size, params, rules, record) = row
+        (sid, created, finished, state, parent, roots, files, size, params, rules, record, tags) = (
+            row
+        )
         return cls(
             sid,
             created,
@@ -74,6 +79,26 @@ class SnapshotRecord:
             params,
             json.loads(rules),
             record,
+            tuple(json.loads(tags or "[]")),
+        )
+
+    @classmethod
+    def from_json(cls, snap: dict[str, Any], record: bytes | None) -> SnapshotRecord:
+        """A complete snapshot back from its ``to_json`` (the recovery root's copy) and its
+        sealed record's refs; ``tags`` is absent from roots published before tags."""
+        return cls(
+            snapshot_id=snap["snapshot_id"],
+            created=snap["created"],
+            finished=snap["finished"],
+            state="complete",
+            parent=snap["parent"],
+            roots=tuple(snap["roots"]),
+            files=snap["files"],
+            total_bytes=snap["bytes"],
+            params=snap["redundancy"],
+            rules=snap["rules"],
+            record=record,
+            tags=tuple(str(t) for t in snap.get("tags") or ()),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -90,6 +115,7 @@ class SnapshotRecord:
             "bytes": self.total_bytes,
             "redundancy": self.params,
             "rules": self.rules,
+            "tags": list(self.tags),
         }
 
 
@@ -278,5 +304,6 @@ class ChunkRecord:
 
 #: The ``snapshots`` columns ``SnapshotRecord.from_row`` reads, in its order.
 SNAPSHOT_COLUMNS: Final = (
-    "snapshot_id, created, finished, state, parent, roots, files, bytes, params, rules, record"
+    "snapshot_id, created, finished, state, parent, roots, files, bytes, params, rules, record,"
+    " tags"
 )

@@ -271,7 +271,8 @@ async def test_jobs_are_forwarded_and_a_node_recovered_from_its_key_continues_it
     (tree / "data.bin").write_bytes(os.urandom(300_000))
     async with certified_grid(tmp_path / "g", 4) as (nodes, manager, nursery, common):
         source = nodes[1]
-        snap = (await control(source, "backup", paths=[str(tree)], redundancy="2/3"))["snapshot_id"]
+        backup = {"paths": [str(tree)], "redundancy": "2/3", "tags": ["weekly"]}
+        snap = (await control(source, "backup", **backup))["snapshot_id"]
         root_head = source.catalog.log_head()
         # A job after the root was published: its entry is in the global log, not the root.
         await control(source, "verify", snapshot=snap)
@@ -299,6 +300,8 @@ async def test_jobs_are_forwarded_and_a_node_recovered_from_its_key_continues_it
         assert again.log_forwarder is not None
         result = await recover_catalog(again.services, again.log_forwarder.authority_head)
         assert result["snapshots"] == [snap]
+        recovered = again.catalog.snapshot(snap)
+        assert recovered is not None and recovered.tags == ("weekly",)  # via the root's JSON
         # It continues after the authority's head, later than the root's.
         assert result["log_continues_after"] == head[0]
         [entry] = again.catalog.log_entries()

@@ -163,7 +163,7 @@ class FakeNode:
             sid = f"{self.made:016x}"
             now = self.clock()
             row = {"snapshot_id": sid, "created": now, "finished": now, "complete": True}
-            self.snapshots.append({**row, "roots": params["paths"]})
+            self.snapshots.append({**row, "roots": params["paths"], "tags": params["tags"]})
             return {"event": "result", "snapshot_id": sid, "skipped": 0, "files": 1}
         if method == "snapshots":
             return list(self.snapshots)
@@ -205,6 +205,10 @@ async def test_runs_every_interval_applies_retention_and_remembers_across_restar
     backups = [p for m, p in node.calls if m == "backup"]
     assert [p["paths"] for p in backups].count(["/data"]) == 5
     assert [p["paths"] for p in backups].count(["/etc"]) == 1  # not retention's business
+    assert {p["paths"][0]: p["tags"] for p in backups} == {
+        "/data": ["schedule:docs"],
+        "/etc": ["schedule:etc"],
+    }
     docs = [s["snapshot_id"] for s in node.snapshots if s["roots"] == ["/data"]]
     assert len(docs) == 2 and len(node.snapshots) == 3  # keep last 2 of its own only
     rows = {r["name"]: r for r in scheduler.describe()}
@@ -272,3 +276,32 @@ async def test_a_run_due_at_start_waits_for_members(
         await trio.sleep(2)
         assert [m for m, _ in node.calls] == ["backup"]
         nursery.cancel_scope.cancel()
+
+
+async def test_retention_takes_tagged_snapshots_and_the_untagged_ones_of_an_old_state_file(
+    tmp_path: Path, jump_clock: trio.testing.MockClock
+) -> None:
+    node = FakeNode(lambda: NOON + trio.current_time())
+    old = {"snapshot_id": "old", "created": NOON - 7200, "finished": NOON - 7200}
+    lost = {"snapshot_id": "lost", "created": NOON - 3600, "finished": NOON - 3600}
+    typed = {"snapshot_id": "typed", "created": NOON - 60, "finished": NOON - 60}
+    node.snapshots = [
+        # Made by this schedule before tags existed: only the state file says so.
+        {**old, "complete": True, "roots": ["/a"], "tags": []},
+        # Tagged, but the state file that listed it was lost.
+        {**lost, "complete": True, "roots": ["/a"], "tags": ["schedule:h"]},
+        # A backup someone typed, of the same paths: not this schedule's.
+        {**typed, "complete": True, "roots": ["/a"], "tags": ["h"]},
+    ]
+    state = {"h": {"last_run": NOON - 7200, "snapshots": ["old"]}}
+    (tmp_path / STATE_NAME).write_text(json.dumps({"version": 1, "schedules": state}))
+    table = {"name": "h", "paths": ["/a"], "every": "1h", "keep": {"last": 1}}
+    scheduler = _scheduler(tmp_path, node, table)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(scheduler.run)
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    forgotten = sorted(p["snapshot"] for m, p in node.calls if m == "forget")
+    assert forgotten == ["lost", "old"]
+    assert {s["snapshot_id"] for s in node.snapshots} == {"typed", f"{1:016x}"}
+    assert scheduler.state("h").snapshots == [f"{1:016x}"]

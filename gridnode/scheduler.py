@@ -26,6 +26,7 @@ Every start, finish and failure is logged at info or warning with the schedule's
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -96,6 +97,14 @@ def _noop_emit() -> Emit:
     return emit
 
 
+#: Runs a blocking call off the event loop and returns its result.
+Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+async def _in_thread(fn: Callable[[], Any]) -> Any:
+    return await trio.to_thread.run_sync(fn)
+
+
 class Scheduler:
     """Runs a node's schedules; built and started by ``gridnode.node``."""
 
@@ -110,8 +119,11 @@ class Scheduler:
         stopping: Callable[[], bool],
         settle_s: float,
         clock: Callable[[], float] = time.time,
+        offload: Offload | None = None,
     ) -> None:
-        """``alive_members``: how many members the node sees alive; a run due at start-up
+        """``offload`` runs blocking file work (default: a worker thread; a test on
+        virtual time runs it inline, so time cannot jump while a thread works).
+        ``alive_members``: how many members the node sees alive; a run due at start-up
         waits (at most ``settle_s``) until there are enough for its redundancy, since a
         node that just started has not met the grid yet.  ``stopping``: the node is
         shutting down; no run starts then."""
@@ -123,6 +135,7 @@ class Scheduler:
         self.stopping = stopping
         self.settle_s = settle_s
         self.clock = clock
+        self.offload: Offload = offload or _in_thread
         self.states: dict[str, ScheduleState] = self._load()
         #: The schedule running now (None: none).
         self.running: str | None = None
@@ -157,7 +170,7 @@ class Scheduler:
         }
         text = json.dumps(data, indent=1, sort_keys=True).encode()
         try:
-            await trio.to_thread.run_sync(lambda: atomic_write(self.path, text, mode=0o600))
+            await self.offload(lambda: atomic_write(self.path, text, mode=0o600))
         except OSError as exc:  # a full disk must not stop the node; the runs go on
             _log.warning("schedule_state_not_saved", path=str(self.path), error=_reason(exc))
 
@@ -273,7 +286,7 @@ class Scheduler:
         self.running = schedule.name
         _log.info("schedule_started", schedule=schedule.name, paths=list(schedule.paths))
         try:
-            params = await trio.to_thread.run_sync(self.backup_params, schedule)
+            params = await self.offload(functools.partial(self.backup_params, schedule))
             result = await self.submit("backup", params, self._emit)
         except Exception as exc:  # recorded and logged, never raised
             self.running = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,10 @@ def test_a_daily_time_runs_at_it_and_once_after_missing_it() -> None:
 
 @pytest.fixture
 def jump_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps only after 0.1 s of real idleness: the scheduler writes
-    its record in a worker thread, and time must not leap past a sleep meanwhile."""
-    return trio.testing.MockClock(autojump_threshold=0.1)
+    """Virtual time that jumps as soon as every task waits: the schedulers built here do
+    their file work inline (``_inline``), so no worker thread runs while time jumps (a
+    thread's fsync once let time leap past a run on a loaded machine)."""
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 class FakeNode:
@@ -183,7 +185,12 @@ def _scheduler(tmp_path: Path, node: FakeNode, *tables: dict[str, Any]) -> Sched
         stopping=lambda: False,
         settle_s=10.0,
         clock=node.clock,
+        offload=_inline,
     )
+
+
+async def _inline(fn: Callable[[], Any]) -> Any:
+    return fn()
 
 
 async def test_runs_every_interval_applies_retention_and_remembers_across_restarts(
@@ -267,6 +274,7 @@ async def test_a_run_due_at_start_waits_for_members(
         stopping=lambda: False,
         settle_s=30.0,
         clock=node.clock,
+        offload=_inline,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)

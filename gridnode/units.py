@@ -55,7 +55,11 @@ def format_bytes(n: float) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+            if unit == "B":
+                return f"{value:.0f} {unit}"
+            text = f"{value:.3g}"
+            # 999.5 to 1023.x would read "1e+03": a person reads "1010 MiB" better.
+            return f"{value:.0f} {unit}" if "e" in text else f"{text} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
 

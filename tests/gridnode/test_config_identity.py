@@ -37,6 +37,10 @@ def test_bad_sizes(bad: str) -> None:
 def test_format_bytes() -> None:
     assert format_bytes(0) == "0 B"
     assert format_bytes(1536) == "1.5 KiB"
+    # 1000 to 1023 of a unit: digits, never "1e+03 MiB" (seen on a 1 GB backup's progress).
+    assert format_bytes(1010 * 1024**2) == "1010 MiB"
+    assert format_bytes(999.4 * 1024**3) == "999 GiB"
+    assert format_bytes(5000 * 1024**4) == "5000 TiB"
 
 
 @pytest.mark.parametrize(

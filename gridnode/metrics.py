@@ -108,6 +108,9 @@ class MetricsCollector(Collector):
             value=node.request.running,
         )  # fmt: skip
         yield from _jobs_and_repairs(node)
+        auditor = getattr(node, "auditor", None)  # (storage audits: issue 10)
+        if auditor is not None:
+            yield from _audits(auditor.scores.report())
         yield from _counters("gridnode_store", "Packet store events", node.packet_store.stats)
         yield from _counters("gridnode_fetch", "Retriever events", node.retriever.stats)
         repairer = getattr(node, "repairer", None)  # (delegated repair: issue 15)
@@ -154,6 +157,26 @@ def _jobs_and_repairs(node: Node) -> Iterator[Metric]:
         "gridnode_repair_packets_rebuilt",
         "Packets rebuilt and placed anew by this node's repair runs",
         value=repairs.get("packets_rebuilt", 0),
+    )
+
+
+def _audits(report: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Audit outcomes over every holder of this node's packets, and how many holders it
+    distrusts (``gridnode.audit``): what an operator alerts on."""
+    outcomes = CounterMetricFamily(
+        "gridnode_audits", "Storage audits of this node's holders, by outcome", labels=["outcome"]
+    )
+    for outcome in ("passed", "failed", "missed"):
+        outcomes.add_metric([outcome], sum(int(h[outcome]) for h in report))
+    yield outcomes
+    yield GaugeMetricFamily(
+        "gridnode_audited_holders", "Holders of this node's packets audited so far",
+        value=len(report),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "gridnode_distrusted_holders",
+        "Holders whose audit score fell below audit_threshold (no new packets; repaired away)",
+        value=sum(1 for h in report if h["distrusted"]),
     )
 
 

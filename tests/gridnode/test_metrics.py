@@ -117,3 +117,44 @@ async def test_a_scrape_counts_jobs_by_outcome_and_what_repairs_did(tmp_path: Pa
         assert _value(body, "gridnode_packets_held") == source.packets.statistics().packet_count
         assert _value(body, 'gridnode_storage_bytes{kind="free"}') == source.packets.free_bytes
         nursery.cancel_scope.cancel()
+
+
+async def test_a_scrape_counts_audit_outcomes_and_distrusted_holders(tmp_path: Path) -> None:
+    """Audit outcomes and distrusted holders (issue 12's "audit outcomes"): a holder
+    whose packet files rot fails its audits, and the scrape says so."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "random.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    settings = {"audit_interval_s": 0}  # rounds run by hand, below
+    async with (
+        open_grid(tmp_path / "grid", 4, settings=settings) as grid,
+        trio.open_nursery() as nursery,
+    ):
+        source = grid.nodes[0]
+        port = await nursery.start(serve_metrics, source, "127.0.0.1:0")
+        _, body = await _get(port)
+        assert _value(body, 'gridnode_audits_total{outcome="passed"}') == 0
+        assert _value(body, "gridnode_audited_holders") == 0
+        await grid.call(0, "backup", paths=[str(tree)], redundancy="2/3")
+        auditor = source.auditor
+        assert auditor is not None
+        auditor.batch = 30
+        await auditor.audit_round()
+        _, body = await _get(port)
+        passed = _value(body, 'gridnode_audits_total{outcome="passed"}')
+        assert passed > 0 and _value(body, "gridnode_audited_holders") == 3
+        assert _value(body, 'gridnode_audits_total{outcome="failed"}') == 0
+        assert _value(body, "gridnode_distrusted_holders") == 0
+        rotten = next(n for n in grid.nodes[1:] if list(n.packets.iter_ids()))
+        for packet_id in rotten.packets.iter_ids():
+            path = rotten.packets.path_for(packet_id)
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0x40
+            path.write_bytes(bytes(data))
+        for _ in range(4):
+            await auditor.audit_round()
+        _, body = await _get(port)
+        assert _value(body, 'gridnode_audits_total{outcome="failed"}') > 0
+        assert _value(body, 'gridnode_audits_total{outcome="passed"}') > passed
+        assert _value(body, "gridnode_distrusted_holders") == 1
+        nursery.cancel_scope.cancel()

@@ -3,6 +3,7 @@ on disk and what it answers an owner.  Shared by the delegation tests."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,3 +35,22 @@ def idle_repairer(
         tick_s=1.0,
         clock=clock,
     )
+
+
+#: A grid where holders count as gone after half a second and delegates repair at the
+#: first loss: what the in-process delegated-repair tests run on.
+FAST_REPAIR: dict[str, object] = {
+    "repair_after_s": 0.5,
+    "repair_threshold": 1,
+    "repair_delegates": 2,
+    "gossip_probe_interval_s": 0.2,
+}
+
+
+def small_tree(root: Path) -> Path:
+    """Three files of ~150 KB of random data under ``root/src``."""
+    tree = root / "src"
+    tree.mkdir()
+    for i in range(3):
+        (tree / f"file{i}").write_bytes(os.urandom(150_000 + i))
+    return tree

@@ -31,7 +31,7 @@ from gridnode.storage.records import ChunkRecord, PacketRecord
 from protocol import receipt_payload, sign
 from protocol._messages import GetRepairMoves, GrantRepair, RepairGranted, RepairMoves
 
-from .delegates import idle_repairer
+from .delegates import FAST_REPAIR, idle_repairer, small_tree
 
 NOW = 1_800_000_000.0
 LEASE_S = 3600.0
@@ -216,16 +216,8 @@ async def test_repair_outlives_the_owner_and_both_its_delegates(tmp_path: Path) 
 
     from .inproc import open_grid
 
-    tree = tmp_path / "src"
-    tree.mkdir()
-    for i in range(3):
-        (tree / f"file{i}").write_bytes(os.urandom(150_000 + i))
-    settings = {
-        "repair_after_s": 0.5,
-        "repair_threshold": 1,
-        "repair_delegates": 2,
-        "gossip_probe_interval_s": 0.2,
-    }
+    tree = small_tree(tmp_path)
+    settings = dict(FAST_REPAIR)
     async with open_grid(tmp_path / "grid", 10, settings=settings) as grid:
         owner = grid.nodes[0]
         snap = (await grid.call(0, "backup", paths=[str(tree)], redundancy="2/4"))["snapshot_id"]

@@ -88,8 +88,12 @@ async def test_honest_holders_pass_and_lost_or_rotten_packets_fail(tmp_path: Pat
         dropper, rotter, honest = (nodes[h] for h in holders)
         assert _drop_all(dropper) > 0
         assert _rot_all(rotter) > 0
-        for _ in range(2):
+        # Which packets a round samples is random, so a holder may be asked little in
+        # one round: rounds go on (a bounded number) until both are under 0.5.
+        for _ in range(8):
             await auditor.audit_round()
+            if max(auditor.scores.score(n.identity.node_id) for n in (dropper, rotter)) < 0.5:
+                break
 
         scores = auditor.scores.holders
         assert scores[dropper.identity.node_id].failed > 0

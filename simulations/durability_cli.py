@@ -16,8 +16,9 @@ from typing import Any
 import attrs
 
 from . import durability
+from .durability_audit_report import format_audit_report
 from .durability_report import format_report
-from .durability_suite import SuiteSettings, run_suite
+from .durability_suite import SuiteSettings, run_audits_only, run_suite
 
 DEFAULT_OUT_DIR = Path("simulations/results/durability")
 
@@ -63,6 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-user", action="store_true", help="leave out the user-level model (issue 15)"
     )
+    parser.add_argument(
+        "--no-audits", action="store_true", help="leave out storage audits and leases (issue 10)"
+    )
+    parser.add_argument(
+        "--audit-mode",
+        choices=("tiny", "quick", "full"),
+        help="size of the audit and lease runs (default: as --quick, else full)",
+    )
+    parser.add_argument(
+        "--audits-only",
+        action="store_true",
+        help="run only storage audits and leases (issue 10): detection, loss, defaults",
+    )
     args = parser.parse_args(argv)
 
     settings = SuiteSettings.for_mode(args.quick)
@@ -103,7 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite_overrides["heavy_disaster_radius_km"] = args.heavy_disaster_radius_km
     if args.no_user:
         suite_overrides["user_mode"] = None
+    if args.audit_mode is not None:
+        suite_overrides["audit_mode"] = args.audit_mode
+    if args.no_audits:
+        suite_overrides["audit_mode"] = None
     settings = attrs.evolve(settings, **suite_overrides)
+    if args.audits_only:
+        if args.no_audits:
+            parser.error("--audits-only and --no-audits contradict each other")
+        results = run_audits_only(
+            settings.audit_mode or "quick", args.out, args.seed, not args.no_plots
+        )
+        print(format_audit_report(results))
+        print(f"\nwrote {', '.join(results['files'])}")
+        return 0
     results = run_suite(settings, out_dir=args.out, seed=args.seed, plots=not args.no_plots)
     print(format_report(results))
     print(f"\nwrote {', '.join(results['files'])}")

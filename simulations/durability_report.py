@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .durability_audit_report import format_audit_report
 from .user_durability import MEAN_CHUNK_BYTES, format_duration
 from .user_durability_suite import RECOMMENDED_DELAY_S, TARGET_ANY_LOSS, row_at
 
@@ -136,6 +137,8 @@ def format_report(results: dict[str, Any]) -> str:
     lines.append(f"so read them as optimistic. Runtime {results['runtime_s']:.1f} s.")
     if "user" in results:
         lines += ["", format_user_report(results["user"])]
+    if "audits" in results:
+        lines += ["", format_audit_report(results["audits"])]
     return "\n".join(lines)
 
 

@@ -4,8 +4,11 @@ Sanity first (the grid model against the binomial formula: if it fails the rest 
 not trusted), then the grid model's baseline scenario, the packet-proximity sweep
 under a disaster-heavy scenario and the repair-policy sweep, then the user-level model
 (``user_durability_suite.run_user``) with its headline figures copied to the top level
-of the result (``USER_HEADLINE_KEYS``).  With an output directory it writes
-``durability.json`` and the PNGs.
+of the result (``USER_HEADLINE_KEYS``), then storage audits and leases (issue 10,
+``durability_audit.run_audits``: detection time and loss against the audit rate, the
+lease sweep and the defaults chosen from them, under ``audits`` and, for scripts,
+``audit_recommendation``).  With an output directory it writes ``durability.json`` and
+the PNGs.
 
 :func:`run` is the benchmark runner's entry point; it reads ``run`` and
 ``format_report`` from this module, so the report's formatter is re-exported here.
@@ -21,6 +24,8 @@ from typing import Any
 import attrs
 
 from .durability import SimConfig, disaster_safe_distance_km, simulate
+from .durability_audit import run_audits
+from .durability_audit_plots import write_audit_plots
 from .durability_plots import write_plots, write_user_plots
 from .durability_report import format_report, write_json
 from .durability_stats import sanity_check, summarise
@@ -33,6 +38,7 @@ __all__ = [
     "SuiteSettings",
     "format_report",
     "run",
+    "run_audits_only",
     "run_suite",
 ]
 
@@ -66,6 +72,9 @@ class SuiteSettings:
     #: The user-level model of issue 15 (``simulations.user_durability``): "tiny",
     #: "quick", "full", or None to leave it out.
     user_mode: str | None = None
+    #: Storage audits and leases (issue 10, ``simulations.durability_audit``): "tiny",
+    #: "quick", "full", or None to leave them out.
+    audit_mode: str | None = None
 
     @classmethod
     def for_mode(cls, quick: bool) -> SuiteSettings:
@@ -75,9 +84,11 @@ class SuiteSettings:
                 sweep_chunks=10_000,
                 sweep_years=2.0,
                 user_mode="quick",
+                audit_mode="quick",
             )
         return cls(
             user_mode="full",
+            audit_mode="full",
             baseline=SimConfig(chunks=100_000, years=10.0),
             sweep_chunks=50_000,
             sweep_years=5.0,
@@ -163,6 +174,10 @@ def run_suite(
         # The figures scripts read (issue 15), at the top level of the result.
         for key in USER_HEADLINE_KEYS:
             results[key] = user[key]
+    if settings.audit_mode is not None:
+        audits = run_audits(settings.audit_mode, seed=seed)
+        results["audits"] = audits
+        results["audit_recommendation"] = audits["recommendation"]
     results["runtime_s"] = time.perf_counter() - started
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,8 +191,29 @@ def run_suite(
             files += write_plots(results, out_dir)
             if "user" in results:
                 files += write_user_plots(results["user"], out_dir)
+            if "audits" in results:
+                files += write_audit_plots(results["audits"], out_dir)
         results["files"] = [str(f) for f in files]
         write_json(out_dir / "durability.json", results)
+    return results
+
+
+def run_audits_only(
+    mode: str, out_dir: Path | None, seed: int, plots: bool = True
+) -> dict[str, Any]:
+    """Only storage audits and leases (issue 10): ``durability_audits.json`` and their
+    PNGs in ``out_dir``, for a run that does not need the other models again."""
+    results = run_audits(mode, seed=seed)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = [out_dir / "durability_audits.json"]
+        if plots and importlib.util.find_spec("matplotlib") is None:
+            results["plots_skipped"] = PLOTS_NEED
+            plots = False
+        if plots:
+            files += write_audit_plots(results, out_dir)
+        results["files"] = [str(f) for f in files]
+        write_json(files[0], results)
     return results
 
 

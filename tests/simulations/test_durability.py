@@ -314,6 +314,7 @@ def test_cli_writes_json_and_plots(tmp_path: Path) -> None:
             "--sweep-distances",
             "0,600",
             "--no-user",
+            "--no-audits",
         ]
     )
     assert code == 0
@@ -385,7 +386,8 @@ def test_shipped_policy_follows_the_node_config() -> None:
     shipped = ud.Policy.shipped()
     assert (shipped.k, shipped.n) == (k, n)
     # repair.py: a chunk is repaired once ``repair_threshold`` of its holders are gone.
-    assert shipped.repair_threshold == n - fields["repair_threshold"].default
+    gone: Any = fields["repair_threshold"].default
+    assert shipped.repair_threshold == n - int(gone)
     assert (shipped.detection, shipped.rebuild) == ("last_seen", "gone")
     assert shipped.repair_after_s == fields["repair_after_s"].default
     delegates = fields["repair_delegates"].default if "repair_delegates" in fields else 0
@@ -480,6 +482,7 @@ def test_user_suite_reports_the_headline_figures_and_plots(tmp_path: Path) -> No
         sanity_curve_p=(0.2,),
         policy_delays_days=(1.0,),
         user_mode="tiny",
+        audit_mode="tiny",
     )
     results = dsuite.run_suite(settings, out_dir=tmp_path, seed=1)
     stored = json.loads((tmp_path / "durability.json").read_text())
@@ -498,3 +501,9 @@ def test_user_suite_reports_the_headline_figures_and_plots(tmp_path: Path) -> No
     for name in ("kn_sweep", "loss_vs_departures", "source_lost", "delay_sweep", "validation"):
         assert (tmp_path / f"user_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "RECOMMENDED" in dreport.format_report(results)
+    # Storage audits and leases (issue 10) ride along, with their defaults at the top.
+    assert stored["audit_recommendation"]["audit_batch"] >= 1
+    assert stored["audits"]["rows"][0]["label"] == "off"
+    for name in ("audit_detection", "audit_loss", "lease_lapse"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "STORAGE AUDITS AND LEASES" in dreport.format_report(results)

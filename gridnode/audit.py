@@ -167,6 +167,8 @@ class HolderAudits:
     score: float = 1.0
     last_audit: float = 0.0
     last_failure: float = 0.0
+    #: When a proof last passed (``gridnode check`` counts holders that passed lately).
+    last_passed: float = 0.0
 
     @property
     def audits(self) -> int:
@@ -175,6 +177,7 @@ class HolderAudits:
     def note(self, outcome: Outcome, now: float) -> None:
         if outcome == "passed":
             self.passed += 1
+            self.last_passed = now
         elif outcome == "failed":
             self.failed += 1
             self.last_failure = now
@@ -214,6 +217,7 @@ class AuditScores:
                     score=float(entry["score"]),
                     last_audit=float(entry.get("last_audit") or 0.0),
                     last_failure=float(entry.get("last_failure") or 0.0),
+                    last_passed=float(entry.get("last_passed") or 0.0),
                 )
         except FileNotFoundError:
             pass
@@ -260,6 +264,7 @@ class AuditScores:
                 "score": round(entry.score, 4),
                 "last_audit": entry.last_audit,
                 "last_failure": entry.last_failure or None,
+                "last_passed": entry.last_passed or None,
             }
             for node_id, entry in sorted(self.holders.items())
         ]

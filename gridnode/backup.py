@@ -135,6 +135,9 @@ class _Counters:
     bytes_uploaded: int = 0
     packets_uploaded: int = 0
     packets_replaced: int = 0
+    #: Packets of shared chunks a holder had already (another member of the dedup group
+    #: stored them): kept under this node's tag, not uploaded.
+    packets_adopted: int = 0
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -269,6 +272,7 @@ class BackupJob:
             "bytes_read": c.bytes_read,
             "bytes_uploaded": c.bytes_uploaded,
             "packets_uploaded": c.packets_uploaded,
+            "packets_adopted": c.packets_adopted,
             "packets_replaced": c.packets_replaced,
             "chunks_new": c.chunks_new,
             "chunks_reused": c.chunks_reused,
@@ -626,7 +630,8 @@ class BackupJob:
                 c = self.counters
                 c.chunks_stored += 1
                 c.bytes_uploaded += uploaded.bytes_sent
-                c.packets_uploaded += len(uploaded.placed)
+                c.packets_uploaded += len(uploaded.placed) - uploaded.adopted
+                c.packets_adopted += uploaded.adopted
                 c.packets_replaced += uploaded.replaced
                 self._chunk_records.append(record)
                 now = time.monotonic()

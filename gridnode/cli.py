@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
 from . import __version__
+from .check_cli import EXAMPLE as CHECK_EXAMPLE
+from .check_cli import add_check_parser
 from .cli_common import (
     EXIT_ERROR,
     EXIT_INCOMPLETE,
@@ -27,9 +29,11 @@ from .cli_common import (
     EXIT_NOT_RUNNING,
     CliError,
     absolute,
+    add_convergence_secret,
     add_home,
     add_json,
     add_node_settings,
+    backup_summary,
     call,
     finish,
     lazy,
@@ -59,6 +63,8 @@ def cmd_status(args: argparse.Namespace) -> None:
         f"storage: {format_bytes(st['used_bytes'])} used of "
         f"{format_bytes(st['allocated_bytes'])}, {st['packets']} packets"
     )
+    if st.get("dir"):
+        print(f"  in {st['dir']}")
     audits = status.get("audits") or []
     if audits:  # storage audits of this node's holders (gridnode.audit)
         distrusted = [a["short_id"] for a in audits if a.get("distrusted")]
@@ -154,16 +160,7 @@ def cmd_backup(args: argparse.Namespace) -> None:
     if args.dry_run:
         finish(args, result, _dry_run_summary)
         return
-    finish(
-        args,
-        result,
-        lambda r: (
-            f"snapshot {r['snapshot_id']}: {r['files']} files, {format_bytes(r['bytes'])} "
-            f"({r['files_unchanged']} unchanged), uploaded {format_bytes(r['bytes_uploaded'])} in "
-            f"{r['packets_uploaded']} packets, {r['seconds']:.1f} s"
-            + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])
-        ),
-    )
+    finish(args, result, backup_summary)  # 80 columns at most (cli_common)
     if result.get("skipped"):
         # Completed, but not everything is in it: a script must be able to tell.
         print(
@@ -380,6 +377,19 @@ def _policy_summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_prune(args: argparse.Namespace) -> None:
+    result = call(args, "prune", {}, long_job=True)
+    finish(
+        args,
+        result,
+        lambda r: (
+            f"released {r['packets_released']} packets ({format_bytes(r['bytes_freed'])}), "
+            f"{r['orphan_chunks_released']} orphan chunks; "
+            f"{r['packets_pending']} deletes wait for holders that are away"
+        ),
+    )
+
+
 def cmd_repair(args: argparse.Namespace) -> None:
     params = {} if args.snapshot in (None, "all") else {"snapshot": args.snapshot}
     result = call(args, "repair", params, long_job=True)
@@ -433,6 +443,19 @@ def cmd_log(args: argparse.Namespace) -> None:
         print(f"chain: {'verified' if result['verified'] else 'BROKEN'} ({result['detail']})")
     if not result["verified"]:
         raise CliError(f"the backup log fails verification: {result['detail']}")
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    """A fresh one-time login link to the node's dashboard (``gridnode.dashboard``)."""
+    result = call(args, "dashboard")
+    if args.json:
+        print_json(result)
+    else:
+        print(f"open {result['url']}")
+        print(
+            f"(a one-time link, valid for {int(result['expires_in_s'] // 60)} minutes; the "
+            f"dashboard listens on {result['base_url']}, config key {result['config_key']})"
+        )
 
 
 def cmd_stop(args: argparse.Namespace) -> None:
@@ -501,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invite", help="invite code from the grid authority (used on first start)")
     p.add_argument("--plan", help="plan to subscribe under (with --invite)")
     add_node_settings(p, init=True)
+    add_convergence_secret(p)
     add_json(p)
     p.set_defaults(fn=lazy("gridnode.home_cli", "cmd_init"))
 
@@ -533,12 +557,34 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", cmd_status, "this node and what it sees"),
         ("snapshots", cmd_snapshots, "list snapshots"),
         ("log", cmd_log, "the signed backup log"),
+        ("dashboard", cmd_dashboard, "a one-time login link to the node's browser dashboard"),
         ("stop", cmd_stop, "stop the running node"),
     ):
         p = sub.add_parser(name, help=helptext)
         add_home(p)
         add_json(p)
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser(
+        "leave",
+        help="leave the grid for good: owners move this node's packets first",
+    )
+    add_home(p)
+    p.add_argument(
+        "--timeout",
+        default="1h",
+        help="how long to wait for the owners, e.g. 3600, 30m, 2d (default 1h)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="leave at the timeout even with packets still held (their owners repair them)",
+    )
+    p.add_argument(
+        "--cancel", action="store_true", help="stop draining: take packets again and stay"
+    )
+    add_json(p)
+    p.set_defaults(fn=lazy("gridnode.leave_cli", "cmd_leave"))
 
     schedule = sub.add_parser(
         "schedule", help="backups the node runs by itself ([[schedule]] in gridnode.toml)"
@@ -624,6 +670,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_diff)
 
     p = sub.add_parser(
+        "prune",
+        help="free space now: send queued deletes, release orphaned packets",
+        description="Send every delete a holder has not confirmed yet (a forget while it "
+        "was away) and release the packets of backups that never completed, past "
+        "orphan_grace_s. The node also does this by itself every lease_sweep_interval_s.",
+    )
+    add_home(p)
+    add_json(p)
+    p.set_defaults(fn=cmd_prune)
+
+    p = sub.add_parser(
         "forget",
         help="drop a snapshot, or all but those a retention policy keeps, and free packets",
         description="Forget one snapshot, or apply a retention policy (restic's rules) to "
@@ -677,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("snapshot", nargs="?", help="one snapshot (default: every complete one)")
     add_json(p)
     p.set_defaults(fn=cmd_repair)
+    add_check_parser(sub)
 
     p = sub.add_parser("key", help="show or export this node's key")
     add_home(p)
@@ -707,6 +765,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the grid (default 60)"
     )
+    p.add_argument("--dedup-group", help="the dedup group the lost node was in")
+    add_convergence_secret(p)
     add_json(p)
     p.set_defaults(fn=cmd_recover)
 
@@ -734,6 +794,7 @@ EXIT_CODES: Final = (
     (3, "a backup completed but could not read some entries (named in its notes)"),
     (EXIT_NO_HOME, "no such home (no gridnode.toml): gridnode init makes one"),
     (EXIT_NOT_RUNNING, "the home's node is not running: gridnode run starts it"),
+    (6, "check: a snapshot is below the repair threshold (and was not repaired)"),
     (130, "interrupted"),
 )
 
@@ -782,8 +843,10 @@ EXAMPLES: Final = {
     "status": "gridnode status --home ~/gn",
     "snapshots": "gridnode snapshots --home ~/gn",
     "log": "gridnode log --home ~/gn",
+    "dashboard": "gridnode dashboard --home ~/gn",
     "schedule list": "gridnode schedule list --home ~/gn --json",
     "stop": "gridnode stop --home ~/gn",
+    "leave": "gridnode leave --home ~/gn --timeout 2d",
     "backup": "gridnode backup --home ~/gn ~/Documents --exclude-file ~/.gridnode-excludes "
     "--backup-proximity 100km:3000km --tag documents",
     "restore": "gridnode restore --home ~/gn latest --to /tmp/restore --path Documents/taxes",
@@ -793,8 +856,10 @@ EXAMPLES: Final = {
     "verify": "gridnode verify --home ~/gn latest",
     "forget": "gridnode forget --home ~/gn --keep-daily 7 --keep-weekly 4 --keep-monthly 12 "
     "--tag documents",
+    "prune": "gridnode prune --home ~/gn --json",
     "placement": "gridnode placement --home ~/gn latest",
     "repair": "gridnode repair --home ~/gn",
+    "check": CHECK_EXAMPLE,
     "key": "gridnode key phrase --home ~/gn",
     "recover": "gridnode recover --home ~/gn2 --key - --grid office-grid.toml --seed 10.0.0.5:7400",
     "demo": "gridnode demo --nodes 8",
@@ -856,8 +921,8 @@ def _join_negative_coordinates(argv: Sequence[str]) -> list[str]:
 _NO_LOGGING: Final = frozenset(
     {
         "run", "status", "snapshots", "log", "stop", "backup", "restore", "ls", "find",
-        "diff", "verify", "forget", "placement", "repair", "completion", "manpage",
-        "schedule",
+        "diff", "verify", "forget", "prune", "placement", "repair", "completion", "manpage",
+        "schedule", "leave", "dashboard", "check",
     }
 )  # fmt: skip
 

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from . import control_client
-from .config_keys import CONFIG_KEYS, ConfigKey
+from .config_keys import CONFIG_KEYS, ConfigKey, flag_of
 from .control_files import ControlError, NodeNotRunning
-from .home_layout import CONFIG_NAME, default_home
+from .home_layout import CONFIG_NAME, DEFAULT_HOME_TEXT, default_home
 from .units import format_bytes
 
 __all__ = [
+    "EXIT_BELOW_THRESHOLD",
     "EXIT_ERROR",
     "EXIT_INCOMPLETE",
     "EXIT_NOT_RUNNING",
@@ -33,9 +34,11 @@ __all__ = [
     "CliError",
     "Progress",
     "absolute",
+    "add_convergence_secret",
     "add_home",
     "add_json",
     "add_node_settings",
+    "backup_summary",
     "call",
     "finish",
     "format_eta",
@@ -60,6 +63,8 @@ EXIT_NO_HOME = 4
 EXIT_NOT_RUNNING = 5
 #: A backup that completed but could not read some entries (they are named in its notes).
 EXIT_INCOMPLETE = 3
+#: ``gridnode check``: a snapshot has a chunk at the repair threshold, not repaired.
+EXIT_BELOW_THRESHOLD = 6
 
 
 def format_eta(seconds: float) -> str:
@@ -107,6 +112,11 @@ class Progress:
     @staticmethod
     def line(event: dict[str, Any], width: int = 80) -> str:
         """The text of one redraw (without the carriage return), at most ``width`` wide."""
+        if "packets_held" in event:  # leave: the owners' hand-over
+            return (
+                f"handing over: {event['packets_held']}/{event['packets_at_start']} "
+                f"packets still held, {event.get('seconds', 0):.0f} s"
+            )[:width]
         if "chunks_checked" in event and "bytes_total" not in event:  # verify, repair
             total = event.get("chunks_total")
             frac = min(event["chunks_checked"] / total, 1.0) if total else None
@@ -138,6 +148,24 @@ class Progress:
         if self._drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+#: Columns a summary line fits: a terminal's default width.
+SUMMARY_WIDTH = 80
+
+
+def backup_summary(r: dict[str, Any]) -> str:
+    """What ``gridnode backup`` prints at the end: the snapshot on the first line, the
+    upload on an indented second.  On one line it was 95 columns for a few thousand files
+    (the snapshot id alone is 16) and wrapped on an 80-column terminal; each line now fits
+    80 columns up to ten-digit counts.  The notes follow, one per line, as they are.
+    ``--json`` prints the job's result instead, unchanged."""
+    return (
+        f"snapshot {r['snapshot_id']}: {r['files']} files, {format_bytes(r['bytes'])} "
+        f"({r['files_unchanged']} unchanged)\n"
+        f"  uploaded {format_bytes(r['bytes_uploaded'])} in {r['packets_uploaded']} packets, "
+        f"{r['seconds']:.1f} s" + "".join(f"\n  note: {n}" for n in r.get("notes", [])[:10])
+    )
 
 
 def print_json(value: Any) -> None:
@@ -219,12 +247,28 @@ def add_home(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--home",
         default=os.environ.get("GRIDNODE_HOME"),
-        help="node home directory (default $GRIDNODE_HOME or ~/.local/share/gridnode)",
+        help=f"node home directory (default {DEFAULT_HOME_TEXT})",
     )
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_convergence_secret(p: argparse.ArgumentParser) -> None:
+    """The dedup group's secret (``gridnode.dedup_group``), with ``--dedup-group``."""
+    p.add_argument(
+        "--convergence-secret-file",
+        metavar="FILE",
+        help="the dedup group's secret (32+ random bytes or a passphrase of 32+ characters); "
+        "its derived key is kept in the home, mode 600",
+    )
+    p.add_argument(
+        "--new-convergence-secret",
+        metavar="FILE",
+        help="make a new group secret in FILE (mode 600) and use it; give FILE to the "
+        "group's other members",
+    )
 
 
 def add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
@@ -246,12 +290,15 @@ def add_node_settings(p: argparse.ArgumentParser, *, init: bool) -> None:
 
 def _add_key_flag(p: argparse.ArgumentParser, key: ConfigKey) -> None:
     """``--log-level`` for ``log_level``: the flag's help, default and choices are the
-    key's, so the two cannot drift apart."""
+    key's, so the two cannot drift apart.  The value lands under the key's name
+    (``--storage`` in ``args.storage_dir``)."""
     text = key.help.replace("%", "%%")  # argparse formats help with %
     if key.default not in (None, ""):
         text += f" (default {key.default})"
-    flag = "--" + key.name.replace("_", "-")
-    p.add_argument(flag, choices=key.choices or None, help=text)
+    metavar = "DIR" if key.kind == "path" else None
+    p.add_argument(
+        flag_of(key), dest=key.name, metavar=metavar, choices=key.choices or None, help=text
+    )
 
 
 def lazy(module: str, name: str) -> Callable[[argparse.Namespace], None]:

@@ -163,16 +163,20 @@ class NodeConfig:
     lon: float | None = _DEFAULTS["lon"]
     city: str = _DEFAULTS["city"]
     allocated_bytes: int = _DEFAULTS["allocated_bytes"]
+    #: Where the packets held for others live ("" : HOME/storage); see ``packet_root``.
+    storage_dir: str = _DEFAULTS["storage_dir"]
     log_level: str = _DEFAULTS["log_level"]
     location_check: str = _DEFAULTS["location_check"]
     labels: tuple[str, ...] = _DEFAULTS["labels"]
     redundancy: str = _DEFAULTS["redundancy"]
     backup_proximity: str = _DEFAULTS["backup_proximity"]
     packet_proximity: str = _DEFAULTS["packet_proximity"]
+    dedup_group: str = _DEFAULTS["dedup_group"]
     seal_payloads: bool = _DEFAULTS["seal_payloads"]
     bandwidth_bps: int = _DEFAULTS["bandwidth_bps"]
     control_port: int = _DEFAULTS["control_port"]
     metrics_listen: str = _DEFAULTS["metrics_listen"]
+    dashboard_listen: str = _DEFAULTS["dashboard_listen"]
     summary_interval_s: float = _DEFAULTS["summary_interval_s"]
     grace_period_s: float = _DEFAULTS["grace_period_s"]
     request_timeout_s: float = _DEFAULTS["request_timeout_s"]
@@ -191,6 +195,11 @@ class NodeConfig:
     audit_interval_s: float = _DEFAULTS["audit_interval_s"]
     audit_batch: int = _DEFAULTS["audit_batch"]
     audit_threshold: float = _DEFAULTS["audit_threshold"]
+    lease_s: float = _DEFAULTS["lease_s"]
+    lease_renew_interval_s: float = _DEFAULTS["lease_renew_interval_s"]
+    lease_grace_s: float = _DEFAULTS["lease_grace_s"]
+    lease_sweep_interval_s: float = _DEFAULTS["lease_sweep_interval_s"]
+    orphan_grace_s: float = _DEFAULTS["orphan_grace_s"]
     authority_key: str = _DEFAULTS["authority_key"]
     authority_address: str = _DEFAULTS["authority_address"]
     certificate_lifetime_s: float = _DEFAULTS["certificate_lifetime_s"]
@@ -212,6 +221,14 @@ class NodeConfig:
     @property
     def key_path(self) -> Path:
         return self.home / "node.key"
+
+    @property
+    def packet_root(self) -> Path:
+        """The packet store's directory (``storage_dir``; a relative one is under the
+        home, so a config file means the same wherever the node is started from)."""
+        if not self.storage_dir:
+            return self.home / "storage"
+        return (self.home / Path(self.storage_dir).expanduser()).absolute()
 
     def to_values(self) -> dict[str, Any]:
         """Every key as the config file spells it (``gridnode config show`` too)."""

@@ -35,6 +35,7 @@ __all__ = [
     "check_metrics_address",
     "check_settable",
     "field_defaults",
+    "flag_of",
     "migrate_values",
     "parse_address",
     "reference_markdown",
@@ -160,6 +161,9 @@ def _labels(key: str, value: Any) -> tuple[str, ...]:
     for label in labels:
         if "=" not in label:
             raise ConfigError(f"config key {key!r}: {label!r} is not NAME=VALUE")
+        if label.partition("=")[0].strip().startswith("gridnode."):
+            # gridnode.state=leaving marks a node that drains to leave (gridnode.leave).
+            raise ConfigError(f"config key {key!r}: label names gridnode.* are reserved")
     return labels
 
 
@@ -186,6 +190,28 @@ def _band(key: str, value: Any) -> str:
 
         try:
             parse_band(text)
+        except ValueError as exc:
+            raise ConfigError(f"config key {key!r}: {exc}") from None
+    return text
+
+
+def _storage_dir(key: str, value: Any) -> str:
+    """A directory path, kept as given (``NodeConfig.packet_root`` resolves it)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"config key {key!r}: expected a directory path, got {value!r}")
+    text = value.strip()
+    if "\x00" in text:
+        raise ConfigError(f"config key {key!r}: a path cannot hold a NUL character")
+    return text
+
+
+def _dedup_group(key: str, value: Any) -> str:
+    text = str(value)
+    if text:
+        from .dedup_group import check_group_name  # only when a config is read
+
+        try:
+            check_group_name(text)
         except ValueError as exc:
             raise ConfigError(f"config key {key!r}: {exc}") from None
     return text
@@ -283,6 +309,14 @@ class ConfigKey(NamedTuple):
     choices: tuple[str, ...] = ()
     #: Why ``--set`` may not give it, when the reason is not the grid file.
     not_settable: str = ""
+    #: The flag's spelling when it is not ``--`` + the name (``--storage``).
+    flag_name: str = ""
+
+
+def flag_of(key: ConfigKey) -> str:
+    """The command-line flag of a key declared with one: ``--log-level`` for
+    ``log_level`` unless the key names its own (``storage_dir`` is ``--storage``)."""
+    return key.flag_name or "--" + key.name.replace("_", "-")
 
 
 def _one(
@@ -478,6 +512,18 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         bounds="at most the storage disk's free space (checked by init)",
         flag="run",
     ),
+    # The packets held for others may live on another disk than the home (issue 12);
+    # holdings.sqlite stays in HOME/storage (gridnode/storage/location.py says why).
+    _key(
+        "storage_dir",
+        "path",
+        "",
+        "directory of the packets held for others, e.g. on another disk; empty: HOME/storage",
+        _storage_dir,
+        bounds="a directory (init makes it); relative in the file: to the home",
+        flag="init",
+        flag_name="--storage",
+    ),
     # Info by default: a long-running node says what it does (members, jobs, a periodic
     # summary); warning keeps only what needs a look.
     _choices(
@@ -524,6 +570,21 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         _band,
         flag="init",
     ),
+    # Opt-in (claims 4, 5, 20; gridnode/dedup_group.py): members share chunk ids, keys and
+    # placement of data chunks, and can learn which chunks the others stored.
+    _key(
+        "dedup_group",
+        "name",
+        "",
+        "dedup group whose members store shared data once (empty: none); "
+        "given with --convergence-secret-file at init",
+        _dedup_group,
+        flag="init",
+        settable=False,
+        not_settable="--set dedup_group: a node joins a dedup group at `gridnode init "
+        "--dedup-group NAME --convergence-secret-file FILE`, which puts the group's key in "
+        "the home beside it",
+    ),
     _key("seal_payloads", "boolean", False, "seal packet payloads", _bool),
     _integer("bandwidth_bps", 100_000_000, 0, 10**13, "upload bandwidth in bits per second"),
     # Unused since the control channel became a Unix socket (gridnode/control.py); still
@@ -536,6 +597,16 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         "loopback HOST:PORT for the Prometheus endpoint; empty turns it off",
         _metrics_listen,
         bounds="loopback only",
+    ),
+    # gridnode.dashboard: port 0 lets the kernel pick a free port (`gridnode dashboard`
+    # prints the URL); every page needs the one-time login link's cookie, even on loopback.
+    _key(
+        "dashboard_listen",
+        "HOST:PORT",
+        "127.0.0.1:0",
+        "HOST:PORT of the browser dashboard (port 0: any free port); empty turns it off",
+        _optional_address,
+        bounds="login token always",
     ),
     _number(
         "summary_interval_s",
@@ -621,6 +692,45 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         0.0,
         1.0,
         "audit score below which a holder gets no new packets and its packets move; 0 turns it off",
+    ),
+    # gridnode.leases: a laptop off for weeks keeps its packets (60 days), renewed weekly
+    # (about 70 bytes a packet a week); a source gone for good stops costing anyone space
+    # a lease and a grace later.
+    _number(
+        "lease_s",
+        60 * _DAY,
+        2.0,
+        _DAY * 730,
+        "seconds a holder keeps a packet after its last lease renewal (asked and granted)",
+    ),
+    _number(
+        "lease_renew_interval_s",
+        7 * _DAY,
+        1.0,
+        _DAY * 365,
+        "seconds between renewals of this node's leases (at most half of lease_s is used)",
+    ),
+    _number(
+        "lease_grace_s",
+        _DAY,
+        0.0,
+        _DAY * 30,
+        "seconds a holder waits after a lease ended before it reclaims the packet",
+    ),
+    _number(
+        "lease_sweep_interval_s",
+        3600.0,
+        0.0,
+        _DAY,
+        "seconds between runs of the collector (leases, retried deletes, orphans); 0: never",
+    ),
+    # A backup interrupted tonight is usually resumed tomorrow and reuses what it stored.
+    _number(
+        "orphan_grace_s",
+        3 * _DAY,
+        0.0,
+        _DAY * 365,
+        "seconds before packets of a backup that never completed are released",
     ),
     _key(
         "authority_key",
@@ -752,7 +862,7 @@ def reference_markdown() -> str:
     ]
     for key in CONFIG_KEYS:
         settable = "yes" if key.settable else "no"
-        flag = f" (flag `--{key.name.replace('_', '-')}`)" if key.flag else ""
+        flag = f" (flag `{flag_of(key)}`)" if key.flag else ""
         cells = (
             f"`{key.name}`",
             key.kind,

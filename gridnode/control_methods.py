@@ -24,8 +24,10 @@ from protocol import format_node_id, short_node_id
 
 from .authority.client import SubscriptionFailed
 from .backup import BackupJob, BackupRequest
+from .check import Checker
 from .control import ControlError, Emit
 from .errors import PeerError
+from .leave import leave_params
 from .listing import diff_snapshots, find_in_snapshots, list_snapshot
 from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     from .delegation import Delegator, Repairer
     from .identity import NodeIdentity
     from .job_services import Services
+    from .leases import LeaseKeeper
+    from .leave import Departure, Handover
     from .scheduler import Scheduler
     from .storage.packets import PacketDirectory
     from .transport import Transport
@@ -104,8 +108,26 @@ class ControlledNode(Protocol):
     def scheduler(self) -> Scheduler | None: ...
     @property
     def auditor(self) -> Auditor | None: ...
+    @property
+    def departure(self) -> Departure | None: ...
+    @property
+    def handover(self) -> Handover | None: ...
+    @property
+    def lease_keeper(self) -> LeaseKeeper | None: ...
 
     def shutdown(self) -> None: ...
+
+
+async def _lease_status(node: ControlledNode) -> dict[str, Any]:
+    keeper = node.lease_keeper
+    pending, pending_bytes = await node.services.db(node.services.catalog.pending_deletes)
+    return {
+        "pending_deletes": pending,
+        "pending_bytes": pending_bytes,
+        "lease_s": node.config.lease_s,
+        "renew_interval_s": keeper.renew_every_s if keeper is not None else None,
+        "counters": dict(keeper.stats) if keeper is not None else {},
+    }
 
 
 def _str(params: dict[str, Any], key: str, default: str | None = None) -> str:
@@ -179,7 +201,8 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             )
 
         async with trio.open_nursery() as nursery:
-            for link in node.transport.links():
+            # ``peers: false`` (the dashboard's ticks): no round trips, ``peers`` empty.
+            for link in node.transport.links() if params.get("peers", True) is not False else ():
                 nursery.start_soon(ping, link)
         peers.sort(key=lambda p: p["address"])
         members = []
@@ -214,6 +237,12 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             "short_id": node.identity.short_id,
             "grid_id": config.grid_id.hex(),
             "grid_name": config.grid_name,
+            # The dedup group (gridnode.dedup_group): members' fingerprints agree.
+            "dedup_group": (
+                {"name": group.name, "fingerprint": group.fingerprint}
+                if (group := node.identity.group) is not None
+                else None
+            ),
             "address": node.transport.address,
             "city": config.city,
             "lat": config.lat,
@@ -229,17 +258,23 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
                 "free_bytes": stats.free_bytes,
                 "packets": stats.packet_count,
                 "quarantined": stats.quarantined_count,
+                # Where the packets are: storage_dir, on another disk, or HOME/storage.
+                "dir": str(node.packets.root),
             },
             "peers": peers,
             "members": members,
             "membership_version": node.gossiper.membership.version,
             "jobs_running": node.request.running,
+            # Draining before a graceful leave (``gridnode leave``): takes no new packets.
+            "draining": node.departure is not None and node.departure.draining,
             # Members holding a repair capability of this node's snapshots, and until when.
             "repair_delegates": node.delegator.status() if node.delegator is not None else [],
             # Capabilities this node holds for others (it is their delegate).
             "delegated_to_me": node.repairer.leases() if node.repairer is not None else [],
             # Storage audits of this node's holders, per holder (gridnode.audit).
             "audits": node.auditor.scores.report() if node.auditor is not None else [],
+            # Leases of this node's packets and deletes holders have not confirmed yet.
+            "leases": await _lease_status(node),
             "delegated_repair": {
                 "counters": dict(node.repairer.stats) if node.repairer is not None else {},
                 "problems": list(node.repairer.problems) if node.repairer is not None else [],
@@ -247,6 +282,8 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             "counters": {
                 **node.packet_store.stats,
                 **node.retriever.stats,
+                # Packets this node moved off members that left (``gridnode.leave``).
+                **(node.handover.stats if node.handover is not None else {}),
                 "refused_handshakes": node.transport.refused_handshakes,
                 "refused_connections": node.transport.refused_connections,
                 "gossip_dropped": node.gossip_dropped,
@@ -334,6 +371,32 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             raise ControlError("bad_params", "parameter 'snapshot' must be a string")
         return await repair_job(services, snapshot, emit)
 
+    async def check(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """``gridnode check``: each snapshot's weakest chunk from the member view, the
+        audits and the catalog, no packet fetched (``gridnode.check``)."""
+        repair = params.get("repair", False)
+        if not isinstance(repair, bool):
+            raise ControlError("bad_params", "parameter 'repair' must be a boolean")
+        gossiper = node.gossiper
+        if gossiper is None:
+            raise ControlError("not_ready", "this node is starting")
+        own = node.identity.node_id
+
+        def present() -> set[bytes]:
+            """Alive or suspect (not yet declared dead), as the automatic repair counts."""
+            members = gossiper.members()
+            return {v.record.node_id for v in members if v.state in ("alive", "suspect")} | {own}
+
+        checker = Checker(
+            services=services,
+            alive=present,
+            state_of=lambda n: "alive" if n == own else gossiper.membership.state_of(n),
+            scores=node.auditor.scores if node.auditor is not None else None,
+            threshold=node.config.repair_threshold,
+            on_repair=node.request.note_repair,
+        )
+        return await checker.run(repair=repair)
+
     async def forget(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         raw_policy = params.get("policy")
         if raw_policy is None:
@@ -357,6 +420,14 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             )
         except RetentionError as exc:
             raise ControlError("bad_params", str(exc)) from None
+
+    async def prune(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """Release now what the lease keeper releases in the background: orphans past
+        their grace and every queued delete whose holder is in the view."""
+        if node.lease_keeper is None:
+            raise ControlError("not_ready", "this node is starting")
+        await emit({"event": "started"})
+        return {"event": "result", **await node.lease_keeper.round(prune=True)}
 
     async def placement(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         snap = await resolve(services, _str(params, "snapshot"))
@@ -452,6 +523,17 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
         result: dict[str, Any] = await reporter.account(node.subscription.status_json())
         return result
 
+    async def leave(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        """``gridnode leave``: drain, wait for the owners to move their packets, then
+        leave (``gridnode.leave``); ``cancel`` takes packets again."""
+        timeout_s, force, cancel = leave_params(params)
+        if node.departure is None:
+            raise ControlError("not_ready", "this node is starting")
+        if cancel:
+            node.departure.cancel()
+            return {"event": "result", "ok": True, "draining": False}
+        return await node.departure.leave(timeout_s=timeout_s, force=force, emit=emit)
+
     async def shutdown(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         node.shutdown()
         return {"stopping": True}
@@ -467,11 +549,14 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
         "find": find,
         "verify": verify,
         "forget": forget,
+        "prune": prune,
         "repair": repair,
+        "check": check,
         "placement": placement,
         "log": backup_log,
         "recover_catalog": recover_catalog,
         "subscribe": subscribe,
         "account": account,
+        "leave": leave,
         "shutdown": shutdown,
     }

@@ -20,9 +20,11 @@ import trio
 from .cli_common import CliError, print_json, resolve_home
 from .config import CONFIG_NAME, GridFile, build_config, load_config, parse_address
 from .config_keys import CONFIG_KEYS, check_settable, reference_markdown
+from .dedup_group import install_group, prepare_group
 from .exception_groups import collapse_groups
 from .identity import NodeIdentity, load_identity, read_key_argument
 from .log import configure_logging
+from .storage.location import check_packet_root
 from .units import format_bytes
 
 __all__ = [
@@ -82,6 +84,15 @@ def _set_items(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _absolute_storage(values: dict[str, Any]) -> dict[str, Any]:
+    """A ``storage_dir`` given on the command line is relative to where the command
+    runs, as a shell user means it; the file's own relative value is the home's."""
+    given = values.get("storage_dir")
+    if isinstance(given, str) and given.strip():
+        values["storage_dir"] = os.path.abspath(os.path.expanduser(given.strip()))
+    return values
+
+
 def init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
     values: dict[str, Any] = {
         "grid_id": grid.grid_id.hex(),
@@ -93,15 +104,15 @@ def init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
     }
     if getattr(args, "label", None):
         values["labels"] = list(args.label)
-    return values | _set_items(args)
+    return _absolute_storage(values | _set_items(args))
 
 
-def check_allocation(home: Path, allocated: int) -> None:
+def check_allocation(where: Path, allocated: int) -> None:
     """Refuse an allocation the disk cannot hold: ``--allocate 500TB`` on a small disk was
     accepted, and the grid then placed packets on a node that could not keep them.
-    Counted: the free space of the disk the packets go to (the home's, or its nearest
-    existing parent's) plus what the node's storage already holds there."""
-    where = home / "storage"
+    Counted: the free space of the disk the packets go to (``where``, the packet store's
+    directory: ``storage_dir`` or ``HOME/storage``, or its nearest existing parent) plus
+    what is already stored there."""
     probe = where
     for _ in range(64):  # bounded: a path has fewer parts than this
         if probe.exists() or probe == probe.parent:
@@ -135,10 +146,22 @@ def init_home(
         grid = GridFile.load(Path(args.grid))
     values = init_values(args, grid)
     config = build_config(home, values)
-    check_allocation(home, config.allocated_bytes)
+    check_allocation(config.packet_root, config.allocated_bytes)
+    if config.storage_dir:
+        # Made here, so that a run finds it; a run never makes it (a directory missing
+        # then is a disk not mounted, and the node must not start empty on its mount point).
+        config.packet_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_packet_root(home, config.packet_root)
+    group = prepare_group(
+        home,
+        config.dedup_group,
+        getattr(args, "convergence_secret_file", None),
+        getattr(args, "new_convergence_secret", None),
+    )
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     identity.write_key_file(config.key_path)
+    install_group(home, group)  # the group's key: in the home (0600), never in the config
     config.save()
     from .control import ensure_token
 
@@ -153,8 +176,11 @@ def init_home(
         "lat": config.lat,
         "lon": config.lon,
         "allocated_bytes": config.allocated_bytes,
+        "storage_dir": str(config.packet_root),
         "key_file": str(config.key_path),
         "redundancy": config.redundancy,
+        "dedup_group": group.name if group else None,
+        "dedup_group_fingerprint": group.fingerprint if group else None,
     }
 
 
@@ -188,6 +214,7 @@ def cmd_init(args: argparse.Namespace) -> None:
             f"  listen {info['listen']}, location {info['city'] or info['lat']}, "
             f"allocation {format_bytes(info['allocated_bytes'])}"
         )
+        print(f"  packets held for others go to {info['storage_dir']}")
         n = int(str(info["redundancy"]).split("/")[1])
         print(
             f"  backups default to {info['redundancy']} erasure coding: they need a grid of "
@@ -197,13 +224,19 @@ def cmd_init(args: argparse.Namespace) -> None:
             f"  key file {info['key_file']}: keep a copy off this machine "
             f"(or run `gridnode key phrase --home {home}` and write the phrase down)"
         )
+        if info["dedup_group"]:
+            print(
+                f"  dedup group {info['dedup_group']} (fingerprint "
+                f"{info['dedup_group_fingerprint']}): data the members share is stored once; "
+                "keep the group's secret with the key (a recovery needs both)"
+            )
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     values = _given(args, _RUN_KEYS)
     if getattr(args, "seed", None):
         values["seeds"] = list(args.seed)
-    return values | _set_items(args)
+    return _absolute_storage(values | _set_items(args))
 
 
 async def serve_until_signalled(node_run: Callable[..., Any]) -> None:

@@ -5,7 +5,8 @@ disaster recovery in issue 3).  So the Ed25519 identity, the dedup secret, the s
 sequence key, the record-sealing key and the recovery-root signing key (the hash of
 its verification key is the root's locator) are all derived from the 32-byte seed
 with BLAKE3 in key-derivation mode (distinct context strings), and the key file or
-the recovery phrase holds only that seed plus a checksum.
+the recovery phrase holds only that seed plus a checksum.  A node in a dedup group
+(``gridnode.dedup_group``) also needs the group's key, which keys its data chunks.
 
 The key file is written atomically with mode 0600 and refused on load when other
 users can read it: a readable key would let anyone read and delete this node's backups.
@@ -18,7 +19,7 @@ import os
 import stat
 from functools import cached_property
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import blake3
 import nacl.utils
@@ -28,6 +29,9 @@ from protocol import format_node_id, root_locator, short_node_id
 
 from .errors import UserError
 from .fsutil import atomic_write
+
+if TYPE_CHECKING:
+    from .dedup_group import DedupGroup
 
 __all__ = ["KeyError_", "NodeIdentity", "load_identity", "parse_recovery_phrase"]
 
@@ -50,10 +54,18 @@ def _derive(seed: bytes, purpose: str) -> bytes:
 class NodeIdentity:
     """All secrets of one node, derived on demand from its seed."""
 
-    def __init__(self, seed: bytes) -> None:
+    def __init__(self, seed: bytes, group: DedupGroup | None = None) -> None:
         if len(seed) != 32:
             raise KeyError_("a node seed is 32 bytes")
         self._seed = seed
+        #: The dedup group this node is in (``gridnode.dedup_group``), None: its own.
+        self.group = group
+
+    def in_group(self, group: DedupGroup | None) -> NodeIdentity:
+        """This identity in ``group`` (itself when None): its data chunks are then
+        identified, encrypted and placed with the group's keys; everything private
+        (records, delete secrets, owner tags, signing keys) stays derived from the seed."""
+        return self if group is None else NodeIdentity(self._seed, group)
 
     @classmethod
     def generate(cls) -> NodeIdentity:
@@ -77,13 +89,25 @@ class NodeIdentity:
 
     @cached_property
     def dedup_secret(self) -> bytes:
-        """Keys the unique data identifier and convergent encryption of this dedup domain."""
+        """Keys the unique data identifier and convergent encryption of this dedup domain:
+        the node alone, or its dedup group (the group's data secret, so the same chunk
+        becomes the same packets on every member)."""
+        if self.group is not None:
+            return self.group.data_secret
         return _derive(self._seed, "dedup secret")
 
     @cached_property
     def sequence_key(self) -> bytes:
-        """Keys the rendezvous order: without it nobody can compute the non-transparent sequence."""
+        """Keys the rendezvous order: without it nobody can compute the non-transparent sequence.
+
+        Always the node's own: its records are placed under it.  A group's data chunks
+        are placed under ``shared_sequence_key``."""
         return _derive(self._seed, "sequence key")
+
+    @property
+    def shared_sequence_key(self) -> bytes | None:
+        """The group's placement key for shared (data) chunks; None outside a group."""
+        return None if self.group is None else self.group.sequence_key
 
     @cached_property
     def record_key(self) -> bytes:

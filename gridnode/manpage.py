@@ -92,7 +92,10 @@ def render(
         ".SH FILES",
         ".TP",
         "\\fI~/.local/share/gridnode\\fR",
-        _roff("the default node home: node.key, gridnode.toml, catalog.sqlite, storage/"),
+        _roff(
+            "the default node home when neither GRIDNODE_HOME nor XDG_DATA_HOME is set "
+            "(then $XDG_DATA_HOME/gridnode): node.key, gridnode.toml, catalog.sqlite, storage/"
+        ),
         ".SH SEE ALSO",
         _roff("README.md and docs/OPERATING.md in the gridnode sources."),
     ]

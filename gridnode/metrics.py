@@ -64,9 +64,13 @@ class MetricsCollector(Collector):
         #: Seconds since the newest complete snapshot finished (None: no snapshot yet),
         #: refreshed from the catalog before each scrape (``refresh``).
         self.backup_age_s: float | None = None
+        #: Deletes holders have not confirmed yet (``gridnode.leases``), and their bytes.
+        self.pending_deletes: tuple[int, int] = (0, 0)
 
     async def refresh(self) -> None:
         self.backup_age_s = await last_backup_age_s(self.node.services)
+        services = self.node.services
+        self.pending_deletes = await services.db(services.catalog.pending_deletes)
 
     def collect(self) -> Iterator[Metric]:
         node = self.node
@@ -112,6 +116,17 @@ class MetricsCollector(Collector):
         if auditor is not None:
             yield from _audits(auditor.scores.report())
         yield from _counters("gridnode_store", "Packet store events", node.packet_store.stats)
+        pending = GaugeMetricFamily(
+            "gridnode_pending_deletes",
+            "Deletes of this node's packets that holders have not confirmed yet",
+            labels=["unit"],
+        )
+        pending.add_metric(["packets"], self.pending_deletes[0])
+        pending.add_metric(["bytes"], self.pending_deletes[1])
+        yield pending
+        keeper = getattr(node, "lease_keeper", None)  # (leases: issue 10)
+        if keeper is not None:
+            yield from _counters("gridnode_leases", "Lease renewals and releases", keeper.stats)
         yield from _counters("gridnode_fetch", "Retriever events", node.retriever.stats)
         repairer = getattr(node, "repairer", None)  # (delegated repair: issue 15)
         if repairer is not None:

@@ -32,6 +32,7 @@ from protocol import (
     AuditPacket,
     Message,
     RenewCertificate,
+    RenewLeases,
     SpreadRevocations,
     Subscribe,
     format_node_id,
@@ -54,10 +55,14 @@ from .authority.subscriptions import SubscriptionManager
 from .config import NodeConfig
 from .control import ControlServer, Emit
 from .control_methods import build_methods
+from .dashboard import Dashboard, JobBoard, dashboard_method
+from .dedup_group import load_group
 from .delegation import Delegator, Repairer
 from .errors import PeerGone, RemoteError
 from .identity import NodeIdentity
 from .job_services import Services
+from .leases import LeaseKeeper
+from .leave import Departure, Handover
 from .log import get_logger
 from .logic.placement.members import Member
 from .ratelimit import RateLimiter
@@ -65,6 +70,7 @@ from .repair import AutoRepair
 from .scheduler import Scheduler
 from .storage.catalog import Catalog
 from .storage.holdings import Holdings
+from .storage.location import open_packet_directory
 from .storage.packets import PacketDirectory
 from .storage.records import ChunkRecord
 from .summary import run_reporting
@@ -87,9 +93,10 @@ def open_node_storage(
     catalog = Catalog(home / "catalog.sqlite", signing_key=identity.signing_key)
     (home / "storage").mkdir(parents=True, exist_ok=True)
     holdings = Holdings(home / "storage" / "holdings.sqlite")
-    # The recovery roots held for others count against the allocation like packets.
-    packets = PacketDirectory(
-        home / "storage", config.allocated_bytes, other_bytes=holdings.root_bytes()
+    # The recovery roots held for others count against the allocation like packets.  The
+    # packets may live on another disk (storage_dir); holdings stay in the home.
+    packets = open_packet_directory(
+        home, config.packet_root, config.allocated_bytes, other_bytes=holdings.root_bytes()
     )
     return catalog, packets, holdings
 
@@ -123,8 +130,12 @@ class Node:
 
     def __init__(self, config: NodeConfig, identity: NodeIdentity) -> None:
         self.config = config
+        # A dedup group's key (HOME/dedup-group.key) keys its data chunks: gridnode.dedup_group.
+        identity = identity.in_group(load_group(config.home, config.dedup_group))
         self.identity = identity
         self.started_at = time.time()
+        #: Running jobs' latest progress, for the dashboard's transfers (gridnode.dashboard).
+        self.jobs = JobBoard()
         self.log = _log.bind(node=identity.short_id)
         self.catalog, self.packets, self.holdings = open_node_storage(config, identity)
         interrupted = self.catalog.mark_interrupted()
@@ -202,6 +213,10 @@ class Node:
         self.auto_repair: AutoRepair | None = None
         self.repairer: Repairer | None = None
         self.delegator: Delegator | None = None
+        #: The graceful leave (issue 10): this node's departure, and the hand-over of
+        #: its own packets off members that leave (``gridnode.leave``).
+        self.departure: Departure | None = None
+        self.handover: Handover | None = None
         self.stopped = trio.Event()
 
     # --- peer requests (RequestHandler for the transport) -------------------------------------
@@ -233,7 +248,13 @@ class Node:
             return await self.metering.serve(msg, link.peer_id, self.disk_limiter)
         answer: Message = await call(
             self._store_send,
-            TargetRequest(msg, payload_digest, link.peer_id, self._source_quota(link)),
+            TargetRequest(
+                msg,
+                payload_digest,
+                link.peer_id,
+                self._source_quota(link),
+                leased=link.speaks(RenewLeases),
+            ),
         )
         return answer
 
@@ -507,6 +528,9 @@ class Node:
             inbound=store_recv,
             disk_limiter=self.disk_limiter,
             on_free_bytes_changed=self._free_bytes_changed,
+            lease_s=config.lease_s,
+            lease_grace_s=config.lease_grace_s,
+            sweep_interval_s=config.lease_sweep_interval_s,
         )
         await nursery.start(self.packet_store.run)
         # Storage audit scores (gridnode.audit): distrusted holders get no new packets.
@@ -518,6 +542,7 @@ class Node:
         )
         self.sequencer = Sequencer(
             key=identity.sequence_key,
+            shared_key=identity.shared_sequence_key,
             inbound=seq_recv,
             view=trusted.members,
             source=self.gossiper.source,
@@ -569,7 +594,8 @@ class Node:
             link_for=self.link_for,
             allocations=self.admission.own_allocations,
         )
-        self.request = RequestActor(inbound=req_recv, methods=build_methods(self))
+        methods = {**build_methods(self), "dashboard": dashboard_method(self)}
+        self.request = RequestActor(inbound=req_recv, methods=methods)
         await nursery.start(self.request.run)
         await nursery.start(self.gossiper.run)
         if not self.admission.open:
@@ -586,6 +612,10 @@ class Node:
             settle_s=min(60.0, 4 * config.gossip_sync_interval_s),
         )
         await nursery.start(self.scheduler.run)
+        if config.dashboard_listen:  # gridnode.dashboard: hypercorn loads only when it runs
+            from .dashboard.server import open_dashboard
+
+            self.dashboard = await nursery.start(open_dashboard, self, self._control_job)
         self.control = ControlServer(
             home=config.home,
             handler=self._control_job,
@@ -608,6 +638,23 @@ class Node:
                 distrusted=scores.distrusted,  # moved at once, not after repair_after_s
             )
             await nursery.start(self.auto_repair.run)
+        # The graceful leave (gridnode.leave): packets of ours move off draining members,
+        # and this node drains again if it was draining when it stopped.
+        self.handover = Handover(
+            services=self.services,
+            draining=self.gossiper.draining_members,
+            version=lambda: membership.version,
+        )
+        await nursery.start(self.handover.run)
+        self.departure = Departure(
+            home=config.home,
+            services=self.services,
+            packets=self.packets,
+            packet_store=self.packet_store,
+            gossiper=self.gossiper,
+            shutdown=self.shutdown,
+        )
+        self.departure.resume()
         # Storage audits of this node's holders (gridnode.audit); scores shown even when off.
         self.auditor = Auditor(
             catalog=self.catalog,
@@ -619,6 +666,20 @@ class Node:
             timeout_s=config.request_timeout_s,
         )
         await nursery.start(self.auditor.run)
+        # Leases of this node's packets, retried deletes and orphans (gridnode.leases).
+        gossip_view = self.gossiper
+        self.lease_keeper = LeaseKeeper(
+            services=self.services,
+            present=lambda: {
+                v.record.node_id for v in gossip_view.members() if v.state in ("alive", "suspect")
+            },
+            lease_s=config.lease_s,
+            renew_interval_s=config.lease_renew_interval_s,
+            grace_s=config.lease_grace_s,
+            orphan_grace_s=config.orphan_grace_s,
+            interval_s=config.lease_sweep_interval_s,
+        )
+        await nursery.start(self.lease_keeper.run)
         await self._start_delegation(nursery)
         # The periodic node_summary line and the allocation_full warning (gridnode.summary).
         await nursery.start(run_reporting, self, config.summary_interval_s)
@@ -639,10 +700,14 @@ class Node:
 
     #: The port the metrics endpoint listens on (None: off).
     metrics_port: int | None = None
+    #: The browser dashboard (``gridnode.dashboard``; None: ``dashboard_listen`` is empty).
+    dashboard: Dashboard | None = None
     #: Runs the config's schedules (``gridnode.scheduler``); set while the node starts.
     scheduler: Scheduler | None = None
     #: Audits this node's holders (``gridnode.audit``); set while the node starts.
     auditor: Auditor | None = None
+    #: Renews this node's leases, retries its deletes (``gridnode.leases``); set at start.
+    lease_keeper: LeaseKeeper | None = None
 
     async def _start_delegation(self, nursery: trio.Nursery) -> None:
         """Repair that outlives the source (``gridnode.delegation``): every node can be a
@@ -667,7 +732,8 @@ class Node:
                 free_bytes=self.packets.free_bytes,
                 labels=parse_labels(record.labels),
             )
-            return [*gossiper.placement_view()[1], me]
+            view = gossiper.placement_view()[1]
+            return view if self.packet_store.leaving else [*view, me]  # draining: no packets
 
         async def fetch(chunk: Any, skip: frozenset[bytes]) -> Any:
             """The chunk's packets from their holders, this node's own read from disk (a
@@ -687,7 +753,10 @@ class Node:
         async def store_local(msg: Message) -> Message:
             """A rebuilt packet this node keeps itself: as if a peer sent it (receipt and
             all), charged to this node."""
-            answer: Message = await call(self._store_send, TargetRequest(msg, None, own, None))
+            # Its own packets on its own disk need no lease: its forget still releases them.
+            answer: Message = await call(
+                self._store_send, TargetRequest(msg, None, own, None, leased=False)
+            )
             return answer
 
         tick_s = min(60.0, max(0.2, config.repair_after_s / 4)) if config.repair_after_s else 60.0
@@ -705,6 +774,9 @@ class Node:
             request_timeout_s=config.request_timeout_s,
             settle_s=min(config.repair_after_s, 4 * config.gossip_sync_interval_s),
             map_budget_bytes=max(64 << 20, config.allocated_bytes // 20),
+            # An absent owner's leases are renewed by its delegates (delegation.renewal).
+            lease_s=config.lease_s,
+            renew_every_s=min(config.lease_renew_interval_s, config.lease_s / 2),
         )
         await nursery.start(self.repairer.run)
         if config.repair_delegates > 0:
@@ -725,7 +797,8 @@ class Node:
 
     async def _control_job(self, method: str, params: dict[str, Any], emit: Emit) -> Any:
         try:
-            return await call(self._req_send, ControlJob(method, params, emit))
+            with self.jobs.track(method, emit) as tracked:
+                return await call(self._req_send, ControlJob(method, params, tracked))
         finally:
             if self.log_forwarder is not None and method != "status":
                 self.log_forwarder.wake()  # the job's log entry goes to the global log

@@ -123,6 +123,8 @@ async def upload_encoded(
                 rules,
                 encoded.packet_size,
                 policy_of(params.k, params.n, rules),
+                # A dedup group's data chunk (records stay private: record key, own placement).
+                shared=domain == "data" and services.identity.group is not None,
             ),
         )
     except PlacementError as exc:

@@ -43,15 +43,24 @@ from .control import Emit
 from .errors import GridError, PeerError
 from .exception_groups import collapse_groups
 from .job_services import Services
+from .leases import release_queued
 from .log import get_logger
 from .logic.packing import ChunkIntegrityError, ErasureParams, rebuild_shares
 from .logic.placement.rules import PlacementError, PlacementRules
 from .record_store import store_blob, write_record
 from .recovery_root import publish_root
-from .restore import delete_on_grid, delete_packet, resolve
+from .restore import delete_packet, resolve
 from .storage.records import ChunkRecord, PacketRecord, SnapshotRecord
 
-__all__ = ["AutoRepair", "repair", "repair_holders"]
+__all__ = [
+    "AutoRepair",
+    "StoredShares",
+    "repair",
+    "repair_chunk",
+    "repair_holders",
+    "rewrite_stale_records",
+    "store_shares",
+]
 
 _log = get_logger(actor="request")
 
@@ -148,51 +157,101 @@ async def _repair_chunk(
     # rules already, and bit rot must not push packets off a grid that has no other room.
     # Packets of unreachable holders move to new ones, placed under the chunk's rules with
     # every other holder fixed.
-    same = [i for i in lost_shares if i in fetched.answered]
-    moving = [i for i in lost_shares if i not in fetched.answered]
+    same = frozenset(i for i in lost_shares if i in fetched.answered)
     del fetched
-    kept = tuple(by_share[i].target for i in range(chunk.n) if i not in rebuilt)
-    held = kept + tuple(by_share[i].target for i in same)
-    rules = _rules_of(chunk)
-    packet_bytes = len(next(iter(rebuilt.values())))
-    new_target = {i: by_share[i].target for i in same}
     try:
-        if moving:
-            # A holder kept while it sleeps (off now, not gone) is out of the placement
-            # view: it stays where it is but cannot be checked against the pairwise rules.
-            alive = {node_id for node_id, _ in services.alive_members()}
-            asleep = {t for t in held if t not in alive}
-            fixed = tuple(t for t in held if t not in asleep)
-            targets = await services.ask(
-                services.sequencer,
-                PlaceChunk(
-                    chunk_id=chunk.chunk_id,
-                    n=len(fixed) + len(moving),
-                    packet_bytes=packet_bytes,
-                    rules=rules,
-                    exclude=frozenset(by_share[i].target for i in moving) | asleep,
-                    fixed=fixed,
-                ),
-            )
-            fresh = [t for t in targets if t not in fixed]
-            new_target.update(zip(moving, fresh, strict=True))
-        uploaded = await services.ask(
-            services.uploader,
-            UploadChunk(
-                chunk_id=chunk.chunk_id,
-                packets=tuple(rebuilt[i] for i in lost_shares),
-                packet_ids=tuple(packet_ids[i] for i in lost_shares),
-                targets=tuple(new_target[i] for i in lost_shares),
-                rules=rules,
-                packet_bytes=packet_bytes,
-                policy=chunk.policy,
-                held=kept,
-            ),
-        )
+        moved = await store_shares(services, chunk, rebuilt, same=same)
     except (PlacementError, UploadFailed, ValueError) as exc:
         tally.chunks_unrepaired += 1
         tally.problem(chunk, f"no new holders: {exc}")
         return False
+    tally.chunks_repaired += 1
+    tally.packets_rebuilt += len(moved.packets)
+    tally.stale_copies_deleted += moved.old_copies_deleted
+    return True
+
+
+async def repair_chunk(
+    services: Services, chunk: ChunkRecord, gone: frozenset[bytes]
+) -> dict[str, Any]:
+    """One chunk's automatic repair: the packets on ``gone`` (and those a holder lost)
+    rebuilt from the others and placed anew.  The hand-over's way when a leaving holder
+    no longer has a packet it should (``gridnode.leave``).  Returns the chunk's tally."""
+    tally = _Tally()
+    await _repair_chunk(services, chunk, tally, gone, threshold=1)
+    return attrs.asdict(tally)
+
+
+@attrs.frozen
+class StoredShares:
+    """What ``store_shares`` did: each share's new record, and old copies dropped."""
+
+    packets: dict[int, PacketRecord]
+    old_copies_deleted: int
+
+
+async def store_shares(
+    services: Services,
+    chunk: ChunkRecord,
+    packets: dict[int, bytes],
+    *,
+    same: frozenset[int] = frozenset(),
+    delete_old: bool = True,
+) -> StoredShares:
+    """Store ``packets`` (share -> the packet's bytes, rebuilt or copied) on holders
+    chosen as repair chooses them, and record the new holders in the catalog in one
+    transaction (``Catalog.repair_chunk``, which marks the records that name the old
+    ones stale).  Shares in ``same`` go back to their own holder; the others are placed
+    by the sequencer under the chunk's own rules, every other holder fixed, their old
+    holders excluded (and any holder that is out of the view).  The graceful leave's
+    hand-over (``gridnode.leave``) moves packets off a leaving holder through here too.
+
+    With ``delete_old`` an old holder still present is asked, best effort, to drop its
+    copy of a moved packet.
+
+    Raises:
+        PlacementError, UploadFailed, ValueError: no new holders; nothing recorded.
+    """
+    lost_shares = sorted(packets)
+    by_share = {p.share: p for p in chunk.packets}
+    moving = [i for i in lost_shares if i not in same]
+    kept = tuple(by_share[i].target for i in range(chunk.n) if i not in packets)
+    held = kept + tuple(by_share[i].target for i in lost_shares if i in same)
+    rules = _rules_of(chunk)
+    packet_bytes = len(next(iter(packets.values())))
+    new_target = {i: by_share[i].target for i in lost_shares if i in same}
+    if moving:
+        # A holder kept while it sleeps (off now, not gone) is out of the placement
+        # view: it stays where it is but cannot be checked against the pairwise rules.
+        alive = {node_id for node_id, _ in services.alive_members()}
+        asleep = {t for t in held if t not in alive}
+        fixed = tuple(t for t in held if t not in asleep)
+        targets = await services.ask(
+            services.sequencer,
+            PlaceChunk(
+                chunk_id=chunk.chunk_id,
+                n=len(fixed) + len(moving),
+                packet_bytes=packet_bytes,
+                rules=rules,
+                exclude=frozenset(by_share[i].target for i in moving) | asleep,
+                fixed=fixed,
+            ),
+        )
+        fresh = [t for t in targets if t not in fixed]
+        new_target.update(zip(moving, fresh, strict=True))
+    uploaded = await services.ask(
+        services.uploader,
+        UploadChunk(
+            chunk_id=chunk.chunk_id,
+            packets=tuple(packets[i] for i in lost_shares),
+            packet_ids=tuple(by_share[i].packet_id for i in lost_shares),
+            targets=tuple(new_target[i] for i in lost_shares),
+            rules=rules,
+            packet_bytes=packet_bytes,
+            policy=chunk.policy,
+            held=kept,
+        ),
+    )
     new_packets = {
         lost_shares[p.share]: PacketRecord(lost_shares[p.share], p.packet_id, p.target, p.receipt)
         for p in uploaded.placed
@@ -202,21 +261,29 @@ async def _repair_chunk(
         packets=tuple(new_packets.get(i, by_share[i]) for i in range(chunk.n)),
     )
     await services.db(services.catalog.repair_chunk, repaired)
-    tally.chunks_repaired += 1
-    tally.packets_rebuilt += len(new_packets)
+    deleted = 0
+    if not delete_old:
+        return StoredShares(new_packets, 0)
     # A packet that moved may still sit on its old holder (it was only unreachable for a
-    # while): ask it to drop the copy.  Best effort; a holder still gone costs only space.
+    # while): ask it to drop the copy, or queue the delete for when it is back
+    # (``gridnode.leases``; without renewals its lease runs out there anyway).
     present = {node_id for node_id, _ in services.alive_members()}
+    later: list[tuple[bytes, bytes, str, int]] = []
     for share in moving:
         old = by_share[share]
-        if new_packets[share].target == old.target or old.target not in present:
+        if new_packets[share].target == old.target:
             continue
-        try:
-            if await delete_packet(services, old, chunk.policy, timeout_s=5):
-                tally.stale_copies_deleted += 1
-        except PeerError:
-            pass
-    return True
+        if old.target in present:
+            try:
+                if await delete_packet(services, old, chunk.policy, timeout_s=5):
+                    deleted += 1
+                continue
+            except PeerError:
+                pass
+        later.append((old.packet_id, old.target, chunk.policy, packet_bytes))
+    if later:
+        await services.db(services.catalog.queue_deletes, later)
+    return StoredShares(new_packets, deleted)
 
 
 async def _rewrite_record(services: Services, snap: SnapshotRecord) -> int:
@@ -242,12 +309,44 @@ async def _rewrite_record(services: Services, snap: SnapshotRecord) -> int:
         path.unlink(missing_ok=True)
     ref = bytes(msgpack.packb([p.to_wire() for p in pieces], use_bin_type=True))
     orphans = await services.db(catalog.replace_record, snap.snapshot_id, pieces, ref)
-    doomed = await services.db(
-        lambda: [r for c, p in orphans if (r := catalog.chunk(c, p)) is not None]
-    )
-    await delete_on_grid(services, doomed)
-    await services.db(catalog.delete_chunks, [(c.chunk_id, c.policy) for c in doomed])
-    return len(doomed)
+    # The caller holds the backup lock, as releasing needs (``gridnode.leases``).
+    freed = int(await services.db(catalog.release_chunks, orphans))
+    await release_queued(services, lambda: {node_id for node_id, _ in services.alive_members()})
+    return freed
+
+
+async def rewrite_stale_records(
+    services: Services, emit: Emit, problems: list[dict[str, Any]]
+) -> tuple[list[str], int, int, dict[str, Any] | None]:
+    """Rewrite the data assembly record of every snapshot marked stale (its record names
+    holders that were replaced), then republish the recovery root if any was rewritten.
+
+    Returns (snapshots rewritten, old record pieces freed, records that failed, the
+    published root or None); a failure is added to ``problems`` and left marked, so the
+    next repair or hand-over retries it."""
+    catalog = services.catalog
+    rewritten: list[str] = []
+    pieces_freed = 0
+    records_failed = 0
+    stale: list[str] = await services.db(catalog.stale_records)
+    if stale:
+        await emit({"event": "progress", "phase": "records", "records": len(stale)})
+    for snapshot_id in stale:
+        snap = await services.db(catalog.snapshot, snapshot_id)
+        if snap is not None and snap.complete and snap.record:
+            try:
+                pieces_freed += await _rewrite_record(services, snap)
+            except (GridError, PlacementError) as exc:
+                records_failed += 1
+                if len(problems) < 200:
+                    problems.append(
+                        {"snapshot_id": snapshot_id, "problem": f"record not rewritten: {exc}"}
+                    )
+                continue
+            rewritten.append(snapshot_id)
+        await services.db(catalog.record_rewritten, snapshot_id)
+    root = await publish_root(services) if rewritten else None
+    return rewritten, pieces_freed, records_failed, root
 
 
 async def repair(services: Services, snapshot: str | None, emit: Emit) -> dict[str, Any]:
@@ -344,27 +443,9 @@ async def _repair(
 
     # Records marked stale by this run's repairs, or left stale by an earlier run that
     # crashed or could not store them.
-    rewritten: list[str] = []
-    pieces_freed = 0
-    records_failed = 0
-    stale: list[str] = await services.db(catalog.stale_records)
-    if stale:
-        await emit({"event": "progress", "phase": "records", "records": len(stale)})
-    for snapshot_id in stale:
-        snap = await services.db(catalog.snapshot, snapshot_id)
-        if snap is not None and snap.complete and snap.record:
-            try:
-                pieces_freed += await _rewrite_record(services, snap)
-            except (GridError, PlacementError) as exc:
-                records_failed += 1
-                if len(tally.problems) < 200:
-                    tally.problems.append(
-                        {"snapshot_id": snapshot_id, "problem": f"record not rewritten: {exc}"}
-                    )
-                continue
-            rewritten.append(snapshot_id)
-        await services.db(catalog.record_rewritten, snapshot_id)
-    root = await publish_root(services) if rewritten else None
+    rewritten, pieces_freed, records_failed, root = await rewrite_stale_records(
+        services, emit, tally.problems
+    )
     seconds = round(time.monotonic() - started, 3)
     ok = tally.chunks_lost == 0 and tally.chunks_unrepaired == 0 and records_failed == 0
     await services.db(

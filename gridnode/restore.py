@@ -13,24 +13,22 @@ chunks no other snapshot uses (with the per-packet delete secret; see holdings.p
 
 from __future__ import annotations
 
-import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import trio
 
-from protocol import DeletePacket, PacketDeleted
-
 from .actors.assembler import AssembleTree, DecodeChunk, RestoreFailed
 from .actors.retriever import ChunkUnavailable, FetchChunk
 from .control import Emit
-from .errors import GridError, PeerError
+from .errors import GridError
 from .exception_groups import collapse_groups
 from .job_services import Services
+from .leases import delete_on_holder, release_queued
 from .log import get_logger
 from .logic.retention import KeepPolicy, apply_policy
 from .logic.tags import matches_filter
@@ -39,10 +37,6 @@ from .recovery_root import publish_root
 from .storage.records import HOLE, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
 
 __all__ = ["forget_snapshot", "restore_snapshot", "verify_snapshot"]
-
-
-def _delete_request(packet_id: bytes, secret: bytes, request_id: int) -> DeletePacket:
-    return DeletePacket(request_id=request_id, packet_id=packet_id, owner_secret=secret)
 
 
 _log = get_logger(actor="request")
@@ -268,36 +262,11 @@ async def verify_snapshot(services: Services, snapshot: str, emit: Emit) -> dict
 async def delete_packet(
     services: Services, packet: PacketRecord, policy: str, *, timeout_s: float = 10
 ) -> bool:
-    """Ask a packet's holder to drop it (with the per-packet delete secret); True if it did.
-
-    Raises PeerError when the holder cannot be reached."""
-    secret = services.identity.packet_delete_secret(packet.packet_id, policy)
-    link = await services.link_for(packet.target)
-    answer = await link.request(
-        functools.partial(_delete_request, packet.packet_id, secret), timeout_s=timeout_s
+    """Ask a packet's holder to drop it (with the per-packet delete secret); True if it
+    held it.  Raises PeerError when the holder cannot be reached."""
+    return await delete_on_holder(
+        services, packet.packet_id, packet.target, policy, timeout_s=timeout_s
     )
-    return isinstance(answer, PacketDeleted)
-
-
-async def delete_on_grid(services: Services, chunks: Sequence[ChunkRecord]) -> tuple[int, int]:
-    """Delete every packet of ``chunks`` on its holder; returns (deleted, unreachable)."""
-    deleted = failed = 0
-    limiter = trio.Semaphore(16)
-
-    async def delete(chunk: ChunkRecord, packet: PacketRecord) -> None:
-        nonlocal deleted, failed
-        async with limiter:
-            try:
-                deleted += await delete_packet(services, packet, chunk.policy)
-            except PeerError:
-                failed += 1
-
-    with collapse_groups():
-        async with trio.open_nursery() as nursery:
-            for chunk in chunks:
-                for packet in chunk.packets:
-                    nursery.start_soon(delete, chunk, packet)
-    return deleted, failed
 
 
 async def forget_by_policy(
@@ -334,38 +303,51 @@ async def forget_by_policy(
         "tags": [",".join(sorted(group)) for group in tags],
         "keep": [{"snapshot_id": sid, "reasons": reasons[sid]} for sid in kept],
         "forget": doomed,
+        # The names scripts use (issue 10): the ids forgotten (with --dry-run: those
+        # that would be) and kept.
+        "forgotten": doomed,
+        "kept": list(kept),
         "chunks_freed": sum(f["chunks_freed"] for f in forgotten),
         "packets_deleted": sum(f["packets_deleted"] for f in forgotten),
-        "packets_unreachable": sum(f["packets_unreachable"] for f in forgotten),
+        "bytes_freed": sum(f["bytes_freed"] for f in forgotten),
+        # Deletes still queued for holders that are away, after the last forget.
+        "packets_unreachable": forgotten[-1]["packets_unreachable"] if forgotten else 0,
     }
 
 
 async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
+    """Drop a snapshot and release the chunks no other snapshot uses: their deletes are
+    queued in the same transaction and sent now to the holders in the view; a holder
+    away gets them when it is back (``gridnode.leases``).  Under the backup lock, so no
+    backup decides to reuse a chunk while it is being released."""
     snap = await resolve(services, snapshot, complete=False)
     catalog = services.catalog
-
-    def drop() -> list[ChunkRecord]:
-        orphans = catalog.forget_snapshot(snap.snapshot_id)
-        return [r for c, p in orphans if (r := catalog.chunk(c, p)) is not None]
-
-    doomed: list[ChunkRecord] = await services.db(drop)
-    deleted, failed = await delete_on_grid(services, doomed)
-    await services.db(catalog.delete_chunks, [(c.chunk_id, c.policy) for c in doomed])
+    async with services.backup_lock:
+        freed = await services.db(catalog.release_snapshot, snap.snapshot_id)
+        released = await release_queued(services, _present(services))
     await services.db(
         lambda: catalog.log(
             "forget",
             snap.snapshot_id,
-            chunks=len(doomed),
-            packets_deleted=deleted,
-            packets_unreachable=failed,
+            chunks=freed,
+            packets_deleted=released["packets_released"],
+            packets_unreachable=released["packets_pending"],
         )
     )
     root = await publish_root(services)
     return {
         "event": "result",
         "snapshot_id": snap.snapshot_id,
-        "chunks_freed": len(doomed),
-        "packets_deleted": deleted,
-        "packets_unreachable": failed,
+        "forgotten": [snap.snapshot_id],
+        "kept": [],
+        "chunks_freed": freed,
+        "packets_deleted": released["packets_released"],
+        # Deletes still queued (of this and earlier forgets): sent when their holders are back.
+        "packets_unreachable": released["packets_pending"],
+        "bytes_freed": released["bytes_freed"],
         "recovery_root": root,
     }
+
+
+def _present(services: Services) -> Callable[[], set[bytes]]:
+    return lambda: {node_id for node_id, _ in services.alive_members()}

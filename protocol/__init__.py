@@ -30,6 +30,8 @@ from ._identity import verify as verify
 from ._messages import AUDIT_CHUNK_BYTES as AUDIT_CHUNK_BYTES
 from ._messages import MAX_AUDIT_INDEX as MAX_AUDIT_INDEX
 from ._messages import MAX_AUDIT_PATH as MAX_AUDIT_PATH
+from ._messages import MAX_LEASE_S as MAX_LEASE_S
+from ._messages import MAX_LEASES_PER_MESSAGE as MAX_LEASES_PER_MESSAGE
 from ._messages import MAX_LOG_ENTRIES_PER_MESSAGE as MAX_LOG_ENTRIES_PER_MESSAGE
 from ._messages import MAX_LOG_ENTRY_BYTES as MAX_LOG_ENTRY_BYTES
 from ._messages import MAX_PACKETS_PER_BATCH as MAX_PACKETS_PER_BATCH
@@ -41,6 +43,7 @@ from ._messages import MESSAGE_TYPES as MESSAGE_TYPES
 from ._messages import MIN_PROTOCOL_VERSION as MIN_PROTOCOL_VERSION
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._messages import Account as Account
+from ._messages import AdoptPackets as AdoptPackets
 from ._messages import AuditPacket as AuditPacket
 from ._messages import ControlCall as ControlCall
 from ._messages import ControlEvent as ControlEvent
@@ -55,6 +58,8 @@ from ._messages import GetRevocations as GetRevocations
 from ._messages import GetRoot as GetRoot
 from ._messages import Goodbye as Goodbye
 from ._messages import Hello as Hello
+from ._messages import LeaseRef as LeaseRef
+from ._messages import LeasesRenewed as LeasesRenewed
 from ._messages import LogAccepted as LogAccepted
 from ._messages import Message as Message
 from ._messages import Offer as Offer
@@ -62,6 +67,7 @@ from ._messages import PacketAudited as PacketAudited
 from ._messages import PacketData as PacketData
 from ._messages import PacketDeleted as PacketDeleted
 from ._messages import PacketPart as PacketPart
+from ._messages import PacketsAdopted as PacketsAdopted
 from ._messages import PacketsStored as PacketsStored
 from ._messages import PacketStored as PacketStored
 from ._messages import PartStored as PartStored
@@ -69,6 +75,7 @@ from ._messages import Ping as Ping
 from ._messages import Pong as Pong
 from ._messages import PutRoot as PutRoot
 from ._messages import RenewCertificate as RenewCertificate
+from ._messages import RenewLeases as RenewLeases
 from ._messages import Revocations as Revocations
 from ._messages import RootData as RootData
 from ._messages import RootStored as RootStored

@@ -39,6 +39,7 @@ __all__ = [
     "MIN_PROTOCOL_VERSION",
     "PROTOCOL_VERSION",
     "Account",
+    "AdoptPackets",
     "AuditPacket",
     "ControlCall",
     "ControlEvent",
@@ -60,6 +61,7 @@ __all__ = [
     "PacketDeleted",
     "PacketPart",
     "PacketStored",
+    "PacketsAdopted",
     "PacketsStored",
     "PartStored",
     "Ping",
@@ -83,8 +85,8 @@ __all__ = [
 
 #: The newest protocol version this software speaks.  3 added the "C" frame for certified
 #: batches, storage audits (``AuditPacket``), repair maps in parts (``GrantRepairPart``,
-#: ``RepairGranted.missing``).
-PROTOCOL_VERSION: Final = 3
+#: ``RepairGranted.missing``); 4 added leases (``RenewLeases``).
+PROTOCOL_VERSION: Final = 4
 #: The oldest version it still speaks: a grid of version-2 nodes upgrades node by node.
 MIN_PROTOCOL_VERSION: Final = 2
 #: Upper bound of one packet's payload; chunks are at most 4 MiB before coding.
@@ -716,3 +718,83 @@ class PacketAudited(Message):
     request_id: int = _request_id()
     chunk: bytes = attrs.field(metadata=bounded(max_len=AUDIT_CHUNK_BYTES))
     path: bytes = attrs.field(metadata=bounded(max_len=32 * MAX_AUDIT_PATH))
+
+
+# --- leases: packets kept while someone renews them (gridnode.leases, storage.holdings) ----
+
+#: Leases one ``RenewLeases`` names: 4,096 of about 70 bytes, under 300 KB a frame.
+MAX_LEASES_PER_MESSAGE: Final = 4096
+#: The longest lease a renewal asks for: two years.
+MAX_LEASE_S: Final = 2 * 365 * 86_400
+
+
+@record
+@attrs.frozen(kw_only=True)
+class LeaseRef:
+    """One lease: the packet and the owner tag it was stored under."""
+
+    packet_id: bytes = _id32()
+    owner_tag: bytes = _id32()
+
+
+@message("renew_leases")
+@attrs.frozen(kw_only=True)
+class RenewLeases(Message):
+    """Keep each named (packet, owner tag) for ``duration_s`` more from now (the holder
+    grants at most its own longest lease).  A renewal only extends a lease the holder
+    has: it never creates one, so knowing a packet's id and tag keeps it alive at most as
+    long as its owner's delete secret has not released it."""
+
+    SINCE_VERSION: ClassVar[int] = 4
+
+    request_id: int = _request_id()
+    leases: tuple[LeaseRef, ...] = attrs.field(
+        metadata=bounded(min_len=1, max_len=MAX_LEASES_PER_MESSAGE)
+    )
+    duration_s: int = attrs.field(metadata=bounded(min_value=1, max_value=MAX_LEASE_S))
+
+
+@message("leases_renewed")
+@attrs.frozen(kw_only=True)
+class LeasesRenewed(Message):
+    """Per lease named, in order: when it ends now (unix seconds), or 0 where the holder
+    has no such lease (the packet was released, lost, or its lease ran out)."""
+
+    SINCE_VERSION: ClassVar[int] = 4
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    expires: tuple[int, ...] = attrs.field(metadata=bounded(max_len=MAX_LEASES_PER_MESSAGE))
+
+
+# --- dedup groups: one copy for two sources (gridnode.dedup_group) ------------------------
+
+
+@message("adopt_packets")
+@attrs.frozen(kw_only=True)
+class AdoptPackets(Message):
+    """Keep these packets, which you may hold already, under my owner tags too: a source
+    of a dedup group asks before uploading a shared chunk's packets.  The holder adds a
+    tag only for a packet it holds, whose bytes it has just verified against the id and
+    the size named here, and charges the sender as a store would; every other part is
+    answered "not_held" and the sender uploads it."""
+
+    SINCE_VERSION: ClassVar[int] = 4
+
+    request_id: int = _request_id()
+    parts: tuple[PacketPart, ...] = attrs.field(
+        metadata=bounded(min_len=1, max_len=MAX_PACKETS_PER_BATCH)
+    )
+
+
+@message("packets_adopted")
+@attrs.frozen(kw_only=True)
+class PacketsAdopted(Message):
+    """Per part, in order: a receipt over (packet id, size) where the tag was added, or
+    an error code ("not_held", "over_quota", ...) where it was not."""
+
+    SINCE_VERSION: ClassVar[int] = 4
+
+    RESPONSE: ClassVar[bool] = True
+    request_id: int = _request_id()
+    results: tuple[PartStored, ...] = attrs.field(metadata=bounded(max_len=MAX_PACKETS_PER_BATCH))

@@ -29,7 +29,7 @@ from protocol._gossip import MemberRecord
 from ..errors import PeerError
 from ..log import get_logger
 from ..logic.placement.members import Member, Source
-from ..logic.swim import GossipConfig, Membership, MemberView, Outgoing
+from ..logic.swim import DRAINING_LABEL, GossipConfig, Membership, MemberView, Outgoing, is_draining
 
 __all__ = ["GossipIn", "Gossiper", "build_membership"]
 
@@ -137,6 +137,9 @@ class Gossiper:
     dropped_outgoing: int = 0
     send_failures: int = 0
     _outbox_send: trio.MemorySendChannel[Outgoing] | None = None
+    #: Draining before a graceful leave (``gridnode.leave``): our record carries
+    #: ``DRAINING_LABEL`` and publishes no free space, so nobody places packets here.
+    draining: bool = False
 
     def _log_state_change(self, node_id: bytes, old: str, new: str) -> None:
         """An operator wants to see members come and go (issue 12): at info, one line
@@ -261,7 +264,26 @@ class Gossiper:
         interval = self.free_bytes_low_interval_s if low else self.free_bytes_interval_s
         return now - self._free_bytes_sent_at >= interval
 
+    def set_draining(self, on: bool, free_bytes: int) -> None:
+        """Start (or stop) draining: one new record, with ``DRAINING_LABEL`` and no free
+        space (or without it and ``free_bytes``).
+
+        Raises:
+            ValueError: the record cannot take one more label (``MAX_LABELS``).
+        """
+        record = self.membership.self_record
+        labels = tuple(label for label in record.labels if label != DRAINING_LABEL)
+        labels += (DRAINING_LABEL,) if on else ()
+        self.membership.update_self(
+            trio.current_time(), labels=labels, free_bytes=0 if on else free_bytes
+        )
+        self.draining = on
+        self._free_bytes_pending = None
+
     def _flush_free_bytes(self, now: float) -> None:
+        if self.draining:  # the record says 0 until the node leaves or stops draining
+            self._free_bytes_pending = None
+            return
         if self.free_bytes_due(now):
             assert self._free_bytes_pending is not None
             self._free_bytes_sent_at = now
@@ -304,7 +326,8 @@ class Gossiper:
             for view in self.membership.members()
             # A suspect is alive until proven dead (SWIM); excluding it would make one slow
             # probe answer fail a backup.  If it is really gone the upload is replaced.
-            if view.state in ("alive", "suspect")
+            # A draining member (a graceful leave) takes no new packets.
+            if view.state in ("alive", "suspect") and not is_draining(view.record)
         ]
         return self.membership.version, members
 
@@ -321,6 +344,15 @@ class Gossiper:
 
     def alive(self) -> list[tuple[bytes, str]]:
         return [(v.record.node_id, v.record.address) for v in self.membership.alive_members()]
+
+    def draining_members(self) -> frozenset[bytes]:
+        """Members alive or suspect that drain before leaving: owners move their packets
+        away from them (``gridnode.leave.Handover``)."""
+        return frozenset(
+            view.record.node_id
+            for view in self.membership.members()
+            if view.state in ("alive", "suspect") and is_draining(view.record)
+        )
 
     def address_of(self, node_id: bytes) -> str | None:
         view = self.membership.member(node_id)

@@ -22,16 +22,21 @@ cancelled write leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import functools
+import threading
+import time
 from collections.abc import Callable
 
 import attrs
 import trio
 
 from protocol import (
+    AdoptPackets,
     DeletePacket,
     Error,
     FetchPacket,
     GetRoot,
+    LeasesRenewed,
     Message,
     PacketData,
     PacketDeleted,
@@ -39,6 +44,7 @@ from protocol import (
     PacketStored,
     PartStored,
     PutRoot,
+    RenewLeases,
     RootData,
     RootStored,
     StorePacket,
@@ -49,8 +55,11 @@ from protocol import (
     verify,
 )
 
+from ..dedup_group import adopt_held, adopted_answer
 from ..errors import RemoteError
 from ..identity import NodeIdentity
+from ..log import get_logger
+from ..storage.collector import Collected, collect
 from ..storage.holdings import Holdings, RootRefused, StoredRoot
 from ..storage.packets import (
     AllocationFull,
@@ -62,6 +71,8 @@ from ..storage.packets import (
 from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["PacketStore", "TargetRequest", "root_signature_payload"]
+
+_log = get_logger(component="packet_store")
 
 
 #: At most this many packets are written in one group commit.
@@ -79,6 +90,9 @@ class _Write:
     #: source's quota (None: not limited, as on an open grid).
     source: bytes = b""
     quota: int | None = None
+    #: Whether the source can renew leases (its protocol has ``RenewLeases``): a tag from
+    #: one that cannot is held without a lease, or its packets would run out under it.
+    leased: bool = True
 
 
 @attrs.frozen
@@ -93,6 +107,8 @@ class TargetRequest(Request[Message]):
     peer: bytes
     #: The peer's source quota from its certificate (None: open grid).
     quota: int | None = None
+    #: Whether the peer can renew leases (see ``_Write.leased``).
+    leased: bool = True
 
 
 def root_signature_payload(locator: bytes, version: int, sealed: bytes) -> bytes:
@@ -116,6 +132,18 @@ class PacketStore:
     concurrency: int = 32
     on_free_bytes_changed: Callable[[int], None] | None = None
     stats: dict[str, int] = attrs.field(factory=dict)
+    #: The longest lease this holder grants (``lease_s``), the wait after a lease ended
+    #: before its packet goes (``lease_grace_s``), and how often the collector runs (0:
+    #: never; ``lease_sweep_interval_s``).
+    lease_s: float = 60 * 86400.0
+    lease_grace_s: float = 86400.0
+    sweep_interval_s: float = 0.0
+    clock: Callable[[], float] = time.time
+    #: Held around "put the file, record the tag" and "drop the tag, drop the file", so a
+    #: packet stored again is never deleted under its new tag (``storage.collector``).
+    keep_lock: threading.Lock = attrs.field(factory=threading.Lock)
+    #: Draining before a graceful leave (``gridnode.leave``): new packets are refused.
+    leaving: bool = False
     _writes_send: trio.MemorySendChannel[_Write] = attrs.field(init=False)
     _writes_recv: trio.MemoryReceiveChannel[_Write] = attrs.field(init=False)
 
@@ -125,6 +153,8 @@ class PacketStore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_batches)
+            if self.sweep_interval_s > 0:
+                nursery.start_soon(self._collect_periodically)
             await serve_calls(
                 self.inbound,
                 Handlers("packet store").on(TargetRequest, self._handle),
@@ -132,6 +162,41 @@ class PacketStore:
                 task_status=task_status,
             )
             nursery.cancel_scope.cancel()
+
+    async def _collect_periodically(self) -> None:
+        """Reclaim what no lease holds any more: expired tags at every run, and once a day
+        (and at the first run) a walk over the packet directory for untagged packets."""
+        disk_every = max(1, round(86400 / self.sweep_interval_s))
+        runs = 0
+        while True:
+            await trio.sleep(self.sweep_interval_s)
+            try:
+                await self.collect_now(sweep_disk=runs % disk_every == 0)
+            except Exception as exc:  # a failing disk must not stop the store serving
+                _log.warning("collector_failed", error=str(exc)[:300])
+            runs += 1
+
+    async def collect_now(self, *, sweep_disk: bool = True) -> Collected:
+        """Run the collector once (``storage.collector``); logs what it reclaimed."""
+        done = await trio.to_thread.run_sync(
+            lambda: collect(
+                self.packets,
+                self.holdings,
+                self.keep_lock,
+                self.clock(),
+                grace_s=self.lease_grace_s,
+                sweep_disk=sweep_disk,
+            ),
+            limiter=self.disk_limiter,
+        )
+        self._count("leases_expired", done.leases_expired)
+        self._count("packets_reclaimed", done.packets_reclaimed)
+        self._count("bytes_reclaimed", done.bytes_reclaimed)
+        if done.packets_reclaimed or done.leases_expired:
+            _log.info("packets_reclaimed", **done.to_json())
+            if self.on_free_bytes_changed is not None:
+                self.on_free_bytes_changed(self.packets.free_bytes)
+        return done
 
     async def _write_batches(self) -> None:
         """Group commit on the target: packets that arrive together are written together.
@@ -169,32 +234,8 @@ class PacketStore:
                                 continue
                             planned[w.source] = used + len(w.data)
                         accepted.append(w)
-                    stored = iter(
-                        self.packets.put_each([(w.packet_id, w.data, w.digest) for w in accepted])
-                    )
-                    outcomes = [
-                        refused[i] if i in refused else next(stored) for i in range(len(items))
-                    ]
-                    # Tags only for packets verified and held (stored now or already):
-                    # a refused packet must not leave a tag that keeps a packet alive.
-                    kept = [
-                        w
-                        for w, outcome in zip(items, outcomes, strict=True)
-                        if isinstance(outcome, bool)
-                    ]
-                    held = [(w.packet_id, w.owner_tag) for w in kept]
-                    charges = [(w.source, len(w.data)) for w in kept]
-                    try:
-                        self.holdings.add_tags(held, charges)
-                    except Exception:
-                        # Nobody could ever delete a packet stored now without its tag:
-                        # drop it again; the source is told and places it elsewhere.
-                        for w, outcome in zip(items, outcomes, strict=True):
-                            if outcome is True:
-                                with contextlib.suppress(OSError):
-                                    self.packets.delete(w.packet_id)
-                        raise
-                    return outcomes
+                    with self.keep_lock:
+                        return self._store_locked(items, accepted, refused)
 
                 try:
                     outcomes = await trio.to_thread.run_sync(write, limiter=self.disk_limiter)
@@ -205,9 +246,38 @@ class PacketStore:
                     with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
                         item.reply.send_nowait(outcome)
 
+    def _store_locked(
+        self, items: list[_Write], accepted: list[_Write], refused: dict[int, PacketStoreError]
+    ) -> list[bool | PacketStoreError]:
+        """Write the accepted packets, then record their tags (under ``keep_lock``)."""
+        stored = iter(self.packets.put_each([(w.packet_id, w.data, w.digest) for w in accepted]))
+        outcomes = [refused[i] if i in refused else next(stored) for i in range(len(items))]
+        # Tags only for packets verified and held (stored now or already): a refused
+        # packet must not leave a tag that keeps a packet alive.
+        kept = [w for w, outcome in zip(items, outcomes, strict=True) if isinstance(outcome, bool)]
+        expires = self.clock() + self.lease_s
+        try:
+            for leased in (True, False):
+                group = [w for w in kept if w.leased is leased]
+                if group:
+                    self.holdings.add_tags(
+                        [(w.packet_id, w.owner_tag) for w in group],
+                        [(w.source, len(w.data)) for w in group],
+                        expires=expires if leased else None,
+                    )
+        except Exception:
+            # Nobody could ever delete a packet stored now without its tag: drop it
+            # again; the source is told and places it elsewhere.
+            for w, outcome in zip(items, outcomes, strict=True):
+                if outcome is True:
+                    with contextlib.suppress(OSError):
+                        self.packets.delete(w.packet_id)
+            raise
+        return outcomes
+
     async def _handle(self, request: TargetRequest) -> Message:
         return await self._serve_peer(
-            request.msg, request.payload_digest, request.peer, request.quota
+            request.msg, request.payload_digest, request.peer, request.quota, request.leased
         )
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -216,13 +286,36 @@ class PacketStore:
     # --- target side --------------------------------------------------------------------------
 
     async def _serve_peer(
-        self, msg: Message, digest: bytes | None, peer: bytes, quota: int | None = None
+        self,
+        msg: Message,
+        digest: bytes | None,
+        peer: bytes,
+        quota: int | None = None,
+        leased: bool = True,
     ) -> Message:
         if isinstance(msg, StorePacket | StorePackets):
+            if self.leaving:  # the uploader places the packet elsewhere
+                self._count("store_refused_leaving")
+                raise RemoteError("leaving", "this node is leaving the grid: no new packets")
             source = self.identity.root_owner_tag(peer)
             if isinstance(msg, StorePacket):
-                return await self._keep(msg, digest, source, quota)
-            return await self._keep_many(msg, source, quota)
+                return await self._keep(msg, digest, source, quota, leased)
+            return await self._keep_many(msg, source, quota, leased)
+        if isinstance(msg, RenewLeases):
+            return await self._renew(msg, self.identity.root_owner_tag(peer))
+        if isinstance(msg, AdoptPackets):  # a dedup group's second source: gridnode.dedup_group
+            if self.leaving:  # the source uploads the packet elsewhere
+                raise RemoteError("leaving", "this node is leaving the grid: no new packets")
+            adopt = functools.partial(
+                adopt_held,
+                *(self.packets, self.holdings, self.keep_lock, msg.parts),
+                source=self.identity.root_owner_tag(peer),
+                quota=quota,
+                expires=self.clock() + self.lease_s if leased else None,
+            )
+            codes = await trio.to_thread.run_sync(adopt, limiter=self.disk_limiter)
+            self._count("adoptions_served", codes.count(""))
+            return adopted_answer(msg, codes, self.identity.signing_key)
         if isinstance(msg, FetchPacket):
             data = await trio.to_thread.run_sync(
                 self.packets.get, msg.packet_id, limiter=self.disk_limiter
@@ -265,15 +358,20 @@ class PacketStore:
         digest: bytes | None,
         source: bytes = b"",
         quota: int | None = None,
+        leased: bool = True,
     ) -> bool | PacketStoreError:
         reply_send, reply_recv = trio.open_memory_channel[bool | PacketStoreError](1)
         await self._writes_send.send(
-            _Write(packet_id, owner_tag, data, digest, reply_send, source, quota)
+            _Write(packet_id, owner_tag, data, digest, reply_send, source, quota, leased)
         )
         return await reply_recv.receive()
 
     async def _keep_many(
-        self, msg: StorePackets, source: bytes = b"", quota: int | None = None
+        self,
+        msg: StorePackets,
+        source: bytes = b"",
+        quota: int | None = None,
+        leased: bool = True,
     ) -> PacketsStored:
         if sum(p.size_bytes for p in msg.parts) != len(msg.data):
             raise RemoteError("malformed", "part sizes do not add up to the payload")
@@ -288,7 +386,7 @@ class PacketStore:
         async def one(index: int) -> None:
             part = msg.parts[index]
             outcomes[index] = await self._write(
-                part.packet_id, part.owner_tag, slices[index], None, source, quota
+                part.packet_id, part.owner_tag, slices[index], None, source, quota, leased
             )
 
         async with trio.open_nursery() as nursery:
@@ -327,11 +425,14 @@ class PacketStore:
         digest: bytes | None,
         source: bytes = b"",
         quota: int | None = None,
+        leased: bool = True,
     ) -> PacketStored:
         if digest is not None and digest != msg.packet_id:
             # The session already hashed the payload; a mismatch needs no second hash.
             raise RemoteError("id_mismatch", "packet bytes do not hash to its id")
-        outcome = await self._write(msg.packet_id, msg.owner_tag, msg.data, digest, source, quota)
+        outcome = await self._write(
+            msg.packet_id, msg.owner_tag, msg.data, digest, source, quota, leased
+        )
         try:
             if isinstance(outcome, PacketStoreError):
                 raise outcome
@@ -371,17 +472,33 @@ class PacketStore:
                 size = path.stat().st_size
             except OSError:
                 size = 0
-            present, left = self.holdings.remove_tag(msg.packet_id, tag, source=source, size=size)
-            if not present:
-                return False
-            if left == 0:
-                self.packets.delete(msg.packet_id)
+            with self.keep_lock:
+                present, left = self.holdings.remove_tag(
+                    msg.packet_id, tag, source=source, size=size
+                )
+                if not present:
+                    return False
+                if left == 0:
+                    self.packets.delete(msg.packet_id)
             return True
 
         removed = await trio.to_thread.run_sync(remove, limiter=self.disk_limiter)
         if removed and self.on_free_bytes_changed is not None:
             self.on_free_bytes_changed(self.packets.free_bytes)
         return PacketDeleted(request_id=msg.request_id, packet_id=msg.packet_id, removed=removed)
+
+    async def _renew(self, msg: RenewLeases, source: bytes) -> LeasesRenewed:
+        """Extend the named leases by ``duration_s`` from now, at most this holder's own
+        ``lease_s``; a lease it does not have is answered 0 and not created."""
+        until = self.clock() + min(float(msg.duration_s), self.lease_s)
+        pairs = [(ref.packet_id, ref.owner_tag) for ref in msg.leases]
+        ends = await trio.to_thread.run_sync(
+            lambda: self.holdings.renew(pairs, until, source=source), limiter=self.disk_limiter
+        )
+        unknown = sum(1 for end in ends if not end)
+        self._count("leases_renewed", len(ends) - unknown)
+        self._count("leases_unknown", unknown)
+        return LeasesRenewed(request_id=msg.request_id, expires=tuple(int(end) for end in ends))
 
     async def _put_root(self, msg: PutRoot, peer: bytes) -> RootStored:
         """Keep a recovery root: only at its key's locator, only signed by that key, within

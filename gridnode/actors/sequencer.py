@@ -4,7 +4,10 @@ For each chunk it answers "which n targets, in which order": the pure placement 
 (``gridnode.logic.placement``) ranks the live members by weighted rendezvous hashing under
 this node's secret sequence key, under the snapshot's proximity rules.  Nobody without the
 key can compute the order; the resulting list packet -> target is kept only in this node's
-catalog and, sealed, in the data assembly record on the grid.
+catalog and, sealed, in the data assembly record on the grid.  A dedup group's data
+chunks (``PlaceChunk.shared``) are placed under the group's key instead, with coarse
+weights and a keyed share assignment (``gridnode.dedup_group``), so its members choose
+alike.
 
 The member view comes from the gossip actor.  A ``PlacementView`` (per-member hashes,
 distances from the source) is built once per view version and rules, and reused for every
@@ -25,6 +28,7 @@ from typing import Any
 import attrs
 import trio
 
+from ..dedup_group import assign_shares, coarse_members
 from ..logic.placement import Member, PlacementError, PlacementRules, PlacementView, Source
 from .calls import Handlers, Inbox, Request, serve_calls
 
@@ -43,6 +47,9 @@ class PlaceChunk(Request[tuple[bytes, ...]]):
     #: Targets that already hold packets of this chunk: the answer keeps them and fills the
     #: rest, so a replacement obeys the pairwise rules together with them.
     fixed: tuple[bytes, ...] = ()
+    #: A dedup group's data chunk: placed under the group's key (``gridnode.dedup_group``),
+    #: so every member chooses the same targets for it given the same view.
+    shared: bool = False
 
 
 #: () -> (view version, members); provided by the gossip actor.  Any hashable version:
@@ -60,6 +67,8 @@ class Sequencer:
     source: Callable[[], Source]
     #: The current view version without building the members (None: always build them).
     version: VersionSource | None = None
+    #: The dedup group's placement key (None: not in a group, every chunk is private).
+    shared_key: bytes | None = None
     _cache: dict[Any, PlacementView] = attrs.field(factory=dict)
     placements: int = 0
 
@@ -71,24 +80,37 @@ class Sequencer:
         await trio.lowlevel.checkpoint()
         return self.place(cmd)
 
-    def placement_view(self, rules: PlacementRules) -> PlacementView:
+    def placement_view(self, rules: PlacementRules, shared: bool = False) -> PlacementView:
         source = self.source()
+        shared = shared and self.shared_key is not None
         if self.version is not None:
-            cached = self._cache.get((self.version(), rules, source))
+            cached = self._cache.get((self.version(), rules, source, shared))
             if cached is not None:
                 return cached
         version, members = self.view()
-        cache_key = (version, rules, source)
+        cache_key = (version, rules, source, shared)
         view = self._cache.get(cache_key)
         if view is None:
-            self._cache.clear()  # only the newest view is ever used again
-            view = PlacementView(key=self.key, source=source, members=members, rules=rules)
+            # Only the newest view is ever used again (with the group's key beside it).
+            for old in [k for k in self._cache if k[0] != version]:
+                del self._cache[old]
+            if shared:
+                assert self.shared_key is not None
+                key, members = self.shared_key, coarse_members(members)
+            else:
+                key = self.key
+            view = PlacementView(key=key, source=source, members=members, rules=rules)
             self._cache[cache_key] = view
         return view
 
     def place(self, cmd: PlaceChunk) -> tuple[bytes, ...]:
         """Raises PlacementError naming the rule and numbers when no valid set exists."""
-        view = self.placement_view(cmd.rules)
+        if cmd.shared and self.shared_key is not None and not cmd.fixed:
+            view = self.placement_view(cmd.rules, shared=True)
+            self.placements += 1
+            targets = view.place(cmd.chunk_id, cmd.n, cmd.packet_bytes, exclude=cmd.exclude)
+            return assign_shares(self.shared_key, cmd.chunk_id, targets)
+        view = self.placement_view(cmd.rules, shared=cmd.shared)
         self.placements += 1
         if cmd.fixed:
             targets = view.place(

@@ -16,6 +16,11 @@ its id once (``protocol._session`` Rule 6a).  A target of protocol 2 has no such
 frame: the session sends it the batch as a "D" frame, with the digest it computes
 (Rule 2a).
 
+A dedup group's shared chunk (``UploadChunk.shared``) is placed under the group's key,
+and each chosen target is first asked whether it holds its packet already
+(``AdoptPackets``, ``gridnode.dedup_group``): a packet it keeps under our tag too is
+placed without a byte sent.
+
 Backpressure: a node-wide byte budget bounds the packet bytes in flight, each link's
 window the requests; a caller waits for its chunk's n receipts.  Cancellation: an upload
 cancelled mid-way leaves only complete packets on targets (they write atomically); the
@@ -45,6 +50,7 @@ from protocol import (
 )
 
 from ..byte_budget import ByteBudget
+from ..dedup_group import adopt_on
 from ..errors import GridError, PeerError, RemoteError
 from ..exception_groups import collapse_groups
 from ..identity import NodeIdentity
@@ -93,6 +99,9 @@ class UploadChunk(Request["ChunkUploaded"]):
     #: Targets already holding other packets of this chunk (repair uploads only the lost
     #: ones): a replacement must obey the pairwise rules together with them too.
     held: tuple[bytes, ...] = ()
+    #: A dedup group's data chunk: placed under the group's key, and each target is asked
+    #: first whether it holds its packet already (``gridnode.dedup_group``).
+    shared: bool = False
 
 
 @attrs.frozen
@@ -100,6 +109,8 @@ class ChunkUploaded:
     placed: tuple[PlacedPacket, ...]
     replaced: int
     bytes_sent: int
+    #: Packets a holder had already and kept under our tag too: placed, not uploaded.
+    adopted: int = 0
 
 
 @attrs.frozen
@@ -171,15 +182,37 @@ class Uploader:
                 rules=job.rules,
                 exclude=exclude,
                 fixed=fixed,
+                shared=job.shared,
             ),
         )
         return [t for t in targets if t not in fixed]
+
+    async def _adopt(self, job: UploadChunk, targets: tuple[bytes, ...]) -> dict[int, PlacedPacket]:
+        """A shared chunk: ask each chosen target whether it holds the packet placed there
+        already (another member of the group stored it); those it keeps under our tag are
+        placed without uploading a byte.  Any failure means "upload it"."""
+        found: dict[int, PlacedPacket] = {}
+
+        async def ask(share: int, target: bytes) -> None:
+            packet_id = job.packet_ids[share]
+            tag = self.identity.packet_owner_tag(packet_id, job.policy)
+            part = (packet_id, tag, len(job.packets[share]))
+            taken = await adopt_on(self.link_for, target, [part], timeout_s=self.request_timeout_s)
+            if packet_id in taken:
+                found[share] = PlacedPacket(share, packet_id, target, taken[packet_id])
+
+        async with trio.open_nursery() as nursery:
+            for share, target in enumerate(targets):
+                nursery.start_soon(ask, share, target)
+        self._count("packets_adopted", len(found))
+        return found
 
     async def _upload_chunk(self, job: UploadChunk) -> ChunkUploaded:
         initial = job.targets
         if not initial:
             initial = tuple(await self._place(job, len(job.packets), job.held, frozenset()))
-        placed: list[PlacedPacket | None] = [None] * len(job.packets)
+        adopted = await self._adopt(job, initial) if job.shared else {}
+        placed: list[PlacedPacket | None] = [adopted.get(i) for i in range(len(job.packets))]
         failed: set[bytes] = set()
         assigned: dict[int, bytes] = {}
         replacing = trio.Lock()
@@ -238,13 +271,16 @@ class Uploader:
         with collapse_groups():
             async with trio.open_nursery() as nursery:
                 for share, target in enumerate(initial):
-                    nursery.start_soon(one, share, target)
+                    if placed[share] is None:
+                        nursery.start_soon(one, share, target)
         result = tuple(p for p in placed if p is not None)
         assert len(result) == len(job.packets)
         self._count("chunks_uploaded")
         self._count("packets_uploaded", len(result))
         self._count("packets_replaced", replaced)
-        return ChunkUploaded(placed=result, replaced=replaced, bytes_sent=sent)
+        return ChunkUploaded(
+            placed=result, replaced=replaced, bytes_sent=sent, adopted=len(adopted)
+        )
 
     async def _store_on(self, target: bytes, packet_id: bytes, data: bytes, policy: str) -> bytes:
         """Queue one packet for ``target`` and wait for its receipt.

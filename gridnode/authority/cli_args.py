@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from ..cli_common import add_home, add_json, add_node_settings, lazy
+from ..cli_common import add_convergence_secret, add_home, add_json, add_node_settings, lazy
 
 __all__ = ["add_account_parser", "add_parsers"]
 
@@ -27,6 +27,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--price-book", help="TOML price book with [plans.NAME] (default: built in)")
     p.add_argument("--force", action="store_true", help="overwrite an existing grid file")
     add_node_settings(p, init=True)
+    add_convergence_secret(p)  # with --dedup-group, as for `gridnode init`
     add_json(p)
     p.set_defaults(fn=lazy(_COMMANDS, "cmd_authority_init"))
 

@@ -50,6 +50,7 @@ from .records import (
     HeldPacket,
     MoveRecord,
 )
+from .renewal import renew_owner_leases
 from .transfer import deliver
 
 _log = get_logger(actor="delegation")
@@ -155,6 +156,12 @@ class Repairer:
     #: Set on the first tick: ``settle_s``, or a day after this node was itself off
     #: longer than the delay (as ``repair.AutoRepair``: its sightings are its own).
     watch_s: float | None = None
+    #: Leases this node asks for on an absent owner's behalf (``delegation.renewal``;
+    #: 0: none), and how often it renews them.
+    lease_s: float = 0.0
+    renew_every_s: float = 7 * 86400.0
+    #: When this process last renewed each absent owner's leases (wall clock).
+    renewed_at: dict[bytes, float] = attrs.field(factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -537,6 +544,7 @@ class Repairer:
                 self.watch_s = max(self.settle_s, min(min(delays), 86400.0))
         self._observe(present | {own}, watched)
         await trio.to_thread.run_sync(self._save_seen)
+        await self._renew_absent(present)
         moved = 0
         for owner, held in list(self.held.items()):
             cap = held.capability
@@ -547,6 +555,38 @@ class Repairer:
             await self._hand_on(owner, held, present)
             moved += await self._repair_owner(owner, held, present)
         return moved
+
+    async def _renew_absent(self, present: set[bytes]) -> None:
+        """Renew the leases of owners away for half a renewal interval or more, once per
+        interval each, unless a delegate ranked before this one is there to do it."""
+        if self.lease_s <= 0:
+            return
+        now = self.clock()
+        for owner, held in list(self.held.items()):
+            last_seen = self.seen.get(owner)
+            away = now - last_seen if last_seen is not None else float("inf")
+            if (
+                held.capability is None
+                or owner in present
+                or away < self.renew_every_s / 2
+                or now - self.renewed_at.get(owner, 0.0) < self.renew_every_s
+                or self._standby(owner, held, present)
+            ):
+                continue
+            tally = await renew_owner_leases(
+                held.map,
+                here=present,
+                link_for=self.link_for,
+                lease_s=self.lease_s,
+                cpu_limiter=self.cpu_limiter,
+                own=self.identity.node_id,
+                local=self.store_local,
+                timeout_s=self.request_timeout_s,
+            )
+            self.renewed_at[owner] = now
+            for key, value in tally.items():
+                self._count(f"delegated_{key}", value)
+            _log.info("leases_renewed_for_owner", owner=owner.hex()[:12], **tally)
 
     def _standby(self, owner: bytes, held: _Held, present: set[bytes]) -> bool:
         """True while a delegate ranked before this one (in the owner's ranking of the

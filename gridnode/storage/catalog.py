@@ -44,9 +44,11 @@ import msgpack
 from nacl.signing import SigningKey
 
 from .backup_log import BackupLog
+from .lease_book import LeaseBook
 from .migrations import apply_migrations
 from .records import SNAPSHOT_COLUMNS, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
 from .sqlite import ThreadConnections, durable
+from .survival import Survival, survival
 
 __all__ = ["Catalog", "placed_bytes_by_target"]
 
@@ -158,6 +160,23 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE snapshots ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'
     """,
+    # 5: leases (issue 10, ``gridnode.storage.lease_book``): when each packet's lease on
+    # its holder is next renewed (0: at the next round), and the deletes holders have
+    # not confirmed yet, retried until they do.
+    """
+    ALTER TABLE packets ADD COLUMN renew_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX packets_by_renewal ON packets(renew_at);
+    CREATE TABLE pending_deletes (
+        packet_id BLOB NOT NULL,
+        target BLOB NOT NULL,
+        policy TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        queued REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_try REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (packet_id, target)
+    ) WITHOUT ROWID
+    """,
 )
 
 
@@ -172,9 +191,10 @@ def placed_bytes_by_target(db: sqlite3.Connection) -> dict[bytes, int]:
     return {bytes(target): int(size) for target, size in rows}
 
 
-class Catalog(BackupLog):
+class Catalog(BackupLog, LeaseBook):
     """The node's metadata records in one SQLite file; the backup log (``BackupLog``)
-    lives in the same file, so a job's ``catalog.log(...)`` is a call on this object."""
+    and the leases and queued deletes (``LeaseBook``) live in the same file, so a job's
+    ``catalog.log(...)`` is a call on this object."""
 
     def __init__(self, path: Path, *, signing_key: SigningKey) -> None:
         self.path = path
@@ -464,19 +484,31 @@ class Catalog(BackupLog):
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            orphans = [
-                (bytes(r[0]), str(r[1]))
-                for r in db.execute(
-                    "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc WHERE sc.snapshot_id = ?"
-                    " AND NOT EXISTS (SELECT 1 FROM snapshot_chunks o"
-                    " WHERE o.chunk_id = sc.chunk_id"
-                    " AND o.policy = sc.policy AND o.snapshot_id != ?)",
-                    (snapshot_id, snapshot_id),
-                ).fetchall()
-            ]
-            db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
-            db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
-            db.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (snapshot_id,))
+            return self._drop_snapshot(db, snapshot_id)
+
+    def release_snapshot(self, snapshot_id: str) -> int:
+        """Drop a snapshot and, in the same transaction, the chunks no other snapshot
+        uses, queuing their packets' deletes (``LeaseBook``); returns the chunks freed."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            return self._queue_and_drop(db, self._drop_snapshot(db, snapshot_id))
+
+    @staticmethod
+    def _drop_snapshot(db: sqlite3.Connection, snapshot_id: str) -> list[tuple[bytes, str]]:
+        orphans = [
+            (bytes(r[0]), str(r[1]))
+            for r in db.execute(
+                "SELECT sc.chunk_id, sc.policy FROM snapshot_chunks sc WHERE sc.snapshot_id = ?"
+                " AND NOT EXISTS (SELECT 1 FROM snapshot_chunks o"
+                " WHERE o.chunk_id = sc.chunk_id"
+                " AND o.policy = sc.policy AND o.snapshot_id != ?)",
+                (snapshot_id, snapshot_id),
+            ).fetchall()
+        ]
+        db.execute("DELETE FROM entries WHERE snapshot_id = ?", (snapshot_id,))
+        db.execute("DELETE FROM snapshot_chunks WHERE snapshot_id = ?", (snapshot_id,))
+        db.execute("DELETE FROM snapshots WHERE snapshot_id = ?", (snapshot_id,))
         return orphans
 
     # --- chunks and packets ----------------------------------------------------------------------
@@ -530,6 +562,11 @@ class Catalog(BackupLog):
                     (c.chunk_id, policy, p.share, p.packet_id, p.target, p.receipt)
                     for p in c.packets
                 ),
+            )
+            # A packet used again where a delete of it waits: the delete must never go.
+            db.executemany(
+                "DELETE FROM pending_deletes WHERE packet_id = ? AND target = ?",
+                ((p.packet_id, p.target) for p in c.packets),
             )
             if snapshot_id is not None:
                 db.execute(
@@ -830,3 +867,11 @@ class Catalog(BackupLog):
             "INSERT OR REPLACE INTO recovery_root(id, version, published) VALUES (1, ?, ?)",
             (version, time.time()),
         )
+
+    # --- check (gridnode.check) ------------------------------------------------------------------
+
+    def survival(self, survivors: dict[bytes, bool], threshold: int) -> Survival:
+        """Surviving packets per chunk and per complete snapshot, without a fetch
+        (``gridnode.storage.survival``): ``survivors`` maps each holder counted alive to
+        whether it passed an audit lately."""
+        return survival(self._db(), survivors, threshold)

@@ -9,6 +9,14 @@ packet the target verified and holds: a tag offered with a refused packet would 
 anyone who knows a packet id keep that packet alive against its owners' deletes, and
 would grow this database outside the allocation.
 
+Leases (issue 10): each tag is held until its lease ends, and a source renews its leases
+in the background (``gridnode.leases``).  A packet goes when its last tag is withdrawn
+(the owner's delete secret) or its last lease has ended and the holder's collector runs
+(``gridnode.storage.collector``), never before.  A renewal only extends a tag already
+held, so whoever learns a (packet, tag) pair (the owner's repair delegates do: they renew
+for an owner that is away) can keep that lease alive but never create one; a withdrawal
+needs the secret.
+
 Recovery roots: sealed blobs at locators derived from their verification keys (see
 ``gridnode.recovery``, ``protocol.root_locator``).  The packet store checks the
 locator and the signature; here a root is only replaced by the same key, never by an
@@ -95,6 +103,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         bytes INTEGER NOT NULL CHECK (bytes >= 0)
     ) WITHOUT ROWID
     """,
+    # 4: leases (issue 10).  Each owner tag is held until ``expires`` (unix seconds).
+    # NULL: held without a lease, as every tag kept from before leases and every tag a
+    # peer of a protocol before 4 stores: such a peer cannot renew, so its packets must
+    # not run out under it; a renewal turns the tag into a lease.  ``untagged`` notes
+    # packets found on disk with no tag at all (a crash between the write and the tag),
+    # reclaimed when still untagged a grace later.  ``source_usage.expires`` is the end
+    # of the longest lease the source took or renewed here: once it has passed, all of
+    # that source's leases have, and its usage row goes (the tags name no source, so an
+    # expiring tag cannot be taken off one; NULL: never reset).
+    """
+    ALTER TABLE owner_tags ADD COLUMN expires REAL;
+    CREATE INDEX owner_tags_by_expiry ON owner_tags(expires) WHERE expires IS NOT NULL;
+    CREATE TABLE untagged (packet_id BLOB PRIMARY KEY, since REAL NOT NULL) WITHOUT ROWID;
+    ALTER TABLE source_usage ADD COLUMN expires REAL
+    """,
 )
 
 
@@ -135,34 +158,158 @@ class Holdings:
     def _migrate(self) -> None:
         apply_migrations(self._db(), MIGRATIONS, what="holdings", path=self.path)
 
-    def add_tag(self, packet_id: bytes, owner_tag: bytes) -> None:
-        self.add_tags([(packet_id, owner_tag)])
+    def add_tag(self, packet_id: bytes, owner_tag: bytes, expires: float | None = None) -> None:
+        self.add_tags([(packet_id, owner_tag)], expires=expires)
 
     def add_tags(
-        self, tags: list[tuple[bytes, bytes]], charges: list[tuple[bytes, int]] | None = None
+        self,
+        tags: list[tuple[bytes, bytes]],
+        charges: list[tuple[bytes, int]] | None = None,
+        *,
+        expires: float | None = None,
     ) -> None:
         """Record (packet id, owner tag) pairs; only for packets verified and held here.
 
         ``charges[i]`` = (source, bytes) charges the i-th tag's packet to that source's
         usage, when the tag is new (a packet sent again under the same tag costs nothing
-        more), in the same transaction."""
+        more), in the same transaction.  ``expires``: the lease's end (None: held
+        without a lease, for a peer that cannot renew).  A tag stored again keeps the
+        later of its two ends, and a tag held without a lease keeps none."""
         db = self._db()
         with db:
             db.execute("BEGIN IMMEDIATE")
-            for index, pair in enumerate(tags):
-                added = db.execute(
-                    "INSERT OR IGNORE INTO owner_tags(packet_id, owner_tag) VALUES (?, ?)", pair
-                ).rowcount
-                if added and charges is not None and charges[index][0]:
-                    self._charge(db, *charges[index])
+            for index, (packet_id, owner_tag) in enumerate(tags):
+                held = db.execute(
+                    "SELECT 1 FROM owner_tags WHERE packet_id = ? AND owner_tag = ?",
+                    (packet_id, owner_tag),
+                ).fetchone()
+                if held is None:
+                    db.execute(
+                        "INSERT INTO owner_tags(packet_id, owner_tag, expires) VALUES (?, ?, ?)",
+                        (packet_id, owner_tag, expires),
+                    )
+                    db.execute("DELETE FROM untagged WHERE packet_id = ?", (packet_id,))
+                    if charges is not None and charges[index][0]:
+                        self._charge(db, *charges[index], expires=expires)
+                elif expires is not None:
+                    db.execute(
+                        "UPDATE owner_tags SET expires = MAX(expires, ?)"
+                        " WHERE packet_id = ? AND owner_tag = ? AND expires IS NOT NULL",
+                        (expires, packet_id, owner_tag),
+                    )
 
     @staticmethod
-    def _charge(db: sqlite3.Connection, source: bytes, nbytes: int) -> None:
+    def _charge(
+        db: sqlite3.Connection, source: bytes, nbytes: int, *, expires: float | None = None
+    ) -> None:
         db.execute(
-            "INSERT INTO source_usage(source, bytes) VALUES (?, MAX(?, 0))"
-            " ON CONFLICT(source) DO UPDATE SET bytes = MAX(bytes + ?, 0)",
-            (source, nbytes, nbytes),
+            "INSERT INTO source_usage(source, bytes, expires) VALUES (?, MAX(?, 0), ?)"
+            " ON CONFLICT(source) DO UPDATE SET bytes = MAX(bytes + ?, 0),"
+            " expires = CASE WHEN expires IS NULL OR excluded.expires IS NULL THEN NULL"
+            " ELSE MAX(expires, excluded.expires) END",
+            (source, nbytes, expires, nbytes),
         )
+
+    def renew(
+        self, pairs: list[tuple[bytes, bytes]], until: float, *, source: bytes = b""
+    ) -> list[float]:
+        """Extend each (packet id, owner tag) lease to at least ``until``; per pair, the
+        lease's end now, or 0 where no such tag is held (a renewal never creates one:
+        only a store does, for a packet verified and held).  A tag held without a lease
+        becomes a lease: whoever renews it will keep renewing."""
+        db = self._db()
+        out: list[float] = []
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for packet_id, owner_tag in pairs:
+                db.execute(
+                    "UPDATE owner_tags SET expires = MAX(COALESCE(expires, 0), ?)"
+                    " WHERE packet_id = ? AND owner_tag = ?",
+                    (until, packet_id, owner_tag),
+                )
+                row = db.execute(
+                    "SELECT expires FROM owner_tags WHERE packet_id = ? AND owner_tag = ?",
+                    (packet_id, owner_tag),
+                ).fetchone()
+                out.append(float(row[0]) if row else 0.0)
+            if source and any(out):
+                db.execute(
+                    "UPDATE source_usage SET expires = MAX(COALESCE(expires, 0), ?)"
+                    " WHERE source = ?",
+                    (until, source),
+                )
+        return out
+
+    def expire(self, now: float, *, limit: int = 10_000) -> tuple[int, list[bytes]]:
+        """Drop up to ``limit`` tags whose lease ended before ``now``, and the usage rows
+        of sources whose every lease did; returns (tags dropped, packets left with no
+        tag).  The caller deletes those packets' files, under the same lock as stores
+        take, after checking again that they have no tag (see ``untagged_now``)."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            rows = db.execute(
+                "SELECT packet_id, owner_tag FROM owner_tags"
+                " WHERE expires IS NOT NULL AND expires < ? LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            db.executemany("DELETE FROM owner_tags WHERE packet_id = ? AND owner_tag = ?", rows)
+            db.execute("DELETE FROM source_usage WHERE expires IS NOT NULL AND expires < ?", (now,))
+        packets = sorted({bytes(r[0]) for r in rows})
+        return len(rows), self.untagged_now(packets)
+
+    def untagged_now(self, packet_ids: list[bytes]) -> list[bytes]:
+        """Those of ``packet_ids`` no tag holds."""
+        db = self._db()
+        return [
+            p
+            for p in packet_ids
+            if db.execute("SELECT 1 FROM owner_tags WHERE packet_id = ?", (p,)).fetchone() is None
+        ]
+
+    def sweep_untagged(self, packet_ids: list[bytes], now: float, grace_s: float) -> list[bytes]:
+        """Of packets found on disk (``packet_ids``), those held by no tag since before
+        ``now - grace_s``: nobody can release them, so they are reclaimed.  Packets seen
+        untagged for the first time are noted with ``now``."""
+        db = self._db()
+        doomed: list[bytes] = []
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for packet_id in packet_ids:
+                if db.execute(
+                    "SELECT 1 FROM owner_tags WHERE packet_id = ?", (packet_id,)
+                ).fetchone():
+                    db.execute("DELETE FROM untagged WHERE packet_id = ?", (packet_id,))
+                    continue
+                row = db.execute(
+                    "SELECT since FROM untagged WHERE packet_id = ?", (packet_id,)
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO untagged(packet_id, since) VALUES (?, ?)", (packet_id, now)
+                    )
+                elif float(row[0]) < now - grace_s:
+                    doomed.append(packet_id)
+        return doomed
+
+    def forget_untagged(self, packet_ids: list[bytes]) -> None:
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM untagged WHERE packet_id = ?", ((p,) for p in packet_ids))
+
+    def lease_counts(self, now: float) -> dict[str, int]:
+        """Tags held under a lease, without one, and leases ending within a day."""
+        leased, unleased, soon = (
+            self._db()
+            .execute(
+                "SELECT COUNT(expires), COUNT(*) - COUNT(expires),"
+                " COALESCE(SUM(expires < ?), 0) FROM owner_tags",
+                (now + 86_400,),
+            )
+            .fetchone()
+        )
+        return {"leased": int(leased), "unleased": int(unleased), "ending_within_day": int(soon)}
 
     def source_bytes(self, source: bytes) -> int:
         """Bytes of packets ``source`` keeps here (tags it added and did not withdraw)."""
@@ -295,3 +442,29 @@ class Holdings:
                 .fetchone()
             )
         return int(row[0])
+
+    def adopt_tags(
+        self,
+        tags: list[tuple[bytes, bytes]],
+        charges: list[tuple[bytes, int]],
+        *,
+        expires: float | None = None,
+    ) -> list[bool]:
+        """A dedup group's second source keeps a packet another tag holds already
+        (``AdoptPackets``, ``gridnode.dedup_group.adopt_held``): its tag is added only
+        where the packet has some tag, through ``add_tags`` as a store's is (so leases
+        and usage charges apply alike).  Returns per pair whether the tag is held now.
+        The caller has verified each packet's bytes and holds the packet store's keep
+        lock, so no tag is withdrawn between this check and the new tag."""
+        db = self._db()
+        held = [
+            db.execute(
+                "SELECT 1 FROM owner_tags WHERE packet_id = ? LIMIT 1", (packet_id,)
+            ).fetchone()
+            is not None
+            for packet_id, _ in tags
+        ]
+        chosen = [index for index, ok in enumerate(held) if ok]
+        if chosen:
+            self.add_tags([tags[i] for i in chosen], [charges[i] for i in chosen], expires=expires)
+        return held

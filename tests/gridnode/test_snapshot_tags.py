@@ -91,7 +91,7 @@ def test_the_migration_keeps_the_snapshots_of_the_previous_schema(tmp_path: Path
     db.close()
     catalog = Catalog(path, signing_key=SigningKey.generate())
     try:
-        assert catalog.schema_version == len(MIGRATIONS) == 4
+        assert catalog.schema_version == len(MIGRATIONS) >= 4
         [old] = catalog.snapshots()
         assert (old.snapshot_id, old.roots, old.files, old.total_bytes, old.tags) == (
             "old",

@@ -386,7 +386,7 @@ async def test_a_packet_whose_tag_cannot_be_recorded_is_not_kept(
     async with open_store(tmp_path, allocation=5_000) as (store, ask):
         packet_id, data = _packet(1_000, seed=8)
 
-        def broken(tags: list[tuple[bytes, bytes]], charges: object = None) -> None:
+        def broken(tags: list[tuple[bytes, bytes]], *_: object, **__: object) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
         monkeypatch.setattr(store.holdings, "add_tags", broken)

@@ -111,10 +111,11 @@ from __future__ import annotations
 
 from .config import LOCATION_CHECKS, GossipConfig
 from .membership import Membership
-from .records import STATES, MembershipStatistics, MemberView, Outgoing
+from .records import DRAINING_LABEL, STATES, MembershipStatistics, MemberView, Outgoing, is_draining
 from .table import SharedView
 
 __all__ = [
+    "DRAINING_LABEL",
     "LOCATION_CHECKS",
     "STATES",
     "GossipConfig",
@@ -123,4 +124,5 @@ __all__ = [
     "MembershipStatistics",
     "Outgoing",
     "SharedView",
+    "is_draining",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "ALIVE",
     "CLAIMS",
     "DEAD",
+    "DRAINING_LABEL",
     "GONE",
     "LEFT",
     "STATES",
@@ -28,6 +29,7 @@ __all__ = [
     "MembershipStatistics",
     "Outgoing",
     "Suspicion",
+    "is_draining",
 ]
 
 STATES: Final = ("alive", "suspect", "dead", "left")
@@ -38,6 +40,20 @@ DEAD: Final = "dead"
 LEFT: Final = "left"
 GONE: Final = (DEAD, LEFT)
 CLAIMS: Final = (SUSPECT, DEAD)
+
+#: The label a member puts in its own signed record while it drains before a graceful
+#: leave (``gridnode leave``, ``gridnode.leave``): it stays alive and serves its packets,
+#: but placement gives it none, and the owners of what it holds move them away.  A label,
+#: not a new record field: every version since 2 carries and relays labels unchanged, so
+#: the record still verifies on an older member (a new field would fail its schema and
+#: signature); such a member does not know the label but sees the draining member
+#: publish no free space, and the member refuses new packets anyway.
+DRAINING_LABEL: Final = "gridnode.state=leaving"
+
+
+def is_draining(record: MemberRecord) -> bool:
+    """Does the member drain before leaving (no new packets; owners move theirs)?"""
+    return DRAINING_LABEL in record.labels
 
 
 @attrs.frozen

@@ -20,23 +20,62 @@ packet frame is a megabyte.  ``serialize_frame`` builds the same bytes in one bu
 the header, then the payload copied once and masked in place.  Frames under an
 extension (none is negotiated by the node) keep wsproto's own path.  Checked byte for
 byte against wsproto's (tests/gridnode/test_ws_framing.py).
+
+Issue 11 (per-byte and per-frame costs of the data path):
+
+- a link sends its messages with ``send_pieces``: the session's frame in pieces (its
+  sealed header, then the packets' own buffers) is framed by ``frame_from_pieces``,
+  each piece copied (and masked) once, straight into the websocket frame, and written
+  under trio-websocket's own stream lock.  ``send_message`` would join the pieces, copy
+  them into the frame, and wsproto's ``send`` would copy the frame twice more;
+- receiving, ``process_buffer`` takes each piece of payload out of wsproto's receive
+  buffer in one copy (unmasking in the same pass on a server), where wsproto made two
+  or three;
+- short frames (requests, answers, acks) are masked as one big-integer XOR rather than
+  byte by byte.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
+import trio
 import wsproto.frame_protocol as _frame_protocol
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
+from wsproto.connection import ConnectionState
 
-__all__ = ["ORIGINAL_MASKER", "ORIGINAL_SERIALIZE", "FastXorMasker", "install", "serialize_frame"]
+Buffer = bytes | bytearray | memoryview
+
+__all__ = [
+    "ORIGINAL_MASKER",
+    "ORIGINAL_PROCESS_BUFFER",
+    "ORIGINAL_SERIALIZE",
+    "FastXorMasker",
+    "frame_from_pieces",
+    "install",
+    "process_buffer",
+    "send_pieces",
+    "serialize_frame",
+]
 
 ORIGINAL_MASKER: Final = _frame_protocol.XorMaskerSimple
 ORIGINAL_SERIALIZE: Final = _frame_protocol.FrameProtocol._serialize_frame
-#: Below this, numpy's per-call overhead costs more than the pure-Python path.
-_NUMPY_MIN_BYTES: Final = 512
+ORIGINAL_PROCESS_BUFFER: Final = _frame_protocol.FrameDecoder.process_buffer
+#: Below this, masking is one XOR of two big integers (a few microseconds for a short
+#: request frame): numpy's per-call overhead costs more, and a Python loop over the
+#: bytes costs about 0.3 us a byte (issue 11: every request and answer is such a frame).
+_NUMPY_MIN_BYTES: Final = 1024
+
+
+def _small_xor(data: Buffer, key: bytes) -> bytes:
+    """``data`` XOR ``key`` repeated from its first byte, for short data."""
+    size = memoryview(data).nbytes
+    stream = (key * (size // 4 + 1))[:size]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(size, "big")
 
 
 class FastXorMasker:
@@ -47,18 +86,18 @@ class FastXorMasker:
     def __init__(self, masking_key: bytes | bytearray) -> None:
         self._key = bytes(masking_key)
 
-    def process(self, data: bytes | bytearray) -> bytearray:
-        out = bytearray(data)
-        size = len(out)
-        if not size:
-            return out
+    def process(self, data: bytes | bytearray | memoryview) -> bytearray:
         key = self._key
-        words = size // 4 if size >= _NUMPY_MIN_BYTES else 0
-        if words:
+        size = memoryview(data).nbytes
+        if size < _NUMPY_MIN_BYTES:
+            out = bytearray(_small_xor(data, key)) if size else bytearray()
+        else:
+            out = bytearray(data)
+            words = size // 4
             view = np.frombuffer(out, dtype=np.uint32, count=words)
             np.bitwise_xor(view, np.frombuffer(key, dtype=np.uint32)[0], out=view)
-        for i in range(words * 4, size):
-            out[i] ^= key[i & 3]
+            for i in range(words * 4, size):
+                out[i] ^= key[i & 3]
         rotation = size & 3
         self._key = key[rotation:] + key[:rotation]
         return out
@@ -67,10 +106,13 @@ class FastXorMasker:
 def _xor_in_place(out: bytearray, start: int, key: bytes) -> None:
     """XOR ``out[start:]`` with the 4-byte ``key`` repeated from ``start`` (RFC 6455 5.3)."""
     size = len(out) - start
-    words = size // 4 if size >= _NUMPY_MIN_BYTES else 0
-    if words:
-        view = np.frombuffer(out, dtype=np.uint32, count=words, offset=start)
-        np.bitwise_xor(view, np.frombuffer(key, dtype=np.uint32)[0], out=view)
+    if size < _NUMPY_MIN_BYTES:
+        if size:
+            out[start:] = _small_xor(bytes(out[start:]), key)
+        return
+    words = size // 4
+    view = np.frombuffer(out, dtype=np.uint32, count=words, offset=start)
+    np.bitwise_xor(view, np.frombuffer(key, dtype=np.uint32)[0], out=view)
     for i in range(words * 4, size):
         out[start + i] ^= key[i & 3]
 
@@ -104,7 +146,139 @@ def serialize_frame(
     return out
 
 
+def _xor_into(out: bytearray, start: int, piece: Buffer, key: bytes) -> None:
+    """Write ``piece`` XOR ``key`` (4 bytes, repeated) into ``out[start:]``: one pass
+    that copies and masks, where copying and then masking in place reads it twice."""
+    size = memoryview(piece).nbytes
+    if size < _NUMPY_MIN_BYTES:
+        if size:
+            out[start : start + size] = _small_xor(piece, key)
+        return
+    words = size // 4
+    source = np.frombuffer(piece, dtype=np.uint32, count=words)
+    target = np.frombuffer(out, dtype=np.uint32, count=words, offset=start)
+    np.bitwise_xor(source, np.frombuffer(key, dtype=np.uint32)[0], out=target)
+    tail = memoryview(piece).cast("B")
+    for i in range(words * 4, size):
+        out[start + i] = tail[i] ^ key[i & 3]
+
+
+def frame_from_pieces(pieces: Sequence[Buffer], *, client: bool) -> bytearray:
+    """One whole binary websocket message (FIN set, no extension) whose payload is the
+    pieces joined, masked with a fresh key when ``client`` (RFC 6455 5.2-5.3).
+
+    The same bytes as wsproto's ``send_data`` of the joined payload, built in one
+    buffer: each piece is copied (and masked) once, straight into the frame, instead
+    of joined, copied, masked and then copied twice more by wsproto's ``send``
+    (issue 11).  Checked against wsproto's own framing (tests/gridnode/test_ws_framing.py).
+    """
+    length = sum(memoryview(piece).nbytes for piece in pieces)
+    opcode = _frame_protocol.Opcode.BINARY
+    if length <= _frame_protocol.MAX_PAYLOAD_NORMAL:
+        second, extended = length, b""
+    elif length <= _frame_protocol.MAX_PAYLOAD_TWO_BYTE:
+        second, extended = _frame_protocol.PAYLOAD_LENGTH_TWO_BYTE, struct.pack("!H", length)
+    else:
+        second, extended = _frame_protocol.PAYLOAD_LENGTH_EIGHT_BYTE, struct.pack("!Q", length)
+    key = os.urandom(4) if client else b""
+    if client:
+        second |= 1 << 7
+    header = bytes([0x80 | int(opcode), second]) + extended + key
+    out = bytearray(len(header) + length)
+    out[: len(header)] = header
+    offset = len(header)
+    for piece in pieces:
+        size = memoryview(piece).nbytes
+        if key:
+            turn = (offset - len(header)) & 3
+            _xor_into(out, offset, piece, key[turn:] + key[:turn])
+        else:
+            out[offset : offset + size] = piece
+        offset += size
+    return out
+
+
+async def send_pieces(ws: WebSocketConnection, pieces: Sequence[Buffer]) -> None:
+    """Send the pieces joined as one binary message on ``ws``, framed by
+    ``frame_from_pieces``; what ``ws.send_message(b"".join(pieces))`` does, with one
+    copy of the payload instead of five (two more when it masks).
+
+    Raises ``ConnectionClosed`` like ``send_message`` when the websocket is closing or
+    closed, also when the peer's close frame has arrived but ours has not left
+    (wsproto would refuse the message then).  A connection that negotiated an
+    extension (the node offers none) takes ``send_message``.
+    """
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
+    connection = ws._wsproto.connection
+    if connection is None or connection.state is not ConnectionState.OPEN:
+        raise ConnectionClosed(ws._close_reason or CloseReason(1006, "not open"))
+    proto = connection._proto
+    if proto.extensions or proto._outbound_opcode is not None:
+        await ws.send_message(b"".join(pieces))
+        return
+    data = frame_from_pieces(pieces, client=proto.client)
+    async with ws._stream_lock:
+        try:
+            await ws._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise ConnectionClosed(ws._close_reason or CloseReason(1006, "stream closed")) from None
+
+
+def process_buffer(self: Any) -> Any:
+    """wsproto's ``FrameDecoder.process_buffer`` with each received piece of payload
+    copied once out of the receive buffer (and unmasked in the same copy, a server's
+    case), where wsproto slices it, copies it for the masker and copies it again into
+    bytes: a whole copy or two of every byte a node receives (issue 11).  A data
+    frame's payload may come as a bytearray (trio-websocket joins the pieces of a
+    message into bytes); a control frame's is bytes, as wsproto's.  Checked against
+    wsproto's own on random frames cut at random points (tests/gridnode/test_ws_framing.py).
+    """
+    if self.extensions:
+        return ORIGINAL_PROCESS_BUFFER(self)
+    if not self.header and not self.parse_header():
+        return None
+    header, buffer, masker = self.header, self.buffer, self.masker
+    if len(buffer) < self.payload_required:
+        return None
+    start = buffer.bytes_used
+    size = min(header.payload_len - self.payload_consumed, len(buffer.buffer) - start)
+    if size <= 0 and header.payload_len > 0:
+        return None
+    with memoryview(buffer.buffer) as whole, whole[start : start + size] as piece:
+        payload: bytes | bytearray
+        if isinstance(masker, FastXorMasker):
+            payload = masker.process(piece)
+        elif isinstance(masker, _frame_protocol.XorMaskerNull):
+            payload = bytes(piece)
+        else:
+            payload = masker.process(bytearray(piece))
+    buffer.bytes_used = start + size
+    buffer.commit()
+    self.payload_consumed += size
+    finished = self.payload_consumed == header.payload_len
+    if header.opcode.iscontrol():
+        payload = bytes(payload)
+    # A bytearray where wsproto's annotation says bytes: every reader of a data frame's
+    # payload (wsproto's message decoder, trio-websocket's join) takes either.
+    frame = _frame_protocol.Frame(
+        self.effective_opcode,
+        payload,  # type: ignore[arg-type]
+        finished,
+        header.fin,
+    )
+    if finished:
+        self.header = None
+        self.effective_opcode = None
+        self.masker = None
+    else:
+        self.effective_opcode = _frame_protocol.Opcode.CONTINUATION
+    return frame
+
+
 def install() -> None:
     """Idempotent; called when gridnode.transport is imported."""
     _frame_protocol.XorMaskerSimple = FastXorMasker  # type: ignore[misc,assignment]
     _frame_protocol.FrameProtocol._serialize_frame = serialize_frame  # type: ignore[method-assign]
+    _frame_protocol.FrameDecoder.process_buffer = process_buffer  # type: ignore[method-assign]

@@ -572,6 +572,7 @@ class Transport:
         if expect is not None and session.peer_id != expect:
             with trio.move_on_after(1):
                 await ws.aclose(code=CLOSE_POLICY, reason="unexpected node id")
+            await trio.aclose_forcefully(stream)  # the close handshake may have timed out
             raise PeerGone(
                 f"{address} is node {short_node_id(session.peer_id)}, not {short_node_id(expect)}",
                 peer=address,

@@ -70,6 +70,8 @@ async def open_grid(
                 "grace_period_s": 0.5,
                 # The shipped 10/30 needs 31 members; test grids are a handful.
                 "redundancy": "4/6",
+                # Off unless a test asks for it: a web server per node costs every test.
+                "dashboard_listen": "",
                 **(settings or {}),
             }
             config = build_config(tmp_path / f"n{i}", values)

@@ -117,7 +117,9 @@ class Checker:
         repaired: dict[str, Any] | None = None
         if repair and not report["ok"]:
             _log.info("check_repair", holders=[h.hex()[:12] for h in lost])
-            result = await repair_holders(self.services, lost, threshold=self.threshold)
+            result = await repair_holders(
+                self.services, lost, threshold=self.threshold, automatic=False
+            )
             if self.on_repair is not None:
                 self.on_repair(result)
             repaired = {

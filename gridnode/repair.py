@@ -374,10 +374,11 @@ async def repair(services: Services, snapshot: str | None, emit: Emit) -> dict[s
 
 
 async def repair_holders(
-    services: Services, gone: Sequence[bytes], *, threshold: int = 1
+    services: Services, gone: Sequence[bytes], *, threshold: int = 1, automatic: bool = True
 ) -> dict[str, Any]:
-    """Repair only the chunks with ``threshold`` or more packets on ``gone`` (the
-    automatic repair)."""
+    """Repair only the chunks with ``threshold`` or more packets on ``gone``: the
+    automatic repair, or ``gridnode check --repair`` (``automatic=False``, so the backup
+    log says someone asked for it)."""
 
     async def pages() -> AsyncIterator[list[ChunkRecord]]:
         after = (b"", "")
@@ -391,7 +392,15 @@ async def repair_holders(
         pass
 
     async with services.backup_lock:
-        return await _repair(services, pages(), quiet, log_as=None, gone=gone, threshold=threshold)
+        return await _repair(
+            services,
+            pages(),
+            quiet,
+            log_as=None,
+            gone=gone,
+            threshold=threshold,
+            automatic=automatic,
+        )
 
 
 async def _repair(
@@ -402,6 +411,7 @@ async def _repair(
     log_as: str | None,
     gone: Sequence[bytes] = (),
     threshold: int = 1,
+    automatic: bool = True,
 ) -> dict[str, Any]:
     started = time.monotonic()
     catalog = services.catalog
@@ -453,7 +463,7 @@ async def _repair(
             "repair",
             log_as,
             ok=ok,
-            automatic=bool(gone),
+            automatic=bool(gone) and automatic,
             gone_holders=[g.hex()[:12] for g in gone],
             threshold=threshold if gone else None,
             checked=tally.chunks_checked,

@@ -302,6 +302,9 @@ async def test_check_counts_live_trusted_holders_and_repair_brings_chunks_back(
         assert s["repaired"] is True and s["weakest_chunk_packets_before"] == 2
         assert s["weakest_chunk_packets"] == 4 and s["below_threshold"] is False
         assert fixed["ok"] is True
+        # The backup log says someone asked for this repair (not the automatic one).
+        (entry,) = [e for e in source.catalog.log_entries() if e.event == "repair"]
+        assert entry.detail["automatic"] is False and entry.detail["ok"] is True
         clean = await _without_fetching(grid, lambda: grid.call(0, "check"))
         assert clean["ok"] is True and clean["repaired"] is None
         assert clean["holders_gone"] == [] and clean["holders_distrusted"] == []

@@ -41,6 +41,7 @@ from ..restore import SnapshotNotFound
 from ..storage.catalog import Catalog
 from .access import Access
 from .data import (
+    HEALTH_CHUNK_LIMIT,
     account_view,
     log_view,
     map_view,
@@ -50,6 +51,7 @@ from .data import (
     snapshots_view,
 )
 from .files import DownloadRefused, Submit, children, restore_one
+from .held import Place, RulesCheck, places_from_status
 from .jobs import JobBoard
 
 __all__ = ["MAX_STREAMS", "DashboardApp", "DataSource", "Scope"]
@@ -160,9 +162,11 @@ class DataSource:
 
     async def snapshots(self, status: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await self.methods["snapshots"]({}, _no_events)
-        present, distrusted = present_holders(status if status is not None else await self.status())
+        status = status if status is not None else await self.status()
+        present, distrusted = present_holders(status)
         ids = [str(r["snapshot_id"]) for r in rows if r.get("complete")]
-        return snapshots_view(rows, await self._health_of(ids, present, distrusted))
+        places = places_from_status(status)
+        return snapshots_view(rows, await self._health_of(ids, present, distrusted, places))
 
     async def placement(self, snapshot: str) -> dict[str, Any]:
         answer = await self.methods["placement"]({"snapshot": snapshot}, _no_events)
@@ -191,12 +195,18 @@ class DataSource:
         return children(await self.entries(snapshot, path), path)
 
     async def _health_of(
-        self, ids: list[str], present: frozenset[str], distrusted: frozenset[str]
+        self,
+        ids: list[str],
+        present: frozenset[str],
+        distrusted: frozenset[str],
+        places: tuple[Place, dict[str, Place]],
     ) -> dict[str, Any]:
-        """Snapshot health, read again when the snapshots or the holders present changed,
-        and at least every ``HEALTH_MAX_AGE_S`` (a repair moves packets): it reads every
-        chunk record of every snapshot, which a page open for hours must not do each tick."""
-        key = (tuple(ids), present, distrusted)
+        """Snapshot health, read again when the snapshots, the holders present or the
+        members' places changed, and at least every ``HEALTH_MAX_AGE_S`` (a repair moves
+        packets): it reads every chunk record of every snapshot, which a page open for
+        hours must not do each tick."""
+        source, where = places
+        key = (tuple(ids), present, distrusted, source, tuple(sorted(where.items())))
         now = self.clock()
         if (
             self._health
@@ -204,7 +214,10 @@ class DataSource:
             and now - self._health[0][1] < HEALTH_MAX_AGE_S
         ):
             return self._health[0][2]
-        health = await self.run_db(snapshot_health, self.catalog, ids, present, distrusted)
+        check = RulesCheck(source, where)
+        health = await self.run_db(
+            snapshot_health, self.catalog, ids, present, distrusted, HEALTH_CHUNK_LIMIT, check
+        )
         self._health[:] = [(key, now, health)]
         return dict(health)
 

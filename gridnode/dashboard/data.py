@@ -9,7 +9,8 @@ address, no labels), this node's own storage and band, and its own snapshots.
 
 Snapshot health (``snapshot_health``) is the one figure computed here: per snapshot,
 its weakest chunk's packets on holders the view has present (alive or suspect, or this
-node), against the k it needs, and how many of its holders audits distrust.
+node), against the k it needs, how many of its holders audits distrust, and whether its
+placement rules still hold for where its holders are now (``gridnode.dashboard.held``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import Any, Final
 
 from protocol import format_node_id
 
-from ..logic.distance import parse_band
+from ..logic.distance import Band, parse_band
+from ..logic.placement.rules import PlacementRules
 from ..storage.catalog import Catalog
+from .held import RulesCheck, pair_distances
 
 __all__ = [
     "HEALTH_CHUNK_LIMIT",
@@ -125,18 +128,32 @@ def map_view(status: Mapping[str, Any], backup_proximity: str) -> dict[str, Any]
 PLACEMENT_CHUNKS_LISTED: Final = 100
 
 
+def _packet_band(rules: Any) -> Band:
+    """The snapshot's packet-proximity band (any distance when it has none or the record
+    cannot be read: the pair lines then say only how far apart the holders are)."""
+    try:
+        return PlacementRules.from_wire(rules).packet_proximity if rules else Band()
+    except ValueError:
+        return Band()
+
+
 def placement_view(answer: Mapping[str, Any]) -> dict[str, Any]:
     """The placement page's data from a ``placement`` answer (the owner's own view of
     where its packets went): the snapshot's rules, this node's place, each holder with
-    its packet count, and the pairwise spread of the first chunks.  Packet ids and full
-    node ids stay out: the page draws places and distances, nothing a holder is asked by."""
+    its packet count, and the pairwise spread of the first chunks: each pair of a chunk's
+    holders with its distance and whether it meets the packet-proximity band (``ok``;
+    None when a holder's place is unknown).  Packet ids and full node ids stay out: the
+    page draws places and distances, nothing a holder is asked by."""
     targets: dict[str, dict[str, Any]] = {}
     chunks: list[dict[str, Any]] = []
+    packet_band = _packet_band(answer.get("rules"))
     for chunk in answer.get("chunks", []):
         shorts = []
+        spots: list[tuple[str, float | None, float | None]] = []
         for packet in chunk.get("packets", []):
             short = packet.get("target_short")
             shorts.append(short)
+            spots.append((str(short), packet.get("lat"), packet.get("lon")))
             entry = targets.setdefault(
                 short,
                 {
@@ -158,6 +175,15 @@ def placement_view(answer: Mapping[str, Any]) -> dict[str, Any]:
                     "targets": shorts,
                     "pairwise_min_km": chunk.get("pairwise_min_km"),
                     "pairwise_max_km": chunk.get("pairwise_max_km"),
+                    "pairs": [
+                        {
+                            "a": a,
+                            "b": b,
+                            "km": None if km is None else round(km, 1),
+                            "ok": None if km is None else packet_band.contains(km),
+                        }
+                        for a, b, km in pair_distances(spots)
+                    ],
                 }
             )
     source = answer.get("source", {})
@@ -223,9 +249,13 @@ def snapshot_health(
     present: frozenset[str],
     distrusted: frozenset[str],
     limit: int = HEALTH_CHUNK_LIMIT,
+    check: RulesCheck | None = None,
 ) -> dict[str, dict[str, Any] | None]:
     """Per snapshot: its weakest chunk (fewest packets on present holders), that chunk's
-    k and n, and how many distinct holders of the snapshot audits distrust.  None for a
+    k and n, how many distinct holders of the snapshot audits distrust, and, given
+    ``check`` (the view's places), whether its rules hold: ``rules_held`` True (every
+    chunk held), False (``rules_broken_chunks`` break a rule) or None (none broken,
+    ``rules_unknown_chunks`` have a holder the view cannot place).  None for a
     snapshot left out because the chunks read reached ``limit``.  Runs in a worker
     thread: the catalog's iterator holds that thread's cursor."""
     out: dict[str, dict[str, Any] | None] = {}
@@ -237,6 +267,7 @@ def snapshot_health(
         weakest: tuple[int, int, int] | None = None  # (present, k, n)
         holders_distrusted: set[str] = set()
         chunks = 0
+        broken = unknown = 0
         complete = True
         for chunk in catalog.iter_chunks_of(snapshot_id):
             if chunks >= budget:
@@ -246,6 +277,10 @@ def snapshot_health(
             targets = [format_node_id(p.target) for p in chunk.packets]
             here = sum(1 for t in targets if t in present)
             holders_distrusted.update(t for t in targets if t in distrusted)
+            if check is not None:
+                verdict = check.chunk(chunk.rules, targets)
+                broken += verdict == "broken"
+                unknown += verdict == "unknown"
             if weakest is None or here - chunk.k < weakest[0] - weakest[1]:
                 weakest = (here, chunk.k, chunk.n)
         budget -= chunks
@@ -254,7 +289,8 @@ def snapshot_health(
             continue
         if weakest is None:
             out[snapshot_id] = {"chunks": 0, "weakest_present": None, "k": None, "n": None,
-                                "holders_distrusted": 0, "level": "empty"}  # fmt: skip
+                                "holders_distrusted": 0, "level": "empty", "rules_held": None,
+                                "rules_broken_chunks": 0, "rules_unknown_chunks": 0}  # fmt: skip
             continue
         here, k, n = weakest
         level = "healthy" if here >= n else "degraded" if here >= k else "at_risk"
@@ -265,6 +301,9 @@ def snapshot_health(
             "n": n,
             "holders_distrusted": len(holders_distrusted),
             "level": level,
+            "rules_held": None if check is None else False if broken else None if unknown else True,
+            "rules_broken_chunks": broken,
+            "rules_unknown_chunks": unknown,
         }
     return out
 

@@ -48,6 +48,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE_INTERVAL_S = 0.5
 #: The band around the observer (Paris): London (344 km) and Berlin (878 km) inside.
 BAND = "300km:1200km"
+#: Holders of one chunk at least this far apart: London and Berlin are 930 km apart.
+PACKET_BAND = "500km:"
+#: The colours of a pair line (dashboard.css: --alive, --dead) as the browser reports them.
+GREEN, RED = "rgb(46, 157, 87)", "rgb(208, 52, 44)"
 OTHER_OWNER_FILE = "other-owners-private-name.txt"
 #: The backup whose progress the transfers page shows.
 BIG_BYTES = 128 << 20
@@ -96,7 +100,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         grid.add_many(
             [
                 NodeSpec(name="n0", location="Paris", redundancy="1/2",
-                         extra=(f"backup_proximity={BAND}",)),
+                         extra=(f"backup_proximity={BAND}", f"packet_proximity={PACKET_BAND}")),
                 NodeSpec(name="n1", location="London", redundancy="1/2"),
                 NodeSpec(name="n2", location="Berlin", redundancy="1/2"),
             ]
@@ -199,6 +203,7 @@ def test_the_snapshots_page_lists_size_files_and_health(setup: Setup) -> None:
     )
     expect(row.locator("[data-health]")).to_have_attribute("data-health", "healthy")
     expect(row.locator("[data-health]")).to_contain_text("weakest 2/2 (needs 1)")
+    expect(row.locator("[data-rules-held]")).to_have_attribute("data-rules-held", "yes")
     expect(page.locator("#snapshot-table tbody tr")).to_have_count(len(listed))
     page.screenshot(path=str(setup.shots / "snapshots.png"))
 
@@ -211,6 +216,21 @@ INSIDE_BAND_JS = """(selector) => {
     return [...document.querySelectorAll(selector)].map((c) => band.isPointInFill(
         new DOMPoint(Number(c.getAttribute('cx')), Number(c.getAttribute('cy')))));
 }"""
+
+
+#: Each pair line of the placement map: its verdict, its drawn colour, whether both its
+#: ends sit on the centres of holders' dots, and whether its km meets the rule's minimum.
+PAIR_JS = """() => [...document.querySelectorAll('#pairs line.pair-line')].map((l) => {
+    const dot = (id) => document.querySelector(`#members circle[data-target="${id}"]`);
+    const near = (c, p, e) => Math.abs(Number(c.getAttribute(p)) - Number(l.getAttribute(e)));
+    const on = (c, x, y) => c !== null && near(c, 'cx', x) < 0.2 && near(c, 'cy', y) < 0.2;
+    return {
+        ok: l.dataset.ok,
+        stroke: getComputedStyle(l).stroke,
+        ends_on_holders: on(dot(l.dataset.a), 'x1', 'y1') && on(dot(l.dataset.b), 'x2', 'y2'),
+        km_ok: Number(l.dataset.km) >= 500,
+    };
+})"""
 
 
 def test_the_placement_view_shows_every_target_inside_the_ring(setup: Setup) -> None:
@@ -235,7 +255,36 @@ def test_the_placement_view_shows_every_target_inside_the_ring(setup: Setup) -> 
         expect(row).to_have_attribute("data-in-band", "true")
     expect(page.locator("#rules-line")).to_contain_text("300 km to 1200 km")
     expect(page.locator("#chunk-table tbody tr")).to_have_count(len(placement["chunks"]))
+    # The first chunk's two holders joined by one line, from dot to dot, green: London
+    # and Berlin are farther apart than the packet-proximity minimum.
+    pair = page.locator("#pairs line.pair-line")
+    expect(pair).to_have_count(1)
+    assert page.evaluate(PAIR_JS) == [
+        {"ok": "true", "stroke": GREEN, "ends_on_holders": True, "km_ok": True}
+    ]
+    expect(page.locator('#chunk-table tr[data-chunk="0"]')).to_have_attribute(
+        "data-selected", "true"
+    )
     page.screenshot(path=str(setup.shots / "placement.png"))
+
+    # A pair the server says breaks the rule is drawn red and named too close: the same
+    # answer with the first pair's verdict turned (the drawing, not the check, is tested
+    # here; test_rules_held breaks the rule with a moved holder).
+    def too_close(route: Any) -> None:
+        answer = route.fetch().json()
+        answer["chunks"][0]["pairs"][0].update(ok=False, km=120.0)
+        route.fulfill(json=answer)
+
+    page.route("**/api/placement?*", too_close)
+    try:
+        page.reload()
+        expect(page.locator("#map")).to_have_attribute("data-ready", "1", timeout=10_000)
+        assert page.evaluate(PAIR_JS) == [
+            {"ok": "false", "stroke": RED, "ends_on_holders": True, "km_ok": False}
+        ]
+        expect(page.locator("#pairs text.pair-bad")).to_contain_text("too close")
+    finally:
+        page.unroute("**/api/placement?*", too_close)
     answer = page.context.request.get(f"{setup.base}/api/placement?snapshot=no-such-snapshot")
     assert answer.status == 404
 

@@ -9,6 +9,53 @@ function within(km, band) {
   return true;
 }
 
+// The chunk whose pairs are drawn by default: the first with a pair breaking the packet
+// rule, else the first with two holders placed, else the first.
+function defaultChunk(chunks) {
+  const bad = chunks.findIndex((c) => (c.pairs || []).some((p) => p.ok === false));
+  if (bad >= 0) return bad;
+  const placed = chunks.findIndex((c) => (c.pairs || []).some((p) => p.km !== null));
+  return placed >= 0 ? placed : 0;
+}
+
+// Lines between every two holders of chunk ``index``: green when the pair meets the
+// packet-proximity band, red when it does not (too close, or too far), grey when a
+// holder's place is unknown; each labelled with its distance.
+function drawPairs(data, index, project, packetBand) {
+  const group = document.getElementById("pairs");
+  group.replaceChildren();
+  const chunk = data.chunks[index];
+  const where = new Map(data.targets.filter((t) => t.lat !== null && t.lon !== null)
+    .map((t) => [t.short_id, project([t.lon, t.lat])]));
+  for (const row of document.querySelectorAll("#chunk-table tbody tr")) {
+    row.dataset.selected = String(row.dataset.chunk === String(index));
+  }
+  const line = document.getElementById("pairwise-line");
+  if (!chunk) { line.textContent = ""; return; }
+  let bad = 0;
+  for (const pair of chunk.pairs || []) {
+    const a = where.get(pair.a), b = where.get(pair.b);
+    if (!a || !b) continue;
+    const state = pair.ok === null ? "unknown" : pair.ok ? "ok" : "bad";
+    if (pair.ok === false) bad += 1;
+    const why = pair.ok !== false ? "" : packetBand.min_km !== null && pair.km < packetBand.min_km ? " (too close)" : " (too far)";
+    const el = geo.svg("line", {
+      class: `pair-line pair-${state}`, x1: a[0].toFixed(1), y1: a[1].toFixed(1), x2: b[0].toFixed(1), y2: b[1].toFixed(1),
+      "data-a": pair.a, "data-b": pair.b, "data-ok": String(pair.ok), "data-km": String(pair.km),
+    });
+    const title = geo.svg("title");
+    title.textContent = `${pair.a} – ${pair.b}: ${pair.km} km${why}`;
+    el.append(title);
+    group.append(el);
+    const label = geo.svg("text", { class: `pair-label pair-${state}`,
+      x: ((a[0] + b[0]) / 2).toFixed(1), y: ((a[1] + b[1]) / 2 - 3).toFixed(1) });
+    label.textContent = `${Math.round(pair.km)} km${why}`;
+    group.append(label);
+  }
+  line.textContent = `Chunk ${index + 1} drawn (click a row to draw another): ` +
+    `${(chunk.pairs || []).length} pairs of holders, ${bad} outside the packet-proximity band ${geo.bandText(packetBand)}.`;
+}
+
 function draw(data) {
   const rules = data.rules || {};
   const band = rules.backup_proximity || { min_km: null, max_km: null };
@@ -76,6 +123,10 @@ function draw(data) {
       gridnode.el("td", ok === false ? { class: "bad" } : {}, ok === null ? "–" : ok ? "held" : "NOT held"),
     ));
   });
+  for (const row of chunks.querySelectorAll("tr")) {
+    row.addEventListener("click", () => drawPairs(data, Number(row.dataset.chunk), project, packetBand));
+  }
+  drawPairs(data, defaultChunk(data.chunks), project, packetBand);
   document.getElementById("chunk-count").textContent = data.chunks_total > data.chunks.length
     ? `(first ${data.chunks.length} of ${data.chunks_total})` : `(${data.chunks_total})`;
   document.getElementById("map").dataset.ready = "1";

@@ -17,6 +17,20 @@ function health(h, complete) {
   return gridnode.el("span", { class: `badge ${h.level}`, "data-health": h.level }, text);
 }
 
+// "yes", "no (N chunks)" or "unknown (M)": the snapshot's placement rules against where
+// the view has its holders now (a holder it cannot place is unknown, not broken).
+function rulesHeld(h, complete) {
+  if (!complete || !h || h.level === "empty") return gridnode.el("span", { class: "muted" }, "–");
+  if (h.rules_held === true) return gridnode.el("span", { class: "badge healthy", "data-rules-held": "yes" }, "yes");
+  if (h.rules_held === false) {
+    return gridnode.el("span", { class: "badge at_risk", "data-rules-held": "no" },
+      `no (${h.rules_broken_chunks} chunk${h.rules_broken_chunks === 1 ? "" : "s"})`);
+  }
+  return gridnode.el("span", { class: "badge unknown", "data-rules-held": "unknown",
+    title: "a holder's location (or a label the rules name) is not in the gossip view" },
+    `unknown (${h.rules_unknown_chunks})`);
+}
+
 function render(rows) {
   const body = document.querySelector("#snapshot-table tbody");
   body.replaceChildren();
@@ -34,6 +48,7 @@ function render(rows) {
       gridnode.el("td", {}, band(s.rules)),
       gridnode.el("td", {}, (s.tags || []).join(", ")),
       gridnode.el("td", { class: "wrap" }, health(s.health, s.complete)),
+      gridnode.el("td", {}, rulesHeld(s.health, s.complete)),
     ));
   }
   document.getElementById("snapshot-count").textContent = `${rows.length}`;

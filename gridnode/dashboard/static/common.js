@@ -10,6 +10,15 @@ const gridnode = {
     while (v >= 1000 && i < units.length - 1) { v /= 1000; i += 1; }
     return (i === 0 ? String(v) : v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0)) + " " + units[i];
   },
+  // A duration as people read it: "45 s", "12 min", "2 h 05 min" (not "7500 s").
+  duration(seconds) {
+    if (seconds === null || seconds === undefined) return "–";
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+    const m = Math.floor(s / 60);
+    return `${Math.floor(m / 60)} h ${String(m % 60).padStart(2, "0")} min`;
+  },
   time(seconds) {
     if (!seconds) return "–";
     return new Date(seconds * 1000).toLocaleString();

@@ -23,7 +23,7 @@ function render(data) {
       gridnode.el("td", { class: "num" }, `${gridnode.bytes(now)} of ${gridnode.bytes(total)}`),
       gridnode.el("td", { class: "num" }, p.files_total ? `${p.files ?? 0} / ${p.files_total}` : "–"),
       gridnode.el("td", { class: "num" }, p.rate_bps ? gridnode.bytes(p.rate_bps) + "/s" : "–"),
-      gridnode.el("td", { class: "num" }, p.eta_s === null || p.eta_s === undefined ? "–" : `${Math.round(p.eta_s)} s`),
+      gridnode.el("td", { class: "num" }, gridnode.duration(p.eta_s)),
     ));
   }
   document.getElementById("running-count").textContent = String(data.running.length);

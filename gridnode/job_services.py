@@ -45,6 +45,10 @@ class Services:
     #: Serialises backups: two at once would race on dedup and on the recovery root.
     backup_lock: trio.Lock = attrs.field(factory=trio.Lock)
 
+    def alive_ids(self) -> set[bytes]:
+        """The node ids of the live members (``alive_members`` without addresses)."""
+        return {node_id for node_id, _ in self.alive_members()}
+
     async def ask(self, channel: Outbox, payload: Request[R]) -> R:
         return await call(channel, payload)
 

@@ -154,7 +154,7 @@ async def collect_moves(services: Services, delegates: set[bytes]) -> dict[bytes
     """Move records of ``delegates`` (those still in the view), and of members the
     delegates handed the capability on to (their authority checked, then added to
     ``delegates``), by chunk handle."""
-    alive = {node_id for node_id, _ in services.alive_members()}
+    alive = services.alive_ids()
     own = services.identity.node_id
     return await gather_moves(
         services.link_for,

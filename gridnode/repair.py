@@ -223,7 +223,7 @@ async def store_shares(
     if moving:
         # A holder kept while it sleeps (off now, not gone) is out of the placement
         # view: it stays where it is but cannot be checked against the pairwise rules.
-        alive = {node_id for node_id, _ in services.alive_members()}
+        alive = services.alive_ids()
         asleep = {t for t in held if t not in alive}
         fixed = tuple(t for t in held if t not in asleep)
         targets = await services.ask(
@@ -267,7 +267,7 @@ async def store_shares(
     # A packet that moved may still sit on its old holder (it was only unreachable for a
     # while): ask it to drop the copy, or queue the delete for when it is back
     # (``gridnode.leases``; without renewals its lease runs out there anyway).
-    present = {node_id for node_id, _ in services.alive_members()}
+    present = services.alive_ids()
     later: list[tuple[bytes, bytes, str, int]] = []
     for share in moving:
         old = by_share[share]
@@ -311,7 +311,7 @@ async def _rewrite_record(services: Services, snap: SnapshotRecord) -> int:
     orphans = await services.db(catalog.replace_record, snap.snapshot_id, pieces, ref)
     # The caller holds the backup lock, as releasing needs (``gridnode.leases``).
     freed = int(await services.db(catalog.release_chunks, orphans))
-    await release_queued(services, lambda: {node_id for node_id, _ in services.alive_members()})
+    await release_queued(services, services.alive_ids)
     return freed
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +324,7 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
     catalog = services.catalog
     async with services.backup_lock:
         freed = await services.db(catalog.release_snapshot, snap.snapshot_id)
-        released = await release_queued(services, _present(services))
+        released = await release_queued(services, services.alive_ids)
     await services.db(
         lambda: catalog.log(
             "forget",
@@ -348,6 +348,3 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
         "recovery_root": root,
     }
 
-
-def _present(services: Services) -> Callable[[], set[bytes]]:
-    return lambda: {node_id for node_id, _ in services.alive_members()}

@@ -298,19 +298,6 @@ class Holdings:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("DELETE FROM untagged WHERE packet_id = ?", ((p,) for p in packet_ids))
 
-    def lease_counts(self, now: float) -> dict[str, int]:
-        """Tags held under a lease, without one, and leases ending within a day."""
-        leased, unleased, soon = (
-            self._db()
-            .execute(
-                "SELECT COUNT(expires), COUNT(*) - COUNT(expires),"
-                " COALESCE(SUM(expires < ?), 0) FROM owner_tags",
-                (now + 86_400,),
-            )
-            .fetchone()
-        )
-        return {"leased": int(leased), "unleased": int(unleased), "ending_within_day": int(soon)}
-
     def source_bytes(self, source: bytes) -> int:
         """Bytes of packets ``source`` keeps here (tags it added and did not withdraw)."""
         row = (

@@ -37,13 +37,14 @@ import attrs
 import msgpack
 import trio
 
+from .byte_budget import ByteBudget
 from .control import Emit
 from .errors import GridError
 from .exception_groups import collapse_groups
 from .job_services import Services
 from .log import get_logger
-from .logic.chunking import CHUNK_AVG, iter_file_pieces, open_regular
-from .logic.packing import ErasureParams, chunk_id_for
+from .logic.chunking import CHUNK_AVG, CHUNK_MAX, iter_file_pieces, open_regular
+from .logic.packing import EncodedChunk, ErasureParams, chunk_id_for
 from .logic.placement.rules import PlacementRules
 from .memory import release_free_memory
 from .names import escape
@@ -86,8 +87,25 @@ ENTRY_BATCH: Final = 512
 #: of records: those packets are orphans on their targets, never a wrong catalog).
 CHUNK_RECORD_BATCH: Final = 64
 CHUNK_RECORD_INTERVAL_S: Final = 2.0
-WORKERS: Final = 2
+#: Chunk workers.  Enough that several chunks' packets wait for each target at once, so
+#: the uploader sends them in batches (one frame, one receipt round) instead of alone:
+#: with two, every packet travelled alone.  What the workers hold is bounded by bytes
+#: (``_pipeline_bytes``), not by their number, so memory does not grow with it.
+WORKERS: Final = 6
 PROGRESS_INTERVAL_S: Final = 0.5
+
+
+def _chunk_cost(size: int, params: ErasureParams) -> int:
+    """Bytes a worker holds for a chunk of ``size``: the plaintext while it is encoded,
+    beside its n packets of size/k each."""
+    return size + -(-size * params.n // params.k)
+
+
+def _pipeline_bytes(params: ErasureParams) -> int:
+    """What the chunk workers may hold together: two of the largest chunks, as two workers
+    held before (so the peak is what it was), while typical chunks, half the largest or
+    less, let four to six go at once."""
+    return 2 * _chunk_cost(CHUNK_MAX, params)
 
 
 @attrs.frozen
@@ -156,6 +174,7 @@ class BackupJob:
         self._last_flush = time.monotonic()
         self.log = _log.bind(node=services.identity.short_id, snapshot=self.snapshot_id)
         self.policy = policy_key(request.params.k, request.params.n, request.rules.to_wire())
+        self._in_flight = ByteBudget(_pipeline_bytes(request.params))
         #: Source quota left for this backup's uploads (None: no quota).
         self._quota_left: int | None = None
 
@@ -616,34 +635,52 @@ class BackupJob:
                 )
 
     async def _chunk_worker(self, inbound: trio.MemoryReceiveChannel[_Chunk]) -> None:
+        params = self.request.params
         async with inbound:
-            async for item in inbound:
-                encoded = await encode_in_thread(
-                    self.services, item.data, chunk_id=item.chunk_id, params=self.request.params
-                )
-                del item  # the plaintext is not needed while the packets travel
-                self._take_quota(encoded.packet_size * self.request.params.n)
-                record, uploaded = await upload_encoded(
-                    self.services, encoded, params=self.request.params, rules=self.request.rules
-                )
-                del encoded
-                c = self.counters
-                c.chunks_stored += 1
-                c.bytes_uploaded += uploaded.bytes_sent
-                c.packets_uploaded += len(uploaded.placed) - uploaded.adopted
-                c.packets_adopted += uploaded.adopted
-                c.packets_replaced += uploaded.replaced
-                self._chunk_records.append(record)
-                now = time.monotonic()
-                if (
-                    len(self._chunk_records) >= CHUNK_RECORD_BATCH
-                    or now - self._last_flush >= CHUNK_RECORD_INTERVAL_S
-                ):
-                    self._last_flush = now
-                    await self.services.db(self._flush_records_blocking)
-                    # Hand freed buffers back now and then, so fragmentation cannot make
-                    # the resident size grow with the length of the backup.
-                    release_free_memory()
+            while True:
+                # A share of the pipeline's bytes is taken before a chunk is taken in, so
+                # no worker holds a chunk it may not work on; the excess goes back at once.
+                held = await self._in_flight.acquire(_chunk_cost(CHUNK_MAX, params))
+                try:
+                    try:
+                        item = await inbound.receive()
+                    except trio.EndOfChannel:
+                        return
+                    cost = min(held, _chunk_cost(len(item.data), params))
+                    self._in_flight.release(held - cost)
+                    held = cost
+                    encoded = await encode_in_thread(
+                        self.services, item.data, chunk_id=item.chunk_id, params=params
+                    )
+                    del item  # the plaintext is not needed while the packets travel
+                    await self._store_chunk(encoded)
+                    del encoded
+                finally:
+                    self._in_flight.release(held)
+
+    async def _store_chunk(self, encoded: EncodedChunk) -> None:
+        """Upload one encoded chunk's packets and queue its record for the catalog."""
+        self._take_quota(encoded.packet_size * self.request.params.n)
+        record, uploaded = await upload_encoded(
+            self.services, encoded, params=self.request.params, rules=self.request.rules
+        )
+        c = self.counters
+        c.chunks_stored += 1
+        c.bytes_uploaded += uploaded.bytes_sent
+        c.packets_uploaded += len(uploaded.placed) - uploaded.adopted
+        c.packets_adopted += uploaded.adopted
+        c.packets_replaced += uploaded.replaced
+        self._chunk_records.append(record)
+        now = time.monotonic()
+        if (
+            len(self._chunk_records) >= CHUNK_RECORD_BATCH
+            or now - self._last_flush >= CHUNK_RECORD_INTERVAL_S
+        ):
+            self._last_flush = now
+            await self.services.db(self._flush_records_blocking)
+            # Hand freed buffers back now and then, so fragmentation cannot make
+            # the resident size grow with the length of the backup.
+            release_free_memory()
 
     def _flush_records_blocking(self) -> None:
         records, self._chunk_records = self._chunk_records, []

@@ -196,8 +196,10 @@ class LeaseKeeper:
     def next_renewal(self, now: float, end: float) -> float:
         """When to renew a lease that now ends at ``end``: a renewal interval from now
         when the holder granted a whole lease, sooner when it granted less (its own
-        ``lease_s`` may be shorter), but never before half of what is left."""
-        return max(end - self.lease_s + self.renew_every_s, now + (end - now) / 2)
+        ``lease_s`` may be shorter), but never before half of what is left, nor in this
+        round (a holder whose clock is behind may answer an end already past here)."""
+        soonest = now + min(60.0, self.renew_every_s / 2)
+        return max(end - self.lease_s + self.renew_every_s, now + (end - now) / 2, soonest)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

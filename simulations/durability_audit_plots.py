@@ -6,12 +6,11 @@ draws; every figure plots numbers that are in ``durability.json`` too.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Final
 
-#: Log plots show smaller probabilities at this floor.
-FLOOR: Final = 1e-30
+from .durability_plots import clip as _clip
+
 #: Audits off has no rate: it is drawn at this many audits per second, left of the rest.
 OFF_X: Final = 1e-4
 
@@ -19,12 +18,6 @@ OFF_X: Final = 1e-4
 def _x(row: dict[str, Any]) -> float:
     rate = float(row["audits_per_second"])
     return rate if rate > 0 else OFF_X
-
-
-def _clip(value: float | None) -> float:
-    if value is None or not math.isfinite(value):
-        return 1.0
-    return max(FLOOR, value)
 
 
 def write_audit_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:

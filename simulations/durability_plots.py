@@ -142,7 +142,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
 FLOOR: Final = 1e-30  # log plots show smaller probabilities at this floor
 
 
-def _clip(value: float | None) -> float:
+def clip(value: float | None) -> float:
+    """A probability for a log axis: unknown as 1, below ``FLOOR`` at the floor."""
     if value is None or not math.isfinite(value):
         return 1.0
     return max(FLOOR, value)
@@ -177,7 +178,7 @@ def write_user_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     for row in results["sweep"]:
         key = (row["policy_kind"], row["availability"])
         marker, colour = styles[key]
-        y = _clip(row_at(row, head)["loss_any_file_100gb_per_year"])
+        y = clip(row_at(row, head)["loss_any_file_100gb_per_year"])
         ax.plot(
             [row["overhead"]],
             [y],
@@ -215,14 +216,14 @@ def write_user_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         xs = [row["departures_per_year"] for row in ev["by_departure_rate"]]
         ax.plot(
             xs,
-            [_clip(row["loss_any_file_100gb_per_year"]) for row in ev["by_departure_rate"]],
+            [clip(row["loss_any_file_100gb_per_year"]) for row in ev["by_departure_rate"]],
             marker="o",
             color=colour,
             label=f"{name.replace('_', ', ')}: {ev['label']}",
         )
         ax.plot(
             xs,
-            [_clip(row["markov_loss_any_file_100gb_per_year"]) for row in ev["by_departure_rate"]],
+            [clip(row["markov_loss_any_file_100gb_per_year"]) for row in ev["by_departure_rate"]],
             linestyle="--",
             color=colour,
             label="  Markov baseline (independent availability)",
@@ -249,7 +250,7 @@ def write_user_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             curve = block[head_key][variant]["curve"]
             ax.plot(
                 [max(1e-4, y) for y in curve["years"]],
-                [_clip(p) for p in curve["p_any"]],
+                [clip(p) for p in curve["p_any"]],
                 color=colour,
                 label=variant.replace("_", " "),
             )
@@ -266,9 +267,7 @@ def write_user_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 5))
     xs = [ev["policy"]["repair_after_s"] / HOUR for ev in results["delay_sweep"]]
     traffic_kbit = [row_at(ev, head)["traffic"]["repairer_kbit_s"] for ev in results["delay_sweep"]]
-    loss = [
-        _clip(row_at(ev, head)["loss_any_file_100gb_per_year"]) for ev in results["delay_sweep"]
-    ]
+    loss = [clip(row_at(ev, head)["loss_any_file_100gb_per_year"]) for ev in results["delay_sweep"]]
     ax.plot(xs, traffic_kbit, marker="o", color="tab:green", label="repair traffic (kbit/s)")
     ax.set_xscale("log")
     ax.set_yscale("log")

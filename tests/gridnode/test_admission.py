@@ -23,7 +23,7 @@ from gridnode.errors import HandshakeFailed, PeerGone
 from gridnode.identity import NodeIdentity
 from gridnode.logic.placement import Member, PlacementRules, PlacementView, Source
 from gridnode.transport import Transport
-from protocol import Allocations, issue_certificate, issue_revocation, sign_record
+from protocol import Allocations, Certificate, issue_certificate, issue_revocation, sign_record
 
 from .test_transport import Handler, settings
 
@@ -189,3 +189,54 @@ def test_three_liars_get_no_more_than_their_allotment(tmp_path: Path) -> None:
 
     assert liar_share(view(cap=False)) > 0.4
     assert liar_share(view(cap=True)) < 0.1  # fair share: 3/43 = 0.07
+
+
+def test_certificate_signature_is_checked_once_and_the_rest_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target asks whether its peer is certified on every request: the signature is
+    verified once per certificate, but expiry, the node it names, a revocation and a
+    new authority key still count at every ask."""
+    import protocol._authority as authority_module
+    from protocol import verify as real_verify
+
+    verified = Counter[bytes]()
+
+    def counting_verify(key: bytes, payload: bytes, signature: bytes) -> bool:
+        verified[signature] += 1
+        return real_verify(key, payload, signature)
+
+    monkeypatch.setattr(authority_module, "verify", counting_verify)
+    peer, other = NodeIdentity.generate(), NodeIdentity.generate()
+    now = [time.time()]
+    gate = Admission(
+        grid_id=GRID,
+        authority_key=bytes(AUTHORITY.verify_key),
+        home=tmp_path,
+        node_id=NodeIdentity.generate().node_id,
+        clock=lambda: now[0],
+    )
+    raw = certificate(peer, lifetime=600)
+    for _ in range(50):
+        assert gate.certified(peer.node_id, raw)
+    assert sum(verified.values()) == 1
+    # The same bytes offered by another node, a forged copy, later than expiry: refused.
+    assert not gate.certified(other.node_id, raw)
+    forged = certificate(peer, key=SigningKey.generate(), lifetime=600)
+    assert not gate.certified(peer.node_id, forged)
+    assert not gate.certified(peer.node_id, forged)  # a failure is never remembered as good
+    assert verified[Certificate.decode(forged).signature] == 2
+    now[0] += 601
+    assert not gate.certified(peer.node_id, raw)
+    now[0] -= 601
+    assert gate.certified(peer.node_id, raw)
+    revocation = issue_revocation(
+        AUTHORITY, grid_id=GRID, node_id=peer.node_id, serial=1, revoked_at=int(now[0])
+    )
+    assert gate.revoke(revocation)
+    assert not gate.certified(peer.node_id, raw)
+    # Another authority key: what was verified under the old one is verified again.
+    gate.authority_key = bytes(SigningKey.generate().verify_key)
+    before = sum(verified.values())
+    assert not gate.certified(other.node_id, certificate(other))
+    assert sum(verified.values()) == before + 1

@@ -91,20 +91,22 @@ CHUNK_RECORD_INTERVAL_S: Final = 2.0
 #: the uploader sends them in batches (one frame, one receipt round) instead of alone:
 #: with two, every packet travelled alone.  What the workers hold is bounded by bytes
 #: (``_pipeline_bytes``), not by their number, so memory does not grow with it.
-WORKERS: Final = 6
+WORKERS: Final = 8
 PROGRESS_INTERVAL_S: Final = 0.5
 
 
 def _chunk_cost(size: int, params: ErasureParams) -> int:
     """Bytes a worker holds for a chunk of ``size``: the plaintext while it is encoded,
-    beside its n packets of size/k each."""
+    beside its n packets of size/k each (once encoded, only the packets: see
+    ``_chunk_worker``)."""
     return size + -(-size * params.n // params.k)
 
 
 def _pipeline_bytes(params: ErasureParams) -> int:
     """What the chunk workers may hold together: two of the largest chunks, as two workers
-    held before (so the peak is what it was), while typical chunks, half the largest or
-    less, let four to six go at once."""
+    held before (so the peak is what it was).  Typical chunks are half the largest or
+    less, and a chunk whose packets travel holds only those, so six to eight chunks are
+    in flight at once: enough for each target's packets to leave in batches."""
     return 2 * _chunk_cost(CHUNK_MAX, params)
 
 
@@ -653,6 +655,12 @@ class BackupJob:
                         self.services, item.data, chunk_id=item.chunk_id, params=params
                     )
                     del item  # the plaintext is not needed while the packets travel
+                    # Nor its share of the budget: what travels is the n packets, so more
+                    # chunks can wait for their targets at once (and go out together,
+                    # in one frame per target) in the same memory.
+                    travelling = min(held, encoded.packet_size * params.n)
+                    self._in_flight.release(held - travelling)
+                    held = travelling
                     await self._store_chunk(encoded)
                     del encoded
                 finally:

@@ -85,7 +85,8 @@ class _Write:
     owner_tag: bytes
     data: bytes | memoryview
     digest: bytes | None
-    reply: trio.MemorySendChannel[bool | PacketStoreError]
+    #: Where the outcome goes, with ``index``: the parts of one frame share one channel.
+    reply: trio.MemorySendChannel[tuple[int, bool | PacketStoreError]]
     #: Whose usage the packet counts against here (a keyed hash of the peer), and that
     #: source's quota (None: not limited, as on an open grid).
     source: bytes = b""
@@ -93,6 +94,7 @@ class _Write:
     #: Whether the source can renew leases (its protocol has ``RenewLeases``): a tag from
     #: one that cannot is held without a lease, or its packets would run out under it.
     leased: bool = True
+    index: int = 0
 
 
 @attrs.frozen
@@ -244,7 +246,7 @@ class PacketStore:
                 self._count("write_batches")
                 for item, outcome in zip(batch, outcomes, strict=True):
                     with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                        item.reply.send_nowait(outcome)
+                        item.reply.send_nowait((item.index, outcome))
 
     def _store_locked(
         self, items: list[_Write], accepted: list[_Write], refused: dict[int, PacketStoreError]
@@ -360,11 +362,11 @@ class PacketStore:
         quota: int | None = None,
         leased: bool = True,
     ) -> bool | PacketStoreError:
-        reply_send, reply_recv = trio.open_memory_channel[bool | PacketStoreError](1)
+        reply_send, reply_recv = trio.open_memory_channel[tuple[int, bool | PacketStoreError]](1)
         await self._writes_send.send(
             _Write(packet_id, owner_tag, data, digest, reply_send, source, quota, leased)
         )
-        return await reply_recv.receive()
+        return (await reply_recv.receive())[1]
 
     async def _keep_many(
         self,
@@ -376,22 +378,33 @@ class PacketStore:
         if sum(p.size_bytes for p in msg.parts) != len(msg.data):
             raise RemoteError("malformed", "part sizes do not add up to the payload")
         view = memoryview(msg.data)
+        count = len(msg.parts)
+        # Every part is queued for the writer at once, with one reply channel for all: a
+        # task and a channel per part cost more than the bookkeeping they saved.
+        reply_send, reply_recv = trio.open_memory_channel[tuple[int, bool | PacketStoreError]](
+            count
+        )
         offset = 0
-        slices = []
-        for part in msg.parts:
-            slices.append(view[offset : offset + part.size_bytes])
+        for index, part in enumerate(msg.parts):
+            data = view[offset : offset + part.size_bytes]
             offset += part.size_bytes
-        outcomes: list[bool | PacketStoreError | None] = [None] * len(msg.parts)
-
-        async def one(index: int) -> None:
-            part = msg.parts[index]
-            outcomes[index] = await self._write(
-                part.packet_id, part.owner_tag, slices[index], None, source, quota, leased
+            await self._writes_send.send(
+                _Write(
+                    part.packet_id,
+                    part.owner_tag,
+                    data,
+                    None,
+                    reply_send,
+                    source,
+                    quota,
+                    leased,
+                    index,
+                )
             )
-
-        async with trio.open_nursery() as nursery:
-            for index in range(len(msg.parts)):
-                nursery.start_soon(one, index)
+        outcomes: list[bool | PacketStoreError | None] = [None] * count
+        for _ in range(count):
+            index, written = await reply_recv.receive()
+            outcomes[index] = written
         results = []
         for part, outcome in zip(msg.parts, outcomes, strict=True):
             if isinstance(outcome, PacketStoreError) or outcome is None:

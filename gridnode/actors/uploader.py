@@ -118,7 +118,9 @@ class _Outgoing:
     packet_id: bytes
     owner_tag: bytes
     data: bytes
-    reply: trio.MemorySendChannel[bytes | Exception]
+    #: Where the outcome goes, with ``index``: a chunk's packets share one channel.
+    reply: trio.MemorySendChannel[tuple[int, bytes | Exception]]
+    index: int = 0
 
 
 #: One batch in flight per target: packets that arrive meanwhile form the next batch, so
@@ -233,13 +235,17 @@ class Uploader:
         sent = 0
         errors: list[str] = []
 
-        async def one(share: int, target: bytes) -> None:
+        async def one(share: int, target: bytes, first: Exception) -> None:
+            """Packet ``share``, whose first attempt (made together with the chunk's other
+            packets) failed on ``target``: retried on replacement targets."""
             nonlocal replaced, sent
             data, packet_id = job.packets[share], job.packet_ids[share]
             held = await self._budget.acquire(len(data))
             try:
-                for _attempt in range(self.max_replacements + 1):
+                for attempt in range(self.max_replacements + 1):
                     try:
+                        if attempt == 0:
+                            raise first
                         receipt = await self._store_on(target, packet_id, data, job.policy)
                         placed[share] = PlacedPacket(share, packet_id, target, receipt)
                         sent += len(data)
@@ -281,11 +287,19 @@ class Uploader:
             finally:
                 self._budget.release(held)
 
+        # The first attempt of every packet is queued at once, with one reply channel (a
+        # task and a channel per packet were per-packet costs of a backup's event loop);
+        # only packets whose target failed get a task of their own, to find another.
+        pending = [(share, target) for share, target in enumerate(initial) if placed[share] is None]
+        firsts = await self._store_all(job, pending)
         with collapse_groups():
             async with trio.open_nursery() as nursery:
-                for share, target in enumerate(initial):
-                    if placed[share] is None:
-                        nursery.start_soon(one, share, target)
+                for (share, target), first in zip(pending, firsts, strict=True):
+                    if isinstance(first, Exception):
+                        nursery.start_soon(one, share, target, first)
+                    else:
+                        placed[share] = PlacedPacket(share, job.packet_ids[share], target, first)
+                        sent += len(job.packets[share])
         result = tuple(p for p in placed if p is not None)
         assert len(result) == len(job.packets)
         self._count("chunks_uploaded")
@@ -294,6 +308,51 @@ class Uploader:
         return ChunkUploaded(
             placed=result, replaced=replaced, bytes_sent=sent, adopted=len(adopted)
         )
+
+    async def _store_all(
+        self, job: UploadChunk, pending: list[tuple[int, bytes]]
+    ) -> list[bytes | Exception]:
+        """Queue packet ``share`` for ``target``, for each pair, and wait for every
+        outcome: a receipt, or the error that the sender met."""
+        size = sum(len(job.packets[share]) for share, _ in pending)
+        held = await self._budget.acquire(size)
+        try:
+            reply_send, reply_recv = trio.open_memory_channel[tuple[int, bytes | Exception]](
+                max(1, len(pending))
+            )
+            for index, (share, target) in enumerate(pending):
+                self._enqueue(
+                    target, job.packet_ids[share], job.packets[share], job.policy, reply_send, index
+                )
+            outcomes: list[bytes | Exception] = [UploadFailed("no answer")] * len(pending)
+            for _ in pending:
+                index, outcome = await reply_recv.receive()
+                outcomes[index] = outcome
+            return outcomes
+        finally:
+            self._budget.release(held)
+
+    def _enqueue(
+        self,
+        target: bytes,
+        packet_id: bytes,
+        data: bytes,
+        policy: str,
+        reply: trio.MemorySendChannel[tuple[int, bytes | Exception]],
+        index: int = 0,
+    ) -> None:
+        """Put one packet in ``target``'s queue (starting its sender if none runs)."""
+        owner_tag = self.identity.packet_owner_tag(packet_id, policy)
+        self._waiting.setdefault(target, collections.deque()).append(
+            _Outgoing(packet_id, owner_tag, data, reply, index)
+        )
+        queued = self._queued[target] = self._queued.get(target, 0) + len(data)
+        if queued >= BATCH_BYTES and (full := self._full.get(target)) is not None:
+            full.set()
+        if self._senders.get(target, 0) < SENDERS_PER_TARGET:
+            self._senders[target] = self._senders.get(target, 0) + 1
+            assert self._nursery is not None, "Uploader.run() must be started first"
+            self._nursery.start_soon(self._drain, target)
 
     async def _store_on(self, target: bytes, packet_id: bytes, data: bytes, policy: str) -> bytes:
         """Queue one packet for ``target`` and wait for its receipt.
@@ -304,19 +363,9 @@ class Uploader:
         delay, and the per-packet costs of a frame, a task and a journal commit on the
         target are shared.
         """
-        owner_tag = self.identity.packet_owner_tag(packet_id, policy)
-        reply_send, reply_recv = trio.open_memory_channel[bytes | Exception](1)
-        self._waiting.setdefault(target, collections.deque()).append(
-            _Outgoing(packet_id, owner_tag, data, reply_send)
-        )
-        queued = self._queued[target] = self._queued.get(target, 0) + len(data)
-        if queued >= BATCH_BYTES and (full := self._full.get(target)) is not None:
-            full.set()
-        if self._senders.get(target, 0) < SENDERS_PER_TARGET:
-            self._senders[target] = self._senders.get(target, 0) + 1
-            assert self._nursery is not None, "Uploader.run() must be started first"
-            self._nursery.start_soon(self._drain, target)
-        outcome = await reply_recv.receive()
+        reply_send, reply_recv = trio.open_memory_channel[tuple[int, bytes | Exception]](1)
+        self._enqueue(target, packet_id, data, policy, reply_send)
+        _, outcome = await reply_recv.receive()
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -353,11 +402,11 @@ class Uploader:
                     gone = UploadFailed(f"upload to {target.hex()[:10]} stopped: {exc!r}")
                     for item in batch:
                         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                            item.reply.send_nowait(gone)
+                            item.reply.send_nowait((item.index, gone))
                     raise
                 for item, outcome in zip(batch, outcomes, strict=True):
                     with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
-                        item.reply.send_nowait(outcome)
+                        item.reply.send_nowait((item.index, outcome))
         finally:
             left = self._senders.get(target, 1) - 1
             if left > 0:

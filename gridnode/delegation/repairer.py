@@ -124,7 +124,13 @@ class Repairer:
     placement view; ``fetch`` a chunk's surviving packets (the retriever).  A member
     (owner, holder or fellow delegate) counts as gone once not seen for the owner's
     ``after_s``, from last-seen times kept on disk (a restart does not reset them) and
-    only after this process too has missed it for ``settle_s``."""
+    only after this process too has missed it for ``settle_s``, or the owner's
+    ``after_s`` if shorter.
+
+    Ticks and delays are the owner's, not this node's: a member whose own
+    ``repair_after_s`` is long (the shipped week gives 60 s ticks and a 20 s settle; a
+    grid's authority runs so) is as likely a delegate as any, and its owner's packets
+    were rebuilt some 60 s late, one run of the delegated-repair test in ten."""
 
     identity: NodeIdentity
     home: Path
@@ -162,6 +168,8 @@ class Repairer:
     renew_every_s: float = 7 * 86400.0
     #: When this process last renewed each absent owner's leases (wall clock).
     renewed_at: dict[bytes, float] = attrs.field(factory=dict)
+    #: Set when a capability is taken up, so a nap begun on a longer tick is cut short.
+    _retick: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     @property
     def directory(self) -> Path:
@@ -409,6 +417,7 @@ class Repairer:
         except (CapabilityRefused, ValueError, TypeError, KeyError, OSError) as exc:
             raise RemoteError("bad_capability", f"capability map unusable: {exc}") from None
         self.held[owner] = held
+        self._retick.set()  # its owner's delay may want shorter ticks than the nap under way
         await trio.to_thread.run_sync(self._save, owner)
         self._count("capabilities_held" if pending.direct else "capabilities_taken_on")
         return RepairGranted(
@@ -476,12 +485,19 @@ class Repairer:
         self.missing_here = {n: t for n, t in self.missing_here.items() if n in watched}
 
     def _gone(self, node_id: bytes, after_s: float, present: set[bytes]) -> bool:
+        """Unseen for ``after_s`` and missed here for the watch, never longer than
+        ``after_s``: the node's ``settle_s`` is capped by its *own* repair delay, which may
+        be far longer than the owner's (as ``repair.AutoRepair`` caps it by the delay it
+        keeps), and a settle counted from each member's first miss would delay every repair
+        by it, not only those just after a start."""
         if node_id in present:
             return False
         now, mono = self.clock(), trio.current_time()
-        return now - self.seen.get(node_id, now) >= after_s and mono - self.missing_here.get(
-            node_id, mono
-        ) >= (self.watch_s or 0.0)
+        watch = min(self.watch_s or 0.0, after_s)
+        return (
+            now - self.seen.get(node_id, now) >= after_s
+            and mono - self.missing_here.get(node_id, mono) >= watch
+        )
 
     # --- repairing ------------------------------------------------------------------------
 
@@ -489,11 +505,21 @@ class Repairer:
         await trio.to_thread.run_sync(self.load)
         task_status.started()
         while True:
-            await trio.sleep(self._tick_s())
+            await self._nap(trio.current_time())
             try:
                 await self.tick()
             except (GridError, OSError, ValueError) as exc:
                 _log.warning("delegated_repair_failed", error=str(exc))
+
+    async def _nap(self, since: float) -> None:
+        """Until a tick after ``since``, the tick recomputed whenever a capability is taken
+        up.  A nap begun while nothing (or only patient owners) was held lasts this node's
+        own tick, up to 60 s: an owner whose delay wants ticks of a quarter second, granted
+        meanwhile, must not wait it out (its repair came a minute late)."""
+        while trio.current_time() < since + self._tick_s():  # a pass per capability taken up
+            self._retick = trio.Event()
+            with trio.move_on_at(since + self._tick_s()):
+                await self._retick.wait()
 
     def _tick_s(self) -> float:
         """Often enough for the most impatient owner held (its delay over four)."""

@@ -316,6 +316,14 @@ def format_table(results: dict[str, Any]) -> str:
             f"{row['grid_cpu_s']:>10.2f} {other['cpu_s']:>12.2f} "
             f"{row['source_peak_rss_kib'] / 1024:>11.1f} {other['peak_rss_kib'] / 1024:>10.1f}"
         )
+    # Where the grid's CPU goes: the source and the targets share this machine's cores.
+    lines.extend(
+        f"{name} CPU s: source {ours[job].get('source_cpu_s', 0):.2f} (event loop "
+        f"{ours[job].get('source_main_thread_cpu_s', 0):.2f}), targets "
+        f"{ours[job].get('targets_cpu_s', 0):.2f}; restic {theirs[job]['cpu_s']:.2f} "
+        f"on {os.cpu_count()} cores"
+        for job, name in _JOBS[:2]
+    )
     lines.append(f"restores byte-equal: {results['equal']}; aims: {json.dumps(AIMS)}")
     return "\n".join(lines)
 

@@ -26,11 +26,10 @@ and chunks already stored stay recorded for the next attempt to reuse.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 import attrs
@@ -41,9 +40,10 @@ from .byte_budget import ByteBudget
 from .control import Emit
 from .errors import GridError
 from .exception_groups import collapse_groups
+from .fsutil import read_small_regular
 from .job_services import Services
 from .log import get_logger
-from .logic.chunking import CHUNK_AVG, CHUNK_MAX, iter_file_pieces, open_regular
+from .logic.chunking import CHUNK_AVG, CHUNK_MAX, iter_file_pieces
 from .logic.packing import EncodedChunk, ErasureParams, chunk_id_for
 from .logic.placement.rules import PlacementRules
 from .memory import release_free_memory
@@ -68,8 +68,10 @@ from .scanner import (
 from .storage.records import (
     HOLE,
     ChunkRecord,
-    EntryRecord,
+    EntryRow,
     SnapshotRecord,
+    pack_extents,
+    pack_meta,
     policy_key,
 )
 from .units import format_bytes
@@ -82,7 +84,10 @@ _log = get_logger(actor="request", job="backup")
 SMALL_FILE_BYTES: Final = 256 * 1024
 #: A pack is sealed into a chunk once it holds this much.
 PACK_TARGET_BYTES: Final = CHUNK_AVG
-ENTRY_BATCH: Final = 512
+#: Entry rows go to the catalog in batches this long, one transaction each.
+ENTRY_BATCH: Final = 1024
+#: The parent snapshot's files are read this many at a time (``_ParentFiles``).
+PARENT_PAGE: Final = 1024
 #: Stored chunks are recorded in the catalog in batches (a crash loses at most one batch
 #: of records: those packets are orphans on their targets, never a wrong catalog).
 CHUNK_RECORD_BATCH: Final = 64
@@ -126,12 +131,6 @@ class BackupRequest:
 class _Chunk:
     chunk_id: bytes
     data: bytes
-
-
-@attrs.frozen
-class _Entries:
-    entries: tuple[EntryRecord, ...]
-    chunk_ids: tuple[bytes, ...]
 
 
 @attrs.define
@@ -196,14 +195,7 @@ class BackupJob:
         parent: SnapshotRecord | None = await svc.db(
             svc.catalog.latest_complete, roots, self.policy
         )
-        parent_index: dict[bytes, EntryRecord] = {}
-        if parent is not None:
-            parent_index = await svc.db(
-                lambda: {
-                    e.path: e for e in svc.catalog.entries(parent.snapshot_id) if e.kind == "file"
-                }
-            )
-        await trio.to_thread.run_sync(self._count_totals, parent_index, self.notes)
+        await trio.to_thread.run_sync(self._count_totals, parent, self.notes)
         c = self.counters
         k, n = self.request.params.k, self.request.params.n
         estimate = -(-c.bytes_changed * n // k)
@@ -326,15 +318,7 @@ class BackupJob:
     # --- pipeline ---------------------------------------------------------------------------
 
     async def _pipeline(self, roots: list[str], parent: SnapshotRecord | None) -> None:
-        svc = self.services
-        parent_index: dict[bytes, EntryRecord] = {}
-        if parent is not None:
-            parent_index = await svc.db(
-                lambda: {
-                    e.path: e for e in svc.catalog.entries(parent.snapshot_id) if e.kind == "file"
-                }
-            )
-        await trio.to_thread.run_sync(self._count_totals, parent_index)
+        await trio.to_thread.run_sync(self._count_totals, parent)
         await self._check_quota()
         await self.emit(
             {
@@ -345,31 +329,25 @@ class BackupJob:
             }
         )
         chunk_send, chunk_recv = trio.open_memory_channel[_Chunk](0)
-        entry_send, entry_recv = trio.open_memory_channel[_Entries](4)
         with collapse_groups():
-            await self._run_stages(chunk_send, chunk_recv, entry_send, entry_recv, parent_index)
+            await self._run_stages(chunk_send, chunk_recv, parent)
         await self._emit_progress("uploaded")
 
     async def _run_stages(
         self,
         chunk_send: trio.MemorySendChannel[_Chunk],
         chunk_recv: trio.MemoryReceiveChannel[_Chunk],
-        entry_send: trio.MemorySendChannel[_Entries],
-        entry_recv: trio.MemoryReceiveChannel[_Entries],
-        parent_index: dict[bytes, EntryRecord],
+        parent: SnapshotRecord | None,
     ) -> None:
         svc = self.services
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._progress_ticker)
             async with trio.open_nursery() as work:
-                work.start_soon(self._entries_writer, entry_recv)
                 for _ in range(WORKERS):
                     work.start_soon(self._chunk_worker, chunk_recv.clone())
                 chunk_recv.close()
-                async with chunk_send, entry_send:
-                    await trio.to_thread.run_sync(
-                        self._read_tree, chunk_send, entry_send, parent_index
-                    )
+                async with chunk_send:
+                    await trio.to_thread.run_sync(self._read_tree, chunk_send, parent)
             await svc.db(self._flush_records_blocking)
             nursery.cancel_scope.cancel()
 
@@ -379,22 +357,30 @@ class BackupJob:
             request.paths, request.excludes, notes, one_file_system=request.one_file_system
         )
 
-    def _count_totals(
-        self, parent_index: dict[bytes, EntryRecord], notes: list[str] | None = None
-    ) -> None:
+    def _parent_files(self, parent: SnapshotRecord | None) -> _ParentFiles:
+        if parent is None:
+            return _ParentFiles(None)
+        catalog, snapshot_id = self.services.catalog, parent.snapshot_id
+        return _ParentFiles(
+            lambda after: catalog.file_page(snapshot_id, after=after, limit=PARENT_PAGE)
+        )
+
+    def _count_totals(self, parent: SnapshotRecord | None, notes: list[str] | None = None) -> None:
         """Files and bytes to read, and of those the bytes of files new or changed since
         the parent snapshot: the upper bound of what this backup adds (before dedup and
         compression), which the quota check weighs."""
         c = self.counters
+        parent_files = self._parent_files(parent)
         for entry in self._walk(notes if notes is not None else []):
             if entry.kind == "file":
                 c.files_total += 1
                 c.bytes_total += entry.size
-                before = parent_index.get(entry.path)
-                if before is None or (before.size, before.mtime_ns, before.inode) != (
-                    entry.size,
-                    entry.mtime_ns,
-                    entry.inode,
+                before = parent_files.get(entry.path)
+                if (
+                    before is None
+                    or before[1] != entry.size
+                    or before[2] != entry.mtime_ns
+                    or before[3] != entry.inode
                 ):
                     c.bytes_changed += entry.size
                     c.files_changed += 1
@@ -443,25 +429,36 @@ class BackupJob:
     def _read_tree(
         self,
         chunk_send: trio.MemorySendChannel[_Chunk],
-        entry_send: trio.MemorySendChannel[_Entries],
-        parent_index: dict[bytes, EntryRecord],
+        parent: SnapshotRecord | None,
     ) -> None:
-        """Runs in one worker thread for the whole job; blocks when the grid is slower."""
+        """Runs in one worker thread for the whole job; blocks when the grid is slower.
+
+        It runs once per entry of the tree, so it builds each entry's catalog row
+        directly (``EntryRow``) rather than an ``EntryRecord`` to be encoded later, packs
+        an owner's metadata once per (uid, gid, rdev), gives an unchanged file the
+        parent's packed extents as they are, and writes each batch of rows to the
+        catalog itself: handing batches to a writer task cost two thread hops each,
+        which on a busy machine (each hop waits for a core) took longer than the write,
+        and the writer's thread fought this one for the GIL."""
         catalog = self.services.catalog
         secret = self.services.identity.dedup_secret
+        snapshot_id = self.snapshot_id
         c = self.counters
+        parent_files = self._parent_files(parent)
         seen: set[bytes] = set()
-        batch: list[EntryRecord] = []
-        batch_chunks: list[bytes] = []
+        rows: list[EntryRow] = []
+        batch_chunks: set[bytes] = set()
         pack = bytearray()
-        # entry, its metadata, offset and length in the pack
-        pack_members: list[tuple[ScanEntry, _Meta, int, int]] = []
+        # entry, its extended attributes, offset and length in the pack
+        pack_members: list[tuple[ScanEntry, _Xattrs, int, int]] = []
         # (device, inode) of a file with more than one link -> the first path seen, and its
         # extents once they are known (None while its bytes wait in the pack).
         link_groups: dict[tuple[int, int], tuple[bytes, list[tuple[bytes, int, int]] | None]] = {}
+        # Packed metadata of entries without xattrs or a hard link, by (uid, gid, rdev).
+        plain_meta: dict[tuple[int, int, int], bytes] = {}
 
         def submit(chunk_id: bytes, data: bytes) -> None:
-            batch_chunks.append(chunk_id)
+            batch_chunks.add(chunk_id)
             if chunk_id in seen or catalog.has_chunk(chunk_id, self.policy):
                 c.chunks_reused += 1
                 return
@@ -469,46 +466,53 @@ class BackupJob:
             c.chunks_new += 1
             trio.from_thread.run(chunk_send.send, _Chunk(chunk_id, data))
 
-        def add(record: EntryRecord) -> None:
-            batch.append(record)
-            if len(batch) >= ENTRY_BATCH:
-                flush_entries()
-
         def flush_entries() -> None:
-            if batch or batch_chunks:
-                trio.from_thread.run(entry_send.send, _Entries(tuple(batch), tuple(batch_chunks)))
-                batch.clear()
+            if rows or batch_chunks:
+                catalog.add_entry_rows(snapshot_id, rows, batch_chunks, policy=self.policy)
+                rows.clear()
                 batch_chunks.clear()
 
-        def record_of(
+        def meta_of(entry: ScanEntry, xattrs: _Xattrs, hardlink: bytes | None) -> bytes:
+            """``EntryRecord.meta()`` packed, as ``Catalog.add_entries`` would store it."""
+            if not xattrs and hardlink is None:
+                key = (entry.uid, entry.gid, entry.rdev)
+                packed = plain_meta.get(key)
+                if packed is None:
+                    if len(plain_meta) >= 4096:  # a tree of many device nodes: stay bounded
+                        plain_meta.clear()
+                    packed = plain_meta[key] = pack_meta(
+                        [entry.uid, entry.gid, user_name(entry.uid), group_name(entry.gid),
+                         entry.rdev, [], None]
+                    )  # fmt: skip
+                return packed
+            return pack_meta(
+                [entry.uid, entry.gid, user_name(entry.uid), group_name(entry.gid), entry.rdev,
+                 [list(x) for x in xattrs], hardlink]
+            )  # fmt: skip
+
+        def add(
             entry: ScanEntry,
-            meta: _Meta,
+            xattrs: _Xattrs,
             size: int = 0,
-            extents: Sequence[tuple[bytes, int, int]] = (),
+            extents: bytes | None = None,
             hardlink: bytes | None = None,
-        ) -> EntryRecord:
-            return EntryRecord(
-                entry.path,
-                entry.kind,
-                entry.mode,
-                entry.mtime_ns,
-                size,
-                entry.inode,
-                entry.device,
-                entry.link_target,
-                tuple(extents),
-                entry.uid,
-                entry.gid,
-                user_name(entry.uid),
-                group_name(entry.gid),
-                entry.rdev,
-                meta.xattrs,
-                hardlink,
-            )
+        ) -> None:
+            rows.append(
+                (snapshot_id, entry.path, entry.kind, entry.mode, entry.mtime_ns, size,
+                 entry.inode, entry.device, entry.link_target, extents,
+                 meta_of(entry, xattrs, hardlink))
+            )  # fmt: skip
+            if len(rows) >= ENTRY_BATCH:
+                flush_entries()
 
         def add_file(
-            entry: ScanEntry, meta: _Meta, size: int, extents: Sequence[tuple[bytes, int, int]]
+            entry: ScanEntry,
+            xattrs: _Xattrs,
+            size: int,
+            extents: Sequence[tuple[bytes, int, int]] | None,
+            packed: bytes | None = None,
         ) -> None:
+            """``extents``, or else ``packed``: the same, as stored (an unchanged file's)."""
             hardlink = None
             if entry.nlink > 1:
                 key = (entry.device, entry.inode)
@@ -516,10 +520,14 @@ class BackupJob:
                 if first is not None and first[0] != entry.path:
                     hardlink = first[0]
                 else:
+                    if extents is None:
+                        extents = [(bytes(i), int(o), int(n)) for i, o, n in _unpack(packed)]
                     link_groups[key] = (entry.path, list(extents))
             c.files += 1
             c.logical_bytes += size
-            add(record_of(entry, meta, size, extents, hardlink))
+            if packed is None:
+                packed = pack_extents(extents or ())
+            add(entry, xattrs, size, packed, hardlink)
 
         def seal_pack() -> None:
             if not pack_members:
@@ -527,8 +535,8 @@ class BackupJob:
             data = bytes(pack)
             chunk_id = chunk_id_for(data, secret)
             submit(chunk_id, data)
-            for entry, meta, offset, length in pack_members:
-                add_file(entry, meta, length, [(chunk_id, offset, length)] if length else [])
+            for entry, xattrs, offset, length in pack_members:
+                add_file(entry, xattrs, length, [(chunk_id, offset, length)] if length else [])
             pack.clear()
             pack_members.clear()
 
@@ -537,7 +545,7 @@ class BackupJob:
             self.notes.append(f"skipped {escape(entry.path)}: {why}")
 
         for entry in self._walk(self.notes):
-            meta = self._meta(entry)
+            xattrs = self._xattrs(entry)
             if entry.kind != "file":
                 if entry.kind == "dir":
                     c.dirs += 1
@@ -545,7 +553,7 @@ class BackupJob:
                     c.symlinks += 1
                 else:
                     c.specials += 1
-                add(record_of(entry, meta))
+                add(entry, xattrs)
                 continue
             if entry.nlink > 1:
                 # A second name of a file already read: the same bytes, not read again.
@@ -554,34 +562,36 @@ class BackupJob:
                     first_path, first_extents = first
                     if first_extents is None:  # still in the pack: shares its slot
                         slot = next(m for m in pack_members if m[0].path == first_path)
-                        pack_members.append((entry, meta, slot[2], slot[3]))
+                        pack_members.append((entry, xattrs, slot[2], slot[3]))
                         continue
                     c.files += 1
                     size = sum(length for _, _, length in first_extents)
                     c.logical_bytes += size
-                    add(record_of(entry, meta, size, first_extents, first_path))
+                    add(entry, xattrs, size, pack_extents(first_extents), first_path)
                     continue
-            before = parent_index.get(entry.path)
+            before = parent_files.get(entry.path)
             if (
                 before is not None
-                and before.size == entry.size
-                and before.mtime_ns == entry.mtime_ns
-                and before.inode == entry.inode
+                and before[1] == entry.size
+                and before[2] == entry.mtime_ns
+                and before[3] == entry.inode
             ):
                 c.files_unchanged += 1
-                batch_chunks.extend({cid for cid, _, _ in before.extents if cid != HOLE})
-                add_file(entry, meta, before.size, before.extents)
+                packed = before[4]
+                for chunk_id, _, _ in _unpack(packed):
+                    if chunk_id != HOLE:
+                        batch_chunks.add(chunk_id)
+                add_file(entry, xattrs, before[1], None, packed)
                 continue
             try:
                 if entry.size <= SMALL_FILE_BYTES:
-                    with open(open_regular(entry.source), "rb") as fh:
-                        data = fh.read(SMALL_FILE_BYTES + 1)
+                    data = read_small_regular(entry.source, entry.size, SMALL_FILE_BYTES)
                     if len(data) > SMALL_FILE_BYTES:  # grew since the walk: chunk it instead
                         raise _Grew
                     c.bytes_read += len(data)
                     if entry.nlink > 1:
                         link_groups[(entry.device, entry.inode)] = (entry.path, None)
-                    pack_members.append((entry, meta, len(pack), len(data)))
+                    pack_members.append((entry, xattrs, len(pack), len(data)))
                     pack += data
                     if len(pack) >= PACK_TARGET_BYTES:
                         seal_pack()
@@ -611,30 +621,16 @@ class BackupJob:
                 continue
             if size != entry.size:
                 self.notes.append(f"{escape(entry.path)} changed while it was read")
-            add_file(entry, meta, size, extents)
+            add_file(entry, xattrs, size, extents)
         seal_pack()
         flush_entries()
 
-    def _meta(self, entry: ScanEntry) -> _Meta:
-        """What an entry carries beside its bytes; a part that cannot be read is noted."""
+    def _xattrs(self, entry: ScanEntry) -> _Xattrs:
+        """An entry's extended attributes; a part that cannot be read is noted."""
         xattrs, problem = read_xattrs(entry.source)
         if problem is not None:
             self.notes.append(f"{escape(entry.path)}: {problem}")
-        return _Meta(xattrs)
-
-    async def _entries_writer(self, inbound: trio.MemoryReceiveChannel[_Entries]) -> None:
-        svc = self.services
-        async with inbound:
-            async for item in inbound:
-                await svc.db(
-                    functools.partial(
-                        svc.catalog.add_entries,
-                        self.snapshot_id,
-                        item.entries,
-                        item.chunk_ids,
-                        policy=self.policy,
-                    )
-                )
+        return xattrs
 
     async def _chunk_worker(self, inbound: trio.MemoryReceiveChannel[_Chunk]) -> None:
         params = self.request.params
@@ -759,6 +755,45 @@ class _Grew(Exception):
     pass
 
 
-@attrs.frozen
-class _Meta:
-    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+class _ParentFiles:
+    """The parent snapshot's regular files, read beside the walk a page at a time.
+
+    The walk and the catalog go in the same order (the paths' byte order), so this is a
+    merge: memory stays one page whatever the size of the tree, where a dict of every
+    file of the parent took tens of MiB for 50,000 files.  ``get`` is asked paths in
+    increasing order; one asked out of order (a name that changed kind during the walk)
+    is answered None, and that file is read again: slower, never wrong.
+    """
+
+    def __init__(self, fetch: Callable[[bytes], list[tuple[bytes, int, int, int, bytes]]] | None):
+        self._fetch = fetch
+        self._page: list[tuple[bytes, int, int, int, bytes]] = []
+        self._at = 0
+
+    def get(self, path: bytes) -> tuple[bytes, int, int, int, bytes] | None:
+        """(path, size, mtime_ns, inode, packed extents) of the parent's file ``path``."""
+        while True:
+            if self._at == len(self._page):
+                if self._fetch is None:
+                    return None
+                after = self._page[-1][0] if self._page else b""
+                self._page, self._at = self._fetch(after), 0
+                if len(self._page) < PARENT_PAGE:
+                    self._fetch = None  # the last page
+                if not self._page:
+                    return None
+            found = self._page[self._at]
+            if found[0] > path:
+                return None
+            self._at += 1
+            if found[0] == path:
+                return found
+
+
+#: An entry's extended attributes, sorted by name.
+_Xattrs = tuple[tuple[bytes, bytes], ...]
+
+
+def _unpack(packed: bytes | None) -> list[list[Any]]:
+    """Packed extents back to [chunk id, offset, length] lists."""
+    return msgpack.unpackb(packed) if packed else []

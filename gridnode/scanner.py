@@ -27,11 +27,9 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Final
-
-import attrs
+from typing import Final, NamedTuple
 
 from .names import escape
 
@@ -70,8 +68,11 @@ class ScanError(ValueError):
     pass
 
 
-@attrs.frozen
-class ScanEntry:
+class ScanEntry(NamedTuple):
+    """One entry as the walk found it.  A named tuple, not an attrs class: the walk makes
+    one per entry of the tree (twice per backup), and a tuple is built about four times
+    faster than a frozen attrs instance."""
+
     path: bytes  # snapshot-relative, "/"-separated, starts with the root's name
     source: bytes  # absolute path on this machine
     kind: str  # one of KINDS
@@ -111,16 +112,22 @@ def _excluded(rel: bytes, name: bytes, patterns: Sequence[bytes]) -> bool:
 
 
 def _entry(rel: bytes, source: bytes, st: os.stat_result) -> ScanEntry:
-    kind = _KIND_OF_FORMAT.get(stat.S_IFMT(st.st_mode))
+    fmt = st.st_mode & 0o170000  # stat.S_IFMT, without the call
+    kind = _KIND_OF_FORMAT.get(fmt)
     if kind is None:  # door, whiteout, ...: nothing a POSIX restore could make
         raise ScanError("an entry of a kind this system cannot back up")
+    if fmt == stat.S_IFREG:  # the common case first, with the fewest branches
+        return ScanEntry(
+            rel, source, kind, st.st_mode & 0o7777, st.st_mtime_ns, st.st_size, st.st_ino,
+            st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+        )  # fmt: skip
     return ScanEntry(
         rel,
         source,
         kind,
-        stat.S_IMODE(st.st_mode),
+        st.st_mode & 0o7777,
         st.st_mtime_ns,
-        st.st_size if kind == "file" else 0,
+        0,
         st.st_ino,
         st.st_dev,
         st.st_nlink,
@@ -131,6 +138,41 @@ def _entry(rel: bytes, source: bytes, st: os.stat_result) -> ScanEntry:
     )
 
 
+#: What an item of the walk's stack asks: visit an entry (lstat and yield it), the same
+#: when the listing said it is a directory (its descent is scheduled already), or descend
+#: into a directory visited before (list it).
+_VISIT, _VISIT_DIR, _DESCEND = 0, 1, 2
+
+#: (source path, snapshot path, its root's device (None below no root yet), what to do)
+_Item = tuple[bytes, bytes, int | None, int]
+
+
+def _items(children: Iterable[tuple[bytes, bytes, bytes, bool]], root: int | None) -> list[_Item]:
+    """Stack items for ``children`` ((name, source, snapshot path, is a directory)), in
+    reverse walk order: each entry at its name, a directory's descent at its name with
+    ``/`` after it."""
+    keyed: list[tuple[bytes, _Item]] = []
+    for name, source, rel, is_dir in children:
+        if is_dir:
+            keyed.append((name, (source, rel, root, _VISIT_DIR)))
+            keyed.append((name + b"/", (source, rel, root, _DESCEND)))
+        else:
+            keyed.append((name, (source, rel, root, _VISIT)))
+    keyed.sort(key=_key, reverse=True)
+    return [item for _, item in keyed]
+
+
+def _key(pair: tuple[bytes, _Item]) -> bytes:
+    return pair[0]
+
+
+def _is_dir(path: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def iter_tree(
     roots: Sequence[str],
     excludes: Sequence[str] = (),
@@ -138,45 +180,77 @@ def iter_tree(
     *,
     one_file_system: bool = False,
 ) -> Iterator[ScanEntry]:
-    """Yield entries depth-first in sorted byte order (deterministic, so snapshots diff
-    cleanly).  ``notes`` collects what was skipped and why.
+    """Yield entries in the byte order of their paths (deterministic, so snapshots diff
+    cleanly), which is also the catalog's order: a backup reads its parent snapshot's
+    entries beside the walk, a page at a time, instead of holding them all.  ``notes``
+    collects what was skipped and why.
+
+    A directory ``a`` sorts before ``a.txt`` but what lies below it (``a/...``) after
+    (``.`` is below ``/``), so a directory is visited at its name and entered at its
+    name with ``/`` after it.  Whether a name is a directory comes from the listing (no
+    ``stat``); should one change kind meanwhile, only that entry is out of order (a
+    backup then reads that file again rather than trusting the parent's copy).
 
     ``one_file_system``: a directory on another file system than its root (a mount
     point: ``/proc`` under ``/``, a USB disk under ``/media``) is recorded, as restic
     and tar do, but not entered."""
     notes = notes if notes is not None else []
     patterns = [os.fsencode(p) for p in excludes]
-    for absolute, name in root_names(roots):
-        stack: list[tuple[bytes, bytes]] = [(os.fsencode(absolute), name)]
-        root_device: int | None = None
-        while stack:
-            source, rel = stack.pop()
-            try:
-                entry = _entry(rel, source, os.lstat(source))
-            except OSError as exc:
-                notes.append(f"skipped {escape(rel)}: {exc.strerror}")
+    # The roots are walked as the children of one directory: each by its own name.
+    stack = _items(
+        (
+            (name, source, name, _is_dir(source))
+            for absolute, name in root_names(roots)
+            for source in (os.fsencode(absolute),)
+        ),
+        None,
+    )
+    # A directory visited and not entered yet: its device and its root's device.
+    devices: dict[bytes, tuple[int, int]] = {}
+    while stack:
+        source, rel, root_device, action = stack.pop()
+        if action == _DESCEND:
+            found = devices.pop(rel, None)
+            if found is None:  # skipped, or not a directory after all
                 continue
-            except ScanError as exc:
-                notes.append(f"skipped {escape(rel)}: {exc}")
-                continue
-            yield entry
-            if entry.kind != "dir":
-                continue
-            if root_device is None:
-                root_device = entry.device
-            elif one_file_system and entry.device != root_device:
+            device, root_device = found
+            if one_file_system and device != root_device:
                 notes.append(f"did not enter {escape(rel)}: another file system")
                 continue
+            # Plain concatenation, not os.path.join: this runs once per entry of the tree.
+            prefix = source if source.endswith(b"/") else source + b"/"
+            rel_prefix = rel + b"/"
             try:
-                names = sorted(os.listdir(source))
+                with os.scandir(source) as listing:
+                    children = [
+                        (
+                            e.name,
+                            prefix + e.name,
+                            rel_prefix + e.name,
+                            e.is_dir(follow_symlinks=False),
+                        )
+                        for e in listing
+                    ]
             except OSError as exc:
                 notes.append(f"could not list {escape(rel)}: {exc.strerror}")
                 continue
-            for child in reversed(names):
-                child_rel = rel + b"/" + child
-                if patterns and _excluded(child_rel, child, patterns):
-                    continue
-                stack.append((os.path.join(source, child), child_rel))
+            if patterns:
+                children = [c for c in children if not _excluded(c[2], c[0], patterns)]
+            stack += _items(children, root_device)
+            continue
+        try:
+            entry = _entry(rel, source, os.lstat(source))
+        except OSError as exc:
+            notes.append(f"skipped {escape(rel)}: {exc.strerror}")
+            continue
+        except ScanError as exc:
+            notes.append(f"skipped {escape(rel)}: {exc}")
+            continue
+        yield entry
+        if entry.kind == "dir":
+            devices[rel] = (entry.device, entry.device if root_device is None else root_device)
+            if action == _VISIT:  # the listing did not say directory: enter it now
+                stack.append((source, rel, root_device, _DESCEND))
 
 
 def read_xattrs(source: bytes) -> tuple[tuple[tuple[bytes, bytes], ...], str | None]:
@@ -191,6 +265,8 @@ def read_xattrs(source: bytes) -> tuple[tuple[tuple[bytes, bytes], ...], str | N
         if exc.errno in (errno.ENOTSUP, errno.ENODATA):
             return (), None
         return (), f"extended attributes not read: {exc.strerror}"
+    if not names:  # nearly every entry
+        return (), None
     out: list[tuple[bytes, bytes]] = []
     total = 0
     problem: str | None = None

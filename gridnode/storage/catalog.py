@@ -46,7 +46,16 @@ from nacl.signing import SigningKey
 from .backup_log import BackupLog
 from .lease_book import LeaseBook
 from .migrations import apply_migrations
-from .records import SNAPSHOT_COLUMNS, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
+from .records import (
+    SNAPSHOT_COLUMNS,
+    ChunkRecord,
+    EntryRecord,
+    EntryRow,
+    PacketRecord,
+    SnapshotRecord,
+    entry_row,
+    pack_extents,
+)
 from .sqlite import ThreadConnections, durable
 from .survival import Survival, survival
 
@@ -177,6 +186,47 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (packet_id, target)
     ) WITHOUT ROWID
     """,
+)
+
+
+_ENTRY_COLUMNS: Final = (
+    "path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta"
+)
+
+
+def _entry_from_row(row: Sequence[Any]) -> EntryRecord:
+    path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta = row
+    return EntryRecord.build(
+        path,
+        kind,
+        mode,
+        mtime_ns,
+        size,
+        inode,
+        device,
+        link_target,
+        msgpack.unpackb(extents) if extents else None,
+        msgpack.unpackb(meta, raw=False) if meta else None,
+    )
+
+
+def _scope(under: bytes | None, parents: Sequence[bytes]) -> tuple[str, tuple[bytes, ...]]:
+    """An SQL condition (and its parameters) for the entries at or below the path
+    ``under`` (names are bytes, so those below it sort from ``under/`` up to, not
+    including, ``under0``: ``0`` follows ``/``) and the directories ``parents``."""
+    if under is None:
+        return "", ()
+    marks = ", ".join("?" for _ in parents)
+    above = f" OR (kind = 'dir' AND path IN ({marks}))" if parents else ""
+    return (
+        f" AND (path = ? OR (path > ? AND path < ?){above})",
+        (under, under + b"/", under + b"0", *parents),
+    )
+
+
+_INSERT_ENTRY: Final = (
+    "INSERT OR REPLACE INTO entries(snapshot_id, path, kind, mode, mtime_ns, size, inode,"
+    " device, link_target, extents, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -319,6 +369,42 @@ class Catalog(BackupLog, LeaseBook):
             db.execute("BEGIN IMMEDIATE")
             self._insert_entries(db, snapshot_id, entries, chunk_ids, policy)
 
+    def add_entry_rows(
+        self, snapshot_id: str, rows: Sequence[EntryRow], chunk_ids: Iterable[bytes], *, policy: str
+    ) -> None:
+        """``add_entries`` for rows a backup built itself (``EntryRow``): the same table, the
+        same bytes, without an ``EntryRecord`` per entry on the way."""
+        db = self._db()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(_INSERT_ENTRY, rows)
+            db.executemany(
+                "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id, policy)"
+                " VALUES (?, ?, ?)",
+                [(snapshot_id, c, policy) for c in chunk_ids],
+            )
+
+    def file_page(
+        self, snapshot_id: str, *, after: bytes = b"", limit: int = 1024
+    ) -> list[tuple[bytes, int, int, int, bytes]]:
+        """A snapshot's next ``limit`` regular files after the path ``after``, in path
+        order: (path, size, mtime_ns, inode, packed extents).
+
+        What an incremental backup compares each scanned file with, read beside its walk
+        (which goes in the same order) a page at a time, so memory stays one page
+        whatever the tree's size; the extents are kept as stored, for an unchanged file
+        to carry over as they are.  Keyset pagination on the primary key: every page
+        costs the same, and no read stays open between pages."""
+        empty = pack_extents(())
+        return [
+            (bytes(path), size, mtime_ns, inode, bytes(extents) if extents else empty)
+            for path, size, mtime_ns, inode, extents in self._db().execute(
+                "SELECT path, size, mtime_ns, inode, extents FROM entries"
+                " WHERE snapshot_id = ? AND path > ? AND kind = 'file' ORDER BY path LIMIT ?",
+                (snapshot_id, after, limit),
+            )
+        ]
+
     @staticmethod
     def _insert_entries(
         db: sqlite3.Connection,
@@ -327,28 +413,7 @@ class Catalog(BackupLog, LeaseBook):
         chunk_ids: Iterable[bytes],
         policy: str,
     ) -> None:
-        db.executemany(
-            "INSERT OR REPLACE INTO entries(snapshot_id, path, kind, mode, mtime_ns, size,"
-            " inode, device, link_target, extents, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    snapshot_id,
-                    e.path,
-                    e.kind,
-                    e.mode,
-                    e.mtime_ns,
-                    e.size,
-                    e.inode,
-                    e.device,
-                    e.link_target,
-                    msgpack.packb([list(x) for x in e.extents], use_bin_type=True)
-                    if e.kind == "file"
-                    else None,
-                    None if (meta := e.meta()) is None else msgpack.packb(meta, use_bin_type=True),
-                )
-                for e in entries
-            ),
-        )
+        db.executemany(_INSERT_ENTRY, (entry_row(snapshot_id, e) for e in entries))
         db.executemany(
             "INSERT OR IGNORE INTO snapshot_chunks(snapshot_id, chunk_id, policy) VALUES (?, ?, ?)",
             ((snapshot_id, c, policy) for c in chunk_ids),
@@ -461,23 +526,84 @@ class Catalog(BackupLog, LeaseBook):
 
     def entries(self, snapshot_id: str) -> Iterator[EntryRecord]:
         cur = self._db().execute(
-            "SELECT path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta"
-            " FROM entries WHERE snapshot_id = ? ORDER BY path",
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE snapshot_id = ? ORDER BY path",
             (snapshot_id,),
         )
-        for path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta in cur:
-            yield EntryRecord.build(
-                path,
-                kind,
-                mode,
-                mtime_ns,
-                size,
-                inode,
-                device,
-                link_target,
-                msgpack.unpackb(extents) if extents else None,
-                msgpack.unpackb(meta, raw=False) if meta else None,
+        for row in cur:
+            yield _entry_from_row(row)
+
+    def entry_page(
+        self,
+        snapshot_id: str,
+        *,
+        kinds: Sequence[str],
+        exclude: bool = False,
+        after: bytes | None = None,
+        descending: bool = False,
+        limit: int = 512,
+        under: bytes | None = None,
+        parents: Sequence[bytes] = (),
+    ) -> list[EntryRecord]:
+        """The next ``limit`` entries of ``kinds`` (with ``exclude``: of every other kind)
+        after the path ``after``, in path order (or reversed).
+
+        For a restore, which walks a snapshot of millions of entries across many
+        worker-thread calls: memory stays one page (keyset pagination on the primary
+        key, so each page costs the same).  ``under`` limits the page to one path and
+        what lies below it, plus the directories ``parents`` (those above it)."""
+        marks = ", ".join("?" for _ in kinds)
+        sql = [
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE snapshot_id = ?",
+            f" AND kind {'NOT IN' if exclude else 'IN'} ({marks})",
+        ]
+        params: list[Any] = [snapshot_id, *kinds]
+        if after is not None:
+            sql.append(" AND path < ?" if descending else " AND path > ?")
+            params.append(after)
+        clause, scope = _scope(under, parents)
+        sql.append(clause)
+        sql.append(f" ORDER BY path {'DESC' if descending else 'ASC'} LIMIT ?")
+        return [
+            _entry_from_row(row)
+            for row in self._db().execute("".join(sql), (*params, *scope, limit))
+        ]
+
+    def entry_totals(
+        self, snapshot_id: str, *, kind: str, under: bytes | None = None
+    ) -> tuple[int, int]:
+        """How many entries of ``kind`` (at or below ``under``) and their bytes."""
+        clause, scope = _scope(under, ())
+        count, size = (
+            self._db()
+            .execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM entries"
+                f" WHERE snapshot_id = ? AND kind = ?{clause}",
+                (snapshot_id, kind, *scope),
             )
+            .fetchone()
+        )
+        return int(count), int(size)
+
+    def entry_paths(
+        self,
+        snapshot_id: str,
+        paths: Iterable[bytes],
+        *,
+        kind: str | None = None,
+        under: bytes | None = None,
+    ) -> set[bytes]:
+        """Which of ``paths`` the snapshot has (of ``kind``, at or below ``under``)."""
+        db = self._db()
+        clause, scope = _scope(under, ())
+        found: set[bytes] = set()
+        for path in paths:
+            row = db.execute(
+                "SELECT kind FROM entries WHERE snapshot_id = ? AND path = ?" + clause,
+                (snapshot_id, path, *scope),
+            ).fetchone()
+            if row is not None and (kind is None or row[0] == kind):
+                found.add(path)
+        return found
 
     def forget_snapshot(self, snapshot_id: str) -> list[tuple[bytes, str]]:
         """Drop a snapshot; returns the (chunk id, policy) pairs no other snapshot uses."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import attrs
+import msgpack
 
 from ..names import escape
 
@@ -24,8 +25,12 @@ __all__ = [
     "SNAPSHOT_COLUMNS",
     "ChunkRecord",
     "EntryRecord",
+    "EntryRow",
     "PacketRecord",
     "SnapshotRecord",
+    "entry_row",
+    "pack_extents",
+    "pack_meta",
     "policy_key",
 ]
 
@@ -214,8 +219,12 @@ class EntryRecord:
         extents: Sequence[Sequence[Any]] | None,
         meta: Sequence[Any] | None,
     ) -> EntryRecord:
-        """From stored fields (a record item or a catalog row), checking their types."""
-        name = _name_bytes(path)
+        """From stored fields (a record item or a catalog row), checking their types.
+
+        Runs once per entry whenever a snapshot is read whole (its record written, a
+        listing, a restore), so the common shapes take the short way: names already
+        bytes, no extended attributes, one extent."""
+        name = path if type(path) is bytes else _name_bytes(path)
         if not name or not isinstance(kind, str):
             raise ValueError(f"bad entry: {str(path)[:80]}")
         uid = gid = None
@@ -225,8 +234,10 @@ class EntryRecord:
         hardlink = None
         if meta is not None:
             uid, gid, user, group, rdev, raw_xattrs, raw_hardlink = meta
-            xattrs = tuple((bytes(k), bytes(v)) for k, v in raw_xattrs)
-            hardlink = _name_bytes(raw_hardlink)
+            if raw_xattrs:
+                xattrs = tuple([(bytes(k), bytes(v)) for k, v in raw_xattrs])
+            if raw_hardlink is not None:
+                hardlink = _name_bytes(raw_hardlink)
         return cls(
             name,
             kind,
@@ -235,8 +246,8 @@ class EntryRecord:
             int(size),
             int(inode),
             int(device),
-            _name_bytes(link_target),
-            tuple((bytes(c), int(o), int(n)) for c, o, n in extents or ()),
+            None if link_target is None else _name_bytes(link_target),
+            tuple([(bytes(c), int(o), int(n)) for c, o, n in extents]) if extents else (),
             uid,
             gid,
             user,
@@ -245,6 +256,42 @@ class EntryRecord:
             xattrs,
             hardlink,
         )
+
+
+#: One row of the catalog's ``entries`` table, as ``executemany`` takes it: snapshot id,
+#: path, kind, mode, mtime_ns, size, inode, device, link target, extents (msgpack; files
+#: only) and meta (msgpack, or None when there is none).  A backup builds these directly
+#: from what it scanned, and carries an unchanged file's extents over as the parent's
+#: bytes: no ``EntryRecord`` per entry, no decode and re-encode.
+EntryRow: TypeAlias = tuple[
+    str, bytes, str, int, int, int, int, int, bytes | None, bytes | None, bytes | None
+]
+
+
+def pack_extents(extents: Sequence[Sequence[Any]]) -> bytes:
+    """A file's extents as the catalog stores them (tuples pack as lists do)."""
+    return bytes(msgpack.packb(extents, use_bin_type=True))
+
+
+def pack_meta(meta: Sequence[Any]) -> bytes:
+    """``EntryRecord.meta()`` (when not None) as the catalog stores it."""
+    return bytes(msgpack.packb(meta, use_bin_type=True))
+
+
+def entry_row(snapshot_id: str, e: EntryRecord) -> EntryRow:
+    return (
+        snapshot_id,
+        e.path,
+        e.kind,
+        e.mode,
+        e.mtime_ns,
+        e.size,
+        e.inode,
+        e.device,
+        e.link_target,
+        pack_extents(e.extents) if e.kind == "file" else None,
+        None if (meta := e.meta()) is None else pack_meta(meta),
+    )
 
 
 @attrs.frozen

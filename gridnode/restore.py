@@ -1,7 +1,8 @@
 """Restore, verify and forget jobs: reading a snapshot back by its sequence.
 
 Restore (claims 6-8, 40-41): the snapshot's entries and chunk records come from the
-catalog; the assembler fetches each chunk's packets through the retriever (by the
+catalog a page at a time (``CatalogSource``: memory stays bounded whatever the number of
+files); the assembler fetches each chunk's packets through the retriever (by the
 non-transparent sequence, fastest k of n), decodes them and writes the files.
 
 Verify fetches *every* packet of every chunk and decodes each chunk, writing nothing:
@@ -13,16 +14,17 @@ chunks no other snapshot uses (with the per-packet delete secret; see holdings.p
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import trio
 
-from .actors.assembler import AssembleTree, DecodeChunk, RestoreFailed
+from .actors.assembler import AssembleTree, DecodeChunk, EntryKind, RestoreFailed, TreeSource
 from .actors.retriever import ChunkUnavailable, FetchChunk
 from .control import Emit
 from .errors import GridError
@@ -34,7 +36,7 @@ from .logic.retention import KeepPolicy, apply_policy
 from .logic.tags import matches_filter
 from .names import escape, from_arg
 from .recovery_root import publish_root
-from .storage.records import HOLE, ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
+from .storage.records import ChunkRecord, EntryRecord, PacketRecord, SnapshotRecord
 
 __all__ = ["forget_snapshot", "restore_snapshot", "verify_snapshot"]
 
@@ -58,20 +60,88 @@ async def resolve(services: Services, snapshot: str, *, complete: bool = True) -
     return record
 
 
-def select(entries: list[EntryRecord], path: str | None) -> list[EntryRecord]:
+class CatalogSource(TreeSource):
+    """A snapshot's entries (a whole snapshot, or one path and what lies below it plus
+    the directories above it) and chunk records, read from the catalog a page at a time
+    in a worker thread: a restore holds a bounded part of a tree of any size."""
+
+    def __init__(
+        self,
+        services: Services,
+        snap: SnapshotRecord,
+        under: bytes | None = None,
+        parents: Sequence[bytes] = (),
+    ) -> None:
+        self.services = services
+        self.snapshot_id = snap.snapshot_id
+        self.policy = snap.policy
+        self.under = under
+        self.parents = tuple(parents)
+
+    async def page(
+        self, kind: EntryKind, after: bytes | None, *, descending: bool = False
+    ) -> list[EntryRecord]:
+        kinds, exclude = (
+            (("dir", "file", "symlink"), True) if kind == "special" else ((kind,), False)
+        )
+        page: list[EntryRecord] = await self.services.db(
+            functools.partial(
+                self.services.catalog.entry_page,
+                self.snapshot_id,
+                kinds=kinds,
+                exclude=exclude,
+                after=after,
+                descending=descending,
+                limit=self.page_size,
+                under=self.under,
+                parents=self.parents,
+            )
+        )
+        return page
+
+    async def chunks(self, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkRecord]:
+        catalog, policy = self.services.catalog, self.policy
+        found: dict[bytes, ChunkRecord] = await self.services.db(
+            lambda: {c: r for c in chunk_ids if (r := catalog.chunk(c, policy)) is not None}
+        )
+        return found
+
+    async def restored_files(self, paths: Iterable[bytes]) -> set[bytes]:
+        wanted = list(paths)
+        found: set[bytes] = await self.services.db(
+            functools.partial(
+                self.services.catalog.entry_paths,
+                self.snapshot_id,
+                wanted,
+                kind="file",
+                under=self.under,
+            )
+        )
+        return found
+
+
+async def select(services: Services, snap: SnapshotRecord, path: str | None) -> CatalogSource:
     """A whole snapshot, or one file or sub-tree plus the directories above it.
 
     ``path`` is as a user typed it: the literal bytes, or the escaped form ``ls`` shows
     (see :mod:`gridnode.names`)."""
     if not path:
-        return entries
-    wanted = from_arg(path.strip("/"), {e.path for e in entries})
-    chosen = [e for e in entries if e.path == wanted or e.path.startswith(wanted + b"/")]
-    if not chosen:
-        raise SnapshotNotFound(f"no path {escape(wanted)!r} in this snapshot")
+        return CatalogSource(services, snap)
+    catalog = services.catalog
+    literal = os.fsencode(path.strip("/"))
+    known: set[bytes] = await services.db(lambda: catalog.entry_paths(snap.snapshot_id, [literal]))
+    wanted = from_arg(path.strip("/"), known)
     parts = wanted.split(b"/")
-    parents = {b"/".join(parts[:i]) for i in range(1, len(parts))}
-    return [e for e in entries if e.path in parents and e.kind == "dir"] + chosen
+    parents = [b"/".join(parts[:i]) for i in range(1, len(parts))]
+    any_below: list[EntryRecord] = await services.db(
+        functools.partial(
+            catalog.entry_page, snap.snapshot_id, kinds=(), exclude=True, limit=1, under=wanted
+        )
+    )
+    if not any_below:
+        raise SnapshotNotFound(f"no path {escape(wanted)!r} in this snapshot")
+    source = CatalogSource(services, snap, wanted, parents)
+    return source
 
 
 async def restore_snapshot(
@@ -86,13 +156,10 @@ async def restore_snapshot(
     started = time.monotonic()
     snap = await resolve(services, snapshot)
     catalog = services.catalog
-    entries = select(await services.db(lambda: list(catalog.entries(snap.snapshot_id))), path)
-    needed = {c for e in entries for c, _, _ in e.extents if c != HOLE}
-    chunks: dict[bytes, ChunkRecord] = await services.db(
-        lambda: {c: r for c in needed if (r := catalog.chunk(c, snap.policy)) is not None}
+    source = await select(services, snap, path)
+    total_files, total_bytes = await services.db(
+        lambda: catalog.entry_totals(snap.snapshot_id, kind="file", under=source.under)
     )
-    total_bytes = sum(e.size for e in entries if e.kind == "file")
-    total_files = sum(1 for e in entries if e.kind == "file")
     await emit(
         {
             "event": "started",
@@ -136,8 +203,8 @@ async def restore_snapshot(
                 stats = await services.ask(
                     services.assembler,
                     AssembleTree(
-                        entries=entries,
-                        chunks=chunks,
+                        entries=source,
+                        chunks={},
                         dest=dest_path,
                         progress=progress,
                         numeric_owner=numeric_owner,
@@ -347,4 +414,3 @@ async def forget_snapshot(services: Services, snapshot: str) -> dict[str, Any]:
         "bytes_freed": released["bytes_freed"],
         "recovery_root": root,
     }
-

@@ -88,9 +88,6 @@ class TreeWriter:
         self.gid = os.getegid()
         #: What was not restored as recorded (an xattr, a device as a normal user, ...).
         self.notes: list[str] = []
-        #: First names of the hard-link groups being restored, and where each was written.
-        self.link_firsts: set[bytes] = set()
-        self.written: dict[bytes, Path] = {}
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -251,8 +248,6 @@ class TreeWriter:
             self._apply(entry, temp)
             self._clear(final, entry.path)
             os.replace(temp, final)
-            if entry.path in self.link_firsts:
-                self.written[entry.path] = final
         except BaseException:
             with contextlib.suppress(OSError):
                 fh.close()
@@ -287,8 +282,6 @@ class TreeWriter:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)
                 raise
-            if entry.path in self.link_firsts:
-                self.written[entry.path] = Path(final)
             written += entry.size
         return written
 
@@ -302,14 +295,15 @@ class TreeWriter:
             raise ScanError(f"refusing to replace directory {escape(rel)!r}") from None
 
     def make_links(self, entries: Sequence[EntryRecord]) -> int:
-        """Later names of hard-link groups, linked to the first name's restored file.
+        """Later names of hard-link groups, linked to the first name's restored file
+        (the caller makes sure it was restored: it is where its path puts it).
 
         Where the file system refuses a link, the name gets a copy of the bytes instead:
         the data is the same, only the sharing is lost (and noted)."""
         copied = 0
         for entry in entries:
             assert entry.hardlink is not None
-            first = self.written[entry.hardlink]
+            first = self.target(entry.hardlink)
             path = self.ensure_parent(entry.path)
             self._clear(path, entry.path)
             try:

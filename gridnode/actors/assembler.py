@@ -1,9 +1,11 @@
 """The assembler actor (claims 8, 41): from packets back to files, in a usable form.
 
-For a restore it walks the snapshot's entries in order and, for each file, the chunks its
-extents point to: a prefetcher asks the retriever for upcoming chunks (a bounded window
-ahead of the writer), each chunk is erasure-decoded, decrypted, decompressed and checked
-against its unique data identifier in a worker thread, and the tree writer
+For a restore it walks the snapshot's entries in path order, a page at a time from a
+``TreeSource`` (the catalog, for a real restore: see ``_write_files`` for how far it reads
+ahead), and, for each file, the chunks its extents point to: a prefetcher asks the
+retriever for upcoming chunks (a bounded window ahead of the writer), each chunk is
+erasure-decoded, decrypted, decompressed and checked against its unique data identifier
+in a worker thread, and the tree writer
 (``gridnode/tree_writer.py``: the blocking file-system half, which also checks every path)
 assembles files through a temporary file and a rename, then makes hard links, symlinks
 and special files, and finishes directories.  A file appears under its final name only
@@ -24,12 +26,15 @@ never a truncated file under a real name.
 
 from __future__ import annotations
 
+import abc
+import bisect
+import collections
 import contextlib
 import functools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import attrs
 import trio
@@ -37,16 +42,97 @@ import trio
 from ..byte_budget import ByteBudget
 from ..exception_groups import collapse_groups
 from ..logic.packing import ChunkIntegrityError, ErasureParams, decode_chunk
+from ..memory import release_free_memory
 from ..storage.records import HOLE, ChunkRecord, EntryRecord
 from ..tree_writer import Piece, RestoreFailed, TreeWriter
 from .calls import Handlers, Inbox, Request, serve_calls
 
-__all__ = ["AssembleTree", "Assembler", "DecodeChunk", "RestoreFailed", "TreeWriter"]
+__all__ = [
+    "AssembleTree",
+    "Assembler",
+    "DecodeChunk",
+    "EntryKind",
+    "ListSource",
+    "RestoreFailed",
+    "TreeSource",
+    "TreeWriter",
+]
 
 #: Files at most this big are written whole, several per worker-thread hop.
 SMALL_FILE_BYTES = 4 * 1024 * 1024
 BATCH_FILES = 64
 BATCH_BYTES = 2 * 1024 * 1024
+#: File entries queued ahead of the writer: the reader reads on below ``READ_AHEAD``, and
+#: up to ``READ_AHEAD_MAX`` while the prefetcher has no chunk left to fetch (many small
+#: files share a chunk: the window of chunks may span thousands of files).
+READ_AHEAD = 1024
+READ_AHEAD_MAX = 16 * 1024
+#: Chunk records looked up per worker-thread hop by the prefetcher.
+RECORD_BATCH = 32
+#: Chunks written between two returns of freed memory to the system (``malloc_trim``, in
+#: a worker thread).  Packets and decoded chunks of about a megabyte come and go in one
+#: heap, and their holes stay resident: a restore of 50,000 small files peaked at 120-123
+#: MiB without it, 110-113 MiB with it every 2 chunks, for 0-10% more time (the pages
+#: handed back are faulted in again).  A large value turns it off.
+TRIM_EVERY_CHUNKS = 2
+
+#: The passes of a restore: a kind of entry, ``special`` standing for every other kind
+#: (FIFOs, devices, sockets).
+EntryKind = Literal["dir", "file", "symlink", "special"]
+_KINDS: dict[str, EntryKind] = {"dir": "dir", "file": "file", "symlink": "symlink"}
+
+
+class TreeSource(abc.ABC):
+    """Where a restore's entries come from, a page at a time, so that the assembler
+    holds a bounded part of a snapshot of any size (``gridnode.restore`` reads them
+    from the catalog; ``ListSource`` serves a list)."""
+
+    #: Entries per page at most; a shorter page is the last.
+    page_size: int = 512
+
+    @abc.abstractmethod
+    async def page(
+        self, kind: EntryKind, after: bytes | None, *, descending: bool = False
+    ) -> list[EntryRecord]:
+        """The next entries of ``kind`` after the path ``after`` (None: from the first), in
+        path order (reversed with ``descending``), at most ``page_size`` of them."""
+
+    @abc.abstractmethod
+    async def chunks(self, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkRecord]:
+        """The records of those chunks the catalog knows (a missing one fails the restore)."""
+
+    @abc.abstractmethod
+    async def restored_files(self, paths: Iterable[bytes]) -> set[bytes]:
+        """Which of ``paths`` are files being restored: first names of hard-link groups
+        whose later names become links."""
+
+
+class ListSource(TreeSource):
+    """Entries and chunk records already in memory (tests; small restores)."""
+
+    def __init__(self, entries: Iterable[EntryRecord], chunks: Mapping[bytes, ChunkRecord]) -> None:
+        self._by_kind: dict[EntryKind, list[EntryRecord]] = {}
+        for entry in sorted(entries, key=lambda e: e.path):
+            self._by_kind.setdefault(_KINDS.get(entry.kind, "special"), []).append(entry)
+        self._paths = {kind: [e.path for e in entries] for kind, entries in self._by_kind.items()}
+        self._chunks = chunks
+
+    async def page(
+        self, kind: EntryKind, after: bytes | None, *, descending: bool = False
+    ) -> list[EntryRecord]:
+        entries, paths = self._by_kind.get(kind, []), self._paths.get(kind, [])
+        if descending:
+            end = len(paths) if after is None else bisect.bisect_left(paths, after)
+            return entries[max(0, end - self.page_size) : end][::-1]
+        start = 0 if after is None else bisect.bisect_right(paths, after)
+        return entries[start : start + self.page_size]
+
+    async def chunks(self, chunk_ids: Sequence[bytes]) -> dict[bytes, ChunkRecord]:
+        return {c: self._chunks[c] for c in chunk_ids if c in self._chunks}
+
+    async def restored_files(self, paths: Iterable[bytes]) -> set[bytes]:
+        files = set(self._paths.get("file", []))
+        return {p for p in paths if p in files}
 
 
 @attrs.frozen
@@ -59,10 +145,12 @@ class DecodeChunk(Request[bytes]):
 
 @attrs.frozen
 class AssembleTree(Request[dict[str, Any]]):
-    """Write a snapshot's entries under ``dest``; answered with the restore's totals."""
+    """Write a snapshot's entries under ``dest``; answered with the restore's totals.
 
-    entries: Sequence[EntryRecord]
-    chunks: dict[bytes, ChunkRecord]
+    ``entries``: a ``TreeSource``, or a list of entries whose chunks are in ``chunks``."""
+
+    entries: Sequence[EntryRecord] | TreeSource
+    chunks: Mapping[bytes, ChunkRecord]
     dest: Path
     progress: Callable[[int, int], None] | None = None  # (files done, bytes written)
     numeric_owner: bool = False
@@ -127,33 +215,88 @@ class Assembler:
         return await self.decode(chunk, shares)
 
     async def assemble(self, job: AssembleTree) -> dict[str, Any]:
+        """Directories, then files (streamed: see ``_write_files``), then hard links,
+        symlinks and special files, then the directories' metadata; each a pass over the
+        snapshot's entries of that kind, read page by page."""
+        source = (
+            job.entries
+            if isinstance(job.entries, TreeSource)
+            else ListSource(job.entries, job.chunks)
+        )
         writer = await trio.to_thread.run_sync(
             functools.partial(TreeWriter, job.dest, numeric_owner=job.numeric_owner)
         )
-        dirs = [e for e in job.entries if e.kind == "dir"]
-        links = [e for e in job.entries if e.kind == "symlink"]
-        specials = [e for e in job.entries if e.kind not in ("dir", "symlink", "file")]
-        all_files = [e for e in job.entries if e.kind == "file"]
-        # A later name of a hard-link group whose first name is restored too becomes a link
-        # to it; otherwise it is written from its own extents (the same bytes).
-        names = {e.path for e in all_files}
-        linked = [e for e in all_files if e.hardlink is not None and e.hardlink in names]
-        writer.link_firsts = {e.hardlink for e in linked if e.hardlink is not None}
-        files = [e for e in all_files if e.hardlink is None or e.hardlink not in names]
-        await trio.to_thread.run_sync(writer.make_dirs, dirs, limiter=self.disk_limiter)
 
-        # The order in which the writer will need chunks; consecutive repeats (small files
-        # packed in one chunk) are one fetch.  Holes need no chunk.
-        sequence: list[bytes] = []
-        for entry in files:
-            for chunk_id, _, _ in entry.extents:
-                if chunk_id != HOLE and (not sequence or sequence[-1] != chunk_id):
-                    sequence.append(chunk_id)
-        for chunk_id in set(sequence):
-            if chunk_id not in job.chunks:
-                raise RestoreFailed(f"the catalog has no record of chunk {chunk_id.hex()[:12]}")
+        async def each_page(
+            kind: EntryKind, work: Callable[[list[EntryRecord]], Any], *, descending: bool = False
+        ) -> tuple[int, int]:
+            """Run ``work`` on every page of ``kind`` (in a worker thread); returns how
+            many entries there were and the sum of what ``work`` returned (when ints)."""
+            count = total = 0
+            after: bytes | None = None
+            while True:  # ends at the first short page; each page moves ``after`` on
+                page = await source.page(kind, after, descending=descending)
+                if not page:
+                    break
+                done = await trio.to_thread.run_sync(work, page, limiter=self.disk_limiter)
+                count += len(page)
+                total += done if isinstance(done, int) else 0
+                if len(page) < source.page_size:
+                    break
+                after = page[-1].path
+            return count, total
 
-        results: list[trio.Event] = [trio.Event() for _ in sequence]
+        dirs, _ = await each_page("dir", writer.make_dirs)
+        stats = await self._write_files(job, source, writer)
+        linked = stats.pop("linked")
+        assert isinstance(linked, list)
+        copied = await trio.to_thread.run_sync(writer.make_links, linked, limiter=self.disk_limiter)
+        symlinks, _ = await each_page("symlink", writer.make_symlinks)
+        _, made = await each_page("special", writer.make_specials)
+        # Reverse path order puts every directory after everything below it, as the
+        # writer needs (deepest first), without holding the directories.
+        await each_page("dir", writer.finish_dirs, descending=True)
+        await trio.to_thread.run_sync(writer.sync)
+        files_done = int(stats["files"]) + len(linked)
+        bytes_done = int(stats["bytes"]) + copied
+        if job.progress:
+            job.progress(files_done, bytes_done)
+        return {
+            "files": files_done,
+            "bytes": bytes_done,
+            "dirs": dirs,
+            "symlinks": symlinks,
+            "hardlinks": len(linked),
+            "specials": made,
+            "chunks": stats["chunks"],
+            "notes": writer.notes,
+        }
+
+    async def _write_files(
+        self, job: AssembleTree, source: TreeSource, writer: TreeWriter
+    ) -> dict[str, Any]:
+        """The files, in path order, as three tasks that share bounded queues:
+
+        - the reader takes pages of file entries from ``source`` and queues the files to
+          write (``pending``) and the chunks they need, in order (``upcoming``; a chunk
+          repeated by consecutive files, small files packed together, is one fetch); it
+          reads ahead only while the writer has fewer than ``READ_AHEAD`` files queued or
+          the prefetcher waits for chunks to fetch, never past ``READ_AHEAD_MAX`` files;
+        - the prefetcher looks up the chunks' records and fetches them within the
+          window (``prefetch_chunks``, ``prefetch_bytes``);
+        - the writer (this task) writes the files, taking each chunk as it comes.
+
+        A later name of a hard-link group whose first name is restored too is not
+        written: it is returned in ``linked`` (without its extents) to be linked."""
+        pending: collections.deque[EntryRecord] = collections.deque()
+        upcoming: collections.deque[bytes] = collections.deque()
+        linked: list[EntryRecord] = []
+        changed = _Signal()
+        read_all = False
+        prefetcher_waits = False
+        queued_chunks = 0
+
+        results: dict[int, trio.Event] = {}
         data: dict[int, bytes | BaseException] = {}
         window = trio.Semaphore(self.prefetch_chunks)
         budget = ByteBudget(self.prefetch_bytes)
@@ -162,28 +305,84 @@ class Assembler:
         files_done = 0
         bytes_done = 0
 
+        async def read() -> None:
+            nonlocal read_all, queued_chunks, prefetcher_waits
+            last: bytes | None = None
+            after: bytes | None = None
+            while True:  # ends at the first short page; each page moves ``after`` on
+                while len(pending) >= READ_AHEAD_MAX or (
+                    len(pending) >= READ_AHEAD and not prefetcher_waits
+                ):
+                    await changed.wait()
+                page = await source.page("file", after, descending=False)
+                firsts = {e.hardlink for e in page if e.hardlink is not None}
+                restored = await source.restored_files(firsts) if firsts else set()
+                for entry in page:
+                    if entry.hardlink is not None and entry.hardlink in restored:
+                        linked.append(attrs.evolve(entry, extents=()))
+                        continue
+                    pending.append(entry)
+                    for chunk_id, _, _ in entry.extents:
+                        if chunk_id != HOLE and chunk_id != last:
+                            upcoming.append(chunk_id)
+                            queued_chunks += 1
+                            last = chunk_id
+                if upcoming:
+                    prefetcher_waits = False  # it has chunks to fetch now
+                changed.notify()
+                if len(page) < source.page_size:
+                    break
+                after = page[-1].path
+            read_all = True
+            changed.notify()
+
         async def prefetch(nursery: trio.Nursery) -> None:
-            for index, chunk_id in enumerate(sequence):
-                chunk = job.chunks[chunk_id]
-                await window.acquire()
-                charged[index] = await budget.acquire(chunk.cipher_size + chunk.plain_size)
-                nursery.start_soon(fetch_one, index, chunk)
+            nonlocal prefetcher_waits
+            index = 0
+            while True:  # ends once the reader is done and every chunk is under way
+                while not upcoming:
+                    if read_all:
+                        return
+                    prefetcher_waits = True
+                    changed.notify()  # the reader reads on for it
+                    await changed.wait()
+                prefetcher_waits = False
+                wanted = [upcoming.popleft() for _ in range(min(len(upcoming), RECORD_BATCH))]
+                changed.notify()  # the reader may read on
+                records = await source.chunks(wanted)
+                for chunk_id in wanted:
+                    chunk = records.get(chunk_id)
+                    if chunk is None:
+                        raise RestoreFailed(
+                            f"the catalog has no record of chunk {chunk_id.hex()[:12]}"
+                        )
+                    await window.acquire()
+                    charged[index] = await budget.acquire(chunk.cipher_size + chunk.plain_size)
+                    nursery.start_soon(fetch_one, index, chunk)
+                    index += 1
+
+        def event(index: int) -> trio.Event:
+            found = results.get(index)
+            if found is None:
+                found = results[index] = trio.Event()
+            return found
 
         async def fetch_one(index: int, chunk: ChunkRecord) -> None:
             try:
                 data[index] = await self.fetch_plaintext(chunk)
             except Exception as exc:  # handed to the writer, which stops the restore
                 data[index] = exc
-            results[index].set()
+            event(index).set()
 
         def drop(index: int) -> None:
             """The writer is past chunk ``index``: its bytes and its place are free."""
             data.pop(index, None)
+            results.pop(index, None)
             budget.release(charged.pop(index))
             window.release()
 
         async def take(index: int) -> bytes:
-            await results[index].wait()
+            await event(index).wait()
             value = data[index]
             if isinstance(value, BaseException):
                 raise value
@@ -206,6 +405,16 @@ class Assembler:
             if job.progress:
                 job.progress(files_done, bytes_done)
 
+        async def next_file() -> EntryRecord | None:
+            """The next file to write, or None once every file has been."""
+            while not pending:
+                if read_all:
+                    return None
+                await changed.wait()
+            if len(pending) == READ_AHEAD:
+                changed.notify()  # falls below: the reader may read on
+            return pending.popleft()
+
         async def write_files() -> None:
             """The files in order, small ones in batches; returns once all are on disk
             (the writers' nursery waits for the batches still being written)."""
@@ -216,6 +425,7 @@ class Assembler:
                 current_id: bytes | None = None
                 batch: list[tuple[EntryRecord, list[Piece]]] = []
                 batch_bytes = 0
+                trimming = False
 
                 async def piece(chunk_id: bytes, offset: int, length: int) -> Piece:
                     nonlocal position, current, current_id
@@ -224,10 +434,21 @@ class Assembler:
                     if current_id != chunk_id:
                         if position >= 0:
                             drop(position)
+                            if position % TRIM_EVERY_CHUNKS == TRIM_EVERY_CHUNKS - 1:
+                                writers.start_soon(trim)
                         position += 1
                         current = await take(position)
                         current_id = chunk_id
                     return memoryview(current)[offset : offset + length]
+
+                async def trim() -> None:
+                    """Freed memory back to the system (see ``TRIM_EVERY_CHUNKS``), in a
+                    worker thread, one at a time: the writer does not wait for it."""
+                    nonlocal trimming
+                    if not trimming:
+                        trimming = True
+                        await trio.to_thread.run_sync(release_free_memory)
+                        trimming = False
 
                 async def flush() -> None:
                     """Hand the batch to a writer thread; at most ``write_batches`` run."""
@@ -236,7 +457,7 @@ class Assembler:
                         await writers.start(write_batch, batch)
                         batch, batch_bytes = [], 0
 
-                for entry in files:
+                while (entry := await next_file()) is not None:
                     if entry.size <= SMALL_FILE_BYTES:
                         pieces: list[Piece] = []
                         for extent in entry.extents:
@@ -269,32 +490,26 @@ class Assembler:
 
         with collapse_groups():
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
                 nursery.start_soon(prefetch, nursery)
                 await write_files()
                 nursery.cancel_scope.cancel()
+        return {"files": files_done, "bytes": bytes_done, "chunks": queued_chunks, "linked": linked}
 
-        bytes_done += await trio.to_thread.run_sync(
-            writer.make_links, linked, limiter=self.disk_limiter
-        )
-        files_done += len(linked)
-        await trio.to_thread.run_sync(writer.make_symlinks, links, limiter=self.disk_limiter)
-        made = await trio.to_thread.run_sync(
-            writer.make_specials, specials, limiter=self.disk_limiter
-        )
-        await trio.to_thread.run_sync(writer.finish_dirs, dirs, limiter=self.disk_limiter)
-        await trio.to_thread.run_sync(writer.sync)
-        if job.progress:
-            job.progress(files_done, bytes_done)
-        return {
-            "files": files_done,
-            "bytes": bytes_done,
-            "dirs": len(dirs),
-            "symlinks": len(links),
-            "hardlinks": len(linked),
-            "specials": made,
-            "chunks": len(sequence),
-            "notes": writer.notes,
-        }
+
+class _Signal:
+    """Wakes every task waiting for a change of the shared queues (trio is cooperative:
+    a task checks its condition and waits with no checkpoint in between)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 def _discard(fh: BinaryIO, temp: Path) -> None:

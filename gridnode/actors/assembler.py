@@ -69,12 +69,14 @@ READ_AHEAD = 1024
 READ_AHEAD_MAX = 16 * 1024
 #: Chunk records looked up per worker-thread hop by the prefetcher.
 RECORD_BATCH = 32
-#: Chunks written between two returns of freed memory to the system (``malloc_trim``, in
-#: a worker thread).  Packets and decoded chunks of about a megabyte come and go in one
-#: heap, and their holes stay resident: a restore of 50,000 small files peaked at 120-123
-#: MiB without it, 110-113 MiB with it every 2 chunks, for 0-10% more time (the pages
-#: handed back are faulted in again).  A large value turns it off.
-TRIM_EVERY_CHUNKS = 2
+#: Batches of small files written between two returns of freed memory to the system
+#: (``malloc_trim``, in a worker thread).  Packets, decoded chunks and the small files'
+#: copies come and go in one heap, and their holes stay resident: a restore of 50,000
+#: small files peaked at 120-123 MiB without a trim, 110-113 MiB with one every 2 chunks.
+#: Trimming by chunks made a large file's restore cost the source 8.1 CPU-s/GB instead
+#: of 5.8 (the pages handed back are faulted in again at once), so only small files'
+#: batches count: a large file's chunks leave no small holes.
+TRIM_EVERY_BATCHES = 4
 
 #: The passes of a restore: a kind of entry, ``special`` standing for every other kind
 #: (FIFOs, devices, sockets).
@@ -426,6 +428,7 @@ class Assembler:
                 batch: list[tuple[EntryRecord, list[Piece]]] = []
                 batch_bytes = 0
                 trimming = False
+                batches = 0
 
                 async def piece(chunk_id: bytes, offset: int, length: int) -> Piece:
                     nonlocal position, current, current_id
@@ -434,15 +437,13 @@ class Assembler:
                     if current_id != chunk_id:
                         if position >= 0:
                             drop(position)
-                            if position % TRIM_EVERY_CHUNKS == TRIM_EVERY_CHUNKS - 1:
-                                writers.start_soon(trim)
                         position += 1
                         current = await take(position)
                         current_id = chunk_id
                     return memoryview(current)[offset : offset + length]
 
                 async def trim() -> None:
-                    """Freed memory back to the system (see ``TRIM_EVERY_CHUNKS``), in a
+                    """Freed memory back to the system (see ``TRIM_EVERY_BATCHES``), in a
                     worker thread, one at a time: the writer does not wait for it."""
                     nonlocal trimming
                     if not trimming:
@@ -452,10 +453,13 @@ class Assembler:
 
                 async def flush() -> None:
                     """Hand the batch to a writer thread; at most ``write_batches`` run."""
-                    nonlocal batch, batch_bytes
+                    nonlocal batch, batch_bytes, batches
                     if batch:
                         await writers.start(write_batch, batch)
                         batch, batch_bytes = [], 0
+                        batches += 1
+                        if batches % TRIM_EVERY_BATCHES == 0:
+                            writers.start_soon(trim)
 
                 while (entry := await next_file()) is not None:
                     if entry.size <= SMALL_FILE_BYTES:

@@ -40,10 +40,9 @@ from .byte_budget import ByteBudget
 from .control import Emit
 from .errors import GridError
 from .exception_groups import collapse_groups
-from .fsutil import read_small_regular
 from .job_services import Services
 from .log import get_logger
-from .logic.chunking import CHUNK_AVG, CHUNK_MAX, iter_file_pieces
+from .logic.chunking import CHUNK_AVG, CHUNK_MAX, iter_file_pieces, read_small_regular
 from .logic.packing import EncodedChunk, ErasureParams, chunk_id_for
 from .logic.placement.rules import PlacementRules
 from .memory import release_free_memory

@@ -12,6 +12,8 @@ import trio
 
 from gridnode.delegation import Repairer
 from gridnode.identity import NodeIdentity
+from gridnode.storage.records import ChunkRecord, PacketRecord
+from protocol import receipt_payload, sign
 
 
 def idle_repairer(
@@ -54,3 +56,17 @@ def small_tree(root: Path) -> Path:
     for i in range(3):
         (tree / f"file{i}").write_bytes(os.urandom(150_000 + i))
     return tree
+
+
+def signed_chunk(
+    holders: list[NodeIdentity], *, k: int = 2, cipher_size: int = 1000
+) -> ChunkRecord:
+    """A chunk record whose packets sit one on each of ``holders``, with their receipts."""
+    packets = []
+    for share, holder in enumerate(holders):
+        packet_id = os.urandom(32)
+        receipt = sign(holder.signing_key, receipt_payload(packet_id, -(-cipher_size // k)))
+        packets.append(PacketRecord(share, packet_id, holder.node_id, receipt))
+    return ChunkRecord(
+        os.urandom(32), 900, cipher_size, False, k, len(holders), tuple(packets), {"distinct": []}
+    )

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import gridnode.backup
-from gridnode.fsutil import read_small_regular
+from gridnode.logic.chunking import read_small_regular
 from gridnode.scanner import iter_tree
 from gridnode.storage.records import EntryRecord, entry_row
 

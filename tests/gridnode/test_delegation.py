@@ -3,7 +3,6 @@ the move records (signed by the repairer, checked by the owner against receipts)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,13 @@ from gridnode.delegation import (
 )
 from gridnode.errors import RemoteError
 from gridnode.identity import NodeIdentity
-from gridnode.storage.records import ChunkRecord, PacketRecord
+from gridnode.storage.records import ChunkRecord
 from protocol import receipt_payload, sign
 from protocol._messages import GetRepairMoves, GrantRepair, RepairGranted, RepairMoves
 
-from .delegates import FAST_REPAIR, idle_repairer, small_tree
+from .delegates import FAST_REPAIR, idle_repairer, signed_chunk, small_tree
 
 NOW = 1_800_000_000.0
-
-
-def _chunk(holders: list[NodeIdentity], *, k: int = 2, cipher_size: int = 1000) -> ChunkRecord:
-    packets = []
-    for share, holder in enumerate(holders):
-        packet_id = os.urandom(32)
-        receipt = sign(holder.signing_key, receipt_payload(packet_id, -(-cipher_size // k)))
-        packets.append(PacketRecord(share, packet_id, holder.node_id, receipt))
-    return ChunkRecord(
-        os.urandom(32), 900, cipher_size, False, k, len(holders), tuple(packets), {"distinct": []}
-    )
 
 
 @attrs.frozen
@@ -57,7 +45,7 @@ class Setup:
 @pytest.fixture
 def setup() -> Setup:
     holders = [NodeIdentity.generate() for _ in range(4)]
-    return Setup(NodeIdentity.generate(), NodeIdentity.generate(), holders, _chunk(holders))
+    return Setup(NodeIdentity.generate(), NodeIdentity.generate(), holders, signed_chunk(holders))
 
 
 def _capability(s: Setup, *, lease_s: float = 3600.0, now: float = NOW) -> Capability:

@@ -12,7 +12,6 @@ below are exact: virtual seconds, not a measurement of this machine."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ import trio.testing
 from gridnode.delegation import Repairer, build_capability
 from gridnode.errors import PeerGone
 from gridnode.identity import NodeIdentity
-from gridnode.storage.records import ChunkRecord, PacketRecord
-from protocol import receipt_payload, sign
+from gridnode.storage.records import ChunkRecord
 from protocol._messages import GrantRepair, RepairGranted
+
+from .delegates import signed_chunk
 
 NOW = 1_800_000_000.0
 #: The owner's delay, and the tick the repairer takes for it (a quarter of it).
@@ -47,23 +47,12 @@ def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
 
 
-def _chunk(holders: list[NodeIdentity], *, k: int = 2, cipher_size: int = 1000) -> ChunkRecord:
-    packets = []
-    for share, holder in enumerate(holders):
-        packet_id = os.urandom(32)
-        receipt = sign(holder.signing_key, receipt_payload(packet_id, -(-cipher_size // k)))
-        packets.append(PacketRecord(share, packet_id, holder.node_id, receipt))
-    return ChunkRecord(
-        os.urandom(32), 900, cipher_size, False, k, len(holders), tuple(packets), {"distinct": []}
-    )
-
-
 async def test_a_delegate_with_a_long_delay_of_its_own_repairs_on_the_owners(
     autojump_clock: trio.testing.MockClock, inline_threads: None, tmp_path: Path
 ) -> None:
     owner, delegate = NodeIdentity.generate(), NodeIdentity.generate()
     holders = [NodeIdentity.generate() for _ in range(4)]
-    chunk = _chunk(holders)
+    chunk = signed_chunk(holders)
     here = {owner.node_id, delegate.node_id, *(h.node_id for h in holders)}
     attempts: list[tuple[float, frozenset[bytes]]] = []
     attempted = trio.Event()

@@ -46,7 +46,7 @@ __all__ = ["PROTOCOL_VERSION", "call"]
 
 #: The grid protocol's version (``protocol.PROTOCOL_VERSION``; a test keeps them equal:
 #: importing the protocol package is what this module exists to avoid).
-PROTOCOL_VERSION: Final = 4
+PROTOCOL_VERSION: Final = 5
 #: Seconds for the socket to accept and the websocket upgrade to finish.
 CONNECT_TIMEOUT_S: Final = 5.0
 #: The largest message accepted from the node (the server's limit is 8 MiB of frame).

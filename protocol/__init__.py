@@ -30,6 +30,7 @@ from ._identity import verify as verify
 from ._messages import AUDIT_CHUNK_BYTES as AUDIT_CHUNK_BYTES
 from ._messages import MAX_AUDIT_INDEX as MAX_AUDIT_INDEX
 from ._messages import MAX_AUDIT_PATH as MAX_AUDIT_PATH
+from ._messages import MAX_BATCH_BYTES as MAX_BATCH_BYTES
 from ._messages import MAX_LEASE_S as MAX_LEASE_S
 from ._messages import MAX_LEASES_PER_MESSAGE as MAX_LEASES_PER_MESSAGE
 from ._messages import MAX_LOG_ENTRIES_PER_MESSAGE as MAX_LOG_ENTRIES_PER_MESSAGE
@@ -51,7 +52,9 @@ from ._messages import ControlHello as ControlHello
 from ._messages import ControlResult as ControlResult
 from ._messages import DeletePacket as DeletePacket
 from ._messages import Error as Error
+from ._messages import FetchedPart as FetchedPart
 from ._messages import FetchPacket as FetchPacket
+from ._messages import FetchPackets as FetchPackets
 from ._messages import ForwardLog as ForwardLog
 from ._messages import GetAccount as GetAccount
 from ._messages import GetRevocations as GetRevocations
@@ -68,6 +71,7 @@ from ._messages import PacketData as PacketData
 from ._messages import PacketDeleted as PacketDeleted
 from ._messages import PacketPart as PacketPart
 from ._messages import PacketsAdopted as PacketsAdopted
+from ._messages import PacketsData as PacketsData
 from ._messages import PacketsStored as PacketsStored
 from ._messages import PacketStored as PacketStored
 from ._messages import PartStored as PartStored
@@ -86,6 +90,7 @@ from ._messages import Subscribe as Subscribe
 from ._messages import Subscribed as Subscribed
 from ._messages import UsageAccepted as UsageAccepted
 from ._messages import UsageReport as UsageReport
+from ._messages import WantedPacket as WantedPacket
 from ._messages import message as message
 from ._messages import record as record
 from ._messages import since as since

@@ -33,6 +33,7 @@ __all__ = [
     "AUDIT_CHUNK_BYTES",
     "MAX_AUDIT_INDEX",
     "MAX_AUDIT_PATH",
+    "MAX_BATCH_BYTES",
     "MAX_SPREAD_REVOCATIONS",
     "MAX_USAGE_REPORT_BYTES",
     "MESSAGE_TYPES",
@@ -48,6 +49,8 @@ __all__ = [
     "DeletePacket",
     "Error",
     "FetchPacket",
+    "FetchPackets",
+    "FetchedPart",
     "ForwardLog",
     "GetRevocations",
     "GetRoot",
@@ -62,6 +65,7 @@ __all__ = [
     "PacketPart",
     "PacketStored",
     "PacketsAdopted",
+    "PacketsData",
     "PacketsStored",
     "PartStored",
     "Ping",
@@ -78,6 +82,7 @@ __all__ = [
     "Subscribed",
     "UsageAccepted",
     "UsageReport",
+    "WantedPacket",
     "message",
     "record",
     "since",
@@ -85,8 +90,9 @@ __all__ = [
 
 #: The newest protocol version this software speaks.  3 added the "C" frame for certified
 #: batches, storage audits (``AuditPacket``), repair maps in parts (``GrantRepairPart``,
-#: ``RepairGranted.missing``); 4 added leases (``RenewLeases``).
-PROTOCOL_VERSION: Final = 4
+#: ``RepairGranted.missing``); 4 added leases (``RenewLeases``); 5 added batched fetches
+#: (``FetchPackets``/``PacketsData``).
+PROTOCOL_VERSION: Final = 5
 #: The oldest version it still speaks: a grid of version-2 nodes upgrades node by node.
 MIN_PROTOCOL_VERSION: Final = 2
 #: Upper bound of one packet's payload; chunks are at most 4 MiB before coding.
@@ -332,6 +338,61 @@ class PacketData(Message):
     request_id: int = _request_id()
     packet_id: bytes = _id32()
     data: bytes = attrs.field(metadata=bounded(max_len=MAX_PACKET_BYTES))
+
+
+@record
+@attrs.frozen(kw_only=True)
+class WantedPacket:
+    """One packet a ``FetchPackets`` asks for."""
+
+    packet_id: bytes = _id32()
+
+
+@message("fetch_packets")
+@attrs.frozen(kw_only=True)
+class FetchPackets(Message):
+    """Several packets from one holder in one request: a restore asks each holder for
+    the packets of every chunk it has in flight at once, so a frame, a request and a
+    disk hop on the holder serve several packets instead of one."""
+
+    SINCE_VERSION: ClassVar[int] = 5
+
+    request_id: int = _request_id()
+    wanted: tuple[WantedPacket, ...] = attrs.field(
+        metadata=bounded(min_len=1, max_len=MAX_PACKETS_PER_BATCH)
+    )
+
+
+@record
+@attrs.frozen(kw_only=True)
+class FetchedPart:
+    """Per packet asked, in order: its ``size_bytes`` of the payload when ``code`` is
+    empty, else why not: "not_found" (not held, or it failed the holder's own check)
+    or "later" (the answer was full: ask again)."""
+
+    packet_id: bytes = _id32()
+    size_bytes: int = attrs.field(
+        default=0, metadata=bounded(min_value=0, max_value=MAX_PACKET_BYTES)
+    )
+    code: str = attrs.field(default="", metadata=bounded(max_len=64))
+
+
+@message("packets_data")
+@attrs.frozen(kw_only=True)
+class PacketsData(Message):
+    """The answer to ``FetchPackets``: the held packets' bytes, concatenated in the
+    order asked, are the detached payload.  The parts name each packet's id (its
+    BLAKE3) and length, so the asker hashes each packet once, against its id, and the
+    session does not hash the whole (``PAYLOAD_CERTIFIED``)."""
+
+    SINCE_VERSION: ClassVar[int] = 5
+
+    RESPONSE: ClassVar[bool] = True
+    DETACHED_FIELD: ClassVar[str | None] = "data"
+    PAYLOAD_CERTIFIED: ClassVar[bool] = True
+    request_id: int = _request_id()
+    parts: tuple[FetchedPart, ...] = attrs.field(metadata=bounded(max_len=MAX_PACKETS_PER_BATCH))
+    data: bytes = attrs.field(metadata=bounded(max_len=MAX_BATCH_BYTES))
 
 
 @message("delete_packet")

@@ -31,15 +31,19 @@ import attrs
 import trio
 
 from protocol import (
+    MAX_BATCH_BYTES,
     AdoptPackets,
     DeletePacket,
     Error,
+    FetchedPart,
     FetchPacket,
+    FetchPackets,
     GetRoot,
     LeasesRenewed,
     Message,
     PacketData,
     PacketDeleted,
+    PacketsData,
     PacketsStored,
     PacketStored,
     PartStored,
@@ -77,6 +81,9 @@ _log = get_logger(component="packet_store")
 
 #: At most this many packets are written in one group commit.
 WRITE_BATCH = 32
+#: A ``PacketsData`` answer holds at most this many packet bytes (the frame limit, less
+#: room for its header).
+FETCH_ANSWER_BYTES = MAX_BATCH_BYTES - 64 * 1024
 
 
 @attrs.frozen
@@ -328,6 +335,8 @@ class PacketStore:
             self._count("packets_served")
             self._count("bytes_served", len(data))  # metered: credited as served storage
             return PacketData(request_id=msg.request_id, packet_id=msg.packet_id, data=data)
+        if isinstance(msg, FetchPackets):
+            return await self._serve_many(msg)
         if isinstance(msg, DeletePacket):
             return await self._delete(msg, self.identity.root_owner_tag(peer))
         if isinstance(msg, PutRoot):
@@ -351,6 +360,39 @@ class PacketStore:
             code="unsupported",
             message=f"{msg.KIND} is not a request this node serves",
         )
+
+    async def _serve_many(self, msg: FetchPackets) -> PacketsData:
+        """Every packet asked that is held intact, read in one worker-thread hop (one
+        hop per packet was a third of a holder's CPU serving a restore).  The answer
+        stays under ``MAX_BATCH_BYTES`` (a packet past it is answered "later", for the
+        asker to ask again) and names each packet's length, so the asker checks each one
+        against its id."""
+
+        def read() -> tuple[list[FetchedPart], list[bytes]]:
+            parts: list[FetchedPart] = []
+            found: list[bytes] = []
+            total = 0
+            for wanted in msg.wanted:
+                data = self.packets.get(wanted.packet_id)
+                if data is None:
+                    parts.append(FetchedPart(packet_id=wanted.packet_id, code="not_found"))
+                elif total + len(data) > FETCH_ANSWER_BYTES:
+                    parts.append(FetchedPart(packet_id=wanted.packet_id, code="later"))
+                else:
+                    total += len(data)
+                    found.append(data)
+                    parts.append(FetchedPart(packet_id=wanted.packet_id, size_bytes=len(data)))
+            return parts, found
+
+        parts, found = await trio.to_thread.run_sync(read, limiter=self.disk_limiter)
+        misses = sum(part.code == "not_found" for part in parts)
+        if misses:
+            self._count("fetch_misses", misses)
+        if found:
+            self._count("packets_served", len(found))
+            self._count("bytes_served", sum(map(len, found)))  # metered as served storage
+        # The parts' bytes joined once, into the frame (the link sends ``payload``).
+        return PacketsData(request_id=msg.request_id, parts=tuple(parts), data=b"".join(found))
 
     async def _write(
         self,

@@ -17,27 +17,54 @@ dropped by the link).
 ``FetchChunk(all_packets=True)`` (for ``gridnode verify``) asks every holder and reports
 which packets are healthy, missing or corrupt.
 
+Batches: a holder that speaks protocol 5 is asked for the packets of every chunk in
+flight at once, in one ``FetchPackets`` (at most ``MAX_PACKETS_PER_BATCH`` packets, about
+``FETCH_BATCH_BYTES``), so a frame, a request and the holder's disk hop serve several
+packets; with ``SENDERS_PER_HOLDER`` requests in flight per holder, packets asked while
+one is answered queue for the next, so batches form without any added delay.  Each
+packet still has its own wait, hedge and timeout; an older holder gets ``FetchPacket``.
+
 Backpressure: at most ``concurrency`` chunks are fetched at once; each link's in-flight
 window bounds what one peer is asked.  Cancellation: pending requests are abandoned; a
-late answer is dropped by the link.
+packet whose asker gave up before its batch left is not asked; a late answer is dropped.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import blake3
 import trio
 
-from protocol import FetchPacket, PacketData
+from protocol import (
+    MAX_PACKETS_PER_BATCH,
+    FetchPacket,
+    FetchPackets,
+    PacketData,
+    PacketsData,
+    WantedPacket,
+)
 
 from ..errors import GridError, PeerError, PeerGone, RemoteError
 from ..storage.records import ChunkRecord, PacketRecord
 from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["ChunkUnavailable", "FetchChunk", "FetchedChunk", "Retriever"]
+
+
+#: A holder is asked for about this many bytes of packets in one ``FetchPackets``
+#: (estimated from each chunk's size): several chunks' packets share a request, and the
+#: first of them is not held back long behind the rest.
+FETCH_BATCH_BYTES: Final = 4 * 1024 * 1024
+#: Requests in flight per holder: the next batch forms while one is answered.
+SENDERS_PER_HOLDER: Final = 2
+#: How long a holder's batch that is not full waits for more packets.  A restore starts
+#: chunks one at a time as its writer frees room, so without a wait nearly every packet
+#: would leave alone.
+FETCH_LINGER_S: Final = 0.010
 
 
 class ChunkUnavailable(GridError):
@@ -68,6 +95,23 @@ LinkFor = Callable[[bytes], Awaitable[Any]]
 IsConnected = Callable[[bytes], bool]
 
 
+@attrs.define(eq=False)
+class _Wanted:
+    """One packet waiting for its holder's next ``FetchPackets``."""
+
+    packet_id: bytes
+    size_hint: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    outcome: bytes | BaseException | None = None
+    #: Its asker stopped waiting: not asked if its batch has not left yet.
+    abandoned: bool = False
+
+    def settle(self, outcome: bytes | BaseException) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self.done.set()
+
+
 @attrs.define
 class Retriever:
     inbound: Inbox
@@ -86,14 +130,29 @@ class Retriever:
     _slow_until: dict[bytes, float] = attrs.field(factory=dict, init=False)
     #: Moving average of the seconds one packet took to arrive (None before the first).
     _latency_s: float | None = attrs.field(default=None, init=False)
+    #: Holder -> packets waiting for its next batch, and how many senders it has.
+    _waiting: dict[bytes, collections.deque[_Wanted]] = attrs.field(factory=dict, init=False)
+    _senders: dict[bytes, int] = attrs.field(factory=dict, init=False)
+    #: How long a batch that is not full waits for more packets (``FETCH_LINGER_S``).
+    linger_s: float = FETCH_LINGER_S
+    #: Where batch senders run (``run``); without it every packet is asked alone.
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    #: Holder -> set once its queue holds a full batch (ends a sender's linger).
+    _full: dict[bytes, trio.Event] = attrs.field(factory=dict, init=False)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_calls(
-            self.inbound,
-            Handlers("retriever").on(FetchChunk, self._handle),
-            concurrency=self.concurrency,
-            task_status=task_status,
-        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await serve_calls(
+                    self.inbound,
+                    Handlers("retriever").on(FetchChunk, self._handle),
+                    concurrency=self.concurrency,
+                    task_status=task_status,
+                )
+            finally:
+                self._nursery = None
+                nursery.cancel_scope.cancel()
 
     async def _handle(self, cmd: FetchChunk) -> FetchedChunk:
         if cmd.all_packets:
@@ -125,19 +184,26 @@ class Retriever:
             return self.hedge_after_s
         return min(self.hedge_after_s, max(self.hedge_min_s, 4 * self._latency_s))
 
-    async def _fetch_one(self, packet: PacketRecord) -> bytes:
-        """One verified packet, or raises PeerError/ValueError saying why not."""
+    async def _fetch_one(self, packet: PacketRecord, size_hint: int = 0) -> bytes:
+        """One verified packet, or raises PeerError/ValueError saying why not.
+
+        ``size_hint``: about how big the packet is, for sizing batches."""
         started = trio.current_time()
         link = await self.link_for(packet.target)
-        answer, digest = await link.request_with_digest(
-            lambda rid: FetchPacket(request_id=rid, packet_id=packet.packet_id),
-            timeout_s=self.request_timeout_s,
-        )
-        if not isinstance(answer, PacketData) or answer.packet_id != packet.packet_id:
-            raise ValueError(f"holder answered {answer.KIND}")
-        # The session hashed a detached payload already; hash here only if it did not.
-        if digest is None:
-            digest = blake3.blake3(answer.data).digest()
+        if self._nursery is not None and link.speaks(FetchPackets):
+            data = await self._batched(packet, size_hint)
+            digest = blake3.blake3(data).digest()  # certified answer: checked here, once
+        else:
+            answer, digest = await link.request_with_digest(
+                lambda rid: FetchPacket(request_id=rid, packet_id=packet.packet_id),
+                timeout_s=self.request_timeout_s,
+            )
+            if not isinstance(answer, PacketData) or answer.packet_id != packet.packet_id:
+                raise ValueError(f"holder answered {answer.KIND}")
+            data = answer.data
+            # The session hashed a detached payload already; hash here only if it did not.
+            if digest is None:
+                digest = blake3.blake3(data).digest()
         if digest != packet.packet_id:
             self._count("corrupt_packets")
             raise ValueError("packet bytes do not match the packet id (corrupt)")
@@ -145,7 +211,110 @@ class Retriever:
         last = self._latency_s
         self._latency_s = took if last is None else 0.8 * last + 0.2 * took
         self._slow_until.pop(packet.target, None)
-        return answer.data
+        return data
+
+    async def _batched(self, packet: PacketRecord, size_hint: int) -> bytes:
+        """``packet``'s bytes (unverified) by way of its holder's batch queue."""
+        wanted = _Wanted(packet.packet_id, size_hint)
+        queue = self._waiting.setdefault(packet.target, collections.deque())
+        queue.append(wanted)
+        if _is_full(queue) and (full := self._full.get(packet.target)) is not None:
+            full.set()
+        if self._senders.get(packet.target, 0) < SENDERS_PER_HOLDER:
+            self._senders[packet.target] = self._senders.get(packet.target, 0) + 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._drain, packet.target)
+        try:
+            await wanted.done.wait()
+        finally:
+            wanted.abandoned = True
+        outcome = wanted.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    async def _drain(self, target: bytes) -> None:
+        """Ask ``target`` for what waits for it, a batch at a time; exit when nothing is
+        left.  Between the emptiness check and the exit there is no checkpoint, so a
+        packet queued meanwhile always finds a running sender or starts one."""
+        try:
+            while queue := self._waiting.get(target):
+                if self.linger_s > 0 and not _is_full(queue):
+                    # Let other chunks' packets for this holder join, until it is full.
+                    full = self._full[target] = trio.Event()
+                    with trio.move_on_after(self.linger_s):
+                        await full.wait()
+                    self._full.pop(target, None)
+                    queue = self._waiting.get(target)
+                    if not queue:
+                        continue
+                batch: list[_Wanted] = []
+                size = 0
+                while queue and len(batch) < MAX_PACKETS_PER_BATCH and size < FETCH_BATCH_BYTES:
+                    wanted = queue.popleft()
+                    if not wanted.abandoned:
+                        batch.append(wanted)
+                        size += wanted.size_hint
+                if not batch:
+                    continue
+                try:
+                    later = await self._ask_batch(target, batch)
+                except (PeerError, ValueError) as exc:
+                    for wanted in batch:
+                        wanted.settle(exc)
+                except BaseException as exc:  # cancelled or a bug: nobody may wait forever
+                    gone = PeerGone(f"fetch from {target.hex()[:10]} stopped: {exc!r}")
+                    for wanted in batch:
+                        wanted.settle(gone)
+                    raise
+                else:
+                    # Past the answer's size limit: first in line for the next batch.
+                    self._waiting.setdefault(target, collections.deque()).extendleft(
+                        reversed(later)
+                    )
+        finally:
+            left = self._senders.get(target, 1) - 1
+            if left > 0:
+                self._senders[target] = left
+            else:
+                self._senders.pop(target, None)
+                if not self._waiting.get(target):
+                    self._waiting.pop(target, None)
+
+    async def _ask_batch(self, target: bytes, batch: list[_Wanted]) -> list[_Wanted]:
+        """One ``FetchPackets`` for ``batch``: settles each packet answered (its bytes, or
+        why not) and returns those the holder said to ask again ("later")."""
+        link = await self.link_for(target)
+        wanted = tuple(WantedPacket(packet_id=w.packet_id) for w in batch)
+        answer = await link.request(
+            lambda rid: FetchPackets(request_id=rid, wanted=wanted),
+            timeout_s=self.request_timeout_s,
+        )
+        if not isinstance(answer, PacketsData) or [p.packet_id for p in answer.parts] != [
+            w.packet_id for w in batch
+        ]:
+            raise ValueError(f"holder answered {answer.KIND} to fetch_packets")
+        sizes = sum(part.size_bytes for part in answer.parts if not part.code)
+        if sizes != len(answer.data):
+            raise ValueError(
+                f"holder's answer names {sizes} bytes of packets but carries {len(answer.data)}"
+            )
+        self._count("fetch_batches")
+        later: list[_Wanted] = []
+        offset = 0
+        for item, part in zip(batch, answer.parts, strict=True):
+            if part.code == "later":
+                if offset == 0:  # it had the room: "later" would loop forever
+                    item.settle(ValueError("holder put off a packet its answer had room for"))
+                else:
+                    later.append(item)
+            elif part.code:
+                item.settle(RemoteError(part.code, "packet not held there", peer=target.hex()[:10]))
+            else:
+                item.settle(answer.data[offset : offset + part.size_bytes])
+                offset += part.size_bytes
+        return later
 
     def _sequence(self, chunk: ChunkRecord) -> list[PacketRecord]:
         """The sequence order, holders with an open link first and holders known to be
@@ -192,7 +361,7 @@ class Retriever:
                 try:
                     await trio.sleep(delay)
                     asking[packet.share] = packet.target
-                    data = await self._fetch_one(packet)
+                    data = await self._fetch_one(packet, _packet_size(chunk))
                 except PeerGone as exc:
                     self._mark_slow(packet.target)
                     if packet.share not in retried:
@@ -252,7 +421,7 @@ class Retriever:
         async def attempt(packet: PacketRecord) -> None:
             nonlocal fetched
             try:
-                data = await self._fetch_one(packet)
+                data = await self._fetch_one(packet, _packet_size(chunk))
             except (RemoteError, ValueError) as exc:
                 missing.append((packet.share, packet.target, str(exc)))
                 answered.add(packet.share)
@@ -274,3 +443,16 @@ class Retriever:
             bytes_fetched=fetched,
             answered=frozenset(answered),
         )
+
+
+def _packet_size(chunk: ChunkRecord) -> int:
+    """About how big each of ``chunk``'s packets is (its ciphertext over k)."""
+    return -(-chunk.cipher_size // max(1, chunk.k))
+
+
+def _is_full(queue: collections.deque[_Wanted]) -> bool:
+    """Whether ``queue`` holds a whole batch (abandoned packets count too: cheap, and
+    they only make a batch leave early)."""
+    return len(queue) >= MAX_PACKETS_PER_BATCH or (
+        sum(w.size_hint for w in queue) >= FETCH_BATCH_BYTES
+    )

@@ -73,6 +73,10 @@ async def test_old_and_new_nodes_mesh_back_up_and_restore(tmp_path: Path) -> Non
                 assert (out / "tree" / rel).read_bytes() == (tree / rel).read_bytes()
         held = {n.identity.node_id: n.packets.packet_count for n in grid.nodes}
         assert all(held[n.identity.node_id] > 0 for n in old), held
+        # The new source asked new holders in batches (FetchPackets, protocol 5); an old
+        # source never batches (test_fetch_batches: old holders are asked one by one).
+        assert new[0].retriever.stats.get("fetch_batches", 0) > 0
+        assert old[0].retriever.stats.get("fetch_batches", 0) == 0
 
 
 async def test_a_batch_to_an_old_node_goes_the_old_way_and_audits_are_not_sent(

@@ -18,7 +18,7 @@ from gridnode.errors import RemoteError
 from gridnode.logic.packing import ErasureParams, encode_chunk
 from gridnode.logic.placement import PlacementRules
 from gridnode.node import Node
-from protocol import Message, PacketData, format_node_id
+from protocol import Message, PacketData, PacketsData, format_node_id
 
 from .inproc import open_grid
 
@@ -496,6 +496,15 @@ class LyingHolder:
             self.lies += 1
             data = bytearray(answer.data)
             data[len(data) // 2] ^= 0x01
+            return attrs.evolve(answer, data=bytes(data))
+        if isinstance(answer, PacketsData):  # a batch: one flipped bit in every packet
+            data = bytearray(answer.data)
+            offset = 0
+            for part in answer.parts:
+                if part.size_bytes:
+                    self.lies += 1
+                    data[offset + part.size_bytes // 2] ^= 0x01
+                    offset += part.size_bytes
             return attrs.evolve(answer, data=bytes(data))
         return answer
 

@@ -15,7 +15,10 @@ Once k packets have arrived the slower requests are cancelled (their late answer
 dropped by the link).
 
 ``FetchChunk(all_packets=True)`` (for ``gridnode verify``) asks every holder and reports
-which packets are healthy, missing or corrupt.
+which packets are healthy, missing or corrupt.  It cannot hedge (it wants every packet),
+so a holder that let a request time out is not asked again for ``silent_for_s``: its
+packets count as missing at once, and a verify or repair over many chunks pays for a
+holder that accepts requests and never answers once, not once per chunk.
 
 Batches: a holder that speaks protocol 5 is asked for the packets of every chunk in
 flight at once, in one ``FetchPackets`` (at most ``MAX_PACKETS_PER_BATCH`` packets, about
@@ -48,7 +51,7 @@ from protocol import (
     WantedPacket,
 )
 
-from ..errors import GridError, PeerError, PeerGone, RemoteError
+from ..errors import GridError, PeerError, PeerGone, RemoteError, RequestTimeout
 from ..storage.records import ChunkRecord, PacketRecord
 from .calls import Handlers, Inbox, Request, serve_calls
 
@@ -126,8 +129,12 @@ class Retriever:
     retry_delay_s: float = 1.0
     concurrency: int = 16
     stats: dict[str, int] = attrs.field(factory=dict)
+    #: How long a holder that let a request time out is not asked for every packet.
+    silent_for_s: float = 60.0
     #: Holder -> until when (trio clock) it is asked after the others.
     _slow_until: dict[bytes, float] = attrs.field(factory=dict, init=False)
+    #: Holder -> until when ``_fetch_all`` counts its packets missing without asking.
+    _silent_until: dict[bytes, float] = attrs.field(factory=dict, init=False)
     #: Moving average of the seconds one packet took to arrive (None before the first).
     _latency_s: float | None = attrs.field(default=None, init=False)
     #: Holder -> packets waiting for its next batch, and how many senders it has.
@@ -211,6 +218,7 @@ class Retriever:
         last = self._latency_s
         self._latency_s = took if last is None else 0.8 * last + 0.2 * took
         self._slow_until.pop(packet.target, None)
+        self._silent_until.pop(packet.target, None)
         return data
 
     async def _batched(self, packet: PacketRecord, size_hint: int) -> bytes:
@@ -420,11 +428,17 @@ class Retriever:
 
         async def attempt(packet: PacketRecord) -> None:
             nonlocal fetched
+            if self._silent_until.get(packet.target, float("-inf")) > trio.current_time():
+                missing.append((packet.share, packet.target, "holder did not answer lately"))
+                return
             try:
                 data = await self._fetch_one(packet, _packet_size(chunk))
             except (RemoteError, ValueError) as exc:
                 missing.append((packet.share, packet.target, str(exc)))
                 answered.add(packet.share)
+            except RequestTimeout as exc:
+                self._silent_until[packet.target] = trio.current_time() + self.silent_for_s
+                missing.append((packet.share, packet.target, str(exc)))
             except PeerError as exc:
                 missing.append((packet.share, packet.target, str(exc)))
             else:

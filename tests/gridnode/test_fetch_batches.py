@@ -17,7 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from gridnode.actors.retriever import ChunkUnavailable, FetchedChunk, Retriever
+from gridnode.actors.retriever import ChunkUnavailable, FetchChunk, FetchedChunk, Retriever
+from gridnode.errors import RequestTimeout
 from gridnode.storage.records import ChunkRecord, PacketRecord
 from protocol import (
     FetchedPart,
@@ -255,3 +256,45 @@ def test_a_batch_waits_for_company_only_while_it_is_not_full() -> None:
     _check(many, fetched, k=1)
     assert asked_at[0] == pytest.approx(0.0)
     assert [len(r) for r in holders[0].requests] == [1, 16]  # the lone one, then all
+
+
+class _SilentHolder(_Holder):
+    """Accepts every request and never answers (a hung process, a black-holed route)."""
+
+    async def request(self, build: Callable[[int], Message], *, timeout_s: float) -> Message:
+        request = build(1)
+        assert isinstance(request, FetchPackets)
+        self.requests.append([w.packet_id for w in request.wanted])
+        await trio.sleep(timeout_s)
+        raise RequestTimeout("did not answer", peer="silent")
+
+
+def test_a_silent_holder_costs_a_verify_one_timeout_not_one_per_chunk() -> None:
+    holders: list[_Holder] = [_SilentHolder()] + [_Holder() for _ in range(5)]
+    chunks = _chunks_on(holders, 5, k=4)
+
+    async def link_for(target: bytes) -> Any:
+        return holders[target[0]]
+
+    _send, receive = trio.open_memory_channel[Any](1)
+    retriever = Retriever(inbound=receive, link_for=link_for, is_connected=lambda _: True)
+    results: list[FetchedChunk] = []
+    took: list[float] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(retriever.run)
+            for chunk in chunks:  # one after another, as a verify of a long snapshot
+                started = trio.current_time()
+                results.append(await retriever._handle(FetchChunk(chunk, all_packets=True)))
+                took.append(trio.current_time() - started)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    for result in results:
+        assert sorted(result.shares) == [1, 2, 3, 4, 5]
+        assert [share for share, _, _ in result.missing] == [0]
+        assert 0 not in result.answered  # silent is not "answered without it"
+    assert len(holders[0].requests) == 1  # asked once, then passed over
+    assert took[0] >= retriever.request_timeout_s
+    assert sum(took[1:]) < 1.0

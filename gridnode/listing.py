@@ -17,7 +17,7 @@ from .names import escape, from_arg
 from .restore import SnapshotNotFound, resolve
 from .storage.records import HOLE, EntryRecord
 
-__all__ = ["diff_snapshots", "entry_json", "find_in_snapshots", "list_snapshot"]
+__all__ = ["diff_entries", "diff_snapshots", "entry_json", "find_in_snapshots", "list_snapshot"]
 
 #: Matches ``find`` returns at most (the rest is counted, not listed).
 FIND_LIMIT = 10_000
@@ -111,22 +111,27 @@ async def find_in_snapshots(
         chosen = [s for s in await services.db(catalog.snapshots) if s.complete][::-1]
     on_path = b"/" in raw
 
-    def search(snapshot_id: str) -> list[EntryRecord]:
+    def search(snapshot_id: str, room: int) -> tuple[list[EntryRecord], int]:
+        """The first ``room`` matches, and how many there are: a pattern that matches
+        every entry of a huge snapshot keeps ``room`` of them, not all."""
         found = []
+        count = 0
         for e in catalog.entries(snapshot_id):
             target = e.path if on_path else e.path.rsplit(b"/", 1)[-1]
             if fnmatch.fnmatchcase(target, raw):
-                found.append(e)
-        return found
+                count += 1
+                if len(found) < room:
+                    found.append(e)
+        return found, count
 
     matches: list[dict[str, Any]] = []
     total = 0
     for snap in chosen:
         sid = snap.snapshot_id
-        for e in await services.db(lambda sid=sid: search(sid)):
-            total += 1
-            if len(matches) < limit:
-                matches.append({"snapshot_id": sid, **entry_json(e)})
+        room = limit - len(matches)
+        found, count = await services.db(lambda sid=sid, room=room: search(sid, room))
+        total += count
+        matches.extend({"snapshot_id": sid, **entry_json(e)} for e in found)
     return {
         "event": "result",
         "pattern": pattern,
@@ -138,22 +143,43 @@ async def find_in_snapshots(
 
 
 async def diff_snapshots(services: Services, first: str, second: str) -> dict[str, Any]:
+    """What changed from ``first`` to ``second``: both snapshots' entries are read side by
+    side in path order (a merge), so a diff of two snapshots of millions of files holds
+    one entry of each at a time, not two dictionaries of every entry."""
     a = await resolve(services, first)
     b = await resolve(services, second)
     catalog = services.catalog
-    old = await services.db(lambda: {e.path: e for e in catalog.entries(a.snapshot_id)})
-    new = await services.db(lambda: {e.path: e for e in catalog.entries(b.snapshot_id)})
-    changes = []
-    for path in sorted(old.keys() & new.keys()):
-        fields = [f for f in _COMPARED if getattr(old[path], f) != getattr(new[path], f)]
-        if fields:
-            changes.append({"path": escape(path), "fields": fields})
+    changes = await services.db(
+        lambda: diff_entries(catalog.entries(a.snapshot_id), catalog.entries(b.snapshot_id))
+    )
+    return {"event": "result", "from": a.snapshot_id, "to": b.snapshot_id, **changes}
+
+
+def diff_entries(old: Iterable[EntryRecord], new: Iterable[EntryRecord]) -> dict[str, Any]:
+    """``added``, ``removed``, ``changed`` (escaped paths) and ``changes`` (path and the
+    fields that differ) between two entry streams, each in path order (byte order, as
+    the catalog sorts them)."""
+    added: list[str] = []
+    removed: list[str] = []
+    changes: list[dict[str, Any]] = []
+    old_it, new_it = iter(old), iter(new)
+    o, n = next(old_it, None), next(new_it, None)
+    while o is not None or n is not None:
+        if n is None or (o is not None and o.path < n.path):
+            assert o is not None
+            removed.append(escape(o.path))
+            o = next(old_it, None)
+        elif o is None or n.path < o.path:
+            added.append(escape(n.path))
+            n = next(new_it, None)
+        else:
+            fields = [f for f in _COMPARED if getattr(o, f) != getattr(n, f)]
+            if fields:
+                changes.append({"path": escape(n.path), "fields": fields})
+            o, n = next(old_it, None), next(new_it, None)
     return {
-        "event": "result",
-        "from": a.snapshot_id,
-        "to": b.snapshot_id,
-        "added": [escape(p) for p in sorted(new.keys() - old.keys())],
-        "removed": [escape(p) for p in sorted(old.keys() - new.keys())],
+        "added": added,
+        "removed": removed,
         "changed": [c["path"] for c in changes],
         "changes": changes,
     }

@@ -66,6 +66,7 @@ import numpy as np
 
 from gridnode.logic.chunking import iter_file_chunks
 from gridnode.logic.packing import (
+    Buffer,
     EncodedChunk,
     ErasureParams,
     chunk_id_for,
@@ -147,7 +148,7 @@ class _Kept:
     cipher_size: int
     compressed: bool
     plain_size: int
-    shares: tuple[bytes, ...] = attrs.field(repr=False)
+    shares: tuple[Buffer, ...] = attrs.field(repr=False)
 
     @classmethod
     def of(cls, encoded: EncodedChunk) -> _Kept:

@@ -9,7 +9,8 @@ through the node: both are ``PlaceChunk`` calls on the sequencer's channel.
 
 Sending: packets for one target wait in that target's queue and leave as one
 ``StorePackets`` frame (one batch in flight per target, no added delay).  The frame is
-built once from the packets' own buffers (``Session.send(payload=...)``), and its sealed
+written from the packets' own buffers (``Session.send(payload=...)``; a packet may be a
+view of its chunk's buffer, ``packing.encode_chunk``, never copied), and its sealed
 header names each packet's id and length, so neither side hashes the batch: the packet
 ids were computed once, by ``encode_chunk``, and the target checks each packet against
 its id once (``protocol._session`` Rule 6a).  A target of protocol 2 has no such
@@ -55,6 +56,7 @@ from ..errors import GridError, PeerError, RemoteError
 from ..exception_groups import collapse_groups
 from ..identity import NodeIdentity
 from ..log import get_logger
+from ..logic.packing import Buffer
 from ..logic.placement import PlacementRules
 from ..ratelimit import RateLimiter
 from .calls import Handlers, Inbox, Outbox, Request, call, serve_calls
@@ -89,7 +91,8 @@ class UploadChunk(Request["ChunkUploaded"]):
     gives); answered with where each packet went and its receipt."""
 
     chunk_id: bytes
-    packets: tuple[bytes, ...]
+    #: ``bytes`` or read-only views (``packing.EncodedChunk.packets``): sent as they are.
+    packets: tuple[Buffer, ...]
     packet_ids: tuple[bytes, ...]
     #: One target per packet, or empty: the uploader asks the sequencer.
     targets: tuple[bytes, ...]
@@ -117,7 +120,7 @@ class ChunkUploaded:
 class _Outgoing:
     packet_id: bytes
     owner_tag: bytes
-    data: bytes
+    data: Buffer
     #: Where the outcome goes, with ``index``: a chunk's packets share one channel.
     reply: trio.MemorySendChannel[tuple[int, bytes | Exception]]
     index: int = 0
@@ -293,14 +296,18 @@ class Uploader:
         # only packets whose target failed get a task of their own, to find another.
         pending = [(share, target) for share, target in enumerate(initial) if placed[share] is None]
         firsts = await self._store_all(job, pending)
-        with collapse_groups():
-            async with trio.open_nursery() as nursery:
-                for (share, target), first in zip(pending, firsts, strict=True):
-                    if isinstance(first, Exception):
+        retry: list[tuple[int, bytes, Exception]] = []
+        for (share, target), first in zip(pending, firsts, strict=True):
+            if isinstance(first, Exception):
+                retry.append((share, target, first))
+            else:
+                placed[share] = PlacedPacket(share, job.packet_ids[share], target, first)
+                sent += len(job.packets[share])
+        if retry:  # a nursery only then: opening one per chunk was an event-loop cost
+            with collapse_groups():
+                async with trio.open_nursery() as nursery:
+                    for share, target, first in retry:
                         nursery.start_soon(one, share, target, first)
-                    else:
-                        placed[share] = PlacedPacket(share, job.packet_ids[share], target, first)
-                        sent += len(job.packets[share])
         result = tuple(p for p in placed if p is not None)
         assert len(result) == len(job.packets)
         self._count("chunks_uploaded")
@@ -337,7 +344,7 @@ class Uploader:
         self,
         target: bytes,
         packet_id: bytes,
-        data: bytes,
+        data: Buffer,
         policy: str,
         reply: trio.MemorySendChannel[tuple[int, bytes | Exception]],
         index: int = 0,
@@ -355,7 +362,7 @@ class Uploader:
             assert self._nursery is not None, "Uploader.run() must be started first"
             self._nursery.start_soon(self._drain, target)
 
-    async def _store_on(self, target: bytes, packet_id: bytes, data: bytes, policy: str) -> bytes:
+    async def _store_on(self, target: bytes, packet_id: bytes, data: Buffer, policy: str) -> bytes:
         """Queue one packet for ``target`` and wait for its receipt.
 
         Packets for one target wait in that target's queue; its senders take whatever is
@@ -424,15 +431,18 @@ class Uploader:
         link = await self.link_for(target)
         if len(batch) == 1:
             item = batch[0]
+            # The packet as the frame's payload piece (a view of the chunk's buffer is
+            # sent as it is): the same frame as with ``data=item.data``.
             answer = await link.request(
                 lambda rid: StorePacket(
                     request_id=rid,
                     packet_id=item.packet_id,
                     owner_tag=item.owner_tag,
-                    data=item.data,
+                    data=b"",
                 ),
                 timeout_s=self.request_timeout_s,
                 payload_digest=item.packet_id,  # computed from these bytes by encode_chunk
+                payload=[item.data],
             )
             if not isinstance(answer, PacketStored) or answer.packet_id != item.packet_id:
                 raise UploadFailed(f"target answered {answer.KIND} to store_packet")

@@ -37,8 +37,10 @@ Threading: everything here is synchronous and safe to call from several
 threads at once. zstd and zfec codec objects are cached per thread (zstd
 contexts must not be shared); the heavy calls (BLAKE3, zstd, libsodium, zfec)
 release the GIL, so two worker threads encode about twice as fast as one.
-Copies are kept to what the libraries force: pynacl wants ``bytes`` in and
-returns ``bytes``, and each data packet is one copy out of the ciphertext.
+Copies are kept to what the libraries force: the chunk is sealed by libsodium
+straight into the buffer that holds its ``k`` data packets (pynacl's cffi module,
+``_encode_in_place``), so a data packet is a read-only view of it and no sealed byte
+is copied; zfec reads the views in place.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_NPUBBYTES,
 )
 from nacl.exceptions import CryptoError
+
+try:  # pynacl's cffi module: lets a chunk be sealed into a buffer of ours (_encode_in_place)
+    from nacl._sodium import ffi as _sodium_ffi
+    from nacl._sodium import lib as _sodium_lib
+except ImportError:  # pragma: no cover - a pynacl built otherwise: the copying path
+    _sodium_ffi = _sodium_lib = None
 
 __all__ = [
     "CIPHER_OVERHEAD",
@@ -163,7 +171,9 @@ class EncodedChunk:
     compressed: bool
     cipher_size: int
     params: ErasureParams
-    packets: tuple[bytes, ...] = attrs.field(repr=False)
+    #: ``bytes``, or read-only views of one buffer (``_encode_in_place``): whatever
+    #: holds a packet keeps the chunk's data packets alive together.
+    packets: tuple[Buffer, ...] = attrs.field(repr=False)
     packet_ids: tuple[bytes, ...] = attrs.field(repr=False)
 
     @property
@@ -244,7 +254,7 @@ def _nonce_key(dedup_secret: bytes, chunk_id: bytes) -> bytes:
     return hasher.digest()
 
 
-def _nonce(dedup_secret: bytes, chunk_id: bytes, message: bytes, compressed: bool) -> bytes:
+def _nonce(dedup_secret: bytes, chunk_id: bytes, message: Buffer, compressed: bool) -> bytes:
     hasher = blake3(key=_nonce_key(dedup_secret, chunk_id))
     if compressed:
         hasher.update(_NONCE_COMPRESSED)
@@ -362,26 +372,82 @@ def encode_chunk(
     if chunk_id is None:
         chunk_id = chunk_id_for(plaintext, dedup_secret)
     plain_size = len(plaintext)
-    compressible, compressed = _compress(plaintext, zstd_level)
-    message = compressible if isinstance(compressible, bytes) else bytes(compressible)
-    nonce, sealed = _seal(
-        message,
-        chunk_id=chunk_id,
-        dedup_secret=dedup_secret,
-        compressed=compressed,
-        plain_size=plain_size,
-    )
-    del message, compressible
-    packets = _erasure_encode(nonce, sealed, params)
+    message, compressed = _compress(plaintext, zstd_level)
+    cipher_size = NONCE_SIZE + len(message) + TAG_SIZE
+    packets: list[Buffer]
+    if _sodium_lib is not None:
+        packets = _encode_in_place(
+            message, chunk_id, dedup_secret, compressed, plain_size, cipher_size, params
+        )
+    else:  # pragma: no cover - pynacl without its cffi module
+        sealable = message if isinstance(message, bytes) else bytes(message)
+        nonce, sealed = _seal(
+            sealable,
+            chunk_id=chunk_id,
+            dedup_secret=dedup_secret,
+            compressed=compressed,
+            plain_size=plain_size,
+        )
+        del sealable
+        packets = list(_erasure_encode(nonce, sealed, params))
+    del message
     return EncodedChunk(
         chunk_id=chunk_id,
         plain_size=plain_size,
         compressed=compressed,
-        cipher_size=len(nonce) + len(sealed),
+        cipher_size=cipher_size,
         params=params,
         packets=tuple(packets),
         packet_ids=tuple(packet_id_for(packet) for packet in packets),
     )
+
+
+def _encode_in_place(
+    message: Buffer,
+    chunk_id: bytes,
+    dedup_secret: bytes,
+    compressed: bool,
+    plain_size: int,
+    cipher_size: int,
+    params: ErasureParams,
+) -> list[Buffer]:
+    """The chunk's packets, sealed straight into the buffer that holds its data packets.
+
+    ``nonce || ciphertext || tag || zero padding`` is written into one zeroed buffer of
+    ``k`` blocks (libsodium writes the ciphertext where it belongs), and the data packets
+    are read-only views of it; zfec reads them in place.  pynacl's binding took ``bytes``
+    only and returned a fresh ``bytes`` copied out of a zeroed cffi buffer, and the
+    blocks were then copied out of that: three copies of every sealed byte and three
+    chunk-sized buffers per chunk on the encoder threads (issue 11).  The bytes are the
+    same as ``_seal`` and ``_erasure_encode``'s (tests/logic/test_packing.py)."""
+    assert _sodium_lib is not None and _sodium_ffi is not None
+    size = _block_size(cipher_size, params.k)
+    frame = bytearray(size * params.k)
+    nonce = _nonce(dedup_secret, chunk_id, message, compressed)
+    frame[:NONCE_SIZE] = nonce
+    aad = _aad(chunk_id, compressed, plain_size)
+    key = _chunk_key(dedup_secret, chunk_id)
+    out = _sodium_ffi.from_buffer("unsigned char[]", frame, require_writable=True)
+    source = _sodium_ffi.from_buffer("unsigned char[]", message)
+    result = _sodium_lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out + NONCE_SIZE,
+        _sodium_ffi.NULL,
+        source,
+        len(message),
+        aad,
+        len(aad),
+        _sodium_ffi.NULL,
+        nonce,
+        key,
+    )
+    del out, source
+    if result != 0:  # pragma: no cover - libsodium fails only on a message over 256 GiB
+        raise CryptoError("Encryption failed.")
+    whole = memoryview(frame).toreadonly()
+    packets: list[Buffer] = [whole[i * size : (i + 1) * size] for i in range(params.k)]
+    if params.n > params.k:
+        packets.extend(_codecs.encoder(params).encode(packets, tuple(range(params.k, params.n))))
+    return packets
 
 
 def _gather(blocks: Sequence[Buffer], block_size: int, start: int, stop: int) -> bytes:

@@ -24,10 +24,12 @@ byte against wsproto's (tests/gridnode/test_ws_framing.py).
 Issue 11 (per-byte and per-frame costs of the data path):
 
 - a link sends its messages with ``send_pieces``: the session's frame in pieces (its
-  sealed header, then the packets' own buffers) is framed by ``frame_from_pieces``,
-  each piece copied (and masked) once, straight into the websocket frame, and written
-  under trio-websocket's own stream lock.  ``send_message`` would join the pieces, copy
-  them into the frame, and wsproto's ``send`` would copy the frame twice more;
+  sealed header, then the packets' own buffers) is written under trio-websocket's own
+  stream lock, with one gathering ``sendmsg`` of the websocket header and the pieces
+  themselves (``frame_buffers``; a client masks each piece into a buffer of its own).
+  An unmasked packet frame is never copied in user space.  ``send_message`` would join
+  the pieces, copy them into the frame, and wsproto's ``send`` would copy the frame
+  twice more; a stream that is not a socket's gets ``frame_from_pieces``, one copy;
 - receiving, ``process_buffer`` takes each piece of payload out of wsproto's receive
   buffer in one copy (unmasking in the same pass on a server), where wsproto made two
   or three;
@@ -37,16 +39,20 @@ Issue 11 (per-byte and per-frame costs of the data path):
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 import trio
 import wsproto.frame_protocol as _frame_protocol
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 from wsproto.connection import ConnectionState
+
+from .metered import MeteredStream
 
 Buffer = bytes | bytearray | memoryview
 
@@ -55,6 +61,7 @@ __all__ = [
     "ORIGINAL_PROCESS_BUFFER",
     "ORIGINAL_SERIALIZE",
     "FastXorMasker",
+    "frame_buffers",
     "frame_from_pieces",
     "install",
     "process_buffer",
@@ -146,7 +153,9 @@ def serialize_frame(
     return out
 
 
-def _xor_into(out: bytearray, start: int, piece: Buffer, key: bytes) -> None:
+def _xor_into(
+    out: bytearray | npt.NDArray[np.uint8], start: int, piece: Buffer, key: bytes
+) -> None:
     """Write ``piece`` XOR ``key`` (4 bytes, repeated) into ``out[start:]``: one pass
     that copies and masks, where copying and then masking in place reads it twice."""
     size = memoryview(piece).nbytes
@@ -217,13 +226,96 @@ async def send_pieces(ws: WebSocketConnection, pieces: Sequence[Buffer]) -> None
     if proto.extensions or proto._outbound_opcode is not None:
         await ws.send_message(b"".join(pieces))
         return
-    data = frame_from_pieces(pieces, client=proto.client)
+    sock = _socket_under(ws._stream)
+    if sock is None:
+        frame: list[Buffer] = [frame_from_pieces(pieces, client=proto.client)]
+    else:
+        frame = frame_buffers(pieces, client=proto.client)
     async with ws._stream_lock:
         try:
-            await ws._stream.send_all(data)
+            if sock is None:
+                await ws._stream.send_all(frame[0])
+            else:
+                await _send_gathered(sock, frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await ws._abort_web_socket()
             raise ConnectionClosed(ws._close_reason or CloseReason(1006, "stream closed")) from None
+
+
+def frame_buffers(pieces: Sequence[Buffer], *, client: bool) -> list[Buffer]:
+    """The bytes of ``frame_from_pieces(pieces, client=client)`` as a list of buffers, for
+    a gathering write (``sendmsg``): the frame's header, then the pieces themselves when
+    the frame is not masked (a server's), or each piece masked into a buffer of its own
+    (a client's).  An unmasked packet frame is then never copied in user space: building
+    the frame cost a zeroed megabyte and a copy of every packet byte on the sending
+    node's event loop (issue 11).  Checked against ``frame_from_pieces`` byte for byte
+    (tests/gridnode/test_ws_framing.py)."""
+    length = sum(memoryview(piece).nbytes for piece in pieces)
+    if length <= _frame_protocol.MAX_PAYLOAD_NORMAL:
+        second, extended = length, b""
+    elif length <= _frame_protocol.MAX_PAYLOAD_TWO_BYTE:
+        second, extended = _frame_protocol.PAYLOAD_LENGTH_TWO_BYTE, struct.pack("!H", length)
+    else:
+        second, extended = _frame_protocol.PAYLOAD_LENGTH_EIGHT_BYTE, struct.pack("!Q", length)
+    key = os.urandom(4) if client else b""
+    if client:
+        second |= 1 << 7
+    out: list[Buffer] = [
+        bytes([0x80 | int(_frame_protocol.Opcode.BINARY), second]) + extended + key
+    ]
+    if not key:
+        out.extend(piece for piece in pieces if memoryview(piece).nbytes)
+        return out
+    offset = 0
+    for piece in pieces:
+        size = memoryview(piece).nbytes
+        turn = offset & 3
+        if size >= _NUMPY_MIN_BYTES:
+            masked = np.empty(size, dtype=np.uint8)  # not zeroed: every byte is written
+            _xor_into(masked, 0, piece, key[turn:] + key[:turn])
+            out.append(masked.data)
+        elif size:
+            out.append(_small_xor(piece, key[turn:] + key[:turn]))
+        offset += size
+    return out
+
+
+#: At most this many buffers per ``sendmsg`` (Linux's IOV_MAX is 1024).
+_MAX_BUFFERS: Final = 512
+
+
+def _socket_under(stream: Any) -> Any:
+    """The trio socket under a websocket's stream, when it can write gathered buffers:
+    a ``SocketStream``, or the node's ``MeteredStream`` around one (it meters reads only;
+    its ``send_all`` is the socket stream's).  Any other stream (a test's, a wrapper
+    whose writes do more): None, and the frame goes through its ``send_all``."""
+    inner = stream.inner if isinstance(stream, MeteredStream) else stream
+    if not isinstance(inner, trio.SocketStream):
+        return None
+    sock = inner.socket
+    return sock if hasattr(sock, "sendmsg") else None
+
+
+async def _send_gathered(sock: Any, buffers: Sequence[Buffer]) -> None:
+    """``SocketStream.send_all`` of the buffers joined, without joining them: ``sendmsg``
+    until every byte is written, socket errors translated as ``send_all`` does.  The
+    caller holds the websocket's stream lock, so no other write interleaves."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    try:
+        while views:
+            sent = await sock.sendmsg(views[:_MAX_BUFFERS])
+            while sent and views:
+                first = views[0]
+                if sent >= first.nbytes:
+                    sent -= first.nbytes
+                    views.pop(0)
+                else:
+                    views[0] = first[sent:]
+                    sent = 0
+    except OSError as exc:
+        if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+            raise trio.ClosedResourceError("this socket was already closed") from None
+        raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
 
 def process_buffer(self: Any) -> Any:

@@ -51,11 +51,13 @@ class _Target:
         key = self.identity.signing_key
         if isinstance(msg, StorePacket):
             self.frames.append(1)
-            receipt = sign(key, receipt_payload(msg.packet_id, len(msg.data)))
+            # The packet travels in the message or as the frame's payload pieces.
+            size = len(msg.data) + sum(len(p) for p in kwargs.get("payload") or ())
+            receipt = sign(key, receipt_payload(msg.packet_id, size))
             return PacketStored(
                 request_id=1,
                 packet_id=msg.packet_id,
-                size_bytes=len(msg.data),
+                size_bytes=size,
                 receipt=receipt,
                 free_bytes=1 << 30,
             )

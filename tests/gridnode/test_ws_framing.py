@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import trio
+import trio_websocket
 import wsproto.frame_protocol as fp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridnode.transport import masking
 from gridnode.transport.masking import (
     ORIGINAL_PROCESS_BUFFER,
     ORIGINAL_SERIALIZE,
+    frame_buffers,
     frame_from_pieces,
     install,
     process_buffer,
+    send_pieces,
     serialize_frame,
 )
 
@@ -94,12 +100,18 @@ def test_frames_from_pieces_are_wsproto_frames_of_the_joined_payload(
     os.urandom = lambda n: key[:n]  # type: ignore[assignment]  # the same masking key for both
     try:
         ours = frame_from_pieces(pieces, client=client)
+        gathered = frame_buffers(pieces, client=client)
         theirs = ORIGINAL_SERIALIZE(
             fp.FrameProtocol(client=client, extensions=[]), fp.Opcode.BINARY, payload, True
         )
     finally:
         os.urandom = real_urandom
     assert ours == theirs
+    assert b"".join(gathered) == theirs
+    if not client:  # an unmasked frame's payload is the pieces themselves, not copies
+        sent = [p for p in pieces if len(p)]
+        assert len(gathered) == 1 + len(sent)
+        assert all(g is p for g, p in zip(gathered[1:], sent, strict=True))
 
 
 def test_a_frame_from_pieces_round_trips_through_wsproto() -> None:
@@ -173,3 +185,57 @@ def test_installed_decoder_serves_a_real_frame_protocol() -> None:
         b"".join(f.payload for f in frames if isinstance(f.payload, bytes | bytearray)) == payload
     )
     assert frames[-1].message_finished
+
+
+@pytest.mark.parametrize("client", [False, True])
+async def test_send_pieces_writes_whole_frames_through_a_small_socket_buffer(
+    client: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a real websocket on 127.0.0.1 whose send buffer is far smaller than a frame,
+    so ``sendmsg`` writes each frame in many partial writes: every message arrives whole
+    and in order, from the gathered writes of a server's frames and the masked ones of
+    a client's.  No frame is joined into one buffer on the way (issue 11)."""
+
+    def joined(*args: Any, **kwargs: Any) -> bytearray:
+        raise AssertionError("a socket stream's frame was joined before sending")
+
+    monkeypatch.setattr(masking, "frame_from_pieces", joined)
+    messages = [
+        [os.urandom(n) for n in sizes] for sizes in ((37,), (200, 1_000_003), (5, 0, 70_001))
+    ]
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    ends: dict[str, trio_websocket.WebSocketConnection] = {}
+    async with trio.open_nursery() as nursery:
+
+        async def accept() -> None:
+            request = await trio_websocket.wrap_server_stream(nursery, await listener.accept())
+            ends["server"] = await request.accept()
+
+        async def dial() -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            ends["client"] = await trio_websocket.wrap_client_stream(
+                nursery, stream, "127.0.0.1", "/"
+            )
+
+        async with trio.open_nursery() as handshake:
+            handshake.start_soon(accept)
+            handshake.start_soon(dial)
+        sender = ends["client" if client else "server"]
+        receiver = ends["server" if client else "client"]
+        sender._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        got: list[bytes] = []
+
+        async def receive() -> None:
+            for _ in messages:
+                got.append(bytes(await receiver.get_message()))
+
+        async with trio.open_nursery() as transfer:
+            transfer.start_soon(receive)
+            for pieces in messages:
+                await send_pieces(sender, pieces)
+        for end in (sender, receiver):
+            await end.aclose()
+            await end._stream.aclose()  # the closing handshake may leave it to the GC
+    await listener.aclose()
+    assert got == [b"".join(pieces) for pieces in messages]

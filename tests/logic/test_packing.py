@@ -166,6 +166,46 @@ def test_round_trip_property(plaintext: bytes, k: int, extra: int, seed: int) ->
     assert _decode(encoded, {i: encoded.packets[i] for i in indices}, with_ids=True) == plaintext
 
 
+def _packets_by_copying(plaintext: bytes, params: ErasureParams) -> tuple[bytes, ...]:
+    """The packets as sealed by pynacl's ``bytes`` binding and split by copying (what
+    ``encode_chunk`` did before it sealed in place)."""
+    chunk_id = chunk_id_for(plaintext, SECRET)
+    message, compressed = packing._compress(plaintext, 3)
+    nonce, sealed = packing._seal(
+        bytes(message),
+        chunk_id=chunk_id,
+        dedup_secret=SECRET,
+        compressed=compressed,
+        plain_size=len(plaintext),
+    )
+    return tuple(packing._erasure_encode(nonce, sealed, params))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.sampled_from([0, 1, 23, 24, 1000, 4099, 70_001, 300_000]),
+    compressible=st.booleans(),
+    k=st.integers(1, 8),
+    extra=st.integers(0, 4),
+    seed=st.integers(0, 2**32),
+)
+def test_sealing_in_place_gives_the_packets_of_the_copying_path(
+    size: int, compressible: bool, k: int, extra: int, seed: int
+) -> None:
+    """Issue 11: the packets, sealed straight into the data packets' buffer, are the
+    bytes that sealing into ``bytes`` and copying the blocks out gave (the stored format,
+    and so convergence, is unchanged); and they are views of one buffer, not copies."""
+    params = ErasureParams(k, k + extra)
+    plaintext = (
+        (TEXT * (size // len(TEXT) + 1))[:size] if compressible else _random_bytes(size, seed)
+    )
+    encoded = encode_chunk(memoryview(plaintext), dedup_secret=SECRET, params=params)
+    assert encoded.packets == _packets_by_copying(plaintext, params)
+    data = encoded.packets[: params.k]
+    assert all(isinstance(p, memoryview) and p.readonly for p in data)
+    assert len({id(p.obj) for p in data if isinstance(p, memoryview)}) == 1
+
+
 # -- identifiers and convergence ----------------------------------------------
 
 
@@ -190,7 +230,7 @@ def test_different_secrets_give_unrelated_ids_and_packets() -> None:
         mine = encode_chunk(plaintext, dedup_secret=SECRET, params=params)
         theirs = encode_chunk(plaintext, dedup_secret=OTHER_SECRET, params=params)
         assert mine.chunk_id != theirs.chunk_id
-        assert not set(mine.packets) & set(theirs.packets)
+        assert not set(map(bytes, mine.packets)) & set(map(bytes, theirs.packets))
         assert not set(mine.packet_ids) & set(theirs.packet_ids)
 
 

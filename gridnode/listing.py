@@ -114,7 +114,7 @@ async def find_in_snapshots(
     def search(snapshot_id: str, room: int) -> tuple[list[EntryRecord], int]:
         """The first ``room`` matches, and how many there are: a pattern that matches
         every entry of a huge snapshot keeps ``room`` of them, not all."""
-        found = []
+        found: list[EntryRecord] = []
         count = 0
         for e in catalog.entries(snapshot_id):
             target = e.path if on_path else e.path.rsplit(b"/", 1)[-1]

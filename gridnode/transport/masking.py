@@ -172,6 +172,21 @@ def _xor_into(
         out[start + i] = tail[i] ^ key[i & 3]
 
 
+def _frame_header(length: int, *, client: bool) -> tuple[bytes, bytes]:
+    """The header of a whole binary message (FIN set, no extension) of ``length``
+    payload bytes, and its masking key: fresh for a client, empty for a server."""
+    if length <= _frame_protocol.MAX_PAYLOAD_NORMAL:
+        second, extended = length, b""
+    elif length <= _frame_protocol.MAX_PAYLOAD_TWO_BYTE:
+        second, extended = _frame_protocol.PAYLOAD_LENGTH_TWO_BYTE, struct.pack("!H", length)
+    else:
+        second, extended = _frame_protocol.PAYLOAD_LENGTH_EIGHT_BYTE, struct.pack("!Q", length)
+    key = os.urandom(4) if client else b""
+    if client:
+        second |= 1 << 7
+    return bytes([0x80 | int(_frame_protocol.Opcode.BINARY), second]) + extended + key, key
+
+
 def frame_from_pieces(pieces: Sequence[Buffer], *, client: bool) -> bytearray:
     """One whole binary websocket message (FIN set, no extension) whose payload is the
     pieces joined, masked with a fresh key when ``client`` (RFC 6455 5.2-5.3).
@@ -182,17 +197,7 @@ def frame_from_pieces(pieces: Sequence[Buffer], *, client: bool) -> bytearray:
     (issue 11).  Checked against wsproto's own framing (tests/gridnode/test_ws_framing.py).
     """
     length = sum(memoryview(piece).nbytes for piece in pieces)
-    opcode = _frame_protocol.Opcode.BINARY
-    if length <= _frame_protocol.MAX_PAYLOAD_NORMAL:
-        second, extended = length, b""
-    elif length <= _frame_protocol.MAX_PAYLOAD_TWO_BYTE:
-        second, extended = _frame_protocol.PAYLOAD_LENGTH_TWO_BYTE, struct.pack("!H", length)
-    else:
-        second, extended = _frame_protocol.PAYLOAD_LENGTH_EIGHT_BYTE, struct.pack("!Q", length)
-    key = os.urandom(4) if client else b""
-    if client:
-        second |= 1 << 7
-    header = bytes([0x80 | int(opcode), second]) + extended + key
+    header, key = _frame_header(length, client=client)
     out = bytearray(len(header) + length)
     out[: len(header)] = header
     offset = len(header)
@@ -250,19 +255,8 @@ def frame_buffers(pieces: Sequence[Buffer], *, client: bool) -> list[Buffer]:
     the frame cost a zeroed megabyte and a copy of every packet byte on the sending
     node's event loop (issue 11).  Checked against ``frame_from_pieces`` byte for byte
     (tests/gridnode/test_ws_framing.py)."""
-    length = sum(memoryview(piece).nbytes for piece in pieces)
-    if length <= _frame_protocol.MAX_PAYLOAD_NORMAL:
-        second, extended = length, b""
-    elif length <= _frame_protocol.MAX_PAYLOAD_TWO_BYTE:
-        second, extended = _frame_protocol.PAYLOAD_LENGTH_TWO_BYTE, struct.pack("!H", length)
-    else:
-        second, extended = _frame_protocol.PAYLOAD_LENGTH_EIGHT_BYTE, struct.pack("!Q", length)
-    key = os.urandom(4) if client else b""
-    if client:
-        second |= 1 << 7
-    out: list[Buffer] = [
-        bytes([0x80 | int(_frame_protocol.Opcode.BINARY), second]) + extended + key
-    ]
+    header, key = _frame_header(sum(memoryview(piece).nbytes for piece in pieces), client=client)
+    out: list[Buffer] = [header]
     if not key:
         out.extend(piece for piece in pieces if memoryview(piece).nbytes)
         return out

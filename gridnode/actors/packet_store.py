@@ -9,7 +9,8 @@ by the session for a lone packet whose digest it checked, or here for each packe
 against the allocation and written atomically into the packet directory from views into
 the received payload (no further copy); only then is its owner tag recorded, and the
 answer is a receipt signed with this node's key.  ``FetchPacket`` serves a packet only if
-it still hashes to its id.  ``DeletePacket`` needs the delete secret whose hash came with
+it still hashes to its id; ``FetchPackets`` serves several so, read in one worker-thread
+hop and answered in one frame.  ``DeletePacket`` needs the delete secret whose hash came with
 the packet.  Recovery roots (``PutRoot``/``GetRoot``) live here too: a root is kept only
 at the locator derived from its verification key and signed by it, counts against the
 allocation, and is charged to the peer that delivered it (see ``storage.holdings``).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import blake3
@@ -27,7 +28,10 @@ from protocol import (
     Message,
     PacketData,
     PacketsData,
+    WantedPacket,
 )
+
+from .test_target_storage import open_store
 
 
 class _Holder:
@@ -298,3 +302,36 @@ def test_a_silent_holder_costs_a_verify_one_timeout_not_one_per_chunk() -> None:
     assert len(holders[0].requests) == 1  # asked once, then passed over
     assert took[0] >= retriever.request_timeout_s
     assert sum(took[1:]) < 1.0
+
+
+# --- the holder's side: a real packet store answering FetchPackets ------------------------
+
+
+async def test_a_holder_answers_a_batch_within_its_frame_and_says_which_it_lacks(
+    tmp_path: Path,
+) -> None:
+    """Packets held are answered in order with their lengths; one not held is
+    "not_found"; what would overflow the answer is "later" (asked again, it comes)."""
+    held = [os.urandom(1024 * 1024) for _ in range(15)]
+    ids = [blake3.blake3(p).digest() for p in held]
+    absent = blake3.blake3(b"never stored").digest()
+    async with open_store(tmp_path, allocation=64 * 1024 * 1024) as (store, ask):
+        for packet_id, data in zip(ids, held, strict=True):
+            assert store.packets.put(packet_id, data)
+        wanted = (*(WantedPacket(packet_id=i) for i in ids), WantedPacket(packet_id=absent))
+        answer = await ask(FetchPackets(request_id=1, wanted=wanted), peer=b"p" * 32)
+        assert isinstance(answer, PacketsData)
+        codes = [part.code for part in answer.parts]
+        assert [part.packet_id for part in answer.parts] == [*ids, absent]
+        # 15 MiB of answer, less room for its header: 14 packets of 1 MiB fit, not 15.
+        assert codes == [""] * 14 + ["later", "not_found"]
+        offset = 0
+        for part, data in zip(answer.parts[:14], held[:14], strict=True):
+            assert answer.data[offset : offset + part.size_bytes] == data
+            offset += part.size_bytes
+        assert offset == len(answer.data)
+        again = await ask(
+            FetchPackets(request_id=2, wanted=(WantedPacket(packet_id=ids[14]),)), peer=b"p" * 32
+        )
+        assert isinstance(again, PacketsData) and again.data == held[14]
+        assert store.stats["packets_served"] == 15 and store.stats["fetch_misses"] == 1

@@ -392,7 +392,8 @@ class PacketStore:
         if found:
             self._count("packets_served", len(found))
             self._count("bytes_served", sum(map(len, found)))  # metered as served storage
-        # The parts' bytes joined once, into the frame (the link sends ``payload``).
+        # The parts' bytes joined once; the frame carries that buffer as it is, or masked
+        # in one pass when this node dialled the link (``masking.send_pieces``).
         return PacketsData(request_id=msg.request_id, parts=tuple(parts), data=b"".join(found))
 
     async def _write(

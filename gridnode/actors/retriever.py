@@ -23,9 +23,11 @@ holder that accepts requests and never answers once, not once per chunk.
 Batches: a holder that speaks protocol 5 is asked for the packets of every chunk in
 flight at once, in one ``FetchPackets`` (at most ``MAX_PACKETS_PER_BATCH`` packets, about
 ``FETCH_BATCH_BYTES``), so a frame, a request and the holder's disk hop serve several
-packets; with ``SENDERS_PER_HOLDER`` requests in flight per holder, packets asked while
-one is answered queue for the next, so batches form without any added delay.  Each
-packet still has its own wait, hedge and timeout; an older holder gets ``FetchPacket``.
+packets.  A restore starts chunks one at a time as its writer frees room, so a batch that
+is not full waits up to ``FETCH_LINGER_S`` for other chunks' packets, and with
+``SENDERS_PER_HOLDER`` requests in flight per holder, packets asked while one is answered
+queue for the next.  Each packet still has its own wait, hedge and timeout; an older
+holder gets ``FetchPacket``.
 
 Backpressure: at most ``concurrency`` chunks are fetched at once; each link's in-flight
 window bounds what one peer is asked.  Cancellation: pending requests are abandoned; a
@@ -52,6 +54,7 @@ from protocol import (
 )
 
 from ..errors import GridError, PeerError, PeerGone, RemoteError, RequestTimeout
+from ..logic.packing import packet_size_for
 from ..storage.records import ChunkRecord, PacketRecord
 from .calls import Handlers, Inbox, Request, serve_calls
 
@@ -460,8 +463,9 @@ class Retriever:
 
 
 def _packet_size(chunk: ChunkRecord) -> int:
-    """About how big each of ``chunk``'s packets is (its ciphertext over k)."""
-    return -(-chunk.cipher_size // max(1, chunk.k))
+    """How big each of ``chunk``'s packets is, as its record says (for sizing batches; a
+    record with no k is refused later, by the decoder)."""
+    return packet_size_for(chunk.cipher_size, max(1, chunk.k))
 
 
 def _is_full(queue: collections.deque[_Wanted]) -> bool:

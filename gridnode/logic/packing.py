@@ -80,6 +80,7 @@ __all__ = [
     "decode_chunk",
     "encode_chunk",
     "packet_id_for",
+    "packet_size_for",
     "rebuild_shares",
 ]
 
@@ -179,7 +180,7 @@ class EncodedChunk:
     @property
     def packet_size(self) -> int:
         """Every packet of a chunk has this length (``ceil(cipher_size / k)``)."""
-        return _block_size(self.cipher_size, self.params.k)
+        return packet_size_for(self.cipher_size, self.params.k)
 
 
 class _ThreadCodecs(threading.local):
@@ -236,7 +237,9 @@ def packet_id_for(data: Buffer) -> bytes:
     return blake3(data).digest()
 
 
-def _block_size(cipher_size: int, k: int) -> int:
+def packet_size_for(cipher_size: int, k: int) -> int:
+    """The length of every packet of a chunk sealed to ``cipher_size`` bytes and split
+    into ``k`` data blocks (``ceil(cipher_size / k)``)."""
     return -(-cipher_size // k)
 
 
@@ -311,7 +314,7 @@ def _split_blocks(prefix: bytes, body: bytes, k: int) -> list[bytes]:
     """Cut ``prefix || body || zero padding`` into ``k`` equal blocks, copying each byte once."""
     prefix_len, body_len = len(prefix), len(body)
     total = prefix_len + body_len
-    size = _block_size(total, k)
+    size = packet_size_for(total, k)
     prefix_view, body_view = memoryview(prefix), memoryview(body)
     blocks: list[bytes] = []
     for index in range(k):
@@ -421,7 +424,7 @@ def _encode_in_place(
     chunk-sized buffers per chunk on the encoder threads (issue 11).  The bytes are the
     same as ``_seal`` and ``_erasure_encode``'s (tests/logic/test_packing.py)."""
     assert _sodium_lib is not None and _sodium_ffi is not None
-    size = _block_size(cipher_size, params.k)
+    size = packet_size_for(cipher_size, params.k)
     frame = bytearray(size * params.k)
     nonce = _nonce(dedup_secret, chunk_id, message, compressed)
     frame[:NONCE_SIZE] = nonce
@@ -512,7 +515,7 @@ def decode_chunk(
     if packet_ids is not None and len(packet_ids) != params.n:
         raise ValueError(f"expected {params.n} packet ids for {params}, got {len(packet_ids)}")
     chunk_hex = chunk_id.hex()
-    block_size = _block_size(cipher_size, params.k)
+    block_size = packet_size_for(cipher_size, params.k)
     for index, share in shares.items():
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < params.n:
             raise ChunkIntegrityError(
@@ -590,7 +593,7 @@ def rebuild_shares(
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < params.n:
             raise ValueError(f"share {index!r} is out of range for {params}")
     chunk_hex = "(repair)"
-    block_size = _block_size(cipher_size, params.k)
+    block_size = packet_size_for(cipher_size, params.k)
     for index, share in shares.items():
         if not isinstance(index, int) or not 0 <= index < params.n or len(share) != block_size:
             raise ChunkIntegrityError(f"share {index!r} does not fit a {params} chunk")

@@ -49,6 +49,7 @@ import re
 import stat
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -73,6 +74,7 @@ from .fsutil import atomic_write
 from .logic.placement import Member
 from .storage.holdings import Holdings
 from .storage.packets import PacketDirectory
+from .transport.link import PeerLink
 
 __all__ = [
     "GROUP_KEY_FILE",
@@ -335,7 +337,11 @@ def assign_shares(key: bytes, chunk_id: bytes, targets: Sequence[bytes]) -> tupl
 # --- adopting packets a holder already has ----------------------------------------------------
 
 #: node id -> an open link (``Node.link_for``).
-LinkFor = Callable[[bytes], Awaitable[Any]]
+LinkFor = Callable[[bytes], Awaitable[PeerLink]]
+
+
+def _adopt_message(parts: tuple[PacketPart, ...], request_id: int) -> AdoptPackets:
+    return AdoptPackets(request_id=request_id, parts=parts)
 
 
 async def adopt_on(
@@ -360,10 +366,7 @@ async def adopt_on(
         for start in range(0, len(parts), MAX_PACKETS_PER_BATCH):
             batch = parts[start : start + MAX_PACKETS_PER_BATCH]
             wire = tuple(PacketPart(packet_id=p, owner_tag=t, size_bytes=s) for p, t, s in batch)
-            answer = await link.request(
-                lambda rid, wire=wire: AdoptPackets(request_id=rid, parts=wire),
-                timeout_s=timeout_s,
-            )
+            answer = await link.request(partial(_adopt_message, wire), timeout_s=timeout_s)
             if not isinstance(answer, PacketsAdopted) or len(answer.results) != len(batch):
                 return taken
             for (packet_id, _tag, size), result in zip(batch, answer.results, strict=True):

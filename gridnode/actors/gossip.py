@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -30,6 +30,7 @@ from ..errors import PeerError
 from ..log import get_logger
 from ..logic.placement.members import Member, Source
 from ..logic.swim import DRAINING_LABEL, GossipConfig, Membership, MemberView, Outgoing, is_draining
+from ..transport.link import PeerLink
 
 __all__ = ["GossipIn", "Gossiper", "build_membership"]
 
@@ -47,6 +48,13 @@ FREE_BYTES_INTERVAL_S = 300.0
 #: the allocation a meaningful change goes out after ``FREE_BYTES_LOW_INTERVAL_S``.
 FREE_BYTES_LOW_FRACTION = 0.05
 FREE_BYTES_LOW_INTERVAL_S = 5.0
+
+
+class Connect(Protocol):
+    """How gossip dials a member (``Transport.connect``): the session it opened."""
+
+    def __call__(self, address: str, *, expect: bytes | None = None) -> Awaitable[PeerLink]:
+        raise NotImplementedError
 
 
 @attrs.frozen
@@ -121,8 +129,8 @@ def build_membership(
 class Gossiper:
     membership: Membership
     inbound: trio.MemoryReceiveChannel[GossipIn]
-    connect: Callable[..., Any]  # Transport.connect(address, expect=node_id)
-    link_of: Callable[[bytes], Any]  # Transport.link(node_id): an open session or None
+    connect: Connect  # Transport.connect(address, expect=node_id)
+    link_of: Callable[[bytes], PeerLink | None]  # Transport.link(node_id): an open session
     seeds: tuple[str, ...]
     outbox_size: int = 256
     per_peer_in_flight: int = 2

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import blake3
@@ -56,6 +56,7 @@ from protocol import (
 from ..errors import GridError, PeerError, PeerGone, RemoteError, RequestTimeout
 from ..logic.packing import packet_size_for
 from ..storage.records import ChunkRecord, PacketRecord
+from ..transport.link import PeerLink
 from .calls import Handlers, Inbox, Request, serve_calls
 
 __all__ = ["ChunkUnavailable", "FetchChunk", "FetchedChunk", "Retriever"]
@@ -97,7 +98,7 @@ class FetchedChunk:
     answered: frozenset[int] = frozenset()
 
 
-LinkFor = Callable[[bytes], Awaitable[Any]]
+LinkFor = Callable[[bytes], Awaitable[PeerLink]]
 IsConnected = Callable[[bytes], bool]
 
 
@@ -202,7 +203,8 @@ class Retriever:
         link = await self.link_for(packet.target)
         if self._nursery is not None and link.speaks(FetchPackets):
             data = await self._batched(packet, size_hint)
-            digest = blake3.blake3(data).digest()  # certified answer: checked here, once
+            # A certified answer: its bytes are checked here, once.
+            digest: bytes | None = blake3.blake3(data).digest()
         else:
             answer, digest = await link.request_with_digest(
                 lambda rid: FetchPacket(request_id=rid, packet_id=packet.packet_id),

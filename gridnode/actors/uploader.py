@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import attrs
 import trio
@@ -59,6 +58,7 @@ from ..log import get_logger
 from ..logic.packing import Buffer
 from ..logic.placement import PlacementRules
 from ..ratelimit import RateLimiter
+from ..transport.link import PeerLink
 from .calls import Handlers, Inbox, Outbox, Request, call, serve_calls
 from .sequencer import PlaceChunk
 
@@ -143,7 +143,7 @@ BATCH_BYTES = 1024 * 1024
 LINGER_S = 0.005
 
 #: node id -> an open link to it (dials through the transport).
-LinkFor = Callable[[bytes], Awaitable[Any]]
+LinkFor = Callable[[bytes], Awaitable[PeerLink]]
 
 
 @attrs.define

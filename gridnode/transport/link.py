@@ -42,7 +42,7 @@ from protocol import (
 
 from ..errors import PeerGone, RemoteError, RequestTimeout
 from ..log import get_logger
-from .masking import send_pieces
+from .masking import Buffer, send_pieces
 from .metered import MeteredStream
 
 __all__ = ["UNSUPPORTED", "LinkStatistics", "PeerLink", "RequestHandler"]
@@ -169,7 +169,7 @@ class PeerLink:
         msg: Message,
         *,
         payload_digest: bytes | None = None,
-        payload: Sequence[bytes | memoryview] | None = None,
+        payload: Sequence[Buffer] | None = None,
     ) -> None:
         """Send one message; frames leave in the order their counters were assigned.
 
@@ -206,7 +206,7 @@ class PeerLink:
         *,
         timeout_s: float | None = None,
         payload_digest: bytes | None = None,
-        payload: Sequence[bytes | memoryview] | None = None,
+        payload: Sequence[Buffer] | None = None,
     ) -> Message:
         """Send ``build(request_id)`` and wait for its answer.
 
@@ -226,7 +226,7 @@ class PeerLink:
         *,
         timeout_s: float | None = None,
         payload_digest: bytes | None = None,
-        payload: Sequence[bytes | memoryview] | None = None,
+        payload: Sequence[Buffer] | None = None,
     ) -> tuple[Message, bytes | None]:
         """Like ``request``, also returning the BLAKE3 of the answer's detached payload as
         the session verified it (None when the answer had none), so the caller need not

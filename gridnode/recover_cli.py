@@ -9,6 +9,7 @@ and stops.  Afterwards ``gridnode run`` starts the node normally and ``restore``
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from typing import Any
 
@@ -33,9 +34,18 @@ def recover(args: argparse.Namespace) -> dict[str, Any]:
     stdin = sys.stdin.read() if args.key == "-" else None
     identity = read_key_argument(args.key, stdin)
     configure_logging("warning")
+    made = not home.exists()
     info = init_home(home, args, identity)
-    config = load_config(home)
-    result = trio.run(_recover_async, config, identity, args.timeout)
+    try:
+        config = load_config(home)
+        result = trio.run(_recover_async, config, identity, args.timeout)
+    except BaseException:
+        # A home this call made and could not fill is taken away again, so the next
+        # try (with the missing flag, a reachable seed) runs the same command.  One
+        # that existed before is left as it is: it is not ours to delete.
+        if made:
+            shutil.rmtree(home, ignore_errors=True)
+        raise
     result["home"] = str(home)
     result["node_id"] = info["node_id"]
     return result

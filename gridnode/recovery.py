@@ -25,17 +25,19 @@ from typing import Any
 
 import msgpack
 
+from .dedup_group import DedupGroup
 from .delegation import MoveRecord, apply_moves, asked_for_moves, gather_moves
 from .errors import GridError
 from .job_services import Services
 from .log import get_logger
 from .record_store import load_blob, read_record
-from .recovery_root import ROOT_TIMEOUT_S, fetch_root, log_head_of
+from .recovery_root import ROOT_TIMEOUT_S, fetch_root, group_of, log_head_of
 from .repair import repair_holders
 from .storage.records import ChunkRecord, SnapshotRecord
 
 __all__ = [
     "RecoveryFailed",
+    "check_group",
     "collect_moves",
     "delegates_of",
     "recover_catalog",
@@ -64,6 +66,7 @@ async def recover_catalog(
             "or this node never completed a backup)"
         )
     version, root = fetched
+    check_group(root, services.identity.group)
     catalog = services.catalog
     imported: list[str] = []
     skipped: list[str] = []
@@ -132,6 +135,38 @@ async def recover_catalog(
         "log_continues_after": continued,
         "moves_taken": moved[0],
     }
+
+
+def check_group(root: dict[str, Any], group: DedupGroup | None) -> None:
+    """Refuse a recovery whose dedup group is not the lost node's.
+
+    The group's secret keys the node's data chunks, and the key file or phrase does not
+    hold it: recovered without it (or with another group's), the catalog would come back
+    and every restore then fail chunk by chunk.  The root, sealed with the node's own
+    record key, says which group it was in."""
+    if "dedup_group" not in root:
+        return  # published before roots named the group: nothing to check against
+    recorded = root["dedup_group"]
+    mine = group_of(group)
+    if recorded == mine:
+        return
+    if not isinstance(recorded, dict):
+        raise RecoveryFailed(
+            f"the lost node was in no dedup group, but this recovery names group "
+            f"{mine['name'] if mine else '?'!r}: its data would not decrypt; recover again "
+            "without --dedup-group"
+        )
+    name = str(recorded.get("name"))
+    wanted = f"dedup group {name!r} (fingerprint {recorded.get('fingerprint')})"
+    if mine is None:
+        raise RecoveryFailed(
+            f"the lost node was in {wanted}, whose secret keys its data: recover again with "
+            f"--dedup-group {name} --convergence-secret-file FILE"
+        )
+    raise RecoveryFailed(
+        f"the lost node was in {wanted}, but the group given is {mine['name']!r} "
+        f"(fingerprint {mine['fingerprint']}): check the group's name and secret file"
+    )
 
 
 def delegates_of(root: dict[str, Any]) -> dict[bytes, float]:

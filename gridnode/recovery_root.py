@@ -16,18 +16,31 @@ import trio
 from protocol import GetRoot, PutRoot, RootData, RootStored, sign, verify
 
 from .actors.packet_store import root_signature_payload
+from .dedup_group import DedupGroup
 from .errors import PeerError
 from .job_services import Services
 from .log import get_logger
 from .record_store import seal, unseal
 
-__all__ = ["ROOT_COPIES", "ROOT_TIMEOUT_S", "fetch_root", "log_head_of", "publish_root"]
+__all__ = [
+    "ROOT_COPIES",
+    "ROOT_TIMEOUT_S",
+    "fetch_root",
+    "group_of",
+    "log_head_of",
+    "publish_root",
+]
 
 _log = get_logger(actor="request", job="recovery")
 
 #: How many members keep a copy of the root (any one suffices to recover).
 ROOT_COPIES: Final = 6
 ROOT_TIMEOUT_S: Final = 10.0
+
+
+def group_of(group: DedupGroup | None) -> dict[str, str] | None:
+    """How a root names a dedup group: never its key, only what ``status`` shows."""
+    return None if group is None else {"name": group.name, "fingerprint": group.fingerprint}
 
 
 def _holders(services: Services) -> list[tuple[bytes, str]]:
@@ -56,6 +69,10 @@ async def publish_root(services: Services) -> dict[str, Any]:
             # Who may have moved this node's packets while it was gone (delegated
             # repair): a recovered node takes move records from these members only.
             "delegates": {k.hex(): v for k, v in catalog.delegates().items()},
+            # The dedup group whose secret keys this node's data chunks (None: its own),
+            # so a recovery given another group, or none, is refused before it imports
+            # snapshots whose data it could not decrypt (roots before it name nothing).
+            "dedup_group": group_of(identity.group),
         }
         return catalog.next_root_version(), seal(identity.record_key, root)
 

@@ -8,8 +8,10 @@ nodes outside a group share nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import shutil
 import stat
 import threading
@@ -38,9 +40,11 @@ from gridnode.dedup_group import (
 from gridnode.identity import NodeIdentity
 from gridnode.logic.packing import ErasureParams, encode_chunk
 from gridnode.logic.placement import Member, PlacementRules, Source
+from gridnode.recovery import RecoveryFailed, check_group
+from gridnode.recovery_root import group_of
 from gridnode.storage.holdings import Holdings
 from gridnode.storage.packets import PacketDirectory
-from gridnode.testing.localgrid import LocalGrid, NodeProc, NodeSpec, free_port
+from gridnode.testing.localgrid import GridCommandError, LocalGrid, NodeProc, NodeSpec, free_port
 from protocol import (
     AdoptPackets,
     Message,
@@ -446,3 +450,93 @@ def test_two_members_store_one_copy_and_two_strangers_two(tmp_path: Path) -> Non
         assert after_c - base > 0.9 * one_copy
         assert after_d - after_c > 0.9 * one_copy
         assert third["packets_adopted"] == 0
+
+
+def _recover(grid: LocalGrid, home: Path, phrase: str, seed: str, *group_flags: str) -> str:
+    """``gridnode recover``'s JSON line when it succeeds, else what it printed to stderr."""
+    try:
+        result = grid.gridnode(
+            "recover", "--home", str(home), "--key", "-", "--grid", str(grid.grid_file),
+            "--seed", seed, *group_flags, "--json", stdin=phrase + "\n", timeout=120,
+        )  # fmt: skip
+    except GridCommandError as exc:
+        return exc.stderr
+    return json.dumps(result)
+
+
+@pytest.mark.slow
+def test_a_member_recovers_with_its_key_and_the_groups_secret_only(tmp_path: Path) -> None:
+    """The group's secret keys a member's data chunks and the key phrase does not hold
+    it: a recovery without it (or with another group's) is refused before it imports
+    anything, leaves no home behind, and with it the member restores byte-equal."""
+    secret = tmp_path / "family.secret"
+    other = tmp_path / "other.secret"
+    other.write_bytes(os.urandom(32))
+    with LocalGrid(tmp_path / "grid") as grid:
+        holders = [f"h{i}" for i in range(6)]
+        grid.add_many(
+            [NodeSpec(name=n, location=CITIES[i], allocate="1GB") for i, n in enumerate(holders)]
+        )
+        seed = grid.node("h0").address
+        a = _add_source(
+            grid, "a", seed, CITIES[8], "--dedup-group", "family", "--new-convergence-secret",
+            str(secret),
+        )  # fmt: skip
+        grid.start_all()
+        grid.wait_converged(timeout=90)
+        fingerprint = grid.status("a")["dedup_group"]["fingerprint"]
+        tree = tmp_path / "tree"
+        tree.mkdir()
+        rng = random.Random(3)
+        (tree / "big.bin").write_bytes(rng.randbytes(3 * MiB))
+        for index in range(10):
+            (tree / f"note{index}.txt").write_text(f"note {index} " * rng.randrange(10, 200))
+        snap = grid.cli("a", "backup", str(tree))["snapshot_id"]
+
+        phrase = grid.gridnode("key", "phrase", "--home", str(a.home), json_out=False).strip()
+        grid.kill("a")
+        shutil.rmtree(a.home)
+        home = tmp_path / "recovered"
+
+        without = _recover(grid, home, phrase, seed)
+        assert "dedup group 'family'" in without and f"fingerprint {fingerprint}" in without
+        assert "--dedup-group family --convergence-secret-file" in without
+        assert not home.exists()  # the same command can run again as it is
+
+        wrong = _recover(
+            grid, home, phrase, seed, "--dedup-group", "family", "--convergence-secret-file",
+            str(other),
+        )  # fmt: skip
+        assert f"fingerprint {fingerprint}" in wrong and "check the group's name" in wrong
+        assert not home.exists()
+
+        right = _recover(
+            grid, home, phrase, seed, "--dedup-group", "family", "--convergence-secret-file",
+            str(secret),
+        )  # fmt: skip
+        assert json.loads(right)["snapshots"] == [snap]
+        grid.nodes["recovered"] = NodeProc(spec=NodeSpec(name="recovered"), home=home, port=0)
+        grid.start("recovered")
+        grid.wait_ready("recovered")
+        assert grid.status("recovered")["dedup_group"]["fingerprint"] == fingerprint
+        out = tmp_path / "out"
+        grid.cli("recovered", "restore", snap, "--to", str(out), timeout=600)
+        _same_tree(tree, out / "tree")
+
+
+def test_a_root_names_the_group_and_recovery_checks_it(group: DedupGroup) -> None:
+    other = DedupGroup.from_secret("family", SECRET[::-1])
+    named = {"dedup_group": group_of(group)}
+    assert named["dedup_group"] == {"name": "family", "fingerprint": group.fingerprint}
+    assert group.key.hex() not in json.dumps(named)  # the root never holds the key
+    check_group(named, group)
+    check_group({"dedup_group": None}, None)
+    check_group({}, None)  # a root from before roots named the group: nothing to check
+    check_group({}, group)
+    for root, given, says in (
+        (named, None, "--dedup-group family --convergence-secret-file"),
+        (named, other, f"fingerprint {other.fingerprint}"),
+        ({"dedup_group": None}, group, "without --dedup-group"),
+    ):
+        with pytest.raises(RecoveryFailed, match=re.escape(says)):
+            check_group(root, given)

@@ -246,61 +246,6 @@ def cmd_restore(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_ls(args: argparse.Namespace) -> None:
-    params: dict[str, Any] = {"snapshot": args.snapshot}
-    if args.path:
-        params["path"] = args.path
-    rows = call(args, "ls", params)
-    if args.json:
-        print_json(rows)
-        return
-    for r in rows:
-        if not args.long:
-            print(r["path"])
-            continue
-        owner = f"{r.get('user') or r.get('uid')}/{r.get('group') or r.get('gid')}"
-        target = f" -> {r['link_target']}" if "link_target" in r else ""
-        print(
-            f"{_TYPE_LETTER.get(r['type'], '?')}{r['mode']} {owner:>16} {r['size']:>12} "
-            f"{r['mtime'][:19].replace('T', ' ')} {r['path']}{target}"
-        )
-
-
-_TYPE_LETTER = {
-    "file": "-",
-    "dir": "d",
-    "symlink": "l",
-    "fifo": "p",
-    "chardev": "c",
-    "blockdev": "b",
-    "socket": "s",
-}
-
-
-def cmd_find(args: argparse.Namespace) -> None:
-    result = call(args, "find", {"pattern": args.pattern, "snapshots": list(args.snapshots)})
-    if args.json:
-        print_json(result)
-        return
-    for m in result["matches"]:
-        print(
-            f"{m['snapshot_id']}  {m['mtime'][:19].replace('T', ' ')} {m['size']:>12}  {m['path']}"
-        )
-    if result["truncated"]:
-        print(f"... {result['total'] - len(result['matches'])} more matches not shown")
-
-
-def cmd_diff(args: argparse.Namespace) -> None:
-    result = call(args, "diff", {"from": args.first, "to": args.second})
-    if args.json:
-        print_json(result)
-        return
-    fields = {c["path"]: ",".join(c["fields"]) for c in result["changes"]}
-    for mark, key in (("+", "added"), ("-", "removed"), ("M", "changed")):
-        for path in result[key]:
-            print(f"{mark} {path}" + (f"  ({fields[path]})" if mark == "M" else ""))
-
-
 def cmd_verify(args: argparse.Namespace) -> None:
     result = call(args, "verify", {"snapshot": args.snapshot}, long_job=True)
     finish(
@@ -647,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="a file or sub-tree (as `ls` shows it)")
     p.add_argument("--long", "-l", action="store_true", help="type, mode, owner, size, mtime")
     add_json(p)
-    p.set_defaults(fn=cmd_ls)
+    p.set_defaults(fn=lazy("gridnode.listing_cli", "cmd_ls"))
 
     p = sub.add_parser(
         "find",
@@ -660,14 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", help="a glob: '*.pdf', 'home/*/taxes/*'")
     p.add_argument("snapshots", nargs="*", help="snapshot ids, prefixes or latest (default: all)")
     add_json(p)
-    p.set_defaults(fn=cmd_find)
+    p.set_defaults(fn=lazy("gridnode.listing_cli", "cmd_find"))
 
     p = sub.add_parser("diff", help="what changed between two snapshots")
     add_home(p)
     p.add_argument("first", help="the older snapshot (id, prefix or latest)")
     p.add_argument("second", help="the newer snapshot (id, prefix or latest)")
     add_json(p)
-    p.set_defaults(fn=cmd_diff)
+    p.set_defaults(fn=lazy("gridnode.listing_cli", "cmd_diff"))
 
     p = sub.add_parser(
         "prune",

@@ -184,8 +184,12 @@ def call(
     params: dict[str, Any] | None = None,
     *,
     long_job: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> Any:
-    """Call the running node of ``--home``; stream events for long jobs."""
+    """Call the running node of ``--home``; stream events for long jobs.
+
+    ``on_event`` takes the node's events instead of the progress display (or the JSON
+    lines of ``--json``): for a command whose events carry its output (``ls``)."""
     home = resolve_home(args)
     as_json = getattr(args, "json", False)
     if not (home / CONFIG_NAME).exists():
@@ -198,14 +202,14 @@ def call(
         raise CliError(problem, EXIT_NO_HOME)
     progress = Progress()
 
-    def on_event(event: dict[str, Any]) -> None:
+    def show(event: dict[str, Any]) -> None:
         if as_json:
             print_json(event)
         else:
             progress.update(event)
 
     try:
-        result = control_client.call(home, method, params, on_event=on_event)
+        result = control_client.call(home, method, params, on_event=on_event or show)
     except ControlError as exc:
         progress.finish()
         if as_json and long_job:

@@ -373,7 +373,20 @@ class ControlServer:
                     code="internal_error",
                     message=f"{type(exc).__name__}: {exc}"[:2000],
                 )
-        await ws.send_message(encode(reply))
+        try:
+            frame = encode(reply)
+        except ProtocolError as exc:
+            # An answer past the control protocol's limits (a huge listing asked for by
+            # an old client): the caller hears why, and the connection stays usable.
+            _log.warning("control_answer_refused", method=msg.method, reason=str(exc))
+            frame = encode(
+                Error(
+                    request_id=msg.request_id,
+                    code="too_large",
+                    message=f"the answer to {msg.method} is too large to send ({exc})"[:2000],
+                )
+            )
+        await ws.send_message(frame)
 
 
 async def call_node(

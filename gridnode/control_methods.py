@@ -28,7 +28,7 @@ from .check import Checker
 from .control import ControlError, Emit
 from .errors import PeerError
 from .leave import leave_params
-from .listing import diff_snapshots, find_in_snapshots, list_snapshot
+from .listing import diff_snapshots, find_in_snapshots, list_snapshot, stream_snapshot
 from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
 from .logic.placement.rules import PlacementRules
@@ -351,8 +351,16 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             services, _str(params, "snapshot"), dest, path, emit, numeric_owner=numeric_owner
         )
 
-    async def ls(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]]:
-        return await list_snapshot(services, _str(params, "snapshot"), _opt_str(params, "path"))
+    async def ls(params: dict[str, Any], emit: Emit) -> list[dict[str, Any]] | dict[str, Any]:
+        """Rows in ``entries`` events when the client asks to ``stream`` (today's CLI
+        does); the whole listing as one answer for a client from before."""
+        snapshot, path = _str(params, "snapshot"), _opt_str(params, "path")
+        stream = params.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ControlError("bad_params", "parameter 'stream' must be a boolean")
+        if stream:
+            return await stream_snapshot(services, snapshot, path, emit)
+        return await list_snapshot(services, snapshot, path)
 
     async def find(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         return await find_in_snapshots(

@@ -1,0 +1,64 @@
+"""``gridnode ls`` of a snapshot whose listing is larger than one control message.
+
+The whole listing used to travel as one answer, and an answer past the control
+protocol's 4 MiB (a tree of about 15,000 files) could not be sent: ``ls`` of a real
+home failed.  Now the rows stream in pages of events; a client from before, which asks
+for one answer, hears why it cannot have it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridnode.control_client import call
+from gridnode.control_files import ControlError
+from protocol._messages import MAX_CONTROL_TEXT
+from simulations.harness import LocalGrid
+
+pytestmark = pytest.mark.slow
+
+DIRS = 20
+FILES_PER_DIR = 1000
+#: Long names make every row bigger, so fewer files pass the limit.
+STEM = "a-file-name-long-enough-to-make-the-listing-large-" * 2
+
+
+def test_ls_streams_a_listing_larger_than_a_control_message(make_grid: Any, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    for d in range(DIRS):
+        folder = tree / f"d{d:02d}"
+        folder.mkdir(parents=True)
+        for f in range(FILES_PER_DIR):
+            (folder / f"{STEM}{f:04d}").touch()
+    grid: LocalGrid = make_grid(4)
+    snap = grid.cli("n0", "backup", str(tree), "--redundancy", "2/3", timeout=600)["snapshot_id"]
+    home = grid.node("n0").home
+
+    rows = grid.cli("n0", "ls", snap, timeout=300)
+    assert len(rows) == 1 + DIRS + DIRS * FILES_PER_DIR
+    assert len(json.dumps(rows)) > MAX_CONTROL_TEXT  # past what one answer may hold
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    assert rows[0] == {**rows[0], "path": "tree", "type": "dir"}
+    kinds = [r["type"] for r in rows]
+    assert kinds.count("dir") == 1 + DIRS and kinds.count("file") == DIRS * FILES_PER_DIR
+
+    text = grid.gridnode("ls", snap, "tree/d07", "--home", str(home), json_out=False)
+    lines = text.splitlines()
+    assert lines[0] == "tree/d07" and len(lines) == 1 + FILES_PER_DIR
+    assert lines[-1] == f"tree/d07/{STEM}{FILES_PER_DIR - 1:04d}"
+
+    # A client from before streaming asks for the rows as one answer: refused, by name,
+    # and the node goes on answering.
+    with pytest.raises(ControlError) as refused:
+        call(home, "ls", {"snapshot": snap}, timeout_s=120)
+    assert refused.value.code == "too_large"
+    assert len(call(home, "ls", {"snapshot": snap, "path": "tree/d03"}, timeout_s=60)) == 1001
+
+    missing = grid.gridnode(
+        "ls", snap, "tree/nothing-here", "--home", str(home), json_out=False, check=False
+    )
+    assert missing == ""  # the error goes to stderr, nothing half-listed to stdout

@@ -28,7 +28,13 @@ from .check import Checker
 from .control import ControlError, Emit
 from .errors import PeerError
 from .leave import leave_params
-from .listing import diff_snapshots, find_in_snapshots, list_snapshot, stream_snapshot
+from .listing import (
+    diff_snapshots,
+    find_in_snapshots,
+    list_snapshot,
+    stream_diff,
+    stream_snapshot,
+)
 from .logic.distance import haversine_km, parse_band
 from .logic.packing import ErasureParams
 from .logic.placement.rules import PlacementRules
@@ -141,6 +147,13 @@ def _opt_str(params: dict[str, Any], key: str) -> str | None:
     value = params.get(key)
     if value is not None and not isinstance(value, str):
         raise ControlError("bad_params", f"parameter {key!r} must be a string")
+    return value
+
+
+def _bool(params: dict[str, Any], key: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise ControlError("bad_params", f"parameter {key!r} must be a boolean")
     return value
 
 
@@ -322,12 +335,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
             erasure = ErasureParams.parse(_str(params, "redundancy", node.config.redundancy))
         except ValueError as exc:
             raise ControlError("bad_params", str(exc)) from None
-        flags = {}
-        for flag in ("one_file_system", "dry_run"):
-            value = params.get(flag, False)
-            if not isinstance(value, bool):
-                raise ControlError("bad_params", f"parameter {flag!r} must be a boolean")
-            flags[flag] = value
+        flags = {flag: _bool(params, flag) for flag in ("one_file_system", "dry_run")}
         request = BackupRequest(
             paths=paths,
             excludes=_str_list(params, "excludes"),
@@ -344,9 +352,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
         if not os.path.isabs(dest):
             raise ControlError("bad_params", "the destination must be an absolute path")
         path = _opt_str(params, "path")
-        numeric_owner = params.get("numeric_owner", False)
-        if not isinstance(numeric_owner, bool):
-            raise ControlError("bad_params", "parameter 'numeric_owner' must be a boolean")
+        numeric_owner = _bool(params, "numeric_owner")
         return await restore_snapshot(
             services, _str(params, "snapshot"), dest, path, emit, numeric_owner=numeric_owner
         )
@@ -355,10 +361,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
         """Rows in ``entries`` events when the client asks to ``stream`` (today's CLI
         does); the whole listing as one answer for a client from before."""
         snapshot, path = _str(params, "snapshot"), _opt_str(params, "path")
-        stream = params.get("stream", False)
-        if not isinstance(stream, bool):
-            raise ControlError("bad_params", "parameter 'stream' must be a boolean")
-        if stream:
+        if _bool(params, "stream"):
             return await stream_snapshot(services, snapshot, path, emit)
         return await list_snapshot(services, snapshot, path)
 
@@ -368,7 +371,11 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
         )
 
     async def diff(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
-        return await diff_snapshots(services, _str(params, "from"), _str(params, "to"))
+        """The lists in ``diff`` events when the client asks to ``stream`` (as ``ls``)."""
+        first, second = _str(params, "from"), _str(params, "to")
+        if _bool(params, "stream"):
+            return await stream_diff(services, first, second, emit)
+        return await diff_snapshots(services, first, second)
 
     async def verify(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         return await verify_snapshot(services, _str(params, "snapshot"), emit)
@@ -382,9 +389,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
     async def check(params: dict[str, Any], emit: Emit) -> dict[str, Any]:
         """``gridnode check``: each snapshot's weakest chunk from the member view, the
         audits and the catalog, no packet fetched (``gridnode.check``)."""
-        repair = params.get("repair", False)
-        if not isinstance(repair, bool):
-            raise ControlError("bad_params", "parameter 'repair' must be a boolean")
+        repair = _bool(params, "repair")
         gossiper = node.gossiper
         if gossiper is None:
             raise ControlError("not_ready", "this node is starting")
@@ -418,9 +423,7 @@ def build_methods(node: ControlledNode) -> dict[str, Method]:
         known = {f.name for f in attrs.fields(KeepPolicy)}
         if unknown := sorted(set(raw_policy) - known):
             raise ControlError("bad_params", f"unknown policy keys: {', '.join(unknown)}")
-        dry_run = params.get("dry_run", False)
-        if not isinstance(dry_run, bool):
-            raise ControlError("bad_params", "parameter 'dry_run' must be a boolean")
+        dry_run = _bool(params, "dry_run")
         try:
             policy = KeepPolicy(**raw_policy)
             return await forget_by_policy(

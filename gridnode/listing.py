@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
+import json
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -22,13 +23,18 @@ __all__ = [
     "diff_snapshots",
     "entry_json",
     "find_in_snapshots",
+    "json_pages",
     "list_snapshot",
+    "stream_diff",
     "stream_snapshot",
 ]
 
 #: Rows per ``entries`` event of a streamed ``ls``: about 150 KB of JSON, far below the
 #: control protocol's limit on one message.
 LS_PAGE_ROWS = 512
+#: JSON bytes per event of a streamed ``ls`` or ``diff`` at most (about): a quarter of
+#: what one control message may hold.
+EVENT_BYTES = 1024 * 1024
 #: Bounds the pages of one listing (a billion entries): the loop ends on a short page.
 MAX_LS_PAGES = 2_000_000
 
@@ -138,7 +144,8 @@ async def stream_snapshot(
             )
         )
         if page:
-            await emit({"event": "entries", "entries": [entry_json(e) for e in page]})
+            for rows in json_pages([entry_json(e) for e in page]):
+                await emit({"event": "entries", "entries": rows})
             listed += len(page)
             after = page[-1].path
         if len(page) < LS_PAGE_ROWS:
@@ -193,6 +200,44 @@ async def find_in_snapshots(
         "matches": matches,
         "total": total,
         "truncated": total > len(matches),
+    }
+
+
+def json_pages(items: list[Any], budget: int = EVENT_BYTES) -> Iterator[list[Any]]:
+    """``items`` in consecutive pages of at most about ``budget`` bytes of JSON each (one
+    item larger than that is a page alone): pages by count could still pass the control
+    protocol's limit, since one path may be 4 KiB and escaping can make it 16."""
+    page: list[Any] = []
+    size = 0
+    for item in items:
+        cost = len(json.dumps(item)) + 2
+        if page and size + cost > budget:
+            yield page
+            page, size = [], 0
+        page.append(item)
+        size += cost
+    if page:
+        yield page
+
+
+async def stream_diff(
+    services: Services,
+    first: str,
+    second: str,
+    emit: Callable[[dict[str, Any]], Awaitable[None]],
+) -> dict[str, Any]:
+    """``diff`` whose lists may be larger than one control message: each list leaves in
+    ``{"event": "diff", LIST: [...]}`` pages (``added``, ``removed``, ``changes``), and
+    the answer gives ``from``, ``to`` and each list's length."""
+    result = await diff_snapshots(services, first, second)
+    for key in ("added", "removed", "changes"):
+        for page in json_pages(result[key]):
+            await emit({"event": "diff", key: page})
+    return {
+        "event": "result",
+        "from": result["from"],
+        "to": result["to"],
+        **{key: len(result[key]) for key in ("added", "removed", "changes")},
     }
 
 

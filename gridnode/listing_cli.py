@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from .cli_common import call, print_json
+from .cli_common import CliError, call, print_json
 
 __all__ = ["cmd_diff", "cmd_find", "cmd_ls"]
 
@@ -89,7 +89,34 @@ def cmd_find(args: argparse.Namespace) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> None:
-    result = call(args, "diff", {"from": args.first, "to": args.second})
+    """The node streams the lists in pages (``diff`` events); they are put back
+    together here, so ``--json`` prints the same object as before."""
+    lists: dict[str, list[Any]] = {"added": [], "removed": [], "changes": []}
+
+    def gather(event: dict[str, Any]) -> None:
+        if event.get("event") == "diff":
+            for key, found in lists.items():
+                page = event.get(key)
+                if isinstance(page, list):
+                    found.extend(page)
+
+    answer = call(
+        args, "diff", {"from": args.first, "to": args.second, "stream": True}, on_event=gather
+    )
+    result = answer
+    if isinstance(answer.get("added"), int):  # streamed: the answer counts the pages' items
+        for key, found in lists.items():
+            if len(found) != answer[key]:
+                raise CliError(f"the node sent {len(found)} of {answer[key]} {key} entries")
+        result = {
+            "event": answer["event"],
+            "from": answer["from"],
+            "to": answer["to"],
+            "added": lists["added"],
+            "removed": lists["removed"],
+            "changed": [c["path"] for c in lists["changes"]],
+            "changes": lists["changes"],
+        }
     if args.json:
         print_json(result)
         return

@@ -1,4 +1,5 @@
-"""``gridnode ls`` of a snapshot whose listing is larger than one control message.
+"""``gridnode ls`` and ``diff`` of snapshots whose answers are larger than one control
+message.
 
 The whole listing used to travel as one answer, and an answer past the control
 protocol's 4 MiB (a tree of about 15,000 files) could not be sent: ``ls`` of a real
@@ -9,6 +10,7 @@ for one answer, hears why it cannot have it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,19 @@ def test_ls_streams_a_listing_larger_than_a_control_message(make_grid: Any, tmp_
         call(home, "ls", {"snapshot": snap}, timeout_s=120)
     assert refused.value.code == "too_large"
     assert len(call(home, "ls", {"snapshot": snap, "path": "tree/d03"}, timeout_s=60)) == 1001
+
+    # Every file's mtime changes: the diff's lists are larger than one message too.
+    for path in tree.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    again = grid.cli("n0", "backup", str(tree), "--redundancy", "2/3", timeout=600)
+    diff = grid.cli("n0", "diff", snap, again["snapshot_id"], timeout=300)
+    assert len(json.dumps(diff)) > MAX_CONTROL_TEXT
+    assert diff["added"] == diff["removed"] == []
+    assert len(diff["changes"]) == DIRS * FILES_PER_DIR
+    assert diff["changed"] == [c["path"] for c in diff["changes"]]
+    assert {tuple(c["fields"]) for c in diff["changes"]} == {("mtime_ns",)}
+    assert list(diff) == ["event", "from", "to", "added", "removed", "changed", "changes"]
 
     missing = grid.gridnode(
         "ls", snap, "tree/nothing-here", "--home", str(home), json_out=False, check=False

@@ -40,6 +40,9 @@ MAX_LS_PAGES = 2_000_000
 
 #: Matches ``find`` returns at most (the rest is counted, not listed).
 FIND_LIMIT = 10_000
+#: And JSON bytes of matches at most: an answer must stay under the control protocol's
+#: 4 MiB, with room for the rest of it.
+FIND_ANSWER_BYTES = 3 * 1024 * 1024
 
 #: Fields whose difference makes an entry "changed" in a diff.
 _COMPARED = (
@@ -193,6 +196,11 @@ async def find_in_snapshots(
         found, count = await services.db(lambda sid=sid, room=room: search(sid, room))
         total += count
         matches.extend({"snapshot_id": sid, **entry_json(e)} for e in found)
+    # At most FIND_ANSWER_BYTES of JSON as well: 10,000 long paths would not fit in one
+    # control answer; those past it are counted, like those past the limit.
+    kept = next(json_pages(matches, FIND_ANSWER_BYTES), [])
+    if len(kept) < len(matches):
+        matches = kept
     return {
         "event": "result",
         "pattern": pattern,

@@ -18,6 +18,7 @@ import pytest
 
 from gridnode.control_client import call
 from gridnode.control_files import ControlError
+from gridnode.listing import FIND_LIMIT
 from protocol._messages import MAX_CONTROL_TEXT
 from simulations.harness import LocalGrid
 
@@ -72,6 +73,12 @@ def test_ls_streams_a_listing_larger_than_a_control_message(make_grid: Any, tmp_
     assert diff["changed"] == [c["path"] for c in diff["changes"]]
     assert {tuple(c["fields"]) for c in diff["changes"]} == {("mtime_ns",)}
     assert list(diff) == ["event", "from", "to", "added", "removed", "changed", "changes"]
+
+    # find keeps to 10,000 matches and to what one answer can carry, counting the rest.
+    found = grid.cli("n0", "find", "*", timeout=300)
+    assert found["total"] == 2 * len(rows) and found["truncated"] is True
+    assert 0 < len(found["matches"]) < FIND_LIMIT  # these rows are long: bytes bound it
+    assert len(json.dumps(found)) < MAX_CONTROL_TEXT
 
     missing = grid.gridnode(
         "ls", snap, "tree/nothing-here", "--home", str(home), json_out=False, check=False

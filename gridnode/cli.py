@@ -375,7 +375,19 @@ def cmd_placement(args: argparse.Namespace) -> None:
 
 
 def cmd_log(args: argparse.Namespace) -> None:
-    result = call(args, "log")
+    """The node streams the entries (``log`` events); they are gathered here, so
+    ``--json`` prints the same object as when they came in one answer."""
+    entries: list[dict[str, Any]] = []
+
+    def gather(event: dict[str, Any]) -> None:
+        if event.get("event") == "log" and isinstance(event.get("entries"), list):
+            entries.extend(event["entries"])
+
+    result = call(args, "log", {"stream": True}, on_event=gather)
+    if isinstance(result.get("entries"), int):  # streamed: the answer counts them
+        if len(entries) != result["entries"]:
+            raise CliError(f"the node sent {len(entries)} of {result['entries']} log entries")
+        result = {**result, "entries": entries}
     if args.json:
         print_json(result)
     else:

@@ -18,6 +18,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import attrs
@@ -70,6 +71,18 @@ class LogEntry:
         }
 
 
+_SELECT_LOG: Final = (
+    "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash, signature FROM backup_log"
+)
+
+
+def _log_entries(rows: Iterable[Sequence[Any]]) -> list[LogEntry]:
+    return [
+        LogEntry(s, a, e, sid, json.loads(d), bytes(p), bytes(h), bytes(sig))
+        for s, a, e, sid, d, p, h, sig in rows
+    ]
+
+
 class BackupLog:
     """The node's signed, hash-chained log, in the database ``db`` connects to."""
 
@@ -105,18 +118,12 @@ class BackupLog:
         return LogEntry(seq, at, event, snapshot_id, detail, prev, digest, signature)
 
     def log_entries(self) -> list[LogEntry]:
-        rows = (
-            self._db()
-            .execute(
-                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                " signature FROM backup_log ORDER BY seq"
-            )
-            .fetchall()
-        )
-        return [
-            LogEntry(s, a, e, sid, json.loads(d), bytes(p), bytes(h), bytes(sig))
-            for s, a, e, sid, d, p, h, sig in rows
-        ]
+        return _log_entries(self._db().execute(f"{_SELECT_LOG} ORDER BY seq").fetchall())
+
+    def log_page(self, after_seq: int, limit: int = 512) -> list[LogEntry]:
+        """The next ``limit`` entries after ``after_seq``, in order: a log of years of
+        hourly backups is read a page at a time (keyset pagination on ``seq``)."""
+        return _log_entries(self.log_rows_after(after_seq, limit))
 
     @staticmethod
     def _log_base(db: sqlite3.Connection) -> tuple[int, bytes]:
@@ -162,29 +169,14 @@ class BackupLog:
         """Raw entries after ``seq`` (seq, at, event, snapshot id, detail text, prev hash,
         hash, signature), in order: what the node forwards to the global backup log,
         byte for byte as hashed (the detail as its stored JSON text)."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                " signature FROM backup_log WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
-            )
-            .fetchall()
-        )
-        return [tuple(row) for row in rows]
+        rows = self._db().execute(f"{_SELECT_LOG} WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [tuple(row) for row in rows.fetchall()]
 
     def verify_log(self) -> tuple[bool, str]:
         """Walk the chain; returns (ok, what is wrong or how many entries verified)."""
         base_seq, prev = self._log_base(self._db())
         expected_seq = base_seq + 1
-        rows = (
-            self._db()
-            .execute(
-                "SELECT seq, at, event, snapshot_id, detail, prev_hash, hash,"
-                " signature FROM backup_log ORDER BY seq"
-            )
-            .fetchall()
-        )
+        rows = self._db().execute(f"{_SELECT_LOG} ORDER BY seq").fetchall()
         for seq, at, event, sid, detail, prev_hash, digest, signature in rows:
             if seq != expected_seq:
                 return False, f"entry {expected_seq} is missing (next is {seq})"

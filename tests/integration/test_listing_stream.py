@@ -18,7 +18,9 @@ import pytest
 
 from gridnode.control_client import call
 from gridnode.control_files import ControlError
+from gridnode.identity import load_identity
 from gridnode.listing import FIND_LIMIT
+from gridnode.storage.catalog import Catalog
 from protocol._messages import MAX_CONTROL_TEXT
 from simulations.harness import LocalGrid
 
@@ -27,6 +29,8 @@ pytestmark = pytest.mark.slow
 DIRS = 20
 FILES_PER_DIR = 1000
 #: Long names make every row bigger, so fewer files pass the limit.
+#: Backup log entries of about 2 KB added: more than 4 MiB together.
+LOG_ENTRIES = 2200
 STEM = "a-file-name-long-enough-to-make-the-listing-large-" * 2
 
 
@@ -79,6 +83,24 @@ def test_ls_streams_a_listing_larger_than_a_control_message(make_grid: Any, tmp_
     assert found["total"] == 2 * len(rows) and found["truncated"] is True
     assert 0 < len(found["matches"]) < FIND_LIMIT  # these rows are long: bytes bound it
     assert len(json.dumps(found)) < MAX_CONTROL_TEXT
+
+    # The backup log of a long-lived node: more than one control message of entries.
+    grid.stop("n0")
+    key = load_identity(home / "node.key").signing_key
+    catalog = Catalog(home / "catalog.sqlite", signing_key=key)
+    for index in range(LOG_ENTRIES):
+        catalog.log("note", None, index=index, padding="x" * 2000)
+    catalog.close()
+    grid.start("n0")
+    grid.wait_ready("n0")
+    log = grid.cli("n0", "log", timeout=300)
+    assert log["verified"] is True and len(json.dumps(log)) > MAX_CONTROL_TEXT
+    notes = [e for e in log["entries"] if e["event"] == "note"]
+    assert [e["detail"]["index"] for e in notes] == list(range(LOG_ENTRIES))
+    assert [e["seq"] for e in log["entries"]] == list(range(1, len(log["entries"]) + 1))
+    with pytest.raises(ControlError) as refused:
+        call(home, "log", {}, timeout_s=120)
+    assert refused.value.code == "too_large"
 
     missing = grid.gridnode(
         "ls", snap, "tree/nothing-here", "--home", str(home), json_out=False, check=False

@@ -74,6 +74,8 @@ from protocol import (
 
 from . import control_client
 from .control_files import (
+    ANSWER_PART_CHARS,
+    ANSWER_PARTS_PARAM,
     ControlError,
     NodeNotRunning,
     ensure_token,
@@ -348,6 +350,21 @@ class ControlServer:
             with trio.move_on_after(1):
                 await ws.aclose(code=1008, reason=str(exc)[:120])
 
+    @staticmethod
+    async def _send_in_parts(ws: Any, request_id: int, text: str) -> str:
+        """An answer longer than one control message, to a client that can join it:
+        ``answer_part`` events of ``ANSWER_PART_CHARS`` each, then what stands in for
+        the answer (how many parts).  ``json.dumps`` writes ASCII, and a part's quotes
+        and backslashes at most double inside its event, so every event fits."""
+        count = 0
+        for start in range(0, len(text), ANSWER_PART_CHARS):
+            part = {"event": "answer_part", "text": text[start : start + ANSWER_PART_CHARS]}
+            await ws.send_message(
+                encode(ControlEvent(request_id=request_id, event=json.dumps(part)))
+            )
+            count += 1
+        return json.dumps({ANSWER_PARTS_PARAM: count})
+
     async def _serve_call(self, ws: Any, msg: ControlCall) -> None:
         async def emit(event: dict[str, Any]) -> None:
             await ws.send_message(
@@ -361,9 +378,12 @@ class ControlServer:
         except ValueError as exc:
             reply: Any = Error(request_id=msg.request_id, code="bad_params", message=str(exc))
         else:
+            parts_ok = params.pop(ANSWER_PARTS_PARAM, False) is True
             try:
-                result = await self.handler(msg.method, params, emit)
-                reply = ControlResult(request_id=msg.request_id, result=json.dumps(result))
+                text = json.dumps(await self.handler(msg.method, params, emit))
+                if parts_ok and len(text) > ANSWER_PART_CHARS:
+                    text = await self._send_in_parts(ws, msg.request_id, text)
+                reply = ControlResult(request_id=msg.request_id, result=text)
             except ControlError as exc:
                 reply = Error(request_id=msg.request_id, code=exc.code, message=str(exc)[:2000])
             except Exception as exc:  # never let one call take the node down
@@ -396,10 +416,17 @@ async def call_node(
     *,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     timeout_s: float | None = None,
+    join_parts: bool = True,
 ) -> Any:
     """``gridnode.control_client.call`` for trio code (tests, tools): the one client, run
     in a worker thread.  Cancelling abandons the thread, which ends with its socket."""
-    return await trio.to_thread.run_sync(
-        partial(control_client.call, home, method, params, on_event=on_event, timeout_s=timeout_s),
-        abandon_on_cancel=True,
+    call = partial(
+        control_client.call,
+        home,
+        method,
+        params,
+        on_event=on_event,
+        timeout_s=timeout_s,
+        join_parts=join_parts,
     )
+    return await trio.to_thread.run_sync(call, abandon_on_cancel=True)

@@ -33,6 +33,7 @@ from typing import Any, Final
 import msgpack
 
 from .control_files import (
+    ANSWER_PARTS_PARAM,
     ControlError,
     NodeNotRunning,
     node_owner,
@@ -210,6 +211,19 @@ def _connect(path: Path, home: Path) -> socket.socket:
     return sock
 
 
+def _joined(result: Any, parts: list[str]) -> Any:
+    """The answer: as sent, or joined from its parts when it stands for them."""
+    if not parts:
+        return result
+    count = result.get(ANSWER_PARTS_PARAM) if isinstance(result, dict) else None
+    if count != len(parts):
+        raise ControlError("malformed", f"the node sent {len(parts)} of {count} answer parts")
+    try:
+        return json.loads("".join(parts))
+    except ValueError as exc:
+        raise ControlError("malformed", f"the answer's parts do not join: {exc}") from None
+
+
 def call(
     home: Path,
     method: str,
@@ -217,8 +231,12 @@ def call(
     *,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     timeout_s: float | None = None,
+    join_parts: bool = True,
 ) -> Any:
     """Run one control call against the node of ``home``; returns its JSON result.
+
+    ``join_parts=False`` asks as clients from before answer parts did: an answer past
+    one control message is then refused (``too_large``) instead of sent in parts.
 
     Raises ``NodeNotRunning`` (nothing answers, or the node hung up) and
     ``ControlError`` (the node answered with an error, or a check refused to send the
@@ -250,20 +268,27 @@ def call(
         sock.settimeout(timeout_s)
         try:
             ws.send(_envelope("control_hello", {"token": token, "version": PROTOCOL_VERSION}))
+            # This client joins an answer sent in parts (``ANSWER_PARTS_PARAM``): a node
+            # that knows the word sends past one control message; an older one ignores it.
+            sent = {**(params or {}), ANSWER_PARTS_PARAM: True} if join_parts else params or {}
             ws.send(
                 _envelope(
                     "control_call",
-                    {"request_id": 1, "method": method, "params": json.dumps(params or {})},
+                    {"request_id": 1, "method": method, "params": json.dumps(sent)},
                 )
             )
+            parts: list[str] = []
             while True:  # bounded by the node: it ends every call with a result or an error
                 kind, body = _open(ws.receive())
                 if kind == "control_event":
-                    if on_event is not None:
-                        on_event(json.loads(body["event"]))
+                    event = json.loads(body["event"])
+                    if isinstance(event, dict) and event.get("event") == "answer_part":
+                        parts.append(str(event.get("text", "")))
+                    elif on_event is not None:
+                        on_event(event)
                 elif kind == "control_result":
                     ws.close()
-                    return json.loads(body["result"])
+                    return _joined(json.loads(body["result"]), parts)
                 elif kind == "error":
                     ws.close()
                     raise ControlError(str(body.get("code")), str(body.get("message")))

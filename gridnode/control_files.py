@@ -24,6 +24,8 @@ from .errors import GridError
 from .fsutil import atomic_write
 
 __all__ = [
+    "ANSWER_PARTS_PARAM",
+    "ANSWER_PART_CHARS",
     "SUN_PATH_MAX",
     "ControlError",
     "NodeNotRunning",
@@ -37,6 +39,15 @@ __all__ = [
     "socket_path",
     "token_path",
 ]
+
+#: A call's parameter by which a client says it joins answers sent in parts (the node
+#: takes it out before the method sees the parameters), and the key of the answer that
+#: then counts the parts.  Answers past one control message (4 MiB: every snapshot of
+#: years of hourly backups, a placement report of a big snapshot) get through whole.
+ANSWER_PARTS_PARAM: Final = "answer_parts"
+#: Characters of an answer per ``answer_part`` event: with escaping at most twice as
+#: many bytes, well inside one control message.
+ANSWER_PART_CHARS: Final = 1024 * 1024
 
 
 class _Socket(Protocol):

@@ -317,3 +317,26 @@ async def test_a_job_that_crashes_holding_a_key_logs_no_key_bytes(tmp_path: Path
     fragment = repr(key)[2:26]
     for form in (key.hex(), fragment, fragment.replace("\\", "\\\\")):
         assert form not in text
+
+
+async def test_an_answer_larger_than_one_message_arrives_in_parts(tmp_path: Path) -> None:
+    """An answer past the control protocol's 4 MiB (every snapshot of years of hourly
+    backups) used to close the connection; it now arrives in ``answer_part`` events that
+    the client joins, escaping at its worst (quotes, backslashes, non-ASCII) included."""
+    home = make_home(tmp_path / "h")
+    big = {"rows": [f'"\\é {index}' * 700 for index in range(900)]}
+
+    async def answering(method: str, params: dict[str, Any], emit: Emit) -> dict[str, Any]:
+        assert "answer_parts" not in params  # the server's word, not the method's
+        await emit({"event": "progress", "files": 1})
+        return big
+
+    events: list[dict[str, Any]] = []
+    async with serving(home, answering):
+        assert len(json.dumps(big)) > 4 * 1024 * 1024
+        assert await call_node(home, "snapshots", on_event=events.append) == big
+        with pytest.raises(ControlError, match="too large to send") as refused:
+            await call_node(home, "snapshots", join_parts=False)
+        assert refused.value.code == "too_large"
+        assert await call_node(home, "snapshots") == big  # and it goes on answering
+    assert events == [{"event": "progress", "files": 1}]  # parts are not the caller's events

@@ -58,10 +58,11 @@ def test_ls_streams_a_listing_larger_than_a_control_message(make_grid: Any, tmp_
     assert lines[0] == "tree/d07" and len(lines) == 1 + FILES_PER_DIR
     assert lines[-1] == f"tree/d07/{STEM}{FILES_PER_DIR - 1:04d}"
 
-    # A client from before streaming asks for the rows as one answer: refused, by name,
-    # and the node goes on answering.
+    # Asked for as one answer, the rows come in answer parts, joined by the client; a
+    # client from before parts is refused, by name, and the node goes on answering.
+    assert call(home, "ls", {"snapshot": snap}, timeout_s=120) == rows
     with pytest.raises(ControlError) as refused:
-        call(home, "ls", {"snapshot": snap}, timeout_s=120)
+        call(home, "ls", {"snapshot": snap}, timeout_s=120, join_parts=False)
     assert refused.value.code == "too_large"
     assert len(call(home, "ls", {"snapshot": snap, "path": "tree/d03"}, timeout_s=60)) == 1001
 
@@ -98,8 +99,9 @@ def test_ls_streams_a_listing_larger_than_a_control_message(make_grid: Any, tmp_
     notes = [e for e in log["entries"] if e["event"] == "note"]
     assert [e["detail"]["index"] for e in notes] == list(range(LOG_ENTRIES))
     assert [e["seq"] for e in log["entries"]] == list(range(1, len(log["entries"]) + 1))
+    assert call(home, "log", {}, timeout_s=120) == log
     with pytest.raises(ControlError) as refused:
-        call(home, "log", {}, timeout_s=120)
+        call(home, "log", {}, timeout_s=120, join_parts=False)
     assert refused.value.code == "too_large"
 
     missing = grid.gridnode(

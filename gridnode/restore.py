@@ -14,6 +14,7 @@ chunks no other snapshot uses (with the per-packet delete secret; see holdings.p
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import time
@@ -213,6 +214,12 @@ async def restore_snapshot(
                 nursery.cancel_scope.cancel()
     except (RestoreFailed, ChunkUnavailable, OSError, GridError) as exc:
         reason = str(exc)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # What the user can act on: which disk, and that nothing half-made is left.
+            reason = (
+                f"{dest_path} is full ({exc.strerror}): free some space or restore "
+                "elsewhere; no partly written file was left under its name"
+            )
         await services.db(
             lambda: catalog.log(
                 "restore_failed", snap.snapshot_id, reason=reason[:500], dest=str(dest_path)

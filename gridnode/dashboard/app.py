@@ -192,7 +192,22 @@ class DataSource:
         return result
 
     async def listing(self, snapshot: str, path: str) -> dict[str, Any]:
-        return children(await self.entries(snapshot, path), path)
+        """One directory's entries: the node streams the subtree a page at a time and
+        only the entries directly under ``path`` are kept, so opening the top of a
+        snapshot of a million files holds one directory, not the million."""
+        prefix = path.strip("/")
+        depth = prefix.count("/") + 1 if prefix else 0
+        found: list[dict[str, Any]] = []
+
+        async def keep(event: dict[str, Any]) -> None:
+            if event.get("event") == "entries":
+                found.extend(
+                    e for e in event["entries"] if str(e["path"]).strip("/").count("/") == depth
+                )
+
+        params = {"snapshot": snapshot, "stream": True, **({"path": path} if prefix else {})}
+        await self.methods["ls"](params, keep)
+        return children(found, path)
 
     async def _health_of(
         self,

@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -236,6 +238,11 @@ class BackupJob:
             roots = [absolute for absolute, _ in root_names(self.request.paths)]
         except ScanError as exc:
             raise BackupFailed(str(exc)) from None
+        # Under the backup lock no other backup runs: a snapshot still "running" is one
+        # whose failure could not even be recorded (its home's disk was full).  Now that
+        # the catalog can write again, it is marked interrupted, as at a restart.
+        if stale := await svc.db(svc.catalog.mark_interrupted):
+            self.log.warning("interrupted_snapshots", snapshots=stale)
         parent: SnapshotRecord | None = await svc.db(
             svc.catalog.latest_complete, roots, self.policy
         )
@@ -264,11 +271,21 @@ class BackupJob:
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 reason = str(exc) if isinstance(exc, Exception) else "cancelled"
-                await svc.db(self._flush_records_blocking)
-                await svc.db(svc.catalog.fail_snapshot, self.snapshot_id)
-                await svc.db(
-                    lambda: svc.catalog.log("backup_failed", self.snapshot_id, reason=reason[:500])
-                )
+                # Each step on its own: on a full disk the first write fails too, and the
+                # user must hear the backup's own error, not the cleanup's.  What cannot
+                # be recorded now is marked interrupted by the next backup or start.
+                for step in (
+                    self._flush_records_blocking,
+                    svc.catalog.checkpoint,
+                    partial(svc.catalog.fail_snapshot, self.snapshot_id),
+                    partial(
+                        svc.catalog.log, "backup_failed", self.snapshot_id, reason=reason[:500]
+                    ),
+                ):
+                    try:
+                        await svc.db(step)
+                    except (OSError, sqlite3.Error) as cleanup:
+                        self.log.warning("backup_cleanup_failed", reason=str(cleanup))
             self.log.warning("backup_failed", reason=str(exc))
             raise
         seconds = time.monotonic() - self.started

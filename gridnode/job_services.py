@@ -8,6 +8,7 @@ job visible in one place, and lets tests build a node's services without its net
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,6 +23,16 @@ from .storage.catalog import Catalog
 __all__ = ["Services"]
 
 R = TypeVar("R")
+
+
+def fresh_after_errors(catalog: Catalog, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; after an SQLite error the catalog's connections are opened afresh
+    (one that met a full disk may fail on after space is freed: ``reset_connections``)."""
+    try:
+        return fn(*args)
+    except sqlite3.OperationalError:
+        catalog.reset_connections()
+        raise
 
 
 @attrs.define
@@ -54,4 +65,6 @@ class Services:
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking catalog call in a worker thread under the disk limiter."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.disk_limiter)
+        return await trio.to_thread.run_sync(
+            fresh_after_errors, self.catalog, fn, *args, limiter=self.disk_limiter
+        )

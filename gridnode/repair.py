@@ -28,6 +28,7 @@ change would record the old holders.
 from __future__ import annotations
 
 import functools
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -552,7 +553,7 @@ class AutoRepair:
             await trio.sleep(self.tick_s)
             try:
                 await self.tick()
-            except (GridError, OSError) as exc:
+            except (GridError, OSError, sqlite3.Error) as exc:
                 _log.warning("auto_repair_failed", error=str(exc))
 
     async def gone(self) -> list[bytes]:

@@ -20,6 +20,8 @@ their own start and end in ``gridnode.backup``, repairs ``repair_done`` in
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -58,6 +60,17 @@ _FAILURES_LOGGED: Final = frozenset({"restore", "verify", "repair"})
 REPAIR_FIELDS: Final = ("chunks_repaired", "chunks_lost", "chunks_unrepaired", "packets_rebuilt")
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, from the OS or from SQLite (``SQLITE_FULL``)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+            "disk is full" in str(exc)
+        )
+    return False
+
+
 def as_control_error(method: str, exc: Exception) -> ControlError:
     """The one-line error a client sees; a bug is logged with its traceback, never hidden."""
     real: BaseException = exc
@@ -66,6 +79,15 @@ def as_control_error(method: str, exc: Exception) -> ControlError:
         real = found[0] if found else exc
     if isinstance(real, ControlError):
         return real
+    if _disk_full(real):
+        _log.warning("job_disk_full", method=method, error=str(real))
+        # The node's own disk (catalog, scratch files, storage), not the user's files: a
+        # restore names its destination itself.
+        return ControlError(
+            "disk_full",
+            f"{method} failed: the node's disk is full ({real}): free space where the "
+            f"node's home is and run {method} again (what was recorded before is intact)",
+        )
     if isinstance(real, GridError):
         return ControlError("failed", str(real))
     if isinstance(real, ValueError | LookupError):

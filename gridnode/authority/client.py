@@ -202,6 +202,11 @@ class SubscriptionClient:
                     _log.warning("subscription_retry", code=exc.code, error=str(exc))
                     failures += 1
                     delay = self._retry_delay(failures)
+            except OSError as exc:  # the certificate could not be kept (a full disk): retry
+                self.last_error = str(exc)
+                _log.warning("subscription_retry", code="os_error", error=str(exc))
+                failures += 1
+                delay = self._retry_delay(failures)
             with trio.move_on_after(max(0.05, delay)):
                 await self._wake.wait()
 

@@ -29,6 +29,7 @@ when it is later (entries written after the root was last published).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
@@ -511,7 +512,9 @@ class LogForwarder:
                 sent = await self.forward()
                 if sent:
                     _log.info("global_log_forwarded", entries=sent)
-            except PeerError as exc:
+            except (PeerError, OSError, sqlite3.Error) as exc:  # a full disk too: next time
+                if isinstance(exc, sqlite3.Error):
+                    self.catalog.reset_connections()
                 self.last_error = str(exc)
                 _log.warning("global_log_forward_failed", error=str(exc))
             with trio.move_on_after(self.interval_s):

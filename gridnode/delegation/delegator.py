@@ -4,6 +4,7 @@ takes their moves into the catalog."""
 from __future__ import annotations
 
 import functools
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -94,7 +95,7 @@ class Delegator:
         while True:
             try:
                 await self.tick()
-            except (GridError, OSError, PlacementError, ValueError) as exc:
+            except (GridError, OSError, sqlite3.Error, PlacementError, ValueError) as exc:
                 _log.warning("delegation_failed", error=str(exc))
             await trio.sleep(self.tick_s)
 

@@ -141,6 +141,11 @@ class Catalog(BackupLog, LeaseBook):
     def close(self) -> None:
         self._db.close()
 
+    def reset_connections(self) -> None:
+        """After an SQLite error: every thread's connection is opened afresh
+        (``ThreadConnections.reset_all``)."""
+        self._db.reset_all()
+
     @property
     def schema_version(self) -> int:
         return int(self._db().execute("PRAGMA user_version").fetchone()[0])
@@ -192,6 +197,13 @@ class Catalog(BackupLog, LeaseBook):
                     json.dumps(list(tags)),
                 ),
             )
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the catalog and truncate it, where no reader
+        holds it (else SQLite does what it can).  After a failure on a full disk: the
+        log holds every page the failed backup wrote, and the space freed by the user
+        must not go to the log's growth first."""
+        self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def mark_interrupted(self) -> list[str]:
         """At startup: a snapshot still 'running' belongs to a process that died."""

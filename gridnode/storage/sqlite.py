@@ -32,6 +32,8 @@ class ThreadConnections:
         self.timeout_s = timeout_s
         self.pragmas = tuple(pragmas)
         self._local = threading.local()
+        #: Bumped by ``reset_all``: a thread whose connection is older opens a new one.
+        self._generation = 0
         if private:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
@@ -39,13 +41,27 @@ class ThreadConnections:
 
     def __call__(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None and self._local.generation != self._generation:
+            db.close()
+            db = None
         if db is None:
             db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             for pragma in self.pragmas:
                 db.execute(f"PRAGMA {pragma}")
             self._local.db = db
+            self._local.generation = self._generation
         return db
+
+    def reset_all(self) -> None:
+        """Every thread opens a fresh connection at its next call.
+
+        After a full disk or an I/O error a connection can stay in SQLite's error state
+        and fail every later statement, even once space is freed (seen: a backup after
+        the user freed 16 MiB failed "database or disk is full" at its first statement).
+        The error may be met in any worker thread, and the connection that keeps it in
+        another, so all of them start afresh."""
+        self._generation += 1
 
     def close(self) -> None:
         """Close this thread's connection (the others close with their threads)."""

@@ -11,18 +11,25 @@ exactly ``R``, and an actor registers one handler per command kind with ``Handle
 whose return type mypy checks against the command's ``R`` (``Request`` is invariant in
 ``R``).  So mypy follows a value across every seam, from ``gridnode backup`` to a
 target's disk, with no ``Any`` in between.
+
+Cost: a target answers every packet it stores through one call, so a call's own cost
+is per packet (issue 11).  The reply is a one-shot ``Reply`` (the waiting task is woken
+with the answer) rather than a memory channel, and neither side yields where trio's
+channel and semaphore would checkpoint although nothing has to wait: the caller only
+yields to wait for the answer, ``serve_calls`` only when its inbox is empty or every
+slot is taken (so at most ``concurrency`` calls are taken in without yielding).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Never, TypeVar
 
 import attrs
+import outcome
 import trio
 
-__all__ = ["Call", "Handlers", "Inbox", "Outbox", "Request", "call", "serve_calls"]
+__all__ = ["Call", "Handlers", "Inbox", "Outbox", "Reply", "Request", "call", "serve_calls"]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -34,10 +41,58 @@ class Request(Generic[R]):
     __slots__ = ()
 
 
+class Reply:
+    """Where an answer goes: the one task that waits for it, woken with it.
+
+    A memory channel per call allocated two channels and a state, and closing it was one
+    more checkpoint (issue 11: a target makes a call per packet it stores).  The answer
+    is delivered once: one that comes before the wait is kept for it, one that comes
+    after the waiter stopped waiting (cancelled, timed out) is dropped, as a closed
+    channel's was.
+    """
+
+    __slots__ = ("_answered", "_task", "_value", "_waited")
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+        self._value: object = None
+        self._answered = False
+        self._waited = False
+
+    def send_nowait(self, value: object) -> None:
+        """Hand over ``value``: to the waiting task, or kept until it waits; dropped
+        when the waiter gave up, or when an answer was handed over already."""
+        if self._answered:
+            return
+        self._answered = True
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Value(value))
+        elif not self._waited:
+            self._value = value
+
+    async def wait(self) -> object:
+        """The answer, once it is there (one wait per reply)."""
+        if self._waited:
+            raise RuntimeError("a reply is waited for once")
+        self._waited = True
+        if self._answered:
+            await trio.lowlevel.checkpoint()
+            value, self._value = self._value, None
+            return value
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._task = None  # a late answer finds nobody and is dropped
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 @attrs.frozen
 class Call(Generic[T]):
     payload: T
-    reply: trio.MemorySendChannel[object]
+    reply: Reply
 
 
 #: The sending side of an actor's inbox (what callers hold), and its receiving side.
@@ -53,10 +108,13 @@ class _Failure:
 async def call(channel: Outbox, payload: Request[R]) -> R:
     """Send ``payload`` to an actor and wait for its answer; the actor's exception is
     re-raised here, in the caller."""
-    send, receive = trio.open_memory_channel[object](1)
-    async with receive:
-        await channel.send(Call(payload, send))
-        result = await receive.receive()
+    reply = Reply()
+    item = Call(payload, reply)
+    try:
+        channel.send_nowait(item)
+    except trio.WouldBlock:  # the actor's inbox is full: wait for room (backpressure)
+        await channel.send(item)
+    result = await reply.wait()
     if isinstance(result, _Failure):
         raise result.error
     return result  # type: ignore[return-value]  # Handlers.on checked it against R
@@ -98,13 +156,24 @@ async def serve_calls(
             except Exception as exc:  # delivered to the caller, who decides; never lost
                 result = _Failure(exc)
             # The caller may have been cancelled and gone away: nobody to tell.
-            with contextlib.suppress(trio.BrokenResourceError, trio.WouldBlock):
-                item.reply.send_nowait(result)
+            item.reply.send_nowait(result)
         finally:
             limiter.release()
 
     async with inbound, trio.open_nursery() as nursery:
         task_status.started()
-        async for item in inbound:
-            await limiter.acquire()
+        while True:
+            try:
+                item = inbound.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    item = await inbound.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:  # every slot taken: wait for a call to finish
+                await limiter.acquire()
             nursery.start_soon(one, item)

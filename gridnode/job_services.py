@@ -19,6 +19,7 @@ from .actors.calls import Outbox, Request, call
 from .config import NodeConfig
 from .identity import NodeIdentity
 from .storage.catalog import Catalog
+from .transport.link import PeerLink
 
 __all__ = ["Services"]
 
@@ -49,7 +50,7 @@ class Services:
     disk_limiter: trio.CapacityLimiter
     #: Live members as (node id, address) for recovery-root placement and lookup.
     alive_members: Callable[[], list[tuple[bytes, str]]]
-    link_for: Callable[[bytes], Awaitable[Any]]
+    link_for: Callable[[bytes], Awaitable[PeerLink]]
     #: The subscription's allocations (None: an open grid, no quota); raises
     #: ``NotSubscribed`` when the grid has an authority and this node no valid certificate.
     allocations: Callable[[], Any] = lambda: None

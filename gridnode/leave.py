@@ -271,7 +271,8 @@ async def _hand_over_chunk(
     fetched = await services.ask(
         services.retriever, FetchChunk(chunk, all_packets=True, skip=others)
     )
-    copies = {share: data for share, data in fetched.shares.items() if share in leaving}
+    # bytes() is the same object: packets fetched with all_packets come as bytes.
+    copies = {share: bytes(data) for share, data in fetched.shares.items() if share in leaving}
     del fetched
     if len(copies) < len(leaving):
         # The leaver lost a packet or cannot serve it: rebuild the leaver's packets from

@@ -44,7 +44,7 @@ from .actors.calls import Call, Request, call
 from .actors.gossip import Gossiper, GossipIn, build_membership, parse_labels
 from .actors.packet_store import PacketStore, TargetRequest
 from .actors.request import ControlJob, RequestActor
-from .actors.retriever import FetchChunk, Retriever
+from .actors.retriever import FetchChunk, Packet, Retriever
 from .actors.sequencer import Sequencer
 from .actors.uploader import Uploader
 from .admission import Admission, NotSubscribed
@@ -567,7 +567,7 @@ class Node:
         )
         await nursery.start(self.retriever.run)
 
-        async def fetch(chunk: ChunkRecord) -> dict[int, bytes]:
+        async def fetch(chunk: ChunkRecord) -> dict[int, Packet]:
             fetched = await call(self._retr_send, FetchChunk(chunk))
             return fetched.shares
 

@@ -88,9 +88,17 @@ class FetchChunk(Request["FetchedChunk"]):
     skip: frozenset[bytes] = frozenset()
 
 
+#: A fetched packet's bytes: for a chunk fetched to be decoded (``FetchChunk`` without
+#: ``all_packets``), a read-only view of the holder's answer, which carries the packets
+#: of several chunks back to back; slicing them out as ``bytes`` copied every byte a
+#: restore fetches once more, into fresh memory (issue 11).  Every other fetch gets
+#: ``bytes``, since its packets may be stored elsewhere again.
+Packet = bytes | memoryview
+
+
 @attrs.frozen
 class FetchedChunk:
-    shares: dict[int, bytes]
+    shares: dict[int, Packet]
     missing: tuple[tuple[int, bytes, str], ...]  # (share, target, why)
     bytes_fetched: int
     #: Missing shares whose holder *answered* (not held, or bytes that fail their id):
@@ -109,11 +117,11 @@ class _Wanted:
     packet_id: bytes
     size_hint: int
     done: trio.Event = attrs.field(factory=trio.Event)
-    outcome: bytes | BaseException | None = None
+    outcome: Packet | BaseException | None = None
     #: Its asker stopped waiting: not asked if its batch has not left yet.
     abandoned: bool = False
 
-    def settle(self, outcome: bytes | BaseException) -> None:
+    def settle(self, outcome: Packet | BaseException) -> None:
         if self.outcome is None:
             self.outcome = outcome
             self.done.set()
@@ -195,7 +203,7 @@ class Retriever:
             return self.hedge_after_s
         return min(self.hedge_after_s, max(self.hedge_min_s, 4 * self._latency_s))
 
-    async def _fetch_one(self, packet: PacketRecord, size_hint: int = 0) -> bytes:
+    async def _fetch_one(self, packet: PacketRecord, size_hint: int = 0) -> Packet:
         """One verified packet, or raises PeerError/ValueError saying why not.
 
         ``size_hint``: about how big the packet is, for sizing batches."""
@@ -226,7 +234,7 @@ class Retriever:
         self._silent_until.pop(packet.target, None)
         return data
 
-    async def _batched(self, packet: PacketRecord, size_hint: int) -> bytes:
+    async def _batched(self, packet: PacketRecord, size_hint: int) -> Packet:
         """``packet``'s bytes (unverified) by way of its holder's batch queue."""
         wanted = _Wanted(packet.packet_id, size_hint)
         queue = self._waiting.setdefault(packet.target, collections.deque())
@@ -316,6 +324,7 @@ class Retriever:
         self._count("fetch_batches")
         later: list[_Wanted] = []
         offset = 0
+        payload = memoryview(answer.data).toreadonly()
         for item, part in zip(batch, answer.parts, strict=True):
             if part.code == "later":
                 if offset == 0:  # it had the room: "later" would loop forever
@@ -325,7 +334,7 @@ class Retriever:
             elif part.code:
                 item.settle(RemoteError(part.code, "packet not held there", peer=target.hex()[:10]))
             else:
-                item.settle(answer.data[offset : offset + part.size_bytes])
+                item.settle(payload[offset : offset + part.size_bytes])
                 offset += part.size_bytes
         return later
 
@@ -344,7 +353,7 @@ class Retriever:
         # after ``retry_delay_s``, at the end of the queue: a node that is restarting, or
         # a connection that broke a moment ago, should not make a restore fail.
         queue: list[tuple[PacketRecord, float]] = [(p, 0.0) for p in self._sequence(chunk)]
-        shares: dict[int, bytes] = {}
+        shares: dict[int, Packet] = {}
         missing: list[tuple[int, bytes, str]] = []
         retried: set[int] = set()
         fetched = 0
@@ -426,7 +435,7 @@ class Retriever:
     async def _fetch_all(
         self, chunk: ChunkRecord, skip: frozenset[bytes] = frozenset()
     ) -> FetchedChunk:
-        shares: dict[int, bytes] = {}
+        shares: dict[int, Packet] = {}
         missing: list[tuple[int, bytes, str]] = []
         answered: set[int] = set()
         fetched = 0
@@ -447,7 +456,9 @@ class Retriever:
             except PeerError as exc:
                 missing.append((packet.share, packet.target, str(exc)))
             else:
-                shares[packet.share] = data
+                # bytes of its own: a packet repair or a leave stores again elsewhere
+                # should not keep a whole batch of other chunks' packets alive.
+                shares[packet.share] = data if isinstance(data, bytes) else bytes(data)
                 fetched += len(data)
 
         async with trio.open_nursery() as nursery:

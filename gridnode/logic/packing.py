@@ -40,11 +40,15 @@ release the GIL, so two worker threads encode about twice as fast as one.
 Copies are kept to what the libraries force: the chunk is sealed by libsodium
 straight into the buffer that holds its ``k`` data packets (pynacl's cffi module,
 ``_encode_in_place``), so a data packet is a read-only view of it and no sealed byte
-is copied; zfec reads the views in place.
+is copied; zfec reads the views in place.  Decoding gathers the packets once into a
+pooled scratch buffer and opens them there, in place (``_decode_in_scratch``): the
+plaintext is the one buffer a decoded chunk gets.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -82,6 +86,7 @@ __all__ = [
     "packet_id_for",
     "packet_size_for",
     "rebuild_shares",
+    "release_scratch",
 ]
 
 Buffer = bytes | bytearray | memoryview
@@ -219,6 +224,66 @@ class _ThreadCodecs(threading.local):
 
 
 _codecs = _ThreadCodecs()
+
+
+class _ScratchPool:
+    """Buffers that decoding gathers and opens a chunk's sealed bytes in, reused.
+
+    Anonymous mappings (``mmap``), not heap: their pages stay resident while pooled, so
+    a chunk is opened in memory the kernel need not fault in and clear again, and they
+    leave no holes in the malloc heap when dropped.  At most ``keep`` are kept (one per
+    decoding thread: the node's CPU limiter runs one per core); a thread that finds none
+    free maps its own.  ``release`` unmaps them once a restore is over."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._free: list[mmap.mmap] = []
+
+    def take(self, size: int) -> mmap.mmap:
+        """A buffer of at least ``size`` bytes, for the caller alone until ``give``."""
+        with self._lock:
+            for index, buffer in enumerate(self._free):
+                if len(buffer) >= size:
+                    return self._free.pop(index)
+        return mmap.mmap(-1, -(-size // _SCRATCH_GRAIN) * _SCRATCH_GRAIN)
+
+    def give(self, buffer: mmap.mmap) -> None:
+        """Hand ``buffer`` back once its caller is done with it.
+
+        Raises:
+            BufferError: a view of it is still exported (a caller would read bytes the
+                next chunk overwrites); the buffer is then neither pooled nor unmapped.
+        """
+        buffer.resize(len(buffer))  # the export check alone: mmap refuses with views out
+        with self._lock:
+            self._free.append(buffer)
+            self._free.sort(key=len)
+            # Full: the smallest goes, so the pool settles on buffers that fit any chunk.
+            dropped = self._free.pop(0) if len(self._free) > self._keep else None
+        if dropped is not None:
+            dropped.close()
+
+    def release(self) -> None:
+        """Unmap the pooled buffers (those in use go when they are given back)."""
+        with self._lock:
+            free, self._free = self._free, []
+        for buffer in free:
+            buffer.close()
+
+
+#: Scratch buffers are mapped in steps of 256 KiB: a chunk a little larger than the last
+#: one still fits, and a pool of small chunks' buffers stays small.
+_SCRATCH_GRAIN: Final = 256 << 10
+_scratch_pool = _ScratchPool(keep=max(2, min(16, os.cpu_count() or 2)))
+
+
+def release_scratch() -> None:
+    """Give back the memory decoding keeps between chunks (a restore has ended)."""
+    _scratch_pool.release()
+
+
+_ZERO_PADDING: Final = bytes(MAX_SHARES)
 
 
 def _check_secret(dedup_secret: bytes) -> None:
@@ -538,12 +603,116 @@ def decode_chunk(
         # zfec reorders the lists it is given in place; hand it fresh ones.
         blocks = _codecs.decoder(params).decode(chosen_blocks, chosen)
 
-    padding = _gather(blocks, block_size, cipher_size, block_size * params.k)
+    if _sodium_lib is not None:
+        plaintext = _decode_in_scratch(
+            blocks,
+            block_size,
+            chunk_id=chunk_id,
+            dedup_secret=dedup_secret,
+            cipher_size=cipher_size,
+            compressed=compressed,
+            plain_size=plain_size,
+            chunk_hex=chunk_hex,
+        )
+    else:  # pragma: no cover - pynacl without its cffi module
+        plaintext = _decode_copying(
+            blocks,
+            block_size,
+            chunk_id=chunk_id,
+            dedup_secret=dedup_secret,
+            cipher_size=cipher_size,
+            compressed=compressed,
+            plain_size=plain_size,
+            chunk_hex=chunk_hex,
+        )
+    if len(plaintext) != plain_size:
+        raise ChunkIntegrityError(
+            f"chunk {chunk_hex}: rebuilt {len(plaintext)} bytes, expected {plain_size}"
+        )
+    if chunk_id_for(plaintext, dedup_secret) != chunk_id:
+        raise ChunkIntegrityError(f"chunk {chunk_hex}: rebuilt plaintext has another chunk id")
+    return plaintext
+
+
+def _auth_failed(chunk_hex: str) -> ChunkIntegrityError:
+    return ChunkIntegrityError(
+        f"chunk {chunk_hex}: authentication failed (corrupt or foreign shares, "
+        "or wrong dedup secret or metadata)"
+    )
+
+
+def _decode_in_scratch(
+    blocks: Sequence[Buffer],
+    block_size: int,
+    *,
+    chunk_id: bytes,
+    dedup_secret: bytes,
+    cipher_size: int,
+    compressed: bool,
+    plain_size: int,
+    chunk_hex: str,
+) -> bytes:
+    """The chunk's plaintext, with the sealed bytes gathered into a pooled scratch buffer
+    and opened there, in place (libsodium checks the tag over the ciphertext before it
+    writes a byte, and writes the message over the ciphertext).
+
+    The plaintext is the only buffer made per chunk.  pynacl's binding made three more:
+    the joined ciphertext, a zeroed cffi buffer for the message and a ``bytes`` copy of
+    it; they were fresh pages each time, faulted in and cleared by the kernel, about 5%
+    of the source's CPU in a restore (issue 11).  Nothing that refers to the scratch
+    buffer leaves this function: the pool takes it back only once every view of it is
+    released (``_ScratchPool.give``)."""
+    assert _sodium_lib is not None and _sodium_ffi is not None
+    total = block_size * len(blocks)
+    scratch = _scratch_pool.take(total)
+    try:
+        with memoryview(scratch)[:total] as frame:
+            for index, block in enumerate(blocks):
+                frame[index * block_size : (index + 1) * block_size] = block
+            with frame[cipher_size:] as padding:
+                if padding != _ZERO_PADDING[: len(padding)]:
+                    raise ChunkIntegrityError(
+                        f"chunk {chunk_hex}: non-zero padding after the ciphertext"
+                    )
+            nonce = bytes(frame[:NONCE_SIZE])
+            aad = _aad(chunk_id, compressed, plain_size)
+            key = _chunk_key(dedup_secret, chunk_id)
+            sealed = _sodium_ffi.from_buffer("unsigned char[]", frame, require_writable=True)
+            try:
+                at = sealed + NONCE_SIZE
+                result = _sodium_lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                    at, _sodium_ffi.NULL, _sodium_ffi.NULL, at, cipher_size - NONCE_SIZE,
+                    aad, len(aad), nonce, key,
+                )  # fmt: skip
+            finally:
+                _sodium_ffi.release(sealed)
+            if result != 0:
+                raise _auth_failed(chunk_hex)
+            with frame[NONCE_SIZE : cipher_size - TAG_SIZE] as message:
+                if compressed:
+                    return _decompress(message, plain_size, chunk_hex)
+                return bytes(message)
+    finally:
+        _scratch_pool.give(scratch)
+
+
+def _decode_copying(
+    blocks: Sequence[Buffer],
+    block_size: int,
+    *,
+    chunk_id: bytes,
+    dedup_secret: bytes,
+    cipher_size: int,
+    compressed: bool,
+    plain_size: int,
+    chunk_hex: str,
+) -> bytes:  # pragma: no cover - pynacl without its cffi module
+    """``_decode_in_scratch`` through pynacl's binding, which copies."""
+    padding = _gather(blocks, block_size, cipher_size, block_size * len(blocks))
     if padding.count(0) != len(padding):
         raise ChunkIntegrityError(f"chunk {chunk_hex}: non-zero padding after the ciphertext")
     nonce = _gather(blocks, block_size, 0, NONCE_SIZE)
     sealed = _gather(blocks, block_size, NONCE_SIZE, cipher_size)
-    del blocks, chosen_blocks
     try:
         message = crypto_aead_xchacha20poly1305_ietf_decrypt(
             sealed,
@@ -552,20 +721,9 @@ def decode_chunk(
             _chunk_key(dedup_secret, chunk_id),
         )
     except CryptoError:
-        raise ChunkIntegrityError(
-            f"chunk {chunk_hex}: authentication failed (corrupt or foreign shares, "
-            "or wrong dedup secret or metadata)"
-        ) from None
+        raise _auth_failed(chunk_hex) from None
     del sealed
-
-    plaintext = _decompress(message, plain_size, chunk_hex) if compressed else message
-    if len(plaintext) != plain_size:
-        raise ChunkIntegrityError(
-            f"chunk {chunk_hex}: rebuilt {len(plaintext)} bytes, expected {plain_size}"
-        )
-    if chunk_id_for(plaintext, dedup_secret) != chunk_id:
-        raise ChunkIntegrityError(f"chunk {chunk_hex}: rebuilt plaintext has another chunk id")
-    return plaintext
+    return _decompress(message, plain_size, chunk_hex) if compressed else message
 
 
 def rebuild_shares(
@@ -618,7 +776,7 @@ def rebuild_shares(
     return rebuilt
 
 
-def _decompress(frame: bytes, plain_size: int, chunk_hex: str) -> bytes:
+def _decompress(frame: Buffer, plain_size: int, chunk_hex: str) -> bytes:
     """Decompress with the output bounded by ``plain_size``.
 
     python-zstandard trusts a frame's declared content size over

@@ -42,7 +42,7 @@ from protocol import (
 
 from ..errors import PeerGone, RemoteError, RequestTimeout
 from ..log import get_logger
-from .masking import Buffer, send_pieces
+from .masking import Buffer, gathered_bytes, send_pieces
 from .metered import MeteredStream
 
 __all__ = ["UNSUPPORTED", "LinkStatistics", "PeerLink", "RequestHandler"]
@@ -350,7 +350,8 @@ class PeerLink:
         assert self.metered is not None
         ws = self.ws
         if not ws._message_parts and ws._recv_channel.statistics().current_buffer_used == 0:
-            self.metered.all_consumed(self._serving_bytes)
+            # A frame being received whole is held as its pieces were (masking.py).
+            self.metered.all_consumed(self._serving_bytes + gathered_bytes(ws))
 
     async def _dispatch(
         self,

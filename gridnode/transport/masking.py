@@ -34,11 +34,22 @@ Issue 11 (per-byte and per-frame costs of the data path):
   buffer in one copy (unmasking in the same pass on a server), where wsproto made two
   or three;
 - short frames (requests, answers, acks) are masked as one big-integer XOR rather than
-  byte by byte.
+  byte by byte;
+- an authenticated link's websocket receives each large binary frame whole
+  (``receive_whole_frames``): the bytes read from the socket are kept as read, not
+  appended to wsproto's buffer, and copied once, when the frame is complete, into the
+  bytearray the link is handed (and unmasked there); trio-websocket passes that one
+  buffer on instead of joining the frame's pieces into bytes.  A packet frame's payload
+  was copied three times on the receiving node's event loop (into wsproto's buffer, out
+  of it, the join), and its pieces went through wsproto and trio-websocket one read at
+  a time; now it is copied once (into a zeroed buffer), and the frame is one event.
+  Frames over the message size limit, control frames, short frames and links that did
+  not ask keep the path above, so every limit is enforced where it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -57,14 +68,22 @@ from .metered import MeteredStream
 Buffer = bytes | bytearray | memoryview
 
 __all__ = [
+    "ORIGINAL_HANDLE_MESSAGE",
     "ORIGINAL_MASKER",
     "ORIGINAL_PROCESS_BUFFER",
+    "ORIGINAL_RECEIVE_BYTES",
     "ORIGINAL_SERIALIZE",
+    "WHOLE_FRAME_MIN_BYTES",
     "FastXorMasker",
+    "WholeFrame",
     "frame_buffers",
     "frame_from_pieces",
+    "gathered_bytes",
+    "handle_message_event",
     "install",
     "process_buffer",
+    "receive_bytes",
+    "receive_whole_frames",
     "send_pieces",
     "serialize_frame",
 ]
@@ -72,6 +91,8 @@ __all__ = [
 ORIGINAL_MASKER: Final = _frame_protocol.XorMaskerSimple
 ORIGINAL_SERIALIZE: Final = _frame_protocol.FrameProtocol._serialize_frame
 ORIGINAL_PROCESS_BUFFER: Final = _frame_protocol.FrameDecoder.process_buffer
+ORIGINAL_RECEIVE_BYTES: Final = _frame_protocol.FrameDecoder.receive_bytes
+ORIGINAL_HANDLE_MESSAGE: Final = WebSocketConnection._handle_message_event
 #: Below this, masking is one XOR of two big integers (a few microseconds for a short
 #: request frame): numpy's per-call overhead costs more, and a Python loop over the
 #: bytes costs about 0.3 us a byte (issue 11: every request and answer is such a frame).
@@ -323,9 +344,17 @@ def process_buffer(self: Any) -> Any:
     """
     if self.extensions:
         return ORIGINAL_PROCESS_BUFFER(self)
+    if getattr(self, "_gridnode_chunks", None) is not None:
+        return _whole_frame(self)
+    pending = getattr(self, "_gridnode_pending", None)
+    if pending and _resume(self, pending):
+        return _whole_frame(self)
     if not self.header and not self.parse_header():
         return None
     header, buffer, masker = self.header, self.buffer, self.masker
+    if _wants_whole(self):
+        _start_whole_frame(self)
+        return _whole_frame(self)
     if len(buffer) < self.payload_required:
         return None
     start = buffer.bytes_used
@@ -363,8 +392,204 @@ def process_buffer(self: Any) -> Any:
     return frame
 
 
+#: A binary frame with at least this much payload is received whole on a link that
+#: asked for it (``receive_whole_frames``); a smaller one costs little either way.
+WHOLE_FRAME_MIN_BYTES: Final = 64 * 1024
+
+
+#: A read at least this long is kept as it is; shorter ones are appended to a buffer
+#: of about this size, so a frame is at most a few chunks per this many bytes.
+_CHUNK_BYTES: Final = 64 * 1024
+
+
+class WholeFrame(bytearray):
+    """The payload of one whole binary frame received by ``receive_bytes`` and
+    ``process_buffer`` on a link's websocket: a buffer of its own, made once per frame
+    and never written after it is handed on, so the link may keep views of it.  Its
+    type tells ``handle_message_event`` that the frame needs no join."""
+
+    __slots__ = ()
+
+
+def receive_whole_frames(ws: WebSocketConnection) -> bool:
+    """From now on, hand ``ws``'s binary frames of ``WHOLE_FRAME_MIN_BYTES`` up to its
+    ``max_message_size`` (trio-websocket's limit, which ``ws`` must already have) to
+    the reader as one ``WholeFrame`` each.  A larger frame is received in pieces as
+    before, so trio-websocket still refuses it when its bytes pass the limit; a whole
+    frame holds in memory what the pieces held (the bytes read so far), and the frame
+    itself once complete.  False, and nothing changed, when ``ws`` is not the
+    trio-websocket / wsproto this module knows or negotiated an extension."""
+    connection = getattr(getattr(ws, "_wsproto", None), "connection", None)
+    proto = getattr(connection, "_proto", None)
+    decoder = getattr(proto, "_frame_decoder", None)
+    limit = getattr(ws, "_max_message_size", None)
+    if (
+        not isinstance(decoder, _frame_protocol.FrameDecoder)
+        or decoder.extensions
+        or not isinstance(limit, int)
+        or _frame_protocol.FrameDecoder.process_buffer is not process_buffer
+        or WebSocketConnection._handle_message_event is not handle_message_event
+    ):
+        return False
+    decoder._gridnode_whole_max = limit  # type: ignore[attr-defined]
+    return True
+
+
+def gathered_bytes(ws: WebSocketConnection) -> int:
+    """Bytes ``ws`` has read towards a frame it receives whole and not yet handed on:
+    still held, for the link's read budget (metered.py), as a message's pieces are."""
+    connection = ws._wsproto.connection
+    decoder = getattr(getattr(connection, "_proto", None), "_frame_decoder", None)
+    held = getattr(decoder, "_gridnode_held", 0)
+    held = held if getattr(decoder, "_gridnode_chunks", None) is not None else 0
+    pending = getattr(decoder, "_gridnode_pending", None) or ()
+    return held + sum(memoryview(piece).nbytes for piece in pending)
+
+
+def receive_bytes(self: Any, data: bytes) -> None:
+    """wsproto's ``FrameDecoder.receive_bytes``, but while a whole frame is being
+    received (``receive_whole_frames``) the bytes read are kept as they are, not
+    appended to the receive buffer: ``_whole_frame`` copies them once, into the frame."""
+    chunks: list[Buffer] | None = getattr(self, "_gridnode_chunks", None)
+    size = len(data)
+    if chunks is not None:
+        self._gridnode_held += size
+    else:
+        chunks = getattr(self, "_gridnode_pending", None)
+        if not chunks:
+            if not hasattr(self, "_gridnode_whole_max") or len(self.buffer) or not size:
+                ORIGINAL_RECEIVE_BYTES(self, data)
+                return
+            # Nothing buffered: the read may start a large frame; ``_resume`` looks.
+            chunks = self._gridnode_pending = []
+    if not size:
+        return
+    if size >= _CHUNK_BYTES and type(data) is bytes:
+        chunks.append(data)  # kept as read: bytes, never a buffer its reader reuses
+    elif chunks and type(chunks[-1]) is bytearray and len(chunks[-1]) < _CHUNK_BYTES:
+        chunks[-1] += data
+    else:
+        # Short reads are gathered into buffers of their own: a peer that trickles a
+        # frame a byte per read must not cost an object per byte.
+        chunks.append(bytearray(data))
+
+
+#: The longest websocket frame header: 2 bytes, 8 of length, 4 of masking key.
+_MAX_HEADER_BYTES: Final = 14
+
+
+def _wants_whole(self: Any) -> bool:
+    """Whether the frame whose header was just parsed is received whole."""
+    header = self.header
+    return bool(
+        header.opcode is _frame_protocol.Opcode.BINARY
+        and self.payload_consumed == 0
+        and WHOLE_FRAME_MIN_BYTES <= header.payload_len <= getattr(self, "_gridnode_whole_max", -1)
+    )
+
+
+def _resume(self: Any, pending: list[Buffer]) -> bool:
+    """Parse the next header from bytes read while wsproto's buffer was empty (also the
+    bytes that followed a whole frame in its last read); True when that frame is
+    received whole too, its payload's bytes moved to its chunks without a copy.
+    Otherwise every pending byte goes to wsproto's buffer, as it came."""
+    self._gridnode_pending = None
+    buffer = self.buffer
+    index, fed = 0, 0
+    while index < len(pending) and fed < _MAX_HEADER_BYTES:
+        piece = memoryview(pending[index])
+        take = min(piece.nbytes, _MAX_HEADER_BYTES - fed)
+        buffer.feed(piece[:take])
+        fed += take
+        pending[index] = piece[take:]
+        if take == piece.nbytes:
+            index += 1
+    rest = [chunk for chunk in pending[index:] if memoryview(chunk).nbytes]
+    if not self.header and self.parse_header() and _wants_whole(self):
+        _start_whole_frame(self)
+        self._gridnode_chunks.extend(rest)
+        self._gridnode_held += sum(memoryview(chunk).nbytes for chunk in rest)
+        return True
+    for chunk in rest:
+        buffer.feed(chunk)
+    return False
+
+
+def _start_whole_frame(self: Any) -> None:
+    """Move what the receive buffer holds past the header into the frame's chunks."""
+    buffer = self.buffer
+    rest, buffer.buffer = buffer.buffer, bytearray()  # taken over, not copied
+    del rest[: buffer.bytes_used]
+    buffer.bytes_used = 0
+    self._gridnode_chunks = [rest] if rest else []
+    self._gridnode_held = len(rest)
+
+
+def _whole_frame(self: Any) -> Any:
+    """The frame whose header ``self`` holds, once all its payload has arrived: its
+    chunks copied once into a ``WholeFrame`` and unmasked there; what follows it goes
+    back to the receive buffer.  None while bytes are missing."""
+    header = self.header
+    size = header.payload_len
+    if self._gridnode_held < size:
+        return None
+    out = WholeFrame(size)
+    offset = 0
+    rest: list[memoryview] = []
+    for chunk in self._gridnode_chunks:
+        whole = memoryview(chunk)
+        take = min(whole.nbytes, size - offset)
+        if take:
+            # Not ``out[a:b] = piece``: bytearray copies a memoryview before storing it.
+            target = np.frombuffer(out, dtype=np.uint8, count=take, offset=offset)
+            target[:] = np.frombuffer(whole, dtype=np.uint8, count=take)
+        if take < whole.nbytes:
+            rest.append(whole[take:])
+        offset += take
+    # Unmasked in place, in one pass over aligned words: faster than unmasking each
+    # chunk as it is copied, whose words straddle the chunks' odd offsets.
+    masker = self.masker
+    if isinstance(masker, FastXorMasker):
+        _xor_in_place(out, 0, masker._key)
+    elif not isinstance(masker, _frame_protocol.XorMaskerNull):
+        out[:] = masker.process(out)
+    self._gridnode_chunks = None
+    self._gridnode_held = 0
+    # What followed the frame in its last read (more frames, often large ones): not
+    # copied into wsproto's buffer here, but kept for ``_resume``.
+    self._gridnode_pending = rest or None
+    self.payload_consumed = size
+    frame = _frame_protocol.Frame(self.effective_opcode, out, True, header.fin)  # type: ignore[arg-type]
+    self.header = None
+    self.effective_opcode = None
+    self.masker = None
+    return frame
+
+
+async def handle_message_event(self: Any, event: Any) -> None:
+    """trio-websocket's ``_handle_message_event``, but a message that is one
+    ``WholeFrame`` within the size limit goes to the reader as it is: the original
+    would copy it into bytes (``b"".join``).  Anything else takes the original, which
+    also enforces ``max_message_size`` on every other message exactly as before."""
+    data = event.data
+    if (
+        type(data) is WholeFrame
+        and event.message_finished
+        and not self._message_parts
+        and self._message_size == 0
+        and len(data) <= self._max_message_size
+    ):
+        # As the original: a closed receiving end is no reason to stop reading.
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._send_channel.send(data)
+        return
+    await ORIGINAL_HANDLE_MESSAGE(self, event)
+
+
 def install() -> None:
     """Idempotent; called when gridnode.transport is imported."""
     _frame_protocol.XorMaskerSimple = FastXorMasker  # type: ignore[misc,assignment]
     _frame_protocol.FrameProtocol._serialize_frame = serialize_frame  # type: ignore[method-assign]
     _frame_protocol.FrameDecoder.process_buffer = process_buffer  # type: ignore[method-assign]
+    _frame_protocol.FrameDecoder.receive_bytes = receive_bytes  # type: ignore[method-assign]
+    WebSocketConnection._handle_message_event = handle_message_event  # type: ignore[method-assign]

@@ -43,6 +43,7 @@ from ..identity import NodeIdentity
 from ..log import get_logger
 from .link import CLOSE_POLICY, PeerLink, RequestHandler
 from .masking import install as install_fast_masking
+from .masking import receive_whole_frames
 from .metered import INBOUND_BUDGET_BYTES, MeteredStream
 
 __all__ = ["Transport", "TransportSettings"]
@@ -52,8 +53,11 @@ install_fast_masking()
 _log = get_logger(actor="transport")
 
 #: Measured (benchmarks/bench_transport.py): trio-websocket's default 4 KiB read size
-#: caps a session near 70 MB/s; 256 KiB reads reach the CPU limit of the session.
-RECEIVE_BUFFER_BYTES: Final = 256 * 1024
+#: caps a session near 70 MB/s; 256 KiB reads reach the CPU limit of the session.  Reads
+#: of up to 1 MiB take a packet frame in one or two wakeups of the websocket's reader
+#: instead of four or five (issue 11: each costs the event loop more than the bytes'
+#: copy).  A read returns what the socket holds: short messages still take one read.
+RECEIVE_BUFFER_BYTES: Final = 1024 * 1024
 #: Slack above the protocol's frame limit for the session header and websocket framing.
 FRAME_SLACK_BYTES: Final = 64 * 1024
 SOFTWARE: Final = "gridnode/0.1"
@@ -369,6 +373,9 @@ class Transport:
         address: str,
         metered: MeteredStream | None = None,
     ) -> PeerLink:
+        # Authenticated, and ``ws`` has its full message size: large frames may now be
+        # received whole, copied once (masking.py; issue 11).
+        receive_whole_frames(ws)
         return PeerLink(
             metered=metered,
             ws=ws,

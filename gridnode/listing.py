@@ -124,8 +124,9 @@ async def stream_snapshot(
     path: str | None,
     emit: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> dict[str, Any]:
-    """``ls`` of a snapshot of any size: the rows leave in pages of ``LS_PAGE_ROWS``, one
-    ``{"event": "entries", "entries": [...]}`` event each, and the answer counts them.
+    """``ls`` of a snapshot of any size: the rows leave in pages of at most
+    ``LS_PAGE_ROWS`` and about ``EVENT_BYTES`` of JSON, one ``{"event": "entries",
+    "entries": [...]}`` event each, and the answer counts them.
 
     One answer holding every row failed past the control protocol's 4 MiB (a tree of
     about 15,000 files), and held the whole listing in the node's memory twice; a page

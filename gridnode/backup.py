@@ -276,6 +276,7 @@ class BackupJob:
                 # be recorded now is marked interrupted by the next backup or start.
                 for step in (
                     self._flush_records_blocking,
+                    svc.catalog.checkpoint,
                     partial(svc.catalog.fail_snapshot, self.snapshot_id),
                     partial(
                         svc.catalog.log, "backup_failed", self.snapshot_id, reason=reason[:500]

@@ -198,6 +198,13 @@ class Catalog(BackupLog, LeaseBook):
                 ),
             )
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the catalog and truncate it, where no reader
+        holds it (else SQLite does what it can).  After a failure on a full disk: the
+        log holds every page the failed backup wrote, and the space freed by the user
+        must not go to the log's growth first."""
+        self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def mark_interrupted(self) -> list[str]:
         """At startup: a snapshot still 'running' belongs to a process that died."""
         db = self._db()

@@ -603,28 +603,18 @@ def decode_chunk(
         # zfec reorders the lists it is given in place; hand it fresh ones.
         blocks = _codecs.decoder(params).decode(chosen_blocks, chosen)
 
-    if _sodium_lib is not None:
-        plaintext = _decode_in_scratch(
-            blocks,
-            block_size,
-            chunk_id=chunk_id,
-            dedup_secret=dedup_secret,
-            cipher_size=cipher_size,
-            compressed=compressed,
-            plain_size=plain_size,
-            chunk_hex=chunk_hex,
-        )
-    else:  # pragma: no cover - pynacl without its cffi module
-        plaintext = _decode_copying(
-            blocks,
-            block_size,
-            chunk_id=chunk_id,
-            dedup_secret=dedup_secret,
-            cipher_size=cipher_size,
-            compressed=compressed,
-            plain_size=plain_size,
-            chunk_hex=chunk_hex,
-        )
+    # In place through libsodium's cffi binding; pynacl's copying route without it.
+    decode = _decode_in_scratch if _sodium_lib is not None else _decode_copying
+    plaintext = decode(
+        blocks,
+        block_size,
+        chunk_id=chunk_id,
+        dedup_secret=dedup_secret,
+        cipher_size=cipher_size,
+        compressed=compressed,
+        plain_size=plain_size,
+        chunk_hex=chunk_hex,
+    )
     if len(plaintext) != plain_size:
         raise ChunkIntegrityError(
             f"chunk {chunk_hex}: rebuilt {len(plaintext)} bytes, expected {plain_size}"

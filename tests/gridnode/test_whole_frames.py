@@ -30,6 +30,7 @@ from gridnode.transport.masking import (
 from protocol import MessageReceived, RemoteProtocolError, StorePacket
 
 from ..protocol.sessions import pair
+from .wspair import websocket_pair
 
 _BIG = WHOLE_FRAME_MIN_BYTES + 4099  # not a multiple of 4: the unmasking's tail is used
 
@@ -164,28 +165,11 @@ async def _serve_and_dial(
     ``Transport._make_link`` asks) of at most ``limit`` bytes; its client sends ``send``.
     Returns what the server got, the ``WholeFrame`` buffers among it, the close code if
     the server's end was closed, and whether ``receive_whole_frames`` took."""
-    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listener.socket.getsockname()[1]
-    ends: dict[str, trio_websocket.WebSocketConnection] = {}
     got: list[bytes] = []
     kept: list[WholeFrame] = []
     closed: list[int | None] = []
     async with trio.open_nursery() as nursery:
-
-        async def accept() -> None:
-            request = await trio_websocket.wrap_server_stream(nursery, await listener.accept())
-            ends["server"] = await request.accept()
-
-        async def dial() -> None:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            ends["client"] = await trio_websocket.wrap_client_stream(
-                nursery, stream, "127.0.0.1", "/"
-            )
-
-        async with trio.open_nursery() as handshake:
-            handshake.start_soon(accept)
-            handshake.start_soon(dial)
-        server, client = ends["server"], ends["client"]
+        server, client = await websocket_pair(nursery)
         server._max_message_size = limit
         enabled = receive_whole_frames(server)
 
@@ -213,7 +197,6 @@ async def _serve_and_dial(
                 with trio.move_on_after(2):  # a refusing server stopped reading: no reply
                     await end.aclose()
                 await end._stream.aclose()  # the closing handshake may leave it to the GC
-    await listener.aclose()
     return got, kept, closed[0] if closed else None, enabled
 
 

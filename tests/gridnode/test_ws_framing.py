@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_websocket
 import wsproto.frame_protocol as fp
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +25,8 @@ from gridnode.transport.masking import (
     send_pieces,
     serialize_frame,
 )
+
+from .wspair import websocket_pair
 
 _SIZES = st.sampled_from([0, 1, 3, 125, 126, 127, 513, 65535, 65536, 70001])
 
@@ -203,26 +204,9 @@ async def test_send_pieces_writes_whole_frames_through_a_small_socket_buffer(
     messages = [
         [os.urandom(n) for n in sizes] for sizes in ((37,), (200, 1_000_003), (5, 0, 70_001))
     ]
-    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listener.socket.getsockname()[1]
-    ends: dict[str, trio_websocket.WebSocketConnection] = {}
     async with trio.open_nursery() as nursery:
-
-        async def accept() -> None:
-            request = await trio_websocket.wrap_server_stream(nursery, await listener.accept())
-            ends["server"] = await request.accept()
-
-        async def dial() -> None:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-            ends["client"] = await trio_websocket.wrap_client_stream(
-                nursery, stream, "127.0.0.1", "/"
-            )
-
-        async with trio.open_nursery() as handshake:
-            handshake.start_soon(accept)
-            handshake.start_soon(dial)
-        sender = ends["client" if client else "server"]
-        receiver = ends["server" if client else "client"]
+        server, client_end = await websocket_pair(nursery)
+        sender, receiver = (client_end, server) if client else (server, client_end)
         sender._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         got: list[bytes] = []
 
@@ -237,5 +221,4 @@ async def test_send_pieces_writes_whole_frames_through_a_small_socket_buffer(
         for end in (sender, receiver):
             await end.aclose()
             await end._stream.aclose()  # the closing handshake may leave it to the GC
-    await listener.aclose()
     assert got == [b"".join(pieces) for pieces in messages]

@@ -718,11 +718,13 @@ class BackupJob:
         path.parent.mkdir(exist_ok=True)
 
         def build() -> None:
-            write_record(
-                path,
-                svc.catalog.entries(self.snapshot_id),
-                svc.catalog.iter_chunks_of(self.snapshot_id),
-            )
+            # Closed here, not when collected: if the write fails (a full disk), the
+            # traceback keeps the generators, and an open read would block checkpoints.
+            with (
+                contextlib.closing(svc.catalog.entries(self.snapshot_id)) as entries,
+                contextlib.closing(svc.catalog.iter_chunks_of(self.snapshot_id)) as chunks,
+            ):
+                write_record(path, entries, chunks)
 
         try:
             await svc.db(build)

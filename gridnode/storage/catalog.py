@@ -34,10 +34,11 @@ Blocking: call through ``trio.to_thread``; one connection per thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,6 +63,9 @@ from .sqlite import ThreadConnections, durable
 from .survival import Survival, survival
 
 __all__ = ["Catalog", "placed_bytes_by_target"]
+
+#: How long ``Catalog.checkpoint`` waits for readers before it does what it can.
+CHECKPOINT_BUSY_MS: Final = 1000
 
 _ENTRY_COLUMNS: Final = (
     "path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta"
@@ -203,7 +207,14 @@ class Catalog(BackupLog, LeaseBook):
         holds it (else SQLite does what it can).  After a failure on a full disk: the
         log holds every page the failed backup wrote, and the space freed by the user
         must not go to the log's growth first."""
-        self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        db = self._db()
+        # Readers of other threads make TRUNCATE wait on the busy handler: a cleanup
+        # must not wait out the minute a writer would, so at most a second here.
+        db.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            db.execute(f"PRAGMA busy_timeout={round(self._db.timeout_s * 1000)}")
 
     def mark_interrupted(self) -> list[str]:
         """At startup: a snapshot still 'running' belongs to a process that died."""
@@ -410,13 +421,19 @@ class Catalog(BackupLog, LeaseBook):
                 return snap
         return None
 
-    def entries(self, snapshot_id: str) -> Iterator[EntryRecord]:
+    def entries(self, snapshot_id: str) -> Generator[EntryRecord, None, None]:
+        """A snapshot's entries in path order, one at a time; holds a cursor as
+        ``iter_chunks_of`` does."""
         cur = self._db().execute(
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE snapshot_id = ? ORDER BY path",
             (snapshot_id,),
         )
-        for row in cur:
-            yield _entry_from_row(row)
+        try:
+            for row in cur:
+                yield _entry_from_row(row)
+        finally:  # closed with the generator: no read left open (``ThreadConnections``)
+            with contextlib.suppress(sqlite3.Error):  # unless its connection is gone
+                cur.close()
 
     def entry_page(
         self,
@@ -626,10 +643,12 @@ class Catalog(BackupLog, LeaseBook):
         """The data chunks of a snapshot (not its record), in chunk id order."""
         return list(self.iter_chunks_of(snapshot_id))
 
-    def iter_chunks_of(self, snapshot_id: str) -> Iterator[ChunkRecord]:
+    def iter_chunks_of(self, snapshot_id: str) -> Generator[ChunkRecord, None, None]:
         """Like ``chunks_of`` but one at a time: a snapshot may have millions of chunks.
 
-        The iterator holds a cursor of this thread's connection: drain it in one thread."""
+        The iterator holds a cursor of this thread's connection: drain it in one thread,
+        or close it where it may be left half read (an open read keeps checkpoints from
+        emptying the log, and a traceback can keep it for long)."""
         return self._chunks_where(snapshot_id, b"", -1, "('data')")
 
     def chunk_page(
@@ -643,7 +662,7 @@ class Catalog(BackupLog, LeaseBook):
 
     def _chunks_where(
         self, snapshot_id: str, after: bytes, limit: int, domains: str
-    ) -> Iterator[ChunkRecord]:
+    ) -> Generator[ChunkRecord, None, None]:
         db = self._db()
         cur = db.execute(
             "SELECT c.chunk_id, c.plain_size, c.cipher_size, c.compressed, c.k, c.n, c.rules,"
@@ -653,8 +672,12 @@ class Catalog(BackupLog, LeaseBook):
             " ORDER BY sc.chunk_id LIMIT ?",
             (snapshot_id, after, limit),
         )
-        for row in cur:
-            yield self._chunk_from_row(db, row)
+        try:
+            for row in cur:
+                yield self._chunk_from_row(db, row)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                cur.close()
 
     def delete_chunks(self, chunks: Sequence[tuple[bytes, str]]) -> None:
         db = self._db()
@@ -823,7 +846,7 @@ class Catalog(BackupLog, LeaseBook):
 
     # --- delegated repair (gridnode.delegation) --------------------------------------------------
 
-    def chunks_in_use(self) -> Iterator[ChunkRecord]:
+    def chunks_in_use(self) -> Generator[ChunkRecord, None, None]:
         """Every chunk some snapshot uses (data and record pieces), each once: what a
         repair capability maps.  Holds this thread's cursor: drain it in one thread."""
         db = self._db()
@@ -833,8 +856,12 @@ class Catalog(BackupLog, LeaseBook):
             " WHERE sc.chunk_id = c.chunk_id AND sc.policy = c.policy)"
             " ORDER BY c.chunk_id, c.policy"
         )
-        for row in cur:
-            yield self._chunk_from_row(db, row)
+        try:
+            for row in cur:
+                yield self._chunk_from_row(db, row)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                cur.close()
 
     def mark_stale(self, snapshot_ids: Iterable[str]) -> None:
         """Records on the grid that name holders the catalog no longer has (moves taken

@@ -7,6 +7,7 @@ is freed, a backup that works and a catalog with no snapshot stuck "running".
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -57,6 +58,18 @@ def test_a_full_home_fails_the_backup_clearly_and_the_node_recovers(tmp_path: Pa
         message = failed.value.stderr
         assert "the node's disk is full" in message and "free space" in message
         assert "Traceback" not in message
+
+        # Still full (what the failed backup's scratch files took is taken again): what
+        # only reads must still answer, and no connection is left broken by the failure.
+        more = home / "more-filler"
+        with pytest.raises(OSError) as full, more.open("wb", buffering=0) as fh:
+            for _ in range(64):  # 64 MiB: more than the whole home
+                fh.write(bytes(MiB))
+        assert full.value.errno == errno.ENOSPC
+        assert "pending_deletes" in grid.cli("n0", "status")["leases"]  # read from the catalog
+        assert all(s["state"] != "complete" for s in grid.cli("n0", "snapshots"))
+        assert grid.cli("n0", "log")["verified"] is True
+        more.unlink()
 
         filler.unlink()  # the user frees space; the node never stopped
         done = grid.cli("n0", "backup", str(small), "--redundancy", "2/3", timeout=120)

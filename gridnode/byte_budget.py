@@ -33,6 +33,13 @@ class ByteBudget:
         self.used_bytes += size
         return size
 
+    def grow(self, total_bytes: int) -> None:
+        """Raise the cap to ``total_bytes`` (never lowers it): a window that starts small
+        and widens where a consumer proves it needs more."""
+        if total_bytes > self.total_bytes:
+            self.total_bytes = total_bytes
+            self._lot.unpark_all()
+
     def release(self, size: int) -> None:
         self.used_bytes -= size
         self._lot.unpark_all()

@@ -173,6 +173,46 @@ def test_chunks_held_ahead_of_the_writer_stay_within_the_byte_budget(
     assert max(ahead) == most_ahead
 
 
+@pytest.mark.parametrize(("writer_waits", "most_ahead"), [(True, 10), (False, 4)])
+def test_the_window_widens_only_while_the_writer_waits_for_chunks(
+    tmp_path: Path, writer_waits: bool, most_ahead: int
+) -> None:
+    """The window starts at 8 MiB (4 chunks of 1 MiB, each counted twice) and widens each
+    time the writer finds its next chunk not fetched yet, up to the whole 20 MiB (10
+    chunks); a writer that never waits keeps it at 4, as in a tree of small files, whose
+    restore then holds less memory (issue 11)."""
+    count = 24
+    blobs = [os.urandom(MiB) for _ in range(count)]
+    ids = [blake3.blake3(b).digest() for b in blobs]
+    chunks = {c: ChunkRecord(c, MiB, MiB, False, 1, 1, ()) for c in ids}
+    by_id = dict(zip(ids, blobs, strict=True))
+    written = [0]
+    ahead: list[int] = []
+    # reached[n]: the writer has written n chunks, so it now waits for chunk n.
+    reached = [trio.Event() for _ in range(count + 1)]
+    reached[0].set()
+
+    async def fetch(chunk: ChunkRecord) -> dict[int, bytes]:
+        index = ids.index(chunk.chunk_id)
+        ahead.append(index + 1 - written[0] // MiB)
+        if writer_waits:  # a slow holder: the chunk comes only once the writer wants it
+            await reached[index].wait()
+        return {0: by_id[chunk.chunk_id]}
+
+    def progress(files: int, nbytes: int) -> None:
+        written[0] = nbytes
+        reached[nbytes // MiB].set()
+
+    entry = EntryRecord(
+        b"big", "file", 0o644, 0, count * MiB, extents=tuple((c, 0, MiB) for c in ids)
+    )
+    assembler = _assembler(fetch, prefetch_bytes=20 * MiB, prefetch_start_bytes=8 * MiB)
+    job = AssembleTree(entries=[entry], chunks=chunks, dest=tmp_path, progress=progress)
+    trio.run(assembler.assemble, job)
+    assert (tmp_path / "big").read_bytes() == b"".join(blobs)
+    assert max(ahead) == most_ahead
+
+
 def test_small_files_are_written_in_concurrent_batches_and_all_land(tmp_path: Path) -> None:
     blob = os.urandom(300 * 1000)
     chunk_id = blake3.blake3(blob).digest()

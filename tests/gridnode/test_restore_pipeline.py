@@ -6,7 +6,9 @@ is who was asked, how far ahead the fetches ran, and what landed on disk.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,31 @@ def test_several_chunks_in_flight_each_complete_from_the_fastest_k() -> None:
         assert sorted(result.shares) == [0, 2, 4, 5]
         for share, data in result.shares.items():
             assert blake3.blake3(data).digest() == chunk.packets[share].packet_id
+
+
+def test_a_fetched_chunks_packets_are_freed_when_it_is_dropped() -> None:
+    """Nothing but the answer holds a chunk's packets: once it is dropped they go at once,
+    not when the cyclic garbage collector next runs (it is off here), so a restore holds
+    what its window allows (issue 11)."""
+    holders = [_Holder({}) for _ in range(6)]
+    chunks = _chunks_on(holders, 3, k=4)
+    retriever = _retriever(holders)
+    packets = [holders[p.share].packets[p.packet_id] for p in chunks[1].packets]
+    baseline = [sys.getrefcount(p) for p in packets]
+
+    async def main() -> None:
+        for chunk in chunks:
+            fetched = await retriever.fetch_chunk(chunk)
+            assert len(fetched.shares) == 4
+            del fetched
+
+    gc.collect()
+    gc.disable()
+    try:
+        trio.run(main)
+        assert [sys.getrefcount(p) for p in packets] == baseline
+    finally:
+        gc.enable()
 
 
 # --- the assembler: a byte budget for chunks in flight -------------------------------------------

@@ -1,0 +1,67 @@
+"""A backup and a restore leave no packet or chunk to the cyclic garbage collector.
+
+Data the pipeline holds must go when its last user lets go of it: anything a reference
+cycle keeps (closures that name each other, an exception whose traceback holds the
+frame that holds it) lives on until the collector's next run of its generation, which
+may be long after, and a window that bounds what is held in flight then bounds nothing.
+The retriever's per-chunk closures did so: a tree restore held 18 MiB of packets, twice
+its prefetch window (issue 11).  Here every node of a real in-process grid runs with the
+collector saving what it finds instead of freeing it, and nothing it found may hold a
+buffer of a packet's size.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from .inproc import open_grid
+
+#: Smaller buffers (frames of control messages, names) are not the pipeline's data.
+BIG = 64 * 1024
+
+
+def _big_buffers(garbage: list[object]) -> Iterator[tuple[str, int]]:
+    """(what holds it, size) of every large buffer a garbage object refers to."""
+    for holder in garbage:
+        for ref in gc.get_referents(holder):
+            if isinstance(ref, bytes | bytearray | memoryview):
+                size = ref.nbytes if isinstance(ref, memoryview) else len(ref)
+                if size >= BIG:
+                    yield type(holder).__qualname__, size
+
+
+def test_packets_and_chunks_are_freed_without_the_cycle_collector(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(3):  # several chunks per file, and chunks of several sizes
+        (data / f"f{index}.bin").write_bytes(os.urandom((3 + index) * 1024 * 1024))
+    found: list[tuple[str, int]] = []
+
+    async def main() -> None:
+        async with open_grid(tmp_path / "grid", 7) as grid:
+            gc.collect()  # what starting the grid left is not the jobs'
+            gc.garbage.clear()
+            backup = await grid.call(0, "backup", paths=[str(data)])
+            restored = await grid.call(
+                0, "restore", snapshot=backup["snapshot_id"], to=str(tmp_path / "out")
+            )
+            assert restored["files"] == 3
+            gc.collect()
+            found.extend(_big_buffers(gc.garbage))
+            gc.garbage.clear()
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        trio.run(main)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    for index in range(3):
+        out = tmp_path / "out" / "data" / f"f{index}.bin"
+        assert out.read_bytes() == (data / f"f{index}.bin").read_bytes()
+    assert found == []

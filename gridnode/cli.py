@@ -698,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "action",
         choices=["id", "phrase", "export"],
-        help="id: the node id; phrase: 24 words that hold the key; export: a key file",
+        help="id: the node id; phrase: the recovery phrase that holds the key; export: a key file",
     )
     p.add_argument("--out", help="the key file to write (export; mode 600)")
     p.set_defaults(fn=lazy("gridnode.home_cli", "cmd_key"))

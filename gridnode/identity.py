@@ -153,7 +153,8 @@ class NodeIdentity:
     # --- export ---------------------------------------------------------------------------
 
     def recovery_phrase(self) -> str:
-        """The seed with a checksum as 15 groups of 4 base32 characters, for paper."""
+        """The seed with a checksum as 58 base32 characters in dash-separated groups of 4, for
+        paper."""
         text = base64.b32encode(self._seed + _checksum(self._seed)).decode("ascii").rstrip("=")
         return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
 

@@ -95,7 +95,8 @@ __all__ = [
 PROTOCOL_VERSION: Final = 5
 #: The oldest version it still speaks: a grid of version-2 nodes upgrades node by node.
 MIN_PROTOCOL_VERSION: Final = 2
-#: Upper bound of one packet's payload; chunks are at most 4 MiB before coding.
+#: Upper bound of one packet's payload (a chunk's ciphertext over k; chunks are 2 MiB at most
+#: by default).
 MAX_PACKET_BYTES: Final = 8 * 1024 * 1024
 MAX_ROOT_BYTES: Final = 8 * 1024 * 1024
 #: A batch of packets must fit a frame with room for its header.

@@ -22,6 +22,7 @@ Every answer forbids caching and framing and carries a Content-Security-Policy o
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
@@ -42,6 +43,7 @@ from ..storage.catalog import Catalog
 from .access import Access
 from .data import (
     HEALTH_CHUNK_LIMIT,
+    LOG_ENTRIES_LISTED,
     account_view,
     log_view,
     map_view,
@@ -173,7 +175,15 @@ class DataSource:
         return placement_view(answer)
 
     async def log(self) -> dict[str, Any]:
-        return log_view(await self.methods["log"]({}, _no_events))
+        """Streamed, keeping only the entries the page lists: a year of hourly backups is
+        thousands of entries, and asked in one piece the whole log was held at once."""
+        newest: collections.deque[Mapping[str, Any]] = collections.deque(maxlen=LOG_ENTRIES_LISTED)
+
+        async def keep(event: dict[str, Any]) -> None:
+            if event.get("event") == "log":
+                newest.extend(event.get("entries", ()))
+
+        return log_view(await self.methods["log"]({"stream": True}, keep), newest)
 
     async def account(self) -> dict[str, Any]:
         """The account (it asks the authority, so only when the page is opened)."""

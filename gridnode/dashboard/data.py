@@ -27,6 +27,7 @@ from .held import RulesCheck, pair_distances
 
 __all__ = [
     "HEALTH_CHUNK_LIMIT",
+    "LOG_ENTRIES_LISTED",
     "MEMBER_FIELDS",
     "SNAPSHOT_FIELDS",
     "account_view",
@@ -214,14 +215,18 @@ ACCOUNT_FIELDS: Final = (
 )
 
 
-def log_view(answer: Mapping[str, Any]) -> dict[str, Any]:
+def log_view(
+    answer: Mapping[str, Any], newest: Iterable[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """The backup log page's data from a ``log`` answer: the chain's verification and
-    the newest entries."""
-    entries = list(answer.get("entries", []))
+    the newest entries.  A streamed answer counts the entries it sent, and ``newest``
+    holds the last of them (oldest first); else the answer lists them all."""
+    counted = answer.get("entries", [])
+    entries = list(newest) if newest is not None else list(counted)
     return {
         "verified": answer.get("verified"),
         "detail": answer.get("detail"),
-        "total": len(entries),
+        "total": counted if isinstance(counted, int) else len(entries),
         "entries": [
             {name: e.get(name) for name in ("seq", "at", "event", "snapshot_id", "detail")}
             for e in entries[::-1][:LOG_ENTRIES_LISTED]

@@ -318,6 +318,8 @@ def format_summary(report: dict[str, Any]) -> str:
                 lines.append(f"  {key}: {json.dumps(jsonable(bench['result'][key]))}")
         if "aim_met" in bench["result"]:
             lines.append(f"  aim met: {bench['result']['aim_met']}")
+        if "aim_mib_met" in bench["result"]:
+            lines.append(f"  aim met in MiB: {bench['result']['aim_mib_met']}")
     return "\n".join(lines)
 
 

@@ -65,7 +65,10 @@ __all__ = ["format_table", "main", "run"]
 GiB: Final = 1024 * MiB
 FULL_SIZES: Final = {"256 MiB run": 256 * MiB, "2 GiB file": 2 * GiB}
 QUICK_SIZES: Final = {"64 MiB run": 64 * MiB, "512 MiB file": 512 * MiB}
+#: Issue 3's aim, in MB (10**6 bytes), and issue 11's, in MiB: the same number in two
+#: units, 4.9% apart, so a peak may meet the one and miss the other; both are reported.
 AIM_PEAK_MB: Final = 100
+AIM_PEAK_MIB: Final = 100
 TREE_NAME: Final = "tree"
 FULL_TREE_FILES: Final = 50_000
 QUICK_TREE_FILES: Final = 10_000
@@ -272,6 +275,8 @@ def run(quick: bool = False, only: str | None = None) -> dict[str, Any]:
         "tree": {} if only == "files" else {"files": tree_files, "bytes": tree_bytes},
         "aim_peak_mb_at_most": AIM_PEAK_MB,
         "aim_met": all(row["peak_mb"] <= AIM_PEAK_MB for row in rows.values()),
+        "aim_peak_mib_at_most": AIM_PEAK_MIB,
+        "aim_mib_met": all(row["peak_rss_kib"] <= AIM_PEAK_MIB * 1024 for row in rows.values()),
         "rows": rows,
         "generate_data_s": round(generate_s, 1),
         "figures": figures,
@@ -300,8 +305,10 @@ def format_table(results: dict[str, Any]) -> str:
             + ("" if "equal" not in row else f" byte-equal: {row['equal']}")
         )
     lines.append(
-        f"aim: peak <= {results['aim_peak_mb_at_most']} MB whatever the size: "
-        f"{'met' if results['aim_met'] else 'NOT met'}"
+        f"aim: peak <= {results['aim_peak_mb_at_most']} MB whatever the size (issue 3): "
+        f"{'met' if results['aim_met'] else 'NOT met'}; "
+        f"<= {results['aim_peak_mib_at_most']} MiB (issue 11): "
+        f"{'met' if results['aim_mib_met'] else 'NOT met'}"
     )
     return "\n".join(lines)
 

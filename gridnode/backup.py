@@ -721,7 +721,7 @@ class BackupJob:
             # Closed here, not when collected: if the write fails (a full disk), the
             # traceback keeps the generators, and an open read would block checkpoints.
             with (
-                contextlib.closing(svc.catalog.entries(self.snapshot_id)) as entries,
+                contextlib.closing(svc.catalog.entries_packed(self.snapshot_id)) as entries,
                 contextlib.closing(svc.catalog.iter_chunks_of(self.snapshot_id)) as chunks,
             ):
                 write_record(path, entries, chunks)

@@ -217,20 +217,30 @@ async def load_blob(services: Services, records: Sequence[ChunkRecord], path: Pa
 RECORD_VERSION: Final = 3
 
 
-def write_record(path: Path, entries: Iterator[EntryRecord], chunks: Iterator[ChunkRecord]) -> None:
+#: An entry item's start: a two-field array and its tag (the entry's wire form follows).
+_ENTRY_ITEM_HEAD: Final = bytes(msgpack.packb(["e", None]))[:-1]
+
+
+def write_record(
+    path: Path, entries: Iterator[EntryRecord | bytes], chunks: Iterator[ChunkRecord]
+) -> None:
     """The data assembly record: the tree, the chunk list and the sequence of every chunk.
 
     A msgpack *stream* (a header, then one item per entry and per chunk), written to a
     file and read back item by item: memory stays flat whatever the number of files and
     chunks.  Deterministic for the same tree (sorted entries and chunks, no timestamps
     of its own: the snapshot's header lives in the recovery root), so unchanged trees
-    deduplicate.
+    deduplicate.  An entry may come as its wire form packed already
+    (``Catalog.entries_packed``): the same bytes, made without an ``EntryRecord``.
     """
     packer = msgpack.Packer(use_bin_type=True)
     with open(path, "wb") as fh:
         fh.write(packer.pack({"v": RECORD_VERSION}))
         for entry in entries:
-            fh.write(packer.pack(["e", entry.to_wire()]))
+            if isinstance(entry, bytes):
+                fh.write(_ENTRY_ITEM_HEAD + entry)
+            else:
+                fh.write(packer.pack(["e", entry.to_wire()]))
         for chunk in chunks:
             fh.write(packer.pack(["c", chunk.to_wire()]))
 

@@ -58,6 +58,7 @@ from .records import (
     SnapshotRecord,
     entry_row,
     pack_extents,
+    packed_entry_wire,
 )
 from .sqlite import ThreadConnections, durable
 from .survival import Survival, survival
@@ -433,6 +434,23 @@ class Catalog(BackupLog, LeaseBook):
                 yield _entry_from_row(row)
         finally:  # closed with the generator: no read left open (``ThreadConnections``)
             with contextlib.suppress(sqlite3.Error):  # unless its connection is gone
+                cur.close()
+
+    def entries_packed(self, snapshot_id: str) -> Generator[bytes, None, None]:
+        """``entries``, each as its ``EntryRecord.to_wire()`` packed by msgpack: what the
+        data assembly record holds (``record_store.write_record``), spliced from the
+        stored bytes where it can be (``records.packed_entry_wire``)."""
+        cur = self._db().execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE snapshot_id = ? ORDER BY path",
+            (snapshot_id,),
+        )
+        packer = msgpack.Packer(use_bin_type=True)
+        try:
+            for row in cur:
+                packed = packed_entry_wire(row, packer)
+                yield packer.pack(_entry_from_row(row).to_wire()) if packed is None else packed
+        finally:  # as ``entries``
+            with contextlib.suppress(sqlite3.Error):
                 cur.close()
 
     def entry_page(

@@ -73,6 +73,19 @@ _ENTRY_COLUMNS: Final = (
 )
 
 
+def _rows(cur: sqlite3.Cursor) -> Generator[Any, None, None]:
+    """A cursor's rows, one at a time, and the cursor closed when the reader is done or
+    lets go (a generator closed early, or dropped): a half-read cursor keeps a read open
+    on the log, and after a failed write its connection's lock (``storage/sqlite.py``)."""
+    try:
+        # Not ``yield from``: closing the generator would call ``cur.close()`` unguarded.
+        for row in cur:  # noqa: UP028
+            yield row
+    finally:
+        with contextlib.suppress(sqlite3.Error):  # unless its connection is gone
+            cur.close()
+
+
 def _entry_from_row(row: Sequence[Any]) -> EntryRecord:
     path, kind, mode, mtime_ns, size, inode, device, link_target, extents, meta = row
     return EntryRecord.build(
@@ -429,12 +442,8 @@ class Catalog(BackupLog, LeaseBook):
             f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE snapshot_id = ? ORDER BY path",
             (snapshot_id,),
         )
-        try:
-            for row in cur:
-                yield _entry_from_row(row)
-        finally:  # closed with the generator: no read left open (``ThreadConnections``)
-            with contextlib.suppress(sqlite3.Error):  # unless its connection is gone
-                cur.close()
+        for row in _rows(cur):
+            yield _entry_from_row(row)
 
     def entries_packed(self, snapshot_id: str) -> Generator[bytes, None, None]:
         """``entries``, each as its ``EntryRecord.to_wire()`` packed by msgpack: what the
@@ -445,13 +454,9 @@ class Catalog(BackupLog, LeaseBook):
             (snapshot_id,),
         )
         packer = msgpack.Packer(use_bin_type=True)
-        try:
-            for row in cur:
-                packed = packed_entry_wire(row, packer)
-                yield packer.pack(_entry_from_row(row).to_wire()) if packed is None else packed
-        finally:  # as ``entries``
-            with contextlib.suppress(sqlite3.Error):
-                cur.close()
+        for row in _rows(cur):
+            packed = packed_entry_wire(row, packer)
+            yield packer.pack(_entry_from_row(row).to_wire()) if packed is None else packed
 
     def entry_page(
         self,
@@ -690,12 +695,8 @@ class Catalog(BackupLog, LeaseBook):
             " ORDER BY sc.chunk_id LIMIT ?",
             (snapshot_id, after, limit),
         )
-        try:
-            for row in cur:
-                yield self._chunk_from_row(db, row)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                cur.close()
+        for row in _rows(cur):
+            yield self._chunk_from_row(db, row)
 
     def delete_chunks(self, chunks: Sequence[tuple[bytes, str]]) -> None:
         db = self._db()
@@ -874,12 +875,8 @@ class Catalog(BackupLog, LeaseBook):
             " WHERE sc.chunk_id = c.chunk_id AND sc.policy = c.policy)"
             " ORDER BY c.chunk_id, c.policy"
         )
-        try:
-            for row in cur:
-                yield self._chunk_from_row(db, row)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                cur.close()
+        for row in _rows(cur):
+            yield self._chunk_from_row(db, row)
 
     def mark_stale(self, snapshot_ids: Iterable[str]) -> None:
         """Records on the grid that name holders the catalog no longer has (moves taken

@@ -255,6 +255,9 @@ class Uploader:
                         sent += len(data)
                         return
                     except (PeerError, UploadFailed) as exc:
+                        # ``first`` is raised here from this frame, which holds it and the
+                        # packet's bytes: without its traceback, no cycle keeps them.
+                        exc.with_traceback(None)
                         failed.add(target)
                         errors.append(f"{target.hex()[:8]}: {exc}")
                         _log.info(
@@ -405,7 +408,11 @@ class Uploader:
                 try:
                     outcomes = await self._send_batch(target, batch)
                 except (PeerError, UploadFailed) as exc:
-                    outcomes = [exc] * len(batch)
+                    # Kept as a value, without its traceback: the traceback holds this
+                    # frame, whose ``outcomes`` holds the error (a cycle), and the frames
+                    # of the send, which hold the packets: they would wait for the
+                    # cyclic collector (issue 11).
+                    outcomes = [exc.with_traceback(None)] * len(batch)
                 except BaseException as exc:  # cancelled or a bug: nobody may wait forever
                     gone = UploadFailed(f"upload to {target.hex()[:10]} stopped: {exc!r}")
                     for item in batch:

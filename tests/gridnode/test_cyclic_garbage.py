@@ -16,8 +16,12 @@ import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import trio
+
+from gridnode.errors import RemoteError
+from protocol import Message, StorePacket, StorePackets
 
 from .inproc import open_grid
 
@@ -64,4 +68,63 @@ def test_packets_and_chunks_are_freed_without_the_cycle_collector(tmp_path: Path
     for index in range(3):
         out = tmp_path / "out" / "data" / f"f{index}.bin"
         assert out.read_bytes() == (data / f"f{index}.bin").read_bytes()
+    assert found == []
+
+
+class _RefuseStores:
+    """A target whose disk refuses every packet: the source must find others."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.refused = 0
+
+    async def handle_request(self, link: Any, msg: Message, digest: bytes | None) -> Message:
+        if isinstance(msg, StorePacket | StorePackets):
+            self.refused += 1
+            raise RemoteError("storage_error", "read-only file system")
+        result: Message = await self.node.handle_request(link, msg, digest)
+        return result
+
+    def handle_oneway(self, link: Any, msg: Message) -> None:
+        self.node.handle_oneway(link, msg)
+
+
+def test_packets_sent_again_elsewhere_are_freed_without_the_cycle_collector(
+    tmp_path: Path,
+) -> None:
+    """A failed store's error is kept as a value to report; with its traceback it held the
+    frames that sent the packets, in a cycle (the frame held the error), so every packet
+    whose first target refused it waited for the collector."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(3):
+        (data / f"f{index}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    refusing: list[_RefuseStores] = []
+
+    def wrap(node: Any) -> Any:
+        if node.config.home.name == "n2":
+            refusing.append(_RefuseStores(node))
+            return refusing[0]
+        return node
+
+    found: list[tuple[str, int]] = []
+    replaced: list[int] = []
+
+    async def main() -> None:
+        async with open_grid(tmp_path / "grid", 8, wrap_handler=wrap) as grid:
+            gc.collect()
+            gc.garbage.clear()
+            backup = await grid.call(0, "backup", paths=[str(data)])
+            replaced.append(backup["packets_replaced"])
+            gc.collect()
+            found.extend(_big_buffers(gc.garbage))
+            gc.garbage.clear()
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        trio.run(main)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert refusing[0].refused > 0 and replaced[0] > 0  # the retry path was taken
     assert found == []

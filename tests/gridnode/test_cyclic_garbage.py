@@ -12,6 +12,7 @@ buffer of a packet's size.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from collections.abc import Iterator
@@ -39,32 +40,48 @@ def _big_buffers(garbage: list[object]) -> Iterator[tuple[str, int]]:
                     yield type(holder).__qualname__, size
 
 
+@contextlib.contextmanager
+def _collector_saving() -> Iterator[None]:
+    """The cyclic collector keeps what it finds in ``gc.garbage`` instead of freeing it."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def _collected() -> list[tuple[str, int]]:
+    """Run the collector: the large buffers in what it found (which is then dropped)."""
+    gc.collect()
+    found = list(_big_buffers(gc.garbage))
+    gc.garbage.clear()
+    return found
+
+
+def _random_files(data: Path, mib: list[int]) -> None:
+    data.mkdir()
+    for index, size in enumerate(mib):
+        (data / f"f{index}.bin").write_bytes(os.urandom(size * 1024 * 1024))
+
+
 def test_packets_and_chunks_are_freed_without_the_cycle_collector(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    data.mkdir()
-    for index in range(3):  # several chunks per file, and chunks of several sizes
-        (data / f"f{index}.bin").write_bytes(os.urandom((3 + index) * 1024 * 1024))
+    _random_files(data, [3, 4, 5])  # several chunks per file, and chunks of several sizes
     found: list[tuple[str, int]] = []
 
     async def main() -> None:
         async with open_grid(tmp_path / "grid", 7) as grid:
-            gc.collect()  # what starting the grid left is not the jobs'
-            gc.garbage.clear()
+            _collected()  # what starting the grid left is not the jobs'
             backup = await grid.call(0, "backup", paths=[str(data)])
             restored = await grid.call(
                 0, "restore", snapshot=backup["snapshot_id"], to=str(tmp_path / "out")
             )
             assert restored["files"] == 3
-            gc.collect()
-            found.extend(_big_buffers(gc.garbage))
-            gc.garbage.clear()
+            found.extend(_collected())
 
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with _collector_saving():
         trio.run(main)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
     for index in range(3):
         out = tmp_path / "out" / "data" / f"f{index}.bin"
         assert out.read_bytes() == (data / f"f{index}.bin").read_bytes()
@@ -96,9 +113,7 @@ def test_packets_sent_again_elsewhere_are_freed_without_the_cycle_collector(
     frames that sent the packets, in a cycle (the frame held the error), so every packet
     whose first target refused it waited for the collector."""
     data = tmp_path / "data"
-    data.mkdir()
-    for index in range(3):
-        (data / f"f{index}.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    _random_files(data, [3, 3, 3])
     refusing: list[_RefuseStores] = []
 
     def wrap(node: Any) -> Any:
@@ -112,19 +127,12 @@ def test_packets_sent_again_elsewhere_are_freed_without_the_cycle_collector(
 
     async def main() -> None:
         async with open_grid(tmp_path / "grid", 8, wrap_handler=wrap) as grid:
-            gc.collect()
-            gc.garbage.clear()
+            _collected()
             backup = await grid.call(0, "backup", paths=[str(data)])
             replaced.append(backup["packets_replaced"])
-            gc.collect()
-            found.extend(_big_buffers(gc.garbage))
-            gc.garbage.clear()
+            found.extend(_collected())
 
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with _collector_saving():
         trio.run(main)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
     assert refusing[0].refused > 0 and replaced[0] > 0  # the retry path was taken
     assert found == []

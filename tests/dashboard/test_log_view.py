@@ -8,16 +8,12 @@ from typing import Any
 
 import trio
 
-from gridnode.dashboard.app import DataSource
 from gridnode.dashboard.data import LOG_ENTRIES_LISTED
 
 from ..gridnode.inproc import open_grid
+from .test_rules_held import node_source
 
 LOGGED = 1_300  # three pages of the log method's stream, and more than the page lists
-
-
-async def _refuse(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("the log page submits no job")
 
 
 def test_the_log_page_lists_the_newest_entries_and_counts_them_all(tmp_path: Path) -> None:
@@ -37,15 +33,7 @@ def test_the_log_page_lists_the_newest_entries_and_counts_them_all(tmp_path: Pat
                 seen.append(params)
                 return await method(params, emit)
 
-            source = DataSource(
-                methods={"log": log},
-                catalog=node.catalog,
-                run_db=node.services.db,
-                backup_proximity=node.config.backup_proximity,
-                submit=_refuse,
-                restore_dir=tmp_path / "restore",
-                jobs=node.jobs,
-            )
+            source = node_source(node, tmp_path / "restore", {"log": log})
             page = await source.log()
             full = await grid.call(0, "log")
 

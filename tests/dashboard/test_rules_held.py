@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gridnode.dashboard.app import DataSource
+from gridnode.dashboard.app import DataSource, Method
 from gridnode.dashboard.held import Place, RulesCheck
 from gridnode.logic.distance import Band, haversine_km
 from gridnode.logic.placement.rules import PlacementRules
+from gridnode.node import Node
 from protocol import format_node_id
 
 from ..gridnode.inproc import open_grid
@@ -35,7 +37,22 @@ PACKET_BAND = "800km:"
 
 
 async def _refuse(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("no job is submitted by the snapshots list")
+    raise AssertionError("these pages submit no job")
+
+
+def node_source(
+    node: Node, restore_dir: Path, methods: Mapping[str, Method] | None = None
+) -> DataSource:
+    """The data source the dashboard's server runs on ``node`` (``methods``: others)."""
+    return DataSource(
+        methods=node.request.methods if methods is None else methods,
+        catalog=node.catalog,
+        run_db=node.services.db,
+        backup_proximity=node.config.backup_proximity,
+        submit=_refuse,
+        restore_dir=restore_dir,
+        jobs=node.jobs,
+    )
 
 
 def _move(status: dict[str, Any], node_id: str, lat: float | None, lon: float | None) -> None:
@@ -101,15 +118,7 @@ async def test_rules_held_and_the_pair_lines(tmp_path: Path) -> None:
                 assert packet["target"] not in body.decode()
 
         # The data source the server runs, on the same node, told of moved holders.
-        source = DataSource(
-            methods=node.request.methods,
-            catalog=node.catalog,
-            run_db=node.services.db,
-            backup_proximity=node.config.backup_proximity,
-            submit=_refuse,
-            restore_dir=tmp_path / "restore",
-            jobs=node.jobs,
-        )
+        source = node_source(node, tmp_path / "restore")
         chunks = await node.services.db(node.catalog.chunks_of, snapshot_id)
         holders = [[format_node_id(p.target) for p in c.packets] for c in chunks]
         x, y = holders[0]

@@ -23,6 +23,13 @@ restic, so below 1 is faster.  Memory: the source node's peak RSS during each jo
 kept too.  Aims (issue 11): unchanged re-backup and restore no slower than restic, a
 first backup within 1.2x, the source's peak at most 100 MiB.
 
+Each restore row also has ``create_us``: microseconds per empty file created in a fresh
+directory of the same disk just before that restore.  ext4 without a journal (this
+machine's disk) skips inodes freed in the last minutes on every create, so a run that
+starts soon after another deleted its trees restores slower, gridnode's restore (which
+runs first) more than restic's: when the two probes differ much, the restore ratio says
+more about the disk than about either tool.
+
 Without restic the benchmark raises :class:`~benchmarks.optional.Unavailable` and the
 runner reports it as skipped.  Run ``python -m benchmarks.bench_tree [--quick] [--json]
 [--source DIR]``.
@@ -182,6 +189,20 @@ def _sync_seconds(path: Path) -> float:
     return round(time.perf_counter() - started, 3)
 
 
+#: Empty files created by ``create_probe``.
+PROBE_FILES: Final = 2000
+
+
+def create_probe(directory: Path, count: int = PROBE_FILES) -> float:
+    """Microseconds per file to create ``count`` empty files in ``directory`` (made here,
+    left in place: deleting them would slow what follows, as in the module docstring)."""
+    directory.mkdir(parents=True)
+    started = time.perf_counter()
+    for number in range(count):
+        os.close(os.open(directory / f"f{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return round((time.perf_counter() - started) / count * 1e6, 1)
+
+
 def _version(restic: Path) -> str:
     proc = subprocess.run([str(restic), "version"], capture_output=True, timeout=60, check=False)
     return proc.stdout.decode(errors="replace").strip() or "unknown"
@@ -198,7 +219,9 @@ def bench_restic(restic: Path, tree: Path, work: Path, digest: str) -> dict[str,
     first = _restic(restic, env, "backup", "--quiet", str(tree))
     again = _restic(restic, env, "backup", "--quiet", str(tree))
     out = work / "restic-restore"
+    create_us = create_probe(work / "probe-restic")
     restore = _restic(restic, env, "restore", "latest", "--target", str(out))
+    restore["create_us"] = create_us
     restore["sync_s"] = _sync_seconds(out)
     # restic restores the absolute path under the target.
     restore["equal"] = compare_trees(digest, out / tree.relative_to(tree.anchor))
@@ -226,7 +249,9 @@ def bench_gridnode(tree: Path, work: Path, digest: str) -> dict[str, Any]:
         first = _job(probe, "backup", str(tree), "--redundancy", str(PARAMS))
         again = _job(probe, "backup", str(tree), "--redundancy", str(PARAMS))
         out = work / "gridnode-restore"
+        create_us = create_probe(work / "probe-gridnode")
         restore = _job(probe, "restore", str(again["snapshot_id"]), "--to", str(out))
+        restore["create_us"] = create_us
         # gridnode keeps the backed-up directory's own name as the top level.
         restore["equal"] = compare_trees(digest, out / tree.name)
         # Kept until the end: deleting 50,000 files just before restic's restore would
@@ -318,6 +343,15 @@ def _figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             "s",
             "restic restore + syncfs",
             restic_restore["wall_s"] + restic_restore.get("sync_s", 0.0),
+        )
+    )
+    figures.append(
+        Figure(
+            f"{label}: file create just before gridnode's restore",
+            ours["restore"]["create_us"],
+            "us",
+            "just before restic's",
+            restic_restore["create_us"],
         )
     )
     figures.append(

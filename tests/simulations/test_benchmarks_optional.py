@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks import bench_tree
 from benchmarks.bench_tahoe import compare
 from benchmarks.optional import Unavailable, find_tool
 
@@ -61,3 +62,15 @@ def test_runner_skips_tahoe_and_tree_without_their_tools(tmp_path: Path) -> None
         bench = report["benchmarks"][name]
         assert bench["status"] == "skipped"
         assert variable in bench["error"]
+
+
+def test_create_probe_times_creates_and_leaves_the_files(tmp_path: Path) -> None:
+    """The probe beside each tree restore: files are made (and kept, so deleting them does
+    not slow what follows), and a second probe into the same directory is refused."""
+    micros = bench_tree.create_probe(tmp_path / "probe", count=50)
+    assert micros > 0
+    assert sorted(p.name for p in (tmp_path / "probe").iterdir()) == sorted(
+        f"f{n}" for n in range(50)
+    )
+    with pytest.raises(FileExistsError):
+        bench_tree.create_probe(tmp_path / "probe", count=1)

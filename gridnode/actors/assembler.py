@@ -11,18 +11,13 @@ assembles files through a temporary file and a rename, then makes hard links, sy
 and special files, and finishes directories.  A file appears under its final name only
 once it is complete; the restore ends with a sync so "restore finished" means "on disk".
 
-Small files (the usual case by count) are written in batches by one long-lived writer
-thread (``_SmallFileWriter``), because a thread hop costs about as much as writing a
-4 KiB file.  The writer is one thread, not several: files of a batch share directories,
-and creating or renaming a file holds its directory's lock, so a second writer thread
-spun in the kernel waiting for the first (48,000 files of /usr/share onto tmpfs: 8.5 s
-and 8.8 source CPU-s with two, 7.5-7.7 s and 7.4-7.6 with one; on ext4 the second
-thread cost 2.5 s of system time more; written alone, outside a restore, 3.1-3.2 s with
-two threads against 3.2-3.3 s with one, for 1.5 CPU-s more).  Batches queue for it
-(``write_batches`` at most) while the next is assembled, so it takes the next batch the
-moment it finishes one: when each batch was its own worker-thread call, the result's
-way back through the trio loop and the next batch's way out left the writer idle about
-1.3 ms a batch, a sixth of a 48,000-file restore.
+Small files (the usual case by count) are written in batches, one worker-thread hop per
+batch, because a thread hop costs about as much as writing a 4 KiB file.  One batch is
+written at a time (``write_batches``) while the next is assembled: files of a batch
+share directories, and creating or renaming a file holds its directory's lock, so a
+second writer thread spun in the kernel waiting for the first (48,000 files of
+/usr/share onto tmpfs: 8.5 s and 8.8 source CPU-s with two, 7.5-7.7 s and 7.4-7.6 with
+one; on ext4 the second thread cost 2.5 s of system time more).
 
 Backpressure: the chunks fetched, decoding or decoded ahead of the writer hold at most
 ``prefetch_bytes`` (each counts its ciphertext and its plaintext, which coexist while it
@@ -45,7 +40,6 @@ import bisect
 import collections
 import contextlib
 import functools
-import queue
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -199,9 +193,9 @@ class Assembler:
     prefetch_bytes: int = 20 * 1024 * 1024
     #: Where the window starts (see the module docstring: it widens while the writer waits).
     prefetch_start_bytes: int = 8 * 1024 * 1024
-    #: Batches of small files handed to the writer thread and not yet written: one being
-    #: written, one queued behind it (see the module docstring).
-    write_batches: int = 2
+    #: Batches of small files written at once (see the module docstring: one, because
+    #: writers in one directory take turns on its lock and spin while they wait).
+    write_batches: int = 1
     chunks_decoded: int = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -328,6 +322,7 @@ class Assembler:
         window = trio.Semaphore(self.prefetch_chunks)
         budget = ByteBudget(min(self.prefetch_start_bytes, self.prefetch_bytes))
         charged: dict[int, int] = {}
+        batch_slots = trio.Semaphore(max(1, self.write_batches))
         files_done = 0
         bytes_done = 0
 
@@ -417,18 +412,22 @@ class Assembler:
                 raise value
             return value
 
-        small = _SmallFileWriter(writer.write_small, max(1, self.write_batches))
-
-        def count_written() -> None:
-            """Add the batches the writer thread has finished to the totals."""
+        async def write_batch(
+            batch: list[tuple[EntryRecord, list[Piece]]],
+            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        ) -> None:
             nonlocal files_done, bytes_done
-            finished = small.take_finished()
-            if finished:
-                for files, written in finished:
-                    files_done += files
-                    bytes_done += written
-                if job.progress:
-                    job.progress(files_done, bytes_done)
+            async with batch_slots:
+                task_status.started()  # holds its slot: the next batch waits for one
+                # Not ``bytes_done += await ...``: that reads the total before the wait,
+                # and another batch may add to it meanwhile.
+                written = await trio.to_thread.run_sync(
+                    writer.write_small, batch, limiter=self.disk_limiter
+                )
+            bytes_done += written
+            files_done += len(batch)
+            if job.progress:
+                job.progress(files_done, bytes_done)
 
         async def next_file() -> EntryRecord | None:
             """The next file to write, or None once every file has been."""
@@ -445,88 +444,75 @@ class Assembler:
             (the writers' nursery waits for the batches still being written)."""
             nonlocal files_done, bytes_done
             async with trio.open_nursery() as writers:
-                await writers.start(small.run, self.disk_limiter)
-                try:
-                    await write_in_order(writers)
-                except BaseException:
-                    small.close(discard=True)
-                    raise
-                small.close()
-            count_written()
+                position = -1
+                current: bytes = b""
+                current_id: bytes | None = None
+                batch: list[tuple[EntryRecord, list[Piece]]] = []
+                batch_bytes = 0
+                trimming = False
+                batches = 0
 
-        async def write_in_order(writers: trio.Nursery) -> None:
-            """``write_files``' loop: small files to the writer thread, large ones here."""
-            nonlocal files_done, bytes_done
-            position = -1
-            current: bytes = b""
-            current_id: bytes | None = None
-            batch: list[tuple[EntryRecord, list[Piece]]] = []
-            batch_bytes = 0
-            trimming = False
-            batches = 0
+                async def piece(chunk_id: bytes, offset: int, length: int) -> Piece:
+                    nonlocal position, current, current_id
+                    if chunk_id == HOLE:
+                        return length
+                    if current_id != chunk_id:
+                        if position >= 0:
+                            drop(position)
+                        position += 1
+                        current = await take(position)
+                        current_id = chunk_id
+                    return memoryview(current)[offset : offset + length]
 
-            async def piece(chunk_id: bytes, offset: int, length: int) -> Piece:
-                nonlocal position, current, current_id
-                if chunk_id == HOLE:
-                    return length
-                if current_id != chunk_id:
-                    if position >= 0:
-                        drop(position)
-                    position += 1
-                    current = await take(position)
-                    current_id = chunk_id
-                return memoryview(current)[offset : offset + length]
+                async def trim() -> None:
+                    """Freed memory back to the system (see ``TRIM_EVERY_BATCHES``), in a
+                    worker thread, one at a time: the writer does not wait for it."""
+                    nonlocal trimming
+                    if not trimming:
+                        trimming = True
+                        await trio.to_thread.run_sync(release_free_memory)
+                        trimming = False
 
-            async def trim() -> None:
-                """Freed memory back to the system (see ``TRIM_EVERY_BATCHES``), in a
-                worker thread, one at a time: the writer does not wait for it."""
-                nonlocal trimming
-                if not trimming:
-                    trimming = True
-                    await trio.to_thread.run_sync(release_free_memory)
-                    trimming = False
+                async def flush() -> None:
+                    """Hand the batch to a writer thread; at most ``write_batches`` run."""
+                    nonlocal batch, batch_bytes, batches
+                    if batch:
+                        await writers.start(write_batch, batch)
+                        batch, batch_bytes = [], 0
+                        batches += 1
+                        if batches % TRIM_EVERY_BATCHES == 0:
+                            writers.start_soon(trim)
 
-            async def flush() -> None:
-                """Queue the batch for the writer thread (``write_batches`` at most)."""
-                nonlocal batch, batch_bytes, batches
-                if batch:
-                    await small.put(batch)
-                    count_written()
-                    batch, batch_bytes = [], 0
-                    batches += 1
-                    if batches % TRIM_EVERY_BATCHES == 0:
-                        writers.start_soon(trim)
-
-            while (entry := await next_file()) is not None:
-                if entry.size <= SMALL_FILE_BYTES:
-                    pieces: list[Piece] = []
-                    for extent in entry.extents:
-                        view = await piece(*extent)
-                        # bytes(): the chunk buffer is dropped once the writer moves on.
-                        pieces.append(view if isinstance(view, int) else bytes(view))
-                    batch.append((entry, pieces))
-                    batch_bytes += entry.size
-                    if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-                        await flush()
-                    continue
+                while (entry := await next_file()) is not None:
+                    if entry.size <= SMALL_FILE_BYTES:
+                        pieces: list[Piece] = []
+                        for extent in entry.extents:
+                            view = await piece(*extent)
+                            # bytes(): the chunk buffer is dropped once the writer moves on.
+                            pieces.append(view if isinstance(view, int) else bytes(view))
+                        batch.append((entry, pieces))
+                        batch_bytes += entry.size
+                        if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                            await flush()
+                        continue
+                    await flush()
+                    final, temp, fh = await trio.to_thread.run_sync(writer.open_temp, entry.path)
+                    try:
+                        for extent in entry.extents:
+                            view = await piece(*extent)
+                            await trio.to_thread.run_sync(
+                                writer.append, fh, [view], limiter=self.disk_limiter
+                            )
+                            bytes_done += extent[2]
+                            if job.progress:
+                                job.progress(files_done, bytes_done)
+                    except BaseException:
+                        with trio.CancelScope(shield=True):
+                            await trio.to_thread.run_sync(_discard, fh, temp)
+                        raise
+                    await trio.to_thread.run_sync(writer.finish, entry, final, temp, fh)
+                    files_done += 1
                 await flush()
-                final, temp, fh = await trio.to_thread.run_sync(writer.open_temp, entry.path)
-                try:
-                    for extent in entry.extents:
-                        view = await piece(*extent)
-                        await trio.to_thread.run_sync(
-                            writer.append, fh, [view], limiter=self.disk_limiter
-                        )
-                        bytes_done += extent[2]
-                        if job.progress:
-                            job.progress(files_done, bytes_done)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(_discard, fh, temp)
-                    raise
-                await trio.to_thread.run_sync(writer.finish, entry, final, temp, fh)
-                files_done += 1
-            await flush()
 
         with collapse_groups():
             async with trio.open_nursery() as nursery:
@@ -535,59 +521,6 @@ class Assembler:
                 await write_files()
                 nursery.cancel_scope.cancel()
         return {"files": files_done, "bytes": bytes_done, "chunks": queued_chunks, "linked": linked}
-
-
-class _SmallFileWriter:
-    """One worker thread that writes batches of small files back to back (see the module
-    docstring): the trio side queues a batch with ``put`` and learns what was written
-    from ``take_finished``; the thread never waits for the trio loop."""
-
-    def __init__(
-        self, write: Callable[[Sequence[tuple[EntryRecord, list[Piece]]]], int], depth: int
-    ) -> None:
-        self._write = write
-        self._queue: queue.SimpleQueue[list[tuple[EntryRecord, list[Piece]]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._slots = trio.Semaphore(depth)
-        self._finished: list[tuple[int, int]] = []
-        self._discard = False
-        self._token = trio.lowlevel.current_trio_token()
-
-    async def run(
-        self, limiter: trio.CapacityLimiter, *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        """Write batches until ``close``; an error ends the thread and is raised here."""
-        task_status.started()
-        await trio.to_thread.run_sync(self._loop, limiter=limiter)
-
-    def _loop(self) -> None:
-        while (batch := self._queue.get()) is not None:
-            if self._discard:
-                continue  # the restore failed: the batches left are not written
-            written = self._write(batch)
-            # Into the trio loop's queue, not waited for; FIFO, so every batch's note is
-            # taken before the loop learns that this thread has ended.
-            self._token.run_sync_soon(self._note, len(batch), written)
-
-    def _note(self, files: int, written: int) -> None:
-        self._finished.append((files, written))
-        self._slots.release()
-
-    async def put(self, batch: list[tuple[EntryRecord, list[Piece]]]) -> None:
-        await self._slots.acquire()
-        self._queue.put(batch)
-
-    def take_finished(self) -> list[tuple[int, int]]:
-        """(files, bytes) of each batch written since the last call."""
-        finished, self._finished = self._finished, []
-        return finished
-
-    def close(self, *, discard: bool = False) -> None:
-        """No more batches: the thread ends once it has written the queued ones (with
-        ``discard``, once the batch it is writing is done)."""
-        self._discard = self._discard or discard
-        self._queue.put(None)
 
 
 class _Signal:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -264,46 +263,6 @@ def test_small_files_are_written_in_concurrent_batches_and_all_land(tmp_path: Pa
         assert path.stat().st_mode & 0o777 == 0o640
         assert path.stat().st_mtime_ns == 10**18 + i
     assert not [p for p in (tmp_path / "d").iterdir() if p.name.startswith(".gridnode-")]
-
-
-def test_the_writer_thread_takes_the_next_batch_while_the_trio_loop_is_busy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Batches queue for one long-lived writer thread: it starts the next one the moment
-    it finishes one, even while the trio loop is held up (here by a progress callback
-    that blocks it), instead of waiting for the loop to hand the batch over."""
-    blob = os.urandom(300 * 1000)
-    chunk_id = blake3.blake3(blob).digest()
-    chunk = ChunkRecord(chunk_id, len(blob), len(blob), False, 1, 1, ())
-    entries = [EntryRecord(b"d", "dir", 0o755, 0, 0)] + [
-        EntryRecord(b"d/f%03d" % i, "file", 0o644, 0, 1000, extents=((chunk_id, i * 1000, 1000),))
-        for i in range(300)
-    ]
-    starts: list[float] = []
-    blocked: list[tuple[float, float]] = []
-    write_small = TreeWriter.write_small
-
-    def slow_write_small(self: TreeWriter, batch: Any) -> int:
-        starts.append(time.monotonic())
-        time.sleep(0.02)
-        return write_small(self, batch)
-
-    def blocking_progress(files: int, written: int) -> None:
-        began = time.monotonic()
-        time.sleep(0.06)  # the trio loop can hand nothing over meanwhile
-        blocked.append((began, time.monotonic()))
-
-    async def fetch(chunk: ChunkRecord) -> dict[int, bytes]:
-        return {0: blob}
-
-    monkeypatch.setattr(TreeWriter, "write_small", slow_write_small)
-    assembler = _assembler(fetch, write_batches=2)
-    job = AssembleTree(entries, {chunk_id: chunk}, tmp_path, progress=blocking_progress)
-    stats = trio.run(assembler.assemble, job)
-    assert stats["files"] == 300 and len(starts) == 5  # 64 files a batch
-    assert (tmp_path / "d" / "f299").read_bytes() == blob[-1000:]
-    started_while_blocked = [t for t in starts if any(a < t < b for a, b in blocked)]
-    assert started_while_blocked, (starts, blocked)
 
 
 def test_a_small_file_never_replaces_a_directory_and_leaves_no_temporary(tmp_path: Path) -> None:

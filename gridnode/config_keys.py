@@ -509,7 +509,7 @@ CONFIG_KEYS: Final[tuple[ConfigKey, ...]] = (
         "storage to offer the grid, e.g. 50GB or 1.5TiB",
         lambda key, value: {"allocated_bytes": _size(key, value)},
         lambda config: str(config.allocated_bytes),
-        bounds="at most the storage disk's free space (checked by init)",
+        bounds="at most the storage disk's free space (checked by init, which fits the default)",
         flag="run",
     ),
     # The packets held for others may live on another disk than the home (issue 12);

@@ -107,12 +107,17 @@ def init_values(args: argparse.Namespace, grid: GridFile) -> dict[str, Any]:
     return _absolute_storage(values | _set_items(args))
 
 
-def check_allocation(where: Path, allocated: int) -> None:
-    """Refuse an allocation the disk cannot hold: ``--allocate 500TB`` on a small disk was
-    accepted, and the grid then placed packets on a node that could not keep them.
-    Counted: the free space of the disk the packets go to (``where``, the packet store's
-    directory: ``storage_dir`` or ``HOME/storage``, or its nearest existing parent) plus
-    what is already stored there."""
+#: A default allocation is fitted to at most this share of what the disk can give, so
+#: that the node's own catalog, logs and the machine's other users keep some room.
+_DEFAULT_FIT_SHARE = 0.9
+#: Below this, a fitted default would offer the grid too little to be worth joining with;
+#: the user is asked to decide (``--allocate``) rather than given a token allocation.
+_DEFAULT_FIT_FLOOR = 256 * 1024 * 1024
+
+
+def _disk_room(where: Path) -> tuple[Path, int, int]:
+    """(the existing path probed, its disk's free bytes, bytes already stored under
+    ``where``): what an allocation for the packet store at ``where`` can count on."""
     probe = where
     for _ in range(64):  # bounded: a path has fewer parts than this
         if probe.exists() or probe == probe.parent:
@@ -120,6 +125,36 @@ def check_allocation(where: Path, allocated: int) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     held = _tree_bytes(where) if where.exists() else 0
+    return probe, free, held
+
+
+def fit_default_allocation(where: Path, default: int) -> int:
+    """The allocation a node gets when the user named none: the shipped default, or, on a
+    disk that cannot give that much, 90% of what it can give (rounded down to whole MB).
+    Before, an init or a ``gridnode recover`` without ``--allocate`` on a disk with less
+    than 10 GB free was refused over a flag the user had never typed; recovering one's
+    data must not hinge on a default."""
+    probe, free, held = _disk_room(where)
+    room = free + held
+    if default <= room:
+        return default
+    fitted = int(room * _DEFAULT_FIT_SHARE) // 1_000_000 * 1_000_000
+    if fitted < _DEFAULT_FIT_FLOOR:
+        raise CliError(
+            f"the disk of {probe} has {format_bytes(free)} free, too little to offer the grid "
+            f"(the default allocation is {format_bytes(default)}); free space, or name an "
+            "allocation with --allocate"
+        )
+    return fitted
+
+
+def check_allocation(where: Path, allocated: int) -> None:
+    """Refuse an allocation the disk cannot hold: ``--allocate 500TB`` on a small disk was
+    accepted, and the grid then placed packets on a node that could not keep them.
+    Counted: the free space of the disk the packets go to (``where``, the packet store's
+    directory: ``storage_dir`` or ``HOME/storage``, or its nearest existing parent) plus
+    what is already stored there."""
+    probe, free, held = _disk_room(where)
     if allocated > free + held:
         raise CliError(
             f"--allocate {format_bytes(allocated)} is more than the disk of {probe} can give "
@@ -146,6 +181,13 @@ def init_home(
         grid = GridFile.load(Path(args.grid))
     values = init_values(args, grid)
     config = build_config(home, values)
+    allocation_fitted = False
+    if "allocate" not in values:
+        fitted = fit_default_allocation(config.packet_root, config.allocated_bytes)
+        if fitted != config.allocated_bytes:
+            values["allocate"] = str(fitted)  # written to the config: the node keeps it
+            config = build_config(home, values)
+            allocation_fitted = True
     check_allocation(config.packet_root, config.allocated_bytes)
     if config.storage_dir:
         # Made here, so that a run finds it; a run never makes it (a directory missing
@@ -176,6 +218,7 @@ def init_home(
         "lat": config.lat,
         "lon": config.lon,
         "allocated_bytes": config.allocated_bytes,
+        "allocation_fitted": allocation_fitted,
         "storage_dir": str(config.packet_root),
         "key_file": str(config.key_path),
         "redundancy": config.redundancy,
@@ -213,6 +256,7 @@ def cmd_init(args: argparse.Namespace) -> None:
         print(
             f"  listen {info['listen']}, location {info['city'] or info['lat']}, "
             f"allocation {format_bytes(info['allocated_bytes'])}"
+            + (" (fitted to the disk's free space)" if info["allocation_fitted"] else "")
         )
         print(f"  packets held for others go to {info['storage_dir']}")
         n = int(str(info["redundancy"]).split("/")[1])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from gridnode.cli import build_parser, iter_commands
+from gridnode.cli import build_parser, iter_commands, main
 from gridnode.cli_common import SUMMARY_WIDTH, backup_summary
 from gridnode.config import CONFIG_NAME, build_config, load_config
 from gridnode.home_layout import DEFAULT_HOME_TEXT, default_home
@@ -294,3 +294,59 @@ def test_the_backup_summary_fits_80_columns() -> None:
         assert f"in {result['packets_uploaded']} packets" in lines[1]
     noted = backup_summary(_result(notes=["skipped /x: permission denied"]))
     assert noted.endswith("1.2 s\n  note: skipped /x: permission denied")
+
+
+# -- the default allocation on a small disk -----------------------------------------------
+
+
+def _small_disk(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    """A disk with ``free`` bytes free: the one edge faked here, because a small filesystem
+    cannot be mounted without root."""
+    real = shutil.disk_usage
+
+    def usage(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+        actual = real(path)
+        return actual._replace(used=actual.total - free, free=free)
+
+    monkeypatch.setattr("gridnode.home_cli.shutil.disk_usage", usage)
+
+
+def _init_in_process(*args: str) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    return int(done.value.code or 0)
+
+
+def test_a_default_allocation_is_fitted_to_a_small_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # CI once failed `gridnode recover` on a disk with 8 GB free: the 10 GB default, a flag
+    # nobody typed, was refused. Left unnamed, the allocation now fits the disk.
+    grid = tmp_path / "grid.toml"
+    assert _gridnode("grid", "create", "t", "--out", str(grid), "--open").returncode == 0
+    _small_disk(monkeypatch, 5_000_000_000)
+    home = tmp_path / "home"
+    code = _init_in_process("init", "--home", str(home), "--grid", str(grid), "--json")
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert '"allocated_bytes": 4500000000' in out.out
+    assert '"allocation_fitted": true' in out.out
+    assert load_config(home).allocated_bytes == 4_500_000_000  # kept in the config
+    # Named, it is still the user's word: too much is refused, not fitted.
+    code = _init_in_process(
+        "init", "--home", str(tmp_path / "h2"), "--grid", str(grid), "--allocate", "6GB"
+    )
+    assert code == 1
+    assert "--allocate 5.59 GiB is more than the disk" in capsys.readouterr().err
+    # A disk with room for the default keeps it, and says nothing about fitting.
+    _small_disk(monkeypatch, 50_000_000_000)
+    code = _init_in_process("init", "--home", str(tmp_path / "h3"), "--grid", str(grid))
+    out = capsys.readouterr()
+    assert code == 0 and "fitted" not in out.out
+    assert load_config(tmp_path / "h3").allocated_bytes == 10_000_000_000
+    # A nearly full disk gets no token allocation: the user is asked to decide.
+    _small_disk(monkeypatch, 100_000_000)
+    code = _init_in_process("init", "--home", str(tmp_path / "h4"), "--grid", str(grid))
+    err = capsys.readouterr().err
+    assert code == 1 and "too little to offer the grid" in err and "--allocate" in err
+    assert not (tmp_path / "h4").exists()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
-from gridnode.cli import build_parser, iter_commands, main
-from gridnode.cli_common import SUMMARY_WIDTH, backup_summary
+from gridnode.cli import build_parser, iter_commands
+from gridnode.cli_common import SUMMARY_WIDTH, CliError, backup_summary
 from gridnode.config import CONFIG_NAME, build_config, load_config
 from gridnode.home_layout import DEFAULT_HOME_TEXT, default_home
 from gridnode.storage.location import (
@@ -312,9 +312,16 @@ def _small_disk(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
 
 
 def _init_in_process(*args: str) -> int:
-    with pytest.raises(SystemExit) as done:
-        main(list(args))
-    return int(done.value.code or 0)
+    """``gridnode init`` in this process, so that the faked disk applies; its error on
+    stderr as the CLI prints it.  Not through ``main``: that configures logging onto this
+    test's captured stderr, which later tests of the worker would then write to closed."""
+    parsed = build_parser().parse_args(list(args))
+    try:
+        parsed.fn(parsed)
+    except CliError as exc:
+        print(f"gridnode: error: {exc}", file=sys.stderr)
+        return exc.code
+    return 0
 
 
 def test_a_default_allocation_is_fitted_to_a_small_disk(

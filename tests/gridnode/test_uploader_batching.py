@@ -16,11 +16,19 @@ from typing import Any
 
 import attrs
 import blake3
+import pytest
 import trio
 import trio.testing
 
 from gridnode.actors.calls import Call, Request, call
-from gridnode.actors.uploader import BATCH_BYTES, ChunkUploaded, UploadChunk, Uploader
+from gridnode.actors.uploader import (
+    BATCH_BYTES,
+    LINGER_REF_BYTES,
+    ChunkUploaded,
+    UploadChunk,
+    Uploader,
+    linger_for,
+)
 from gridnode.identity import NodeIdentity
 from gridnode.logic.placement import PlacementRules
 from protocol import (
@@ -138,7 +146,7 @@ def test_a_full_batch_leaves_at_once_and_a_lone_packet_after_the_linger() -> Non
     targets = [_Target(NodeIdentity.generate())]
     per_batch = 4
     big = [_chunk(targets, BATCH_BYTES // per_batch) for _ in range(per_batch)]
-    lone = [_chunk(targets, 1024)]
+    lone = [_chunk(targets, LINGER_REF_BYTES)]
 
     async def timed(chunks: list[UploadChunk]) -> float:
         start = trio.current_time()
@@ -153,3 +161,22 @@ def test_a_full_batch_leaves_at_once_and_a_lone_packet_after_the_linger() -> Non
         assert targets[0].frames == [per_batch, 1]
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_small_packets_wait_longer_for_company_up_to_a_cap() -> None:
+    # A frame's cost is per frame: a tree's 88 KB packets travelled 1.9 to a frame with a
+    # flat 5 ms; they wait in proportion to how small they are, up to three times.
+    targets = [_Target(NodeIdentity.generate())]
+
+    async def lone(packet_bytes: int) -> float:
+        start = trio.current_time()
+        await _upload_all(targets, [_chunk(targets, packet_bytes)], linger_s=1.0)
+        return trio.current_time() - start
+
+    async def main() -> None:
+        assert 2.0 <= await lone(LINGER_REF_BYTES // 2) < 2.5
+        assert 3.0 <= await lone(1024) < 3.5  # capped
+        assert 1.0 <= await lone(2 * LINGER_REF_BYTES) < 1.5  # large: the base wait
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert linger_for(0.005, 88_000) == pytest.approx(0.005 * LINGER_REF_BYTES / 88_000)

@@ -93,6 +93,21 @@ PAGES: Final = {
     "/account": "account.html",
     "/transfers": "transfers.html",
 }
+#: The brand and navigation every page shares, put where a page says ``NAV_MARKER``.
+NAV_PARTIAL: Final = "_nav.html"
+NAV_MARKER: Final = b"  <!--#nav-->"
+_NAV_COMMENT: Final = re.compile(rb"<!--.*?-->\n", re.DOTALL)
+
+
+def with_nav(page: bytes, nav: bytes, name: str) -> bytes:
+    """``page`` with the shared navigation in place of its one marker.  The seven pages
+    each carried their own copy, and a new page meant seven edits that could drift; a
+    page without the marker (or with two) is a packaging mistake, refused at start."""
+    if page.count(NAV_MARKER) != 1:
+        raise ValueError(f"dashboard page {name} must hold {NAV_MARKER.decode()!r} once")
+    return page.replace(NAV_MARKER, nav)
+
+
 ASSETS: Final = {
     "dashboard.css": "text/css; charset=utf-8",
     "common.js": "text/javascript; charset=utf-8",
@@ -289,8 +304,11 @@ class DashboardApp:
 
     def __attrs_post_init__(self) -> None:
         folder = resources.files(__package__) / "static"
-        for name in (*PAGES.values(), *ASSETS):
+        for name in ASSETS:
             self._files[name] = (folder / name).read_bytes()
+        nav = _NAV_COMMENT.sub(b"", (folder / NAV_PARTIAL).read_bytes()).strip(b"\n")
+        for name in PAGES.values():
+            self._files[name] = with_nav((folder / name).read_bytes(), nav, name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -23,7 +23,7 @@ import trio
 
 from gridnode.control import ControlError
 from gridnode.dashboard.access import Access
-from gridnode.dashboard.app import ASSETS, MAX_STREAMS, PAGES
+from gridnode.dashboard.app import ASSETS, MAX_STREAMS, NAV_MARKER, NAV_PARTIAL, PAGES, with_nav
 from gridnode.dashboard.data import MEMBER_FIELDS, map_view
 
 from ..gridnode.inproc import open_grid
@@ -91,7 +91,12 @@ async def test_every_route_but_the_login_needs_the_login(tmp_path: Path, host: s
         status, body = await get(link["url"], browser)
         assert status == 200 and b"grid map" in body
         for route in ROUTES[: len(PAGES) + len(ASSETS) + 4]:  # pages, assets, map ... account
-            assert (await get(base + route, browser))[0] == 200, route
+            status, body = await get(base + route, browser)
+            assert status == 200, route
+            if route in PAGES:  # the shared navigation, once, in place of the marker
+                assert body.count(b"<nav>") == 1 and NAV_MARKER not in body, route
+                assert body.count(b' data-nav="') == 5, route
+        assert (await get(base + "/static/" + NAV_PARTIAL, browser))[0] == 404  # not an asset
         # No snapshot yet: the snapshot routes say so; a bad name is refused before any query.
         assert (await get(base + "/api/ls?snapshot=latest", browser))[0] == 404
         assert (await get(base + "/api/placement?snapshot=a%20b", browser))[0] == 400
@@ -144,6 +149,14 @@ async def test_api_answers_hold_only_what_the_pages_draw(tmp_path: Path) -> None
             assert secret.hex() not in text
         for other in grid.nodes[1:]:
             assert other.transport.address not in text  # no network addresses
+
+
+def test_a_page_without_its_nav_marker_is_refused() -> None:
+    nav = b"<nav>the pages</nav>"
+    assert with_nav(b"<header>\n" + NAV_MARKER + b"\n</header>", nav, "a.html").count(nav) == 1
+    for page in (b"<header></header>", NAV_MARKER + NAV_MARKER):
+        with pytest.raises(ValueError, match=r"a\.html must hold"):
+            with_nav(page, nav, "a.html")
 
 
 def test_map_view_is_an_allow_list() -> None:

@@ -138,6 +138,21 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def _worker_slice(start: int, stop: int) -> tuple[int, int]:
+    """This pytest-xdist worker's share of ``start..stop`` (all of it outside xdist):
+    worker ``gwN`` of M gets the N-th of M equal, disjoint parts."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit()):
+        return start, stop
+    parts = max(1, int(count))
+    width = (stop - start) // parts
+    if width < 256:  # too many workers for the range: shared, as before
+        return start, stop
+    first = start + (int(worker[2:]) % parts) * width
+    return first, first + width
+
+
 def free_port() -> int:
     """A loopback port that is free now and will stay free until a node binds it.
 
@@ -146,9 +161,13 @@ def free_port() -> int:
     another node's dial can take that very port and the node then fails with EADDRINUSE
     (seen in CI). So ports come from below the ephemeral range, chosen at random so that
     two harnesses on one machine rarely meet, and never twice from one process.
+
+    Two processes can still pick the same port in the seconds between this check and
+    the node's bind: pytest-xdist's workers did (CI: a node exited with "Address already
+    in use").  So each worker draws from its own slice of the range.
     """
     low, high = _ephemeral_range()
-    start, stop = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    start, stop = _worker_slice(*((10000, low - 1) if low > 11000 else (high + 1, 65535)))
     with _port_lock:  # nodes are added from threads (add_many, gridsim)
         for _ in range(200):
             port = random.randrange(start, stop)

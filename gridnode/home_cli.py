@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -115,9 +115,17 @@ _DEFAULT_FIT_SHARE = 0.9
 _DEFAULT_FIT_FLOOR = 256 * 1024 * 1024
 
 
-def _disk_room(where: Path) -> tuple[Path, int, int]:
-    """(the existing path probed, its disk's free bytes, bytes already stored under
-    ``where``): what an allocation for the packet store at ``where`` can count on."""
+class DiskRoom(NamedTuple):
+    """What an allocation for the packet store at a path can count on: the disk's free
+    bytes plus what is already stored there (``probe``: the existing path measured)."""
+
+    probe: Path
+    free: int
+    held: int
+
+
+def disk_room(where: Path) -> DiskRoom:
+    """Measured once per init: ``held`` walks the whole packet store."""
     probe = where
     for _ in range(64):  # bounded: a path has fewer parts than this
         if probe.exists() or probe == probe.parent:
@@ -125,36 +133,36 @@ def _disk_room(where: Path) -> tuple[Path, int, int]:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     held = _tree_bytes(where) if where.exists() else 0
-    return probe, free, held
+    return DiskRoom(probe, free, held)
 
 
-def fit_default_allocation(where: Path, default: int) -> int:
+def fit_default_allocation(room: DiskRoom, default: int) -> int:
     """The allocation a node gets when the user named none: the shipped default, or, on a
     disk that cannot give that much, 90% of what it can give (rounded down to whole MB).
     Before, an init or a ``gridnode recover`` without ``--allocate`` on a disk with less
     than 10 GB free was refused over a flag the user had never typed; recovering one's
     data must not hinge on a default."""
-    probe, free, held = _disk_room(where)
-    room = free + held
-    if default <= room:
+    can_give = room.free + room.held
+    if default <= can_give:
         return default
-    fitted = int(room * _DEFAULT_FIT_SHARE) // 1_000_000 * 1_000_000
+    fitted = int(can_give * _DEFAULT_FIT_SHARE) // 1_000_000 * 1_000_000
     if fitted < _DEFAULT_FIT_FLOOR:
         raise CliError(
-            f"the disk of {probe} has {format_bytes(free)} free, too little to offer the grid "
+            f"the disk of {room.probe} has {format_bytes(room.free)} free, too little to "
+            "offer the grid "
             f"(the default allocation is {format_bytes(default)}); free space, or name an "
             "allocation with --allocate"
         )
     return fitted
 
 
-def check_allocation(where: Path, allocated: int) -> None:
+def check_allocation(room: DiskRoom, allocated: int) -> None:
     """Refuse an allocation the disk cannot hold: ``--allocate 500TB`` on a small disk was
     accepted, and the grid then placed packets on a node that could not keep them.
-    Counted: the free space of the disk the packets go to (``where``, the packet store's
-    directory: ``storage_dir`` or ``HOME/storage``, or its nearest existing parent) plus
-    what is already stored there."""
-    probe, free, held = _disk_room(where)
+    Counted (``room``, from ``disk_room``): the free space of the disk the packets go to
+    (the packet store's directory: ``storage_dir`` or ``HOME/storage``, or its nearest
+    existing parent) plus what is already stored there."""
+    probe, free, held = room
     if allocated > free + held:
         raise CliError(
             f"--allocate {format_bytes(allocated)} is more than the disk of {probe} can give "
@@ -181,14 +189,15 @@ def init_home(
         grid = GridFile.load(Path(args.grid))
     values = init_values(args, grid)
     config = build_config(home, values)
+    room = disk_room(config.packet_root)
     allocation_fitted = False
     if "allocate" not in values:
-        fitted = fit_default_allocation(config.packet_root, config.allocated_bytes)
+        fitted = fit_default_allocation(room, config.allocated_bytes)
         if fitted != config.allocated_bytes:
             values["allocate"] = str(fitted)  # written to the config: the node keeps it
             config = build_config(home, values)
             allocation_fitted = True
-    check_allocation(config.packet_root, config.allocated_bytes)
+    check_allocation(room, config.allocated_bytes)
     if config.storage_dir:
         # Made here, so that a run finds it; a run never makes it (a directory missing
         # then is a disk not mounted, and the node must not start empty on its mount point).
